@@ -1,0 +1,25 @@
+//! toolgate: a policy gateway for MCP tool calls.
+//!
+//! toolgate sits between an MCP client (an agent) and an MCP server. It forwards every
+//! JSON-RPC message unchanged, except that each `tools/call` must pass a policy first and
+//! `tools/list` replies lose the tools the policy hides.
+//!
+//! ## Following one `tools/call`
+//! 1. [`stdio`] reads a line from the client and hands it to the [`session::Session`].
+//! 2. [`session::Session::from_client`] reads its routing fields ([`jsonrpc`]) and, for
+//!    `tools/call`, asks the policy.
+//! 3. [`policy::Policy::decide`] walks the rule: visibility, `action`, `require`, `deny_if`,
+//!    then the limits, consumed from the [`counters::CounterStore`] (time from [`clock`]).
+//! 4. The [`decision::Decision`] either lets the original line go upstream, or becomes the
+//!    tool result (`isError: true`, text `[toolgate] ...`) the client gets instead.
+//! 5. The upstream's reply passes back through [`session::Session::from_upstream`], which
+//!    refunds the counter units if the reply is a JSON-RPC error (the tool never ran).
+
+pub mod clock;
+pub mod counters;
+pub mod decision;
+pub mod demo;
+pub mod jsonrpc;
+pub mod policy;
+pub mod session;
+pub mod stdio;

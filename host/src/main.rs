@@ -1,0 +1,169 @@
+//! The `toolgate` command line.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use toolgate::clock::SystemClock;
+use toolgate::counters::MemoryCounterStore;
+use toolgate::policy::Policy;
+use toolgate::session::{Identity, Session};
+use toolgate::stdio::{self, Ending, StdioLimits};
+
+#[derive(Parser)]
+#[command(
+    name = "toolgate",
+    version,
+    about = "A policy gateway for MCP tool calls"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run as a stdio MCP server in front of UPSTREAM_CMD, enforcing the policy.
+    ///
+    /// Paste this command into an MCP client's config in place of the server's command.
+    Run {
+        /// The policy document (JSON).
+        #[arg(long)]
+        policy: PathBuf,
+        /// The grant (agent identity) this gateway's calls count against.
+        #[arg(long, default_value = "default")]
+        grant: String,
+        /// Longest message accepted from the client, in bytes.
+        #[arg(long, default_value_t = 4 << 20)]
+        max_message_bytes: usize,
+        /// The upstream MCP server's command and arguments.
+        #[arg(last = true, required = true, value_name = "UPSTREAM_CMD")]
+        upstream: Vec<String>,
+    },
+    /// Validate policy files; prints each problem with its line, column and a hint.
+    Check {
+        /// Policy files to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// See toolgate work: a scripted agent calls an LLM CLI Gateway stand-in through the gateway.
+    Demo,
+    /// Run the built-in LLM CLI Gateway stand-in on stdio (used by the demo and the tests).
+    Standin {
+        /// Run the minimal echo server instead.
+        #[arg(long)]
+        echo: bool,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOOLGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("toolgate=info"));
+    // stdout belongs to the protocol: logs go to stderr only.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn load_policy(path: &std::path::Path) -> Result<Policy, ExitCode> {
+    Policy::load(path).map_err(|e| {
+        eprintln!("{:?}", miette::Report::new(e));
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run {
+            policy,
+            grant,
+            max_message_bytes,
+            upstream,
+        } => {
+            init_logging();
+            let policy = match load_policy(&policy) {
+                Ok(p) => Arc::new(p),
+                Err(code) => return code,
+            };
+            match run(policy, grant, max_message_bytes, &upstream) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("toolgate: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Check { files } => {
+            let mut failed = false;
+            for file in &files {
+                match load_policy(file) {
+                    Ok(_) => println!("{}: ok", file.display()),
+                    Err(_) => failed = true,
+                }
+            }
+            if failed {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Command::Demo => match toolgate::demo::run(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("toolgate demo: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Standin { echo } => {
+            let (stdin, stdout) = (std::io::stdin().lock(), std::io::stdout().lock());
+            let served = if echo {
+                toolgate_standin::echo::serve(stdin, stdout)
+            } else {
+                toolgate_standin::llm_cli_gateway::serve(stdin, stdout)
+            };
+            match served {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(_) => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+fn run(
+    policy: Arc<Policy>,
+    grant: String,
+    max_message_bytes: usize,
+    upstream: &[String],
+) -> anyhow::Result<ExitCode> {
+    let counters = Arc::new(MemoryCounterStore::new(Arc::new(SystemClock::new())));
+    let identity = Identity {
+        grant,
+        session: uuid::Uuid::new_v4().to_string(),
+    };
+    tracing::info!(policy = policy.name().unwrap_or("(unnamed)"), grant = %identity.grant, session = %identity.session, upstream = ?upstream, "starting");
+    let session = Arc::new(Session::new(policy, counters, identity));
+    let child = stdio::spawn_upstream(upstream)
+        .with_context(|| format!("cannot start upstream `{}`", upstream.join(" ")))?;
+    let limits = StdioLimits {
+        max_client_message: max_message_bytes,
+        ..StdioLimits::default()
+    };
+    let (ending, status) = stdio::run(session, child, &limits);
+    let status = status.context("cannot wait for the upstream")?;
+    match ending {
+        Ending::ClientClosed { .. } => {
+            tracing::info!(%status, "client closed; upstream stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ending::UpstreamClosed { pending } => {
+            anyhow::bail!(
+                "upstream `{}` exited ({status}) while the client was connected; {pending} pending request(s) were answered with errors",
+                upstream.join(" ")
+            )
+        }
+    }
+}

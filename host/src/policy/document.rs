@@ -1,0 +1,248 @@
+//! The policy document as written: PolicyLayer "version 1", with toolgate's extensions.
+//!
+//! These types only describe the JSON; [`super::Policy`] compiles them into what the gateway
+//! evaluates. Every struct rejects unknown keys, so a misspelt `deny-if` fails the load instead
+//! of silently not denying.
+
+use super::condition::Condition;
+use crate::counters::Scope;
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// The whole document.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyDocument {
+    /// Always `"1"` (the number `1` is accepted too).
+    pub version: Version,
+    /// What happens to a tool no rule names. Absent means `deny`: the gateway fails closed.
+    #[serde(default)]
+    pub default: DefaultAction,
+    /// Tool names or globs removed from `tools/list` and answered "unknown tool" when called.
+    #[serde(default)]
+    pub hide: Vec<String>,
+    /// Limits every allowed call must also pass.
+    #[serde(default)]
+    pub all_tools: AllTools,
+    /// Rules by tool name or glob (`session_*`).
+    #[serde(default)]
+    pub tools: BTreeMap<String, ToolRule>,
+    /// A label for people and status pages.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A description for people.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// The format version; only "1" exists.
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "Value")]
+pub struct Version;
+
+impl TryFrom<Value> for Version {
+    type Error = String;
+    fn try_from(v: Value) -> Result<Self, String> {
+        match v {
+            Value::String(s) if s == "1" => Ok(Version),
+            Value::Number(n) if n.as_u64() == Some(1) => Ok(Version),
+            other => Err(format!(
+                "unsupported policy version {other}; this gateway reads version \"1\""
+            )),
+        }
+    }
+}
+
+/// `default`: the verdict for tools that no rule names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultAction {
+    /// Unnamed tools are listed and allowed.
+    Allow,
+    /// Unnamed tools are hidden and refused as "unknown tool".
+    #[default]
+    Deny,
+}
+
+/// `action` on a rule.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// The call goes through, subject to the rule's conditions and limits.
+    #[default]
+    Allow,
+    /// The tool stays listed; every call is refused with the rule's `reason`.
+    Deny,
+    /// Every call waits for a human. Until approvals exist, such calls are refused.
+    RequireApproval,
+}
+
+/// `all_tools`: limits that apply to every call that the rest of the policy allows.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllTools {
+    /// Counters every allowed call consumes.
+    #[serde(default)]
+    pub limits: Vec<LimitSpec>,
+    /// Shorthand for one more limit.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitSpec>,
+}
+
+/// What the policy says about one tool (or every tool a glob matches).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolRule {
+    /// allow (default), deny or require_approval.
+    #[serde(default)]
+    pub action: Action,
+    /// Text returned with a refusal from this rule.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Conditions that must all hold, or the call is denied.
+    #[serde(default)]
+    pub require: Vec<Condition>,
+    /// Conditions any one of which denies the call.
+    #[serde(default)]
+    pub deny_if: Vec<Condition>,
+    /// Counters the call consumes.
+    #[serde(default)]
+    pub limits: Vec<LimitSpec>,
+    /// Shorthand for one more limit, counted per tool pattern.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitSpec>,
+    /// A note for people.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// A named counter: `{"counter": "session_create_rate", "window": "minute", "max": 30, "scope": "grant"}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSpec {
+    /// The counter's name; limits with the same name and scope share one count.
+    pub counter: String,
+    /// The window's length.
+    pub window: WindowSpec,
+    /// Calls admitted in any interval of the window's length; at least 1.
+    pub max: u64,
+    /// Who shares the count. Absent means `grant`.
+    #[serde(default = "grant_scope")]
+    pub scope: Scope,
+}
+
+/// `rate_limit: {max, window}`, shorthand for a limit on a counter named after the rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    /// Calls admitted per window; at least 1.
+    pub max: u64,
+    /// The window's length.
+    pub window: WindowSpec,
+    /// Who shares the count. Absent means `grant`.
+    #[serde(default = "grant_scope")]
+    pub scope: Scope,
+    /// The counter's name. Absent means `rate:<tool pattern>` (or `rate:all_tools`).
+    #[serde(default)]
+    pub counter: Option<String>,
+}
+
+fn grant_scope() -> Scope {
+    Scope::Grant
+}
+
+/// A window length: seconds as a number, a unit name (`second`, `minute`, `hour`, `day`),
+/// or a number with a unit suffix (`"90s"`, `"5m"`, `"2h"`, `"1d"`, `"250ms"`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(try_from = "Value")]
+pub struct WindowSpec {
+    /// The length in milliseconds.
+    pub length_ms: u64,
+    /// How a reason names the window: `per minute`, `per 90 s`.
+    pub label: String,
+}
+
+/// The longest window a counter may have: a week. Longer windows keep timestamps for too long.
+const MAX_WINDOW_MS: u64 = 7 * 86_400_000;
+
+impl TryFrom<Value> for WindowSpec {
+    type Error = String;
+    fn try_from(v: Value) -> Result<Self, String> {
+        let hint = "a window is seconds (a number) or one of second|minute|hour|day, or like \"90s\", \"5m\", \"2h\", \"1d\"";
+        let length_ms = match &v {
+            Value::Number(n) => n
+                .as_f64()
+                .filter(|s| *s > 0.0)
+                .map(|s| (s * 1000.0).round() as u64),
+            Value::String(s) => match s.as_str() {
+                "second" => Some(1_000),
+                "minute" => Some(60_000),
+                "hour" => Some(3_600_000),
+                "day" => Some(86_400_000),
+                other => {
+                    let split = other
+                        .find(|c: char| !c.is_ascii_digit())
+                        .unwrap_or(other.len());
+                    let (num, unit) = other.split_at(split);
+                    let unit_ms = match unit {
+                        "ms" => Some(1),
+                        "s" => Some(1_000),
+                        "m" => Some(60_000),
+                        "h" => Some(3_600_000),
+                        "d" => Some(86_400_000),
+                        _ => None,
+                    };
+                    num.parse::<u64>()
+                        .ok()
+                        .zip(unit_ms)
+                        .map(|(n, u)| n.saturating_mul(u))
+                }
+            },
+            _ => None,
+        }
+        .filter(|ms| *ms > 0)
+        .ok_or_else(|| format!("invalid window {v}: {hint}"))?;
+        if length_ms > MAX_WINDOW_MS {
+            return Err(format!("window {v} is longer than the 7-day maximum"));
+        }
+        let label = match length_ms {
+            1_000 => "per second".to_owned(),
+            60_000 => "per minute".to_owned(),
+            3_600_000 => "per hour".to_owned(),
+            86_400_000 => "per day".to_owned(),
+            ms if ms % 1000 == 0 => format!("per {} s", ms / 1000),
+            ms => format!("per {ms} ms"),
+        };
+        Ok(Self { length_ms, label })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[rstest::rstest]
+    #[case(json!("minute"), 60_000, "per minute")]
+    #[case(json!(60), 60_000, "per minute")]
+    #[case(json!(1.5), 1_500, "per 1500 ms")]
+    #[case(json!("90s"), 90_000, "per 90 s")]
+    #[case(json!("5m"), 300_000, "per 300 s")]
+    #[case(json!("1d"), 86_400_000, "per day")]
+    fn windows(#[case] v: Value, #[case] ms: u64, #[case] label: &str) {
+        let w = WindowSpec::try_from(v).unwrap();
+        assert_eq!((w.length_ms, w.label.as_str()), (ms, label));
+    }
+
+    #[rstest::rstest]
+    #[case(json!(0))]
+    #[case(json!(-1))]
+    #[case(json!("fortnight"))]
+    #[case(json!("5x"))]
+    #[case(json!("30d"))]
+    #[case(json!(true))]
+    fn bad_windows(#[case] v: Value) {
+        assert!(WindowSpec::try_from(v).is_err());
+    }
+}

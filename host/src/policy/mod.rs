@@ -1,0 +1,376 @@
+//! The policy engine: load a policy document, then decide each `tools/call` and each tool's
+//! visibility in `tools/list`.
+//!
+//! ## How a call is decided
+//! 1. A tool in `hide`, or one no rule names under `default: deny`, is **unknown**: refused with
+//!    the reason "unknown tool", exactly as a tool that does not exist.
+//! 2. The tool's rule is its exact name in `tools` or, failing that, the most specific glob
+//!    (most literal characters; ties broken alphabetically). No rule under `default: allow`
+//!    means the call only has to pass `all_tools`.
+//! 3. `action: deny` refuses with the rule's `reason`.
+//! 4. Every `require` condition must hold, and no `deny_if` condition may hold. A condition
+//!    that cannot be evaluated (a type mismatch) refuses the call: evaluation fails closed.
+//! 5. `action: require_approval` refuses with `require_approval` until approvals exist.
+//! 6. The limits of `all_tools` and of the rule are consumed together, all or nothing; a full
+//!    counter gives `rate_limited` with the time until it frees up.
+//! 7. Otherwise the call is allowed, holding the counter reservations so that the gateway can
+//!    refund them if the upstream never runs the tool.
+
+mod condition;
+mod document;
+mod error;
+
+pub use condition::{Condition, Op, Path as ConditionPath, ToolCall};
+pub use document::{Action, DefaultAction, PolicyDocument};
+pub use error::PolicyError;
+
+use crate::counters::{CounterKey, CounterStore, Reservation, Scope, Window};
+use crate::decision::{Decision, Verdict};
+use document::{LimitSpec, RateLimitSpec};
+use globset::{GlobBuilder, GlobMatcher};
+use std::collections::HashMap;
+
+/// A loaded, validated policy, ready to decide calls. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Policy {
+    name: Option<String>,
+    default: DefaultAction,
+    hide: Vec<GlobMatcher>,
+    exact: HashMap<String, Rule>,
+    /// Glob rules, most specific first.
+    globs: Vec<(GlobMatcher, Rule)>,
+    all_tools_limits: Vec<Limit>,
+}
+
+#[derive(Debug)]
+struct Rule {
+    /// `tools.<name or glob>`: reported as the decision's `rule`.
+    id: String,
+    action: Action,
+    reason: Option<String>,
+    require: Vec<Condition>,
+    deny_if: Vec<Condition>,
+    limits: Vec<Limit>,
+}
+
+#[derive(Debug)]
+struct Limit {
+    counter: String,
+    scope: Scope,
+    window: Window,
+    label: String,
+}
+
+/// A decision plus the counter units it took. Refund them if the tool never ran.
+#[derive(Debug)]
+pub struct Outcome {
+    /// What to do with the call.
+    pub decision: Decision,
+    /// Units consumed by an allowed call.
+    pub reservations: Vec<Reservation>,
+}
+
+/// The rule name reported for unknown and hidden tools alike, so that they look the same.
+pub const UNKNOWN_RULE: &str = "unknown_tool";
+
+fn glob(pattern: &str) -> Result<GlobMatcher, String> {
+    GlobBuilder::new(pattern)
+        .literal_separator(false)
+        .backslash_escape(true)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| format!("`{pattern}` is not a valid glob: {e}"))
+}
+
+fn is_glob(pattern: &str) -> bool {
+    pattern.contains(['*', '?', '[', '{'])
+}
+
+impl Policy {
+    /// Reads and compiles the policy at `path`.
+    pub fn load(path: &std::path::Path) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_json(&text, &path.display().to_string())
+    }
+
+    /// Compiles a policy from its JSON text; `file` names it in errors.
+    pub fn from_json(text: &str, file: &str) -> Result<Self, PolicyError> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let doc: PolicyDocument = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+            let location = match err.path().to_string() {
+                p if p == "." => "the document".to_owned(),
+                p => p,
+            };
+            let inner = err.inner();
+            let full = inner.to_string();
+            let message = match full.rfind(" at line ") {
+                Some(i) => full[..i].to_owned(),
+                None => full,
+            };
+            PolicyError::at_line_column(file, text, inner.line(), inner.column(), location, message)
+        })?;
+        de.end().map_err(|e| {
+            PolicyError::at_line_column(
+                file,
+                text,
+                e.line(),
+                e.column(),
+                "the document".into(),
+                "trailing characters after the policy object".into(),
+            )
+        })?;
+        Self::compile(doc, text, file)
+    }
+
+    fn compile(doc: PolicyDocument, text: &str, file: &str) -> Result<Self, PolicyError> {
+        let invalid = |needle: &str, location: String, message: String| {
+            PolicyError::at_text(file, text, needle, location, message)
+        };
+        let limits = |specs: &[LimitSpec],
+                      shorthand: &Option<RateLimitSpec>,
+                      location: &str,
+                      default_counter: &str| {
+            let mut out = Vec::new();
+            for (i, spec) in specs.iter().enumerate() {
+                if spec.counter.trim().is_empty() {
+                    return Err(invalid(
+                        "\"counter\"",
+                        format!("{location}.limits[{i}].counter"),
+                        "a counter needs a name".into(),
+                    ));
+                }
+                out.push((
+                    spec.counter.clone(),
+                    spec.scope,
+                    spec.max,
+                    &spec.window,
+                    format!("{location}.limits[{i}].max"),
+                ));
+            }
+            if let Some(rl) = shorthand {
+                let counter = rl
+                    .counter
+                    .clone()
+                    .unwrap_or_else(|| default_counter.to_owned());
+                out.push((
+                    counter,
+                    rl.scope,
+                    rl.max,
+                    &rl.window,
+                    format!("{location}.rate_limit.max"),
+                ));
+            }
+            out.into_iter()
+                .map(|(counter, scope, max, window, max_location)| {
+                    if max == 0 {
+                        return Err(invalid(
+                            "\"max\"",
+                            max_location,
+                            "`max` must be at least 1; to refuse every call use `\"action\": \"deny\"`".into(),
+                        ));
+                    }
+                    Ok(Limit {
+                        counter,
+                        scope,
+                        window: Window { max, length_ms: window.length_ms },
+                        label: window.label.clone(),
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+
+        let mut hide = Vec::new();
+        for (i, pattern) in doc.hide.iter().enumerate() {
+            hide.push(glob(pattern).map_err(|m| invalid(pattern, format!("hide[{i}]"), m))?);
+        }
+        let all_tools_limits = limits(
+            &doc.all_tools.limits,
+            &doc.all_tools.rate_limit,
+            "all_tools",
+            "rate:all_tools",
+        )?;
+
+        let mut exact = HashMap::new();
+        let mut globs = Vec::new();
+        for (pattern, spec) in doc.tools {
+            let location = format!("tools.{pattern}");
+            let rule = Rule {
+                limits: limits(
+                    &spec.limits,
+                    &spec.rate_limit,
+                    &location,
+                    &format!("rate:{pattern}"),
+                )?,
+                id: location.clone(),
+                action: spec.action,
+                reason: spec.reason,
+                require: spec.require,
+                deny_if: spec.deny_if,
+            };
+            if is_glob(&pattern) {
+                let matcher =
+                    glob(&pattern).map_err(|m| invalid(&format!("\"{pattern}\""), location, m))?;
+                globs.push((matcher, rule));
+            } else {
+                exact.insert(pattern, rule);
+            }
+        }
+        // Most specific glob first: the most literal characters, then alphabetical for stability.
+        let literal_len = |g: &GlobMatcher| {
+            g.glob()
+                .glob()
+                .chars()
+                .filter(|c| !"*?[]{}".contains(*c))
+                .count()
+        };
+        globs.sort_by(|(a, _), (b, _)| {
+            literal_len(b)
+                .cmp(&literal_len(a))
+                .then_with(|| a.glob().glob().cmp(b.glob().glob()))
+        });
+        Ok(Self {
+            name: doc.name,
+            default: doc.default,
+            hide,
+            exact,
+            globs,
+            all_tools_limits,
+        })
+    }
+
+    /// The policy's `name`, if it has one.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    fn rule_for(&self, tool: &str) -> Option<&Rule> {
+        self.exact.get(tool).or_else(|| {
+            self.globs
+                .iter()
+                .find(|(g, _)| g.is_match(tool))
+                .map(|(_, rule)| rule)
+        })
+    }
+
+    /// Whether `tool` appears in `tools/list` (and can be called at all).
+    pub fn is_visible(&self, tool: &str) -> bool {
+        !self.hide.iter().any(|g| g.is_match(tool))
+            && (self.default == DefaultAction::Allow || self.rule_for(tool).is_some())
+    }
+
+    /// Decides one call, consuming counter units if it is allowed.
+    pub fn decide(&self, call: &ToolCall<'_>, counters: &dyn CounterStore) -> Outcome {
+        let refuse = |decision| Outcome {
+            decision,
+            reservations: Vec::new(),
+        };
+        if !self.is_visible(call.tool) {
+            tracing::debug!(tool = call.tool, "call to a hidden or unlisted tool");
+            return refuse(Decision::deny(UNKNOWN_RULE, "unknown tool"));
+        }
+        let rule = self.rule_for(call.tool);
+        let rule_id = rule.map_or("default", |r| r.id.as_str());
+        let with_reason = |rule: &Rule, detail: String| match &rule.reason {
+            Some(reason) => format!("{reason} ({detail})"),
+            None => detail,
+        };
+        if let Some(rule) = rule {
+            if rule.action == Action::Deny {
+                let reason = rule
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| format!("`{}` is denied by policy", call.tool));
+                return refuse(Decision::deny(rule_id, reason));
+            }
+            for condition in &rule.require {
+                match condition.holds(call) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return refuse(Decision::deny(
+                            rule_id,
+                            with_reason(rule, format!("requirement not met: {condition}")),
+                        ))
+                    }
+                    Err(e) => {
+                        return refuse(Decision::deny(
+                            rule_id,
+                            format!("policy evaluation error: {e}"),
+                        ))
+                    }
+                }
+            }
+            for condition in &rule.deny_if {
+                match condition.holds(call) {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        return refuse(Decision::deny(
+                            rule_id,
+                            with_reason(rule, format!("denied because {condition}")),
+                        ))
+                    }
+                    Err(e) => {
+                        return refuse(Decision::deny(
+                            rule_id,
+                            format!("policy evaluation error: {e}"),
+                        ))
+                    }
+                }
+            }
+            if rule.action == Action::RequireApproval {
+                let detail = "approval not configured: this gateway has no approvers, so calls that need approval are refused".to_owned();
+                return refuse(Decision {
+                    verdict: Verdict::RequireApproval,
+                    rule: rule_id.to_owned(),
+                    reason: with_reason(rule, detail),
+                    retry_after_ms: None,
+                });
+            }
+        }
+        let limits: Vec<&Limit> = self
+            .all_tools_limits
+            .iter()
+            .chain(rule.into_iter().flat_map(|r| &r.limits))
+            .collect();
+        if limits.is_empty() {
+            return refuse(Decision::allow(rule_id));
+        }
+        let requests: Vec<(CounterKey, Window)> = limits
+            .iter()
+            .map(|l| {
+                (
+                    CounterKey::new(&l.counter, l.scope, call.grant, call.session),
+                    l.window,
+                )
+            })
+            .collect();
+        match counters.consume(&requests) {
+            Ok(reservations) => Outcome {
+                decision: Decision::allow(rule_id),
+                reservations,
+            },
+            Err(exhausted) => {
+                let limit = limits[exhausted.index];
+                let retry_s = exhausted.retry_after_ms.div_ceil(1000);
+                refuse(Decision {
+                    verdict: Verdict::RateLimited,
+                    rule: if exhausted.index < self.all_tools_limits.len() {
+                        "all_tools".into()
+                    } else {
+                        rule_id.to_owned()
+                    },
+                    reason: format!(
+                        "counter {} allows {} {}; retry in {retry_s} s",
+                        limit.counter, limit.window.max, limit.label
+                    ),
+                    retry_after_ms: Some(exhausted.retry_after_ms),
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

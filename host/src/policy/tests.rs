@@ -1,0 +1,293 @@
+use super::*;
+use crate::clock::ManualClock;
+use crate::counters::MemoryCounterStore;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+const SEED: &str = r#"{"version":"1","default":"deny","tools":{"session_create":{"limits":[{"counter":"session_create_rate","window":"minute","max":30,"scope":"grant"}]}}}"#;
+
+fn policy(v: Value) -> Policy {
+    Policy::from_json(&v.to_string(), "test.json").unwrap()
+}
+
+fn decide_as(
+    p: &Policy,
+    store: &MemoryCounterStore,
+    grant: &str,
+    tool: &str,
+    args: Value,
+) -> Decision {
+    p.decide(
+        &ToolCall {
+            tool,
+            args: &args,
+            grant,
+            session: "s1",
+        },
+        store,
+    )
+    .decision
+}
+
+fn store() -> (Arc<ManualClock>, MemoryCounterStore) {
+    let clock = ManualClock::starting_at(1_000_000);
+    (clock.clone(), MemoryCounterStore::new(clock))
+}
+
+#[test]
+fn the_seed_rule_caps_session_create_at_30_per_minute_per_grant() {
+    let p = Policy::from_json(SEED, "seed.json").unwrap();
+    let (clock, store) = store();
+    assert!(p.is_visible("session_create"));
+    assert!(
+        !p.is_visible("session_list"),
+        "default deny hides unlisted tools"
+    );
+    for i in 0..30 {
+        assert!(
+            decide_as(&p, &store, "g1", "session_create", json!({"cli": "codex"})).is_allow(),
+            "call {i}"
+        );
+        clock.advance(Duration::from_millis(100));
+    }
+    let limited = decide_as(&p, &store, "g1", "session_create", json!({"cli": "codex"}));
+    assert_eq!(limited.verdict, Verdict::RateLimited);
+    assert_eq!(limited.rule, "tools.session_create");
+    // The first call was at +0 ms, now is +3000 ms: it leaves the window at +60 000 ms.
+    assert_eq!(limited.retry_after_ms, Some(57_000));
+    assert_eq!(
+        limited.text(),
+        "[toolgate] rate_limited: counter session_create_rate allows 30 per minute; retry in 57 s"
+    );
+    assert!(
+        decide_as(&p, &store, "g2", "session_create", json!({})).is_allow(),
+        "another grant has its own count"
+    );
+    clock.advance(Duration::from_millis(57_000));
+    assert!(decide_as(&p, &store, "g1", "session_create", json!({})).is_allow());
+    assert_eq!(
+        decide_as(&p, &store, "g1", "session_list", json!({})).reason,
+        "unknown tool"
+    );
+}
+
+#[test]
+fn hidden_and_missing_tools_get_the_same_answer() {
+    let p = policy(
+        json!({"version": "1", "default": "deny", "hide": ["secret_*"], "tools": {"secret_x": {}, "ok": {}}}),
+    );
+    let (_, store) = store();
+    let hidden = decide_as(&p, &store, "g", "secret_x", json!({}));
+    let unlisted = decide_as(&p, &store, "g", "nope", json!({}));
+    assert_eq!(
+        (hidden.verdict, &hidden.rule, &hidden.reason),
+        (unlisted.verdict, &unlisted.rule, &unlisted.reason)
+    );
+    assert_eq!(hidden.reason, "unknown tool");
+    assert!(!p.is_visible("secret_x"), "hide wins over a rule");
+}
+
+#[test]
+fn explicit_deny_stays_visible_and_says_why() {
+    let p = policy(
+        json!({"version": "1", "default": "allow", "tools": {"rm": {"action": "deny", "reason": "never"}}}),
+    );
+    let (_, store) = store();
+    assert!(p.is_visible("rm"));
+    let d = decide_as(&p, &store, "g", "rm", json!({}));
+    assert_eq!(
+        (d.verdict, d.reason.as_str(), d.rule.as_str()),
+        (Verdict::Deny, "never", "tools.rm")
+    );
+    assert!(decide_as(&p, &store, "g", "anything", json!({})).is_allow());
+}
+
+#[test]
+fn exact_names_beat_globs_and_longer_globs_beat_shorter() {
+    let p = policy(json!({"version": "1", "default": "deny", "tools": {
+        "*": {"action": "deny", "reason": "star"},
+        "codex_*": {"action": "deny", "reason": "codex"},
+        "codex_request_*": {"action": "deny", "reason": "codex request"},
+        "codex_request": {}
+    }}));
+    let (_, store) = store();
+    assert!(decide_as(&p, &store, "g", "codex_request", json!({})).is_allow());
+    assert_eq!(
+        decide_as(&p, &store, "g", "codex_request_async", json!({})).reason,
+        "codex request"
+    );
+    assert_eq!(
+        decide_as(&p, &store, "g", "codex_fork_session", json!({})).reason,
+        "codex"
+    );
+    assert_eq!(
+        decide_as(&p, &store, "g", "claude_request", json!({})).reason,
+        "star"
+    );
+}
+
+#[test]
+fn require_deny_if_and_evaluation_errors() {
+    let p = policy(
+        json!({"version": "1", "default": "deny", "tools": {"codex_request": {
+            "require": [{"path": "args.prompt", "op": "exists"}],
+            "deny_if": [{"path": "args.sessionId", "op": "starts_with", "value": "gw-"}],
+            "reason": "Codex resume needs a real Codex UUID"
+        }}}),
+    );
+    let (_, store) = store();
+    let missing = decide_as(&p, &store, "g", "codex_request", json!({}));
+    assert_eq!(
+        missing.reason,
+        "Codex resume needs a real Codex UUID (requirement not met: `args.prompt` exists)"
+    );
+    let gw = decide_as(
+        &p,
+        &store,
+        "g",
+        "codex_request",
+        json!({"prompt": "x", "sessionId": "gw-1"}),
+    );
+    assert_eq!(gw.verdict, Verdict::Deny);
+    assert!(
+        gw.reason
+            .contains("denied because `args.sessionId` starts_with \"gw-\""),
+        "{}",
+        gw.reason
+    );
+    let odd = decide_as(
+        &p,
+        &store,
+        "g",
+        "codex_request",
+        json!({"prompt": "x", "sessionId": 7}),
+    );
+    assert_eq!(odd.verdict, Verdict::Deny, "a type mismatch fails closed");
+    assert!(
+        odd.reason.starts_with("policy evaluation error"),
+        "{}",
+        odd.reason
+    );
+    assert!(decide_as(
+        &p,
+        &store,
+        "g",
+        "codex_request",
+        json!({"prompt": "x", "sessionId": "0b6f8a52-6c1e-4d0b-9f3e-2a7c9d1e5b40"})
+    )
+    .is_allow());
+}
+
+#[test]
+fn require_approval_refuses_until_approvals_exist() {
+    let p = policy(
+        json!({"version": "1", "default": "allow", "tools": {"session_delete": {"action": "require_approval"}}}),
+    );
+    let (_, store) = store();
+    let d = decide_as(&p, &store, "g", "session_delete", json!({}));
+    assert_eq!(d.verdict, Verdict::RequireApproval);
+    assert!(d.reason.contains("approval not configured"));
+}
+
+#[test]
+fn all_tools_limits_and_rate_limit_shorthand_are_consumed_together() {
+    let p = policy(json!({"version": "1", "default": "allow",
+        "all_tools": {"limits": [{"counter": "everything", "window": 60, "max": 3, "scope": "session"}]},
+        "tools": {"a": {"rate_limit": {"max": 1, "window": "hour"}}}}));
+    let (_, store) = store();
+    assert!(decide_as(&p, &store, "g", "a", json!({})).is_allow());
+    let second_a = decide_as(&p, &store, "g", "a", json!({}));
+    assert_eq!(
+        (second_a.verdict, second_a.rule.as_str()),
+        (Verdict::RateLimited, "tools.a")
+    );
+    assert!(
+        second_a.reason.contains("counter rate:a allows 1 per hour"),
+        "{}",
+        second_a.reason
+    );
+    // The refused call spent nothing from `everything`: two more calls fit.
+    assert!(decide_as(&p, &store, "g", "b", json!({})).is_allow());
+    assert!(decide_as(&p, &store, "g", "c", json!({})).is_allow());
+    let fourth = decide_as(&p, &store, "g", "d", json!({}));
+    assert_eq!(
+        (fourth.verdict, fourth.rule.as_str()),
+        (Verdict::RateLimited, "all_tools")
+    );
+}
+
+#[test]
+fn default_is_deny_when_absent() {
+    let p = policy(json!({"version": 1, "tools": {"a": {}}}));
+    assert!(p.is_visible("a") && !p.is_visible("b"));
+}
+
+fn load_error(text: &str) -> PolicyError {
+    Policy::from_json(text, "bad.json").unwrap_err()
+}
+
+#[rstest::rstest]
+#[case(
+    "{\"version\": \"1\",\n \"default\": \"maybe\"}",
+    2,
+    "unknown variant `maybe`",
+    "`default` is `allow` or `deny`"
+)]
+#[case(
+    "{\"version\": \"2\"}",
+    1,
+    "unsupported policy version",
+    "write `\"version\": \"1\"`"
+)]
+#[case(
+    "{\"version\": \"1\",\n \"tools\": {\"a\": {\"deny-if\": []}}}",
+    2,
+    "unknown field `deny-if`",
+    "snake_case"
+)]
+#[case("{\"version\": \"1\",\n \"tools\": {\"a\": {\n \"limits\": [{\"counter\": \"c\", \"window\": \"fortnight\", \"max\": 1}]}}}", 3, "invalid window", "a window is")]
+#[case("{\"version\": \"1\",\n \"tools\": {\"a\": {\n \"require\": [{\"path\": \"x\", \"op\": \"eq\", \"value\": 1}]}}}", 3, "must start with", "a path starts at")]
+#[case("{\"version\": \"1\",\n \"tools\": {\"a\": {\n \"limits\": [{\"counter\": \"c\", \"window\": 1, \"max\": 0}]}}}", 3, "at least 1", "")]
+#[case(
+    "{\"version\": \"1\",\n \"tools\": {\"a[\": {}}}",
+    2,
+    "not a valid glob",
+    ""
+)]
+#[case("{\"version\": \"1\",\n \"tools\": {\n", 3, "EOF", "missing comma")]
+#[case("{\"version\": \"1\"} {}", 1, "trailing", "")]
+fn bad_policies_name_line_message_and_hint(
+    #[case] text: &str,
+    #[case] line: usize,
+    #[case] message: &str,
+    #[case] help: &str,
+) {
+    match load_error(text) {
+        PolicyError::Invalid {
+            line: l,
+            message: m,
+            help: h,
+            file,
+            ..
+        } => {
+            assert_eq!(file, "bad.json");
+            assert_eq!(l, line, "line of {m}");
+            assert!(m.contains(message), "{m}");
+            assert!(h.unwrap_or_default().contains(help), "hint for {m}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn a_rendered_error_shows_the_file_location_and_snippet() {
+    let err = load_error("{\"version\": \"1\",\n \"tools\": {\"a\": {\"action\": \"nuke\"}}}");
+    let mut rendered = String::new();
+    miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+        .render_report(&mut rendered, &err)
+        .unwrap();
+    assert!(rendered.contains("bad.json:2:"), "{rendered}");
+    assert!(rendered.contains("tools.a.action"), "{rendered}");
+    assert!(rendered.contains("require_approval"), "{rendered}");
+}

@@ -1,0 +1,329 @@
+//! The stdio transport: `toolgate run` between a client on our stdin/stdout and an upstream
+//! child process on pipes.
+//!
+//! Two threads move lines, one per direction, each handing every line to the [`Session`]:
+//! the same shape as a bare byte relay, plus one parse per line. Plain threads rather than an
+//! async runtime: a stdio gateway serves exactly one session, and blocking reads on pipes are
+//! the cheapest wake-up there is (tokio's stdin/stdout go through a thread pool hop per read).
+//!
+//! Framing is MCP's: one JSON-RPC message per line. A line longer than the cap is skipped up
+//! to its newline and answered with an error, so one bad message costs one message.
+
+use crate::session::{ClientLine, Session};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+/// Limits of the stdio transport. Each says what it costs to raise it.
+#[derive(Clone, Debug)]
+pub struct StdioLimits {
+    /// Longest message accepted from the client, in bytes. The line is buffered whole before
+    /// it is parsed, so this bounds the memory one message can take. Default 4 MiB.
+    pub max_client_message: usize,
+    /// Longest message accepted from the upstream. Tool results (images, files) can be large,
+    /// so the default is 64 MiB; a longer one is dropped and logged, and its request is
+    /// answered with an error if the upstream then exits.
+    pub max_upstream_message: usize,
+    /// How long the upstream may take to exit after the client has closed its stdin, before it
+    /// is killed. Default 5 s.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for StdioLimits {
+    fn default() -> Self {
+        Self {
+            max_client_message: 4 << 20,
+            max_upstream_message: 64 << 20,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One frame read by [`read_line_capped`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// A line is in the buffer (newline and trailing `\r` removed).
+    Line,
+    /// A line of this many bytes exceeded the cap and was skipped.
+    Oversized(usize),
+    /// End of input.
+    Eof,
+}
+
+/// Reads the next non-blank line into `buf`, never buffering more than `max` bytes of it.
+pub fn read_line_capped(
+    reader: &mut impl BufRead,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<Frame> {
+    buf.clear();
+    let mut skipped = 0usize;
+    loop {
+        let available = match reader.fill_buf() {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            return Ok(if skipped > 0 {
+                Frame::Oversized(skipped)
+            } else if buf.iter().all(u8::is_ascii_whitespace) {
+                Frame::Eof
+            } else {
+                Frame::Line
+            });
+        }
+        let newline = memchr::memchr(b'\n', available);
+        let chunk = &available[..newline.unwrap_or(available.len())];
+        if skipped > 0 || buf.len() + chunk.len() > max {
+            skipped += buf.len() + chunk.len();
+            buf.clear();
+        } else {
+            buf.extend_from_slice(chunk);
+        }
+        let used = newline.map_or(chunk.len(), |i| i + 1);
+        reader.consume(used);
+        if newline.is_some() {
+            if skipped > 0 {
+                return Ok(Frame::Oversized(skipped));
+            }
+            if buf.last() == Some(&b'\r') {
+                buf.pop();
+            }
+            if buf.iter().all(u8::is_ascii_whitespace) {
+                buf.clear();
+                continue;
+            }
+            return Ok(Frame::Line);
+        }
+    }
+}
+
+/// How a session over stdio ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// The client closed its input. `upstream_exited` says whether the upstream then exited
+    /// within the grace period (if not, the caller kills it).
+    ClientClosed {
+        /// Whether the upstream closed its output in time.
+        upstream_exited: bool,
+    },
+    /// The upstream closed its output first; `pending` requests were answered with errors.
+    UpstreamClosed {
+        /// Requests that were waiting for a reply.
+        pending: usize,
+    },
+}
+
+enum Event {
+    ClientClosed,
+    UpstreamClosed,
+}
+
+fn write_line(out: &Mutex<impl Write>, line: &[u8]) -> io::Result<()> {
+    let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
+    out.write_all(line)?;
+    if line.last() != Some(&b'\n') {
+        out.write_all(b"\n")?;
+    }
+    out.flush()
+}
+
+/// Runs a session between a client (`client_in`/`client_out`) and an upstream (`upstream_out`,
+/// its stdout, and `upstream_in`, its stdin) until one side closes.
+pub fn serve(
+    session: Arc<Session>,
+    client_in: impl Read + Send + 'static,
+    client_out: impl Write + Send + 'static,
+    upstream_out: impl Read + Send + 'static,
+    upstream_in: impl Write + Send + 'static,
+    limits: &StdioLimits,
+) -> Ending {
+    let client_out = Arc::new(Mutex::new(BufWriter::with_capacity(64 << 10, client_out)));
+    let (events, ending) = mpsc::channel();
+
+    // Client → upstream: decide, then forward or answer.
+    {
+        let (session, client_out, events, max) = (
+            session.clone(),
+            client_out.clone(),
+            events.clone(),
+            limits.max_client_message,
+        );
+        thread::Builder::new()
+            .name("client-reader".into())
+            .spawn(move || {
+                let mut reader = BufReader::with_capacity(64 << 10, client_in);
+                let mut upstream = BufWriter::with_capacity(64 << 10, upstream_in);
+                let mut line = Vec::new();
+                loop {
+                    let answer = match read_line_capped(&mut reader, &mut line, max) {
+                        Ok(Frame::Line) => match session.from_client(&line) {
+                            ClientLine::Forward => {
+                                line.push(b'\n');
+                                if let Err(e) =
+                                    upstream.write_all(&line).and_then(|_| upstream.flush())
+                                {
+                                    // The upstream's reader will see it exit and answer what is pending.
+                                    tracing::warn!(error = %e, "cannot write to upstream");
+                                }
+                                continue;
+                            }
+                            ClientLine::Answer(reply) => reply,
+                        },
+                        Ok(Frame::Oversized(length)) => session.oversized_client_line(length, max),
+                        Ok(Frame::Eof) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read from client");
+                            break;
+                        }
+                    };
+                    if write_line(&client_out, &answer).is_err() {
+                        break;
+                    }
+                }
+                drop(upstream); // closes the upstream's stdin: its signal to shut down
+                let _ = events.send(Event::ClientClosed);
+            })
+            .expect("spawn client reader");
+    }
+
+    // Upstream → client: forward, filtering tools/list replies.
+    {
+        let (session, client_out, events, max) = (
+            session.clone(),
+            client_out.clone(),
+            events,
+            limits.max_upstream_message,
+        );
+        thread::Builder::new()
+            .name("upstream-reader".into())
+            .spawn(move || {
+                let mut reader = BufReader::with_capacity(64 << 10, upstream_out);
+                let mut line = Vec::new();
+                loop {
+                    match read_line_capped(&mut reader, &mut line, max) {
+                        Ok(Frame::Line) => {
+                            let out = session.from_upstream(&line);
+                            if let Err(e) = write_line(&client_out, &out) {
+                                tracing::warn!(error = %e, "cannot write to client");
+                            }
+                        }
+                        Ok(Frame::Oversized(length)) => {
+                            tracing::error!(
+                                length,
+                                max,
+                                "upstream message over the size cap was dropped"
+                            )
+                        }
+                        Ok(Frame::Eof) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read from upstream");
+                            break;
+                        }
+                    }
+                }
+                let _ = events.send(Event::UpstreamClosed);
+            })
+            .expect("spawn upstream reader");
+    }
+
+    match ending.recv() {
+        Ok(Event::UpstreamClosed) | Err(_) => {
+            let replies = session.upstream_gone("upstream MCP server exited before answering");
+            for reply in &replies {
+                let _ = write_line(&client_out, reply);
+            }
+            Ending::UpstreamClosed {
+                pending: replies.len(),
+            }
+        }
+        Ok(Event::ClientClosed) => {
+            let upstream_exited = matches!(
+                ending.recv_timeout(limits.shutdown_grace),
+                Ok(Event::UpstreamClosed)
+            );
+            Ending::ClientClosed { upstream_exited }
+        }
+    }
+}
+
+/// Starts the upstream command with piped stdin/stdout; its stderr is ours.
+pub fn spawn_upstream(command: &[String]) -> io::Result<Child> {
+    let (program, args) = command
+        .split_first()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no upstream command given"))?;
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+}
+
+/// Runs `session` on this process's stdin/stdout in front of `child`, then stops the child.
+/// Returns how the session ended and the child's exit status.
+pub fn run(
+    session: Arc<Session>,
+    mut child: Child,
+    limits: &StdioLimits,
+) -> (Ending, io::Result<ExitStatus>) {
+    let upstream_in = child.stdin.take().expect("child stdin is piped");
+    let upstream_out = child.stdout.take().expect("child stdout is piped");
+    let ending = serve(
+        session,
+        io::stdin(),
+        io::stdout(),
+        upstream_out,
+        upstream_in,
+        limits,
+    );
+    if ending
+        == (Ending::ClientClosed {
+            upstream_exited: false,
+        })
+    {
+        tracing::warn!(grace = ?limits.shutdown_grace, "upstream did not exit after its stdin closed; killing it");
+        let _ = child.kill();
+    }
+    let status = child.wait();
+    (ending, status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(input: &[u8], max: usize) -> Vec<(Frame, Vec<u8>)> {
+        let mut reader = BufReader::with_capacity(4, input); // tiny buffer: lines span many reads
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        loop {
+            let frame = read_line_capped(&mut reader, &mut buf, max).unwrap();
+            if frame == Frame::Eof {
+                return out;
+            }
+            out.push((frame, buf.clone()));
+        }
+    }
+
+    #[test]
+    fn lines_blank_lines_crlf_and_a_last_line_without_newline() {
+        let got = frames(b"{\"a\":1}\n\n  \r\n{\"b\":2}\r\n{\"c\":3}", 100);
+        let lines: Vec<&[u8]> = got.iter().map(|(_, b)| b.as_slice()).collect();
+        assert_eq!(lines, vec![&b"{\"a\":1}"[..], b"{\"b\":2}", b"{\"c\":3}"]);
+    }
+
+    #[test]
+    fn an_oversized_line_is_skipped_whole_and_the_next_line_survives() {
+        let mut input = vec![b'x'; 50];
+        input.extend_from_slice(b"\nok\n");
+        let got = frames(&input, 10);
+        assert_eq!(got[0].0, Frame::Oversized(50));
+        assert_eq!(got[1], (Frame::Line, b"ok".to_vec()));
+        assert_eq!(got.len(), 2);
+    }
+}
