@@ -82,6 +82,13 @@ pub struct Reservation {
     at_ms: u64,
 }
 
+impl Reservation {
+    /// When the unit was taken, in the store's clock's milliseconds.
+    pub fn at_ms(&self) -> u64 {
+        self.at_ms
+    }
+}
+
 /// A request that [`CounterStore::consume`] refused: the counter that is full and when a unit frees up.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Exhausted {

@@ -77,6 +77,10 @@ fn load_policy(path: &std::path::Path) -> Result<Policy, ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Unwrapped diagnostics: a message is searchable in logs and CI output as one line.
+    let _ = miette::set_hook(Box::new(|_| {
+        Box::new(miette::MietteHandlerOpts::new().wrap_lines(false).build())
+    }));
     match cli.command {
         Command::Run {
             policy,

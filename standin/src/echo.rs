@@ -1,4 +1,5 @@
-//! A minimal, fast MCP server: `echo {message}` returns the message, `crash` exits mid-call.
+//! A minimal, fast MCP server: `echo {message}` returns the message, `crash` exits mid-call,
+//! `fail` answers with a JSON-RPC error.
 //!
 //! It is the upstream of the stdio latency benchmark (so that the upstream's own cost is small
 //! next to the proxy's) and of the tests for an upstream that dies while a call is pending.
@@ -24,6 +25,8 @@ pub fn serve(input: impl BufRead, output: impl Write) -> std::io::Result<()> {
                 {"name": "echo", "description": "Returns its message",
                  "inputSchema": {"type": "object", "properties": {"message": {"type": "string"}}}},
                 {"name": "crash", "description": "Exits the server without answering",
+                 "inputSchema": {"type": "object"}},
+                {"name": "fail", "description": "Answers with a JSON-RPC error (the tool never runs)",
                  "inputSchema": {"type": "object"}}
             ]}),
             "tools/call" => match message.pointer("/params/name").and_then(Value::as_str) {
@@ -35,6 +38,13 @@ pub fn serve(input: impl BufRead, output: impl Write) -> std::io::Result<()> {
                     text_result(text, false)
                 }
                 Some("crash") => std::process::exit(3),
+                Some("fail") => {
+                    return vec![error_reply(
+                        id,
+                        -32603,
+                        "fail: this tool always fails as a JSON-RPC error",
+                    )]
+                }
                 other => text_result(
                     format!("MCP error -32602: Tool {} not found", other.unwrap_or("")),
                     true,

@@ -1,1 +1,10 @@
-//! End-to-end tests: real processes on real pipes.
+//! End-to-end tests: the `toolgate` binary on real pipes, in front of real upstream processes.
+//!
+//! The tests against the ecosystem's own peers (server-everything, mcp-server-time, the Python
+//! SDK, the Inspector CLI) are in `tests/python/`; these cover the LLM CLI Gateway stand-in,
+//! bad input and the counters' guarantees.
+
+mod bad_input;
+mod counters_prop;
+mod standin;
+mod support;

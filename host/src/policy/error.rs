@@ -21,29 +21,35 @@ pub enum PolicyError {
         source: std::io::Error,
     },
     /// The file was read but is not a valid policy.
-    #[error("invalid policy `{file}`, line {line}, column {column}: {message}")]
-    #[diagnostic(code(toolgate::policy::invalid))]
-    Invalid {
-        /// The file's name as given.
-        file: String,
-        /// 1-based line of the problem.
-        line: usize,
-        /// 1-based column of the problem.
-        column: usize,
-        /// Where in the document, as a path such as `tools.session_create.limits[0].window`.
-        location: String,
-        /// What is wrong.
-        message: String,
-        /// The policy text, for the rendered snippet.
-        #[source_code]
-        src: NamedSource<String>,
-        /// The offending text.
-        #[label("{location}")]
-        span: SourceSpan,
-        /// What to do about it.
-        #[help]
-        help: Option<String>,
-    },
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Invalid(Box<InvalidPolicy>),
+}
+
+/// A policy that was read but is not valid: where, what, and what to do.
+#[derive(Debug, Error, Diagnostic)]
+#[error("invalid policy `{file}`, line {line}, column {column}: {message}")]
+#[diagnostic(code(toolgate::policy::invalid))]
+pub struct InvalidPolicy {
+    /// The file's name as given.
+    pub file: String,
+    /// 1-based line of the problem.
+    pub line: usize,
+    /// 1-based column of the problem.
+    pub column: usize,
+    /// Where in the document, as a path such as `tools.session_create.limits[0].window`.
+    pub location: String,
+    /// What is wrong.
+    pub message: String,
+    /// The policy text, for the rendered snippet.
+    #[source_code]
+    pub src: NamedSource<String>,
+    /// The offending text.
+    #[label("{location}")]
+    pub span: SourceSpan,
+    /// What to do about it.
+    #[help]
+    pub help: Option<String>,
 }
 
 impl PolicyError {
@@ -63,7 +69,7 @@ impl PolicyError {
             .sum();
         let offset = (line_start + column.saturating_sub(1)).min(text.len());
         let help = hint(&location, &message);
-        Self::Invalid {
+        Self::Invalid(Box::new(InvalidPolicy {
             file: file.to_owned(),
             line,
             column,
@@ -72,7 +78,7 @@ impl PolicyError {
             src: NamedSource::new(file, text.to_owned()),
             span: SourceSpan::from((offset, 1.min(text.len() - offset))),
             help,
-        }
+        }))
     }
 
     /// An `Invalid` error at the first occurrence of `needle` in `text` (or the start).

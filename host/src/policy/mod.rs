@@ -22,7 +22,7 @@ mod error;
 
 pub use condition::{Condition, Op, Path as ConditionPath, ToolCall};
 pub use document::{Action, DefaultAction, PolicyDocument};
-pub use error::PolicyError;
+pub use error::{InvalidPolicy, PolicyError};
 
 use crate::counters::{CounterKey, CounterStore, Reservation, Scope, Window};
 use crate::decision::{Decision, Verdict};

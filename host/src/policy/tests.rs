@@ -264,13 +264,14 @@ fn bad_policies_name_line_message_and_hint(
     #[case] help: &str,
 ) {
     match load_error(text) {
-        PolicyError::Invalid {
-            line: l,
-            message: m,
-            help: h,
-            file,
-            ..
-        } => {
+        PolicyError::Invalid(invalid) => {
+            let InvalidPolicy {
+                line: l,
+                message: m,
+                help: h,
+                file,
+                ..
+            } = *invalid;
             assert_eq!(file, "bad.json");
             assert_eq!(l, line, "line of {m}");
             assert!(m.contains(message), "{m}");

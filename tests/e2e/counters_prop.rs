@@ -1,0 +1,95 @@
+//! Property tests of the sliding window: no interval of the window's length ever admits more
+//! than `max`, and a call is refused only when the window really is full.
+
+use proptest::prelude::*;
+use std::sync::Arc;
+use std::time::Duration;
+use toolgate::clock::{Clock, ManualClock};
+use toolgate::counters::{CounterKey, CounterStore, MemoryCounterStore, Scope, Window};
+
+/// The most units admitted in any half-open interval `[t, t + window)`. The busiest interval
+/// can always be slid to start at an admitted unit, so checking those starts is enough.
+fn busiest_interval(admitted: &[u64], window_ms: u64) -> usize {
+    let mut sorted = admitted.to_vec();
+    sorted.sort_unstable();
+    (0..sorted.len())
+        .map(|i| {
+            sorted[i..]
+                .iter()
+                .take_while(|&&t| t < sorted[i] + window_ms)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn sequential_callers_never_exceed_max_and_are_refused_only_when_full(
+        gaps in prop::collection::vec(0u64..2_500, 1..400),
+        window_ms in 1u64..10_000,
+        max in 1u64..20,
+    ) {
+        let clock = ManualClock::starting_at(1_000_000);
+        let store = MemoryCounterStore::new(clock.clone());
+        let key = CounterKey::new("c", Scope::Grant, "g", "s");
+        let window = Window { max, length_ms: window_ms };
+        let mut admitted = Vec::new();
+        for gap in gaps {
+            clock.advance(Duration::from_millis(gap));
+            let now = clock.now_ms();
+            let in_window = admitted.iter().filter(|&&t| t + window_ms > now).count() as u64;
+            match store.consume(&[(key.clone(), window)]) {
+                Ok(r) => {
+                    prop_assert!(in_window < max, "admitted with a full window");
+                    admitted.push(r[0].at_ms());
+                }
+                Err(e) => {
+                    prop_assert_eq!(in_window, max, "refused with room in the window");
+                    // Retrying exactly when told must succeed, and a millisecond earlier must not.
+                    let oldest = admitted[admitted.len() - max as usize];
+                    prop_assert_eq!(now + e.retry_after_ms, oldest + window_ms);
+                }
+            }
+        }
+        prop_assert!(busiest_interval(&admitted, window_ms) as u64 <= max);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn sixty_four_concurrent_callers_never_exceed_max(
+        window_ms in 5u64..200,
+        max in 1u64..16,
+        ticks in prop::collection::vec(0u64..4, 64),
+    ) {
+        let clock = ManualClock::starting_at(0);
+        let store = Arc::new(MemoryCounterStore::new(clock.clone()));
+        let key = CounterKey::new("shared", Scope::Global, "g", "s");
+        let window = Window { max, length_ms: window_ms };
+        let threads: Vec<_> = ticks
+            .into_iter()
+            .map(|tick| {
+                let (store, clock, key) = (store.clone(), clock.clone(), key.clone());
+                std::thread::spawn(move || {
+                    let mut admitted = Vec::new();
+                    for _ in 0..200 {
+                        if let Ok(r) = store.consume(&[(key.clone(), window)]) {
+                            admitted.push(r[0].at_ms());
+                        }
+                        clock.advance(Duration::from_millis(tick));
+                    }
+                    admitted
+                })
+            })
+            .collect();
+        let admitted: Vec<u64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        prop_assert!(!admitted.is_empty());
+        prop_assert!(busiest_interval(&admitted, window_ms) as u64 <= max,
+            "an interval of {} ms admitted {} > {}", window_ms, busiest_interval(&admitted, window_ms), max);
+    }
+}

@@ -1,0 +1,193 @@
+//! A line-oriented MCP client that drives a `toolgate run` child process.
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const TOOLGATE: &str = env!("CARGO_BIN_EXE_toolgate");
+
+/// A policy written to a temporary file that lives as long as the value.
+pub struct PolicyFile {
+    _dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+pub fn policy_file(text: &str) -> PolicyFile {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.json");
+    std::fs::write(&path, text).unwrap();
+    PolicyFile { _dir: dir, path }
+}
+
+/// The stand-in upstream as a command: `toolgate standin`.
+pub fn standin() -> Vec<String> {
+    vec![TOOLGATE.into(), "standin".into()]
+}
+
+/// The echo upstream (it has a `crash` tool): `toolgate standin --echo`.
+pub fn echo() -> Vec<String> {
+    vec![TOOLGATE.into(), "standin".into(), "--echo".into()]
+}
+
+/// A client talking to `toolgate run` over its stdin/stdout. Lines arrive on a channel so that
+/// a test can wait with a timeout and never hang.
+pub struct Client {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    next_id: i64,
+    /// Kept so that the policy file outlives the gateway reading it.
+    _policy: PolicyFile,
+}
+
+fn reader_thread(stdout: ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+impl Client {
+    /// Starts `toolgate run --policy <policy> -- <upstream>` with stderr captured to a pipe.
+    pub fn start(policy: &str, upstream: &[String]) -> Self {
+        Self::start_with(policy, upstream, &[])
+    }
+
+    pub fn start_with(policy: &str, upstream: &[String], extra: &[&str]) -> Self {
+        let policy = policy_file(policy);
+        let mut child = Command::new(TOOLGATE)
+            .arg("run")
+            .arg("--policy")
+            .arg(&policy.path)
+            .args(extra)
+            .arg("--")
+            .args(upstream)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = reader_thread(child.stdout.take().unwrap());
+        Self {
+            stdin: child.stdin.take(),
+            child,
+            lines,
+            next_id: 0,
+            _policy: policy,
+        }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(bytes).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    pub fn send(&mut self, message: &Value) {
+        self.send_raw(format!("{message}\n").as_bytes());
+    }
+
+    /// The next line from the gateway, parsed; panics after 10 s.
+    pub fn recv(&mut self) -> Value {
+        let line = self
+            .lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a line from the gateway within 10 s");
+        serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("gateway sent non-JSON {line:?}: {e}"))
+    }
+
+    /// Waits for the reply with `id`, skipping notifications.
+    pub fn reply_to(&mut self, id: &Value) -> Value {
+        loop {
+            let message = self.recv();
+            if message.get("method").is_none() && &message["id"] == id {
+                return message;
+            }
+        }
+    }
+
+    pub fn request(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = json!(self.next_id);
+        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
+        self.reply_to(&id)
+    }
+
+    pub fn initialize(&mut self) -> Value {
+        let reply = self.request(
+            "initialize",
+            json!({"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "e2e", "version": "1"}}),
+        );
+        self.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+        reply
+    }
+
+    /// `tools/call` and its `result` (panics on a JSON-RPC error).
+    pub fn call(&mut self, tool: &str, args: Value) -> Value {
+        let reply = self.request("tools/call", json!({"name": tool, "arguments": args}));
+        assert!(
+            reply.get("error").is_none(),
+            "tools/call {tool} got a JSON-RPC error: {reply}"
+        );
+        reply["result"].clone()
+    }
+
+    /// Closes stdin and waits (at most 10 s) for the gateway to exit; returns status and stderr.
+    pub fn finish(mut self) -> (ExitStatus, String) {
+        drop(self.stdin.take());
+        self.wait()
+    }
+
+    pub fn wait(&mut self) -> (ExitStatus, String) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gateway did not exit within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        (status, stderr)
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `[toolgate]` text and `_meta.toolgate` of a refusal.
+pub fn refusal(result: &Value) -> (String, Value) {
+    assert_eq!(result["isError"], true, "expected a refusal, got {result}");
+    (
+        result["content"][0]["text"].as_str().unwrap().to_owned(),
+        result["_meta"]["toolgate"].clone(),
+    )
+}
+
+/// The JSON inside a stand-in result's text.
+pub fn body(result: &Value) -> Value {
+    serde_json::from_str(result["content"][0]["text"].as_str().unwrap()).unwrap()
+}
