@@ -37,8 +37,14 @@ enum Command {
         /// Longest message accepted from the client, in bytes.
         #[arg(long, default_value_t = 4 << 20)]
         max_message_bytes: usize,
-        /// The upstream MCP server's command and arguments.
-        #[arg(last = true, required = true, value_name = "UPSTREAM_CMD")]
+        /// The upstream MCP server's command and arguments (after `--`, or simply last: every
+        /// word from the first positional one on belongs to the upstream).
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            required = true,
+            value_name = "UPSTREAM_CMD"
+        )]
         upstream: Vec<String>,
     },
     /// Validate policy files; prints each problem with its line, column and a hint.

@@ -138,3 +138,62 @@ fn closing_stdin_shuts_the_upstream_down_cleanly() {
         "{stderr}"
     );
 }
+
+/// Children of `pid`, from /proc (Linux).
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .flat_map(|t| {
+                    std::fs::read_to_string(t.path().join("children"))
+                        .unwrap_or_default()
+                        .split_whitespace()
+                        .map(|p| p.parse().unwrap())
+                        .collect::<Vec<u32>>()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn an_upstream_never_outlives_a_killed_gateway() {
+    // `sleep` ignores its stdin, like servers that do not exit on EOF.
+    let good = policy_file(ALLOW_ALL);
+    let mut gateway = Command::new(TOOLGATE)
+        .arg("run")
+        .arg("--policy")
+        .arg(&good.path)
+        .args(["--", "sleep", "300"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let upstream = loop {
+        if let Some(&pid) = children(gateway.id()).first() {
+            break pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "upstream never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    gateway.kill().unwrap(); // SIGKILL: no handler in the gateway can run
+    gateway.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{upstream}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{upstream}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "upstream {upstream} outlived its gateway"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
