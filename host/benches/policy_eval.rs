@@ -9,6 +9,7 @@ use std::sync::Arc;
 use toolgate::clock::SystemClock;
 use toolgate::counters::MemoryCounterStore;
 use toolgate::policy::{Policy, ToolCall};
+use toolgate::session::{ClientLine, Identity, Session};
 
 const EXAMPLE: &str = include_str!("../../examples/llm-cli-gateway/policy.json");
 
@@ -62,5 +63,28 @@ fn decisions(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decisions);
+/// The whole per-message cost of the session core for one allowed call: the request line in,
+/// the reply line out (parsing, policy, counters, the pending map).
+fn session_round_trip(c: &mut Criterion) {
+    let policy = Arc::new(Policy::from_json(EXAMPLE, "example.json").unwrap());
+    let counters = Arc::new(MemoryCounterStore::new(Arc::new(SystemClock::new())));
+    let session = Session::new(
+        policy,
+        counters,
+        Identity {
+            grant: "g".into(),
+            session: "s".into(),
+        },
+    );
+    let request = br#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"claude_request","arguments":{"prompt":"hello there","model":"latest"}}}"#;
+    let reply = br#"{"jsonrpc":"2.0","id":42,"result":{"content":[{"type":"text","text":"{\"success\":true,\"sessionId\":\"gw-4c444474-9ef5-41f6-a6d5-a457adff6725\"}"}]}}"#;
+    c.bench_function("session: allowed tools/call request + reply", |b| {
+        b.iter(|| {
+            assert_eq!(session.from_client(black_box(request)), ClientLine::Forward);
+            session.from_upstream(black_box(reply), |out| black_box(out.len()));
+        })
+    });
+}
+
+criterion_group!(benches, decisions, session_round_trip);
 criterion_main!(benches);

@@ -1,1 +1,172 @@
-fn main() {}
+//! What `toolgate run` adds to a stdio MCP round trip, against the floor of any stdio proxy.
+//!
+//! Three setups run side by side in one process, each a real child process on real pipes:
+//! - **direct**: the client talks to the echo server (`toolgate standin --echo`);
+//! - **relay**: through a bare byte relay (two threads copying bytes, no parsing);
+//! - **toolgate**: through `toolgate run` with a policy that evaluates a rule and a counter.
+//!
+//! Calls are interleaved (direct, relay, toolgate, direct, ...) so that all three see the same
+//! machine state, and the medians are compared: toolgate's added latency over the relay's.
+//!
+//! Run: `cargo bench -p toolgate --bench stdio_overhead` (`-- --calls N` to change 10 000).
+
+use serde_json::json;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TOOLGATE: &str = env!("CARGO_BIN_EXE_toolgate");
+
+const POLICY: &str = r#"{"version": "1", "default": "deny", "tools": {"echo": {
+    "deny_if": [{"path": "args.message", "op": "contains", "value": "forbidden"}],
+    "limits": [{"counter": "echo_rate", "window": "minute", "max": 10000000, "scope": "grant"}]}}}"#;
+
+struct Peer {
+    name: &'static str,
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    samples: Vec<Duration>,
+    line: String,
+}
+
+impl Peer {
+    fn start(name: &'static str, program: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(program)
+            .args(args)
+            .env("TOOLGATE_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (stdin, stdout) = (
+            child.stdin.take().unwrap(),
+            BufReader::new(child.stdout.take().unwrap()),
+        );
+        let mut peer = Self {
+            name,
+            child,
+            stdin,
+            stdout,
+            samples: Vec::new(),
+            line: String::new(),
+        };
+        peer.round_trip(&json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}})
+        .to_string());
+        writeln!(
+            peer.stdin,
+            r#"{{"jsonrpc":"2.0","method":"notifications/initialized"}}"#
+        )
+        .unwrap();
+        peer
+    }
+
+    /// Sends one line and reads one reply line; returns the reply.
+    fn round_trip(&mut self, request: &str) -> &str {
+        self.stdin.write_all(request.as_bytes()).unwrap();
+        self.stdin.write_all(b"\n").unwrap();
+        self.stdin.flush().unwrap();
+        self.line.clear();
+        self.stdout.read_line(&mut self.line).unwrap();
+        &self.line
+    }
+
+    fn timed_call(&mut self, id: u64) {
+        let request = format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"message":"call {id}"}}}}}}"#
+        );
+        let start = Instant::now();
+        let name = self.name;
+        let reply = self.round_trip(&request);
+        let elapsed = start.elapsed();
+        assert!(
+            reply.contains(&format!("\"call {id}\"")),
+            "{name}: unexpected reply {reply}"
+        );
+        self.samples.push(elapsed);
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn main() {
+    // Relay mode: this binary re-executed as the byte relay in front of the echo server.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("relay") {
+        std::process::exit(toolgate_standin::relay::run(&args[2..]).unwrap());
+    }
+    if args.iter().any(|a| a == "--list") {
+        return; // `cargo bench -- --list` compatibility
+    }
+    let calls: u64 = args
+        .iter()
+        .position(|a| a == "--calls")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10_000);
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.json");
+    std::fs::write(&policy, POLICY).unwrap();
+    let me = std::env::current_exe().unwrap();
+    let me = me.to_str().unwrap();
+    let policy = policy.to_str().unwrap();
+    let mut peers = [
+        Peer::start("direct", TOOLGATE, &["standin", "--echo"]),
+        Peer::start("relay", me, &["relay", TOOLGATE, "standin", "--echo"]),
+        Peer::start(
+            "toolgate",
+            TOOLGATE,
+            &[
+                "run", "--policy", policy, "--", TOOLGATE, "standin", "--echo",
+            ],
+        ),
+    ];
+    // Warm up every path (page cache, branch predictors, allocator) before measuring.
+    for id in 1..=500 {
+        peers.iter_mut().for_each(|p| p.timed_call(id));
+    }
+    peers.iter_mut().for_each(|p| p.samples.clear());
+    for id in 1..=calls {
+        for peer in peers.iter_mut() {
+            peer.timed_call(1000 + id);
+        }
+    }
+    let mut medians = Vec::new();
+    println!("stdio round trips: {calls} sequential tools/call per setup, interleaved\n");
+    println!(
+        "{:<10} {:>10} {:>10} {:>10}",
+        "setup", "p50 µs", "p90 µs", "p99 µs"
+    );
+    for peer in peers.iter_mut() {
+        peer.samples.sort();
+        let s = &peer.samples;
+        println!(
+            "{:<10} {:>10.1} {:>10.1} {:>10.1}",
+            peer.name,
+            micros(percentile(s, 0.5)),
+            micros(percentile(s, 0.9)),
+            micros(percentile(s, 0.99))
+        );
+        medians.push(micros(percentile(s, 0.5)));
+    }
+    let relay_added = medians[1] - medians[0];
+    let toolgate_added = medians[2] - medians[0];
+    println!(
+        "\nadded over direct (medians): relay {relay_added:.1} µs, toolgate {toolgate_added:.1} µs"
+    );
+    println!(
+        "toolgate / relay added latency: {:.2}x (target <= 1.25x)",
+        toolgate_added / relay_added
+    );
+    for mut peer in peers {
+        drop(peer.stdin);
+        let _ = peer.child.wait();
+    }
+}

@@ -31,6 +31,9 @@ pub struct Envelope<'a> {
     /// Present on error replies.
     #[serde(default, borrow)]
     pub error: Option<&'a RawValue>,
+    /// The request's parameters, unparsed: only `tools/call` and `tools/list` look inside.
+    #[serde(default, borrow)]
+    pub params: Option<&'a RawValue>,
 }
 
 /// Why a line could not be routed, as a JSON-RPC error code and message.
@@ -77,6 +80,21 @@ impl<'a> Envelope<'a> {
 
 /// Canonical text of a raw id (re-encoded, so whitespace and escapes do not matter).
 pub fn id_key(raw: &str) -> String {
+    // Fast path for the usual ids, small integers and plain strings, already canonical.
+    let bytes = raw.as_bytes();
+    let plain_int = !bytes.is_empty()
+        && bytes.len() < 16
+        && bytes.iter().all(u8::is_ascii_digit)
+        && (bytes == b"0" || bytes[0] != b'0');
+    let plain_str = bytes.len() >= 2
+        && bytes[0] == b'"'
+        && bytes[bytes.len() - 1] == b'"'
+        && bytes[1..bytes.len() - 1]
+            .iter()
+            .all(|&b| b != b'\\' && b != b'"' && (0x20..0x7f).contains(&b));
+    if plain_int || plain_str {
+        return raw.to_owned();
+    }
     serde_json::from_str::<Value>(raw)
         .map(|v| v.to_string())
         .unwrap_or_else(|_| raw.to_owned())
@@ -128,5 +146,10 @@ mod tests {
     #[test]
     fn id_keys_ignore_spelling() {
         assert_eq!(id_key(r#" "a\u0062" "#), id_key(r#""ab""#));
+        assert_eq!(id_key("17"), "17");
+        assert_eq!(id_key(r#""abc""#), r#""abc""#);
+        assert_eq!(id_key(r#""\/""#), id_key(r#""/""#));
+        assert_eq!(id_key("1e2"), "100.0");
+        assert_eq!(id_key(" 5 "), "5");
     }
 }

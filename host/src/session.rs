@@ -24,6 +24,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// What to do with a line from the client.
@@ -84,12 +85,9 @@ pub struct Session {
     counters: Arc<dyn CounterStore>,
     identity: Identity,
     state: Mutex<State>,
-}
-
-#[derive(Deserialize)]
-struct CallRequest<'a> {
-    #[serde(borrow)]
-    params: CallParams<'a>,
+    /// How many `tools/list` requests await their reply (kept outside the lock: it is read for
+    /// every line from the upstream).
+    lists_pending: AtomicUsize,
 }
 
 #[derive(Deserialize)]
@@ -112,20 +110,18 @@ struct CancelledParams {
 }
 
 /// Whether a `tools/list` request asks for a later page.
-fn has_cursor(line: &[u8]) -> bool {
-    #[derive(Deserialize)]
-    struct ListRequest {
-        #[serde(default)]
-        params: Option<ListParams>,
-    }
+fn has_cursor(params: Option<&RawValue>) -> bool {
     #[derive(Deserialize)]
     struct ListParams {
         #[serde(default)]
         cursor: Option<Value>,
     }
-    serde_json::from_slice::<ListRequest>(line)
-        .ok()
-        .and_then(|r| r.params)
+    params
+        .and_then(|p| {
+            serde_json::from_str::<Option<ListParams>>(p.get())
+                .ok()
+                .flatten()
+        })
         .and_then(|p| p.cursor)
         .is_some_and(|c| !c.is_null())
 }
@@ -138,6 +134,7 @@ impl Session {
             counters,
             identity,
             state: Mutex::new(State::default()),
+            lists_pending: AtomicUsize::new(0),
         }
     }
 
@@ -161,12 +158,12 @@ impl Session {
             return ClientLine::Forward; // notifications, and replies to the server's requests
         };
         let pending = match method {
-            "tools/call" => match self.decide_call(line) {
+            "tools/call" => match self.decide_call(envelope.params, id) {
                 Ok(pending) => pending,
-                Err(answer) => return ClientLine::Answer(answer(id)),
+                Err(answer) => return ClientLine::Answer(answer),
             },
             "tools/list" => Pending::ToolsList {
-                first_page: !has_cursor(line),
+                first_page: !has_cursor(envelope.params),
             },
             _ => Pending::Other,
         };
@@ -183,27 +180,36 @@ impl Session {
             ));
         }
         // Remember the request before it is forwarded, so that its reply can never arrive first.
-        state.pending.insert(jsonrpc::id_key(id.get()), pending);
+        if let Pending::ToolsList { .. } = pending {
+            self.lists_pending.fetch_add(1, Ordering::SeqCst);
+        }
+        if let Some(Pending::ToolsList { .. }) =
+            state.pending.insert(jsonrpc::id_key(id.get()), pending)
+        {
+            self.lists_pending.fetch_sub(1, Ordering::SeqCst); // a client reused a pending id
+        }
         ClientLine::Forward
     }
 
     /// Decides a `tools/call`. `Err` holds the reply to send instead of forwarding.
-    #[allow(clippy::type_complexity)]
-    fn decide_call(&self, line: &[u8]) -> Result<Pending, Box<dyn FnOnce(&RawValue) -> Vec<u8>>> {
-        let request: CallRequest = match serde_json::from_slice(line) {
-            Ok(request) => request,
+    fn decide_call(&self, params: Option<&RawValue>, id: &RawValue) -> Result<Pending, Vec<u8>> {
+        let params = params.map_or("null", RawValue::get);
+        let params: CallParams = match serde_json::from_str(params) {
+            Ok(params) => params,
             Err(e) => {
                 let message = format!("invalid tools/call params: {e}");
                 tracing::warn!(%message, "bad tools/call from client");
-                return Err(Box::new(move |id| {
-                    jsonrpc::error_line(Some(id), jsonrpc::INVALID_PARAMS, &message)
-                }));
+                return Err(jsonrpc::error_line(
+                    Some(id),
+                    jsonrpc::INVALID_PARAMS,
+                    &message,
+                ));
             }
         };
         let empty = Value::Object(Default::default());
         let call = ToolCall {
-            tool: &request.params.name,
-            args: request.params.arguments.as_ref().unwrap_or(&empty),
+            tool: &params.name,
+            args: params.arguments.as_ref().unwrap_or(&empty),
             grant: &self.identity.grant,
             session: &self.identity.session,
         };
@@ -224,23 +230,40 @@ impl Session {
         if d.verdict == Verdict::Allow {
             return Ok(Pending::ToolsCall(outcome.reservations));
         }
-        let result = d.to_tool_result();
-        Err(Box::new(move |id| jsonrpc::result_line(id, &result)))
+        Err(jsonrpc::result_line(id, &d.to_tool_result()))
     }
 
     /// A cancelled request will get no reply: forget it. Its counter units stay spent, because
     /// the tool may already have run.
     fn forget_cancelled(&self, line: &[u8]) {
         if let Ok(n) = serde_json::from_slice::<CancelledNotification>(line) {
-            self.state()
+            let removed = self
+                .state()
                 .pending
                 .remove(&jsonrpc::id_key(n.params.request_id.get()));
+            if let Some(Pending::ToolsList { .. }) = removed {
+                self.lists_pending.fetch_sub(1, Ordering::SeqCst);
+            }
         }
     }
 
-    /// Handles one line from the upstream (without its newline) and returns the line to send
-    /// to the client: the same bytes, or a filtered `tools/list` reply.
-    pub fn from_upstream<'l>(&self, line: &'l [u8]) -> std::borrow::Cow<'l, [u8]> {
+    /// Handles one line from the upstream (without its newline): `forward` gets the line to
+    /// send to the client, the same bytes or a filtered `tools/list` reply.
+    ///
+    /// While no `tools/list` is pending, nothing the upstream sends can change on its way, so
+    /// the line is forwarded first and the bookkeeping (refunds, the pending map) is done after:
+    /// the reply's latency does not include parsing it.
+    pub fn from_upstream<R>(&self, line: &[u8], forward: impl FnOnce(&[u8]) -> R) -> R {
+        if self.lists_pending.load(Ordering::SeqCst) == 0 {
+            let forwarded = forward(line);
+            let _ = self.account_upstream(line);
+            forwarded
+        } else {
+            forward(&self.account_upstream(line))
+        }
+    }
+
+    fn account_upstream<'l>(&self, line: &'l [u8]) -> std::borrow::Cow<'l, [u8]> {
         let envelope = match Envelope::parse(line) {
             Ok(envelope) => envelope,
             Err(fault) => {
@@ -259,6 +282,9 @@ impl Session {
             return line.into();
         };
         let pending = self.state().pending.remove(&key);
+        if let Some(Pending::ToolsList { .. }) = pending {
+            self.lists_pending.fetch_sub(1, Ordering::SeqCst);
+        }
         match pending {
             Some(Pending::ToolsCall(reservations)) if envelope.error.is_some() => {
                 // A JSON-RPC error means the call was not executed: give the units back.
@@ -332,6 +358,7 @@ impl Session {
         let drained: Vec<(String, Pending)> = {
             let mut state = self.state();
             state.upstream_gone = true;
+            self.lists_pending.store(0, Ordering::SeqCst);
             state.pending.drain().collect()
         };
         drained

@@ -185,8 +185,11 @@ pub fn serve(
                         break;
                     }
                 }
-                drop(upstream); // closes the upstream's stdin: its signal to shut down
+                // Report first, then close the upstream's stdin (its signal to shut down): the
+                // other way round, a fast upstream's exit could be reported before the client's
+                // close, and a clean shutdown would look like a crash.
                 let _ = events.send(Event::ClientClosed);
+                drop(upstream);
             })
             .expect("spawn client reader");
     }
@@ -207,8 +210,9 @@ pub fn serve(
                 loop {
                     match read_line_capped(&mut reader, &mut line, max) {
                         Ok(Frame::Line) => {
-                            let out = session.from_upstream(&line);
-                            if let Err(e) = write_line(&client_out, &out) {
+                            if let Err(e) =
+                                session.from_upstream(&line, |out| write_line(&client_out, out))
+                            {
                                 tracing::warn!(error = %e, "cannot write to client");
                             }
                         }

@@ -27,18 +27,19 @@ pub use error::{InvalidPolicy, PolicyError};
 use crate::counters::{CounterKey, CounterStore, Reservation, Scope, Window};
 use crate::decision::{Decision, Verdict};
 use document::{LimitSpec, RateLimitSpec};
-use globset::{GlobBuilder, GlobMatcher};
 use std::collections::HashMap;
+use wildmatch::WildMatch;
 
 /// A loaded, validated policy, ready to decide calls. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Policy {
     name: Option<String>,
     default: DefaultAction,
-    hide: Vec<GlobMatcher>,
+    /// Hidden names and patterns.
+    hide: Vec<WildMatch>,
     exact: HashMap<String, Rule>,
     /// Glob rules, most specific first.
-    globs: Vec<(GlobMatcher, Rule)>,
+    globs: Vec<(WildMatch, Rule)>,
     all_tools_limits: Vec<Limit>,
 }
 
@@ -73,17 +74,10 @@ pub struct Outcome {
 /// The rule name reported for unknown and hidden tools alike, so that they look the same.
 pub const UNKNOWN_RULE: &str = "unknown_tool";
 
-fn glob(pattern: &str) -> Result<GlobMatcher, String> {
-    GlobBuilder::new(pattern)
-        .literal_separator(false)
-        .backslash_escape(true)
-        .build()
-        .map(|g| g.compile_matcher())
-        .map_err(|e| format!("`{pattern}` is not a valid glob: {e}"))
-}
-
+/// Tool patterns: `*` matches any run of characters (also none), `?` exactly one. Tool names
+/// are not paths, so nothing else is special and every pattern is valid.
 fn is_glob(pattern: &str) -> bool {
-    pattern.contains(['*', '?', '[', '{'])
+    pattern.contains(['*', '?'])
 }
 
 impl Policy {
@@ -182,10 +176,7 @@ impl Policy {
                 .collect::<Result<Vec<_>, _>>()
         };
 
-        let mut hide = Vec::new();
-        for (i, pattern) in doc.hide.iter().enumerate() {
-            hide.push(glob(pattern).map_err(|m| invalid(pattern, format!("hide[{i}]"), m))?);
-        }
+        let hide = doc.hide.iter().map(|p| WildMatch::new(p)).collect();
         let all_tools_limits = limits(
             &doc.all_tools.limits,
             &doc.all_tools.rate_limit,
@@ -211,26 +202,20 @@ impl Policy {
                 deny_if: spec.deny_if,
             };
             if is_glob(&pattern) {
-                let matcher =
-                    glob(&pattern).map_err(|m| invalid(&format!("\"{pattern}\""), location, m))?;
-                globs.push((matcher, rule));
+                globs.push((pattern, rule));
             } else {
                 exact.insert(pattern, rule);
             }
         }
         // Most specific glob first: the most literal characters, then alphabetical for stability.
-        let literal_len = |g: &GlobMatcher| {
-            g.glob()
-                .glob()
-                .chars()
-                .filter(|c| !"*?[]{}".contains(*c))
-                .count()
-        };
-        globs.sort_by(|(a, _), (b, _)| {
-            literal_len(b)
-                .cmp(&literal_len(a))
-                .then_with(|| a.glob().glob().cmp(b.glob().glob()))
+        let literal_len = |p: &str| p.chars().filter(|c| !"*?".contains(*c)).count();
+        globs.sort_by(|(a, _): &(String, Rule), (b, _)| {
+            literal_len(b).cmp(&literal_len(a)).then_with(|| a.cmp(b))
         });
+        let globs = globs
+            .into_iter()
+            .map(|(p, rule)| (WildMatch::new(&p), rule))
+            .collect();
         Ok(Self {
             name: doc.name,
             default: doc.default,
@@ -250,14 +235,14 @@ impl Policy {
         self.exact.get(tool).or_else(|| {
             self.globs
                 .iter()
-                .find(|(g, _)| g.is_match(tool))
+                .find(|(g, _)| g.matches(tool))
                 .map(|(_, rule)| rule)
         })
     }
 
     /// Whether `tool` appears in `tools/list` (and can be called at all).
     pub fn is_visible(&self, tool: &str) -> bool {
-        !self.hide.iter().any(|g| g.is_match(tool))
+        !self.hide.iter().any(|h| h.matches(tool))
             && (self.default == DefaultAction::Allow || self.rule_for(tool).is_some())
     }
 
@@ -267,11 +252,12 @@ impl Policy {
             decision,
             reservations: Vec::new(),
         };
-        if !self.is_visible(call.tool) {
+        let rule = self.rule_for(call.tool);
+        let unlisted = rule.is_none() && self.default == DefaultAction::Deny;
+        if unlisted || self.hide.iter().any(|h| h.matches(call.tool)) {
             tracing::debug!(tool = call.tool, "call to a hidden or unlisted tool");
             return refuse(Decision::deny(UNKNOWN_RULE, "unknown tool"));
         }
-        let rule = self.rule_for(call.tool);
         let rule_id = rule.map_or("default", |r| r.id.as_str());
         let with_reason = |rule: &Rule, detail: String| match &rule.reason {
             Some(reason) => format!("{reason} ({detail})"),
