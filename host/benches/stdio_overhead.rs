@@ -3,7 +3,9 @@
 //! Three setups run side by side in one process, each a real child process on real pipes:
 //! - **direct**: the client talks to the echo server (`toolgate standin --echo`);
 //! - **relay**: through a bare byte relay (two threads copying bytes, no parsing);
-//! - **toolgate**: through `toolgate run` with a policy that evaluates a rule and a counter.
+//! - **toolgate**: through `toolgate run` with a policy that evaluates a rule and a counter;
+//! - **toolgate-bare**: through `toolgate run` with `{"default": "allow"}`, no rule at all, to
+//!   split the cost of routing from the cost of the policy.
 //!
 //! Calls are interleaved (direct, relay, toolgate, direct, ...) so that all three see the same
 //! machine state, and the medians are compared: toolgate's added latency over the relay's.
@@ -114,12 +116,20 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.json");
     std::fs::write(&policy, POLICY).unwrap();
+    let bare = dir.path().join("bare.json");
+    std::fs::write(&bare, r#"{"version": "1", "default": "allow"}"#).unwrap();
+    let bare = bare.to_str().unwrap();
     let me = std::env::current_exe().unwrap();
     let me = me.to_str().unwrap();
     let policy = policy.to_str().unwrap();
     let mut peers = [
         Peer::start("direct", TOOLGATE, &["standin", "--echo"]),
         Peer::start("relay", me, &["relay", TOOLGATE, "standin", "--echo"]),
+        Peer::start(
+            "toolgate-bare",
+            TOOLGATE,
+            &["run", "--policy", bare, "--", TOOLGATE, "standin", "--echo"],
+        ),
         Peer::start(
             "toolgate",
             TOOLGATE,
@@ -157,9 +167,10 @@ fn main() {
         medians.push(micros(percentile(s, 0.5)));
     }
     let relay_added = medians[1] - medians[0];
-    let toolgate_added = medians[2] - medians[0];
+    let bare_added = medians[2] - medians[0];
+    let toolgate_added = medians[3] - medians[0];
     println!(
-        "\nadded over direct (medians): relay {relay_added:.1} µs, toolgate {toolgate_added:.1} µs"
+        "\nadded over direct (medians): relay {relay_added:.1} µs, toolgate-bare {bare_added:.1} µs, toolgate {toolgate_added:.1} µs"
     );
     println!(
         "toolgate / relay added latency: {:.2}x (target <= 1.25x)",
