@@ -254,3 +254,100 @@ fn ids_unknown_methods_and_fields_pass_unchanged() {
     let reply = client.request("tools/call", json!({"name": "session_list", "arguments": {}, "_meta": {"progressToken": 7}, "x-extra": true}));
     assert_eq!(body(&reply["result"])["success"], true);
 }
+
+#[test]
+fn replies_out_of_order_are_matched_by_id() {
+    let policy = r#"{"version": "1", "default": "allow", "hide": ["secret"],
+        "tools": {"echo": {"rate_limit": {"max": 1, "window": "hour"}}}}"#;
+    let clock = ManualClock::starting_at(0);
+    let counters = Arc::new(MemoryCounterStore::new(clock));
+    let policy = Arc::new(Policy::from_json(policy, "p.json").unwrap());
+    let session = Arc::new(Session::new(
+        policy,
+        counters,
+        Identity {
+            grant: "g".into(),
+            session: "s".into(),
+        },
+    ));
+    let (client_in_r, mut client_in_w) = pipe();
+    let (client_out_r, client_out_w) = pipe();
+    let (up_in_r, up_in_w) = pipe();
+    let (up_out_r, mut up_out_w) = pipe();
+    // An upstream that reads two requests, then answers the second one first.
+    std::thread::spawn(move || {
+        let mut requests = BufReader::new(up_in_r).lines();
+        let first: Value = serde_json::from_str(&requests.next().unwrap().unwrap()).unwrap();
+        let second: Value = serde_json::from_str(&requests.next().unwrap().unwrap()).unwrap();
+        assert_eq!(
+            (first["method"].as_str(), second["method"].as_str()),
+            (Some("tools/list"), Some("tools/call"))
+        );
+        writeln!(
+            up_out_w,
+            r#"{{"jsonrpc":"2.0","id":"b","error":{{"code":-32603,"message":"busy"}}}}"#
+        )
+        .unwrap();
+        writeln!(up_out_w, r#"{{"jsonrpc":"2.0","id":"a","result":{{"tools":[{{"name":"secret"}},{{"name":"echo","x-extra":1}}]}}}}"#).unwrap();
+        for line in requests {
+            let request: Value = serde_json::from_str(&line.unwrap()).unwrap();
+            let reply = json!({"jsonrpc": "2.0", "id": request["id"], "result": {"content": [{"type": "text", "text": "ran"}]}});
+            writeln!(up_out_w, "{reply}").unwrap();
+        }
+    });
+    let gateway = std::thread::spawn(move || {
+        serve(
+            session,
+            client_in_r,
+            client_out_w,
+            up_out_r,
+            up_in_w,
+            &StdioLimits::default(),
+        )
+    });
+    writeln!(
+        client_in_w,
+        r#"{{"jsonrpc":"2.0","id":"a","method":"tools/list"}}"#
+    )
+    .unwrap();
+    writeln!(
+        client_in_w,
+        r#"{{"jsonrpc":"2.0","id":"b","method":"tools/call","params":{{"name":"echo"}}}}"#
+    )
+    .unwrap();
+    let mut replies = BufReader::new(client_out_r).lines();
+    let mut next = || serde_json::from_str::<Value>(&replies.next().unwrap().unwrap()).unwrap();
+    let b = next();
+    assert_eq!(
+        (b["id"].as_str(), b["error"]["code"].as_i64()),
+        (Some("b"), Some(-32603))
+    );
+    let a = next();
+    assert_eq!(a["id"], "a");
+    assert_eq!(
+        a["result"]["tools"],
+        json!([{"name": "echo", "x-extra": 1}]),
+        "the list reply was recognised and filtered"
+    );
+    // The error refunded echo's unit, so with max 1 the next call still goes through.
+    writeln!(
+        client_in_w,
+        r#"{{"jsonrpc":"2.0","id":"c","method":"tools/call","params":{{"name":"echo"}}}}"#
+    )
+    .unwrap();
+    assert_eq!(next()["result"]["content"][0]["text"], "ran");
+    writeln!(
+        client_in_w,
+        r#"{{"jsonrpc":"2.0","id":"d","method":"tools/call","params":{{"name":"echo"}}}}"#
+    )
+    .unwrap();
+    assert_eq!(
+        next()["result"]["_meta"]["toolgate"]["decision"],
+        "rate_limited"
+    );
+    drop(client_in_w);
+    assert!(matches!(
+        gateway.join().unwrap(),
+        Ending::ClientClosed { .. }
+    ));
+}
