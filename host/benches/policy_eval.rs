@@ -7,7 +7,7 @@ use serde_json::json;
 use std::hint::black_box;
 use std::sync::Arc;
 use toolgate::clock::SystemClock;
-use toolgate::counters::MemoryCounterStore;
+use toolgate::counters::{CounterStore, MemoryCounterStore};
 use toolgate::policy::{Policy, ToolCall};
 use toolgate::session::{ClientLine, Identity, Session};
 
@@ -15,7 +15,8 @@ const EXAMPLE: &str = include_str!("../../examples/llm-cli-gateway/policy.json")
 
 fn decisions(c: &mut Criterion) {
     let policy = Policy::from_json(EXAMPLE, "example.json").unwrap();
-    let store = MemoryCounterStore::new(Arc::new(SystemClock::new()));
+    let store: Arc<dyn CounterStore> =
+        Arc::new(MemoryCounterStore::new(Arc::new(SystemClock::new())));
     let mut group = c.benchmark_group("declarative");
 
     let args = json!({"prompt": "hello", "sessionId": "gw-4c444474-9ef5-41f6-a6d5-a457adff6725"});

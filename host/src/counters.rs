@@ -104,6 +104,8 @@ pub trait CounterStore: Send + Sync {
     fn consume(&self, requests: &[(CounterKey, Window)]) -> Result<Vec<Reservation>, Exhausted>;
     /// Gives back units taken by `consume` (the call never ran upstream).
     fn refund(&self, reservations: &[Reservation]);
+    /// The store's clock, in milliseconds: what plugins see as "now".
+    fn now_ms(&self) -> u64;
 }
 
 /// The embedded store: sliding logs in a map behind one mutex.
@@ -233,6 +235,10 @@ impl CounterStore for MemoryCounterStore {
             });
         }
         Ok(reservations)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     fn refund(&self, reservations: &[Reservation]) {

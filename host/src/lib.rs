@@ -20,6 +20,7 @@ pub mod counters;
 pub mod decision;
 pub mod demo;
 pub mod jsonrpc;
+pub mod plugins;
 pub mod policy;
 pub mod session;
 pub mod stdio;

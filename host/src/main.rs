@@ -55,11 +55,32 @@ enum Command {
     },
     /// See toolgate work: a scripted agent calls an LLM CLI Gateway stand-in through the gateway.
     Demo,
+    /// Work with plugins (WebAssembly components).
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Run the built-in LLM CLI Gateway stand-in on stdio (used by the demo and the tests).
     Standin {
         /// Run the minimal echo server instead.
         #[arg(long)]
         echo: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Build a plugin crate into a component; prints the component's path as the last line.
+    Build {
+        /// The plugin crate (a `cdylib` using wit-bindgen against `wit/`).
+        #[arg(default_value = ".")]
+        crate_dir: PathBuf,
+        /// Where to write the component (default: next to cargo's artifact).
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+        /// `wasm32-wasip1` (turned into a component with the reactor adapter) or `wasm32-wasip2`.
+        #[arg(long, default_value = "wasm32-wasip1")]
+        target: String,
     },
 }
 
@@ -125,6 +146,25 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("toolgate demo: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Plugin {
+            command:
+                PluginCommand::Build {
+                    crate_dir,
+                    out,
+                    target,
+                },
+        } => match toolgate::plugins::build::build(&crate_dir, &target, out.as_deref()) {
+            Ok(path) => {
+                let bytes = std::fs::read(&path).unwrap_or_default();
+                eprintln!("sha256 {}", toolgate::plugins::sha256_hex(&bytes));
+                println!("{}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("toolgate plugin build: {e}");
                 ExitCode::FAILURE
             }
         },

@@ -218,7 +218,7 @@ impl Session {
             _ => true,
         };
         let outcome = if listed {
-            self.policy.decide(&call, self.counters.as_ref())
+            self.policy.decide(&call, &self.counters)
         } else {
             Outcome {
                 decision: Decision::deny(UNKNOWN_RULE, "unknown tool"),
@@ -250,11 +250,14 @@ impl Session {
     /// Handles one line from the upstream (without its newline): `forward` gets the line to
     /// send to the client, the same bytes or a filtered `tools/list` reply.
     ///
-    /// While no `tools/list` is pending, nothing the upstream sends can change on its way, so
-    /// the line is forwarded first and the bookkeeping (refunds, the pending map) is done after:
-    /// the reply's latency does not include parsing it.
+    /// While no `tools/list` is pending, a line cannot change on its way, and a line without
+    /// an `"error"` key cannot refund anything; such a line is forwarded first and the
+    /// bookkeeping (the pending map) is done after, so the reply's latency does not include
+    /// parsing it. Any other line is accounted for first: a client that retries the moment it
+    /// sees an error must find its counter unit already back.
     pub fn from_upstream<R>(&self, line: &[u8], forward: impl FnOnce(&[u8]) -> R) -> R {
-        if self.lists_pending.load(Ordering::SeqCst) == 0 {
+        let may_refund = memchr::memmem::find(line, b"\"error\"").is_some();
+        if !may_refund && self.lists_pending.load(Ordering::SeqCst) == 0 {
             let forwarded = forward(line);
             let _ = self.account_upstream(line);
             forwarded

@@ -6,5 +6,6 @@
 
 mod bad_input;
 mod counters_prop;
+mod plugins;
 mod standin;
 mod support;

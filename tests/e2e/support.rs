@@ -38,6 +38,8 @@ pub struct Client {
     pub child: Child,
     stdin: Option<ChildStdin>,
     lines: mpsc::Receiver<String>,
+    /// The gateway's stderr, drained continuously so that its logs can never fill the pipe.
+    stderr: Option<std::thread::JoinHandle<String>>,
     next_id: i64,
     /// Kept so that the policy file outlives the gateway reading it.
     _policy: PolicyFile,
@@ -77,10 +79,17 @@ impl Client {
             .spawn()
             .unwrap();
         let lines = reader_thread(child.stdout.take().unwrap());
+        let mut err = child.stderr.take().unwrap();
+        let stderr = Some(std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = err.read_to_string(&mut text);
+            text
+        }));
         Self {
             stdin: child.stdin.take(),
             child,
             lines,
+            stderr,
             next_id: 0,
             _policy: policy,
         }
@@ -160,13 +169,11 @@ impl Client {
             );
             std::thread::sleep(Duration::from_millis(20));
         };
-        let mut stderr = String::new();
-        self.child
+        let stderr = self
             .stderr
             .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
+            .map(|t| t.join().unwrap())
+            .unwrap_or_default();
         (status, stderr)
     }
 }

@@ -28,6 +28,9 @@ pub struct PolicyDocument {
     /// Rules by tool name or glob (`session_*`).
     #[serde(default)]
     pub tools: BTreeMap<String, ToolRule>,
+    /// Plugins (WebAssembly components) that rules can `use`, by name.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginSpec>,
     /// A label for people and status pages.
     #[serde(default)]
     pub name: Option<String>,
@@ -88,6 +91,50 @@ pub struct AllTools {
     /// Shorthand for one more limit.
     #[serde(default)]
     pub rate_limit: Option<RateLimitSpec>,
+    /// Plugins every call that passes the declarative rules must also pass, in order.
+    #[serde(default, rename = "use")]
+    pub uses: Vec<UseSpec>,
+}
+
+/// A plugin: `{"path": "plugins/gw_id_check.wasm", "sha256": "<hex>"}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSpec {
+    /// The component file, relative to the policy file.
+    pub path: String,
+    /// The component's sha256 (hex). Checked whenever given; without it the digest is logged.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// `fresh` (default) or `pooled`: see [`crate::plugins::Isolation`].
+    #[serde(default)]
+    pub isolation: crate::plugins::Isolation,
+    /// Fuel (instructions) per evaluation.
+    #[serde(default)]
+    pub fuel: Option<u64>,
+    /// Wall-clock deadline per evaluation, in milliseconds.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Linear memory cap per instance, in MiB.
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    /// Pooled mode: calls an instance serves before it is rebuilt.
+    #[serde(default)]
+    pub recycle_after: Option<u32>,
+}
+
+/// One use of a plugin by a rule: `{"plugin": "gw-id-check", "config": {...}}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UseSpec {
+    /// The plugin's name in `plugins`.
+    pub plugin: String,
+    /// The configuration passed to the plugin (as JSON text) with every call.
+    #[serde(default = "empty_object")]
+    pub config: Value,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
 }
 
 /// What the policy says about one tool (or every tool a glob matches).
@@ -112,6 +159,9 @@ pub struct ToolRule {
     /// Shorthand for one more limit, counted per tool pattern.
     #[serde(default)]
     pub rate_limit: Option<RateLimitSpec>,
+    /// Plugins the call must also pass, in order, after the declarative checks.
+    #[serde(default, rename = "use")]
+    pub uses: Vec<UseSpec>,
     /// A note for people.
     #[serde(default)]
     pub description: Option<String>,

@@ -26,8 +26,13 @@ pub use error::{InvalidPolicy, PolicyError};
 
 use crate::counters::{CounterKey, CounterStore, Reservation, Scope, Window};
 use crate::decision::{Decision, Verdict};
+use crate::plugins::{Plugin, PluginCall, PluginLimits, PluginRuntime};
+use document::UseSpec;
 use document::{LimitSpec, RateLimitSpec};
 use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 use wildmatch::WildMatch;
 
 /// A loaded, validated policy, ready to decide calls. Cheap to share behind an `Arc`.
@@ -41,6 +46,15 @@ pub struct Policy {
     /// Glob rules, most specific first.
     globs: Vec<(WildMatch, Rule)>,
     all_tools_limits: Vec<Limit>,
+    all_tools_uses: Vec<PluginUse>,
+    plugins: Vec<Arc<Plugin>>,
+}
+
+/// A rule's use of a plugin, with its config as JSON text.
+#[derive(Debug)]
+struct PluginUse {
+    plugin: Arc<Plugin>,
+    config: String,
 }
 
 #[derive(Debug)]
@@ -52,6 +66,7 @@ struct Rule {
     require: Vec<Condition>,
     deny_if: Vec<Condition>,
     limits: Vec<Limit>,
+    uses: Vec<PluginUse>,
 }
 
 #[derive(Debug)]
@@ -87,11 +102,18 @@ impl Policy {
             path: path.display().to_string(),
             source,
         })?;
-        Self::from_json(&text, &path.display().to_string())
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_json_in(&text, &path.display().to_string(), base)
     }
 
-    /// Compiles a policy from its JSON text; `file` names it in errors.
+    /// Compiles a policy from its JSON text; `file` names it in errors. Plugin paths are
+    /// relative to the current directory.
     pub fn from_json(text: &str, file: &str) -> Result<Self, PolicyError> {
+        Self::from_json_in(text, file, Path::new("."))
+    }
+
+    /// Compiles a policy from its JSON text, resolving plugin paths against `base`.
+    pub fn from_json_in(text: &str, file: &str, base: &Path) -> Result<Self, PolicyError> {
         let mut de = serde_json::Deserializer::from_str(text);
         let doc: PolicyDocument = serde_path_to_error::deserialize(&mut de).map_err(|err| {
             let location = match err.path().to_string() {
@@ -116,12 +138,81 @@ impl Policy {
                 "trailing characters after the policy object".into(),
             )
         })?;
-        Self::compile(doc, text, file)
+        Self::compile(doc, text, file, base)
     }
 
-    fn compile(doc: PolicyDocument, text: &str, file: &str) -> Result<Self, PolicyError> {
+    fn compile(
+        doc: PolicyDocument,
+        text: &str,
+        file: &str,
+        base: &Path,
+    ) -> Result<Self, PolicyError> {
         let invalid = |needle: &str, location: String, message: String| {
             PolicyError::at_text(file, text, needle, location, message)
+        };
+        // Plugins first: load → verify → compile → pre-instantiate, each failure a load error.
+        let mut plugins: HashMap<String, Arc<Plugin>> = HashMap::new();
+        if !doc.plugins.is_empty() {
+            let runtime = PluginRuntime::shared()
+                .map_err(|e| invalid("\"plugins\"", "plugins".into(), e.to_string()))?;
+            for (name, spec) in &doc.plugins {
+                let defaults = PluginLimits::default();
+                let limits = PluginLimits {
+                    fuel: spec.fuel.unwrap_or(defaults.fuel),
+                    timeout: spec
+                        .timeout_ms
+                        .map_or(defaults.timeout, Duration::from_millis),
+                    memory_bytes: spec
+                        .memory_mib
+                        .map_or(defaults.memory_bytes, |m| (m as usize) << 20),
+                    recycle_after: spec.recycle_after.unwrap_or(defaults.recycle_after),
+                    ..defaults
+                };
+                let plugin = runtime
+                    .load(
+                        name,
+                        &base.join(&spec.path),
+                        spec.sha256.as_deref(),
+                        spec.isolation,
+                        limits,
+                    )
+                    .map_err(|e| {
+                        invalid(
+                            &format!("\"{name}\""),
+                            format!("plugins.{name}"),
+                            format!("cannot load plugin `{name}`: {e}"),
+                        )
+                    })?;
+                plugins.insert(name.clone(), plugin);
+            }
+        }
+        let uses = |specs: &[UseSpec], location: &str| -> Result<Vec<PluginUse>, PolicyError> {
+            specs
+                .iter()
+                .enumerate()
+                .map(|(i, spec)| {
+                    let at = format!("{location}.use[{i}]");
+                    let plugin = plugins.get(&spec.plugin).ok_or_else(|| {
+                        invalid(
+                            &format!("\"{}\"", spec.plugin),
+                            format!("{at}.plugin"),
+                            format!("no plugin named `{}` in `plugins`", spec.plugin),
+                        )
+                    })?;
+                    let config = spec.config.to_string();
+                    plugin.validate_config(&config).map_err(|e| {
+                        invalid(
+                            &format!("\"{}\"", spec.plugin),
+                            format!("{at}.config"),
+                            format!("plugin `{}` rejects its config: {e}", spec.plugin),
+                        )
+                    })?;
+                    Ok(PluginUse {
+                        plugin: plugin.clone(),
+                        config,
+                    })
+                })
+                .collect()
         };
         let limits = |specs: &[LimitSpec],
                       shorthand: &Option<RateLimitSpec>,
@@ -200,6 +291,7 @@ impl Policy {
                 reason: spec.reason,
                 require: spec.require,
                 deny_if: spec.deny_if,
+                uses: uses(&spec.uses, &location)?,
             };
             if is_glob(&pattern) {
                 globs.push((pattern, rule));
@@ -223,7 +315,50 @@ impl Policy {
             exact,
             globs,
             all_tools_limits,
+            all_tools_uses: uses(&doc.all_tools.uses, "all_tools")?,
+            plugins: plugins.into_values().collect(),
         })
+    }
+
+    /// Runs the plugins in order after the declarative checks passed. The first refusal wins,
+    /// and every unit the call took (declarative and plugin) is refunded with it.
+    fn run_plugins(
+        &self,
+        call: &ToolCall<'_>,
+        uses: &[&PluginUse],
+        counters: &Arc<dyn CounterStore>,
+        rule_id: &str,
+        mut reservations: Vec<crate::counters::Reservation>,
+    ) -> Outcome {
+        if !uses.is_empty() {
+            let arguments = call.args.to_string();
+            let plugin_call = PluginCall {
+                tool: call.tool,
+                arguments: &arguments,
+                grant: call.grant,
+                session: call.session,
+            };
+            for u in uses {
+                let outcome = u.plugin.evaluate(&plugin_call, &u.config, counters);
+                reservations.extend(outcome.reservations);
+                if !outcome.decision.is_allow() {
+                    counters.refund(&reservations);
+                    return Outcome {
+                        decision: outcome.decision,
+                        reservations: Vec::new(),
+                    };
+                }
+            }
+        }
+        Outcome {
+            decision: Decision::allow(rule_id),
+            reservations,
+        }
+    }
+
+    /// The plugins this policy loaded, for status and logs.
+    pub fn plugins(&self) -> &[Arc<Plugin>] {
+        &self.plugins
     }
 
     /// The policy's `name`, if it has one.
@@ -247,7 +382,7 @@ impl Policy {
     }
 
     /// Decides one call, consuming counter units if it is allowed.
-    pub fn decide(&self, call: &ToolCall<'_>, counters: &dyn CounterStore) -> Outcome {
+    pub fn decide(&self, call: &ToolCall<'_>, counters: &Arc<dyn CounterStore>) -> Outcome {
         let refuse = |decision| Outcome {
             decision,
             reservations: Vec::new(),
@@ -320,7 +455,12 @@ impl Policy {
             .iter()
             .chain(rule.into_iter().flat_map(|r| &r.limits))
             .collect();
-        if limits.is_empty() {
+        let uses: Vec<&PluginUse> = self
+            .all_tools_uses
+            .iter()
+            .chain(rule.into_iter().flat_map(|r| &r.uses))
+            .collect();
+        if limits.is_empty() && uses.is_empty() {
             return refuse(Decision::allow(rule_id));
         }
         let requests: Vec<(CounterKey, Window)> = limits
@@ -333,10 +473,7 @@ impl Policy {
             })
             .collect();
         match counters.consume(&requests) {
-            Ok(reservations) => Outcome {
-                decision: Decision::allow(rule_id),
-                reservations,
-            },
+            Ok(reservations) => self.run_plugins(call, &uses, counters, rule_id, reservations),
             Err(exhausted) => {
                 let limit = limits[exhausted.index];
                 let retry_s = exhausted.retry_after_ms.div_ceil(1000);

@@ -1,6 +1,6 @@
 use super::*;
 use crate::clock::ManualClock;
-use crate::counters::MemoryCounterStore;
+use crate::counters::{CounterStore, MemoryCounterStore};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +13,7 @@ fn policy(v: Value) -> Policy {
 
 fn decide_as(
     p: &Policy,
-    store: &MemoryCounterStore,
+    store: &Arc<MemoryCounterStore>,
     grant: &str,
     tool: &str,
     args: Value,
@@ -25,14 +25,14 @@ fn decide_as(
             grant,
             session: "s1",
         },
-        store,
+        &(store.clone() as Arc<dyn CounterStore>),
     )
     .decision
 }
 
-fn store() -> (Arc<ManualClock>, MemoryCounterStore) {
+fn store() -> (Arc<ManualClock>, Arc<MemoryCounterStore>) {
     let clock = ManualClock::starting_at(1_000_000);
-    (clock.clone(), MemoryCounterStore::new(clock))
+    (clock.clone(), Arc::new(MemoryCounterStore::new(clock)))
 }
 
 #[test]

@@ -1,0 +1,146 @@
+//! `toolgate plugin build`: a plugin crate to a component, the same way for every crate.
+//!
+//! The crate is built with cargo for `wasm32-wasip1` (release), and the core module is turned
+//! into a component in-process with `wit-component` and the WASI preview1 *reactor* adapter
+//! (a rule is a library, not a command), the adapter matching this wasmtime exactly. A crate
+//! built for `wasm32-wasip2` is already a component and is copied as it is.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use wasi_preview1_component_adapter_provider::{
+    WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+};
+
+const MAGIC: &[u8] = b"\0asm";
+
+/// Whether `bytes` are a WebAssembly component.
+pub fn is_component(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && &bytes[..4] == MAGIC && bytes[4..8] == [0x0d, 0x00, 0x01, 0x00]
+}
+
+/// Whether `bytes` are a core WebAssembly module.
+pub fn is_core_module(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && &bytes[..4] == MAGIC && bytes[4..8] == [0x01, 0x00, 0x00, 0x00]
+}
+
+/// Why a build failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// cargo could not be run, or failed.
+    #[error("cargo build failed for `{crate_dir}`{detail}")]
+    Cargo {
+        /// The crate.
+        crate_dir: String,
+        /// What cargo said, if anything.
+        detail: String,
+    },
+    /// cargo built no cdylib.
+    #[error("`{0}` produced no .wasm library: is it a `crate-type = [\"cdylib\"]` crate?")]
+    NoArtifact(String),
+    /// The module could not be made into a component.
+    #[error("cannot turn `{path}` into a component: {reason}")]
+    Componentize {
+        /// The core module.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// Reading or writing a file failed.
+    #[error("cannot {action} `{path}`: {source}")]
+    Io {
+        /// read or write.
+        action: &'static str,
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Turns a core module built for `wasm32-wasip1` into a component.
+pub fn componentize(module: &[u8]) -> Result<Vec<u8>, String> {
+    wit_component::ComponentEncoder::default()
+        .module(module)
+        .and_then(|e| {
+            e.adapter(
+                WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME,
+                WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+            )
+        })
+        .map(|e| e.validate(true))
+        .and_then(|e| e.encode())
+        .map_err(|e| format!("{e:#}"))
+}
+
+/// Builds the plugin crate in `crate_dir` for `target` (`wasm32-wasip1` or `wasm32-wasip2`)
+/// and writes the component to `out` (default: next to cargo's artifact, as
+/// `<name>.component.wasm`). Returns the component's path.
+pub fn build(crate_dir: &Path, target: &str, out: Option<&Path>) -> Result<PathBuf, BuildError> {
+    let shown = crate_dir.display().to_string();
+    let output = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args([
+            "build",
+            "--release",
+            "--message-format=json-render-diagnostics",
+            "--target",
+            target,
+            "--manifest-path",
+        ])
+        .arg(crate_dir.join("Cargo.toml"))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| BuildError::Cargo {
+            crate_dir: shown.clone(),
+            detail: format!(": {e}"),
+        })?;
+    if !output.status.success() {
+        return Err(BuildError::Cargo {
+            crate_dir: shown,
+            detail: String::new(),
+        });
+    }
+    // The last cdylib artifact cargo reports is the crate's own.
+    let artifact = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .rev()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact")
+        .filter(|m| {
+            m["target"]["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "cdylib"))
+        })
+        .filter_map(|m| {
+            m["filenames"]
+                .as_array()?
+                .iter()
+                .filter_map(|f| f.as_str())
+                .find(|f| f.ends_with(".wasm"))
+                .map(PathBuf::from)
+        })
+        .next()
+        .ok_or_else(|| BuildError::NoArtifact(shown.clone()))?;
+    let io = |action, path: &Path| {
+        let path = path.display().to_string();
+        move |source| BuildError::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    let bytes = std::fs::read(&artifact).map_err(io("read", &artifact))?;
+    let component = if is_component(&bytes) {
+        bytes
+    } else {
+        componentize(&bytes).map_err(|reason| BuildError::Componentize {
+            path: artifact.display().to_string(),
+            reason,
+        })?
+    };
+    let out = match out {
+        Some(out) => out.to_path_buf(),
+        None => artifact.with_extension("component.wasm"),
+    };
+    std::fs::write(&out, component).map_err(io("write", &out))?;
+    Ok(out)
+}

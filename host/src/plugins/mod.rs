@@ -1,0 +1,674 @@
+//! Plugins: rules as sandboxed WebAssembly components.
+//!
+//! A plugin is a component implementing the `policy` world of `wit/policy.wit`. Its
+//! lifecycle has five steps, named the same in types, logs and docs:
+//!
+//! 1. **load**: read the file;
+//! 2. **verify**: check its sha256 against the policy's `sha256` (when given), and that it is a
+//!    component, not a core module;
+//! 3. **compile**: once per content digest in this process, and cached on disk keyed by
+//!    sha256 + wasmtime version + engine configuration, so a restart loads it in a fraction of
+//!    a millisecond;
+//! 4. **pre-instantiate**: link it against the granted imports once ([`wasmtime::component::InstancePre`]);
+//!    a plugin that needs anything else, or exports another world, fails here, at load time;
+//! 5. **evaluate**: run `evaluate` under a fuel budget, an epoch deadline and a memory cap.
+//!    Every trap, timeout, limit hit or malformed result is a **deny** naming the plugin and
+//!    the cause; the next evaluation starts from a clean instance.
+//!
+//! The sandbox grants the three toolgate interfaces (counters, clock, log) and nothing else:
+//! every WASI import a guest's standard library brings is linked to a function that traps, so
+//! a plugin has no filesystem, environment, network, clock or randomness of its own.
+
+mod bindings;
+pub mod build;
+mod host;
+
+use crate::counters::{CounterStore, Reservation};
+use crate::decision::{Decision, Verdict};
+use bindings::toolgate::policy::types as wit;
+use host::EvalState;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder, Trap,
+};
+
+/// Log bytes one evaluation may write; past this the plugin traps (and the call is denied).
+pub const LOG_BYTES_PER_EVALUATION: usize = 4096;
+
+/// The wasmtime version pinned in Cargo.toml (`=48.0.8`): part of the compile cache's key.
+const WASMTIME_VERSION: &str = "48.0.8";
+
+/// How often the epoch advances. The wall-clock deadline is counted in these ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// How evaluations of one plugin are isolated from each other.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// A new store and instance for every evaluation (Kubewarden's model). Nothing a plugin
+    /// does can carry over to the next call, and a trap costs nothing to recover from. Costs
+    /// an instantiation per call: tens of µs with the pooling allocator (see BENCHMARKS.md).
+    #[default]
+    Fresh,
+    /// Warm instances are kept and reused, which makes a call cost about as much as the
+    /// plugin's own work (a few µs). The price: a plugin can keep state between calls (its
+    /// globals, its heap), so one call can influence the next. An instance is thrown away
+    /// after any trap and after `recycle_after` calls, which bounds how long state can live.
+    Pooled,
+}
+
+/// Limits on one plugin's evaluations. Each says what raising it costs.
+#[derive(Clone, Debug)]
+pub struct PluginLimits {
+    /// Fuel per evaluation, reported as "instructions": deterministic, so a plugin that passes
+    /// its cases passes them on every machine. It does not count time spent in host imports,
+    /// which is what `timeout` is for. Default 50 million (tens of ms of pure computation).
+    pub fuel: u64,
+    /// Wall-clock backstop per evaluation, counted in epoch ticks of 5 ms. Default 250 ms.
+    /// A plugin runs on the calling session's thread: this is the longest a call can wait.
+    pub timeout: Duration,
+    /// Linear memory per instance. A std guest starts at about 1.1 MiB. Default 32 MiB.
+    pub memory_bytes: usize,
+    /// Largest `arguments` JSON passed in. Default 1 MiB; a larger call is denied.
+    pub max_input_bytes: usize,
+    /// Largest `config` JSON. Default 64 KiB; a larger config fails the policy load.
+    pub max_config_bytes: usize,
+    /// Longest reason a plugin may return. Default 1 KiB; a longer one is a malformed
+    /// result, and the call is denied with a reason saying so.
+    pub max_reason_bytes: usize,
+    /// Pooled mode: an instance serves at most this many calls. Default 1000.
+    pub recycle_after: u32,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        Self {
+            fuel: 50_000_000,
+            timeout: Duration::from_millis(250),
+            memory_bytes: 32 << 20,
+            max_input_bytes: 1 << 20,
+            max_config_bytes: 64 << 10,
+            max_reason_bytes: 1024,
+            recycle_after: 1000,
+        }
+    }
+}
+
+/// Why a plugin did not load.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The file could not be read.
+    #[error("cannot read `{path}`: {source}")]
+    Read {
+        /// The resolved path.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The content does not have the digest the policy pins.
+    #[error(
+        "digest mismatch for `{path}`: the policy pins sha256 {expected}, the file has {actual}"
+    )]
+    DigestMismatch {
+        /// The resolved path.
+        path: String,
+        /// What the policy says.
+        expected: String,
+        /// What the file has.
+        actual: String,
+    },
+    /// The file is not a component, or does not implement toolgate's world.
+    #[error("`{path}` is not a usable plugin: {reason}")]
+    Invalid {
+        /// The resolved path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The engine could not be set up.
+    #[error("the plugin engine cannot start: {0}")]
+    Engine(String),
+}
+
+/// One engine for the process, with the linker every plugin is instantiated through.
+pub struct PluginRuntime {
+    engine: Engine,
+    linker: Linker<EvalState>,
+    cache_dir: Option<PathBuf>,
+    /// Compiled components by content digest: each is compiled once per process.
+    compiled: Mutex<HashMap<String, Component>>,
+}
+
+/// The `sha256` of some bytes, as lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("TOOLGATE_CACHE_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("toolgate").join("plugins"))
+}
+
+impl PluginRuntime {
+    /// The process's runtime, created on first use, caching compiled plugins in
+    /// `$TOOLGATE_CACHE_DIR` (default `~/.cache/toolgate/plugins`).
+    pub fn shared() -> Result<&'static PluginRuntime, PluginError> {
+        static SHARED: OnceLock<Result<PluginRuntime, String>> = OnceLock::new();
+        SHARED
+            .get_or_init(|| PluginRuntime::new(default_cache_dir()).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| PluginError::Engine(e.clone()))
+    }
+
+    /// A runtime with its own engine; `cache_dir` holds precompiled artifacts (`None`: no disk cache).
+    pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, PluginError> {
+        let engine_error = |e: wasmtime::Error| PluginError::Engine(format!("{e:#}"));
+        let mut pool = PoolingAllocationConfig::default();
+        // Slots for instances alive at once (pooled warm instances plus fresh ones in flight).
+        pool.total_component_instances(256)
+            .total_core_instances(1024)
+            .total_memories(512)
+            .total_tables(512)
+            .max_memories_per_component(4)
+            .max_tables_per_component(4)
+            .max_memory_size(256 << 20);
+        let mut config = wasmtime::Config::new();
+        config
+            .wasm_component_model(true)
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(engine_error)?;
+        let mut linker = Linker::new(&engine);
+        bindings::toolgate::policy::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(engine_error)?;
+        bindings::toolgate::policy::counters::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(engine_error)?;
+        bindings::toolgate::policy::clock::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(engine_error)?;
+        bindings::toolgate::policy::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(engine_error)?;
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("plugin-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(|e| PluginError::Engine(e.to_string()))?;
+        Ok(Self {
+            engine,
+            linker,
+            cache_dir,
+            compiled: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Where compiled artifacts of `digest` are cached: the key includes everything that makes
+    /// an artifact unusable elsewhere (wasmtime version, engine configuration).
+    fn cache_path(&self, digest: &str) -> Option<PathBuf> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        let config = hasher.finish();
+        let dir = self.cache_dir.as_ref()?;
+        Some(dir.join(format!(
+            "{digest}-wasmtime{WASMTIME_VERSION}-{config:016x}.cwasm"
+        )))
+    }
+
+    fn compile(&self, digest: &str, bytes: &[u8], path: &str) -> Result<Component, PluginError> {
+        if let Some(component) = self
+            .compiled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(digest)
+        {
+            return Ok(component.clone());
+        }
+        let cached = self.cache_path(digest);
+        let from_cache = cached.as_ref().filter(|p| p.exists()).and_then(|p| {
+            // SAFETY: the file is a wasmtime artifact this runtime wrote into its own cache
+            // directory under a name that includes its content digest, the wasmtime version and
+            // the engine configuration; deserialize_file checks the version and configuration.
+            unsafe { Component::deserialize_file(&self.engine, p) }
+                .map_err(|e| tracing::warn!(path = %p.display(), error = %e, "ignoring a bad cache entry"))
+                .ok()
+        });
+        let component = match from_cache {
+            Some(component) => component,
+            None => {
+                let started = std::time::Instant::now();
+                let component =
+                    Component::new(&self.engine, bytes).map_err(|e| PluginError::Invalid {
+                        path: path.to_owned(),
+                        reason: format!("{e:#}"),
+                    })?;
+                tracing::info!(
+                    path,
+                    digest,
+                    ms = started.elapsed().as_millis() as u64,
+                    "compiled plugin"
+                );
+                if let (Some(cache), Ok(artifact)) = (&cached, component.serialize()) {
+                    let write = || -> std::io::Result<()> {
+                        std::fs::create_dir_all(
+                            cache.parent().expect("cache files have a parent"),
+                        )?;
+                        let tmp = cache.with_extension(format!("tmp{}", std::process::id()));
+                        std::fs::write(&tmp, artifact)?;
+                        std::fs::rename(&tmp, cache)
+                    };
+                    if let Err(e) = write() {
+                        tracing::warn!(path = %cache.display(), error = %e, "cannot write the plugin cache");
+                    }
+                }
+                component
+            }
+        };
+        self.compiled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(digest.to_owned(), component.clone());
+        Ok(component)
+    }
+
+    /// Loads, verifies, compiles and pre-instantiates the plugin at `path`.
+    pub fn load(
+        &self,
+        name: &str,
+        path: &Path,
+        sha256: Option<&str>,
+        isolation: Isolation,
+        limits: PluginLimits,
+    ) -> Result<Arc<Plugin>, PluginError> {
+        let shown = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let digest = sha256_hex(&bytes);
+        match sha256 {
+            Some(expected) if !expected.eq_ignore_ascii_case(&digest) => {
+                return Err(PluginError::DigestMismatch {
+                    path: shown,
+                    expected: expected.to_owned(),
+                    actual: digest,
+                })
+            }
+            Some(_) => {}
+            None => {
+                tracing::warn!(plugin = name, path = %shown, sha256 = %digest, "plugin loaded without a pinned sha256")
+            }
+        }
+        let invalid = |reason: String| PluginError::Invalid {
+            path: shown.clone(),
+            reason,
+        };
+        if !build::is_component(&bytes) {
+            let reason = if build::is_core_module(&bytes) {
+                "it is a core wasm module, not a component; build it with `toolgate plugin build`"
+                    .to_owned()
+            } else {
+                "it is not WebAssembly (truncated, or another file)".to_owned()
+            };
+            return Err(invalid(reason));
+        }
+        let component = self.compile(&digest, &bytes, &shown)?;
+        // Imports the host does not grant: WASI (from a guest's standard library) links to
+        // functions that trap when called; anything else fails the load here.
+        for (import, _) in component.component_type().imports(&self.engine) {
+            if !import.starts_with("wasi:") && !import.starts_with("toolgate:policy/") {
+                return Err(invalid(format!(
+                    "it imports `{import}`, which toolgate does not grant"
+                )));
+            }
+        }
+        let mut linker = self.linker.clone();
+        linker
+            .define_unknown_imports_as_traps(&component)
+            .map_err(|e| invalid(format!("{e:#}")))?;
+        let instance_pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| invalid(format!("{e:#}")))?;
+        let pre = bindings::PolicyPre::new(instance_pre).map_err(|e| {
+            invalid(format!(
+                "it does not implement toolgate's `policy` world: {e:#}"
+            ))
+        })?;
+        let plugin = Plugin {
+            name: Arc::from(name),
+            digest,
+            engine: self.engine.clone(),
+            pre,
+            isolation,
+            limits,
+            warm: Mutex::new(Vec::new()),
+        };
+        let metadata = plugin.metadata().map_err(invalid)?;
+        tracing::info!(plugin = name, sha256 = %plugin.digest, metadata.name, metadata.version, ?isolation, "pre-instantiated plugin");
+        Ok(Arc::new(plugin))
+    }
+}
+
+/// A warm instance kept by a pooled plugin.
+struct Warm {
+    store: Store<EvalState>,
+    instance: bindings::Policy,
+    calls: u32,
+}
+
+/// A loaded plugin: one pre-instantiated component, ready to evaluate.
+pub struct Plugin {
+    name: Arc<str>,
+    digest: String,
+    engine: Engine,
+    pre: bindings::PolicyPre<EvalState>,
+    isolation: Isolation,
+    limits: PluginLimits,
+    warm: Mutex<Vec<Warm>>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("sha256", &self.digest)
+            .finish()
+    }
+}
+
+/// What the plugin sees of a call.
+pub struct PluginCall<'a> {
+    /// The tool's name.
+    pub tool: &'a str,
+    /// The arguments as JSON text.
+    pub arguments: &'a str,
+    /// The calling grant.
+    pub grant: &'a str,
+    /// The calling session.
+    pub session: &'a str,
+}
+
+/// The result of one evaluation.
+pub struct PluginOutcome {
+    /// The plugin's decision, or a deny describing its failure.
+    pub decision: Decision,
+    /// Counter units the plugin took (refund them if the call does not go ahead).
+    pub reservations: Vec<Reservation>,
+    /// Fuel consumed: the plugin's instructions.
+    pub instructions: u64,
+}
+
+/// The plugin's name and version, as it reports them.
+pub struct PluginMetadata {
+    /// Its name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// What it does.
+    pub description: String,
+}
+
+impl Plugin {
+    /// The name the policy gives the plugin.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The sha256 of the component's bytes.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    fn new_store(&self) -> Store<EvalState> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.limits.memory_bytes)
+            .instances(8)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(&self.engine, EvalState::idle(self.name.clone(), limits));
+        store.limiter(|state| &mut state.limits);
+        store
+    }
+
+    fn arm(&self, store: &mut Store<EvalState>) -> Result<(), String> {
+        store
+            .set_fuel(self.limits.fuel)
+            .map_err(|e| e.to_string())?;
+        let ticks = (self.limits.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+        Ok(())
+    }
+
+    /// Calls `metadata` on a fresh instance (part of loading).
+    pub fn metadata(&self) -> Result<PluginMetadata, String> {
+        let mut store = self.new_store();
+        self.arm(&mut store)?;
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| format!("cannot instantiate it: {e:#}"))?;
+        let m = instance
+            .call_metadata(&mut store)
+            .map_err(|e| self.describe(&e, &store))?;
+        Ok(PluginMetadata {
+            name: m.name,
+            version: m.version,
+            description: m.description,
+        })
+    }
+
+    /// Runs the plugin's `validate-config` on `config` (JSON text).
+    pub fn validate_config(&self, config: &str) -> Result<(), String> {
+        if config.len() > self.limits.max_config_bytes {
+            return Err(format!(
+                "config of {} bytes exceeds the {}-byte cap",
+                config.len(),
+                self.limits.max_config_bytes
+            ));
+        }
+        let mut store = self.new_store();
+        self.arm(&mut store)?;
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| format!("cannot instantiate it: {e:#}"))?;
+        match instance.call_validate_config(&mut store, config) {
+            Ok(result) => result.map_err(|reason| truncate(&reason, self.limits.max_reason_bytes)),
+            Err(e) => Err(self.describe(&e, &store)),
+        }
+    }
+
+    /// Why an evaluation failed, in words: the cause, never a Rust type name.
+    fn describe(&self, error: &wasmtime::Error, store: &Store<EvalState>) -> String {
+        let used = self
+            .limits
+            .fuel
+            .saturating_sub(store.get_fuel().unwrap_or(0));
+        let chain = format!("{error:#}");
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => format!("ran out of fuel after {used} instructions"),
+            Some(Trap::Interrupt) => {
+                format!("timed out after {} ms", self.limits.timeout.as_millis())
+            }
+            _ if chain.contains("growing memory") => {
+                format!(
+                    "exceeded its memory cap of {} MiB",
+                    self.limits.memory_bytes >> 20
+                )
+            }
+            _ if chain.contains("log cap exceeded") => {
+                format!("exceeded the log cap of {LOG_BYTES_PER_EVALUATION} bytes per evaluation")
+            }
+            _ if chain.contains("unknown import") || chain.contains("has not been defined") => {
+                let import = chain.split('`').nth(1).unwrap_or("an import");
+                // Rust's panic handler reads the environment (RUST_BACKTRACE), then writes the
+                // message to stderr: both are WASI, so a panic shows up as this trap.
+                let panic = if import.starts_with("wasi:cli/environment")
+                    || import.starts_with("wasi:cli/stderr")
+                {
+                    " (the plugin panicked, most likely: its panic handler reads the environment and writes stderr)"
+                } else {
+                    ""
+                };
+                format!("trapped calling `{import}`, which toolgate does not grant{panic}")
+            }
+            Some(Trap::UnreachableCodeReached) => {
+                "trapped: unreachable code reached (a panic or abort in the plugin)".to_owned()
+            }
+            Some(trap) => format!("trapped: {trap}"),
+            None => format!("failed: {chain}"),
+        }
+    }
+
+    fn take_instance(&self) -> Result<Warm, String> {
+        if self.isolation == Isolation::Pooled {
+            if let Some(warm) = self.warm.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+                return Ok(warm);
+            }
+        }
+        let mut store = self.new_store();
+        self.arm(&mut store)?;
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| format!("cannot instantiate it: {e:#}"))?;
+        Ok(Warm {
+            store,
+            instance,
+            calls: 0,
+        })
+    }
+
+    /// Evaluates one call. Never fails: a failure is a deny that names the plugin and the cause.
+    pub fn evaluate(
+        &self,
+        call: &PluginCall<'_>,
+        config: &str,
+        counters: &Arc<dyn CounterStore>,
+    ) -> PluginOutcome {
+        let rule = format!("plugins.{}", self.name);
+        let failed = |reason: String, reservations: Vec<Reservation>, instructions| PluginOutcome {
+            decision: Decision::deny(rule.clone(), format!("plugin `{}` {reason}", self.name)),
+            reservations,
+            instructions,
+        };
+        if call.arguments.len() > self.limits.max_input_bytes {
+            let reason = format!(
+                "was not run: arguments of {} bytes exceed its {}-byte input cap",
+                call.arguments.len(),
+                self.limits.max_input_bytes
+            );
+            return failed(reason, Vec::new(), 0);
+        }
+        let mut warm = match self.take_instance() {
+            Ok(warm) => warm,
+            Err(reason) => return failed(reason, Vec::new(), 0),
+        };
+        if let Err(reason) = self.arm(&mut warm.store) {
+            return failed(reason, Vec::new(), 0);
+        }
+        {
+            let state = warm.store.data_mut();
+            state.counters = Some(counters.clone());
+            state.grant = call.grant.to_owned();
+            state.session = call.session.to_owned();
+            state.log_budget = LOG_BYTES_PER_EVALUATION;
+        }
+        let wit_call = wit::ToolCall {
+            tool: call.tool.to_owned(),
+            arguments: call.arguments.to_owned(),
+            grant: call.grant.to_owned(),
+            session: call.session.to_owned(),
+            server: String::new(),
+            annotations: None,
+        };
+        let result = warm
+            .instance
+            .call_evaluate(&mut warm.store, &wit_call, config);
+        let instructions = self
+            .limits
+            .fuel
+            .saturating_sub(warm.store.get_fuel().unwrap_or(0));
+        let reservations = {
+            let state = warm.store.data_mut();
+            state.counters = None;
+            std::mem::take(&mut state.reservations)
+        };
+        let decision = match result {
+            Err(e) => {
+                // After a trap the instance refuses further calls: drop it.
+                let reason = self.describe(&e, &warm.store);
+                tracing::warn!(plugin = %self.name, %reason, "plugin failed; the call is denied");
+                return failed(reason, reservations, instructions);
+            }
+            Ok(decision) => decision,
+        };
+        warm.calls += 1;
+        if self.isolation == Isolation::Pooled && warm.calls < self.limits.recycle_after {
+            self.warm
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(warm);
+        }
+        let max = self.limits.max_reason_bytes;
+        let too_long = |reason: &str| reason.len() > max;
+        let decision = match decision {
+            wit::Decision::Allow => Decision::allow(rule),
+            wit::Decision::Deny(reason) | wit::Decision::RequireApproval(reason) if too_long(&reason) => {
+                return failed(format!("returned a malformed result: a reason of {} bytes, over the {max}-byte cap", reason.len()), reservations, instructions)
+            }
+            wit::Decision::RateLimited(r) if too_long(&r.reason) => {
+                return failed(format!("returned a malformed result: a reason of {} bytes, over the {max}-byte cap", r.reason.len()), reservations, instructions)
+            }
+            wit::Decision::Deny(reason) => Decision::deny(rule, reason),
+            wit::Decision::RequireApproval(reason) => Decision {
+                verdict: Verdict::RequireApproval,
+                rule,
+                reason: format!("{reason} (approval not configured: this gateway has no approvers, so calls that need approval are refused)"),
+                retry_after_ms: None,
+            },
+            wit::Decision::RateLimited(r) => Decision {
+                verdict: Verdict::RateLimited,
+                rule,
+                reason: r.reason,
+                retry_after_ms: Some(r.retry_after_ms),
+            },
+        };
+        PluginOutcome {
+            decision,
+            reservations,
+            instructions,
+        }
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes in all)", &text[..end], text.len())
+}

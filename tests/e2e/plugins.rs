@@ -1,0 +1,428 @@
+//! Plugins through the real runtime: the reference plugins against the declarative engine on
+//! shared tables, the hostile plugins in live sessions, and plugins that must not load.
+
+use crate::support::{echo, refusal, Client, TOOLGATE};
+use rstest::rstest;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use toolgate::clock::ManualClock;
+use toolgate::counters::{CounterStore, MemoryCounterStore};
+use toolgate::decision::Verdict;
+use toolgate::plugins::sha256_hex;
+use toolgate::policy::{Policy, PolicyError, ToolCall};
+
+const PLUGINS: &[&str] = &[
+    "gw-id-check",
+    "rate-cap",
+    "hostile/loop",
+    "hostile/import-loop",
+    "hostile/memory-bomb",
+    "hostile/panic",
+    "hostile/huge-reason",
+    "hostile/log-flood",
+    "hostile/ungranted-import",
+    "hostile/wrong-world",
+];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Builds every guest crate once per test run with `toolgate plugin build` (the command users
+/// run), and returns the components by crate path.
+fn plugins() -> &'static HashMap<&'static str, PathBuf> {
+    static BUILT: OnceLock<HashMap<&'static str, PathBuf>> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        PLUGINS
+            .iter()
+            .map(|name| {
+                let out = Command::new(TOOLGATE)
+                    .args(["plugin", "build"])
+                    .arg(root().join("guest-policies").join(name))
+                    .stderr(std::process::Stdio::inherit())
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "building {name} failed");
+                let stdout = String::from_utf8(out.stdout).unwrap();
+                let path = PathBuf::from(stdout.lines().last().expect("the path is the last line"));
+                assert!(path.exists(), "{name}: {path:?}");
+                (*name, path)
+            })
+            .collect()
+    })
+}
+
+fn plugin_path(name: &str) -> String {
+    plugins()[name].display().to_string()
+}
+
+fn pinned(name: &str) -> String {
+    sha256_hex(&std::fs::read(&plugins()[name]).unwrap())
+}
+
+struct Engine {
+    policy: Policy,
+    counters: Arc<dyn CounterStore>,
+    clock: Arc<ManualClock>,
+}
+
+impl Engine {
+    fn new(policy: Value) -> Self {
+        let clock = ManualClock::starting_at(1_700_000_000_000);
+        let counters: Arc<dyn CounterStore> = Arc::new(MemoryCounterStore::new(clock.clone()));
+        let policy =
+            Policy::from_json(&policy.to_string(), "test.json").unwrap_or_else(|e| panic!("{e}"));
+        Self {
+            policy,
+            counters,
+            clock,
+        }
+    }
+
+    fn decide(&self, tool: &str, args: &Value) -> toolgate::decision::Decision {
+        let call = ToolCall {
+            tool,
+            args,
+            grant: "g1",
+            session: "s1",
+        };
+        self.policy.decide(&call, &self.counters).decision
+    }
+}
+
+const UUID: &str = "0b6f8a52-6c1e-4d0b-9f3e-2a7c9d1e5b40";
+const UUID_V1: &str = "0b6f8a52-6c1e-1d0b-9f3e-2a7c9d1e5b40";
+
+/// The gw-id-check rules written declaratively: the same table must give the same verdicts.
+fn declarative_gw_id_check() -> Value {
+    let uuid =
+        "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-4[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}";
+    let gw_resume =
+        json!({"deny_if": [{"path": "args.sessionId", "op": "starts_with", "value": "gw-"}]});
+    let well_formed = json!({"require": [{"path": "args.sessionId", "op": "regex", "value": format!("^(gw-)?{uuid}$")}]});
+    json!({"version": "1", "default": "allow", "tools": {
+        "codex_request": gw_resume, "codex_request_async": gw_resume, "codex_fork_session": gw_resume,
+        "grok_request*": gw_resume, "gemini_request*": gw_resume,
+        "session_get": well_formed, "session_delete": well_formed, "session_set_active": well_formed,
+        "session_create": {
+            "require": [{"path": "args.cli", "op": "in", "value": ["claude", "codex", "gemini", "grok", "mistral", "grok-api"]}],
+            "deny_if": [{"path": "args.description", "op": "regex", "value": "^[\\s\\S]{201,}$"}]
+        }
+    }})
+}
+
+fn plugin_gw_id_check(isolation: &str) -> Value {
+    json!({"version": "1", "default": "allow",
+        "plugins": {"gw-id-check": {"path": plugin_path("gw-id-check"), "sha256": pinned("gw-id-check"), "isolation": isolation}},
+        "all_tools": {"use": [{"plugin": "gw-id-check"}]}})
+}
+
+#[rstest]
+#[case("codex_request", json!({"prompt": "p", "sessionId": format!("gw-{UUID}")}), "deny", "Codex resume needs a real Codex UUID")]
+#[case("codex_request_async", json!({"prompt": "p", "sessionId": format!("gw-{UUID}")}), "deny", "tracking id")]
+#[case("codex_fork_session", json!({"sessionId": "gw-anything"}), "deny", "tracking id")]
+#[case("grok_request_async", json!({"sessionId": "gw-x"}), "deny", "tracking id")]
+#[case("gemini_request", json!({"sessionId": "gw-x"}), "deny", "tracking id")]
+#[case("codex_request", json!({"prompt": "p", "sessionId": UUID}), "allow", "")]
+#[case("codex_request", json!({"prompt": "p"}), "allow", "")]
+#[case("claude_request", json!({"sessionId": "gw-x"}), "allow", "")]
+#[case("session_get", json!({"sessionId": UUID}), "allow", "")]
+#[case("session_get", json!({"sessionId": format!("gw-{UUID}")}), "allow", "")]
+#[case("session_get", json!({"sessionId": UUID_V1}), "deny", "malformed sessionId")]
+#[case("session_delete", json!({"sessionId": "gw-123"}), "deny", "malformed sessionId")]
+#[case("session_set_active", json!({"sessionId": 42}), "deny", "malformed sessionId")]
+#[case("session_get", json!({}), "deny", "sessionId is required")]
+#[case("session_create", json!({"cli": "codex"}), "allow", "")]
+#[case("session_create", json!({"cli": "vim"}), "deny", "cli `vim` is not one of")]
+#[case("session_create", json!({"cli": "claude", "description": "d".repeat(200)}), "allow", "")]
+#[case("session_create", json!({"cli": "claude", "description": "é".repeat(201)}), "deny", "201 characters")]
+#[case("session_list", json!({}), "allow", "")]
+fn gw_id_check_table_on_both_engines(
+    #[case] tool: &str,
+    #[case] args: Value,
+    #[case] verdict: &str,
+    #[case] reason: &str,
+) {
+    let declarative = Engine::new(declarative_gw_id_check()).decide(tool, &args);
+    assert_eq!(
+        declarative.verdict.as_str(),
+        verdict,
+        "declarative engine on {tool} {args}: {}",
+        declarative.reason
+    );
+    for isolation in ["fresh", "pooled"] {
+        let d = Engine::new(plugin_gw_id_check(isolation)).decide(tool, &args);
+        assert_eq!(
+            d.verdict.as_str(),
+            verdict,
+            "plugin ({isolation}) on {tool} {args}: {}",
+            d.reason
+        );
+        assert!(
+            d.reason.contains(reason),
+            "plugin ({isolation}) reason {:?} lacks {reason:?}",
+            d.reason
+        );
+        if verdict == "deny" {
+            assert_eq!(d.rule, "plugins.gw-id-check");
+        }
+    }
+}
+
+#[rstest]
+#[case::fresh("fresh")]
+#[case::pooled("pooled")]
+fn rate_cap_behaves_exactly_like_the_declarative_limit(#[case] isolation: &str) {
+    let seed_limit =
+        json!({"counter": "session_create_rate", "window": "minute", "max": 30, "scope": "grant"});
+    let declarative = Engine::new(
+        json!({"version": "1", "default": "deny", "tools": {"session_create": {"limits": [seed_limit]}}}),
+    );
+    let plugin = Engine::new(json!({"version": "1", "default": "deny",
+        "plugins": {"rate-cap": {"path": plugin_path("rate-cap"), "isolation": isolation}},
+        "tools": {"session_create": {"use": [{"plugin": "rate-cap", "config": seed_limit}]}}}));
+    // One table: (advance the clock by ms, then call) and the expected verdict.
+    // Calls at +0 s .. +29 s; the 31st at +29 s waits for the +0 s unit to leave at +60 s.
+    let mut table: Vec<(u64, Verdict)> = vec![(0, Verdict::Allow)];
+    table.extend((1..30).map(|_| (1_000, Verdict::Allow)));
+    table.extend([
+        (0, Verdict::RateLimited),
+        (30_999, Verdict::RateLimited),
+        (1, Verdict::Allow),
+        (0, Verdict::RateLimited),
+    ]);
+    for (step, (advance, expected)) in table.into_iter().enumerate() {
+        let mut decisions = Vec::new();
+        for engine in [&declarative, &plugin] {
+            engine.clock.advance(Duration::from_millis(advance));
+            decisions.push(engine.decide("session_create", &json!({"cli": "codex"})));
+        }
+        let (d, p) = (&decisions[0], &decisions[1]);
+        assert_eq!(
+            d.verdict, expected,
+            "declarative, step {step}: {}",
+            d.reason
+        );
+        assert_eq!(p.verdict, expected, "plugin, step {step}: {}", p.reason);
+        assert_eq!(
+            (&d.reason, d.retry_after_ms),
+            (&p.reason, p.retry_after_ms),
+            "step {step}"
+        );
+    }
+}
+
+#[test]
+fn a_refused_call_refunds_the_units_plugins_took() {
+    // rate-cap allows, then gw-id-check refuses: rate-cap's unit must come back.
+    let engine = Engine::new(json!({"version": "1", "default": "allow",
+        "plugins": {"rate-cap": {"path": plugin_path("rate-cap")}, "gw-id-check": {"path": plugin_path("gw-id-check")}},
+        "tools": {"codex_request": {"use": [
+            {"plugin": "rate-cap", "config": {"counter": "c", "window": "hour", "max": 1}},
+            {"plugin": "gw-id-check"}]}}}));
+    for _ in 0..3 {
+        let d = engine.decide("codex_request", &json!({"sessionId": "gw-1"}));
+        assert_eq!(d.rule, "plugins.gw-id-check", "{}", d.reason);
+    }
+    assert!(engine
+        .decide("codex_request", &json!({"sessionId": UUID}))
+        .is_allow());
+    assert_eq!(
+        engine
+            .decide("codex_request", &json!({"sessionId": UUID}))
+            .verdict,
+        Verdict::RateLimited
+    );
+}
+
+fn load_error(policy: Value) -> String {
+    match Policy::from_json(&policy.to_string(), "bad.json") {
+        Ok(_) => panic!("the policy loaded"),
+        Err(PolicyError::Invalid(e)) => format!("{}: {}", e.location, e.message),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn with_plugin(spec: Value, config: Value) -> Value {
+    json!({"version": "1", "default": "allow", "plugins": {"p": spec}, "tools": {"echo": {"use": [{"plugin": "p", "config": config}]}}})
+}
+
+#[test]
+fn plugins_that_must_not_load_stop_the_policy_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"definitely not wasm").unwrap();
+    let bytes = std::fs::read(&plugins()["gw-id-check"]).unwrap();
+    let truncated = dir.path().join("truncated.wasm");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let core = root().join("guest-policies/target/wasm32-wasip1/release/gw_id_check.wasm");
+
+    let cases = [
+        (
+            json!({"path": garbage}),
+            json!({}),
+            "plugins.p: cannot load plugin `p`",
+            "not WebAssembly",
+        ),
+        (
+            json!({"path": truncated}),
+            json!({}),
+            "plugins.p",
+            "not a usable plugin",
+        ),
+        (
+            json!({"path": core}),
+            json!({}),
+            "plugins.p",
+            "core wasm module, not a component",
+        ),
+        (
+            json!({"path": plugin_path("hostile/wrong-world")}),
+            json!({}),
+            "plugins.p",
+            "does not implement toolgate's `policy` world",
+        ),
+        (
+            json!({"path": plugin_path("gw-id-check"), "sha256": "00".repeat(32)}),
+            json!({}),
+            "plugins.p",
+            "digest mismatch",
+        ),
+        (
+            json!({"path": dir.path().join("missing.wasm")}),
+            json!({}),
+            "plugins.p",
+            "cannot read",
+        ),
+        (
+            json!({"path": plugin_path("rate-cap")}),
+            json!({"counter": "c", "window": "minute", "max": 0}),
+            "tools.echo.use[0].config",
+            "`max` must be at least 1",
+        ),
+        (
+            json!({"path": plugin_path("gw-id-check")}),
+            json!({"typo": true}),
+            "tools.echo.use[0].config",
+            "unknown field `typo`",
+        ),
+    ];
+    for (spec, config, location, message) in cases {
+        let error = load_error(with_plugin(spec.clone(), config));
+        assert!(
+            error.starts_with(location) && error.contains(message),
+            "{spec}: {error}"
+        );
+    }
+    let unknown =
+        load_error(json!({"version": "1", "tools": {"echo": {"use": [{"plugin": "nope"}]}}}));
+    assert!(unknown.contains("no plugin named `nope`"), "{unknown}");
+}
+
+#[test]
+fn the_wasip2_build_path_produces_a_component_that_loads() {
+    let out = tempfile::tempdir()
+        .unwrap()
+        .keep()
+        .join("gw_id_check_p2.wasm");
+    let status = Command::new(TOOLGATE)
+        .args(["plugin", "build", "--target", "wasm32-wasip2", "-o"])
+        .arg(&out)
+        .arg(root().join("guest-policies/gw-id-check"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let engine = Engine::new(json!({"version": "1", "default": "allow",
+        "plugins": {"gw": {"path": out}}, "all_tools": {"use": [{"plugin": "gw"}]}}));
+    assert!(engine
+        .decide("codex_request", &json!({"sessionId": UUID}))
+        .is_allow());
+    assert_eq!(
+        engine
+            .decide("codex_request", &json!({"sessionId": "gw-1"}))
+            .verdict,
+        Verdict::Deny
+    );
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[rstest]
+#[case::loop_("hostile/loop", "ran out of fuel after 2000000 instructions", 3, 8)]
+#[case::import_loop("hostile/import-loop", "timed out after 20 ms", 3, 8)]
+#[case::memory_bomb("hostile/memory-bomb", "exceeded its memory cap of 8 MiB", 1000, 8)]
+#[case::panic("hostile/panic", "panicked", 1000, 8)]
+#[case::huge_reason(
+    "hostile/huge-reason",
+    "malformed result: a reason of 10485760 bytes",
+    20,
+    64
+)]
+#[case::log_flood("hostile/log-flood", "exceeded the log cap of 4096 bytes", 20, 8)]
+#[case::ungranted_import("hostile/ungranted-import", "trapped calling `wasi:", 20, 8)]
+fn hostile_plugins_are_denied_and_the_gateway_keeps_serving(
+    #[case] name: &str,
+    #[case] cause: &str,
+    #[case] calls: usize,
+    #[case] memory_mib: u64,
+) {
+    // Fuel is generous where filling memory is the point (it costs instructions) and tight
+    // for the loop, so that each case trips the limit it is about.
+    let fuel = if name.ends_with("memory-bomb") || name.ends_with("huge-reason") {
+        500_000_000
+    } else {
+        2_000_000
+    };
+    let timeout_ms = if name.ends_with("huge-reason") {
+        5_000
+    } else {
+        20
+    };
+    let policy = json!({"version": "1", "default": "allow",
+        "plugins": {"hostile": {"path": plugin_path(name), "fuel": fuel, "timeout_ms": timeout_ms, "memory_mib": memory_mib}},
+        "tools": {"crash": {"use": [{"plugin": "hostile"}]}}});
+    // The plugin guards `crash`, which would kill the upstream if it ever got through.
+    let mut client = Client::start_with(&policy.to_string(), &echo(), &[]);
+    client.initialize();
+    let mut baseline = 0;
+    for i in 0..calls {
+        let result = client.call("crash", json!({}));
+        let (text, meta) = refusal(&result);
+        assert!(
+            text.starts_with("[toolgate] deny: plugin `hostile` "),
+            "{text}"
+        );
+        assert!(text.contains(cause), "{name}: {text}");
+        assert_eq!(meta["rule"], "plugins.hostile");
+        if i == calls / 10 {
+            baseline = rss_kib(client.child.id());
+        }
+        if i % 100 == 0 || i == calls - 1 {
+            // The gateway still serves: a call that no plugin guards goes through.
+            let plain = client.call("echo", json!({"message": format!("after {i}")}));
+            assert_eq!(plain["content"][0]["text"], format!("after {i}"));
+        }
+    }
+    if calls >= 1000 {
+        let grown = rss_kib(client.child.id()).saturating_sub(baseline);
+        assert!(
+            grown < 16 * 1024,
+            "{name}: resident memory grew by {grown} KiB over {} calls",
+            calls - calls / 10
+        );
+    }
+    let (status, _) = client.finish();
+    assert!(status.success());
+}
