@@ -426,3 +426,46 @@ fn hostile_plugins_are_denied_and_the_gateway_keeps_serving(
     let (status, _) = client.finish();
     assert!(status.success());
 }
+
+#[test]
+fn the_plugin_examples_load_and_enforce_their_rules() {
+    plugins(); // builds the components where the examples expect them
+    let gw = Policy::load(&root().join("examples/gw-id-check/policy.json"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cap = Policy::load(&root().join("examples/rate-cap/policy.json"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let clock = ManualClock::starting_at(0);
+    let counters: Arc<dyn CounterStore> = Arc::new(MemoryCounterStore::new(clock));
+    let decide = |policy: &Policy, tool: &str, args: Value| {
+        policy
+            .decide(
+                &ToolCall {
+                    tool,
+                    args: &args,
+                    grant: "g",
+                    session: "s",
+                },
+                &counters,
+            )
+            .decision
+    };
+    let refused = decide(
+        &gw,
+        "codex_request",
+        json!({"prompt": "p", "sessionId": "gw-1"}),
+    );
+    assert!(
+        refused
+            .reason
+            .contains("Codex resume needs a real Codex UUID"),
+        "{}",
+        refused.reason
+    );
+    for _ in 0..30 {
+        assert!(decide(&cap, "session_create", json!({"cli": "codex"})).is_allow());
+    }
+    assert_eq!(
+        decide(&cap, "session_create", json!({"cli": "codex"})).verdict,
+        Verdict::RateLimited
+    );
+}
