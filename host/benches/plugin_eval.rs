@@ -8,6 +8,10 @@ use serde_json::{json, Value};
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The gap between calls in the spaced group.
+const SPACING: Duration = Duration::from_micros(100);
 use toolgate::clock::SystemClock;
 use toolgate::counters::{CounterStore, MemoryCounterStore};
 use toolgate::policy::{Policy, ToolCall};
@@ -29,6 +33,30 @@ fn component(name: &str) -> PathBuf {
     )
 }
 
+/// One allowed decision of `policy` on a call of `tool` with `args`.
+fn decider<'a>(
+    policy: &Value,
+    tool: &'a str,
+    args: &'a Value,
+    counters: &Arc<dyn CounterStore>,
+) -> impl Fn() -> toolgate::policy::Outcome + 'a {
+    let policy = Policy::from_json(&policy.to_string(), "bench.json").unwrap();
+    let counters = counters.clone();
+    move || {
+        let outcome = policy.decide(
+            &ToolCall {
+                tool,
+                args,
+                grant: "g",
+                session: "s",
+            },
+            &counters,
+        );
+        assert!(outcome.decision.is_allow(), "{}", outcome.decision.reason);
+        black_box(outcome)
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let counters: Arc<dyn CounterStore> =
         Arc::new(MemoryCounterStore::new(Arc::new(SystemClock::new())));
@@ -39,6 +67,7 @@ fn bench(c: &mut Criterion) {
     let gw_args = json!({"prompt": "resume", "sessionId": "0b6f8a52-6c1e-4d0b-9f3e-2a7c9d1e5b40"});
     let cap_args = json!({"cli": "codex"});
     let mut group = c.benchmark_group("one decision");
+    let mut fresh = Vec::new();
     let declarative: [(&str, Value, &Value, &str); 2] = [
         (
             "declarative gw-id rule",
@@ -54,20 +83,8 @@ fn bench(c: &mut Criterion) {
         ),
     ];
     for (name, policy, args, tool) in declarative {
-        let policy = Policy::from_json(&policy.to_string(), "bench.json").unwrap();
-        group.bench_function(name, |b| {
-            b.iter(|| {
-                black_box(policy.decide(
-                    &ToolCall {
-                        tool,
-                        args,
-                        grant: "g",
-                        session: "s",
-                    },
-                    &counters,
-                ))
-            })
-        });
+        let decide = decider(&policy, tool, args, &counters);
+        group.bench_function(name, |b| b.iter(&decide));
     }
     for isolation in ["pooled", "fresh"] {
         for (plugin, path, config, args, tool) in [
@@ -83,25 +100,38 @@ fn bench(c: &mut Criterion) {
             let policy = json!({"version": "1", "default": "allow",
                 "plugins": {"p": {"path": path, "isolation": isolation}},
                 "tools": {tool: {"use": [{"plugin": "p", "config": config}]}}});
-            let policy = Policy::from_json(&policy.to_string(), "bench.json").unwrap();
-            group.bench_function(format!("{plugin} ({isolation})"), |b| {
-                b.iter(|| {
-                    let outcome = policy.decide(
-                        &ToolCall {
-                            tool,
-                            args,
-                            grant: "g",
-                            session: "s",
-                        },
-                        &counters,
-                    );
-                    assert!(outcome.decision.is_allow(), "{}", outcome.decision.reason);
-                    black_box(outcome)
-                })
-            });
+            let decide = decider(&policy, tool, args, &counters);
+            // Back to back: every iteration's instantiation and teardown compete with the
+            // next call for the CPU, so this is the CPU cost of a call.
+            group.bench_function(format!("{plugin} ({isolation})"), |b| b.iter(&decide));
+            if isolation == "fresh" {
+                fresh.push((plugin, decide));
+            }
         }
     }
     group.finish();
+    // Latency when calls leave the background thread time to prepare the next instance and
+    // tear down the last, as they do behind an upstream round trip of any real tool.
+    let mut spaced = c.benchmark_group("one decision, spaced");
+    spaced
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(1))
+        .warm_up_time(Duration::from_millis(200));
+    for (plugin, decide) in fresh {
+        spaced.bench_function(format!("{plugin} (fresh, calls {SPACING:?} apart)"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    std::thread::sleep(SPACING);
+                    let started = Instant::now();
+                    decide();
+                    total += started.elapsed();
+                }
+                total
+            })
+        });
+    }
+    spaced.finish();
 }
 
 criterion_group!(benches, bench);

@@ -31,7 +31,9 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
@@ -47,13 +49,23 @@ const WASMTIME_VERSION: &str = "48.0.8";
 /// How often the epoch advances. The wall-clock deadline is counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
+/// Never-used instances a `fresh` plugin keeps ready, instantiated in the background.
+const PREPARED: usize = 2;
+
+/// Used instances queued for teardown, at most; past this a call tears its own down (so
+/// that calls faster than the background thread cannot exhaust the instance pool).
+const DISCARDS_QUEUED: usize = 16;
+
 /// How evaluations of one plugin are isolated from each other.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Isolation {
     /// A new store and instance for every evaluation (Kubewarden's model). Nothing a plugin
     /// does can carry over to the next call, and a trap costs nothing to recover from. Costs
-    /// an instantiation per call: tens of µs with the pooling allocator (see BENCHMARKS.md).
+    /// an instantiation and a teardown per call (about 15 µs of CPU with the pooling
+    /// allocator, see BENCHMARKS.md), both done off the request path: a background thread
+    /// keeps a few never-used instances ready and tears used ones down, so the call waits
+    /// only for the evaluation itself unless calls outrun it.
     #[default]
     Fresh,
     /// Warm instances are kept and reused, which makes a call cost about as much as the
@@ -143,6 +155,52 @@ pub struct PluginRuntime {
     cache_dir: Option<PathBuf>,
     /// Compiled components by content digest: each is compiled once per process.
     compiled: Mutex<HashMap<String, Component>>,
+    /// The background thread that prepares and tears down instances.
+    chores: Chores,
+}
+
+/// The queue to the background thread, and how many discards it holds.
+#[derive(Clone)]
+struct Chores {
+    queue: Sender<Chore>,
+    discards: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Work kept off the request path.
+enum Chore {
+    /// Instantiate never-used instances until the plugin has [`PREPARED`] ready.
+    Prepare(Weak<Plugin>),
+    /// Drop a used instance: resetting its memory slot costs several µs.
+    Discard(Box<Warm>),
+}
+
+fn do_chores(
+    chores: std::sync::mpsc::Receiver<Chore>,
+    discards: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    for chore in chores {
+        match chore {
+            Chore::Discard(warm) => {
+                drop(warm);
+                discards.fetch_sub(1, Ordering::AcqRel);
+            }
+            Chore::Prepare(plugin) => {
+                let Some(plugin) = plugin.upgrade() else {
+                    continue;
+                };
+                while plugin.ready_len() < PREPARED {
+                    match plugin.instantiate() {
+                        Ok(warm) => plugin.idle().push(warm),
+                        Err(reason) => {
+                            tracing::warn!(plugin = %plugin.name, %reason, "cannot prepare an instance");
+                            break;
+                        }
+                    }
+                }
+                plugin.preparing.store(false, Ordering::Release);
+            }
+        }
+    }
 }
 
 /// The `sha256` of some bytes, as lowercase hex.
@@ -185,7 +243,13 @@ impl PluginRuntime {
             .total_tables(512)
             .max_memories_per_component(4)
             .max_tables_per_component(4)
-            .max_memory_size(256 << 20);
+            .max_memory_size(256 << 20)
+            // Reset a freed memory by rewriting only the pages the last instance dirtied
+            // (PAGEMAP_SCAN, Linux 6.7+) or a memset of the low addresses, instead of an
+            // madvise that drops the pages and makes the next instance fault them back in.
+            .linear_memory_keep_resident(4 << 20)
+            .table_keep_resident(64 << 10)
+            .pagemap_scan(wasmtime::Enabled::Auto);
         let mut config = wasmtime::Config::new();
         config
             .wasm_component_model(true)
@@ -213,11 +277,22 @@ impl PluginRuntime {
                 }
             })
             .map_err(|e| PluginError::Engine(e.to_string()))?;
+        let (queue, todo) = channel();
+        let chores = Chores {
+            queue,
+            discards: Arc::default(),
+        };
+        let discards = chores.discards.clone();
+        std::thread::Builder::new()
+            .name("plugin-chores".into())
+            .spawn(move || do_chores(todo, discards))
+            .map_err(|e| PluginError::Engine(e.to_string()))?;
         Ok(Self {
             engine,
             linker,
             cache_dir,
             compiled: Mutex::new(HashMap::new()),
+            chores,
         })
     }
 
@@ -354,26 +429,40 @@ impl PluginRuntime {
                 "it does not implement toolgate's `policy` world: {e:#}"
             ))
         })?;
-        let plugin = Plugin {
+        let plugin = Arc::new_cyclic(|me| Plugin {
             name: Arc::from(name),
             digest,
             engine: self.engine.clone(),
             pre,
             isolation,
             limits,
-            warm: Mutex::new(Vec::new()),
-        };
+            idle: Mutex::new(Vec::new()),
+            rule: format!("plugins.{name}"),
+            me: me.clone(),
+            chores: self.chores.clone(),
+            preparing: AtomicBool::new(false),
+        });
         let metadata = plugin.metadata().map_err(invalid)?;
         tracing::info!(plugin = name, sha256 = %plugin.digest, metadata.name, metadata.version, ?isolation, "pre-instantiated plugin");
-        Ok(Arc::new(plugin))
+        plugin.prepare();
+        Ok(plugin)
     }
 }
 
-/// A warm instance kept by a pooled plugin.
+/// An instance with its store: ready (never used) for a fresh plugin, warm for a pooled one.
 struct Warm {
     store: Store<EvalState>,
     instance: bindings::Policy,
     calls: u32,
+    /// The call record, its strings reused from call to call.
+    call: wit::ToolCall,
+}
+
+/// Replaces `buf`'s text without allocating, unless it grows (a huge call's buffer shrinks back).
+fn refill(buf: &mut String, text: &str) {
+    buf.clear();
+    buf.shrink_to(64 << 10);
+    buf.push_str(text);
 }
 
 /// A loaded plugin: one pre-instantiated component, ready to evaluate.
@@ -384,7 +473,14 @@ pub struct Plugin {
     pre: bindings::PolicyPre<EvalState>,
     isolation: Isolation,
     limits: PluginLimits,
-    warm: Mutex<Vec<Warm>>,
+    /// Instances waiting for a call: never used (fresh) or warm (pooled).
+    idle: Mutex<Vec<Warm>>,
+    /// `plugins.<name>`: the rule its decisions report.
+    rule: String,
+    me: Weak<Plugin>,
+    chores: Chores,
+    /// A `Prepare` chore is queued or running.
+    preparing: AtomicBool,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -540,12 +636,29 @@ impl Plugin {
         }
     }
 
-    fn take_instance(&self) -> Result<Warm, String> {
-        if self.isolation == Isolation::Pooled {
-            if let Some(warm) = self.warm.lock().unwrap_or_else(|e| e.into_inner()).pop() {
-                return Ok(warm);
-            }
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Warm>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn ready_len(&self) -> usize {
+        self.idle().len()
+    }
+
+    /// A fresh plugin: asks the background thread to top up the ready instances.
+    fn prepare(&self) {
+        if self.isolation == Isolation::Fresh
+            && !self.preparing.swap(true, Ordering::AcqRel)
+            && self
+                .chores
+                .queue
+                .send(Chore::Prepare(self.me.clone()))
+                .is_err()
+        {
+            self.preparing.store(false, Ordering::Release);
         }
+    }
+
+    fn instantiate(&self) -> Result<Warm, String> {
         let mut store = self.new_store();
         self.arm(&mut store)?;
         let instance = self
@@ -556,7 +669,47 @@ impl Plugin {
             store,
             instance,
             calls: 0,
+            call: wit::ToolCall {
+                tool: String::new(),
+                arguments: String::new(),
+                grant: String::new(),
+                session: String::new(),
+                server: String::new(),
+                annotations: None,
+            },
         })
+    }
+
+    /// An idle instance (never used, or warm), else a new one made here and now.
+    fn take_instance(&self) -> Result<Warm, String> {
+        let idle = self.idle().pop();
+        self.prepare();
+        match idle {
+            Some(warm) => Ok(warm),
+            None => self.instantiate(),
+        }
+    }
+
+    /// After a call: a pooled instance that may serve again goes back, any other is torn
+    /// down on the background thread.
+    fn release(&self, mut warm: Warm, reusable: bool) {
+        warm.calls += 1;
+        if reusable && self.isolation == Isolation::Pooled && warm.calls < self.limits.recycle_after
+        {
+            self.idle().push(warm);
+            return;
+        }
+        let discards = &self.chores.discards;
+        if discards.fetch_add(1, Ordering::AcqRel) >= DISCARDS_QUEUED
+            || self
+                .chores
+                .queue
+                .send(Chore::Discard(Box::new(warm)))
+                .is_err()
+        {
+            // Torn down here (in the `send` error, if that is what failed).
+            discards.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     /// Evaluates one call. Never fails: a failure is a deny that names the plugin and the cause.
@@ -566,7 +719,7 @@ impl Plugin {
         config: &str,
         counters: &Arc<dyn CounterStore>,
     ) -> PluginOutcome {
-        let rule = format!("plugins.{}", self.name);
+        let rule = self.rule.clone();
         let failed = |reason: String, reservations: Vec<Reservation>, instructions| PluginOutcome {
             decision: Decision::deny(rule.clone(), format!("plugin `{}` {reason}", self.name)),
             reservations,
@@ -590,21 +743,18 @@ impl Plugin {
         {
             let state = warm.store.data_mut();
             state.counters = Some(counters.clone());
-            state.grant = call.grant.to_owned();
-            state.session = call.session.to_owned();
+            refill(&mut state.grant, call.grant);
+            refill(&mut state.session, call.session);
             state.log_budget = LOG_BYTES_PER_EVALUATION;
         }
-        let wit_call = wit::ToolCall {
-            tool: call.tool.to_owned(),
-            arguments: call.arguments.to_owned(),
-            grant: call.grant.to_owned(),
-            session: call.session.to_owned(),
-            server: String::new(),
-            annotations: None,
-        };
+        let record = &mut warm.call;
+        refill(&mut record.tool, call.tool);
+        refill(&mut record.arguments, call.arguments);
+        refill(&mut record.grant, call.grant);
+        refill(&mut record.session, call.session);
         let result = warm
             .instance
-            .call_evaluate(&mut warm.store, &wit_call, config);
+            .call_evaluate(&mut warm.store, &warm.call, config);
         let instructions = self
             .limits
             .fuel
@@ -616,20 +766,15 @@ impl Plugin {
         };
         let decision = match result {
             Err(e) => {
-                // After a trap the instance refuses further calls: drop it.
+                // After a trap the instance refuses further calls: it is discarded.
                 let reason = self.describe(&e, &warm.store);
+                self.release(warm, false);
                 tracing::warn!(plugin = %self.name, %reason, "plugin failed; the call is denied");
                 return failed(reason, reservations, instructions);
             }
             Ok(decision) => decision,
         };
-        warm.calls += 1;
-        if self.isolation == Isolation::Pooled && warm.calls < self.limits.recycle_after {
-            self.warm
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(warm);
-        }
+        self.release(warm, true);
         let max = self.limits.max_reason_bytes;
         let too_long = |reason: &str| reason.len() > max;
         let decision = match decision {
