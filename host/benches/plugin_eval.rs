@@ -49,6 +49,8 @@ fn decider<'a>(
                 args,
                 grant: "g",
                 session: "s",
+                server: "",
+                annotations: None,
             },
             &counters,
         );

@@ -28,6 +28,8 @@ fn decisions(c: &mut Criterion) {
                     args: &args,
                     grant: "g",
                     session: "s",
+                    server: "",
+                    annotations: None,
                 },
                 &store,
             ))
@@ -42,6 +44,8 @@ fn decisions(c: &mut Criterion) {
                     args: &args,
                     grant: "g",
                     session: "s",
+                    server: "",
+                    annotations: None,
                 },
                 &store,
             ))
@@ -56,6 +60,8 @@ fn decisions(c: &mut Criterion) {
                     args: &args,
                     grant: "g",
                     session: "s",
+                    server: "",
+                    annotations: None,
                 },
                 &store,
             ))

@@ -19,11 +19,11 @@ use crate::counters::{CounterStore, Reservation};
 use crate::decision::Decision;
 use crate::decision::Verdict;
 use crate::jsonrpc::{self, Envelope, Fault};
-use crate::policy::{Outcome, Policy, ToolCall, UNKNOWN_RULE};
+use crate::policy::{Outcome, Policy, ToolAnnotations, ToolCall, UNKNOWN_RULE};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -53,6 +53,8 @@ enum Pending {
         first_page: bool,
     },
     ToolsCall(Vec<Reservation>),
+    /// `initialize`: its reply names the server (`serverInfo.name`), which plugins see.
+    Initialize,
     Other,
 }
 
@@ -67,14 +69,19 @@ enum Catalogue {
     #[default]
     Unknown,
     /// Pages seen so far of a listing that has a `nextCursor`.
-    Partial(HashSet<String>),
-    Complete(HashSet<String>),
+    Partial(Tools),
+    Complete(Tools),
 }
+
+/// Tool names and their annotations (when the listing gave them).
+type Tools = HashMap<String, Option<ToolAnnotations>>;
 
 #[derive(Default)]
 struct State {
     pending: HashMap<String, Pending>,
     catalogue: Catalogue,
+    /// The upstream's `serverInfo.name`, once its `initialize` reply has passed.
+    server: Arc<str>,
     /// Set when the upstream is gone: later requests are answered with an error at once.
     upstream_gone: bool,
 }
@@ -85,8 +92,9 @@ pub struct Session {
     counters: Arc<dyn CounterStore>,
     identity: Identity,
     state: Mutex<State>,
-    /// How many `tools/list` requests await their reply (kept outside the lock: it is read for
-    /// every line from the upstream).
+    /// How many `tools/list` and `initialize` requests await their reply: replies the session
+    /// must read before the client sees them (kept outside the lock: it is read for every line
+    /// from the upstream).
     lists_pending: AtomicUsize,
 }
 
@@ -165,6 +173,7 @@ impl Session {
             "tools/list" => Pending::ToolsList {
                 first_page: !has_cursor(envelope.params),
             },
+            "initialize" => Pending::Initialize,
             _ => Pending::Other,
         };
         let mut state = self.state();
@@ -180,10 +189,10 @@ impl Session {
             ));
         }
         // Remember the request before it is forwarded, so that its reply can never arrive first.
-        if let Pending::ToolsList { .. } = pending {
+        if matches!(pending, Pending::ToolsList { .. } | Pending::Initialize) {
             self.lists_pending.fetch_add(1, Ordering::SeqCst);
         }
-        if let Some(Pending::ToolsList { .. }) =
+        if let Some(Pending::ToolsList { .. } | Pending::Initialize) =
             state.pending.insert(jsonrpc::id_key(id.get()), pending)
         {
             self.lists_pending.fetch_sub(1, Ordering::SeqCst); // a client reused a pending id
@@ -207,15 +216,24 @@ impl Session {
             }
         };
         let empty = Value::Object(Default::default());
+        let (listed, annotations, server) = {
+            let state = self.state();
+            let (listed, annotations) = match &state.catalogue {
+                Catalogue::Complete(tools) => match tools.get(params.name.as_ref()) {
+                    Some(annotations) => (true, *annotations),
+                    None => (false, None),
+                },
+                _ => (true, None),
+            };
+            (listed, annotations, state.server.clone())
+        };
         let call = ToolCall {
             tool: &params.name,
             args: params.arguments.as_ref().unwrap_or(&empty),
             grant: &self.identity.grant,
             session: &self.identity.session,
-        };
-        let listed = match &self.state().catalogue {
-            Catalogue::Complete(names) => names.contains(call.tool),
-            _ => true,
+            server: &server,
+            annotations,
         };
         let outcome = if listed {
             self.policy.decide(&call, &self.counters)
@@ -241,7 +259,7 @@ impl Session {
                 .state()
                 .pending
                 .remove(&jsonrpc::id_key(n.params.request_id.get()));
-            if let Some(Pending::ToolsList { .. }) = removed {
+            if let Some(Pending::ToolsList { .. } | Pending::Initialize) = removed {
                 self.lists_pending.fetch_sub(1, Ordering::SeqCst);
             }
         }
@@ -250,8 +268,9 @@ impl Session {
     /// Handles one line from the upstream (without its newline): `forward` gets the line to
     /// send to the client, the same bytes or a filtered `tools/list` reply.
     ///
-    /// While no `tools/list` is pending, a line cannot change on its way, and a line without
-    /// an `"error"` key cannot refund anything; such a line is forwarded first and the
+    /// While no `tools/list` or `initialize` is pending, a line cannot change on its way or
+    /// teach the session anything a later call needs, and a line without an `"error"` key
+    /// cannot refund anything; such a line is forwarded first and the
     /// bookkeeping (the pending map) is done after, so the reply's latency does not include
     /// parsing it. Any other line is accounted for first: a client that retries the moment it
     /// sees an error must find its counter unit already back.
@@ -285,7 +304,7 @@ impl Session {
             return line.into();
         };
         let pending = self.state().pending.remove(&key);
-        if let Some(Pending::ToolsList { .. }) = pending {
+        if let Some(Pending::ToolsList { .. } | Pending::Initialize) = pending {
             self.lists_pending.fetch_sub(1, Ordering::SeqCst);
         }
         match pending {
@@ -296,6 +315,17 @@ impl Session {
             }
             Some(Pending::ToolsList { first_page }) if envelope.error.is_none() => {
                 self.filter_tools_list(line, first_page)
+            }
+            Some(Pending::Initialize) => {
+                if let Some(name) = serde_json::from_slice::<Value>(line)
+                    .ok()
+                    .as_ref()
+                    .and_then(|reply| reply.pointer("/result/serverInfo/name"))
+                    .and_then(Value::as_str)
+                {
+                    self.state().server = Arc::from(name);
+                }
+                line.into()
             }
             _ => line.into(),
         }
@@ -333,13 +363,16 @@ impl Session {
     }
 
     fn record_catalogue(&self, tools: &[Value], first_page: bool, more_pages: bool) {
-        let names = tools
-            .iter()
-            .filter_map(|t| t.get("name").and_then(Value::as_str))
-            .map(str::to_owned);
+        let names = tools.iter().filter_map(|t| {
+            let name = t.get("name").and_then(Value::as_str)?;
+            let annotations = t
+                .get("annotations")
+                .and_then(|a| ToolAnnotations::deserialize(a).ok());
+            Some((name.to_owned(), annotations))
+        });
         let mut state = self.state();
         let mut seen = match std::mem::take(&mut state.catalogue) {
-            _ if first_page => HashSet::new(),
+            _ if first_page => Tools::new(),
             Catalogue::Partial(seen) => seen,
             // A later page without its first: not enough to call anything unknown.
             other => {

@@ -23,9 +23,11 @@ pub fn serve(input: impl BufRead, output: impl Write) -> std::io::Result<()> {
             "ping" => json!({}),
             "tools/list" => json!({"tools": [
                 {"name": "echo", "description": "Returns its message",
-                 "inputSchema": {"type": "object", "properties": {"message": {"type": "string"}}}},
+                 "inputSchema": {"type": "object", "properties": {"message": {"type": "string"}}},
+                 "annotations": {"readOnlyHint": true, "idempotentHint": true, "openWorldHint": false}},
                 {"name": "crash", "description": "Exits the server without answering",
-                 "inputSchema": {"type": "object"}},
+                 "inputSchema": {"type": "object"},
+                 "annotations": {"destructiveHint": true}},
                 {"name": "fail", "description": "Answers with a JSON-RPC error (the tool never runs)",
                  "inputSchema": {"type": "object"}}
             ]}),

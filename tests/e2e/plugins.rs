@@ -18,6 +18,7 @@ use toolgate::policy::{Policy, PolicyError, ToolCall};
 const PLUGINS: &[&str] = &[
     "gw-id-check",
     "rate-cap",
+    "probe",
     "hostile/loop",
     "hostile/import-loop",
     "hostile/memory-bomb",
@@ -26,6 +27,7 @@ const PLUGINS: &[&str] = &[
     "hostile/log-flood",
     "hostile/ungranted-import",
     "hostile/wrong-world",
+    "hostile/foreign-import",
 ];
 
 fn root() -> PathBuf {
@@ -92,6 +94,8 @@ impl Engine {
             args,
             grant: "g1",
             session: "s1",
+            server: "",
+            annotations: None,
         };
         self.policy.decide(&call, &self.counters).decision
     }
@@ -290,6 +294,12 @@ fn plugins_that_must_not_load_stop_the_policy_with_a_clear_message() {
             "does not implement toolgate's `policy` world",
         ),
         (
+            json!({"path": plugin_path("hostile/foreign-import")}),
+            json!({}),
+            "plugins.p",
+            "it imports `hostile:foreign-import/socket`, which toolgate does not grant",
+        ),
+        (
             json!({"path": plugin_path("gw-id-check"), "sha256": "00".repeat(32)}),
             json!({}),
             "plugins.p",
@@ -467,6 +477,8 @@ fn the_plugin_examples_load_and_enforce_their_rules() {
                     args: &args,
                     grant: "g",
                     session: "s",
+                    server: "",
+                    annotations: None,
                 },
                 &counters,
             )
@@ -491,4 +503,35 @@ fn the_plugin_examples_load_and_enforce_their_rules() {
         decide(&cap, "session_create", json!({"cli": "codex"})).verdict,
         Verdict::RateLimited
     );
+}
+
+#[test]
+fn a_plugin_sees_the_whole_call_record_with_the_servers_name_and_the_tools_annotations() {
+    let policy = json!({"version": "1", "default": "allow",
+        "plugins": {"probe": {"path": plugin_path("probe")}},
+        "tools": {"echo": {"use": [{"plugin": "probe"}]}, "crash": {"use": [{"plugin": "probe"}]}}});
+    let mut client = Client::start_with(&policy.to_string(), &echo(), &["--grant", "probe-grant"]);
+    client.initialize();
+    // Before any tools/list the gateway knows no annotations.
+    let (text, _) = refusal(&client.call("echo", json!({"message": "hi"})));
+    assert!(
+        text.contains(r#"tool=echo arguments={"message":"hi"} grant=probe-grant session="#),
+        "{text}"
+    );
+    assert!(text.ends_with("server=mcp-echo annotations=none"), "{text}");
+    client.request("tools/list", json!({}));
+    let (text, _) = refusal(&client.call("echo", json!({"message": "hi"})));
+    assert!(
+        text.ends_with("server=mcp-echo annotations=readOnly=Some(true) destructive=None idempotent=Some(true) openWorld=Some(false)"),
+        "{text}"
+    );
+    let (text, _) = refusal(&client.call("crash", json!({})));
+    assert!(
+        text.ends_with(
+            "annotations=readOnly=None destructive=Some(true) idempotent=None openWorld=None"
+        ),
+        "{text}"
+    );
+    let (status, _) = client.finish();
+    assert!(status.success());
 }

@@ -502,6 +502,10 @@ pub struct PluginCall<'a> {
     pub grant: &'a str,
     /// The calling session.
     pub session: &'a str,
+    /// The upstream's name, empty if unknown.
+    pub server: &'a str,
+    /// The tool's MCP annotations, if the upstream listed them.
+    pub annotations: Option<crate::policy::ToolAnnotations>,
 }
 
 /// The result of one evaluation.
@@ -752,6 +756,13 @@ impl Plugin {
         refill(&mut record.arguments, call.arguments);
         refill(&mut record.grant, call.grant);
         refill(&mut record.session, call.session);
+        refill(&mut record.server, call.server);
+        record.annotations = call.annotations.map(|a| wit::Annotations {
+            read_only_hint: a.read_only_hint,
+            destructive_hint: a.destructive_hint,
+            idempotent_hint: a.idempotent_hint,
+            open_world_hint: a.open_world_hint,
+        });
         let result = warm
             .instance
             .call_evaluate(&mut warm.store, &warm.call, config);

@@ -26,6 +26,24 @@ pub struct ToolCall<'a> {
     pub grant: &'a str,
     /// The MCP session the call arrived on.
     pub session: &'a str,
+    /// The upstream's name (`serverInfo.name` from its `initialize` reply; empty if unknown).
+    pub server: &'a str,
+    /// The tool's MCP annotations from the upstream's `tools/list`, when it listed them.
+    pub annotations: Option<ToolAnnotations>,
+}
+
+/// A tool's MCP annotations: hints the upstream gives about it (never guarantees).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolAnnotations {
+    /// `readOnlyHint`
+    pub read_only_hint: Option<bool>,
+    /// `destructiveHint`
+    pub destructive_hint: Option<bool>,
+    /// `idempotentHint`
+    pub idempotent_hint: Option<bool>,
+    /// `openWorldHint`
+    pub open_world_hint: Option<bool>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -364,6 +382,8 @@ mod tests {
             args: &args,
             grant: "g1",
             session: "s1",
+            server: "",
+            annotations: None,
         };
         cond(c).unwrap().holds(&call)
     }

@@ -20,7 +20,7 @@ mod condition;
 mod document;
 mod error;
 
-pub use condition::{Condition, Op, Path as ConditionPath, ToolCall};
+pub use condition::{Condition, Op, Path as ConditionPath, ToolAnnotations, ToolCall};
 pub use document::{Action, DefaultAction, PolicyDocument};
 pub use error::{InvalidPolicy, PolicyError};
 
@@ -337,6 +337,8 @@ impl Policy {
                 arguments: &arguments,
                 grant: call.grant,
                 session: call.session,
+                server: call.server,
+                annotations: call.annotations,
             };
             for u in uses {
                 let outcome = u.plugin.evaluate(&plugin_call, &u.config, counters);

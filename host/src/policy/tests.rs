@@ -24,6 +24,8 @@ fn decide_as(
             args: &args,
             grant,
             session: "s1",
+            server: "",
+            annotations: None,
         },
         &(store.clone() as Arc<dyn CounterStore>),
     )
