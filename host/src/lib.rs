@@ -24,3 +24,4 @@ pub mod plugins;
 pub mod policy;
 pub mod session;
 pub mod stdio;
+pub mod testing;

@@ -10,6 +10,7 @@ use toolgate::counters::MemoryCounterStore;
 use toolgate::policy::Policy;
 use toolgate::session::{Identity, Session};
 use toolgate::stdio::{self, Ending, StdioLimits};
+use toolgate::testing;
 
 #[derive(Parser)]
 #[command(
@@ -52,6 +53,33 @@ enum Command {
         /// Policy files to check.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+    /// Run case files (`*.cases.json`) against their policies: no upstream, a simulated clock,
+    /// the production engine and limits. Prints PASS/FAIL per case and `N passed, N failed`.
+    Test {
+        /// Case files, or directories to search for them (default: the current directory).
+        paths: Vec<PathBuf>,
+        /// Print the results as JSON instead.
+        #[arg(long)]
+        json: bool,
+        /// Report which rules, conditions and plugin outcomes no case reached.
+        #[arg(long)]
+        coverage: bool,
+        /// Fail when coverage is under this percentage (implies --coverage).
+        #[arg(long, value_name = "PERCENT")]
+        fail_under: Option<f64>,
+        /// Print each case's plugin instructions and wall time.
+        #[arg(long)]
+        bench: bool,
+    },
+    /// Evaluate one call against a policy and print the decision with a trace of each step.
+    Eval {
+        /// The policy document (JSON).
+        #[arg(long)]
+        policy: PathBuf,
+        /// The call: `{"tool": "...", "args": {...}, "grant": "...", "session": "..."}`.
+        #[arg(long)]
+        call: String,
     },
     /// See toolgate work: a scripted agent calls an LLM CLI Gateway stand-in through the gateway.
     Demo,
@@ -142,6 +170,14 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
+        Command::Test {
+            paths,
+            json,
+            coverage,
+            fail_under,
+            bench,
+        } => test(paths, json, coverage, fail_under, bench),
+        Command::Eval { policy, call } => eval(&policy, &call),
         Command::Demo => match toolgate::demo::run(&mut std::io::stdout()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -216,4 +252,90 @@ fn run(
             )
         }
     }
+}
+
+fn test(
+    paths: Vec<PathBuf>,
+    json: bool,
+    coverage: bool,
+    fail_under: Option<f64>,
+    bench: bool,
+) -> ExitCode {
+    let paths = if paths.is_empty() {
+        vec![PathBuf::from(".")]
+    } else {
+        paths
+    };
+    let files = match testing::find_case_files(&paths) {
+        Ok(files) => files,
+        Err(e) => {
+            eprintln!("toolgate test: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if files.is_empty() {
+        eprintln!("toolgate test: no *.cases.json under {paths:?}");
+        return ExitCode::from(2);
+    }
+    let results: Vec<_> = files.iter().map(|f| testing::run_file(f)).collect();
+    let options = testing::ReportOptions {
+        bench,
+        coverage,
+        fail_under,
+    };
+    let (text, ok) = testing::report(&results, options);
+    if json {
+        let coverage = testing::coverage(&results);
+        let doc = serde_json::json!({
+            "ok": ok,
+            "files": results,
+            "coverage": {"percent": testing::percent(&coverage), "policies": coverage},
+        });
+        println!("{doc:#}");
+    } else {
+        print!("{text}");
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn eval(policy: &std::path::Path, call: &str) -> ExitCode {
+    let call: testing::CallSpec = match serde_json::from_str(call) {
+        Ok(call) => call,
+        Err(e) => {
+            eprintln!("toolgate eval: --call is not a call: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let policy = match load_policy(policy) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let clock = toolgate::clock::ManualClock::starting_at(testing::START_MS);
+    let counters: Arc<dyn toolgate::counters::CounterStore> =
+        Arc::new(MemoryCounterStore::new(clock));
+    let mut steps = Vec::new();
+    let outcome = policy.decide_traced(&call.tool_call(), &counters, &mut steps);
+    for (i, step) in steps.iter().enumerate() {
+        match step.instructions {
+            Some(n) => println!(
+                "{}. {}: {} [{n} instructions]",
+                i + 1,
+                step.point,
+                step.result
+            ),
+            None => println!("{}. {}: {}", i + 1, step.point, step.result),
+        }
+    }
+    let d = &outcome.decision;
+    println!(
+        "decision: {} (rule {}): {}",
+        d.verdict.as_str(),
+        d.rule,
+        d.reason
+    );
+    ExitCode::SUCCESS
 }

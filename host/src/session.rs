@@ -241,6 +241,8 @@ impl Session {
             Outcome {
                 decision: Decision::deny(UNKNOWN_RULE, "unknown tool"),
                 reservations: Vec::new(),
+                instructions: 0,
+                peak_memory: 0,
             }
         };
         let d = &outcome.decision;

@@ -9,3 +9,4 @@ mod counters_prop;
 mod plugins;
 mod standin;
 mod support;
+mod toolgate_test;

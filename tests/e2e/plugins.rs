@@ -39,7 +39,7 @@ fn root() -> PathBuf {
 
 /// Builds every guest crate once per test run with `toolgate plugin build` (the command users
 /// run), and returns the components by crate path.
-fn plugins() -> &'static HashMap<&'static str, PathBuf> {
+pub fn plugins() -> &'static HashMap<&'static str, PathBuf> {
     static BUILT: OnceLock<HashMap<&'static str, PathBuf>> = OnceLock::new();
     BUILT.get_or_init(|| {
         PLUGINS

@@ -14,8 +14,8 @@ use wasmtime::StoreLimits;
 
 /// What one evaluation may touch. Lives in the wasmtime `Store`.
 pub struct EvalState {
-    /// The store's resource limits (memory, instances).
-    pub limits: StoreLimits,
+    /// The store's resource limits (memory, instances), watching how much memory it uses.
+    pub limits: MemoryWatch,
     /// The plugin's name, for logs.
     pub plugin: Arc<str>,
     /// Counters, or `None` while the store is idle between evaluations.
@@ -33,7 +33,11 @@ pub struct EvalState {
 impl EvalState {
     pub(crate) fn idle(plugin: Arc<str>, limits: StoreLimits) -> Self {
         Self {
-            limits,
+            limits: MemoryWatch {
+                limits,
+                bytes: 0,
+                peak: 0,
+            },
             plugin,
             counters: None,
             grant: String::new(),
@@ -41,6 +45,58 @@ impl EvalState {
             reservations: Vec::new(),
             log_budget: 0,
         }
+    }
+}
+
+/// [`StoreLimits`], plus the linear memory the store holds and its peak since the last reset.
+pub struct MemoryWatch {
+    limits: StoreLimits,
+    bytes: usize,
+    /// The most linear memory the store held since [`MemoryWatch::reset_peak`].
+    pub peak: usize,
+}
+
+impl MemoryWatch {
+    /// Starts a new peak from the memory held now (before an evaluation).
+    pub fn reset_peak(&mut self) {
+        self.peak = self.bytes;
+    }
+}
+
+impl wasmtime::ResourceLimiter for MemoryWatch {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.bytes = self.bytes.saturating_add(desired - current);
+            self.peak = self.peak.max(self.bytes);
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
     }
 }
 

@@ -516,6 +516,8 @@ pub struct PluginOutcome {
     pub reservations: Vec<Reservation>,
     /// Fuel consumed: the plugin's instructions.
     pub instructions: u64,
+    /// The most linear memory the instance held during the evaluation, in bytes.
+    pub peak_memory: usize,
 }
 
 /// The plugin's name and version, as it reports them.
@@ -728,6 +730,7 @@ impl Plugin {
             decision: Decision::deny(rule.clone(), format!("plugin `{}` {reason}", self.name)),
             reservations,
             instructions,
+            peak_memory: 0,
         };
         if call.arguments.len() > self.limits.max_input_bytes {
             let reason = format!(
@@ -750,6 +753,7 @@ impl Plugin {
             refill(&mut state.grant, call.grant);
             refill(&mut state.session, call.session);
             state.log_budget = LOG_BYTES_PER_EVALUATION;
+            state.limits.reset_peak();
         }
         let record = &mut warm.call;
         refill(&mut record.tool, call.tool);
@@ -770,10 +774,10 @@ impl Plugin {
             .limits
             .fuel
             .saturating_sub(warm.store.get_fuel().unwrap_or(0));
-        let reservations = {
+        let (reservations, peak_memory) = {
             let state = warm.store.data_mut();
             state.counters = None;
-            std::mem::take(&mut state.reservations)
+            (std::mem::take(&mut state.reservations), state.limits.peak)
         };
         let decision = match result {
             Err(e) => {
@@ -781,21 +785,31 @@ impl Plugin {
                 let reason = self.describe(&e, &warm.store);
                 self.release(warm, false);
                 tracing::warn!(plugin = %self.name, %reason, "plugin failed; the call is denied");
-                return failed(reason, reservations, instructions);
+                return PluginOutcome {
+                    peak_memory,
+                    ..failed(reason, reservations, instructions)
+                };
             }
             Ok(decision) => decision,
         };
         self.release(warm, true);
         let max = self.limits.max_reason_bytes;
-        let too_long = |reason: &str| reason.len() > max;
+        let reason_len = match &decision {
+            wit::Decision::Allow => 0,
+            wit::Decision::Deny(reason) | wit::Decision::RequireApproval(reason) => reason.len(),
+            wit::Decision::RateLimited(r) => r.reason.len(),
+        };
+        if reason_len > max {
+            let reason = format!(
+                "returned a malformed result: a reason of {reason_len} bytes, over the {max}-byte cap"
+            );
+            return PluginOutcome {
+                peak_memory,
+                ..failed(reason, reservations, instructions)
+            };
+        }
         let decision = match decision {
             wit::Decision::Allow => Decision::allow(rule),
-            wit::Decision::Deny(reason) | wit::Decision::RequireApproval(reason) if too_long(&reason) => {
-                return failed(format!("returned a malformed result: a reason of {} bytes, over the {max}-byte cap", reason.len()), reservations, instructions)
-            }
-            wit::Decision::RateLimited(r) if too_long(&r.reason) => {
-                return failed(format!("returned a malformed result: a reason of {} bytes, over the {max}-byte cap", r.reason.len()), reservations, instructions)
-            }
             wit::Decision::Deny(reason) => Decision::deny(rule, reason),
             wit::Decision::RequireApproval(reason) => Decision {
                 verdict: Verdict::RequireApproval,
@@ -814,6 +828,7 @@ impl Plugin {
             decision,
             reservations,
             instructions,
+            peak_memory,
         }
     }
 }

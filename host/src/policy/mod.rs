@@ -55,6 +55,8 @@ pub struct Policy {
 struct PluginUse {
     plugin: Arc<Plugin>,
     config: String,
+    /// `tools.<pattern>.use[i]` or `all_tools.use[i]`.
+    site: String,
 }
 
 #[derive(Debug)]
@@ -84,6 +86,40 @@ pub struct Outcome {
     pub decision: Decision,
     /// Units consumed by an allowed call.
     pub reservations: Vec<Reservation>,
+    /// Instructions (fuel) the plugins that ran consumed, together.
+    pub instructions: u64,
+    /// The most linear memory any plugin that ran held, in bytes.
+    pub peak_memory: usize,
+}
+
+/// One step of a decision, as [`Policy::decide_traced`] records it: what was checked and what
+/// it gave. `point` names the place in the policy, in the words of its load errors
+/// (`tools.session_create.require[0]`, `all_tools.use[1]`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Step {
+    /// The place in the policy.
+    pub point: String,
+    /// What it gave: `matched`, `holds`, `does not hold`, `error: ...`, `consumed`,
+    /// `exhausted`, or a plugin's decision (`allow`, `deny: <reason>`, ...).
+    pub result: String,
+    /// A plugin step: the instructions it consumed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<u64>,
+}
+
+/// Collects steps when tracing; does nothing (and allocates nothing) otherwise.
+struct Tracer<'t>(Option<&'t mut Vec<Step>>);
+
+impl Tracer<'_> {
+    fn step(&mut self, point: impl FnOnce() -> String, result: impl FnOnce() -> String) {
+        if let Some(steps) = self.0.as_mut() {
+            steps.push(Step {
+                point: point(),
+                result: result(),
+                instructions: None,
+            });
+        }
+    }
 }
 
 /// The rule name reported for unknown and hidden tools alike, so that they look the same.
@@ -210,6 +246,7 @@ impl Policy {
                     Ok(PluginUse {
                         plugin: plugin.clone(),
                         config,
+                        site: at,
                     })
                 })
                 .collect()
@@ -329,7 +366,9 @@ impl Policy {
         counters: &Arc<dyn CounterStore>,
         rule_id: &str,
         mut reservations: Vec<crate::counters::Reservation>,
+        trace: &mut Tracer<'_>,
     ) -> Outcome {
+        let (mut instructions, mut peak_memory) = (0, 0);
         if !uses.is_empty() {
             let arguments = call.args.to_string();
             let plugin_call = PluginCall {
@@ -343,11 +382,26 @@ impl Policy {
             for u in uses {
                 let outcome = u.plugin.evaluate(&plugin_call, &u.config, counters);
                 reservations.extend(outcome.reservations);
+                instructions += outcome.instructions;
+                peak_memory = peak_memory.max(outcome.peak_memory);
+                if let Some(steps) = trace.0.as_mut() {
+                    let d = &outcome.decision;
+                    steps.push(Step {
+                        point: format!("{} (plugin {})", u.site, u.plugin.name()),
+                        result: match d.verdict {
+                            Verdict::Allow => "allow".to_owned(),
+                            verdict => format!("{}: {}", verdict.as_str(), d.reason),
+                        },
+                        instructions: Some(outcome.instructions),
+                    });
+                }
                 if !outcome.decision.is_allow() {
                     counters.refund(&reservations);
                     return Outcome {
                         decision: outcome.decision,
                         reservations: Vec::new(),
+                        instructions,
+                        peak_memory,
                     };
                 }
             }
@@ -355,6 +409,8 @@ impl Policy {
         Outcome {
             decision: Decision::allow(rule_id),
             reservations,
+            instructions,
+            peak_memory,
         }
     }
 
@@ -383,24 +439,100 @@ impl Policy {
             && (self.default == DefaultAction::Allow || self.rule_for(tool).is_some())
     }
 
+    /// Every point a decision can reach, for coverage: each rule, each condition, each
+    /// plugin use twice (`... allow` and `... refuse`: a plugin that never refused in any case
+    /// is not covered). [`Step`]s name the same points.
+    pub fn coverage_points(&self) -> Vec<String> {
+        let mut points = Vec::new();
+        let uses = |points: &mut Vec<String>, uses: &[PluginUse]| {
+            for u in uses {
+                let at = format!("{} (plugin {})", u.site, u.plugin.name());
+                points.push(format!("{at} allow"));
+                points.push(format!("{at} refuse"));
+            }
+        };
+        let mut rules: Vec<&Rule> = self
+            .exact
+            .values()
+            .chain(self.globs.iter().map(|(_, r)| r))
+            .collect();
+        rules.sort_by(|a, b| a.id.cmp(&b.id));
+        for rule in rules {
+            points.push(rule.id.clone());
+            for i in 0..rule.require.len() {
+                points.push(format!("{}.require[{i}]", rule.id));
+            }
+            for i in 0..rule.deny_if.len() {
+                points.push(format!("{}.deny_if[{i}]", rule.id));
+            }
+            uses(&mut points, &rule.uses);
+        }
+        uses(&mut points, &self.all_tools_uses);
+        points
+    }
+
     /// Decides one call, consuming counter units if it is allowed.
     pub fn decide(&self, call: &ToolCall<'_>, counters: &Arc<dyn CounterStore>) -> Outcome {
+        self.decide_inner(call, counters, Tracer(None))
+    }
+
+    /// Decides one call like [`Policy::decide`], and records each step in `steps`: which rule
+    /// matched, each condition and what it gave, the limits, each plugin and its decision.
+    pub fn decide_traced(
+        &self,
+        call: &ToolCall<'_>,
+        counters: &Arc<dyn CounterStore>,
+        steps: &mut Vec<Step>,
+    ) -> Outcome {
+        self.decide_inner(call, counters, Tracer(Some(steps)))
+    }
+
+    fn decide_inner(
+        &self,
+        call: &ToolCall<'_>,
+        counters: &Arc<dyn CounterStore>,
+        mut trace: Tracer<'_>,
+    ) -> Outcome {
         let refuse = |decision| Outcome {
             decision,
             reservations: Vec::new(),
+            instructions: 0,
+            peak_memory: 0,
         };
         let rule = self.rule_for(call.tool);
         let unlisted = rule.is_none() && self.default == DefaultAction::Deny;
-        if unlisted || self.hide.iter().any(|h| h.matches(call.tool)) {
+        let hidden = self.hide.iter().any(|h| h.matches(call.tool));
+        if unlisted || hidden {
+            trace.step(
+                || "hide".into(),
+                || {
+                    if hidden {
+                        "hidden"
+                    } else {
+                        "no rule under default: deny"
+                    }
+                    .into()
+                },
+            );
             tracing::debug!(tool = call.tool, "call to a hidden or unlisted tool");
             return refuse(Decision::deny(UNKNOWN_RULE, "unknown tool"));
         }
         let rule_id = rule.map_or("default", |r| r.id.as_str());
+        trace.step(|| rule_id.to_owned(), || "matched".into());
         let with_reason = |rule: &Rule, detail: String| match &rule.reason {
             Some(reason) => format!("{reason} ({detail})"),
             None => detail,
         };
         if let Some(rule) = rule {
+            if rule.action != Action::Allow {
+                trace.step(
+                    || format!("{rule_id}.action"),
+                    || match rule.action {
+                        Action::RequireApproval => "require_approval".into(),
+                        _ => "deny".into(),
+                    },
+                );
+            }
             if rule.action == Action::Deny {
                 let reason = rule
                     .reason
@@ -408,8 +540,10 @@ impl Policy {
                     .unwrap_or_else(|| format!("`{}` is denied by policy", call.tool));
                 return refuse(Decision::deny(rule_id, reason));
             }
-            for condition in &rule.require {
-                match condition.holds(call) {
+            for (i, condition) in rule.require.iter().enumerate() {
+                let holds = condition.holds(call);
+                trace.step(|| format!("{rule_id}.require[{i}]"), || said(&holds));
+                match holds {
                     Ok(true) => {}
                     Ok(false) => {
                         return refuse(Decision::deny(
@@ -425,8 +559,10 @@ impl Policy {
                     }
                 }
             }
-            for condition in &rule.deny_if {
-                match condition.holds(call) {
+            for (i, condition) in rule.deny_if.iter().enumerate() {
+                let holds = condition.holds(call);
+                trace.step(|| format!("{rule_id}.deny_if[{i}]"), || said(&holds));
+                match holds {
                     Ok(false) => {}
                     Ok(true) => {
                         return refuse(Decision::deny(
@@ -474,8 +610,20 @@ impl Policy {
                 )
             })
             .collect();
-        match counters.consume(&requests) {
-            Ok(reservations) => self.run_plugins(call, &uses, counters, rule_id, reservations),
+        let consumed = counters.consume(&requests);
+        if !limits.is_empty() {
+            trace.step(
+                || "limits".into(),
+                || match &consumed {
+                    Ok(_) => "consumed".into(),
+                    Err(e) => format!("exhausted: counter {}", limits[e.index].counter),
+                },
+            );
+        }
+        match consumed {
+            Ok(reservations) => {
+                self.run_plugins(call, &uses, counters, rule_id, reservations, &mut trace)
+            }
             Err(exhausted) => {
                 let limit = limits[exhausted.index];
                 let retry_s = exhausted.retry_after_ms.div_ceil(1000);
@@ -494,6 +642,15 @@ impl Policy {
                 })
             }
         }
+    }
+}
+
+/// A condition's result, in a trace's words.
+fn said<E: std::fmt::Display>(holds: &Result<bool, E>) -> String {
+    match holds {
+        Ok(true) => "holds".into(),
+        Ok(false) => "does not hold".into(),
+        Err(e) => format!("error: {e}"),
     }
 }
 

@@ -1,0 +1,196 @@
+//! `toolgate test` and `toolgate eval`, run as users run them: the binary, its output and its
+//! exit code. The case files are in tests/fixtures/cases/ (some deliberately wrong).
+
+use crate::support::TOOLGATE;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Runs `toolgate <args>` in the repository root: (stdout, exit code).
+fn toolgate(args: &[&str]) -> (String, i32) {
+    crate::plugins::plugins(); // the case files use the built components
+    let out = Command::new(TOOLGATE)
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    (format!("{stdout}{stderr}"), out.status.code().unwrap_or(-1))
+}
+
+#[test]
+fn the_reference_plugins_and_examples_pass_their_cases_with_full_coverage() {
+    let (out, code) = toolgate(&[
+        "test",
+        "examples",
+        "guest-policies",
+        "--coverage",
+        "--fail-under",
+        "100",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("FAIL"), "{out}");
+    let last = out.lines().last().unwrap();
+    let passed: usize = last.split(' ').next().unwrap().parse().unwrap();
+    assert!(passed >= 40, "{out}");
+    assert!(last.ends_with(" passed, 0 failed"), "{out}");
+    // Every example policy and every reference plugin's crate has a case file.
+    for dir in [
+        "examples/seed",
+        "examples/llm-cli-gateway",
+        "examples/gw-id-check",
+        "examples/rate-cap",
+        "guest-policies/gw-id-check",
+        "guest-policies/rate-cap",
+    ] {
+        assert!(out.contains(&format!("PASS {dir}/")), "{dir}: {out}");
+    }
+}
+
+#[test]
+fn wrong_cases_fail_with_readable_diffs_and_a_nonzero_exit() {
+    let (out, code) = toolgate(&["test", "tests/fixtures/cases/wrong.cases.json"]);
+    assert_eq!(code, 1, "{out}");
+    let expected = "\
+PASS tests/fixtures/cases/wrong.cases.json: right
+FAIL tests/fixtures/cases/wrong.cases.json: wrong decision
+  - decision: allow
+  + decision: deny
+  + reason: requirement not met: `args.cli` in [\"claude\",\"codex\"]
+  + rule: tools.session_create
+FAIL tests/fixtures/cases/wrong.cases.json: wrong reason
+  - decision: deny
+  + decision: deny
+  - reason containing: UUID
+  + reason: denied because `args.sessionId` starts_with \"gw-\"
+  + rule: tools.session_delete
+FAIL tests/fixtures/cases/wrong.cases.json: wrong on the third repetition
+  at repetition 3 of 3
+  - decision: allow
+  + decision: rate_limited
+  + reason: counter daily_creates allows 3 per day; retry in 86400 s
+  + rule: tools.session_create
+1 passed, 3 failed
+";
+    assert_eq!(out, expected);
+}
+
+#[test]
+fn json_output_carries_the_same_results() {
+    let (out, code) = toolgate(&["test", "--json", "tests/fixtures/cases/wrong.cases.json"]);
+    assert_eq!(code, 1, "{out}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["ok"], false);
+    let cases = doc["files"][0]["cases"].as_array().unwrap();
+    let passed: Vec<bool> = cases
+        .iter()
+        .map(|c| c["passed"].as_bool().unwrap())
+        .collect();
+    assert_eq!(passed, [true, false, false, false]);
+    assert_eq!(cases[1]["trace"][0]["point"], "tools.session_create");
+    assert_eq!(cases[1]["trace"][1]["result"], "does not hold");
+}
+
+#[test]
+fn coverage_names_the_condition_no_case_reached_and_gates_on_it() {
+    let (out, code) = toolgate(&[
+        "test",
+        "tests/fixtures/cases/partial.cases.json",
+        "--coverage",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("coverage tests/fixtures/cases/policy.json: 3/5 points\n  never reached: tools.session_delete\n  never reached: tools.session_delete.deny_if[0]\n"),
+        "{out}"
+    );
+    let (out, code) = toolgate(&[
+        "test",
+        "tests/fixtures/cases/partial.cases.json",
+        "--fail-under",
+        "80",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("coverage 60.0% is under the required 80%"),
+        "{out}"
+    );
+    // With the wrong cases too, every point of the policy is reached.
+    let (out, _) = toolgate(&[
+        "test",
+        "tests/fixtures/cases/partial.cases.json",
+        "tests/fixtures/cases/wrong.cases.json",
+        "--coverage",
+    ]);
+    assert!(
+        out.contains("coverage tests/fixtures/cases/policy.json: 5/5 points\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn an_instruction_budget_trips_on_the_hostile_loop_plugin() {
+    let (out, code) = toolgate(&["test", "--bench", "tests/fixtures/cases/loop.cases.json"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL tests/fixtures/cases/loop.cases.json: budget  [5000000 instructions, "),
+        "{out}"
+    );
+    assert!(
+        out.contains("  - instructions at most: 1000000\n  + instructions: 5000000\n"),
+        "{out}"
+    );
+    // The plugin that never allowed is reported as such.
+    let (out, _) = toolgate(&["test", "--coverage", "tests/fixtures/cases/loop.cases.json"]);
+    assert!(
+        out.contains("never reached: tools.crash.use[0] (plugin loop) allow"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_one_day_window_runs_on_the_simulated_clock_without_waiting() {
+    let started = Instant::now();
+    let (out, code) = toolgate(&["test", "tests/fixtures/cases/day.cases.json"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.ends_with("4 passed, 0 failed\n"), "{out}");
+    // Not a speed test: a real clock would need a day, and this bound only catches sleeping.
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn eval_prints_the_decision_with_each_step() {
+    let (out, code) = toolgate(&[
+        "eval",
+        "--policy",
+        "examples/llm-cli-gateway/policy.json",
+        "--call",
+        r#"{"tool": "session_create", "args": {"cli": "cobol"}}"#,
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out,
+        "1. tools.session_create: matched\n2. tools.session_create.require[0]: does not hold\n\
+         decision: deny (rule tools.session_create): session_create takes a provider from the advertised enum and a description of at most 200 characters (requirement not met: `args.cli` in [\"claude\",\"codex\",\"gemini\",\"grok\",\"mistral\",\"grok-api\"])\n"
+    );
+    let (out, _) = toolgate(&[
+        "eval",
+        "--policy",
+        "examples/gw-id-check/policy.json",
+        "--call",
+        r#"{"tool": "codex_request", "args": {"sessionId": "gw-1"}}"#,
+    ]);
+    assert!(
+        out.contains("2. all_tools.use[0] (plugin gw-id-check): deny: sessionId `gw-1` is an LLM CLI Gateway tracking id"),
+        "{out}"
+    );
+    assert!(out.contains(" instructions]\n"), "{out}");
+}
