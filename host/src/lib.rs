@@ -22,6 +22,7 @@ pub mod demo;
 pub mod jsonrpc;
 pub mod plugins;
 pub mod policy;
+pub mod reload;
 pub mod session;
 pub mod stdio;
 pub mod testing;

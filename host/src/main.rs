@@ -8,6 +8,7 @@ use std::sync::Arc;
 use toolgate::clock::SystemClock;
 use toolgate::counters::MemoryCounterStore;
 use toolgate::policy::Policy;
+use toolgate::reload::{self, LivePolicy};
 use toolgate::session::{Identity, Session};
 use toolgate::stdio::{self, Ending, StdioLimits};
 use toolgate::testing;
@@ -38,6 +39,14 @@ enum Command {
         /// Longest message accepted from the client, in bytes.
         #[arg(long, default_value_t = 4 << 20)]
         max_message_bytes: usize,
+        /// Listen for admin commands (`toolgate reload`, `toolgate status`) on this Unix
+        /// socket (created with mode 0600).
+        #[arg(long, value_name = "PATH")]
+        admin_socket: Option<PathBuf>,
+        /// Do not reload when the policy or plugin files change (SIGHUP and the admin socket
+        /// still reload).
+        #[arg(long)]
+        no_watch: bool,
         /// The upstream MCP server's command and arguments (after `--`, or simply last: every
         /// word from the first positional one on belongs to the upstream).
         #[arg(
@@ -80,6 +89,18 @@ enum Command {
         /// The call: `{"tool": "...", "args": {...}, "grant": "...", "session": "..."}`.
         #[arg(long)]
         call: String,
+    },
+    /// Make a running gateway reload its policy now; prints the outcome and the status.
+    Reload {
+        /// The gateway's `--admin-socket`.
+        #[arg(long, value_name = "PATH")]
+        socket: PathBuf,
+    },
+    /// Print a running gateway's status: active policy digest, plugins, last reload error.
+    Status {
+        /// The gateway's `--admin-socket`.
+        #[arg(long, value_name = "PATH")]
+        socket: PathBuf,
     },
     /// See toolgate work: a scripted agent calls an LLM CLI Gateway stand-in through the gateway.
     Demo,
@@ -141,14 +162,33 @@ fn main() -> ExitCode {
             policy,
             grant,
             max_message_bytes,
+            admin_socket,
+            no_watch,
             upstream,
         } => {
             init_logging();
-            let policy = match load_policy(&policy) {
-                Ok(p) => Arc::new(p),
-                Err(code) => return code,
+            let live = match LivePolicy::load(&policy) {
+                Ok(live) => live,
+                Err(e) => {
+                    eprintln!("{:?}", miette::Report::new(e));
+                    return ExitCode::from(2);
+                }
             };
-            match run(policy, grant, max_message_bytes, &upstream) {
+            let triggers = || -> Result<(), String> {
+                if !no_watch {
+                    reload::watch(live.clone())?;
+                }
+                reload::reload_on_sighup(live.clone())?;
+                if let Some(socket) = &admin_socket {
+                    reload::serve_admin(live.clone(), socket)?;
+                }
+                Ok(())
+            };
+            if let Err(e) = triggers() {
+                eprintln!("toolgate: {e}");
+                return ExitCode::FAILURE;
+            }
+            match run(&live, grant, max_message_bytes, &upstream) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("toolgate: {e:#}");
@@ -178,6 +218,8 @@ fn main() -> ExitCode {
             bench,
         } => test(paths, json, coverage, fail_under, bench),
         Command::Eval { policy, call } => eval(&policy, &call),
+        Command::Reload { socket } => admin(&socket, "reload"),
+        Command::Status { socket } => admin(&socket, "status"),
         Command::Demo => match toolgate::demo::run(&mut std::io::stdout()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -220,7 +262,7 @@ fn main() -> ExitCode {
 }
 
 fn run(
-    policy: Arc<Policy>,
+    live: &LivePolicy,
     grant: String,
     max_message_bytes: usize,
     upstream: &[String],
@@ -230,8 +272,8 @@ fn run(
         grant,
         session: uuid::Uuid::new_v4().to_string(),
     };
-    tracing::info!(policy = policy.name().unwrap_or("(unnamed)"), grant = %identity.grant, session = %identity.session, upstream = ?upstream, "starting");
-    let session = Arc::new(Session::new(policy, counters, identity));
+    tracing::info!(policy = live.current().name().unwrap_or("(unnamed)"), grant = %identity.grant, session = %identity.session, upstream = ?upstream, "starting");
+    let session = Arc::new(Session::live(live.cell(), counters, identity));
     let child = stdio::spawn_upstream(upstream)
         .with_context(|| format!("cannot start upstream `{}`", upstream.join(" ")))?;
     let limits = StdioLimits {
@@ -338,4 +380,21 @@ fn eval(policy: &std::path::Path, call: &str) -> ExitCode {
         d.reason
     );
     ExitCode::SUCCESS
+}
+
+fn admin(socket: &std::path::Path, command: &str) -> ExitCode {
+    match reload::admin_command(socket, command) {
+        Ok(answer) => {
+            println!("{answer:#}");
+            if answer["ok"] == true {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("toolgate {command}: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

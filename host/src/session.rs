@@ -20,6 +20,7 @@ use crate::decision::Decision;
 use crate::decision::Verdict;
 use crate::jsonrpc::{self, Envelope, Fault};
 use crate::policy::{Outcome, Policy, ToolAnnotations, ToolCall, UNKNOWN_RULE};
+use arc_swap::ArcSwap;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -88,7 +89,8 @@ struct State {
 
 /// The gateway's view of one MCP session.
 pub struct Session {
-    policy: Arc<Policy>,
+    /// The active policy: read once per decision, so that a swap never splits one.
+    policy: Arc<ArcSwap<Policy>>,
     counters: Arc<dyn CounterStore>,
     identity: Identity,
     state: Mutex<State>,
@@ -137,6 +139,15 @@ fn has_cursor(params: Option<&RawValue>) -> bool {
 impl Session {
     /// A session for `identity` under `policy`, counting in `counters`.
     pub fn new(policy: Arc<Policy>, counters: Arc<dyn CounterStore>, identity: Identity) -> Self {
+        Self::live(Arc::new(ArcSwap::new(policy)), counters, identity)
+    }
+
+    /// A session that follows the policy in `policy`, swapped by [`crate::reload`].
+    pub fn live(
+        policy: Arc<ArcSwap<Policy>>,
+        counters: Arc<dyn CounterStore>,
+        identity: Identity,
+    ) -> Self {
         Self {
             policy,
             counters,
@@ -236,7 +247,7 @@ impl Session {
             annotations,
         };
         let outcome = if listed {
-            self.policy.decide(&call, &self.counters)
+            self.policy.load().decide(&call, &self.counters)
         } else {
             Outcome {
                 decision: Decision::deny(UNKNOWN_RULE, "unknown tool"),
@@ -352,10 +363,11 @@ impl Session {
         };
         self.record_catalogue(tools, first_page, more_pages);
         let before = tools.len();
+        let policy = self.policy.load();
         tools.retain(|tool| {
             tool.get("name")
                 .and_then(Value::as_str)
-                .is_some_and(|name| self.policy.is_visible(name))
+                .is_some_and(|name| policy.is_visible(name))
         });
         if tools.len() == before {
             return line.into();

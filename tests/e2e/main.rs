@@ -6,6 +6,7 @@
 
 mod bad_input;
 mod counters_prop;
+mod hot_swap;
 mod plugins;
 mod standin;
 mod support;

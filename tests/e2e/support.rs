@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -42,7 +42,7 @@ pub struct Client {
     stderr: Option<std::thread::JoinHandle<String>>,
     next_id: i64,
     /// Kept so that the policy file outlives the gateway reading it.
-    _policy: PolicyFile,
+    _policy: Option<PolicyFile>,
 }
 
 fn reader_thread(stdout: ChildStdout) -> mpsc::Receiver<String> {
@@ -66,10 +66,17 @@ impl Client {
 
     pub fn start_with(policy: &str, upstream: &[String], extra: &[&str]) -> Self {
         let policy = policy_file(policy);
+        let mut client = Self::start_at(&policy.path, upstream, extra);
+        client._policy = Some(policy);
+        client
+    }
+
+    /// Starts `toolgate run` on a policy file the test owns (and may rewrite).
+    pub fn start_at(policy: &Path, upstream: &[String], extra: &[&str]) -> Self {
         let mut child = Command::new(TOOLGATE)
             .arg("run")
             .arg("--policy")
-            .arg(&policy.path)
+            .arg(policy)
             .args(extra)
             .arg("--")
             .args(upstream)
@@ -91,7 +98,7 @@ impl Client {
             lines,
             stderr,
             next_id: 0,
-            _policy: policy,
+            _policy: None,
         }
     }
 

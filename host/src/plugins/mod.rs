@@ -431,6 +431,7 @@ impl PluginRuntime {
         })?;
         let plugin = Arc::new_cyclic(|me| Plugin {
             name: Arc::from(name),
+            path: path.to_owned(),
             digest,
             engine: self.engine.clone(),
             pre,
@@ -468,6 +469,8 @@ fn refill(buf: &mut String, text: &str) {
 /// A loaded plugin: one pre-instantiated component, ready to evaluate.
 pub struct Plugin {
     name: Arc<str>,
+    /// The file it was loaded from.
+    path: PathBuf,
     digest: String,
     engine: Engine,
     pre: bindings::PolicyPre<EvalState>,
@@ -539,6 +542,11 @@ impl Plugin {
     /// The sha256 of the component's bytes.
     pub fn digest(&self) -> &str {
         &self.digest
+    }
+
+    /// The file it was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     fn new_store(&self) -> Store<EvalState> {

@@ -1,0 +1,311 @@
+//! Hot swap: the active policy is replaced whole and atomically when its files change, and a
+//! failed reload leaves the last good one serving.
+//!
+//! The pipeline, off the request path: read → parse and validate → check plugin digests →
+//! compile → pre-instantiate → run each plugin's `validate-config` (all of that is
+//! [`Policy::load`]) → swap. Sessions read the active policy once per decision
+//! ([`ArcSwap`]), so a call finishes under the set it started with and no call ever sees half
+//! a new one. Counters live in the [`crate::counters::CounterStore`], outside the policy, so a
+//! count survives every swap; a changed `max` applies from the next call.
+//!
+//! Triggers: changes to the policy file or any plugin file it names (watched with `notify`,
+//! debounced so that an editor's several writes make one reload), `SIGHUP`, and `reload` on
+//! the admin socket ([`serve_admin`], used by `toolgate reload`).
+
+use crate::policy::Policy;
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long the files must be quiet before a reload: writes in a burst make one reload.
+pub const DEBOUNCE: Duration = Duration::from_millis(20);
+
+/// What `status` reports.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Status {
+    /// The policy file.
+    pub policy: String,
+    /// sha256 over the policy text and every plugin's digest: the active set's identity.
+    pub digest: String,
+    /// Each plugin's name and sha256.
+    pub plugins: Vec<(String, String)>,
+    /// How many sets have been active (1 after the first load).
+    pub version: u64,
+    /// When the active set was loaded (ms since the Unix epoch).
+    pub loaded_at_ms: u64,
+    /// Reloads that failed since the process started.
+    pub failed_reloads: u64,
+    /// The last failed reload's error, until a later reload succeeds.
+    pub last_error: Option<String>,
+}
+
+/// The active policy and its status.
+pub struct LivePolicy {
+    path: PathBuf,
+    active: Arc<ArcSwap<Policy>>,
+    status: Mutex<Status>,
+    /// Held while a reload runs: reloads never overlap.
+    reloading: Mutex<()>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Reads and loads the policy at `path`: the set and its digest. The file is read once, so
+/// the digest is always the digest of what was loaded.
+fn load_set(path: &Path) -> Result<(Policy, String), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    // The error names the file, line, column and cause (the log gets the full diagnostic).
+    let policy = Policy::from_json_in(&text, &path.display().to_string(), base).map_err(|e| {
+        let line = e.to_string();
+        tracing::debug!("{:?}", miette::Report::new(e));
+        line
+    })?;
+    let digest = digest(&text, &policy);
+    Ok((policy, digest))
+}
+
+/// sha256 over the policy's text and its plugins' digests.
+fn digest(text: &str, policy: &Policy) -> String {
+    let mut whole = text.as_bytes().to_vec();
+    for plugin in policy.plugins() {
+        whole.extend_from_slice(plugin.digest().as_bytes());
+    }
+    crate::plugins::sha256_hex(&whole)
+}
+
+impl LivePolicy {
+    /// Loads the policy at `path` for the first time; the error is the full diagnostic.
+    pub fn load(path: &Path) -> Result<Arc<Self>, crate::policy::PolicyError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| crate::policy::PolicyError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let policy = Policy::from_json_in(&text, &path.display().to_string(), base)?;
+        let status = Status {
+            policy: path.display().to_string(),
+            digest: digest(&text, &policy),
+            plugins: plugin_digests(&policy),
+            version: 1,
+            loaded_at_ms: now_ms(),
+            ..Status::default()
+        };
+        Ok(Arc::new(Self {
+            path: path.to_owned(),
+            active: Arc::new(ArcSwap::from_pointee(policy)),
+            status: Mutex::new(status),
+            reloading: Mutex::new(()),
+        }))
+    }
+
+    /// The cell sessions read the active policy from.
+    pub fn cell(&self) -> Arc<ArcSwap<Policy>> {
+        self.active.clone()
+    }
+
+    /// The active policy.
+    pub fn current(&self) -> Arc<Policy> {
+        self.active.load_full()
+    }
+
+    /// The status record.
+    pub fn status(&self) -> Status {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The files whose change triggers a reload: the policy and every plugin it names.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.path.clone()];
+        files.extend(self.current().plugins().iter().map(|p| p.path().to_owned()));
+        files
+    }
+
+    /// Loads the policy again and swaps it in; on failure the active set stays and the error
+    /// is recorded in the status. `Ok(false)`: nothing changed (same digest), nothing swapped.
+    pub fn reload(&self, trigger: &str) -> Result<bool, String> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let started = Instant::now();
+        let old = self.status().digest;
+        match load_set(&self.path) {
+            Ok((policy, digest)) => {
+                let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+                status.last_error = None;
+                if digest == old {
+                    tracing::debug!(trigger, "reload: no change");
+                    return Ok(false);
+                }
+                status.plugins = plugin_digests(&policy);
+                self.active.store(Arc::new(policy));
+                status.digest = digest.clone();
+                status.version += 1;
+                status.loaded_at_ms = now_ms();
+                tracing::info!(
+                    trigger,
+                    from = %&old[..12],
+                    to = %&digest[..12],
+                    version = status.version,
+                    ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "policy swapped"
+                );
+                Ok(true)
+            }
+            Err(error) => {
+                let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+                status.failed_reloads += 1;
+                status.last_error = Some(error.clone());
+                tracing::error!(trigger, policy = %self.path.display(), %error, "reload failed; the last good policy stays active");
+                Err(error)
+            }
+        }
+    }
+}
+
+fn plugin_digests(policy: &Policy) -> Vec<(String, String)> {
+    policy
+        .plugins()
+        .iter()
+        .map(|p| (p.name().to_owned(), p.digest().to_owned()))
+        .collect()
+}
+
+/// Watches the policy and plugin files; reloads after each burst of changes has been quiet
+/// for [`DEBOUNCE`]. Runs until the process exits.
+pub fn watch(live: Arc<LivePolicy>) -> Result<(), String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            let _ = tx.send(event.paths);
+        }
+    })
+    .map_err(|e| format!("cannot watch files: {e}"))?;
+    let mut watched = Watched::default();
+    watched.update(&live, &mut watcher);
+    std::thread::Builder::new()
+        .name("policy-watch".into())
+        .spawn(move || {
+            while let Ok(paths) = rx.recv() {
+                if !paths.iter().any(|p| watched.files.contains(&absolute(p))) {
+                    continue;
+                }
+                // Coalesce: wait until no event has come for DEBOUNCE.
+                while rx.recv_timeout(DEBOUNCE).is_ok() {}
+                let _ = live.reload("file change");
+                watched.update(&live, &mut watcher);
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// The files that trigger a reload, and the directories watched for them.
+#[derive(Default)]
+struct Watched {
+    dirs: HashSet<PathBuf>,
+    files: HashSet<PathBuf>,
+}
+
+impl Watched {
+    /// Follows the active set's files (a reload can name new plugins).
+    fn update(&mut self, live: &LivePolicy, watcher: &mut notify::RecommendedWatcher) {
+        use notify::{RecursiveMode, Watcher};
+        self.files.clear();
+        for file in live.watched_files() {
+            let file = absolute(&file);
+            if let Some(dir) = file.parent() {
+                // The directory, not the file: an editor's rename-over replaces the file.
+                if self.dirs.insert(dir.to_owned()) {
+                    if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+                        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch");
+                    }
+                }
+            }
+            self.files.insert(file);
+        }
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}
+
+/// Reloads on `SIGHUP`.
+pub fn reload_on_sighup(live: Arc<LivePolicy>) -> Result<(), String> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
+        .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+    std::thread::Builder::new()
+        .name("policy-sighup".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                let _ = live.reload("SIGHUP");
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// The admin socket: a local Unix socket (mode 0600) that takes one command per line,
+/// `status` or `reload`, and answers each with one line of JSON. `toolgate reload` and
+/// `toolgate status` are its clients.
+pub fn serve_admin(live: Arc<LivePolicy>, path: &Path) -> Result<(), String> {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::UnixListener;
+    // A socket file left by a gateway that is gone: replace it.
+    if std::os::unix::net::UnixStream::connect(path).is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    let listener = UnixListener::bind(path)
+        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let live = live.clone();
+                std::thread::spawn(move || {
+                    let mut lines = BufReader::new(&stream).lines();
+                    while let Some(Ok(command)) = lines.next() {
+                        let answer = match command.trim() {
+                            "status" => serde_json::json!({"ok": true, "status": live.status()}),
+                            "reload" => match live.reload("admin") {
+                                Ok(changed) => serde_json::json!({"ok": true, "changed": changed, "status": live.status()}),
+                                Err(error) => serde_json::json!({"ok": false, "error": error, "status": live.status()}),
+                            },
+                            other => serde_json::json!({"ok": false, "error": format!("unknown command `{other}`: status or reload")}),
+                        };
+                        if writeln!(&stream, "{answer}").is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Sends one admin command to the gateway listening on `path`; returns its JSON answer.
+pub fn admin_command(path: &Path, command: &str) -> Result<serde_json::Value, String> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(path)
+        .map_err(|e| format!("cannot reach a gateway at {}: {e}", path.display()))?;
+    writeln!(stream, "{command}").map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    serde_json::from_str(&line).map_err(|e| format!("bad answer from the gateway: {e}"))
+}
