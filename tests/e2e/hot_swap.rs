@@ -112,75 +112,63 @@ fn broken_swaps_keep_the_last_good_set_serving_and_a_good_write_recovers() {
     gw_refused(&mut gw.client);
 
     let wrong_world = std::fs::read(&built["hostile/wrong-world"]).unwrap();
-    type Break = Box<dyn Fn()>;
-    let (p, w) = (policy.clone(), plugin.clone());
-    let good_bytes = good_plugin.clone();
-    let cases: Vec<(&str, Break, &str)> = vec![
+    let edited = |edit: &dyn Fn(&mut Value)| {
+        let mut bad = gw_policy(json!({}));
+        edit(&mut bad);
+        bad.to_string().into_bytes()
+    };
+    // (what, file, bytes, renamed over (else written in place), the cause status must show)
+    let cases: Vec<(&str, &Path, Vec<u8>, bool, &str)> = vec![
         (
             "invalid JSON",
-            Box::new({
-                let p = p.clone();
-                move || std::fs::write(&p, "{\"version\": \"1\", ").unwrap()
-            }),
+            &policy,
+            b"{\"version\": \"1\", ".to_vec(),
+            false,
             "invalid policy",
         ),
         (
             "a missing plugin",
-            Box::new({
-                let p = p.clone();
-                move || {
-                    let mut bad = gw_policy(json!({}));
-                    bad["plugins"]["gw"]["path"] = json!("missing.wasm");
-                    write_atomically(&p, bad.to_string().as_bytes())
-                }
-            }),
+            &policy,
+            edited(&|b| b["plugins"]["gw"]["path"] = json!("missing.wasm")),
+            true,
             "cannot read",
         ),
         (
             "a digest mismatch",
-            Box::new({
-                let p = p.clone();
-                move || {
-                    let mut bad = gw_policy(json!({}));
-                    bad["plugins"]["gw"]["sha256"] = json!("00".repeat(32));
-                    write_atomically(&p, bad.to_string().as_bytes())
-                }
-            }),
+            &policy,
+            edited(&|b| b["plugins"]["gw"]["sha256"] = json!("00".repeat(32))),
+            true,
             "digest mismatch",
         ),
         (
             "a wasm file truncated mid-write",
-            Box::new({
-                let w = w.clone();
-                let half = good_bytes[..good_bytes.len() / 2].to_vec();
-                move || std::fs::write(&w, &half).unwrap()
-            }),
+            &plugin,
+            good_plugin[..good_plugin.len() / 2].to_vec(),
+            false,
             "not a usable plugin",
         ),
         (
             "a plugin of the wrong world",
-            Box::new({
-                let w = w.clone();
-                move || write_atomically(&w, &wrong_world)
-            }),
+            &plugin,
+            wrong_world,
+            true,
             "does not implement toolgate's `policy` world",
         ),
         (
             "a config the plugin's validate-config rejects",
-            Box::new({
-                let p = p.clone();
-                move || {
-                    let mut bad = gw_policy(json!({}));
-                    bad["tools"]["codex_request"]["use"][0]["config"] = json!({"typo": 1});
-                    write_atomically(&p, bad.to_string().as_bytes())
-                }
-            }),
+            &policy,
+            edited(&|b| b["tools"]["codex_request"]["use"][0]["config"] = json!({"typo": 1})),
+            true,
             "rejects its config",
         ),
     ];
-    for (i, (name, break_it, cause)) in cases.into_iter().enumerate() {
+    for (i, (name, file, bytes, renamed, cause)) in cases.into_iter().enumerate() {
         let before = status(&gw.socket);
-        break_it();
+        if renamed {
+            write_atomically(file, &bytes);
+        } else {
+            std::fs::write(file, &bytes).unwrap();
+        }
         let failed = before["failed_reloads"].as_u64().unwrap();
         let s = wait_for(&gw.socket, name, |s| {
             s["failed_reloads"].as_u64().unwrap() > failed
@@ -435,5 +423,28 @@ fn with_watching_off_sighup_and_toolgate_reload_still_reload() {
     let (text, _) = refusal(&client.call("crash", json!({})));
     assert!(text.contains("v3"), "{text}");
     let (status, _) = client.finish();
+    assert!(status.success());
+}
+
+#[test]
+fn ten_writes_in_a_burst_make_one_reload() {
+    let policy = |n: u32| {
+        json!({"version": "1", "default": "allow", "tools": {"crash": {"action": "deny", "reason": format!("write {n}")}}})
+            .to_string()
+    };
+    let mut gw = Gateway::start(&serde_json::from_str(&policy(0)).unwrap(), &echo());
+    let path = gw.policy_path();
+    for n in 1..=10 {
+        std::fs::write(&path, policy(n)).unwrap();
+    }
+    wait_for(&gw.socket, "the reload", |s| s["version"] == 2);
+    // Several debounce periods later, still one reload, of the last write.
+    std::thread::sleep(Duration::from_millis(300));
+    let s = status(&gw.socket);
+    assert_eq!(s["version"], 2, "{s:#}");
+    assert_eq!(s["failed_reloads"], 0, "{s:#}");
+    let (text, _) = refusal(&gw.client.call("crash", json!({})));
+    assert!(text.contains("write 10"), "{text}");
+    let (status, _) = gw.client.finish();
     assert!(status.success());
 }
