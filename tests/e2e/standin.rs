@@ -74,40 +74,75 @@ fn pipe() -> (std::io::PipeReader, std::io::PipeWriter) {
     std::io::pipe().unwrap()
 }
 
+/// The client's side of a gateway served in-process on pipes.
+struct PipeClient {
+    to_gateway: std::io::PipeWriter,
+    replies: std::io::Lines<BufReader<std::io::PipeReader>>,
+    gateway: std::thread::JoinHandle<Ending>,
+}
+
+impl PipeClient {
+    /// Serves `policy` (on `clock`) in-process, in front of `upstream`, which gets the
+    /// upstream's ends of the pipes: what the gateway sends it, and where it answers.
+    fn start(
+        policy: &str,
+        clock: Arc<ManualClock>,
+        upstream: impl FnOnce(std::io::PipeReader, std::io::PipeWriter) + Send + 'static,
+    ) -> Self {
+        let session = Arc::new(Session::new(
+            Arc::new(Policy::from_json(policy, "policy.json").unwrap()),
+            Arc::new(MemoryCounterStore::new(clock)),
+            Identity {
+                grant: "g1".into(),
+                session: "s1".into(),
+            },
+        ));
+        let (client_in_r, to_gateway) = pipe();
+        let (client_out_r, client_out_w) = pipe();
+        let (up_in_r, up_in_w) = pipe();
+        let (up_out_r, up_out_w) = pipe();
+        std::thread::spawn(move || upstream(up_in_r, up_out_w));
+        let gateway = std::thread::spawn(move || {
+            serve(
+                session,
+                client_in_r,
+                client_out_w,
+                up_out_r,
+                up_in_w,
+                &StdioLimits::default(),
+            )
+        });
+        Self {
+            to_gateway,
+            replies: BufReader::new(client_out_r).lines(),
+            gateway,
+        }
+    }
+
+    fn send(&mut self, line: &str) {
+        writeln!(self.to_gateway, "{line}").unwrap();
+    }
+
+    fn next(&mut self) -> Value {
+        serde_json::from_str(&self.replies.next().unwrap().unwrap()).unwrap()
+    }
+
+    /// Closes the gateway's stdin and returns how it ended.
+    fn close(self) -> Ending {
+        drop(self.to_gateway);
+        self.gateway.join().unwrap()
+    }
+}
+
 #[test]
 fn seed_rule_on_a_fake_clock_frees_up_exactly_when_the_window_slides() {
     let clock = ManualClock::starting_at(1_700_000_000_000);
-    let counters = Arc::new(MemoryCounterStore::new(clock.clone()));
-    let policy = Arc::new(Policy::from_json(SEED, "seed.json").unwrap());
-    let session = Arc::new(Session::new(
-        policy,
-        counters,
-        Identity {
-            grant: "g1".into(),
-            session: "s1".into(),
-        },
-    ));
-    let (client_in_r, mut client_in_w) = pipe();
-    let (client_out_r, client_out_w) = pipe();
-    let (up_in_r, up_in_w) = pipe();
-    let (up_out_r, up_out_w) = pipe();
-    std::thread::spawn(move || {
-        toolgate_standin::llm_cli_gateway::serve(BufReader::new(up_in_r), up_out_w)
+    let mut client = PipeClient::start(SEED, clock.clone(), |from_gateway, to_gateway| {
+        let _ = toolgate_standin::llm_cli_gateway::serve(BufReader::new(from_gateway), to_gateway);
     });
-    let gateway = std::thread::spawn(move || {
-        serve(
-            session,
-            client_in_r,
-            client_out_w,
-            up_out_r,
-            up_in_w,
-            &StdioLimits::default(),
-        )
-    });
-    let mut replies = BufReader::new(client_out_r).lines();
-    let mut call = move |id: u64| -> Value {
-        writeln!(client_in_w, r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"session_create","arguments":{{"cli":"claude"}}}}}}"#).unwrap();
-        let reply: Value = serde_json::from_str(&replies.next().unwrap().unwrap()).unwrap();
+    let mut call = |id: u64| -> Value {
+        client.send(&format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"session_create","arguments":{{"cli":"claude"}}}}}}"#));
+        let reply = client.next();
         assert_eq!(reply["id"], id);
         reply["result"].clone()
     };
@@ -132,9 +167,8 @@ fn seed_rule_on_a_fake_clock_frees_up_exactly_when_the_window_slides() {
         "rate_limited",
         "and only one"
     );
-    drop(call); // closes the client's end of the gateway's stdin
     assert_eq!(
-        gateway.join().unwrap(),
+        client.close(),
         Ending::ClientClosed {
             upstream_exited: true
         }
@@ -259,24 +293,9 @@ fn ids_unknown_methods_and_fields_pass_unchanged() {
 fn replies_out_of_order_are_matched_by_id() {
     let policy = r#"{"version": "1", "default": "allow", "hide": ["secret"],
         "tools": {"echo": {"rate_limit": {"max": 1, "window": "hour"}}}}"#;
-    let clock = ManualClock::starting_at(0);
-    let counters = Arc::new(MemoryCounterStore::new(clock));
-    let policy = Arc::new(Policy::from_json(policy, "p.json").unwrap());
-    let session = Arc::new(Session::new(
-        policy,
-        counters,
-        Identity {
-            grant: "g".into(),
-            session: "s".into(),
-        },
-    ));
-    let (client_in_r, mut client_in_w) = pipe();
-    let (client_out_r, client_out_w) = pipe();
-    let (up_in_r, up_in_w) = pipe();
-    let (up_out_r, mut up_out_w) = pipe();
     // An upstream that reads two requests, then answers the second one first.
-    std::thread::spawn(move || {
-        let mut requests = BufReader::new(up_in_r).lines();
+    let upstream = |from_gateway, mut to_gateway: std::io::PipeWriter| {
+        let mut requests = BufReader::new(from_gateway).lines();
         let first: Value = serde_json::from_str(&requests.next().unwrap().unwrap()).unwrap();
         let second: Value = serde_json::from_str(&requests.next().unwrap().unwrap()).unwrap();
         assert_eq!(
@@ -284,45 +303,26 @@ fn replies_out_of_order_are_matched_by_id() {
             (Some("tools/list"), Some("tools/call"))
         );
         writeln!(
-            up_out_w,
+            to_gateway,
             r#"{{"jsonrpc":"2.0","id":"b","error":{{"code":-32603,"message":"busy"}}}}"#
         )
         .unwrap();
-        writeln!(up_out_w, r#"{{"jsonrpc":"2.0","id":"a","result":{{"tools":[{{"name":"secret"}},{{"name":"echo","x-extra":1}}]}}}}"#).unwrap();
+        writeln!(to_gateway, r#"{{"jsonrpc":"2.0","id":"a","result":{{"tools":[{{"name":"secret"}},{{"name":"echo","x-extra":1}}]}}}}"#).unwrap();
         for line in requests {
             let request: Value = serde_json::from_str(&line.unwrap()).unwrap();
             let reply = json!({"jsonrpc": "2.0", "id": request["id"], "result": {"content": [{"type": "text", "text": "ran"}]}});
-            writeln!(up_out_w, "{reply}").unwrap();
+            writeln!(to_gateway, "{reply}").unwrap();
         }
-    });
-    let gateway = std::thread::spawn(move || {
-        serve(
-            session,
-            client_in_r,
-            client_out_w,
-            up_out_r,
-            up_in_w,
-            &StdioLimits::default(),
-        )
-    });
-    writeln!(
-        client_in_w,
-        r#"{{"jsonrpc":"2.0","id":"a","method":"tools/list"}}"#
-    )
-    .unwrap();
-    writeln!(
-        client_in_w,
-        r#"{{"jsonrpc":"2.0","id":"b","method":"tools/call","params":{{"name":"echo"}}}}"#
-    )
-    .unwrap();
-    let mut replies = BufReader::new(client_out_r).lines();
-    let mut next = || serde_json::from_str::<Value>(&replies.next().unwrap().unwrap()).unwrap();
-    let b = next();
+    };
+    let mut client = PipeClient::start(policy, ManualClock::starting_at(0), upstream);
+    client.send(r#"{"jsonrpc":"2.0","id":"a","method":"tools/list"}"#);
+    client.send(r#"{"jsonrpc":"2.0","id":"b","method":"tools/call","params":{"name":"echo"}}"#);
+    let b = client.next();
     assert_eq!(
         (b["id"].as_str(), b["error"]["code"].as_i64()),
         (Some("b"), Some(-32603))
     );
-    let a = next();
+    let a = client.next();
     assert_eq!(a["id"], "a");
     assert_eq!(
         a["result"]["tools"],
@@ -330,24 +330,12 @@ fn replies_out_of_order_are_matched_by_id() {
         "the list reply was recognised and filtered"
     );
     // The error refunded echo's unit, so with max 1 the next call still goes through.
-    writeln!(
-        client_in_w,
-        r#"{{"jsonrpc":"2.0","id":"c","method":"tools/call","params":{{"name":"echo"}}}}"#
-    )
-    .unwrap();
-    assert_eq!(next()["result"]["content"][0]["text"], "ran");
-    writeln!(
-        client_in_w,
-        r#"{{"jsonrpc":"2.0","id":"d","method":"tools/call","params":{{"name":"echo"}}}}"#
-    )
-    .unwrap();
+    client.send(r#"{"jsonrpc":"2.0","id":"c","method":"tools/call","params":{"name":"echo"}}"#);
+    assert_eq!(client.next()["result"]["content"][0]["text"], "ran");
+    client.send(r#"{"jsonrpc":"2.0","id":"d","method":"tools/call","params":{"name":"echo"}}"#);
     assert_eq!(
-        next()["result"]["_meta"]["toolgate"]["decision"],
+        client.next()["result"]["_meta"]["toolgate"]["decision"],
         "rate_limited"
     );
-    drop(client_in_w);
-    assert!(matches!(
-        gateway.join().unwrap(),
-        Ending::ClientClosed { .. }
-    ));
+    assert!(matches!(client.close(), Ending::ClientClosed { .. }));
 }
