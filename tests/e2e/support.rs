@@ -114,10 +114,14 @@ impl Client {
 
     /// The next line from the gateway, parsed; panics after 10 s.
     pub fn recv(&mut self) -> Value {
-        let line = self
-            .lines
-            .recv_timeout(Duration::from_secs(10))
-            .expect("a line from the gateway within 10 s");
+        let line = match self.lines.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => line,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let (status, stderr) = self.wait();
+                panic!("the gateway closed its stdout ({status}); its stderr:\n{stderr}")
+            }
+            Err(e) => panic!("no line from the gateway within 10 s: {e}"),
+        };
         serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("gateway sent non-JSON {line:?}: {e}"))
     }

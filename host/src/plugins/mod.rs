@@ -49,6 +49,9 @@ const WASMTIME_VERSION: &str = "48.0.8";
 /// How often the epoch advances. The wall-clock deadline is counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
+/// The least wall-clock time a load-time call gets (see `Plugin::arm_for_load`).
+const LOAD_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Never-used instances a `fresh` plugin keeps ready, instantiated in the background.
 const PREPARED: usize = 2;
 
@@ -561,18 +564,30 @@ impl Plugin {
     }
 
     fn arm(&self, store: &mut Store<EvalState>) -> Result<(), String> {
+        self.arm_for(store, self.limits.timeout)
+    }
+
+    /// Arms fuel and a deadline of `timeout` (rounded to epoch ticks, at least one).
+    fn arm_for(&self, store: &mut Store<EvalState>, timeout: Duration) -> Result<(), String> {
         store
             .set_fuel(self.limits.fuel)
             .map_err(|e| e.to_string())?;
-        let ticks = (self.limits.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+        let ticks = (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(ticks);
         Ok(())
+    }
+
+    /// Load-time calls (`metadata`, `validate-config`) are on no request's path: they get the
+    /// plugin's timeout or [`LOAD_TIMEOUT`], whichever is longer, so that a plugin with a
+    /// tight per-call deadline still loads on a busy machine.
+    fn arm_for_load(&self, store: &mut Store<EvalState>) -> Result<(), String> {
+        self.arm_for(store, self.limits.timeout.max(LOAD_TIMEOUT))
     }
 
     /// Calls `metadata` on a fresh instance (part of loading).
     pub fn metadata(&self) -> Result<PluginMetadata, String> {
         let mut store = self.new_store();
-        self.arm(&mut store)?;
+        self.arm_for_load(&mut store)?;
         let instance = self
             .pre
             .instantiate(&mut store)
@@ -597,7 +612,7 @@ impl Plugin {
             ));
         }
         let mut store = self.new_store();
-        self.arm(&mut store)?;
+        self.arm_for_load(&mut store)?;
         let instance = self
             .pre
             .instantiate(&mut store)
