@@ -60,11 +60,8 @@ fn now_ms() -> u64 {
 /// Reads and loads the policy at `path`: the set and its digest. The file is read once, so
 /// the digest is always the digest of what was loaded.
 fn load_set(path: &Path) -> Result<(Policy, String), String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let base = path.parent().unwrap_or(Path::new("."));
     // The error names the file, line, column and cause (the log gets the full diagnostic).
-    let policy = Policy::from_json_in(&text, &path.display().to_string(), base).map_err(|e| {
+    let (policy, text) = Policy::load_with_text(path).map_err(|e| {
         let line = e.to_string();
         tracing::debug!("{:?}", miette::Report::new(e));
         line
@@ -85,13 +82,7 @@ fn digest(text: &str, policy: &Policy) -> String {
 impl LivePolicy {
     /// Loads the policy at `path` for the first time; the error is the full diagnostic.
     pub fn load(path: &Path) -> Result<Arc<Self>, crate::policy::PolicyError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| crate::policy::PolicyError::Read {
-                path: path.display().to_string(),
-                source,
-            })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        let policy = Policy::from_json_in(&text, &path.display().to_string(), base)?;
+        let (policy, text) = Policy::load_with_text(path)?;
         let status = Status {
             policy: path.display().to_string(),
             digest: digest(&text, &policy),

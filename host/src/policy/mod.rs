@@ -134,12 +134,19 @@ fn is_glob(pattern: &str) -> bool {
 impl Policy {
     /// Reads and compiles the policy at `path`.
     pub fn load(path: &std::path::Path) -> Result<Self, PolicyError> {
+        Self::load_with_text(path).map(|(policy, _)| policy)
+    }
+
+    /// Like [`Policy::load`], and also returns the text it loaded (read once, so that a
+    /// digest of it is the digest of what was loaded).
+    pub fn load_with_text(path: &std::path::Path) -> Result<(Self, String), PolicyError> {
         let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
             path: path.display().to_string(),
             source,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::from_json_in(&text, &path.display().to_string(), base)
+        let policy = Self::from_json_in(&text, &path.display().to_string(), base)?;
+        Ok((policy, text))
     }
 
     /// Compiles a policy from its JSON text; `file` names it in errors. Plugin paths are
