@@ -19,6 +19,7 @@ pub mod clock;
 pub mod counters;
 pub mod decision;
 pub mod demo;
+pub mod http;
 pub mod jsonrpc;
 pub mod plugins;
 pub mod policy;

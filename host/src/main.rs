@@ -57,6 +57,20 @@ enum Command {
         )]
         upstream: Vec<String>,
     },
+    /// Serve MCP over Streamable HTTP at `/mcp`, for many agents, each with its own grant.
+    ///
+    /// The config (TOML) names the listeners, the upstream (a URL or a stdio command), the
+    /// grants (token hashes and policies) and the limits; see README.md.
+    Serve {
+        /// The config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Manage the grants (agent identities) of a `serve` config.
+    Grant {
+        #[command(subcommand)]
+        command: GrantCommand,
+    },
     /// Validate policy files; prints each problem with its line, column and a hint.
     Check {
         /// Policy files to check.
@@ -114,6 +128,21 @@ enum Command {
         /// Run the minimal echo server instead.
         #[arg(long)]
         echo: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum GrantCommand {
+    /// Add a grant: prints a new random token once and writes only its sha256 to the config.
+    Add {
+        /// The grant's name.
+        name: String,
+        /// The `serve` config file to add it to.
+        #[arg(long)]
+        config: PathBuf,
+        /// The grant's policy file, relative to the config (none: every call is denied).
+        #[arg(long)]
+        policy: Option<PathBuf>,
     },
 }
 
@@ -196,6 +225,37 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Serve { config } => {
+            init_logging();
+            match toolgate::http::serve(&config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("toolgate serve: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Grant {
+            command:
+                GrantCommand::Add {
+                    name,
+                    config,
+                    policy,
+                },
+        } => match grant_add(&name, &config, policy.as_deref()) {
+            Ok(token) => {
+                eprintln!(
+                    "added grant `{name}` to {}; its token (shown only now):",
+                    config.display()
+                );
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("toolgate grant add: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         Command::Check { files } => {
             let mut failed = false;
             for file in &files {
@@ -397,4 +457,51 @@ fn admin(socket: &std::path::Path, command: &str) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Appends a `[[grants]]` entry with a new token's hash; returns the token. The config is
+/// appended to, not rewritten, so its comments and layout stay.
+fn grant_add(
+    name: &str,
+    config: &std::path::Path,
+    policy: Option<&std::path::Path>,
+) -> anyhow::Result<String> {
+    use std::io::Write;
+    let existing = std::fs::read_to_string(config)
+        .with_context(|| format!("cannot read config `{}`", config.display()))?;
+    let parsed: toml::Table = toml::from_str(&existing)
+        .map_err(|e| anyhow::anyhow!("invalid config `{}`: {e}", config.display()))?;
+    let taken = parsed
+        .get("grants")
+        .and_then(|g| g.as_array())
+        .is_some_and(|grants| {
+            grants
+                .iter()
+                .any(|g| g.get("name").and_then(|n| n.as_str()) == Some(name))
+        });
+    anyhow::ensure!(
+        !taken,
+        "grant `{name}` already exists in `{}`",
+        config.display()
+    );
+    let (token, hash) = toolgate::http::grants::new_token();
+    let mut entry = toml::Table::new();
+    entry.insert("name".into(), name.into());
+    entry.insert("token_sha256".into(), hash.into());
+    if let Some(policy) = policy {
+        entry.insert("policy".into(), policy.display().to_string().into());
+    }
+    let mut text = String::new();
+    if !existing.ends_with('\n') && !existing.is_empty() {
+        text.push('\n');
+    }
+    text.push_str("\n[[grants]]\n");
+    text.push_str(&toml::to_string(&entry)?);
+    // Check the result loads before writing it.
+    let mut whole = existing.clone();
+    whole.push_str(&text);
+    toml::from_str::<toml::Table>(&whole).context("the new grant would not parse")?;
+    let mut file = std::fs::OpenOptions::new().append(true).open(config)?;
+    file.write_all(text.as_bytes())?;
+    Ok(token)
 }

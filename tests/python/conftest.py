@@ -64,3 +64,106 @@ def dump(model) -> dict:
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
+
+
+# --- toolgate serve (Streamable HTTP) -------------------------------------------------------
+
+import hashlib
+import socket
+import subprocess
+import time
+from contextlib import contextmanager
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    pytest.fail(f"{what} did not listen on {port} within {timeout} s")
+
+
+@contextmanager
+def everything_http():
+    """server-everything in streamableHttp mode; yields its /mcp URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        ["node", str(PEERS / "mcp-server-everything"), "streamableHttp"],
+        env={**os.environ, "PORT": str(port)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.PIPE,
+    )
+    try:
+        wait_for_port(port, proc, "server-everything")
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def sha256_hex(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))  # a JSON string is a TOML basic string
+
+
+@contextmanager
+def serve(tmp_path: Path, upstream: dict, grants: list[dict], **top):
+    """`toolgate serve` with this upstream (`url` or `command`) and grants (`name`, `token`,
+    `policy` as a dict); yields the /mcp URL. Tokens are written as their sha256."""
+    lines = ['listen = "127.0.0.1:0"', 'admin_listen = "127.0.0.1:0"']
+    lines += [f"{k} = {toml_value(v)}" for k, v in top.items() if k != "limits"]
+    lines.append("[upstream]")
+    lines += [f"{k} = {toml_value(v)}" for k, v in upstream.items()]
+    for grant in grants:
+        lines.append("[[grants]]")
+        lines.append(f"name = {toml_value(grant['name'])}")
+        if "token" in grant:
+            lines.append(f"token_sha256 = {toml_value(sha256_hex(grant['token']))}")
+        if "policy" in grant:
+            policy = tmp_path / f"{grant['name']}.policy.json"
+            policy.write_text(json.dumps(grant["policy"]))
+            lines.append(f"policy = {toml_value(policy.name)}")
+    if "limits" in top:
+        lines.append("[limits]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in top["limits"].items()]
+    config = tmp_path / "toolgate.toml"
+    config.write_text("\n".join(lines) + "\n")
+    log = tmp_path / "toolgate.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([toolgate_bin(), "serve", "--config", str(config)], stderr=err, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        url = None
+        while url is None:
+            for line in log.read_text(errors="replace").splitlines():
+                if line.startswith("toolgate serve: listening on "):
+                    url = line.split()[4]
+            if url is None:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"toolgate serve did not start:\n{log.read_text(errors='replace')}")
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait()

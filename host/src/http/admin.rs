@@ -1,0 +1,112 @@
+//! The admin listener: health, status and reload, on its own address with its own token.
+//!
+//! `GET /healthz` needs no token (for load balancers and supervisors). `GET /status` and
+//! `POST /reload` need `Authorization: Bearer <admin token>`, checked against
+//! `admin_token_sha256` in constant time; without that key in the config they are shut.
+
+
+// A refusal is the HTTP response itself, built once on a slow path: boxing it buys nothing.
+#![allow(clippy::result_large_err)]
+use super::config::parse_sha256;
+use super::gateway::Gateway;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+struct Admin {
+    gateway: Arc<Gateway>,
+    token_sha256: Option<[u8; 32]>,
+}
+
+pub fn router(gateway: Arc<Gateway>, token_sha256: Option<&str>) -> anyhow::Result<Router> {
+    let admin = Arc::new(Admin {
+        gateway,
+        token_sha256: token_sha256.map(parse_sha256).transpose()?,
+    });
+    Ok(Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/status", get(status))
+        .route("/reload", post(reload))
+        .with_state(admin))
+}
+
+fn authorized(admin: &Admin, request: &Request) -> Result<(), Response> {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .map(|token| -> [u8; 32] { Sha256::digest(token.trim_ascii()).into() });
+    match (admin.token_sha256, presented) {
+        (Some(expected), Some(presented)) if bool::from(expected.ct_eq(&presented)) => Ok(()),
+        (None, _) => Err((
+            StatusCode::FORBIDDEN,
+            Json(json!({"error": "admin endpoints are off: set admin_token_sha256 in the config"})),
+        )
+            .into_response()),
+        _ => Err((
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, r#"Bearer realm="toolgate-admin""#)],
+            Json(json!({"error": "unauthorized: send the admin bearer token"})),
+        )
+            .into_response()),
+    }
+}
+
+async fn status(State(admin): State<Arc<Admin>>, request: Request) -> Response {
+    if let Err(refused) = authorized(&admin, &request) {
+        return refused;
+    }
+    let gw = &admin.gateway;
+    let grants: Vec<_> = gw
+        .grants
+        .all()
+        .iter()
+        .map(|g| json!({"name": g.name, "policy": g.status()}))
+        .collect();
+    let stats = &gw.stats;
+    Json(json!({
+        "grants": grants,
+        "sessions": gw.session_count(),
+        "sessions_opened": stats.sessions_opened.load(Ordering::Relaxed),
+        "sessions_expired": stats.sessions_expired.load(Ordering::Relaxed),
+        "sessions_deleted": stats.sessions_deleted.load(Ordering::Relaxed),
+        "refused_auth": stats.refused_auth.load(Ordering::Relaxed),
+        "refused_host": stats.refused_host.load(Ordering::Relaxed),
+    }))
+    .into_response()
+}
+
+async fn reload(State(admin): State<Arc<Admin>>, request: Request) -> Response {
+    if let Err(refused) = authorized(&admin, &request) {
+        return refused;
+    }
+    let lives = admin.gateway.grants.live_policies();
+    let results = tokio::task::spawn_blocking(move || {
+        lives
+            .iter()
+            .map(|live| {
+                let status = live.status();
+                match live.reload("admin") {
+                    Ok(changed) => json!({"policy": status.policy, "ok": true, "changed": changed}),
+                    Err(error) => json!({"policy": status.policy, "ok": false, "error": error}),
+                }
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    let ok = results.iter().all(|r| r["ok"] == true);
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    (code, Json(json!({"ok": ok, "results": results}))).into_response()
+}

@@ -1,0 +1,218 @@
+//! The `toolgate serve` config file (TOML): listeners, the upstream, grants and limits.
+//!
+//! Paths in it (grant policies) are relative to the file. Unknown keys fail the load, so a
+//! misspelt limit is an error and not a silent default.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the MCP endpoint (`/mcp`) listens.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Where the admin endpoints listen. Keep it on loopback: it can reload policies.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: SocketAddr,
+    /// sha256 (hex) of the admin bearer token. Without it, the admin listener serves only
+    /// `/healthz`: status and reload stay shut (fail closed).
+    #[serde(default)]
+    pub admin_token_sha256: Option<String>,
+    /// The grant for requests that carry no `Authorization` header. Off by default; meant for
+    /// loopback use and for clients that cannot send headers (the Inspector CLI, the
+    /// conformance suite). A request with a wrong token is refused all the same.
+    #[serde(default)]
+    pub anonymous_grant: Option<String>,
+    /// `Host` values accepted besides the loopback names (`localhost`, `127.0.0.1`, `[::1]`,
+    /// with any port). Anything else gets 403: the defence against DNS rebinding.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// `Origin` values accepted besides loopback origins. Requests without `Origin`
+    /// (non-browser clients) are accepted.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Watch the grants' policy and plugin files and reload them when they change.
+    #[serde(default = "yes")]
+    pub watch: bool,
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub grants: Vec<GrantConfig>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// The MCP server behind the gateway: a Streamable HTTP URL or a stdio command.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// A Streamable HTTP endpoint, e.g. `http://127.0.0.1:3001/mcp`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// A stdio server's command and arguments: one child per MCP session.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// Extra headers sent to an HTTP upstream (its own credentials, say). The clients' tokens
+    /// are toolgate's and are never forwarded.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+/// One agent identity: a token (stored as its sha256) and the policy its calls answer to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantConfig {
+    pub name: String,
+    /// sha256 (hex) of the bearer token. A grant without one can only be the anonymous grant.
+    #[serde(default)]
+    pub token_sha256: Option<String>,
+    /// The policy file, relative to the config file. No policy: every call is denied.
+    #[serde(default)]
+    pub policy: Option<PathBuf>,
+}
+
+/// Limits on the listener. Each one answers with a clear HTTP status and JSON-RPC error.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body. Bigger bodies get 413 before they are read in full.
+    pub max_body_bytes: usize,
+    /// Largest message accepted from the upstream (one JSON reply or one SSE event).
+    pub max_upstream_message_bytes: usize,
+    /// Open MCP sessions at once (for a stdio upstream: child processes). An `initialize`
+    /// beyond it gets 503; nothing already open is touched.
+    pub max_sessions: usize,
+    /// A session with no request and no open stream for this long is closed (its upstream
+    /// session deleted, its child stopped). Shorter frees memory sooner; longer lets agents
+    /// pause. Later use of its id gets 404.
+    pub session_idle_timeout_s: u64,
+    /// How long the upstream may take to start answering a request (504 after). A streamed
+    /// answer may then go on for as long as the upstream keeps it open.
+    pub request_timeout_s: u64,
+    /// How long a client may take to send its headers and its body (a slow-loris guard):
+    /// 408, or the connection is closed.
+    pub client_timeout_s: u64,
+    /// TCP connections open at once; more wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 4 << 20,
+            max_upstream_message_bytes: 16 << 20,
+            max_sessions: 1024,
+            session_idle_timeout_s: 1800,
+            request_timeout_s: 300,
+            client_timeout_s: 10,
+            max_connections: 4096,
+        }
+    }
+}
+
+impl Limits {
+    pub fn idle(&self) -> Duration {
+        Duration::from_secs(self.session_idle_timeout_s)
+    }
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_s)
+    }
+    pub fn client_timeout(&self) -> Duration {
+        Duration::from_secs(self.client_timeout_s)
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    ([127, 0, 0, 1], 7400).into()
+}
+fn default_admin_listen() -> SocketAddr {
+    ([127, 0, 0, 1], 7401).into()
+}
+fn yes() -> bool {
+    true
+}
+
+/// The upstream, checked: exactly one of `url` and `command`.
+#[derive(Clone, Debug)]
+pub enum Upstream {
+    Http {
+        url: String,
+        headers: Vec<(String, String)>,
+    },
+    Stdio(Vec<String>),
+}
+
+impl Config {
+    /// Reads and checks the config at `path`; policy paths become absolute.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        use anyhow::{bail, Context};
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config `{}`", path.display()))?;
+        let mut config: Config = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("invalid config `{}`: {e}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut names = std::collections::HashSet::new();
+        for grant in &mut config.grants {
+            if !names.insert(grant.name.clone()) {
+                bail!(
+                    "config `{}`: grant `{}` is listed twice",
+                    path.display(),
+                    grant.name
+                );
+            }
+            if let Some(hash) = &grant.token_sha256 {
+                parse_sha256(hash).with_context(|| format!("grant `{}`", grant.name))?;
+            }
+            if let Some(policy) = &mut grant.policy {
+                *policy = base.join(&*policy);
+            }
+        }
+        if let Some(anonymous) = &config.anonymous_grant {
+            if !names.contains(anonymous) {
+                bail!(
+                    "config `{}`: anonymous_grant `{anonymous}` is not a grant",
+                    path.display()
+                );
+            }
+        }
+        if let Some(hash) = &config.admin_token_sha256 {
+            parse_sha256(hash).context("admin_token_sha256")?;
+        }
+        config.upstream()?;
+        Ok(config)
+    }
+
+    /// The upstream, checked.
+    pub fn upstream(&self) -> anyhow::Result<Upstream> {
+        match (&self.upstream.url, &self.upstream.command) {
+            (Some(url), None) => Ok(Upstream::Http {
+                url: url.clone(),
+                headers: self
+                    .upstream
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            }),
+            (None, Some(command)) if !command.is_empty() => Ok(Upstream::Stdio(command.clone())),
+            _ => anyhow::bail!("[upstream] needs exactly one of `url` and a non-empty `command`"),
+        }
+    }
+}
+
+/// Decodes a 64-digit hex sha256.
+pub fn parse_sha256(hex: &str) -> anyhow::Result<[u8; 32]> {
+    let hex = hex.trim();
+    if hex.len() != 64 {
+        anyhow::bail!("a sha256 is 64 hex digits, got {} characters", hex.len());
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+            .map_err(|_| anyhow::anyhow!("`{hex}` is not hex"))?;
+    }
+    Ok(out)
+}

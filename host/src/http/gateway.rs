@@ -1,0 +1,955 @@
+//! The Streamable HTTP front (`/mcp`): where an HTTP request meets its grant's policy.
+//!
+//! One `tools/call` over HTTP:
+//! 1. [`Gateway::admit`] checks `Host`/`Origin` (403: DNS rebinding) and the bearer token
+//!    (401), before anything else is read: a refused request causes no upstream traffic.
+//! 2. [`post`] checks the media types, reads the body under the size cap and the client
+//!    timeout, and finds the session by `Mcp-Session-Id` (404 if unknown, or if another
+//!    grant opened it).
+//! 3. The session's [`Session::from_client`] decides, exactly as over stdio. A refusal is
+//!    answered here as JSON and never reaches the upstream.
+//! 4. An allowed message goes upstream ([`Link`]: an HTTP upstream session, or this session's
+//!    own stdio child). The reply, JSON or an SSE stream, passes back message by message
+//!    through [`Session::from_upstream`] (refunds, `tools/list` filtering).
+//!
+//! The gateway's session ids are its own (random UUIDs), mapped to the upstream's: a client
+//! never learns an upstream session id, and a session answers only to the grant that opened it.
+
+
+// A refusal is the HTTP response itself, built once on a slow path: boxing it buys nothing.
+#![allow(clippy::result_large_err)]
+use super::children::Child;
+use super::config::{Limits, Upstream};
+use super::grants::{AuthError, Grant, Grants};
+use super::sse;
+use crate::jsonrpc::{self, Envelope};
+use crate::session::{ClientLine, Identity, Session};
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use futures_util::StreamExt;
+use http_body_util::BodyExt;
+use serde_json::value::RawValue;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+const SESSION_HEADER: &str = "mcp-session-id";
+const VERSION_HEADER: &str = "mcp-protocol-version";
+/// Session-scoped counters of requests sent without a session share this key per grant, so a
+/// client cannot escape a per-session cap by dropping its session id.
+const STATELESS_SESSION: &str = "stateless";
+
+/// How a session reaches its upstream.
+enum Link {
+    /// An HTTP upstream; `None` when the upstream gave no session id (a stateless server).
+    Http(Option<String>),
+    /// This session's own child process.
+    Stdio(Child),
+}
+
+/// One MCP session through the gateway.
+pub struct GwSession {
+    id: String,
+    grant: Arc<Grant>,
+    policy: Session,
+    link: Link,
+    last_active: Mutex<Instant>,
+    /// Response streams open right now: a session with an open stream is not idle.
+    streams: AtomicUsize,
+}
+
+impl GwSession {
+    fn touch(&self) {
+        *self.last_active.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+    fn idle_for(&self) -> std::time::Duration {
+        self.last_active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+    }
+}
+
+/// Counts for the admin status.
+#[derive(Default)]
+pub struct Stats {
+    pub sessions_opened: AtomicU64,
+    pub sessions_expired: AtomicU64,
+    pub sessions_deleted: AtomicU64,
+    pub refused_auth: AtomicU64,
+    pub refused_host: AtomicU64,
+}
+
+/// The gateway's shared state.
+pub struct Gateway {
+    pub grants: Grants,
+    upstream: Upstream,
+    http: reqwest::Client,
+    sessions: Mutex<HashMap<String, Arc<GwSession>>>,
+    /// Sessions open or being opened: a slot is taken before `initialize` goes upstream.
+    slots: AtomicUsize,
+    pub limits: Limits,
+    allowed_hosts: Vec<String>,
+    allowed_origins: Vec<String>,
+    pub stats: Stats,
+}
+
+/// Releases a stream's hold on its session's idleness when the stream ends.
+struct StreamGuard(Arc<GwSession>);
+
+impl StreamGuard {
+    fn new(session: Arc<GwSession>) -> Self {
+        session.streams.fetch_add(1, Ordering::SeqCst);
+        Self(session)
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.streams.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A JSON-RPC error as an HTTP response.
+fn rpc_error(status: StatusCode, id: Option<&RawValue>, code: i64, message: &str) -> Response {
+    json_response(status, jsonrpc::error_line(id, code, message))
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// The host part of a `Host` header or an origin's authority (`[::1]:80` → `[::1]`).
+fn host_of(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority.split_inclusive(']').next().unwrap_or(authority);
+    }
+    authority.split(':').next().unwrap_or(authority)
+}
+
+fn is_loopback(host: &str) -> bool {
+    matches!(
+        host.to_ascii_lowercase().as_str(),
+        "localhost" | "127.0.0.1" | "[::1]"
+    )
+}
+
+fn media_type(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map_or("", str::trim)
+}
+
+/// Whether `Accept` lists `wanted` (or a wildcard covering it).
+fn accepts(headers: &HeaderMap, wanted: &str) -> bool {
+    let family = format!("{}/*", wanted.split('/').next().unwrap_or(""));
+    headers.get_all(header::ACCEPT).iter().any(|value| {
+        value.to_str().unwrap_or("").split(',').any(|item| {
+            let item = item.split(';').next().unwrap_or("").trim();
+            item.eq_ignore_ascii_case(wanted) || item == "*/*" || item == family
+        })
+    })
+}
+
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/mcp", post(post_mcp).get(get_mcp).delete(delete_mcp))
+        .with_state(gateway)
+}
+
+impl Gateway {
+    pub fn new(
+        grants: Grants,
+        upstream: Upstream,
+        limits: Limits,
+        hosts: Vec<String>,
+        origins: Vec<String>,
+    ) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(256)
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()?;
+        Ok(Self {
+            grants,
+            upstream,
+            http,
+            sessions: Mutex::new(HashMap::new()),
+            slots: AtomicUsize::new(0),
+            limits,
+            allowed_hosts: hosts,
+            allowed_origins: origins,
+            stats: Stats::default(),
+        })
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<GwSession>>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Open sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions().len()
+    }
+
+    /// `Host`/`Origin` (DNS rebinding), then the bearer token.
+    fn admit(&self, headers: &HeaderMap) -> Result<Arc<Grant>, Response> {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let host_ok = is_loopback(host_of(host))
+            || self
+                .allowed_hosts
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(host) || a.eq_ignore_ascii_case(host_of(host)));
+        let origin_ok = match headers.get(header::ORIGIN).map(|v| v.to_str()) {
+            None => true,
+            Some(Ok(origin)) => {
+                let authority = origin.split_once("://").map_or("", |(_, rest)| rest);
+                is_loopback(host_of(authority))
+                    || self
+                        .allowed_origins
+                        .iter()
+                        .any(|a| a.eq_ignore_ascii_case(origin))
+            }
+            Some(Err(_)) => false,
+        };
+        if !host_ok || !origin_ok {
+            self.stats.refused_host.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(host, origin = ?headers.get(header::ORIGIN), "refused Host/Origin");
+            return Err(rpc_error(
+                StatusCode::FORBIDDEN,
+                None,
+                jsonrpc::INVALID_REQUEST,
+                "forbidden: Host or Origin is not allowed (DNS rebinding protection)",
+            ));
+        }
+        let authorization = headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        self.grants.authenticate(authorization).map_err(|why| {
+            self.stats.refused_auth.fetch_add(1, Ordering::Relaxed);
+            let (challenge, message) = match why {
+                AuthError::Missing => (
+                    r#"Bearer realm="toolgate""#,
+                    "unauthorized: send `Authorization: Bearer <token>`",
+                ),
+                AuthError::Invalid => (
+                    r#"Bearer realm="toolgate", error="invalid_token""#,
+                    "unauthorized: the bearer token is not valid",
+                ),
+            };
+            let mut response = rpc_error(
+                StatusCode::UNAUTHORIZED,
+                None,
+                jsonrpc::INVALID_REQUEST,
+                message,
+            );
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+            response
+        })
+    }
+
+    /// The session a request names, if it exists and belongs to `grant`.
+    fn find(&self, headers: &HeaderMap, grant: &Arc<Grant>) -> Result<Arc<GwSession>, Response> {
+        let Some(id) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
+            return Err(rpc_error(
+                StatusCode::BAD_REQUEST,
+                None,
+                jsonrpc::INVALID_REQUEST,
+                "bad request: Mcp-Session-Id header is required",
+            ));
+        };
+        match self.sessions().get(id) {
+            Some(session) if Arc::ptr_eq(&session.grant, grant) => {
+                session.touch();
+                Ok(session.clone())
+            }
+            // Another grant's session looks exactly like one that does not exist.
+            _ => Err(rpc_error(
+                StatusCode::NOT_FOUND,
+                None,
+                jsonrpc::INVALID_REQUEST,
+                "session not found: it expired or was deleted; send initialize again",
+            )),
+        }
+    }
+
+    fn remove(&self, id: &str) -> Option<Arc<GwSession>> {
+        let removed = self.sessions().remove(id);
+        if removed.is_some() {
+            self.slots.fetch_sub(1, Ordering::SeqCst);
+        }
+        removed
+    }
+
+    /// Sends a request to the HTTP upstream, copying the MCP headers the client sent.
+    async fn send_upstream(
+        &self,
+        method: Method,
+        upstream_session: Option<&str>,
+        client: &HeaderMap,
+        body: Option<Bytes>,
+    ) -> Result<reqwest::Response, Response> {
+        let Upstream::Http { url, headers } = &self.upstream else {
+            unreachable!("only HTTP upstreams are sent requests")
+        };
+        let mut request = self.http.request(method, url);
+        for name in ["accept", "content-type", "last-event-id", VERSION_HEADER] {
+            if let Some(value) = client.get(name) {
+                request = request.header(name, value.as_bytes());
+            }
+        }
+        if let Some(id) = upstream_session {
+            request = request.header(SESSION_HEADER, id);
+        }
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        match tokio::time::timeout(self.limits.request_timeout(), request.send()).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "upstream request failed");
+                Err(rpc_error(
+                    StatusCode::BAD_GATEWAY,
+                    None,
+                    jsonrpc::UPSTREAM_GONE,
+                    &format!("upstream MCP server unreachable: {e}"),
+                ))
+            }
+            Err(_) => Err(rpc_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                None,
+                jsonrpc::UPSTREAM_GONE,
+                &format!(
+                    "upstream MCP server did not answer within {} s",
+                    self.limits.request_timeout_s
+                ),
+            )),
+        }
+    }
+
+    /// Closes sessions idle for longer than the limit; returns how many.
+    pub fn expire_idle(&self) -> usize {
+        let idle = self.limits.idle();
+        let expired: Vec<Arc<GwSession>> = {
+            let mut sessions = self.sessions();
+            let ids: Vec<String> = sessions
+                .values()
+                .filter(|s| s.streams.load(Ordering::SeqCst) == 0 && s.idle_for() >= idle)
+                .map(|s| s.id.clone())
+                .collect();
+            ids.iter().filter_map(|id| sessions.remove(id)).collect()
+        };
+        self.slots.fetch_sub(expired.len(), Ordering::SeqCst);
+        self.stats
+            .sessions_expired
+            .fetch_add(expired.len() as u64, Ordering::Relaxed);
+        for session in &expired {
+            tracing::info!(session = %session.id, grant = %session.grant.name, "session expired (idle)");
+            self.close_upstream(session);
+        }
+        expired.len()
+    }
+
+    /// Ends the upstream side of a session that is gone: DELETE for HTTP (in the
+    /// background), the child is killed when the last reference drops.
+    fn close_upstream(&self, session: &Arc<GwSession>) {
+        if let (Link::Http(Some(upstream_id)), Upstream::Http { url, headers }) =
+            (&session.link, &self.upstream)
+        {
+            let mut request = self.http.delete(url).header(SESSION_HEADER, upstream_id);
+            for (name, value) in headers {
+                request = request.header(name, value);
+            }
+            tokio::spawn(async move {
+                let _ = request.send().await;
+            });
+        }
+    }
+}
+
+/// The body, under the size cap and the client timeout.
+async fn read_body(gw: &Gateway, headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
+    let max = gw.limits.max_body_bytes;
+    let too_big = |length: usize| {
+        rpc_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            None,
+            jsonrpc::INVALID_REQUEST,
+            &format!("request body of {length} bytes exceeds the gateway's {max}-byte limit"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(length) = declared.filter(|&l| l > max) {
+        return Err(too_big(length));
+    }
+    let limited = http_body_util::Limited::new(body, max);
+    match tokio::time::timeout(gw.limits.client_timeout(), limited.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_big(max + 1)),
+        Ok(Err(e)) => Err(rpc_error(
+            StatusCode::BAD_REQUEST,
+            None,
+            jsonrpc::INVALID_REQUEST,
+            &format!("cannot read the request body: {e}"),
+        )),
+        Err(_) => Err(rpc_error(
+            StatusCode::REQUEST_TIMEOUT,
+            None,
+            jsonrpc::INVALID_REQUEST,
+            &format!(
+                "request body not received within {} s",
+                gw.limits.client_timeout_s
+            ),
+        )),
+    }
+}
+
+/// What the routing fields of a POSTed message say.
+struct Posted {
+    method: Option<String>,
+    /// The canonical id of a request (a message with both `method` and `id`).
+    request_id: Option<String>,
+    /// The raw id, for error replies.
+    raw_id: Option<Box<RawValue>>,
+}
+
+async fn post_mcp(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let grant = match gw.admit(&parts.headers) {
+        Ok(grant) => grant,
+        Err(refused) => return refused,
+    };
+    if media_type(&parts.headers) != "application/json" {
+        return rpc_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            None,
+            jsonrpc::INVALID_REQUEST,
+            "unsupported media type: Content-Type must be application/json",
+        );
+    }
+    if !(accepts(&parts.headers, "application/json")
+        && accepts(&parts.headers, "text/event-stream"))
+    {
+        return rpc_error(
+            StatusCode::NOT_ACCEPTABLE,
+            None,
+            jsonrpc::INVALID_REQUEST,
+            "not acceptable: Accept must list both application/json and text/event-stream",
+        );
+    }
+    let body = match read_body(&gw, &parts.headers, body).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
+    let posted = match Envelope::parse(&body) {
+        Ok(e) => Posted {
+            request_id: e.method.as_ref().and(e.id_key()),
+            raw_id: e.id.map(|id| id.to_owned()),
+            method: e.method.map(|m| m.into_owned()),
+        },
+        Err(fault) => return rpc_error(StatusCode::BAD_REQUEST, None, fault.code, &fault.message),
+    };
+    if parts.headers.contains_key(SESSION_HEADER) {
+        let session = match gw.find(&parts.headers, &grant) {
+            Ok(session) => session,
+            Err(refused) => return refused,
+        };
+        return forward(&gw, session, &parts.headers, body, &posted).await;
+    }
+    if posted.method.as_deref() == Some("initialize") {
+        return initialize(&gw, grant, &parts.headers, body, &posted).await;
+    }
+    stateless(&gw, grant, &parts.headers, body, &posted).await
+}
+
+/// The policy's verdict on a client message. A decision that may run plugins leaves the async
+/// worker for it (a plugin may use its whole time budget).
+fn decide(policy: &Session, grant: &Grant, body: &[u8], posted: &Posted) -> ClientLine {
+    if posted.method.as_deref() == Some("tools/call") && !grant.policy.load().plugins().is_empty() {
+        tokio::task::block_in_place(|| policy.from_client(body))
+    } else {
+        policy.from_client(body)
+    }
+}
+
+/// A failed upstream exchange: the session forgets the request (refunding a call's units)
+/// and the client gets the error as the request's reply.
+fn upstream_failed(policy: &Session, posted: &Posted, refused: Response) -> Response {
+    let Some(id) = &posted.raw_id else {
+        return refused;
+    };
+    let status = refused.status();
+    let message = match status {
+        StatusCode::GATEWAY_TIMEOUT => "upstream MCP server did not answer in time",
+        _ => "upstream MCP server unreachable",
+    };
+    let line = jsonrpc::error_line(Some(id), jsonrpc::UPSTREAM_GONE, message);
+    policy.from_upstream(&line, |out| json_response(status, out.to_vec()))
+}
+
+async fn forward(
+    gw: &Arc<Gateway>,
+    session: Arc<GwSession>,
+    headers: &HeaderMap,
+    body: Bytes,
+    posted: &Posted,
+) -> Response {
+    if let ClientLine::Answer(reply) = decide(&session.policy, &session.grant, &body, posted) {
+        return json_response(StatusCode::OK, reply);
+    }
+    match &session.link {
+        Link::Http(upstream_id) => {
+            let upstream_id = upstream_id.clone();
+            match gw
+                .send_upstream(Method::POST, upstream_id.as_deref(), headers, Some(body))
+                .await
+            {
+                Ok(response) => relay(gw, session, response, None).await,
+                Err(refused) => upstream_failed(&session.policy, posted, refused),
+            }
+        }
+        Link::Stdio(child) => match &posted.request_id {
+            Some(key) => match child.request(key.clone(), &body).await {
+                Ok(messages) => stream_lines(session.clone(), messages, None),
+                Err(e) => {
+                    let refused = rpc_error(
+                        StatusCode::BAD_GATEWAY,
+                        None,
+                        jsonrpc::UPSTREAM_GONE,
+                        &e.to_string(),
+                    );
+                    upstream_failed(&session.policy, posted, refused)
+                }
+            },
+            None => match child.write(&body).await {
+                Ok(()) => StatusCode::ACCEPTED.into_response(),
+                Err(e) => rpc_error(
+                    StatusCode::BAD_GATEWAY,
+                    None,
+                    jsonrpc::UPSTREAM_GONE,
+                    &format!("upstream MCP server has exited: {e}"),
+                ),
+            },
+        },
+    }
+}
+
+async fn initialize(
+    gw: &Arc<Gateway>,
+    grant: Arc<Grant>,
+    headers: &HeaderMap,
+    body: Bytes,
+    posted: &Posted,
+) -> Response {
+    if gw.slots.fetch_add(1, Ordering::SeqCst) >= gw.limits.max_sessions {
+        gw.slots.fetch_sub(1, Ordering::SeqCst);
+        return rpc_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            posted.raw_id.as_deref(),
+            jsonrpc::UPSTREAM_GONE,
+            &format!(
+                "too many sessions: the gateway's limit of {} is reached; retry later",
+                gw.limits.max_sessions
+            ),
+        );
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    let policy = Session::live(
+        grant.policy.clone(),
+        grant.counters.clone(),
+        Identity {
+            grant: grant.name.clone(),
+            session: id.clone(),
+        },
+    );
+    if let ClientLine::Answer(reply) = policy.from_client(&body) {
+        gw.slots.fetch_sub(1, Ordering::SeqCst);
+        return json_response(StatusCode::OK, reply);
+    }
+    let new_session = |link| {
+        Arc::new(GwSession {
+            id: id.clone(),
+            grant: grant.clone(),
+            policy,
+            link,
+            last_active: Mutex::new(Instant::now()),
+            streams: AtomicUsize::new(0),
+        })
+    };
+    let (session, response) = match &gw.upstream {
+        Upstream::Http { .. } => {
+            let response = match gw
+                .send_upstream(Method::POST, None, headers, Some(body))
+                .await
+            {
+                Ok(response) => response,
+                Err(refused) => {
+                    gw.slots.fetch_sub(1, Ordering::SeqCst);
+                    return refused;
+                }
+            };
+            if !response.status().is_success() {
+                // No session upstream, so none here either: relay the refusal as it is.
+                gw.slots.fetch_sub(1, Ordering::SeqCst);
+                let throwaway = new_session(Link::Http(None));
+                return relay(gw, throwaway, response, None).await;
+            }
+            let upstream_id = response
+                .headers()
+                .get(SESSION_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let session = new_session(Link::Http(upstream_id));
+            let relayed = relay(gw, session.clone(), response, Some(&id)).await;
+            (session, relayed)
+        }
+        Upstream::Stdio(command) => {
+            let child = match Child::spawn(command, gw.limits.max_upstream_message_bytes) {
+                Ok(child) => child,
+                Err(e) => {
+                    gw.slots.fetch_sub(1, Ordering::SeqCst);
+                    tracing::error!(error = %e, "cannot start the upstream command");
+                    return rpc_error(
+                        StatusCode::BAD_GATEWAY,
+                        posted.raw_id.as_deref(),
+                        jsonrpc::UPSTREAM_GONE,
+                        &format!("cannot start the upstream MCP server: {e}"),
+                    );
+                }
+            };
+            let key = posted.request_id.clone().unwrap_or_else(|| "null".into());
+            let session = new_session(Link::Stdio(child));
+            let Link::Stdio(child) = &session.link else {
+                unreachable!()
+            };
+            let response = match child.request(key, &body).await {
+                Ok(messages) => stream_lines(session.clone(), messages, Some(&id)),
+                Err(e) => {
+                    gw.slots.fetch_sub(1, Ordering::SeqCst);
+                    return rpc_error(
+                        StatusCode::BAD_GATEWAY,
+                        posted.raw_id.as_deref(),
+                        jsonrpc::UPSTREAM_GONE,
+                        &format!("upstream MCP server exited: {e}"),
+                    );
+                }
+            };
+            (session, response)
+        }
+    };
+    gw.sessions().insert(id.clone(), session);
+    gw.stats.sessions_opened.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(session = %id, grant = %grant.name, "session opened");
+    response
+}
+
+/// A request sent without a session (the 2026-07-28 stateless protocol, `server/discover`):
+/// an HTTP upstream decides whether it serves it; the policy applies all the same.
+async fn stateless(
+    gw: &Arc<Gateway>,
+    grant: Arc<Grant>,
+    headers: &HeaderMap,
+    body: Bytes,
+    posted: &Posted,
+) -> Response {
+    if let Upstream::Stdio(_) = gw.upstream {
+        // A stdio child speaks only the session protocol: answer as such a server would.
+        return if posted.method.as_deref() == Some("server/discover") {
+            rpc_error(
+                StatusCode::OK,
+                posted.raw_id.as_deref(),
+                -32601,
+                "method not found: server/discover",
+            )
+        } else {
+            rpc_error(
+                StatusCode::BAD_REQUEST,
+                posted.raw_id.as_deref(),
+                jsonrpc::INVALID_REQUEST,
+                "bad request: Mcp-Session-Id header is required (send initialize first)",
+            )
+        };
+    }
+    let session = Arc::new(GwSession {
+        id: STATELESS_SESSION.into(),
+        grant: grant.clone(),
+        policy: Session::live(
+            grant.policy.clone(),
+            grant.counters.clone(),
+            Identity {
+                grant: grant.name.clone(),
+                session: STATELESS_SESSION.into(),
+            },
+        ),
+        link: Link::Http(None),
+        last_active: Mutex::new(Instant::now()),
+        streams: AtomicUsize::new(0),
+    });
+    forward(gw, session, headers, body, posted).await
+}
+
+async fn get_mcp(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
+    let headers = request.headers();
+    let grant = match gw.admit(headers) {
+        Ok(grant) => grant,
+        Err(refused) => return refused,
+    };
+    if !accepts(headers, "text/event-stream") {
+        return rpc_error(
+            StatusCode::NOT_ACCEPTABLE,
+            None,
+            jsonrpc::INVALID_REQUEST,
+            "not acceptable: Accept must list text/event-stream",
+        );
+    }
+    let session = match gw.find(headers, &grant) {
+        Ok(session) => session,
+        Err(refused) => return refused,
+    };
+    match &session.link {
+        Link::Http(upstream_id) => {
+            let upstream_id = upstream_id.clone();
+            match gw
+                .send_upstream(Method::GET, upstream_id.as_deref(), headers, None)
+                .await
+            {
+                Ok(response) => relay(&gw, session, response, None).await,
+                Err(refused) => refused,
+            }
+        }
+        Link::Stdio(child) => {
+            let messages = child.listen();
+            stream_lines(session.clone(), messages, None)
+        }
+    }
+}
+
+async fn delete_mcp(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
+    let headers = request.headers();
+    let grant = match gw.admit(headers) {
+        Ok(grant) => grant,
+        Err(refused) => return refused,
+    };
+    let session = match gw.find(headers, &grant) {
+        Ok(session) => session,
+        Err(refused) => return refused,
+    };
+    gw.remove(&session.id);
+    gw.stats.sessions_deleted.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(session = %session.id, grant = %grant.name, "session deleted by the client");
+    match &session.link {
+        Link::Http(Some(upstream_id)) => {
+            match gw
+                .send_upstream(Method::DELETE, Some(upstream_id), headers, None)
+                .await
+            {
+                Ok(response) => response_head(response.status(), response.headers(), None)
+                    .body(Body::from(response.bytes().await.unwrap_or_default()))
+                    .unwrap_or_else(|_| StatusCode::OK.into_response()),
+                Err(refused) => refused,
+            }
+        }
+        _ => StatusCode::OK.into_response(),
+    }
+}
+
+/// Status and headers for a relayed response: the content type and protocol version as the
+/// upstream sent them, and the gateway's own session id.
+fn response_head(
+    status: reqwest::StatusCode,
+    upstream: &reqwest::header::HeaderMap,
+    session_id: Option<&str>,
+) -> axum::http::response::Builder {
+    let mut builder = Response::builder().status(status.as_u16());
+    for name in ["content-type", VERSION_HEADER, "cache-control"] {
+        if let Some(value) = upstream.get(name) {
+            builder = builder.header(name, value.as_bytes());
+        }
+    }
+    if let Some(id) = session_id {
+        builder = builder.header(SESSION_HEADER, id);
+    }
+    builder
+}
+
+/// Relays an HTTP upstream's response: an SSE stream event by event, a JSON reply whole,
+/// each message through the session; anything else (202, errors) as it is.
+async fn relay(
+    gw: &Arc<Gateway>,
+    session: Arc<GwSession>,
+    response: reqwest::Response,
+    new_session_id: Option<&str>,
+) -> Response {
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let head = response_head(status, response.headers(), new_session_id);
+    let max = gw.limits.max_upstream_message_bytes;
+    if content_type.starts_with("text/event-stream") {
+        let (tx, rx) = mpsc::channel::<Bytes>(64);
+        let guard = StreamGuard::new(session);
+        tokio::spawn(async move {
+            let mut upstream = response.bytes_stream();
+            let mut parser = sse::Parser::new(max);
+            while let Some(chunk) = upstream.next().await {
+                let Ok(chunk) = chunk else { break };
+                let events = match parser.push(&chunk) {
+                    Ok(events) => events,
+                    Err(sse::Oversized(length)) => {
+                        tracing::error!(
+                            length,
+                            max,
+                            "upstream event over the size cap; stream closed"
+                        );
+                        break;
+                    }
+                };
+                for event in events {
+                    // Events without a message (the priming event) pass as they are.
+                    let encoded = if !event.data.trim().is_empty() {
+                        guard.0.policy.from_upstream(event.data.as_bytes(), |out| {
+                            sse::Event {
+                                data: String::from_utf8_lossy(out.trim_ascii_end()).into_owned(),
+                                ..event
+                            }
+                            .encode()
+                        })
+                    } else {
+                        event.encode()
+                    };
+                    if tx.send(Bytes::from(encoded)).await.is_err() {
+                        return; // the client went away; dropping the upstream stream closes it
+                    }
+                }
+            }
+        });
+        return head
+            .body(Body::from_stream(receiver_stream(rx)))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    }
+    let body = match read_limited(response, max).await {
+        Ok(body) => body,
+        Err(message) => {
+            return rpc_error(
+                StatusCode::BAD_GATEWAY,
+                None,
+                jsonrpc::UPSTREAM_GONE,
+                &message,
+            )
+        }
+    };
+    let body = if content_type.starts_with("application/json") && !body.is_empty() {
+        session.policy.from_upstream(&body, |out| out.to_vec())
+    } else {
+        body.to_vec()
+    };
+    head.body(Body::from(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+async fn read_limited(response: reqwest::Response, max: usize) -> Result<Bytes, String> {
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| format!("upstream reply cut off: {e}"))?;
+        if body.len() + chunk.len() > max {
+            return Err(format!(
+                "upstream reply exceeds the gateway's {max}-byte limit"
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.into())
+}
+
+/// Lines from a stdio child as an SSE response, each through the session.
+fn stream_lines(
+    session: Arc<GwSession>,
+    mut lines: mpsc::Receiver<Vec<u8>>,
+    new_session_id: Option<&str>,
+) -> Response {
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let guard = StreamGuard::new(session);
+    tokio::spawn(async move {
+        while let Some(line) = lines.recv().await {
+            let encoded = guard
+                .0
+                .policy
+                .from_upstream(&line, |out| sse::Event::message(out).encode());
+            if tx.send(Bytes::from(encoded)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut builder = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache");
+    if let Some(id) = new_session_id {
+        builder = builder.header(SESSION_HEADER, id);
+    }
+    builder
+        .body(Body::from_stream(receiver_stream(rx)))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+fn receiver_stream(
+    rx: mpsc::Receiver<Bytes>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> {
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|bytes| (Ok(bytes), rx))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_and_accept_lists() {
+        assert_eq!(host_of("[::1]:7400"), "[::1]");
+        assert_eq!(host_of("localhost:80"), "localhost");
+        assert_eq!(host_of("evil.example.com"), "evil.example.com");
+        assert!(is_loopback("LOCALHOST") && !is_loopback("localhost.evil.com"));
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/json;q=0.9, text/*"),
+        );
+        assert!(accepts(&h, "application/json") && accepts(&h, "text/event-stream"));
+        assert!(!accepts(&h, "image/png"));
+    }
+}

@@ -1,0 +1,212 @@
+//! Grants: bearer tokens → agent identities, each with its own policy and its own counters.
+//!
+//! Tokens are never stored: the config holds their sha256. A presented token is hashed and
+//! compared with every grant's hash in constant time (all of them, with no early exit), so
+//! the time taken says nothing about which grant, or which prefix, came close.
+//!
+//! Each grant has its own [`CounterStore`]: one grant can neither read nor spend another's
+//! counts, whatever the counters are named. In `serve`, a `global` counter therefore counts
+//! every session of its grant (as `grant` does); sessions are kept apart by the gateway's own
+//! session ids, which are bound to the grant that opened them.
+
+use super::config::{parse_sha256, Config, GrantConfig};
+use crate::clock::SystemClock;
+use crate::counters::{CounterStore, MemoryCounterStore};
+use crate::policy::Policy;
+use crate::reload::{LivePolicy, Status};
+use arc_swap::ArcSwap;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// A grant with no policy: no rule, so the default (deny) answers every call.
+const DENY_ALL: &str = r#"{"version": "1"}"#;
+
+/// One agent identity.
+pub struct Grant {
+    pub name: String,
+    /// The grant's policy, hot-swapped; `None` when the grant names no policy (deny all).
+    pub live: Option<Arc<LivePolicy>>,
+    /// Where sessions read the active policy.
+    pub policy: Arc<ArcSwap<Policy>>,
+    pub counters: Arc<dyn CounterStore>,
+}
+
+/// Why a request has no grant.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AuthError {
+    /// No `Authorization` header and no anonymous grant.
+    Missing,
+    /// A header that is not `Bearer <token>`, or a token no grant has.
+    Invalid,
+}
+
+/// Every grant, by token hash.
+pub struct Grants {
+    by_hash: Vec<([u8; 32], Arc<Grant>)>,
+    anonymous: Option<Arc<Grant>>,
+    all: Vec<Arc<Grant>>,
+}
+
+impl Grants {
+    /// Loads every grant's policy (one load per distinct policy file).
+    pub fn load(config: &Config) -> anyhow::Result<Self> {
+        let mut policies: HashMap<PathBuf, Arc<LivePolicy>> = HashMap::new();
+        let mut by_hash = Vec::new();
+        let mut all = Vec::new();
+        for GrantConfig {
+            name,
+            token_sha256,
+            policy,
+        } in &config.grants
+        {
+            let live = match policy {
+                Some(path) => Some(match policies.get(path) {
+                    Some(live) => live.clone(),
+                    None => {
+                        let live = LivePolicy::load(path).map_err(|e| {
+                            anyhow::anyhow!("{:?}", miette::Report::new(e))
+                                .context(format!("grant `{name}`: cannot load its policy"))
+                        })?;
+                        policies.insert(path.clone(), live.clone());
+                        live
+                    }
+                }),
+                None => None,
+            };
+            let policy = match &live {
+                Some(live) => live.cell(),
+                None => Arc::new(ArcSwap::from_pointee(
+                    Policy::from_json(DENY_ALL, "<no policy>")
+                        .map_err(|e| anyhow::anyhow!("{e}"))?,
+                )),
+            };
+            let grant = Arc::new(Grant {
+                name: name.clone(),
+                live,
+                policy,
+                counters: Arc::new(MemoryCounterStore::new(Arc::new(SystemClock::new()))),
+            });
+            if let Some(hash) = token_sha256 {
+                by_hash.push((parse_sha256(hash)?, grant.clone()));
+            }
+            all.push(grant);
+        }
+        let anonymous = config
+            .anonymous_grant
+            .as_ref()
+            .and_then(|name| all.iter().find(|g| &g.name == name).cloned());
+        Ok(Self {
+            by_hash,
+            anonymous,
+            all,
+        })
+    }
+
+    /// The grant an `Authorization` header value names.
+    pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Arc<Grant>, AuthError> {
+        let Some(header) = authorization else {
+            return self.anonymous.clone().ok_or(AuthError::Missing);
+        };
+        let token = header
+            .strip_prefix(b"Bearer ")
+            .or_else(|| header.strip_prefix(b"bearer "))
+            .ok_or(AuthError::Invalid)?;
+        let presented: [u8; 32] = Sha256::digest(token.trim_ascii()).into();
+        let mut found = None;
+        for (hash, grant) in &self.by_hash {
+            if bool::from(hash.ct_eq(&presented)) {
+                found = Some(grant.clone());
+            }
+        }
+        found.ok_or(AuthError::Invalid)
+    }
+
+    /// Every grant, in config order.
+    pub fn all(&self) -> &[Arc<Grant>] {
+        &self.all
+    }
+
+    /// The distinct live policies (grants may share one).
+    pub fn live_policies(&self) -> Vec<Arc<LivePolicy>> {
+        let mut out: Vec<Arc<LivePolicy>> = Vec::new();
+        for live in self.all.iter().filter_map(|g| g.live.clone()) {
+            if !out.iter().any(|o| Arc::ptr_eq(o, &live)) {
+                out.push(live);
+            }
+        }
+        out
+    }
+}
+
+impl Grant {
+    /// The grant's policy status (`None`: the grant has no policy and denies everything).
+    pub fn status(&self) -> Option<Status> {
+        self.live.as_ref().map(|live| live.status())
+    }
+}
+
+/// A new random token (256 bits from the OS, hex) and its sha256 (hex), for `grant add`.
+pub fn new_token() -> (String, String) {
+    let mut bytes = [0u8; 32];
+    bytes[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    bytes[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    let token = format!("tg_{}", hex(&bytes));
+    let hash = hex(&Sha256::digest(token.as_bytes()));
+    (token, hash)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grants(anonymous: Option<&str>) -> Grants {
+        let hash_a = hex(&Sha256::digest(b"token-a"));
+        let hash_b = hex(&Sha256::digest(b"token-b"));
+        let toml = format!(
+            "anonymous_grant = {}\n[upstream]\nurl = \"http://127.0.0.1:1/mcp\"\n\
+             [[grants]]\nname = \"a\"\ntoken_sha256 = \"{hash_a}\"\n\
+             [[grants]]\nname = \"b\"\ntoken_sha256 = \"{hash_b}\"\n",
+            anonymous.map_or("\"b\"".to_owned(), |a| format!("\"{a}\""))
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, toml).unwrap();
+        Grants::load(&Config::load(&path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn tokens_map_to_their_grant_and_wrong_ones_to_nothing() {
+        let g = grants(Some("b"));
+        assert_eq!(g.authenticate(Some(b"Bearer token-a")).unwrap().name, "a");
+        assert_eq!(g.authenticate(Some(b"Bearer token-b")).unwrap().name, "b");
+        assert_eq!(
+            g.authenticate(Some(b"Bearer token-c")).err(),
+            Some(AuthError::Invalid)
+        );
+        assert_eq!(
+            g.authenticate(Some(b"Basic dG9rZW4tYQ==")).err(),
+            Some(AuthError::Invalid)
+        );
+        assert_eq!(
+            g.authenticate(Some(b"Bearer ")).err(),
+            Some(AuthError::Invalid)
+        );
+        // No header: the anonymous grant; a wrong header never falls back to it.
+        assert_eq!(g.authenticate(None).unwrap().name, "b");
+    }
+
+    #[test]
+    fn a_new_token_hashes_to_what_grant_add_stores() {
+        let (token, hash) = new_token();
+        assert!(token.starts_with("tg_") && token.len() == 67);
+        assert_eq!(hash, hex(&Sha256::digest(token.as_bytes())));
+        assert_ne!(new_token().0, token);
+    }
+}

@@ -1,0 +1,125 @@
+//! `toolgate serve`: the gateway as a Streamable HTTP endpoint shared by many agents.
+//!
+//! - [`config`]: the TOML file (listeners, upstream, grants, limits).
+//! - [`grants`]: bearer tokens → grants, each with its own policy and counters.
+//! - [`gateway`]: `/mcp` (POST, GET, DELETE), sessions, and where a request meets policy.
+//! - [`children`]: a stdio upstream, one child per session.
+//! - [`sse`]: server-sent events in and out.
+//! - [`admin`]: health, status and reload on a separate listener.
+
+pub mod admin;
+pub mod children;
+pub mod config;
+pub mod gateway;
+pub mod grants;
+pub mod sse;
+
+use config::Config;
+use gateway::Gateway;
+use grants::Grants;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Loads the config and serves until the process is stopped.
+pub fn serve(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let grants = Grants::load(&config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("toolgate-http")
+        .build()?;
+    runtime.block_on(run(config, grants))
+}
+
+async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
+    use anyhow::Context;
+    for live in grants.live_policies() {
+        if config.watch {
+            crate::reload::watch(live.clone()).map_err(anyhow::Error::msg)?;
+        }
+        crate::reload::reload_on_sighup(live).map_err(anyhow::Error::msg)?;
+    }
+    let gateway = Arc::new(Gateway::new(
+        grants,
+        config.upstream()?,
+        config.limits,
+        config.allowed_hosts.clone(),
+        config.allowed_origins.clone(),
+    )?);
+    let mcp = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let admin = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (admin)", config.admin_listen))?;
+    tracing::info!(
+        mcp = %mcp.local_addr()?, admin = %admin.local_addr()?,
+        grants = gateway.grants.all().len(), "toolgate serve: listening"
+    );
+    // The tests and scripts read the bound addresses from here (ports may be 0).
+    eprintln!(
+        "toolgate serve: listening on http://{}/mcp (admin http://{})",
+        mcp.local_addr()?,
+        admin.local_addr()?
+    );
+    let reaper = gateway.clone();
+    tokio::spawn(async move {
+        let every =
+            (reaper.limits.idle() / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            tokio::time::sleep(every).await;
+            reaper.expire_idle();
+        }
+    });
+    let admin_router = admin::router(gateway.clone(), config.admin_token_sha256.as_deref())?;
+    let client_timeout = gateway.limits.client_timeout();
+    let max_connections = gateway.limits.max_connections;
+    tokio::spawn(accept(admin, admin_router, client_timeout, 64));
+    accept(
+        mcp,
+        gateway::router(gateway),
+        client_timeout,
+        max_connections,
+    )
+    .await;
+    Ok(())
+}
+
+/// Serves HTTP/1.1 connections: at most `max` at once, each with a deadline for its request
+/// headers (the slow-loris guard; bodies have theirs in the handlers).
+async fn accept(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    header_timeout: Duration,
+    max: usize,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(max));
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = service.clone();
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}

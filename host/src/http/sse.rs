@@ -1,0 +1,180 @@
+//! Server-sent events, both ways: reading an upstream's `text/event-stream` and writing one.
+//!
+//! Each event carries one JSON-RPC message in `data`; `id` (for resumption with
+//! `Last-Event-ID`), `event` and `retry` pass through as the upstream wrote them. Events with
+//! no data (the 2025-11-25 "priming" event) pass through too.
+
+/// One event.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub retry: Option<String>,
+    /// The data lines joined with `\n`.
+    pub data: String,
+    /// Whether any `data` field was present.
+    pub has_data: bool,
+}
+
+impl Event {
+    /// An event carrying one message.
+    pub fn message(data: &[u8]) -> Self {
+        Self {
+            event: Some("message".into()),
+            data: String::from_utf8_lossy(data.trim_ascii_end()).into_owned(),
+            has_data: true,
+            ..Self::default()
+        }
+    }
+
+    /// The event on the wire, ending with its blank line.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.data.len() + 32);
+        if let Some(id) = &self.id {
+            out.extend_from_slice(b"id: ");
+            out.extend_from_slice(id.as_bytes());
+            out.push(b'\n');
+        }
+        if let Some(event) = &self.event {
+            out.extend_from_slice(b"event: ");
+            out.extend_from_slice(event.as_bytes());
+            out.push(b'\n');
+        }
+        if let Some(retry) = &self.retry {
+            out.extend_from_slice(b"retry: ");
+            out.extend_from_slice(retry.as_bytes());
+            out.push(b'\n');
+        }
+        if self.has_data {
+            for line in self.data.split('\n') {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(line.as_bytes());
+                out.push(b'\n');
+            }
+        }
+        out.push(b'\n');
+        out
+    }
+}
+
+/// Splits a byte stream into events. Memory is bounded: an event longer than `max` bytes is
+/// an error (the stream is then closed; a message cut in half cannot be forwarded).
+pub struct Parser {
+    buf: Vec<u8>,
+    /// Where the scan for a line end resumes.
+    scanned: usize,
+    current: Event,
+    max: usize,
+}
+
+/// An event over the size cap.
+#[derive(Debug)]
+pub struct Oversized(pub usize);
+
+impl Parser {
+    pub fn new(max: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            scanned: 0,
+            current: Event::default(),
+            max,
+        }
+    }
+
+    /// Feeds bytes; returns the events they complete.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Event>, Oversized> {
+        self.buf.extend_from_slice(chunk);
+        let mut events = Vec::new();
+        let mut start = 0;
+        while let Some(offset) = memchr::memchr2(b'\n', b'\r', &self.buf[self.scanned..]) {
+            let end = self.scanned + offset;
+            // A CR at the very end may be half of a CRLF: wait for the next byte.
+            if self.buf[end] == b'\r' && end + 1 == self.buf.len() {
+                break;
+            }
+            let next = if self.buf[end] == b'\r' && self.buf[end + 1] == b'\n' {
+                end + 2
+            } else {
+                end + 1
+            };
+            let line = std::str::from_utf8(&self.buf[start..end])
+                .map(str::to_owned)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&self.buf[start..end]).into_owned());
+            self.field(&line, &mut events);
+            start = next;
+            self.scanned = next;
+            if self.current.data.len() > self.max {
+                return Err(Oversized(self.current.data.len()));
+            }
+        }
+        self.buf.drain(..start);
+        self.scanned -= start;
+        if self.buf.len() > self.max {
+            return Err(Oversized(self.buf.len()));
+        }
+        Ok(events)
+    }
+
+    fn field(&mut self, line: &str, events: &mut Vec<Event>) {
+        if line.is_empty() {
+            let event = std::mem::take(&mut self.current);
+            if event.has_data || event.id.is_some() || event.retry.is_some() {
+                events.push(event);
+            }
+            return;
+        }
+        if line.starts_with(':') {
+            return; // a comment (keep-alive)
+        }
+        let (name, value) = match line.split_once(':') {
+            Some((name, value)) => (name, value.strip_prefix(' ').unwrap_or(value)),
+            None => (line, ""),
+        };
+        match name {
+            "data" => {
+                if self.current.has_data {
+                    self.current.data.push('\n');
+                }
+                self.current.data.push_str(value);
+                self.current.has_data = true;
+            }
+            "id" => self.current.id = Some(value.to_owned()),
+            "event" => self.current.event = Some(value.to_owned()),
+            "retry" => self.current.retry = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_split_anywhere_and_round_trip() {
+        let wire = b"id: 7\nevent: message\ndata: {\"a\":1}\n\n: ping\n\nretry: 10\nid: 8\n\r\ndata: x\r\ndata: y\r\n\r\n";
+        for split in 0..wire.len() {
+            let mut p = Parser::new(1000);
+            let mut got = p.push(&wire[..split]).unwrap();
+            got.extend(p.push(&wire[split..]).unwrap());
+            assert_eq!(got.len(), 3, "split at {split}");
+            assert_eq!(got[0].id.as_deref(), Some("7"));
+            assert_eq!(got[0].data, "{\"a\":1}");
+            assert!(!got[1].has_data);
+            assert_eq!(got[1].retry.as_deref(), Some("10"));
+            assert_eq!(got[2].data, "x\ny");
+        }
+        let mut p = Parser::new(1000);
+        let again = p.push(&Event::message(b"{\"b\":2}\n").encode()).unwrap();
+        assert_eq!(again[0].data, "{\"b\":2}");
+        assert_eq!(again[0].event.as_deref(), Some("message"));
+    }
+
+    #[test]
+    fn an_event_over_the_cap_is_an_error() {
+        let mut p = Parser::new(10);
+        assert!(p.push(b"data: 0123456789abc").is_err());
+        let mut p = Parser::new(10);
+        assert!(p.push(b"data: 01234\ndata: 56789\n").is_err());
+    }
+}
