@@ -128,6 +128,9 @@ enum Command {
         /// Run the minimal echo server instead.
         #[arg(long)]
         echo: bool,
+        /// With --echo: serve Streamable HTTP on this address (`/mcp`) instead of stdio.
+        #[arg(long, value_name = "ADDR", requires = "echo")]
+        http: Option<std::net::SocketAddr>,
     },
 }
 
@@ -306,7 +309,17 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Standin { echo } => {
+        Command::Standin {
+            echo: true,
+            http: Some(addr),
+        } => match toolgate::http::echo::serve(addr) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("toolgate standin: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Standin { echo, .. } => {
             let (stdin, stdout) = (std::io::stdin().lock(), std::io::stdout().lock());
             let served = if echo {
                 toolgate_standin::echo::serve(stdin, stdout)

@@ -7,6 +7,7 @@
 mod bad_input;
 mod counters_prop;
 mod hot_swap;
+mod http;
 mod plugins;
 mod standin;
 mod support;

@@ -4,7 +4,6 @@
 //! `POST /reload` need `Authorization: Bearer <admin token>`, checked against
 //! `admin_token_sha256` in constant time; without that key in the config they are shut.
 
-
 // A refusal is the HTTP response itself, built once on a slow path: boxing it buys nothing.
 #![allow(clippy::result_large_err)]
 use super::config::parse_sha256;

@@ -15,7 +15,6 @@
 //! The gateway's session ids are its own (random UUIDs), mapped to the upstream's: a client
 //! never learns an upstream session id, and a session answers only to the grant that opened it.
 
-
 // A refusal is the HTTP response itself, built once on a slow path: boxing it buys nothing.
 #![allow(clippy::result_large_err)]
 use super::children::Child;
@@ -478,6 +477,14 @@ async fn post_mcp(State(gw): State<Arc<Gateway>>, request: Request) -> Response 
         },
         Err(fault) => return rpc_error(StatusCode::BAD_REQUEST, None, fault.code, &fault.message),
     };
+    if posted.method.is_none() && posted.raw_id.is_none() {
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            None,
+            jsonrpc::INVALID_REQUEST,
+            "invalid request: neither a request, a notification nor a reply",
+        );
+    }
     if parts.headers.contains_key(SESSION_HEADER) {
         let session = match gw.find(&parts.headers, &grant) {
             Ok(session) => session,

@@ -6,10 +6,12 @@
 //! - [`children`]: a stdio upstream, one child per session.
 //! - [`sse`]: server-sent events in and out.
 //! - [`admin`]: health, status and reload on a separate listener.
+//! - [`echo`]: a tiny Streamable HTTP upstream for benchmarks and tests.
 
 pub mod admin;
 pub mod children;
 pub mod config;
+pub mod echo;
 pub mod gateway;
 pub mod grants;
 pub mod sse;

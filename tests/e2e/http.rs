@@ -1,0 +1,903 @@
+//! `toolgate serve` end to end: the binary on real sockets, in front of real upstream
+//! processes (the LLM CLI Gateway stand-in on stdio, the echo server over Streamable HTTP).
+//! Clients: raw HTTP (reqwest) for exact statuses, and rmcp's Streamable HTTP client.
+//! The Python SDK, the Inspector CLI and the conformance suite are in `tests/python/`.
+
+use crate::support::{standin, TOOLGATE};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Reads stderr lines until one starts with `prefix`; returns it. The rest of stderr is
+/// copied to ours by a thread (so that the pipe never fills and failures show the log).
+fn wait_for_line(child: &mut Child, prefix: &str) -> String {
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let prefix = prefix.to_owned();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if !sent && line.starts_with(&prefix) {
+                let _ = tx.send(line.clone());
+                sent = true;
+            }
+            eprintln!("{line}");
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("the process did not start listening")
+}
+
+/// A running `toolgate standin --echo --http`.
+pub struct EchoUpstream {
+    child: Child,
+    pub url: String,
+}
+
+impl EchoUpstream {
+    pub fn start() -> Self {
+        let mut child = Command::new(TOOLGATE)
+            .args(["standin", "--echo", "--http", "127.0.0.1:0"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let line = wait_for_line(&mut child, "listening on ");
+        let url = line.split_whitespace().nth(2).unwrap().to_owned();
+        Self { child, url }
+    }
+
+    /// `{"requests": N, "sessions": N}`.
+    pub async fn stats(&self) -> Value {
+        let stats = self.url.replace("/mcp", "/stats");
+        reqwest::get(stats).await.unwrap().json().await.unwrap()
+    }
+}
+
+impl Drop for EchoUpstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `toolgate serve` with its config and policies in a temporary folder.
+pub struct Serve {
+    child: Child,
+    pub url: String,
+    pub admin: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Serve {
+    /// `config` is the TOML after the listen addresses; `files` are written beside it.
+    pub fn start(config: &str, files: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let path = dir.path().join("toolgate.toml");
+        let admin_hash = sha256_hex("admin-token");
+        std::fs::write(
+            &path,
+            format!(
+                "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+                 admin_token_sha256 = \"{admin_hash}\"\n{config}"
+            ),
+        )
+        .unwrap();
+        Self::start_at(dir, &path)
+    }
+
+    fn start_at(dir: tempfile::TempDir, config: &std::path::Path) -> Self {
+        let mut child = Command::new(TOOLGATE)
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("TOOLGATE_LOG", "toolgate=warn")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let line = wait_for_line(&mut child, "toolgate serve: listening on ");
+        // "toolgate serve: listening on http://A/mcp (admin http://B)"
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let url = words[4].to_owned();
+        let admin = words[6].trim_end_matches(')').to_owned();
+        Self {
+            child,
+            url,
+            admin,
+            dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub async fn status(&self) -> Value {
+        reqwest::Client::new()
+            .get(format!("{}/status", self.admin))
+            .bearer_auth("admin-token")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw MCP-over-HTTP client: exact statuses and headers, messages from JSON or SSE bodies.
+pub struct Mcp {
+    pub http: reqwest::Client,
+    pub url: String,
+    pub token: Option<String>,
+    pub session: Option<String>,
+    next_id: u64,
+}
+
+/// What one POST returned.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub messages: Vec<Value>,
+}
+
+impl Reply {
+    /// The result of the (only) reply in the body.
+    pub fn result(&self) -> &Value {
+        let reply = self
+            .messages
+            .iter()
+            .find(|m| m.get("method").is_none())
+            .unwrap_or_else(|| panic!("no reply in {:?}", self.messages));
+        reply
+            .get("result")
+            .unwrap_or_else(|| panic!("not a result: {reply}"))
+    }
+    pub fn error(&self) -> &Value {
+        &self.messages[0]["error"]
+    }
+}
+
+pub fn parse_body(content_type: &str, body: &[u8]) -> Vec<Value> {
+    let text = String::from_utf8_lossy(body);
+    if content_type.starts_with("text/event-stream") {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect()
+    } else if text.trim().is_empty() {
+        Vec::new()
+    } else {
+        vec![serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))]
+    }
+}
+
+impl Mcp {
+    pub fn new(url: &str, token: Option<&str>) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            url: url.to_owned(),
+            token: token.map(str::to_owned),
+            session: None,
+            next_id: 1,
+        }
+    }
+
+    pub async fn post(&self, message: &Value) -> Reply {
+        self.post_raw(serde_json::to_vec(message).unwrap(), "application/json")
+            .await
+    }
+
+    pub async fn post_raw(&self, body: Vec<u8>, content_type: &str) -> Reply {
+        let mut request = self
+            .http
+            .post(&self.url)
+            .header("content-type", content_type)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-11-25")
+            .body(body);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(session) = &self.session {
+            request = request.header("mcp-session-id", session);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let content_type = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let body = response.bytes().await.unwrap();
+        Reply {
+            status,
+            headers,
+            messages: parse_body(&content_type, &body),
+        }
+    }
+
+    pub async fn request(&mut self, method: &str, params: Value) -> Reply {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.post(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+            .await
+    }
+
+    /// `initialize` + `notifications/initialized`; keeps the session id.
+    pub async fn initialize(&mut self) -> Reply {
+        let reply = self
+            .request(
+                "initialize",
+                json!({"protocolVersion": "2025-11-25", "capabilities": {},
+                       "clientInfo": {"name": "e2e", "version": "1"}}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.messages);
+        self.session = Some(reply.headers["mcp-session-id"].to_str().unwrap().to_owned());
+        let ack = self
+            .post(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await;
+        assert_eq!(ack.status, StatusCode::ACCEPTED);
+        reply
+    }
+
+    pub async fn tool_names(&mut self) -> Vec<String> {
+        let reply = self.request("tools/list", json!({})).await;
+        let mut names: Vec<String> = reply.result()["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    pub async fn call(&mut self, tool: &str, args: Value) -> Value {
+        let reply = self
+            .request("tools/call", json!({"name": tool, "arguments": args}))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK);
+        reply.result().clone()
+    }
+}
+
+fn text(result: &Value) -> &str {
+    result["content"][0]["text"].as_str().unwrap_or("")
+}
+
+fn standin_upstream() -> String {
+    let command: Vec<String> = standin();
+    format!(
+        "[upstream]\ncommand = {}\n",
+        serde_json::to_string(&command).unwrap()
+    )
+}
+
+fn grant(name: &str, token: &str, policy: &str) -> String {
+    format!(
+        "[[grants]]\nname = \"{name}\"\ntoken_sha256 = \"{}\"\npolicy = \"{policy}\"\n",
+        sha256_hex(token)
+    )
+}
+
+const POLICY_A: &str = r#"{"version": "1", "default": "allow", "hide": ["codex_request"]}"#;
+const POLICY_B: &str = r#"{"version": "1", "default": "allow", "hide": ["claude_request"],
+  "tools": {"session_create": {"action": "deny", "reason": "grant b may not create sessions"}}}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_grants_see_their_own_lists_decisions_and_sessions() {
+    let serve = Serve::start(
+        &format!(
+            "{}{}{}",
+            standin_upstream(),
+            grant("a", "token-a", "a.json"),
+            grant("b", "token-b", "b.json")
+        ),
+        &[("a.json", POLICY_A), ("b.json", POLICY_B)],
+    );
+    let (mut a, mut b) = (
+        Mcp::new(&serve.url, Some("token-a")),
+        Mcp::new(&serve.url, Some("token-b")),
+    );
+    a.initialize().await;
+    b.initialize().await;
+    let (list_a, list_b) = (a.tool_names().await, b.tool_names().await);
+    assert!(list_a.contains(&"claude_request".into()) && !list_a.contains(&"codex_request".into()));
+    assert!(list_b.contains(&"codex_request".into()) && !list_b.contains(&"claude_request".into()));
+
+    let created = a.call("session_create", json!({"cli": "claude"})).await;
+    assert!(text(&created).contains("\"success\":true"), "{created}");
+    let refused = b.call("session_create", json!({"cli": "claude"})).await;
+    assert_eq!(refused["isError"], true);
+    assert_eq!(
+        text(&refused),
+        "[toolgate] deny: grant b may not create sessions"
+    );
+
+    // Grant b holding grant a's session id gets exactly what an unknown id gets.
+    let mut thief = Mcp::new(&serve.url, Some("token-b"));
+    thief.session = a.session.clone();
+    let stolen = thief.request("tools/list", json!({})).await;
+    assert_eq!(stolen.status, StatusCode::NOT_FOUND);
+    thief.session = Some("no-such-session".into());
+    let unknown = thief.request("tools/list", json!({})).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(stolen.messages, unknown.messages);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_are_per_grant_even_under_one_policy() {
+    let capped = r#"{"version": "1", "default": "allow", "tools": {"session_create": {
+        "limits": [{"counter": "creates", "window": "hour", "max": 2, "scope": "grant"}]}}}"#;
+    let serve = Serve::start(
+        &format!(
+            "{}{}{}",
+            standin_upstream(),
+            grant("a", "token-a", "capped.json"),
+            grant("b", "token-b", "capped.json")
+        ),
+        &[("capped.json", capped)],
+    );
+    let mut a = Mcp::new(&serve.url, Some("token-a"));
+    a.initialize().await;
+    for _ in 0..2 {
+        assert!(a.call("session_create", json!({"cli": "codex"})).await["isError"].is_null());
+    }
+    let third = a.call("session_create", json!({"cli": "codex"})).await;
+    assert!(
+        text(&third).starts_with("[toolgate] rate_limited:"),
+        "{third}"
+    );
+    // A second session of grant a shares the grant's count...
+    let mut a2 = Mcp::new(&serve.url, Some("token-a"));
+    a2.initialize().await;
+    let again = a2.call("session_create", json!({"cli": "codex"})).await;
+    assert!(
+        text(&again).starts_with("[toolgate] rate_limited:"),
+        "{again}"
+    );
+    // ...grant b, under the same policy file, has a count of its own.
+    let mut b = Mcp::new(&serve.url, Some("token-b"));
+    b.initialize().await;
+    for _ in 0..2 {
+        let created = b.call("session_create", json!({"cli": "codex"})).await;
+        assert!(created["isError"].is_null(), "{created}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_wrong_token_gets_401_and_no_upstream_traffic() {
+    let upstream = EchoUpstream::start();
+    let serve = Serve::start(
+        &format!(
+            "[upstream]\nurl = \"{}\"\n{}",
+            upstream.url,
+            grant("a", "token-a", "a.json")
+        ),
+        &[("a.json", r#"{"version": "1", "default": "allow"}"#)],
+    );
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}});
+    for (token, challenge) in [
+        (None, r#"Bearer realm="toolgate""#),
+        (
+            Some("token-b"),
+            r#"Bearer realm="toolgate", error="invalid_token""#,
+        ),
+        (
+            Some(""),
+            r#"Bearer realm="toolgate", error="invalid_token""#,
+        ),
+    ] {
+        let reply = Mcp::new(&serve.url, token).post(&initialize).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(reply.headers["www-authenticate"], challenge);
+        assert_eq!(reply.error()["code"], -32600);
+    }
+    let basic = reqwest::Client::new()
+        .post(&serve.url)
+        .header("authorization", "Basic dG9rZW4tYQ==")
+        .json(&initialize)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(basic.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        upstream.stats().await["requests"],
+        0,
+        "a refused request reached the upstream"
+    );
+    // The right token goes through.
+    Mcp::new(&serve.url, Some("token-a")).initialize().await;
+    assert_eq!(upstream.stats().await["requests"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_their_status_and_the_gateway_keeps_serving() {
+    let upstream = EchoUpstream::start();
+    let serve = Serve::start(
+        &format!(
+            "[upstream]\nurl = \"{}\"\n{}[limits]\nmax_body_bytes = 4096\nclient_timeout_s = 1\n",
+            upstream.url,
+            grant("a", "t", "a.json")
+        ),
+        &[("a.json", r#"{"version": "1", "default": "allow"}"#)],
+    );
+    let mut mcp = Mcp::new(&serve.url, Some("t"));
+    mcp.initialize().await;
+    let before = upstream.stats().await["requests"].as_u64().unwrap();
+
+    // Oversized, with a Content-Length and without one (chunked).
+    let big = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"message": "x".repeat(10_000)}}});
+    let reply = mcp.post(&big).await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(reply.error()["message"]
+        .as_str()
+        .unwrap()
+        .contains("4096-byte limit"));
+    let chunks =
+        futures_util::stream::iter((0..10).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1000])));
+    let chunked = mcp
+        .http
+        .post(&serve.url)
+        .bearer_auth("t")
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", mcp.session.clone().unwrap())
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chunked.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    // Malformed JSON, a batch, a wrong Content-Type, a missing Accept.
+    let reply = mcp
+        .post_raw(
+            b"{\"jsonrpc\": \"2.0\", \"id\": 1,".to_vec(),
+            "application/json",
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.error()["code"].clone()),
+        (StatusCode::BAD_REQUEST, json!(-32700))
+    );
+    let reply = mcp
+        .post_raw(
+            b"[{\"jsonrpc\": \"2.0\", \"id\": 1, \"method\": \"ping\"}]".to_vec(),
+            "application/json",
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.error()["code"].clone()),
+        (StatusCode::BAD_REQUEST, json!(-32600))
+    );
+    let reply = mcp.post_raw(b"{}".to_vec(), "text/plain").await;
+    assert_eq!(reply.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let no_accept = mcp
+        .http
+        .post(&serve.url)
+        .bearer_auth("t")
+        .header("content-type", "application/json")
+        .header("accept", "application/json")
+        .body(r#"{"jsonrpc": "2.0", "id": 1, "method": "ping"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_accept.status(), StatusCode::NOT_ACCEPTABLE);
+    // JSON that is no JSON-RPC message at all (no method, no id).
+    let reply = mcp
+        .post_raw(b"{\"jsonrpc\": \"2.0\"}".to_vec(), "application/json")
+        .await;
+    assert_eq!(
+        (reply.status, reply.error()["code"].clone()),
+        (StatusCode::BAD_REQUEST, json!(-32600))
+    );
+
+    // An unknown session id; a GET without one; a method /mcp does not serve; a foreign Host.
+    let mut stranger = Mcp::new(&serve.url, Some("t"));
+    stranger.session = Some("5b0c5f8e-0000-4000-8000-000000000000".into());
+    assert_eq!(
+        stranger.request("ping", json!({})).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let get = mcp
+        .http
+        .get(&serve.url)
+        .bearer_auth("t")
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), StatusCode::BAD_REQUEST);
+    let put = mcp.http.put(&serve.url).send().await.unwrap();
+    assert_eq!(put.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let rebinding = mcp
+        .http
+        .post(&serve.url)
+        .header("host", "evil.example.com")
+        .header("origin", "http://evil.example.com")
+        .bearer_auth("t")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebinding.status(), StatusCode::FORBIDDEN);
+
+    // None of it reached the upstream, and the session still works.
+    assert_eq!(upstream.stats().await["requests"].as_u64().unwrap(), before);
+    let echoed = mcp.call("echo", json!({"message": "still here"})).await;
+    assert_eq!(text(&echoed), "still here");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_loris_clients_are_cut_off_while_others_are_served() {
+    let upstream = EchoUpstream::start();
+    let serve = Serve::start(
+        &format!(
+            "[upstream]\nurl = \"{}\"\n{}[limits]\nclient_timeout_s = 1\n",
+            upstream.url,
+            grant("a", "t", "a.json")
+        ),
+        &[("a.json", r#"{"version": "1", "default": "allow"}"#)],
+    );
+    let addr = serve
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches("/mcp")
+        .to_owned();
+    let connect = || {
+        let stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+    };
+    // Headers that never end, and a body that never arrives.
+    let mut headers_only = connect();
+    headers_only
+        .write_all(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        .unwrap();
+    let mut slow_body = connect();
+    slow_body
+        .write_all(
+            b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer t\r\n\
+              Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
+              Content-Length: 100\r\n\r\n{\"jsonrpc\"",
+        )
+        .unwrap();
+    let started = Instant::now();
+    // Meanwhile, a well-behaved client is served.
+    let mut mcp = Mcp::new(&serve.url, Some("t"));
+    mcp.initialize().await;
+    assert_eq!(
+        text(&mcp.call("echo", json!({"message": "fine"})).await),
+        "fine"
+    );
+
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let _ = headers_only.read_to_end(&mut a); // closed by the server (maybe after a 408)
+    let _ = slow_body.read_to_end(&mut b);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the slow clients were not cut off"
+    );
+    let b = String::from_utf8_lossy(&b);
+    assert!(b.starts_with("HTTP/1.1 408"), "{b}");
+    assert!(b.contains("request body not received within 1 s"), "{b}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_abandoned_sessions_expire_without_a_leak() {
+    let upstream = EchoUpstream::start();
+    let serve = Serve::start(
+        &format!(
+            "[upstream]\nurl = \"{}\"\n{}[limits]\nsession_idle_timeout_s = 2\n",
+            upstream.url,
+            grant("a", "t", "a.json")
+        ),
+        &[("a.json", r#"{"version": "1", "default": "allow"}"#)],
+    );
+    // Warm up, then measure the resident set before and after.
+    for _ in 0..50 {
+        Mcp::new(&serve.url, Some("t")).initialize().await;
+    }
+    wait_until(&serve, |s| s["sessions"] == 0).await;
+    let rss_before = rss_kib(serve.pid());
+    let mut first = None;
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..8 {
+        let url = serve.url.clone();
+        tasks.spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..125 {
+                let mut mcp = Mcp::new(&url, Some("t"));
+                mcp.initialize().await;
+                ids.push(mcp.session.unwrap());
+            }
+            (worker, ids)
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        let (worker, ids) = done.unwrap();
+        if worker == 0 {
+            first = ids.first().cloned();
+        }
+    }
+    let status = serve.status().await;
+    assert_eq!(status["sessions_opened"], 1050);
+    wait_until(&serve, |s| s["sessions"] == 0).await;
+    let status = serve.status().await;
+    assert_eq!(status["sessions_expired"], 1050);
+    // Every upstream session was deleted too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while upstream.stats().await["sessions"] != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "upstream sessions left: {}",
+            upstream.stats().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rss_after = rss_kib(serve.pid());
+    assert!(
+        rss_after < rss_before + 16 * 1024,
+        "resident memory grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    // An expired id is unknown; a new session works.
+    let mut late = Mcp::new(&serve.url, Some("t"));
+    late.session = first;
+    assert_eq!(
+        late.request("ping", json!({})).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let mut fresh = Mcp::new(&serve.url, Some("t"));
+    fresh.initialize().await;
+    assert_eq!(
+        text(&fresh.call("echo", json!({"message": "after"})).await),
+        "after"
+    );
+}
+
+async fn wait_until(serve: &Serve, done: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = serve.status().await;
+        if done(&status) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up waiting; status: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_cap_answers_503_and_a_delete_frees_a_slot() {
+    let serve = Serve::start(
+        &format!(
+            "{}{}[limits]\nmax_sessions = 2\n",
+            standin_upstream(),
+            grant("a", "t", "a.json")
+        ),
+        &[("a.json", r#"{"version": "1", "default": "allow"}"#)],
+    );
+    let mut one = Mcp::new(&serve.url, Some("t"));
+    one.initialize().await;
+    Mcp::new(&serve.url, Some("t")).initialize().await;
+    let mut third = Mcp::new(&serve.url, Some("t"));
+    let refused = third
+        .request("initialize", json!({"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "x", "version": "1"}}))
+        .await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(refused.error()["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("too many sessions"));
+    let deleted = one
+        .http
+        .delete(&serve.url)
+        .bearer_auth("t")
+        .header("mcp-session-id", one.session.clone().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::OK);
+    assert_eq!(
+        one.request("ping", json!({})).await.status,
+        StatusCode::NOT_FOUND
+    );
+    third.initialize().await;
+    assert_eq!(serve.status().await["sessions"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_reports_and_reloads_behind_its_own_token() {
+    let serve = Serve::start(
+        &format!(
+            "watch = false\n{}{}",
+            standin_upstream(),
+            grant("a", "t", "a.json")
+        ),
+        &[("a.json", POLICY_A)],
+    );
+    let http = reqwest::Client::new();
+    let health = http
+        .get(format!("{}/healthz", serve.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    for token in [None, Some("t"), Some("wrong")] {
+        let mut request = http.get(format!("{}/status", serve.admin));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        assert_eq!(
+            request.send().await.unwrap().status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let status = serve.status().await;
+    let policy = &status["grants"][0]["policy"];
+    assert_eq!(status["grants"][0]["name"], "a");
+    assert_eq!(policy["version"], 1);
+    assert_eq!(policy["digest"].as_str().unwrap().len(), 64);
+
+    let reload = |http: reqwest::Client, admin: String| async move {
+        http.post(format!("{admin}/reload"))
+            .bearer_auth("admin-token")
+            .send()
+            .await
+            .unwrap()
+    };
+    std::fs::write(serve.dir.path().join("a.json"), "{ not json").unwrap();
+    let failed = reload(http.clone(), serve.admin.clone()).await;
+    assert_eq!(failed.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let status = serve.status().await;
+    assert!(status["grants"][0]["policy"]["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("a.json"));
+    // The old policy still serves.
+    let mut mcp = Mcp::new(&serve.url, Some("t"));
+    mcp.initialize().await;
+    assert!(!mcp.tool_names().await.contains(&"codex_request".into()));
+    std::fs::write(serve.dir.path().join("a.json"), POLICY_B).unwrap();
+    assert_eq!(
+        reload(http.clone(), serve.admin.clone()).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(serve.status().await["grants"][0]["policy"]["version"], 2);
+    assert!(mcp.tool_names().await.contains(&"codex_request".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grant_add_prints_a_token_once_and_stores_only_its_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("toolgate.toml");
+    std::fs::write(
+        dir.path().join("p.json"),
+        r#"{"version": "1", "default": "allow"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "# my gateway\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{}",
+            standin_upstream()
+        ),
+    )
+    .unwrap();
+    let add = |name: &str| {
+        Command::new(TOOLGATE)
+            .args(["grant", "add", name, "--policy", "p.json", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let added = add("ci-agent");
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let token = String::from_utf8(added.stdout).unwrap().trim().to_owned();
+    let written = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        written.starts_with("# my gateway\n"),
+        "the config was rewritten: {written}"
+    );
+    assert!(!written.contains(&token), "the token itself was written");
+    assert!(written.contains(&sha256_hex(&token)));
+    let again = add("ci-agent");
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+
+    let serve = Serve::start_at(dir, &config);
+    Mcp::new(&serve.url, Some(&token)).initialize().await;
+    let wrong = Mcp::new(&serve.url, Some(&token[..token.len() - 1]))
+        .post(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}))
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rmcp_client_works_through_the_gateway() {
+    use rmcp::model::CallToolRequestParams;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::ServiceExt;
+
+    let serve = Serve::start(
+        &format!("{}{}", standin_upstream(), grant("b", "token-b", "b.json")),
+        &[("b.json", POLICY_B)],
+    );
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(serve.url.as_str()).auth_header("token-b"),
+    );
+    let client = ().serve(transport).await.expect("rmcp connects through toolgate");
+    let tools: Vec<String> = client
+        .list_all_tools()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    assert!(tools.contains(&"codex_request".into()) && !tools.contains(&"claude_request".into()));
+    let args = |v: Value| v.as_object().cloned().unwrap();
+    let listed = client
+        .call_tool(CallToolRequestParams::new("session_list").with_arguments(args(json!({}))))
+        .await
+        .unwrap();
+    assert_ne!(listed.is_error, Some(true), "{listed:?}");
+    let refused = client
+        .call_tool(
+            CallToolRequestParams::new("session_create")
+                .with_arguments(args(json!({"cli": "codex"}))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused.is_error, Some(true));
+    let refusal = serde_json::to_value(&refused.content[0]).unwrap();
+    assert_eq!(
+        refusal["text"],
+        "[toolgate] deny: grant b may not create sessions"
+    );
+    client.cancel().await.unwrap();
+}
