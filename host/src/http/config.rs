@@ -38,6 +38,12 @@ pub struct Config {
     /// Watch the grants' policy and plugin files and reload them when they change.
     #[serde(default = "yes")]
     pub watch: bool,
+    /// Threads serving requests (default: one per core). One thread avoids cross-thread
+    /// wake-ups and gives the lowest latency on a small machine, as nginx's single worker
+    /// does; more threads add throughput where cores are spare. Plugin decisions leave the
+    /// thread (`block_in_place`) either way.
+    #[serde(default)]
+    pub worker_threads: Option<usize>,
     pub upstream: UpstreamConfig,
     #[serde(default)]
     pub grants: Vec<GrantConfig>,

@@ -21,16 +21,16 @@ use super::children::Child;
 use super::config::{Limits, Upstream};
 use super::grants::{AuthError, Grant, Grants};
 use super::sse;
+use super::upstream::{Pool, Response as UpstreamResponse};
 use crate::jsonrpc::{self, Envelope};
 use crate::session::{ClientLine, Identity, Session};
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use futures_util::StreamExt;
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Full};
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -89,7 +89,8 @@ pub struct Stats {
 pub struct Gateway {
     pub grants: Grants,
     upstream: Upstream,
-    http: reqwest::Client,
+    /// Connections to an HTTP upstream.
+    pool: Option<Arc<Pool>>,
     sessions: Mutex<HashMap<String, Arc<GwSession>>>,
     /// Sessions open or being opened: a slot is taken before `initialize` goes upstream.
     slots: AtomicUsize,
@@ -181,15 +182,14 @@ impl Gateway {
         hosts: Vec<String>,
         origins: Vec<String>,
     ) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .pool_max_idle_per_host(256)
-            .connect_timeout(std::time::Duration::from_secs(10))
-            .build()?;
+        let pool = match &upstream {
+            Upstream::Http { url, .. } => Some(Arc::new(Pool::new(url)?)),
+            Upstream::Stdio(_) => None,
+        };
         Ok(Self {
             grants,
             upstream,
-            http,
+            pool,
             sessions: Mutex::new(HashMap::new()),
             slots: AtomicUsize::new(0),
             limits,
@@ -310,26 +310,38 @@ impl Gateway {
         upstream_session: Option<&str>,
         client: &HeaderMap,
         body: Option<Bytes>,
-    ) -> Result<reqwest::Response, Response> {
-        let Upstream::Http { url, headers } = &self.upstream else {
+    ) -> Result<UpstreamResponse, Response> {
+        let (Upstream::Http { headers, .. }, Some(pool)) = (&self.upstream, &self.pool) else {
             unreachable!("only HTTP upstreams are sent requests")
         };
-        let mut request = self.http.request(method, url);
-        for name in ["accept", "content-type", "last-event-id", VERSION_HEADER] {
+        let mut request = pool.request(method);
+        let last_event_id = HeaderName::from_static("last-event-id");
+        for name in [&header::ACCEPT, &header::CONTENT_TYPE, &last_event_id] {
             if let Some(value) = client.get(name) {
-                request = request.header(name, value.as_bytes());
+                request = request.header(name, value);
             }
+        }
+        if let Some(value) = client.get(VERSION_HEADER) {
+            request = request.header(VERSION_HEADER, value);
         }
         if let Some(id) = upstream_session {
             request = request.header(SESSION_HEADER, id);
         }
         for (name, value) in headers {
-            request = request.header(name, value);
+            request = request.header(name.as_str(), value.as_str());
         }
-        if let Some(body) = body {
-            request = request.body(body);
-        }
-        match tokio::time::timeout(self.limits.request_timeout(), request.send()).await {
+        let request = match request.body(Full::new(body.unwrap_or_default())) {
+            Ok(request) => request,
+            Err(e) => {
+                return Err(rpc_error(
+                    StatusCode::BAD_REQUEST,
+                    None,
+                    jsonrpc::INVALID_REQUEST,
+                    &format!("cannot forward this request: {e}"),
+                ))
+            }
+        };
+        match tokio::time::timeout(self.limits.request_timeout(), pool.send(request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "upstream request failed");
@@ -378,15 +390,23 @@ impl Gateway {
     /// Ends the upstream side of a session that is gone: DELETE for HTTP (in the
     /// background), the child is killed when the last reference drops.
     fn close_upstream(&self, session: &Arc<GwSession>) {
-        if let (Link::Http(Some(upstream_id)), Upstream::Http { url, headers }) =
-            (&session.link, &self.upstream)
+        if let (Link::Http(Some(upstream_id)), Upstream::Http { headers, .. }, Some(pool)) =
+            (&session.link, &self.upstream, &self.pool)
         {
-            let mut request = self.http.delete(url).header(SESSION_HEADER, upstream_id);
+            let mut request = pool
+                .request(Method::DELETE)
+                .header(SESSION_HEADER, upstream_id.as_str());
             for (name, value) in headers {
-                request = request.header(name, value);
+                request = request.header(name.as_str(), value.as_str());
             }
+            let Ok(request) = request.body(Full::new(Bytes::new())) else {
+                return;
+            };
+            let pool = pool.clone();
             tokio::spawn(async move {
-                let _ = request.send().await;
+                if let Ok(response) = pool.send(request).await {
+                    let _ = response.into_body().collect().await;
+                }
             });
         }
     }
@@ -779,9 +799,12 @@ async fn delete_mcp(State(gw): State<Arc<Gateway>>, request: Request) -> Respons
                 .send_upstream(Method::DELETE, Some(upstream_id), headers, None)
                 .await
             {
-                Ok(response) => response_head(response.status(), response.headers(), None)
-                    .body(Body::from(response.bytes().await.unwrap_or_default()))
-                    .unwrap_or_else(|_| StatusCode::OK.into_response()),
+                Ok(response) => {
+                    let head = response_head(response.status(), response.headers(), None);
+                    let body = response.into_body().collect().await;
+                    head.body(Body::from(body.map(|b| b.to_bytes()).unwrap_or_default()))
+                        .unwrap_or_else(|_| StatusCode::OK.into_response())
+                }
                 Err(refused) => refused,
             }
         }
@@ -792,15 +815,18 @@ async fn delete_mcp(State(gw): State<Arc<Gateway>>, request: Request) -> Respons
 /// Status and headers for a relayed response: the content type and protocol version as the
 /// upstream sent them, and the gateway's own session id.
 fn response_head(
-    status: reqwest::StatusCode,
-    upstream: &reqwest::header::HeaderMap,
+    status: StatusCode,
+    upstream: &HeaderMap,
     session_id: Option<&str>,
 ) -> axum::http::response::Builder {
-    let mut builder = Response::builder().status(status.as_u16());
-    for name in ["content-type", VERSION_HEADER, "cache-control"] {
-        if let Some(value) = upstream.get(name) {
-            builder = builder.header(name, value.as_bytes());
+    let mut builder = Response::builder().status(status);
+    for name in [header::CONTENT_TYPE, header::CACHE_CONTROL] {
+        if let Some(value) = upstream.get(&name) {
+            builder = builder.header(name, value);
         }
+    }
+    if let Some(value) = upstream.get(VERSION_HEADER) {
+        builder = builder.header(VERSION_HEADER, value);
     }
     if let Some(id) = session_id {
         builder = builder.header(SESSION_HEADER, id);
@@ -813,13 +839,13 @@ fn response_head(
 async fn relay(
     gw: &Arc<Gateway>,
     session: Arc<GwSession>,
-    response: reqwest::Response,
+    response: UpstreamResponse,
     new_session_id: Option<&str>,
 ) -> Response {
     let status = response.status();
     let content_type = response
         .headers()
-        .get(reqwest::header::CONTENT_TYPE)
+        .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
@@ -829,10 +855,12 @@ async fn relay(
         let (tx, rx) = mpsc::channel::<Bytes>(64);
         let guard = StreamGuard::new(session);
         tokio::spawn(async move {
-            let mut upstream = response.bytes_stream();
+            let mut upstream = response.into_body();
             let mut parser = sse::Parser::new(max);
-            while let Some(chunk) = upstream.next().await {
-                let Ok(chunk) = chunk else { break };
+            while let Some(frame) = upstream.frame().await {
+                let Ok(Ok(chunk)) = frame.map(|f| f.into_data()) else {
+                    break; // an error, or trailers: the stream is over
+                };
                 let events = match parser.push(&chunk) {
                     Ok(events) => events,
                     Err(sse::Oversized(length)) => {
@@ -887,19 +915,17 @@ async fn relay(
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-async fn read_limited(response: reqwest::Response, max: usize) -> Result<Bytes, String> {
-    let mut body = Vec::new();
-    let mut stream = response.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| format!("upstream reply cut off: {e}"))?;
-        if body.len() + chunk.len() > max {
-            return Err(format!(
-                "upstream reply exceeds the gateway's {max}-byte limit"
-            ));
-        }
-        body.extend_from_slice(&chunk);
+async fn read_limited(response: UpstreamResponse, max: usize) -> Result<Bytes, String> {
+    match http_body_util::Limited::new(response.into_body(), max)
+        .collect()
+        .await
+    {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(format!(
+            "upstream reply exceeds the gateway's {max}-byte limit"
+        )),
+        Err(e) => Err(format!("upstream reply cut off: {e}")),
     }
-    Ok(body.into())
 }
 
 /// Lines from a stdio child as an SSE response, each through the session.

@@ -4,6 +4,7 @@
 //! - [`grants`]: bearer tokens → grants, each with its own policy and counters.
 //! - [`gateway`]: `/mcp` (POST, GET, DELETE), sessions, and where a request meets policy.
 //! - [`children`]: a stdio upstream, one child per session.
+//! - [`upstream`]: an HTTP upstream, pooled keep-alive connections.
 //! - [`sse`]: server-sent events in and out.
 //! - [`admin`]: health, status and reload on a separate listener.
 //! - [`echo`]: a tiny Streamable HTTP upstream for benchmarks and tests.
@@ -15,6 +16,7 @@ pub mod echo;
 pub mod gateway;
 pub mod grants;
 pub mod sse;
+pub mod upstream;
 
 use config::Config;
 use gateway::Gateway;
@@ -28,10 +30,11 @@ use std::time::Duration;
 pub fn serve(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let grants = Grants::load(&config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("toolgate-http")
-        .build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = config.worker_threads {
+        runtime.worker_threads(threads.max(1));
+    }
+    let runtime = runtime.enable_all().thread_name("toolgate-http").build()?;
     runtime.block_on(run(config, grants))
 }
 

@@ -1,0 +1,424 @@
+//! What `toolgate serve` adds to a Streamable HTTP round trip, against nginx as a bare reverse
+//! proxy (the floor of any HTTP proxy on this machine).
+//!
+//! Three paths to one upstream, measured in one run:
+//! - **direct**: the client talks to the upstream;
+//! - **nginx**: through nginx (`proxy_buffering off`, HTTP/1.1 upstream keepalive);
+//! - **toolgate**: through `toolgate serve` (release build) with a token, a grant and a policy
+//!   that evaluates a rule and a counter on every call.
+//!
+//! Latency: `tools/call echo` round trips, interleaved call by call (direct, nginx, toolgate,
+//! then the next order) so that all three see the same machine; medians compared. Run against
+//! the echo upstream (`toolgate standin --echo --http`) and, when `tests/peers` is installed,
+//! server-everything (`streamableHttp`).
+//! Throughput: 32 client threads, each with its own keep-alive connection and session, calling
+//! for a fixed time per path, paths alternated over rounds; echo upstream only.
+//!
+//! Run: `cargo bench -p toolgate --bench http_overhead` (`-- --calls N --seconds S`). Needs
+//! `nginx` on PATH or in /usr/sbin (Debian's package).
+
+use serde_json::json;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const TOOLGATE: &str = env!("CARGO_BIN_EXE_toolgate");
+const TOKEN: &str = "bench-token";
+const POLICY: &str = r#"{"version": "1", "default": "deny", "tools": {"echo": {
+    "deny_if": [{"path": "args.message", "op": "contains", "value": "forbidden"}],
+    "limits": [{"counter": "echo_rate", "window": "minute", "max": 100000000, "scope": "grant"}]}}}"#;
+
+/// A child process killed on drop.
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One keep-alive HTTP/1.1 connection speaking MCP: just enough client for a benchmark.
+struct Conn {
+    port: u16,
+    path: String,
+    token: Option<&'static str>,
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    session: Option<String>,
+}
+
+impl Conn {
+    fn open(url: &Url, token: Option<&'static str>) -> Self {
+        let stream = TcpStream::connect(("127.0.0.1", url.port)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let mut conn = Self {
+            port: url.port,
+            path: url.path.clone(),
+            token,
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+            session: None,
+        };
+        let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "bench", "version": "1"}}});
+        let (headers, _) = conn.post(&init.to_string());
+        conn.session = headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("mcp-session-id")
+                .then(|| v.trim().to_owned())
+        });
+        conn.post(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        conn
+    }
+
+    /// POSTs a message; returns the response head and body (de-chunked).
+    fn post(&mut self, body: &str) -> (String, Vec<u8>) {
+        let mut request = format!(
+            "POST {} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\n\
+             Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2025-11-25\r\n\
+             Content-Length: {}\r\n",
+            self.path,
+            self.port,
+            body.len()
+        );
+        if let Some(token) = self.token {
+            request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        if let Some(session) = &self.session {
+            request.push_str(&format!("Mcp-Session-Id: {session}\r\n"));
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        self.writer.write_all(request.as_bytes()).unwrap();
+        self.read_response()
+    }
+
+    fn read_response(&mut self) -> (String, Vec<u8>) {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            assert!(
+                self.reader.read_line(&mut line).unwrap() > 0,
+                "connection closed"
+            );
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let header = |name: &str| {
+            head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+            })
+        };
+        let mut body = Vec::new();
+        if let Some(length) = header("content-length") {
+            body.resize(length.parse().unwrap(), 0);
+            self.reader.read_exact(&mut body).unwrap();
+        } else if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            loop {
+                let mut size = String::new();
+                self.reader.read_line(&mut size).unwrap();
+                let size = usize::from_str_radix(size.trim(), 16).unwrap();
+                let mut chunk = vec![0; size + 2];
+                self.reader.read_exact(&mut chunk).unwrap();
+                if size == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..size]);
+            }
+        }
+        assert!(head.starts_with("HTTP/1.1 2"), "{head}");
+        (head, body)
+    }
+
+    fn call(&mut self, id: u64) -> Duration {
+        let message = format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"message":"hello {id}"}}}}}}"#
+        );
+        let started = Instant::now();
+        let (_, body) = self.post(&message);
+        let elapsed = started.elapsed();
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains(&format!("hello {id}")), "{text}");
+        elapsed
+    }
+}
+
+#[derive(Clone)]
+struct Url {
+    port: u16,
+    path: String,
+}
+
+fn url(port: u16) -> Url {
+    Url {
+        port,
+        path: "/mcp".into(),
+    }
+}
+
+fn start_echo() -> (Proc, u16) {
+    let port = free_port();
+    let child = Command::new(TOOLGATE)
+        .args(["standin", "--echo", "--http", &format!("127.0.0.1:{port}")])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    (Proc(child), port)
+}
+
+fn start_everything(root: &Path) -> Option<(Proc, u16)> {
+    let bin = root.join("tests/peers/node_modules/.bin/mcp-server-everything");
+    if !bin.exists() {
+        eprintln!("(server-everything not installed: run scripts/test once; skipping it)");
+        return None;
+    }
+    let port = free_port();
+    let child = Command::new("node")
+        .arg(bin)
+        .arg("streamableHttp")
+        .env("PORT", port.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    wait_for_port(port);
+    Some((Proc(child), port))
+}
+
+fn nginx_binary() -> PathBuf {
+    for candidate in ["/usr/sbin/nginx", "/usr/local/sbin/nginx"] {
+        if Path::new(candidate).exists() {
+            return candidate.into();
+        }
+    }
+    "nginx".into()
+}
+
+fn start_nginx(dir: &Path, upstream: u16) -> (Proc, u16) {
+    let port = free_port();
+    let d = dir.display();
+    let conf = format!(
+        "worker_processes 1;\nerror_log {d}/nginx-error.log;\npid {d}/nginx.pid;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+           keepalive_requests 100000000;\n  keepalive_timeout 300s;\n\
+           upstream mcp {{ server 127.0.0.1:{upstream}; keepalive 64; keepalive_requests 100000000; }}\n\
+           server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
+               proxy_pass http://mcp;\n      proxy_http_version 1.1;\n\
+               proxy_set_header Connection \"\";\n      proxy_buffering off;\n\
+               proxy_request_buffering off;\n    }}\n  }}\n}}\n"
+    );
+    let path = dir.join(format!("nginx-{port}.conf"));
+    std::fs::write(&path, conf).unwrap();
+    let child = Command::new(nginx_binary())
+        .args(["-e", &format!("{d}/nginx-error.log"), "-p"])
+        .arg(dir)
+        .arg("-c")
+        .arg(&path)
+        .args(["-g", "daemon off;"])
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("nginx: install Debian's package (apt-get install nginx)");
+    wait_for_port(port);
+    (Proc(child), port)
+}
+
+fn start_toolgate(dir: &Path, upstream: u16, threads: usize) -> (Proc, u16) {
+    let (port, admin) = (free_port(), free_port());
+    std::fs::write(dir.join("policy.json"), POLICY).unwrap();
+    let hash: String = {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(TOKEN.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let config = dir.join(format!("toolgate-{port}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nwatch = false\n\
+             worker_threads = {threads}\n\
+             [upstream]\nurl = \"http://127.0.0.1:{upstream}/mcp\"\n\
+             [[grants]]\nname = \"bench\"\ntoken_sha256 = \"{hash}\"\npolicy = \"policy.json\"\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new(TOOLGATE)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("TOOLGATE_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    (Proc(child), port)
+}
+
+fn median(samples: &mut [Duration]) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Interleaved latency over the three paths; prints medians and the ratio of added latency.
+fn latency(name: &str, upstream: u16, dir: &Path, calls: u64) -> (f64, f64) {
+    let (_nginx, nginx_port) = start_nginx(dir, upstream);
+    // One thread, as nginx runs one worker.
+    let (_toolgate, toolgate_port) = start_toolgate(dir, upstream, 1);
+    let mut paths = [
+        ("direct", Conn::open(&url(upstream), None), Vec::new()),
+        ("nginx", Conn::open(&url(nginx_port), None), Vec::new()),
+        (
+            "toolgate",
+            Conn::open(&url(toolgate_port), Some(TOKEN)),
+            Vec::new(),
+        ),
+    ];
+    for id in 0..calls / 10 {
+        for (_, conn, _) in paths.iter_mut() {
+            conn.call(id); // warm-up
+        }
+    }
+    for id in 0..calls {
+        // Rotate the order so that no path always goes first.
+        for k in 0..3 {
+            let (_, conn, samples) = &mut paths[(id as usize + k) % 3];
+            samples.push(conn.call(1_000_000 + id));
+        }
+    }
+    let medians: Vec<Duration> = paths.iter_mut().map(|(_, _, s)| median(s)).collect();
+    let (direct, nginx, toolgate) = (us(medians[0]), us(medians[1]), us(medians[2]));
+    let (nginx_added, toolgate_added) = (nginx - direct, toolgate - direct);
+    println!(
+        "latency, {name} upstream, {calls} calls each (median): direct {direct:.1} µs, \
+         nginx {nginx:.1} µs (+{nginx_added:.1}), toolgate {toolgate:.1} µs (+{toolgate_added:.1}); \
+         toolgate adds {:.2}x what nginx adds (target <= 1.25x)",
+        toolgate_added / nginx_added
+    );
+    (nginx_added, toolgate_added)
+}
+
+/// Calls per second with `clients` threads for `seconds` on one path.
+fn throughput(url: &Url, token: Option<&'static str>, clients: usize, seconds: f64) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut conns: Vec<Conn> = (0..clients).map(|_| Conn::open(url, token)).collect();
+    let barrier = Arc::new(std::sync::Barrier::new(clients + 1));
+    let threads: Vec<_> = conns
+        .drain(..)
+        .map(|mut conn| {
+            let (stop, done, barrier) = (stop.clone(), done.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let mut id = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    conn.call(id);
+                    id += 1;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    barrier.wait();
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    let count = done.load(Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    count as f64 / elapsed
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |name: &str, default: f64| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let calls = flag("--calls", 3000.0) as u64;
+    let seconds = flag("--seconds", 3.0);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let dir = tempfile::tempdir().unwrap();
+
+    let (_echo, echo_port) = start_echo();
+    latency("echo", echo_port, dir.path(), calls);
+    if let Some((_everything, port)) = start_everything(&root) {
+        latency("server-everything", port, dir.path(), calls / 3);
+    }
+
+    // nginx too: the same two hops on the same two cores are the floor for any proxy here.
+    let (_nginx, nginx_port) = start_nginx(dir.path(), echo_port);
+    let nginx = rounds(&url(nginx_port), None, &url(echo_port), seconds);
+    println!(
+        "throughput, echo upstream, 32 clients, 3 rounds of {seconds} s, nginx (1 worker): \
+         direct {:.0} calls/s, nginx {:.0} calls/s = {:.0}% of direct",
+        nginx.0,
+        nginx.1,
+        100.0 * nginx.1 / nginx.0
+    );
+    for threads in [1, 2] {
+        let (_toolgate, toolgate_port) = start_toolgate(dir.path(), echo_port, threads);
+        let (d, g) = rounds(&url(toolgate_port), Some(TOKEN), &url(echo_port), seconds);
+        println!(
+            "throughput, echo upstream, 32 clients, 3 rounds of {seconds} s, toolgate with \
+             {threads} thread(s): direct {d:.0} calls/s, toolgate {g:.0} calls/s = {:.0}% of \
+             direct (target >= 70%)",
+            100.0 * g / d
+        );
+    }
+}
+
+/// Mean calls/s (direct, through) over three rounds, the order alternating.
+fn rounds(through: &Url, token: Option<&'static str>, direct: &Url, seconds: f64) -> (f64, f64) {
+    let (mut d, mut t) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        for proxied in [round % 2 == 0, round % 2 != 0] {
+            if proxied {
+                t.push(throughput(through, token, 32, seconds));
+            } else {
+                d.push(throughput(direct, None, 32, seconds));
+            }
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    (mean(&d), mean(&t))
+}
