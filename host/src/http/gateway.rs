@@ -852,47 +852,22 @@ async fn relay(
     let head = response_head(status, response.headers(), new_session_id);
     let max = gw.limits.max_upstream_message_bytes;
     if content_type.starts_with("text/event-stream") {
-        let (tx, rx) = mpsc::channel::<Bytes>(64);
-        let guard = StreamGuard::new(session);
-        tokio::spawn(async move {
-            let mut upstream = response.into_body();
-            let mut parser = sse::Parser::new(max);
-            while let Some(frame) = upstream.frame().await {
-                let Ok(Ok(chunk)) = frame.map(|f| f.into_data()) else {
-                    break; // an error, or trailers: the stream is over
-                };
-                let events = match parser.push(&chunk) {
-                    Ok(events) => events,
-                    Err(sse::Oversized(length)) => {
-                        tracing::error!(
-                            length,
-                            max,
-                            "upstream event over the size cap; stream closed"
-                        );
-                        break;
-                    }
-                };
-                for event in events {
-                    // Events without a message (the priming event) pass as they are.
-                    let encoded = if !event.data.trim().is_empty() {
-                        guard.0.policy.from_upstream(event.data.as_bytes(), |out| {
-                            sse::Event {
-                                data: String::from_utf8_lossy(out.trim_ascii_end()).into_owned(),
-                                ..event
-                            }
-                            .encode()
-                        })
-                    } else {
-                        event.encode()
-                    };
-                    if tx.send(Bytes::from(encoded)).await.is_err() {
-                        return; // the client went away; dropping the upstream stream closes it
-                    }
-                }
-            }
+        // Polled by the client's connection itself (no task, no channel): each upstream chunk
+        // becomes one write of the events it completes, each through the session.
+        let relay = SseRelay {
+            upstream: response.into_body(),
+            parser: sse::Parser::new(max),
+            guard: StreamGuard::new(session),
+            done: false,
+        };
+        let stream = futures_util::stream::unfold(relay, |mut relay| async move {
+            relay
+                .next_chunk()
+                .await
+                .map(|bytes| (Ok::<_, std::convert::Infallible>(bytes), relay))
         });
         return head
-            .body(Body::from_stream(receiver_stream(rx)))
+            .body(Body::from_stream(stream))
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
     }
     let body = match read_limited(response, max).await {
@@ -928,24 +903,80 @@ async fn read_limited(response: UpstreamResponse, max: usize) -> Result<Bytes, S
     }
 }
 
+/// An upstream SSE body on its way to the client.
+struct SseRelay {
+    upstream: hyper::body::Incoming,
+    parser: sse::Parser,
+    guard: StreamGuard,
+    done: bool,
+}
+
+impl SseRelay {
+    /// The next bytes for the client: the events of the next upstream chunk that completes
+    /// any. `None` when the upstream stream has ended.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        while !self.done {
+            let chunk = match self.upstream.frame().await {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(chunk) => chunk,
+                    Err(_) => continue, // trailers
+                },
+                _ => break, // the end, or an error: the stream is over either way
+            };
+            let events = match self.parser.push(&chunk) {
+                Ok(events) => events,
+                Err(sse::Oversized(length)) => {
+                    tracing::error!(length, "upstream event over the size cap; stream closed");
+                    self.done = true;
+                    break;
+                }
+            };
+            let mut out = Vec::new();
+            for event in events {
+                // Events without a message (the priming event) pass as they are.
+                if event.data.trim().is_empty() {
+                    out.extend_from_slice(&event.encode());
+                    continue;
+                }
+                let encoded = self
+                    .guard
+                    .0
+                    .policy
+                    .from_upstream(event.data.as_bytes(), |line| {
+                        sse::Event {
+                            data: String::from_utf8_lossy(line.trim_ascii_end()).into_owned(),
+                            ..event
+                        }
+                        .encode()
+                    });
+                out.extend_from_slice(&encoded);
+            }
+            if !out.is_empty() {
+                return Some(out.into());
+            }
+        }
+        self.done = true;
+        None
+    }
+}
+
 /// Lines from a stdio child as an SSE response, each through the session.
 fn stream_lines(
     session: Arc<GwSession>,
-    mut lines: mpsc::Receiver<Vec<u8>>,
+    lines: mpsc::Receiver<Vec<u8>>,
     new_session_id: Option<&str>,
 ) -> Response {
-    let (tx, rx) = mpsc::channel::<Bytes>(64);
     let guard = StreamGuard::new(session);
-    tokio::spawn(async move {
-        while let Some(line) = lines.recv().await {
-            let encoded = guard
-                .0
-                .policy
-                .from_upstream(&line, |out| sse::Event::message(out).encode());
-            if tx.send(Bytes::from(encoded)).await.is_err() {
-                return;
-            }
-        }
+    let stream = futures_util::stream::unfold((lines, guard), |(mut lines, guard)| async move {
+        let line = lines.recv().await?;
+        let encoded = guard
+            .0
+            .policy
+            .from_upstream(&line, |out| sse::Event::message(out).encode());
+        Some((
+            Ok::<_, std::convert::Infallible>(Bytes::from(encoded)),
+            (lines, guard),
+        ))
     });
     let mut builder = Response::builder()
         .status(StatusCode::OK)
@@ -955,16 +986,8 @@ fn stream_lines(
         builder = builder.header(SESSION_HEADER, id);
     }
     builder
-        .body(Body::from_stream(receiver_stream(rx)))
+        .body(Body::from_stream(stream))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
-}
-
-fn receiver_stream(
-    rx: mpsc::Receiver<Bytes>,
-) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> {
-    futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|bytes| (Ok(bytes), rx))
-    })
 }
 
 #[cfg(test)]
