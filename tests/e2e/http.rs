@@ -901,3 +901,48 @@ async fn an_rmcp_client_works_through_the_gateway() {
     );
     client.cancel().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateless_requests_pass_through_under_policy_and_share_one_session_count() {
+    let upstream = EchoUpstream::start();
+    let policy = r#"{"version": "1", "default": "deny", "tools": {"echo": {
+        "deny_if": [{"path": "args.message", "op": "contains", "value": "secret"}],
+        "limits": [{"counter": "per_session", "window": "hour", "max": 2, "scope": "session"}]}}}"#;
+    let serve = Serve::start(
+        &format!(
+            "[upstream]\nurl = \"{}\"\n{}",
+            upstream.url,
+            grant("a", "t", "p.json")
+        ),
+        &[("p.json", policy)],
+    );
+    // No initialize, no session id: each request goes upstream on its own, under policy.
+    let mut stateless = Mcp::new(&serve.url, Some("t"));
+    assert_eq!(
+        text(&stateless.call("echo", json!({"message": "one"})).await),
+        "one"
+    );
+    let secret = stateless.call("echo", json!({"message": "a secret"})).await;
+    assert!(text(&secret).starts_with("[toolgate] deny:"), "{secret}");
+    let other = stateless.call("shell", json!({})).await;
+    assert_eq!(other["isError"], true);
+    assert_eq!(
+        text(&stateless.call("echo", json!({"message": "two"})).await),
+        "two"
+    );
+    // Dropping the session id does not escape a per-session cap: stateless calls share one.
+    let third = stateless.call("echo", json!({"message": "three"})).await;
+    assert!(
+        text(&third).starts_with("[toolgate] rate_limited:"),
+        "{third}"
+    );
+    // Refused calls never reached the upstream; the two allowed ones did.
+    assert_eq!(upstream.stats().await["requests"], 2);
+    // A real session has its own count.
+    let mut session = Mcp::new(&serve.url, Some("t"));
+    session.initialize().await;
+    assert_eq!(
+        text(&session.call("echo", json!({"message": "mine"})).await),
+        "mine"
+    );
+}

@@ -2,7 +2,8 @@
 //! benchmarks (where the upstream must cost next to nothing) and for tests that count what
 //! reaches the upstream. `toolgate standin --echo --http ADDR` runs it.
 //!
-//! It answers JSON (not SSE), keeps sessions (404 for an unknown one), and reports at
+//! It answers JSON (not SSE), keeps sessions (404 for an unknown one; a request with no
+//! session id is served statelessly, as the 2026-07-28 protocol does), and reports at
 //! `GET /stats` how many requests reached it and how many sessions are open.
 
 use axum::body::Bytes;
@@ -73,7 +74,8 @@ async fn message(State(echo): State<Arc<Echo>>, headers: HeaderMap, body: Bytes)
         let reply = json!({"jsonrpc": "2.0", "id": id, "result": result});
         return ([("mcp-session-id", session)], Json(reply)).into_response();
     }
-    let known = session_of(&headers).is_some_and(|s| {
+    // No session id: a stateless (2026-07-28) request, served as it is.
+    let known = session_of(&headers).is_none_or(|s| {
         echo.sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())

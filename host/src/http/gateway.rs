@@ -64,6 +64,17 @@ pub struct GwSession {
 }
 
 impl GwSession {
+    fn new(id: String, grant: Arc<Grant>, policy: Session, link: Link) -> Arc<Self> {
+        Arc::new(Self {
+            id,
+            grant,
+            policy,
+            link,
+            last_active: Mutex::new(Instant::now()),
+            streams: AtomicUsize::new(0),
+        })
+    }
+
     fn touch(&self) {
         *self.last_active.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
     }
@@ -610,28 +621,12 @@ async fn initialize(
         );
     }
     let id = uuid::Uuid::new_v4().to_string();
-    let policy = Session::live(
-        grant.policy.clone(),
-        grant.counters.clone(),
-        Identity {
-            grant: grant.name.clone(),
-            session: id.clone(),
-        },
-    );
+    let policy = session_policy(&grant, &id);
     if let ClientLine::Answer(reply) = policy.from_client(&body) {
         gw.slots.fetch_sub(1, Ordering::SeqCst);
         return json_response(StatusCode::OK, reply);
     }
-    let new_session = |link| {
-        Arc::new(GwSession {
-            id: id.clone(),
-            grant: grant.clone(),
-            policy,
-            link,
-            last_active: Mutex::new(Instant::now()),
-            streams: AtomicUsize::new(0),
-        })
-    };
+    let new_session = |link| GwSession::new(id.clone(), grant.clone(), policy, link);
     let (session, response) = match &gw.upstream {
         Upstream::Http { .. } => {
             let response = match gw
@@ -699,6 +694,18 @@ async fn initialize(
     response
 }
 
+/// The policy side of a session: the grant's policy and counters, counting as `id`.
+fn session_policy(grant: &Grant, id: &str) -> Session {
+    Session::live(
+        grant.policy.clone(),
+        grant.counters.clone(),
+        Identity {
+            grant: grant.name.clone(),
+            session: id.to_owned(),
+        },
+    )
+}
+
 /// A request sent without a session (the 2026-07-28 stateless protocol, `server/discover`):
 /// an HTTP upstream decides whether it serves it; the policy applies all the same.
 async fn stateless(
@@ -726,21 +733,8 @@ async fn stateless(
             )
         };
     }
-    let session = Arc::new(GwSession {
-        id: STATELESS_SESSION.into(),
-        grant: grant.clone(),
-        policy: Session::live(
-            grant.policy.clone(),
-            grant.counters.clone(),
-            Identity {
-                grant: grant.name.clone(),
-                session: STATELESS_SESSION.into(),
-            },
-        ),
-        link: Link::Http(None),
-        last_active: Mutex::new(Instant::now()),
-        streams: AtomicUsize::new(0),
-    });
+    let policy = session_policy(&grant, STATELESS_SESSION);
+    let session = GwSession::new(STATELESS_SESSION.into(), grant, policy, Link::Http(None));
     forward(gw, session, headers, body, posted).await
 }
 
