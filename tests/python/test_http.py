@@ -144,3 +144,19 @@ def test_inspector_cli_over_http(tmp_path):
         assert echoed["content"][0]["text"] == "Echo: over http"
         denied = inspector("--method", "tools/call", "--tool-name", "get-sum", "--tool-arg", "a=1", "b=2", exit_code=5)
         assert denied["content"][0]["text"] == "[toolgate] deny: no sums today"
+
+
+async def test_the_2026_client_discovers_or_falls_back_through_serve(tmp_path, upstream):
+    """mcp.Client sends `server/discover` (2026-07-28) without a session first. Through an
+    HTTP upstream it goes upstream as it is; a stdio child cannot serve it, so the gateway
+    answers -32601 as a session-only server would, and the client falls back to initialize."""
+    from mcp import Client
+
+    config, _ = upstream
+    policy = {"version": "1", "default": "allow", "tools": {"get-sum": {"action": "deny", "reason": "no sums"}}}
+    with serve(tmp_path, config, [{"name": "local", "policy": policy}], anonymous_grant="local") as url:
+        async with Client(url) as client:
+            result = await client.call_tool("echo", {"message": "modern client"})
+            denied = await client.call_tool("get-sum", {"a": 1, "b": 2})
+    assert result.content[0].text == "Echo: modern client"
+    assert denied.is_error and denied.content[0].text == "[toolgate] deny: no sums"
