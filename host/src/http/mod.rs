@@ -53,6 +53,9 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
         config.allowed_hosts.clone(),
         config.allowed_origins.clone(),
     )?);
+    if config.anonymous_grant.is_some() && !config.listen.ip().is_loopback() {
+        tracing::warn!(listen = %config.listen, "anonymous_grant on a non-loopback listener: anyone who can reach it gets that grant");
+    }
     let mcp = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
