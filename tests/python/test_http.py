@@ -123,11 +123,12 @@ async def test_a_wrong_token_is_refused_with_401(gateway):
     assert response.headers["www-authenticate"].startswith("Bearer")
 
 
-def test_inspector_cli_over_http(tmp_path):
+def test_inspector_cli_over_http(tmp_path, upstream):
     """The Inspector cannot send headers: it uses the anonymous grant (loopback only)."""
-    with everything_http() as direct, serve(
+    config, _ = upstream
+    with serve(
         tmp_path,
-        {"url": direct},
+        config,
         [{"name": "inspector", "policy": {**POLICY, "tools": {"get-sum": {"action": "deny", "reason": "no sums today"}}}}],
         anonymous_grant="inspector",
     ) as url:
