@@ -32,10 +32,22 @@ const POLICY: &str = r#"{"version": "1", "default": "deny", "tools": {"echo": {
     "deny_if": [{"path": "args.message", "op": "contains", "value": "forbidden"}],
     "limits": [{"counter": "echo_rate", "window": "minute", "max": 100000000, "scope": "grant"}]}}}"#;
 
-/// A child process killed on drop.
+/// A child process stopped on drop: SIGTERM first, so that nginx's master stops its workers
+/// (SIGKILL would leave them running, orphaned), then SIGKILL after 2 s.
 struct Proc(Child);
 impl Drop for Proc {
     fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child, which has not been reaped (we hold its handle).
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

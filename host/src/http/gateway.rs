@@ -28,8 +28,6 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::Router;
 use http_body_util::{BodyExt, Full};
 use serde_json::value::RawValue;
 use std::collections::HashMap;
@@ -179,10 +177,32 @@ fn accepts(headers: &HeaderMap, wanted: &str) -> bool {
     })
 }
 
-pub fn router(gateway: Arc<Gateway>) -> Router {
-    Router::new()
-        .route("/mcp", post(post_mcp).get(get_mcp).delete(delete_mcp))
-        .with_state(gateway)
+/// Serves one HTTP request: `/mcp` takes POST, GET and DELETE.
+pub async fn handle(
+    gateway: Arc<Gateway>,
+    request: hyper::Request<hyper::body::Incoming>,
+) -> Response {
+    let request = request.map(Body::new);
+    if request.uri().path() != "/mcp" {
+        return rpc_error(
+            StatusCode::NOT_FOUND,
+            None,
+            jsonrpc::INVALID_REQUEST,
+            "not found: the MCP endpoint is /mcp",
+        );
+    }
+    match *request.method() {
+        Method::POST => post_mcp(State(gateway), request).await,
+        Method::GET => get_mcp(State(gateway), request).await,
+        Method::DELETE => delete_mcp(State(gateway), request).await,
+        _ => {
+            let mut response = StatusCode::METHOD_NOT_ALLOWED.into_response();
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+            response
+        }
+    }
 }
 
 impl Gateway {

@@ -84,27 +84,35 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
     let admin_router = admin::router(gateway.clone(), config.admin_token_sha256.as_deref())?;
     let client_timeout = gateway.limits.client_timeout();
     let max_connections = gateway.limits.max_connections;
-    tokio::spawn(accept(admin, admin_router, client_timeout, 64));
-    accept(
-        mcp,
-        gateway::router(gateway),
-        client_timeout,
-        max_connections,
-    )
-    .await;
+    let admin_service = hyper_util::service::TowerToHyperService::new(admin_router);
+    tokio::spawn(accept(admin, admin_service, client_timeout, 64));
+    // `/mcp` is served by a plain hyper service: one route needs no router.
+    let mcp_service = hyper::service::service_fn(move |request| {
+        let gateway = gateway.clone();
+        async move { Ok(gateway::handle(gateway, request).await) }
+    });
+    accept(mcp, mcp_service, client_timeout, max_connections).await;
     Ok(())
 }
 
 /// Serves HTTP/1.1 connections: at most `max` at once, each with a deadline for its request
 /// headers (the slow-loris guard; bodies have theirs in the handlers).
-async fn accept(
+async fn accept<S>(
     listener: tokio::net::TcpListener,
-    router: axum::Router,
+    service: S,
     header_timeout: Duration,
     max: usize,
-) {
+) where
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let permits = Arc::new(tokio::sync::Semaphore::new(max));
-    let service = hyper_util::service::TowerToHyperService::new(router);
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
