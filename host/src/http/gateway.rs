@@ -109,6 +109,23 @@ pub struct Gateway {
     pub stats: Stats,
 }
 
+/// A session slot taken by an `initialize` in progress. It is given back when dropped: on
+/// every refusal, and when the client goes away before the upstream answers.
+struct Slot<'g>(&'g Gateway);
+
+impl Slot<'_> {
+    /// The session opened: the slot is released by [`Gateway::remove`] or expiry instead.
+    fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.slots.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Releases a stream's hold on its session's idleness when the stream ends.
 struct StreamGuard(Arc<GwSession>);
 
@@ -228,6 +245,15 @@ impl Gateway {
             allowed_origins: origins,
             stats: Stats::default(),
         })
+    }
+
+    /// A slot for a new session, unless `max_sessions` are open or opening.
+    fn take_slot(&self) -> Option<Slot<'_>> {
+        if self.slots.fetch_add(1, Ordering::SeqCst) >= self.limits.max_sessions {
+            self.slots.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Slot(self))
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<GwSession>>> {
@@ -628,8 +654,7 @@ async fn initialize(
     body: Bytes,
     posted: &Posted,
 ) -> Response {
-    if gw.slots.fetch_add(1, Ordering::SeqCst) >= gw.limits.max_sessions {
-        gw.slots.fetch_sub(1, Ordering::SeqCst);
+    let Some(slot) = gw.take_slot() else {
         return rpc_error(
             StatusCode::SERVICE_UNAVAILABLE,
             posted.raw_id.as_deref(),
@@ -639,11 +664,10 @@ async fn initialize(
                 gw.limits.max_sessions
             ),
         );
-    }
+    };
     let id = uuid::Uuid::new_v4().to_string();
     let policy = session_policy(&grant, &id);
     if let ClientLine::Answer(reply) = policy.from_client(&body) {
-        gw.slots.fetch_sub(1, Ordering::SeqCst);
         return json_response(StatusCode::OK, reply);
     }
     let new_session = |link| GwSession::new(id.clone(), grant.clone(), policy, link);
@@ -655,13 +679,11 @@ async fn initialize(
             {
                 Ok(response) => response,
                 Err(refused) => {
-                    gw.slots.fetch_sub(1, Ordering::SeqCst);
                     return refused;
                 }
             };
             if !response.status().is_success() {
                 // No session upstream, so none here either: relay the refusal as it is.
-                gw.slots.fetch_sub(1, Ordering::SeqCst);
                 let throwaway = new_session(Link::Http(None));
                 return relay(gw, throwaway, response, None).await;
             }
@@ -678,7 +700,6 @@ async fn initialize(
             let child = match Child::spawn(command, gw.limits.max_upstream_message_bytes) {
                 Ok(child) => child,
                 Err(e) => {
-                    gw.slots.fetch_sub(1, Ordering::SeqCst);
                     tracing::error!(error = %e, "cannot start the upstream command");
                     return rpc_error(
                         StatusCode::BAD_GATEWAY,
@@ -696,7 +717,6 @@ async fn initialize(
             let response = match child.request(key, &body).await {
                 Ok(messages) => stream_lines(session.clone(), messages, Some(&id)),
                 Err(e) => {
-                    gw.slots.fetch_sub(1, Ordering::SeqCst);
                     return rpc_error(
                         StatusCode::BAD_GATEWAY,
                         posted.raw_id.as_deref(),
@@ -708,6 +728,7 @@ async fn initialize(
             (session, response)
         }
     };
+    slot.keep();
     gw.sessions().insert(id.clone(), session);
     gw.stats.sessions_opened.fetch_add(1, Ordering::Relaxed);
     tracing::info!(session = %id, grant = %grant.name, "session opened");

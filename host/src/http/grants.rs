@@ -154,7 +154,7 @@ pub fn new_token() -> (String, String) {
     bytes[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
     bytes[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
     let token = format!("tg_{}", hex(&bytes));
-    let hash = hex(&Sha256::digest(token.as_bytes()));
+    let hash = crate::plugins::sha256_hex(token.as_bytes());
     (token, hash)
 }
 
