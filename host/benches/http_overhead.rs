@@ -14,7 +14,8 @@
 //! Throughput: 32 client threads, each with its own keep-alive connection and session, calling
 //! for a fixed time per path, paths alternated over rounds; echo upstream only.
 //!
-//! Run: `cargo bench -p toolgate --bench http_overhead` (`-- --calls N --seconds S`). Needs
+//! Run: `cargo bench -p toolgate --bench http_overhead` (`-- --calls N --seconds S`;
+//! `--load-only` runs just the throughput load through toolgate, for a profiler). Needs
 //! `nginx` on PATH or in /usr/sbin (Debian's package).
 
 use serde_json::json;
@@ -392,6 +393,14 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
 
     let (_echo, echo_port) = start_echo();
+    if args.iter().any(|a| a == "--load-only") {
+        // For profilers: toolgate (one thread) under the throughput load, nothing else.
+        let (toolgate, toolgate_port) = start_toolgate(dir.path(), echo_port, 1);
+        eprintln!("toolgate pid {}", toolgate.0.id());
+        let rate = throughput(&url(toolgate_port), Some(TOKEN), 32, seconds);
+        println!("toolgate alone, 32 clients: {rate:.0} calls/s");
+        return;
+    }
     latency("echo", echo_port, dir.path(), calls);
     if let Some((_everything, port)) = start_everything(&root) {
         latency("server-everything", port, dir.path(), calls / 3);

@@ -21,14 +21,14 @@ use super::children::Child;
 use super::config::{Limits, Upstream};
 use super::grants::{AuthError, Grant, Grants};
 use super::sse;
-use super::upstream::{Pool, Response as UpstreamResponse};
+use super::upstream::{Body as UpstreamBody, Pool, Response as UpstreamResponse};
 use crate::jsonrpc::{self, Envelope};
 use crate::session::{ClientLine, Identity, Session};
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -45,7 +45,7 @@ const STATELESS_SESSION: &str = "stateless";
 /// How a session reaches its upstream.
 enum Link {
     /// An HTTP upstream; `None` when the upstream gave no session id (a stateless server).
-    Http(Option<String>),
+    Http(Option<HeaderValue>),
     /// This session's own child process.
     Stdio(Child),
 }
@@ -100,6 +100,8 @@ pub struct Gateway {
     upstream: Upstream,
     /// Connections to an HTTP upstream.
     pool: Option<Arc<Pool>>,
+    /// The config's `[upstream] headers`, checked once.
+    extra_headers: Vec<(HeaderName, HeaderValue)>,
     sessions: Mutex<HashMap<String, Arc<GwSession>>>,
     /// Sessions open or being opened: a slot is taken before `initialize` goes upstream.
     slots: AtomicUsize,
@@ -230,14 +232,27 @@ impl Gateway {
         hosts: Vec<String>,
         origins: Vec<String>,
     ) -> anyhow::Result<Self> {
-        let pool = match &upstream {
-            Upstream::Http { url, .. } => Some(Arc::new(Pool::new(url)?)),
-            Upstream::Stdio(_) => None,
+        let (pool, extra_headers) = match &upstream {
+            Upstream::Http { url, headers } => {
+                let checked = headers
+                    .iter()
+                    .map(|(name, value)| {
+                        Ok((
+                            HeaderName::from_bytes(name.as_bytes())?,
+                            HeaderValue::from_str(value)?,
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, axum::http::Error>>()
+                    .map_err(|e| anyhow::anyhow!("[upstream] headers: {e}"))?;
+                (Some(Arc::new(Pool::new(url)?)), checked)
+            }
+            Upstream::Stdio(_) => (None, Vec::new()),
         };
         Ok(Self {
             grants,
             upstream,
             pool,
+            extra_headers,
             sessions: Mutex::new(HashMap::new()),
             slots: AtomicUsize::new(0),
             limits,
@@ -360,45 +375,45 @@ impl Gateway {
         removed
     }
 
+    /// The headers for an upstream request: the MCP headers the client sent, the upstream
+    /// session, and the config's own.
+    fn upstream_headers<'a>(
+        &'a self,
+        client: &'a HeaderMap,
+        upstream_session: Option<&'a HeaderValue>,
+    ) -> Vec<(&'a str, &'a HeaderValue)> {
+        let mut headers = Vec::with_capacity(8);
+        for name in [
+            header::ACCEPT.as_str(),
+            header::CONTENT_TYPE.as_str(),
+            "last-event-id",
+            VERSION_HEADER,
+        ] {
+            if let Some(value) = client.get(name) {
+                headers.push((name, value));
+            }
+        }
+        if let Some(id) = upstream_session {
+            headers.push((SESSION_HEADER, id));
+        }
+        headers.extend(self.extra_headers.iter().map(|(n, v)| (n.as_str(), v)));
+        headers
+    }
+
     /// Sends a request to the HTTP upstream, copying the MCP headers the client sent.
     async fn send_upstream(
         &self,
         method: Method,
-        upstream_session: Option<&str>,
+        upstream_session: Option<&HeaderValue>,
         client: &HeaderMap,
-        body: Option<Bytes>,
+        body: &[u8],
     ) -> Result<UpstreamResponse, Response> {
-        let (Upstream::Http { headers, .. }, Some(pool)) = (&self.upstream, &self.pool) else {
+        let Some(pool) = &self.pool else {
             unreachable!("only HTTP upstreams are sent requests")
         };
-        let mut request = pool.request(method);
-        let last_event_id = HeaderName::from_static("last-event-id");
-        for name in [&header::ACCEPT, &header::CONTENT_TYPE, &last_event_id] {
-            if let Some(value) = client.get(name) {
-                request = request.header(name, value);
-            }
-        }
-        if let Some(value) = client.get(VERSION_HEADER) {
-            request = request.header(VERSION_HEADER, value);
-        }
-        if let Some(id) = upstream_session {
-            request = request.header(SESSION_HEADER, id);
-        }
-        for (name, value) in headers {
-            request = request.header(name.as_str(), value.as_str());
-        }
-        let request = match request.body(Full::new(body.unwrap_or_default())) {
-            Ok(request) => request,
-            Err(e) => {
-                return Err(rpc_error(
-                    StatusCode::BAD_REQUEST,
-                    None,
-                    jsonrpc::INVALID_REQUEST,
-                    &format!("cannot forward this request: {e}"),
-                ))
-            }
-        };
-        match tokio::time::timeout(self.limits.request_timeout(), pool.send(request)).await {
+        let headers = self.upstream_headers(client, upstream_session);
+        let sent = pool.send(method, &headers, body);
+        match tokio::time::timeout(self.limits.request_timeout(), sent).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "upstream request failed");
@@ -422,7 +437,7 @@ impl Gateway {
     }
 
     /// Closes sessions idle for longer than the limit; returns how many.
-    pub fn expire_idle(&self) -> usize {
+    pub fn expire_idle(self: &Arc<Self>) -> usize {
         let idle = self.limits.idle();
         let expired: Vec<Arc<GwSession>> = {
             let mut sessions = self.sessions();
@@ -446,23 +461,18 @@ impl Gateway {
 
     /// Ends the upstream side of a session that is gone: DELETE for HTTP (in the
     /// background), the child is killed when the last reference drops.
-    fn close_upstream(&self, session: &Arc<GwSession>) {
-        if let (Link::Http(Some(upstream_id)), Upstream::Http { headers, .. }, Some(pool)) =
-            (&session.link, &self.upstream, &self.pool)
-        {
-            let mut request = pool
-                .request(Method::DELETE)
-                .header(SESSION_HEADER, upstream_id.as_str());
-            for (name, value) in headers {
-                request = request.header(name.as_str(), value.as_str());
-            }
-            let Ok(request) = request.body(Full::new(Bytes::new())) else {
-                return;
-            };
-            let pool = pool.clone();
+    fn close_upstream(self: &Arc<Self>, session: &Arc<GwSession>) {
+        if let (Link::Http(Some(_)), Some(_)) = (&session.link, &self.pool) {
+            let (gateway, session) = (self.clone(), session.clone());
             tokio::spawn(async move {
-                if let Ok(response) = pool.send(request).await {
-                    let _ = response.into_body().collect().await;
+                let Link::Http(upstream_id) = &session.link else {
+                    return;
+                };
+                let no_client = HeaderMap::new();
+                let sent =
+                    gateway.send_upstream(Method::DELETE, upstream_id.as_ref(), &no_client, b"");
+                if let Ok(response) = sent.await {
+                    let _ = response.into_body().read_all(64 * 1024).await;
                 }
             });
         }
@@ -612,9 +622,8 @@ async fn forward(
     }
     match &session.link {
         Link::Http(upstream_id) => {
-            let upstream_id = upstream_id.clone();
             match gw
-                .send_upstream(Method::POST, upstream_id.as_deref(), headers, Some(body))
+                .send_upstream(Method::POST, upstream_id.as_ref(), headers, &body)
                 .await
             {
                 Ok(response) => relay(gw, session, response, None).await,
@@ -673,10 +682,7 @@ async fn initialize(
     let new_session = |link| GwSession::new(id.clone(), grant.clone(), policy, link);
     let (session, response) = match &gw.upstream {
         Upstream::Http { .. } => {
-            let response = match gw
-                .send_upstream(Method::POST, None, headers, Some(body))
-                .await
-            {
+            let response = match gw.send_upstream(Method::POST, None, headers, &body).await {
                 Ok(response) => response,
                 Err(refused) => {
                     return refused;
@@ -687,11 +693,7 @@ async fn initialize(
                 let throwaway = new_session(Link::Http(None));
                 return relay(gw, throwaway, response, None).await;
             }
-            let upstream_id = response
-                .headers()
-                .get(SESSION_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
+            let upstream_id = response.headers().get(SESSION_HEADER).cloned();
             let session = new_session(Link::Http(upstream_id));
             let relayed = relay(gw, session.clone(), response, Some(&id)).await;
             (session, relayed)
@@ -801,7 +803,7 @@ async fn get_mcp(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
         Link::Http(upstream_id) => {
             let upstream_id = upstream_id.clone();
             match gw
-                .send_upstream(Method::GET, upstream_id.as_deref(), headers, None)
+                .send_upstream(Method::GET, upstream_id.as_ref(), headers, b"")
                 .await
             {
                 Ok(response) => relay(&gw, session, response, None).await,
@@ -831,13 +833,13 @@ async fn delete_mcp(State(gw): State<Arc<Gateway>>, request: Request) -> Respons
     match &session.link {
         Link::Http(Some(upstream_id)) => {
             match gw
-                .send_upstream(Method::DELETE, Some(upstream_id), headers, None)
+                .send_upstream(Method::DELETE, Some(upstream_id), headers, b"")
                 .await
             {
                 Ok(response) => {
                     let head = response_head(response.status(), response.headers(), None);
-                    let body = response.into_body().collect().await;
-                    head.body(Body::from(body.map(|b| b.to_bytes()).unwrap_or_default()))
+                    let body = response.into_body().read_all(64 * 1024).await;
+                    head.body(Body::from(body.unwrap_or_default()))
                         .unwrap_or_else(|_| StatusCode::OK.into_response())
                 }
                 Err(refused) => refused,
@@ -887,32 +889,24 @@ async fn relay(
     let head = response_head(status, response.headers(), new_session_id);
     let max = gw.limits.max_upstream_message_bytes;
     if content_type.starts_with("text/event-stream") {
-        // Polled by the client's connection itself (no task, no channel): each upstream chunk
-        // becomes one write of the events it completes, each through the session.
         let relay = SseRelay {
             upstream: response.into_body(),
             parser: sse::Parser::new(max),
             guard: StreamGuard::new(session),
             done: false,
         };
-        let stream = futures_util::stream::unfold(relay, |mut relay| async move {
-            relay
-                .next_chunk()
-                .await
-                .map(|bytes| (Ok::<_, std::convert::Infallible>(bytes), relay))
-        });
         return head
-            .body(Body::from_stream(stream))
+            .body(Body::new(relay))
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
     }
-    let body = match read_limited(response, max).await {
+    let body = match response.into_body().read_all(max).await {
         Ok(body) => body,
-        Err(message) => {
+        Err(e) => {
             return rpc_error(
                 StatusCode::BAD_GATEWAY,
                 None,
                 jsonrpc::UPSTREAM_GONE,
-                &message,
+                &e.to_string(),
             )
         }
     };
@@ -925,73 +919,83 @@ async fn relay(
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-async fn read_limited(response: UpstreamResponse, max: usize) -> Result<Bytes, String> {
-    match http_body_util::Limited::new(response.into_body(), max)
-        .collect()
-        .await
-    {
-        Ok(body) => Ok(body.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(format!(
-            "upstream reply exceeds the gateway's {max}-byte limit"
-        )),
-        Err(e) => Err(format!("upstream reply cut off: {e}")),
-    }
-}
-
-/// An upstream SSE body on its way to the client.
+/// An upstream SSE body on its way to the client, polled by the client's connection itself
+/// (no task, no channel). Each upstream read becomes one write of the events it completes,
+/// each through the session; when the upstream's end came in the same read, hyper learns it
+/// from [`hyper::body::Body::is_end_stream`] and writes the end with the last events.
 struct SseRelay {
-    upstream: hyper::body::Incoming,
+    upstream: UpstreamBody,
     parser: sse::Parser,
     guard: StreamGuard,
     done: bool,
 }
 
 impl SseRelay {
-    /// The next bytes for the client: the events of the next upstream chunk that completes
-    /// any. `None` when the upstream stream has ended.
-    async fn next_chunk(&mut self) -> Option<Bytes> {
-        while !self.done {
-            let chunk = match self.upstream.frame().await {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(chunk) => chunk,
-                    Err(_) => continue, // trailers
-                },
-                _ => break, // the end, or an error: the stream is over either way
+    /// The events in one upstream chunk, re-encoded after the session has seen them.
+    fn relay(&mut self, chunk: &[u8]) -> Vec<u8> {
+        let events = match self.parser.push(chunk) {
+            Ok(events) => events,
+            Err(sse::Oversized(length)) => {
+                tracing::error!(length, "upstream event over the size cap; stream closed");
+                self.done = true;
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for event in events {
+            // Events without a message (the priming event) pass as they are.
+            if event.data.trim().is_empty() {
+                out.extend_from_slice(&event.encode());
+                continue;
+            }
+            let encoded = self
+                .guard
+                .0
+                .policy
+                .from_upstream(event.data.as_bytes(), |line| {
+                    sse::Event {
+                        data: String::from_utf8_lossy(line.trim_ascii_end()).into_owned(),
+                        ..event
+                    }
+                    .encode()
+                });
+            out.extend_from_slice(&encoded);
+        }
+        out
+    }
+}
+
+impl hyper::body::Body for SseRelay {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        while !this.done {
+            let chunk = match this.upstream.poll_data(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(Some(chunk))) => chunk,
+                // The end, or an error: the stream is over either way.
+                Poll::Ready(Ok(None) | Err(_)) => break,
             };
-            let events = match self.parser.push(&chunk) {
-                Ok(events) => events,
-                Err(sse::Oversized(length)) => {
-                    tracing::error!(length, "upstream event over the size cap; stream closed");
-                    self.done = true;
-                    break;
-                }
-            };
-            let mut out = Vec::new();
-            for event in events {
-                // Events without a message (the priming event) pass as they are.
-                if event.data.trim().is_empty() {
-                    out.extend_from_slice(&event.encode());
-                    continue;
-                }
-                let encoded = self
-                    .guard
-                    .0
-                    .policy
-                    .from_upstream(event.data.as_bytes(), |line| {
-                        sse::Event {
-                            data: String::from_utf8_lossy(line.trim_ascii_end()).into_owned(),
-                            ..event
-                        }
-                        .encode()
-                    });
-                out.extend_from_slice(&encoded);
+            let out = this.relay(&chunk);
+            if this.upstream.is_end() {
+                this.done = true;
             }
             if !out.is_empty() {
-                return Some(out.into());
+                return Poll::Ready(Some(Ok(hyper::body::Frame::data(out.into()))));
             }
         }
-        self.done = true;
-        None
+        this.done = true;
+        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
     }
 }
 
