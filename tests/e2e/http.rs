@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn sha256_hex(text: &str) -> String {
@@ -945,4 +946,92 @@ async fn stateless_requests_pass_through_under_policy_and_share_one_session_coun
         text(&session.call("echo", json!({"message": "mine"})).await),
         "mine"
     );
+}
+
+/// A precise upstream for the pool's edge cases: each connection serves one request, then the
+/// upstream closes it (as a server closes an idle keep-alive connection), although its reply
+/// never said `Connection: close`. Replies are SSE, written in pieces with pauses between.
+/// Returns its URL and every request body it received.
+fn closing_sse_upstream() -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = line.split_once(':') {
+                    if k.eq_ignore_ascii_case("content-length") {
+                        length = v.trim().parse().unwrap();
+                    }
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            let request: Value = serde_json::from_slice(&body).unwrap();
+            log.lock().unwrap().push(String::from_utf8(body).unwrap());
+            let id = request["id"].clone();
+            let text = request["params"]["arguments"]["message"].clone();
+            let progress = json!({"jsonrpc": "2.0", "method": "notifications/message",
+                                  "params": {"level": "info", "data": "working"}});
+            let result = json!({"jsonrpc": "2.0", "id": id,
+                                "result": {"content": [{"type": "text", "text": text}]}});
+            let chunk = |data: String| format!("{:x}\r\n{data}\r\n", data.len());
+            let pieces = [
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                 transfer-encoding: chunked\r\n\r\n"
+                    .to_owned(),
+                chunk(format!("data: {progress}\n\n")),
+                // One event split across two chunks, the second with the end after it.
+                chunk(format!("data: {}", &result.to_string()[..10])),
+                chunk(format!("{}\n\n", &result.to_string()[10..])) + "0\r\n\r\n",
+            ];
+            for piece in pieces {
+                stream.write_all(piece.as_bytes()).unwrap();
+                std::thread::sleep(Duration::from_millis(30));
+            }
+            // The keep-alive connection is closed behind the gateway's back.
+            drop(stream);
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_closing_idle_connections_and_replying_in_pieces_loses_and_repeats_nothing() {
+    let (upstream, seen) = closing_sse_upstream();
+    let serve = Serve::start(
+        &format!(
+            "[upstream]\nurl = \"{upstream}\"\n{}",
+            grant("a", "t", "p.json")
+        ),
+        &[("p.json", r#"{"version": "1", "default": "allow"}"#)],
+    );
+    let client = Mcp::new(&serve.url, Some("t"));
+    for n in 0..4 {
+        let reply = client
+            .post(&json!({"jsonrpc": "2.0", "id": n, "method": "tools/call",
+                          "params": {"name": "echo", "arguments": {"message": format!("call {n}")}}}))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK);
+        // Both events arrive, the split one whole, in order.
+        assert_eq!(reply.messages.len(), 2, "{:?}", reply.messages);
+        assert_eq!(reply.messages[0]["method"], "notifications/message");
+        assert_eq!(text(reply.result()), format!("call {n}"));
+        // Let the upstream's close land before the next call: the pooled connection is dead.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // Each call reached the upstream exactly once.
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    for (n, body) in seen.iter().enumerate() {
+        assert!(body.contains(&format!("call {n}")), "{body}");
+    }
 }
