@@ -16,7 +16,8 @@
 //!
 //! Run: `cargo bench -p toolgate --bench http_overhead` (`-- --calls N --seconds S`;
 //! `--load-only` runs just the throughput load through toolgate, for a profiler). Needs
-//! `nginx` on PATH or in /usr/sbin (Debian's package).
+//! `nginx` on PATH or in /usr/sbin (Debian's package), and for the bare TCP relay its stream
+//! module (`libnginx-mod-stream`).
 
 use serde_json::json;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -263,6 +264,35 @@ fn start_nginx(dir: &Path, upstream: u16) -> (Proc, u16) {
     (Proc(child), port)
 }
 
+/// nginx as a bare TCP relay (the `stream` module: no HTTP parsing at all, one upstream
+/// connection per client connection). Nothing that relays these bytes through a third
+/// process can do less work per call, so its throughput is the ceiling of any proxy here.
+fn start_tcp_relay(dir: &Path, upstream: u16) -> Option<(Proc, u16)> {
+    let module = ["/usr/lib/nginx/modules/ngx_stream_module.so"]
+        .into_iter()
+        .find(|m| Path::new(m).exists())?;
+    let port = free_port();
+    let d = dir.display();
+    let conf = format!(
+        "load_module {module};\nworker_processes 1;\nerror_log {d}/nginx-error.log;\n\
+         pid {d}/nginx-stream.pid;\nevents {{ worker_connections 1024; }}\n\
+         stream {{ server {{ listen 127.0.0.1:{port}; proxy_pass 127.0.0.1:{upstream}; }} }}\n"
+    );
+    let path = dir.join(format!("nginx-stream-{port}.conf"));
+    std::fs::write(&path, conf).unwrap();
+    let child = Command::new(nginx_binary())
+        .args(["-e", &format!("{d}/nginx-error.log"), "-p"])
+        .arg(dir)
+        .arg("-c")
+        .arg(&path)
+        .args(["-g", "daemon off;"])
+        .stderr(Stdio::inherit())
+        .spawn()
+        .ok()?;
+    wait_for_port(port);
+    Some((Proc(child), port))
+}
+
 fn start_toolgate(dir: &Path, upstream: u16, threads: usize) -> (Proc, u16) {
     let (port, admin) = (free_port(), free_port());
     std::fs::write(dir.join("policy.json"), POLICY).unwrap();
@@ -416,6 +446,20 @@ fn main() {
         nginx.1,
         100.0 * nginx.1 / nginx.0
     );
+    match start_tcp_relay(dir.path(), echo_port) {
+        Some((_relay, relay_port)) => {
+            let (d, r) = rounds(&url(relay_port), None, &url(echo_port), seconds);
+            println!(
+                "throughput, echo upstream, 32 clients, 3 rounds of {seconds} s, bare TCP relay \
+                 (nginx stream, 1 worker): direct {d:.0} calls/s, relay {r:.0} calls/s = {:.0}% of \
+                 direct (the ceiling for any proxy on this machine)",
+                100.0 * r / d
+            );
+        }
+        None => {
+            eprintln!("(nginx's stream module not installed: apt-get install libnginx-mod-stream)")
+        }
+    }
     for threads in [1, 2] {
         let (_toolgate, toolgate_port) = start_toolgate(dir.path(), echo_port, threads);
         let (d, g) = rounds(&url(toolgate_port), Some(TOKEN), &url(echo_port), seconds);

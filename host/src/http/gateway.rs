@@ -187,11 +187,15 @@ fn media_type(headers: &HeaderMap) -> &str {
 
 /// Whether `Accept` lists `wanted` (or a wildcard covering it).
 fn accepts(headers: &HeaderMap, wanted: &str) -> bool {
-    let family = format!("{}/*", wanted.split('/').next().unwrap_or(""));
+    let family = wanted.split('/').next().unwrap_or("");
     headers.get_all(header::ACCEPT).iter().any(|value| {
         value.to_str().unwrap_or("").split(',').any(|item| {
             let item = item.split(';').next().unwrap_or("").trim();
-            item.eq_ignore_ascii_case(wanted) || item == "*/*" || item == family
+            item.eq_ignore_ascii_case(wanted)
+                || item == "*/*"
+                || item
+                    .strip_suffix("/*")
+                    .is_some_and(|f| f.eq_ignore_ascii_case(family))
         })
     })
 }

@@ -429,6 +429,18 @@ fn peek_open(stream: &TcpStream) -> bool {
 
 type Head = (StatusCode, HeaderMap, Framing, bool);
 
+/// The response headers the gateway reads or relays (the framing ones, the content type, the
+/// MCP ones); the others are dropped as the head is parsed.
+static KEPT: [HeaderName; 7] = [
+    hyper::header::TRANSFER_ENCODING,
+    hyper::header::CONTENT_LENGTH,
+    hyper::header::CONNECTION,
+    hyper::header::CONTENT_TYPE,
+    hyper::header::CACHE_CONTROL,
+    HeaderName::from_static("mcp-session-id"),
+    HeaderName::from_static("mcp-protocol-version"),
+];
+
 /// Reads and parses one response head from `stream`; the bytes after it stay in `buffer`.
 fn read_head(
     stream: &mut TcpStream,
@@ -466,11 +478,16 @@ fn read_head(
 fn head_of(parsed: &httparse::Response) -> io::Result<Head> {
     let code = parsed.code.unwrap_or(0);
     let status = StatusCode::from_u16(code).map_err(|_| invalid("invalid upstream status"))?;
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    let mut headers = HeaderMap::new();
     let (mut chunked, mut length, mut close) = (false, None, parsed.version == Some(0));
     for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| invalid("invalid upstream header name"))?;
+        let Some(name) = KEPT
+            .iter()
+            .find(|k| k.as_str().eq_ignore_ascii_case(h.name))
+        else {
+            continue;
+        };
+        let name = name.clone();
         let value = HeaderValue::from_bytes(h.value)
             .map_err(|_| invalid("invalid upstream header value"))?;
         let text = || String::from_utf8_lossy(h.value).to_ascii_lowercase();
