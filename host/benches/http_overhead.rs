@@ -15,7 +15,9 @@
 //! for a fixed time per path, paths alternated over rounds; echo upstream only.
 //!
 //! Run: `cargo bench -p toolgate --bench http_overhead` (`-- --calls N --seconds S`;
-//! `--load-only` runs just the throughput load through toolgate, for a profiler). Needs
+//! `--load-only` runs just the throughput load through toolgate, for a profiler;
+//! `TOOLGATE_BASELINE=/path/to/toolgate` adds another build as a fourth latency path, for A/B
+//! comparisons in one interleaved run). Needs
 //! `nginx` on PATH or in /usr/sbin (Debian's package), and for the bare TCP relay its stream
 //! module (`libnginx-mod-stream`).
 
@@ -294,6 +296,10 @@ fn start_tcp_relay(dir: &Path, upstream: u16) -> Option<(Proc, u16)> {
 }
 
 fn start_toolgate(dir: &Path, upstream: u16, threads: usize) -> (Proc, u16) {
+    start_toolgate_binary(Path::new(TOOLGATE), dir, upstream, threads)
+}
+
+fn start_toolgate_binary(binary: &Path, dir: &Path, upstream: u16, threads: usize) -> (Proc, u16) {
     let (port, admin) = (free_port(), free_port());
     std::fs::write(dir.join("policy.json"), POLICY).unwrap();
     let hash: String = {
@@ -314,7 +320,7 @@ fn start_toolgate(dir: &Path, upstream: u16, threads: usize) -> (Proc, u16) {
         ),
     )
     .unwrap();
-    let child = Command::new(TOOLGATE)
+    let child = Command::new(binary)
         .args(["serve", "--config"])
         .arg(&config)
         .env("TOOLGATE_LOG", "warn")
@@ -339,7 +345,7 @@ fn latency(name: &str, upstream: u16, dir: &Path, calls: u64) -> (f64, f64) {
     let (_nginx, nginx_port) = start_nginx(dir, upstream);
     // One thread, as nginx runs one worker.
     let (_toolgate, toolgate_port) = start_toolgate(dir, upstream, 1);
-    let mut paths = [
+    let mut paths = vec![
         ("direct", Conn::open(&url(upstream), None), Vec::new()),
         ("nginx", Conn::open(&url(nginx_port), None), Vec::new()),
         (
@@ -348,6 +354,14 @@ fn latency(name: &str, upstream: u16, dir: &Path, calls: u64) -> (f64, f64) {
             Vec::new(),
         ),
     ];
+    // An A/B comparison: another toolgate build as a fourth path, in the same interleaving.
+    let baseline = std::env::var_os("TOOLGATE_BASELINE")
+        .map(|binary| start_toolgate_binary(Path::new(&binary), dir, upstream, 1));
+    if let Some((_, port)) = &baseline {
+        let conn = Conn::open(&url(*port), Some(TOKEN));
+        paths.push(("baseline toolgate", conn, Vec::new()));
+    }
+    let n = paths.len();
     for id in 0..calls / 10 {
         for (_, conn, _) in paths.iter_mut() {
             conn.call(id); // warm-up
@@ -355,8 +369,8 @@ fn latency(name: &str, upstream: u16, dir: &Path, calls: u64) -> (f64, f64) {
     }
     for id in 0..calls {
         // Rotate the order so that no path always goes first.
-        for k in 0..3 {
-            let (_, conn, samples) = &mut paths[(id as usize + k) % 3];
+        for k in 0..n {
+            let (_, conn, samples) = &mut paths[(id as usize + k) % n];
             samples.push(conn.call(1_000_000 + id));
         }
     }
@@ -369,6 +383,14 @@ fn latency(name: &str, upstream: u16, dir: &Path, calls: u64) -> (f64, f64) {
          toolgate adds {:.2}x what nginx adds (target <= 1.25x)",
         toolgate_added / nginx_added
     );
+    if let Some(baseline) = medians.get(3) {
+        let added = us(*baseline) - direct;
+        println!(
+            "  A/B: baseline toolgate {:.1} µs (+{added:.1}), {:.2}x what nginx adds",
+            us(*baseline),
+            added / nginx_added
+        );
+    }
     (nginx_added, toolgate_added)
 }
 
