@@ -163,13 +163,18 @@ impl Session {
 
     /// Handles one line from the client (without its newline).
     pub fn from_client(&self, line: &[u8]) -> ClientLine {
-        let envelope = match Envelope::parse(line) {
-            Ok(envelope) => envelope,
+        match Envelope::parse(line) {
+            Ok(envelope) => self.from_client_parsed(line, &envelope),
             Err(Fault { code, message }) => {
                 tracing::warn!(code, %message, "bad message from client");
-                return ClientLine::Answer(jsonrpc::error_line(None, code, &message));
+                ClientLine::Answer(jsonrpc::error_line(None, code, &message))
             }
-        };
+        }
+    }
+
+    /// [`Session::from_client`] for a line whose envelope the caller has already parsed
+    /// (the HTTP front reads the routing fields before it finds the session).
+    pub fn from_client_parsed(&self, line: &[u8], envelope: &Envelope) -> ClientLine {
         let (Some(method), Some(id)) = (envelope.method.as_deref(), envelope.id) else {
             if envelope.method.as_deref() == Some("notifications/cancelled") {
                 self.forget_cancelled(line);

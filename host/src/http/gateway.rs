@@ -523,13 +523,22 @@ async fn read_body(gw: &Gateway, headers: &HeaderMap, body: Body) -> Result<Byte
     }
 }
 
-/// What the routing fields of a POSTed message say.
-struct Posted {
-    method: Option<String>,
+/// What the routing fields of a POSTed message say, parsed once: the session's policy
+/// decides on the same parse.
+struct Posted<'b> {
+    envelope: Envelope<'b>,
     /// The canonical id of a request (a message with both `method` and `id`).
     request_id: Option<String>,
+}
+
+impl Posted<'_> {
+    fn method(&self) -> Option<&str> {
+        self.envelope.method.as_deref()
+    }
     /// The raw id, for error replies.
-    raw_id: Option<Box<RawValue>>,
+    fn raw_id(&self) -> Option<&RawValue> {
+        self.envelope.id
+    }
 }
 
 async fn post_mcp(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
@@ -561,14 +570,13 @@ async fn post_mcp(State(gw): State<Arc<Gateway>>, request: Request) -> Response 
         Err(refused) => return refused,
     };
     let posted = match Envelope::parse(&body) {
-        Ok(e) => Posted {
-            request_id: e.method.as_ref().and(e.id_key()),
-            raw_id: e.id.map(|id| id.to_owned()),
-            method: e.method.map(|m| m.into_owned()),
+        Ok(envelope) => Posted {
+            request_id: envelope.method.as_ref().and(envelope.id_key()),
+            envelope,
         },
         Err(fault) => return rpc_error(StatusCode::BAD_REQUEST, None, fault.code, &fault.message),
     };
-    if posted.method.is_none() && posted.raw_id.is_none() {
+    if posted.method().is_none() && posted.raw_id().is_none() {
         return rpc_error(
             StatusCode::BAD_REQUEST,
             None,
@@ -581,28 +589,28 @@ async fn post_mcp(State(gw): State<Arc<Gateway>>, request: Request) -> Response 
             Ok(session) => session,
             Err(refused) => return refused,
         };
-        return forward(&gw, session, &parts.headers, body, &posted).await;
+        return forward(&gw, session, &parts.headers, &body, &posted).await;
     }
-    if posted.method.as_deref() == Some("initialize") {
-        return initialize(&gw, grant, &parts.headers, body, &posted).await;
+    if posted.method() == Some("initialize") {
+        return initialize(&gw, grant, &parts.headers, &body, &posted).await;
     }
-    stateless(&gw, grant, &parts.headers, body, &posted).await
+    stateless(&gw, grant, &parts.headers, &body, &posted).await
 }
 
 /// The policy's verdict on a client message. A decision that may run plugins leaves the async
 /// worker for it (a plugin may use its whole time budget).
-fn decide(policy: &Session, grant: &Grant, body: &[u8], posted: &Posted) -> ClientLine {
-    if posted.method.as_deref() == Some("tools/call") && !grant.policy.load().plugins().is_empty() {
-        tokio::task::block_in_place(|| policy.from_client(body))
+fn decide(policy: &Session, grant: &Grant, body: &[u8], posted: &Posted<'_>) -> ClientLine {
+    if posted.method() == Some("tools/call") && !grant.policy.load().plugins().is_empty() {
+        tokio::task::block_in_place(|| policy.from_client_parsed(body, &posted.envelope))
     } else {
-        policy.from_client(body)
+        policy.from_client_parsed(body, &posted.envelope)
     }
 }
 
 /// A failed upstream exchange: the session forgets the request (refunding a call's units)
 /// and the client gets the error as the request's reply.
-fn upstream_failed(policy: &Session, posted: &Posted, refused: Response) -> Response {
-    let Some(id) = &posted.raw_id else {
+fn upstream_failed(policy: &Session, posted: &Posted<'_>, refused: Response) -> Response {
+    let Some(id) = posted.raw_id() else {
         return refused;
     };
     let status = refused.status();
@@ -618,16 +626,16 @@ async fn forward(
     gw: &Arc<Gateway>,
     session: Arc<GwSession>,
     headers: &HeaderMap,
-    body: Bytes,
-    posted: &Posted,
+    body: &[u8],
+    posted: &Posted<'_>,
 ) -> Response {
-    if let ClientLine::Answer(reply) = decide(&session.policy, &session.grant, &body, posted) {
+    if let ClientLine::Answer(reply) = decide(&session.policy, &session.grant, body, posted) {
         return json_response(StatusCode::OK, reply);
     }
     match &session.link {
         Link::Http(upstream_id) => {
             match gw
-                .send_upstream(Method::POST, upstream_id.as_ref(), headers, &body)
+                .send_upstream(Method::POST, upstream_id.as_ref(), headers, body)
                 .await
             {
                 Ok(response) => relay(gw, session, response, None).await,
@@ -635,7 +643,7 @@ async fn forward(
             }
         }
         Link::Stdio(child) => match &posted.request_id {
-            Some(key) => match child.request(key.clone(), &body).await {
+            Some(key) => match child.request(key.clone(), body).await {
                 Ok(messages) => stream_lines(session.clone(), messages, None),
                 Err(e) => {
                     let refused = rpc_error(
@@ -647,7 +655,7 @@ async fn forward(
                     upstream_failed(&session.policy, posted, refused)
                 }
             },
-            None => match child.write(&body).await {
+            None => match child.write(body).await {
                 Ok(()) => StatusCode::ACCEPTED.into_response(),
                 Err(e) => rpc_error(
                     StatusCode::BAD_GATEWAY,
@@ -664,13 +672,13 @@ async fn initialize(
     gw: &Arc<Gateway>,
     grant: Arc<Grant>,
     headers: &HeaderMap,
-    body: Bytes,
-    posted: &Posted,
+    body: &[u8],
+    posted: &Posted<'_>,
 ) -> Response {
     let Some(slot) = gw.take_slot() else {
         return rpc_error(
             StatusCode::SERVICE_UNAVAILABLE,
-            posted.raw_id.as_deref(),
+            posted.raw_id(),
             jsonrpc::UPSTREAM_GONE,
             &format!(
                 "too many sessions: the gateway's limit of {} is reached; retry later",
@@ -680,13 +688,13 @@ async fn initialize(
     };
     let id = uuid::Uuid::new_v4().to_string();
     let policy = session_policy(&grant, &id);
-    if let ClientLine::Answer(reply) = policy.from_client(&body) {
+    if let ClientLine::Answer(reply) = policy.from_client_parsed(body, &posted.envelope) {
         return json_response(StatusCode::OK, reply);
     }
     let new_session = |link| GwSession::new(id.clone(), grant.clone(), policy, link);
     let (session, response) = match &gw.upstream {
         Upstream::Http { .. } => {
-            let response = match gw.send_upstream(Method::POST, None, headers, &body).await {
+            let response = match gw.send_upstream(Method::POST, None, headers, body).await {
                 Ok(response) => response,
                 Err(refused) => {
                     return refused;
@@ -709,7 +717,7 @@ async fn initialize(
                     tracing::error!(error = %e, "cannot start the upstream command");
                     return rpc_error(
                         StatusCode::BAD_GATEWAY,
-                        posted.raw_id.as_deref(),
+                        posted.raw_id(),
                         jsonrpc::UPSTREAM_GONE,
                         &format!("cannot start the upstream MCP server: {e}"),
                     );
@@ -720,12 +728,12 @@ async fn initialize(
             let Link::Stdio(child) = &session.link else {
                 unreachable!()
             };
-            let response = match child.request(key, &body).await {
+            let response = match child.request(key, body).await {
                 Ok(messages) => stream_lines(session.clone(), messages, Some(&id)),
                 Err(e) => {
                     return rpc_error(
                         StatusCode::BAD_GATEWAY,
-                        posted.raw_id.as_deref(),
+                        posted.raw_id(),
                         jsonrpc::UPSTREAM_GONE,
                         &format!("upstream MCP server exited: {e}"),
                     );
@@ -759,22 +767,22 @@ async fn stateless(
     gw: &Arc<Gateway>,
     grant: Arc<Grant>,
     headers: &HeaderMap,
-    body: Bytes,
-    posted: &Posted,
+    body: &[u8],
+    posted: &Posted<'_>,
 ) -> Response {
     if let Upstream::Stdio(_) = gw.upstream {
         // A stdio child speaks only the session protocol: answer as such a server would.
-        return if posted.method.as_deref() == Some("server/discover") {
+        return if posted.method() == Some("server/discover") {
             rpc_error(
                 StatusCode::OK,
-                posted.raw_id.as_deref(),
+                posted.raw_id(),
                 -32601,
                 "method not found: server/discover",
             )
         } else {
             rpc_error(
                 StatusCode::BAD_REQUEST,
-                posted.raw_id.as_deref(),
+                posted.raw_id(),
                 jsonrpc::INVALID_REQUEST,
                 "bad request: Mcp-Session-Id header is required (send initialize first)",
             )
