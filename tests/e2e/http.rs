@@ -1035,3 +1035,121 @@ async fn an_upstream_closing_idle_connections_and_replying_in_pieces_loses_and_r
         assert!(body.contains(&format!("call {n}")), "{body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_without_a_policy_is_denied_everything() {
+    let upstream = EchoUpstream::start();
+    let serve = Serve::start(
+        &format!(
+            "[upstream]\nurl = \"{}\"\n[[grants]]\nname = \"bare\"\ntoken_sha256 = \"{}\"\n{}",
+            upstream.url,
+            sha256_hex("bare-token"),
+            grant("full", "full-token", "allow.json")
+        ),
+        &[("allow.json", r#"{"version": "1", "default": "allow"}"#)],
+    );
+    let mut bare = Mcp::new(&serve.url, Some("bare-token"));
+    bare.initialize().await;
+    let refused = bare.call("echo", json!({"message": "hi"})).await;
+    assert_eq!(refused["isError"], true, "{refused}");
+    assert!(text(&refused).starts_with("[toolgate] deny:"), "{refused}");
+    // The same upstream serves the grant that has a policy.
+    let mut full = Mcp::new(&serve.url, Some("full-token"));
+    full.initialize().await;
+    assert_eq!(
+        text(&full.call("echo", json!({"message": "hi"})).await),
+        "hi"
+    );
+    // Only the allowed call reached the upstream (besides the two sessions' handshakes).
+    let stats = upstream.stats().await;
+    assert_eq!(stats["sessions"], 2, "{stats}");
+    assert_eq!(stats["requests"], 5, "{stats}"); // 2 x (initialize + initialized) + 1 call
+}
+
+/// An upstream that accepts connections and reads requests but never answers.
+fn silent_upstream() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream); // open, unanswered
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_slower_than_the_request_timeout_gets_504_and_the_units_back() {
+    let policy = r#"{"version": "1", "default": "allow", "tools": {"echo": {
+        "limits": [{"counter": "echo_once", "window": "hour", "max": 1, "scope": "grant"}]}}}"#;
+    let serve = Serve::start(
+        &format!(
+            "[upstream]\nurl = \"{}\"\n{}[limits]\nrequest_timeout_s = 1\n",
+            silent_upstream(),
+            grant("a", "t", "p.json")
+        ),
+        &[("p.json", policy)],
+    );
+    let client = Mcp::new(&serve.url, Some("t"));
+    let call = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                      "params": {"name": "echo", "arguments": {"message": "hi"}}});
+    for _ in 0..2 {
+        let reply = tokio::time::timeout(Duration::from_secs(5), client.post(&call))
+            .await
+            .expect("the gateway answers within its request timeout, not never");
+        assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
+        // The reply is the request's own JSON-RPC error, with its id.
+        assert_eq!(reply.messages[0]["id"], 7, "{:?}", reply.messages);
+        assert!(
+            reply.error()["message"]
+                .as_str()
+                .unwrap()
+                .contains("did not answer in time"),
+            "{:?}",
+            reply.messages
+        );
+        // The call never ran, so its unit came back: the second call is not rate-limited
+        // (with max 1 it would be, had the first kept its unit).
+    }
+    assert_eq!(serve.status().await["grants"][0]["name"], "a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_session_takes_its_stdio_child_with_it() {
+    let serve = Serve::start(
+        &format!(
+            "{}{}[limits]\nsession_idle_timeout_s = 1\n",
+            standin_upstream(),
+            grant("a", "t", "a.json")
+        ),
+        &[("a.json", r#"{"version": "1", "default": "allow"}"#)],
+    );
+    let children = || -> Vec<u32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                // "pid (comm) state ppid ...": the fields after the command's closing paren.
+                let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+                rest.split_whitespace().nth(1) == Some(&serve.pid().to_string())
+            })
+            .collect()
+    };
+    assert!(children().is_empty());
+    let mut mcp = Mcp::new(&serve.url, Some("t"));
+    mcp.initialize().await;
+    assert!(!mcp.tool_names().await.is_empty());
+    assert_eq!(children().len(), 1, "one child for the session");
+    wait_until(&serve, |s| s["sessions"] == 0).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !children().is_empty() {
+        assert!(Instant::now() < deadline, "the child outlived its session");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The expired session is gone for the client too.
+    let gone = mcp.request("tools/list", json!({})).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+}
