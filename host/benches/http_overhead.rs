@@ -251,19 +251,27 @@ fn start_nginx(dir: &Path, upstream: u16) -> (Proc, u16) {
                proxy_set_header Connection \"\";\n      proxy_buffering off;\n\
                proxy_request_buffering off;\n    }}\n  }}\n}}\n"
     );
+    let nginx = run_nginx(dir, port, &conf)
+        .expect("nginx: install Debian's package (apt-get install nginx)");
+    (nginx, port)
+}
+
+/// Starts nginx in the foreground with `conf` (which listens on `port`) once that port answers.
+fn run_nginx(dir: &Path, port: u16, conf: &str) -> std::io::Result<Proc> {
     let path = dir.join(format!("nginx-{port}.conf"));
-    std::fs::write(&path, conf).unwrap();
+    std::fs::write(&path, conf)?;
     let child = Command::new(nginx_binary())
-        .args(["-e", &format!("{d}/nginx-error.log"), "-p"])
+        .arg("-e")
+        .arg(dir.join("nginx-error.log"))
+        .arg("-p")
         .arg(dir)
         .arg("-c")
         .arg(&path)
         .args(["-g", "daemon off;"])
         .stderr(Stdio::inherit())
-        .spawn()
-        .expect("nginx: install Debian's package (apt-get install nginx)");
+        .spawn()?;
     wait_for_port(port);
-    (Proc(child), port)
+    Ok(Proc(child))
 }
 
 /// nginx as a bare TCP relay (the `stream` module: no HTTP parsing at all, one upstream
@@ -280,19 +288,7 @@ fn start_tcp_relay(dir: &Path, upstream: u16) -> Option<(Proc, u16)> {
          pid {d}/nginx-stream.pid;\nevents {{ worker_connections 1024; }}\n\
          stream {{ server {{ listen 127.0.0.1:{port}; proxy_pass 127.0.0.1:{upstream}; }} }}\n"
     );
-    let path = dir.join(format!("nginx-stream-{port}.conf"));
-    std::fs::write(&path, conf).unwrap();
-    let child = Command::new(nginx_binary())
-        .args(["-e", &format!("{d}/nginx-error.log"), "-p"])
-        .arg(dir)
-        .arg("-c")
-        .arg(&path)
-        .args(["-g", "daemon off;"])
-        .stderr(Stdio::inherit())
-        .spawn()
-        .ok()?;
-    wait_for_port(port);
-    Some((Proc(child), port))
+    Some((run_nginx(dir, port, &conf).ok()?, port))
 }
 
 fn start_toolgate(dir: &Path, upstream: u16, threads: usize) -> (Proc, u16) {
