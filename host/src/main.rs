@@ -10,12 +10,6 @@ use toolgate::counters::MemoryCounterStore;
 use toolgate::policy::Policy;
 use toolgate::reload::{self, LivePolicy};
 use toolgate::session::{Identity, Session};
-
-/// mimalloc instead of glibc's malloc: the gateway allocates many small, short-lived buffers
-/// per message (headers, JSON, SSE events), and mimalloc's per-thread free lists serve those
-/// with less work (measured with the HTTP benchmark's A/B path).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use toolgate::stdio::{self, Ending, StdioLimits};
 use toolgate::testing;
 
