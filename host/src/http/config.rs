@@ -146,7 +146,8 @@ fn yes() -> bool {
 pub enum Upstream {
     Http {
         url: String,
-        headers: Vec<(String, String)>,
+        /// `[upstream] headers`, checked as HTTP header names and values.
+        headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
     },
     Stdio(Vec<String>),
 }
@@ -200,8 +201,16 @@ impl Config {
                     .upstream
                     .headers
                     .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
+                    .map(|(name, value)| {
+                        let checked = (name.parse(), value.parse());
+                        match checked {
+                            (Ok(name), Ok(value)) => Ok((name, value)),
+                            _ => anyhow::bail!(
+                                "[upstream] headers: `{name} = {value:?}` is not a valid HTTP header"
+                            ),
+                        }
+                    })
+                    .collect::<anyhow::Result<_>>()?,
             }),
             (None, Some(command)) if !command.is_empty() => Ok(Upstream::Stdio(command.clone())),
             _ => anyhow::bail!("[upstream] needs exactly one of `url` and a non-empty `command`"),
@@ -221,4 +230,39 @@ pub fn parse_sha256(hex: &str) -> anyhow::Result<[u8; 32]> {
             .map_err(|_| anyhow::anyhow!("`{hex}` is not hex"))?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("toolgate.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path)
+    }
+
+    #[test]
+    fn upstream_headers_are_checked_when_the_config_loads() {
+        let good = load(
+            "[upstream]\nurl = \"http://127.0.0.1:1/mcp\"\n[upstream.headers]\nX-Api-Key = \"k\"\n",
+        )
+        .unwrap();
+        let Upstream::Http { headers, .. } = good.upstream().unwrap() else {
+            panic!("an HTTP upstream")
+        };
+        assert_eq!(headers[0].0.as_str(), "x-api-key");
+        assert_eq!(headers[0].1, "k");
+        let bad = load("[upstream]\nurl = \"http://127.0.0.1:1/mcp\"\n[upstream.headers]\n\"bad name\" = \"k\"\n");
+        let message = bad.unwrap_err().to_string();
+        assert!(
+            message.contains("[upstream] headers: `bad name"),
+            "{message}"
+        );
+        let bad_value = load(
+            "[upstream]\nurl = \"http://127.0.0.1:1/mcp\"\n[upstream.headers]\nX-Key = \"a\\nb\"\n",
+        );
+        assert!(bad_value.is_err());
+    }
 }

@@ -25,10 +25,11 @@ use super::upstream::{Body as UpstreamBody, Pool, Response as UpstreamResponse};
 use crate::jsonrpc::{self, Envelope};
 use crate::session::{ClientLine, Identity, Session};
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::Request;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -41,6 +42,8 @@ const VERSION_HEADER: &str = "mcp-protocol-version";
 /// Session-scoped counters of requests sent without a session share this key per grant, so a
 /// client cannot escape a per-session cap by dropping its session id.
 const STATELESS_SESSION: &str = "stateless";
+/// The most read of an upstream reply to a DELETE (which carries no message).
+const SMALL_REPLY: usize = 64 * 1024;
 
 /// How a session reaches its upstream.
 enum Link {
@@ -100,8 +103,6 @@ pub struct Gateway {
     upstream: Upstream,
     /// Connections to an HTTP upstream.
     pool: Option<Arc<Pool>>,
-    /// The config's `[upstream] headers`, checked once.
-    extra_headers: Vec<(HeaderName, HeaderValue)>,
     sessions: Mutex<HashMap<String, Arc<GwSession>>>,
     /// Sessions open or being opened: a slot is taken before `initialize` goes upstream.
     slots: AtomicUsize,
@@ -201,11 +202,7 @@ fn accepts(headers: &HeaderMap, wanted: &str) -> bool {
 }
 
 /// Serves one HTTP request: `/mcp` takes POST, GET and DELETE.
-pub async fn handle(
-    gateway: Arc<Gateway>,
-    request: hyper::Request<hyper::body::Incoming>,
-) -> Response {
-    let request = request.map(Body::new);
+pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Response {
     if request.uri().path() != "/mcp" {
         return rpc_error(
             StatusCode::NOT_FOUND,
@@ -215,9 +212,9 @@ pub async fn handle(
         );
     }
     match *request.method() {
-        Method::POST => post_mcp(State(gateway), request).await,
-        Method::GET => get_mcp(State(gateway), request).await,
-        Method::DELETE => delete_mcp(State(gateway), request).await,
+        Method::POST => post_mcp(gateway, request).await,
+        Method::GET => get_mcp(gateway, request).await,
+        Method::DELETE => delete_mcp(gateway, request).await,
         _ => {
             let mut response = StatusCode::METHOD_NOT_ALLOWED.into_response();
             response
@@ -236,27 +233,14 @@ impl Gateway {
         hosts: Vec<String>,
         origins: Vec<String>,
     ) -> anyhow::Result<Self> {
-        let (pool, extra_headers) = match &upstream {
-            Upstream::Http { url, headers } => {
-                let checked = headers
-                    .iter()
-                    .map(|(name, value)| {
-                        Ok((
-                            HeaderName::from_bytes(name.as_bytes())?,
-                            HeaderValue::from_str(value)?,
-                        ))
-                    })
-                    .collect::<Result<Vec<_>, axum::http::Error>>()
-                    .map_err(|e| anyhow::anyhow!("[upstream] headers: {e}"))?;
-                (Some(Arc::new(Pool::new(url)?)), checked)
-            }
-            Upstream::Stdio(_) => (None, Vec::new()),
+        let pool = match &upstream {
+            Upstream::Http { url, .. } => Some(Arc::new(Pool::new(url)?)),
+            Upstream::Stdio(_) => None,
         };
         Ok(Self {
             grants,
             upstream,
             pool,
-            extra_headers,
             sessions: Mutex::new(HashMap::new()),
             slots: AtomicUsize::new(0),
             limits,
@@ -400,7 +384,9 @@ impl Gateway {
         if let Some(id) = upstream_session {
             headers.push((SESSION_HEADER, id));
         }
-        headers.extend(self.extra_headers.iter().map(|(n, v)| (n.as_str(), v)));
+        if let Upstream::Http { headers: own, .. } = &self.upstream {
+            headers.extend(own.iter().map(|(n, v)| (n.as_str(), v)));
+        }
         headers
     }
 
@@ -465,26 +451,23 @@ impl Gateway {
 
     /// Ends the upstream side of a session that is gone: DELETE for HTTP (in the
     /// background), the child is killed when the last reference drops.
-    fn close_upstream(self: &Arc<Self>, session: &Arc<GwSession>) {
-        if let (Link::Http(Some(_)), Some(_)) = (&session.link, &self.pool) {
-            let (gateway, session) = (self.clone(), session.clone());
-            tokio::spawn(async move {
-                let Link::Http(upstream_id) = &session.link else {
-                    return;
-                };
-                let no_client = HeaderMap::new();
-                let sent =
-                    gateway.send_upstream(Method::DELETE, upstream_id.as_ref(), &no_client, b"");
-                if let Ok(response) = sent.await {
-                    let _ = response.into_body().read_all(64 * 1024).await;
-                }
-            });
-        }
+    fn close_upstream(self: &Arc<Self>, session: &GwSession) {
+        let Link::Http(Some(upstream_id)) = &session.link else {
+            return;
+        };
+        let (gateway, upstream_id) = (self.clone(), upstream_id.clone());
+        tokio::spawn(async move {
+            let no_client = HeaderMap::new();
+            let sent = gateway.send_upstream(Method::DELETE, Some(&upstream_id), &no_client, b"");
+            if let Ok(response) = sent.await {
+                let _ = response.into_body().read_all(SMALL_REPLY).await;
+            }
+        });
     }
 }
 
 /// The body, under the size cap and the client timeout.
-async fn read_body(gw: &Gateway, headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
+async fn read_body(gw: &Gateway, headers: &HeaderMap, body: Incoming) -> Result<Bytes, Response> {
     let max = gw.limits.max_body_bytes;
     let too_big = |length: usize| {
         rpc_error(
@@ -541,7 +524,7 @@ impl Posted<'_> {
     }
 }
 
-async fn post_mcp(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
+async fn post_mcp(gw: Arc<Gateway>, request: Request<Incoming>) -> Response {
     let (parts, body) = request.into_parts();
     let grant = match gw.admit(&parts.headers) {
         Ok(grant) => grant,
@@ -793,7 +776,7 @@ async fn stateless(
     forward(gw, session, headers, body, posted).await
 }
 
-async fn get_mcp(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
+async fn get_mcp(gw: Arc<Gateway>, request: Request<Incoming>) -> Response {
     let headers = request.headers();
     let grant = match gw.admit(headers) {
         Ok(grant) => grant,
@@ -829,7 +812,7 @@ async fn get_mcp(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
     }
 }
 
-async fn delete_mcp(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
+async fn delete_mcp(gw: Arc<Gateway>, request: Request<Incoming>) -> Response {
     let headers = request.headers();
     let grant = match gw.admit(headers) {
         Ok(grant) => grant,
@@ -850,7 +833,7 @@ async fn delete_mcp(State(gw): State<Arc<Gateway>>, request: Request) -> Respons
             {
                 Ok(response) => {
                     let head = response_head(response.status(), response.headers(), None);
-                    let body = response.into_body().read_all(64 * 1024).await;
+                    let body = response.into_body().read_all(SMALL_REPLY).await;
                     head.body(Body::from(body.unwrap_or_default()))
                         .unwrap_or_else(|_| StatusCode::OK.into_response())
                 }
