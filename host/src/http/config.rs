@@ -55,9 +55,15 @@ pub struct Config {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// A Streamable HTTP endpoint, e.g. `http://127.0.0.1:3001/mcp`.
+    /// A Streamable HTTP endpoint, e.g. `http://127.0.0.1:3001/mcp` or
+    /// `https://mcp.example.com/mcp`.
     #[serde(default)]
     pub url: Option<String>,
+    /// For an `https://` upstream: a PEM file of the certificate authorities to trust instead
+    /// of the bundled public roots (Mozilla's, from `webpki-roots`), for a private CA or a
+    /// self-signed server. Relative to the config file.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// A stdio server's command and arguments: one child per MCP session.
     #[serde(default)]
     pub command: Option<Vec<String>>,
@@ -148,6 +154,8 @@ pub enum Upstream {
         url: String,
         /// `[upstream] headers`, checked as HTTP header names and values.
         headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
+        /// `[upstream] ca_file`, absolute.
+        ca_file: Option<PathBuf>,
     },
     Stdio(Vec<String>),
 }
@@ -185,6 +193,9 @@ impl Config {
                 );
             }
         }
+        if let Some(ca_file) = &mut config.upstream.ca_file {
+            *ca_file = base.join(&*ca_file);
+        }
         if let Some(hash) = &config.admin_token_sha256 {
             parse_sha256(hash).context("admin_token_sha256")?;
         }
@@ -197,6 +208,7 @@ impl Config {
         match (&self.upstream.url, &self.upstream.command) {
             (Some(url), None) => Ok(Upstream::Http {
                 url: url.clone(),
+                ca_file: self.upstream.ca_file.clone(),
                 headers: self
                     .upstream
                     .headers
@@ -212,6 +224,9 @@ impl Config {
                     })
                     .collect::<anyhow::Result<_>>()?,
             }),
+            (None, Some(_)) if self.upstream.ca_file.is_some() => {
+                anyhow::bail!("[upstream] ca_file is for an https:// url, not a command")
+            }
             (None, Some(command)) if !command.is_empty() => Ok(Upstream::Stdio(command.clone())),
             _ => anyhow::bail!("[upstream] needs exactly one of `url` and a non-empty `command`"),
         }
@@ -264,5 +279,28 @@ mod tests {
             "[upstream]\nurl = \"http://127.0.0.1:1/mcp\"\n[upstream.headers]\nX-Key = \"a\\nb\"\n",
         );
         assert!(bad_value.is_err());
+    }
+
+    #[test]
+    fn a_ca_file_is_relative_to_the_config_and_only_for_a_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("toolgate.toml");
+        std::fs::write(
+            &path,
+            "[upstream]\nurl = \"https://h/mcp\"\nca_file = \"certs/ca.pem\"\n",
+        )
+        .unwrap();
+        let Upstream::Http { ca_file, .. } = Config::load(&path).unwrap().upstream().unwrap()
+        else {
+            panic!("an HTTP upstream")
+        };
+        assert_eq!(ca_file, Some(dir.path().join("certs/ca.pem")));
+        let message = load("[upstream]\ncommand = [\"x\"]\nca_file = \"ca.pem\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("ca_file is for an https:// url"),
+            "{message}"
+        );
     }
 }

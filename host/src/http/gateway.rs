@@ -234,7 +234,9 @@ impl Gateway {
         origins: Vec<String>,
     ) -> anyhow::Result<Self> {
         let pool = match &upstream {
-            Upstream::Http { url, .. } => Some(Arc::new(Pool::new(url)?)),
+            Upstream::Http { url, ca_file, .. } => {
+                Some(Arc::new(Pool::new(url, ca_file.as_deref())?))
+            }
             Upstream::Stdio(_) => None,
         };
         Ok(Self {

@@ -8,7 +8,8 @@
 //! request's own task writes the request in one write and decodes the reply straight from the
 //! socket (`httparse` for the head and chunk sizes, the parser hyper uses), so a reply read in
 //! one `recv` is relayed in one write, end included. It does only what the gateway needs: one
-//! fixed upstream, plain HTTP/1.1, keep-alive.
+//! fixed upstream, HTTP/1.1 with keep-alive, in plain text or over TLS (rustls, with the
+//! bundled public roots or the config's own CA file).
 //!
 //! A connection goes back to the pool only once its response has been read to the end; a
 //! response dropped half-read closes its connection. An idle connection that the upstream has
@@ -24,8 +25,10 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::ServerName;
 
 /// Idle connections kept; more are closed when their exchange ends.
 const MAX_IDLE: usize = 256;
@@ -45,7 +48,62 @@ pub struct Pool {
     /// The `Host` header and the request path (`/mcp?...`).
     authority: String,
     path: String,
-    idle: Mutex<Vec<(TcpStream, Instant)>>,
+    /// For an `https://` upstream: the TLS client and the name its certificate must have.
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    idle: Mutex<Vec<(Conn, Instant)>>,
+}
+
+/// One connection to the upstream.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Conn {
+    /// The TCP socket under it.
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(stream) => stream,
+            Conn::Tls(stream) => stream.get_ref().0,
+        }
+    }
+
+    async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        match self {
+            Conn::Plain(stream) => stream.write_all(data).await,
+            Conn::Tls(stream) => {
+                stream.write_all(data).await?;
+                stream.flush().await
+            }
+        }
+    }
+
+    /// Reads what the connection has into `buffer`, waiting for at least one byte; `Ok(0)`
+    /// at the end.
+    fn poll_fill(&mut self, buffer: &mut BytesMut, cx: &mut Context) -> Poll<io::Result<usize>> {
+        let stream = match self {
+            Conn::Plain(stream) => stream,
+            Conn::Tls(stream) => {
+                let mut chunk = [0u8; 16 * 1024];
+                let mut read = tokio::io::ReadBuf::new(&mut chunk);
+                ready!(std::pin::Pin::new(&mut **stream).poll_read(cx, &mut read))?;
+                buffer.extend_from_slice(read.filled());
+                return Poll::Ready(Ok(read.filled().len()));
+            }
+        };
+        loop {
+            if buffer.capacity() - buffer.len() < 4096 {
+                buffer.reserve(8192);
+            }
+            match stream.try_read_buf(buffer) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(stream.poll_read_ready(cx))?;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
 }
 
 /// An upstream response: its head, read; its body, still on the connection.
@@ -96,7 +154,7 @@ enum Chunk {
 /// A response body being read from its connection.
 pub struct Body {
     /// `None` once the body has ended (the connection went back to the pool or was closed).
-    stream: Option<TcpStream>,
+    stream: Option<Conn>,
     buffer: BytesMut,
     framing: Framing,
     /// Whether the connection may carry another request once this body has ended.
@@ -115,26 +173,6 @@ pub enum BodyError {
 
 fn invalid(message: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message.into())
-}
-
-/// Reads what the socket has into `buffer`, waiting for at least one byte; `Ok(0)` at the end.
-fn poll_fill(
-    stream: &TcpStream,
-    buffer: &mut BytesMut,
-    cx: &mut Context,
-) -> Poll<io::Result<usize>> {
-    loop {
-        if buffer.capacity() - buffer.len() < 4096 {
-            buffer.reserve(8192);
-        }
-        match stream.try_read_buf(buffer) {
-            Ok(n) => return Poll::Ready(Ok(n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                ready!(stream.poll_read_ready(cx))?;
-            }
-            Err(e) => return Poll::Ready(Err(e)),
-        }
-    }
 }
 
 impl Body {
@@ -240,10 +278,10 @@ impl Body {
             if self.framing == Framing::Done {
                 return Poll::Ready(Ok(None));
             }
-            let Some(stream) = &self.stream else {
+            let Some(stream) = &mut self.stream else {
                 return Poll::Ready(Ok(None));
             };
-            if ready!(poll_fill(stream, &mut self.buffer, cx))? == 0 {
+            if ready!(stream.poll_fill(&mut self.buffer, cx))? == 0 {
                 if self.framing == Framing::UntilClose {
                     self.framing = Framing::Done;
                     self.stream = None;
@@ -273,22 +311,32 @@ impl Body {
 }
 
 impl Pool {
-    /// A pool for `url` (`http://host:port/path`; https is not supported).
-    pub fn new(url: &str) -> anyhow::Result<Self> {
+    /// A pool for `url` (`http://` or `https://host:port/path`); an https upstream's
+    /// certificate must chain to a CA in `ca_file` (PEM) or, without one, to a public root.
+    pub fn new(url: &str, ca_file: Option<&std::path::Path>) -> anyhow::Result<Self> {
         let uri: hyper::Uri = url
             .parse()
             .map_err(|e| anyhow::anyhow!("[upstream] url `{url}`: {e}"))?;
-        if uri.scheme_str() != Some("http") {
-            anyhow::bail!("[upstream] url `{url}`: only http:// upstreams are supported");
-        }
-        let authority = uri
-            .authority()
-            .ok_or_else(|| anyhow::anyhow!("[upstream] url `{url}` has no host"))?
-            .to_string();
+        let host = uri
+            .host()
+            .ok_or_else(|| anyhow::anyhow!("[upstream] url `{url}` has no host"))?;
+        let (tls, default_port) = match uri.scheme_str() {
+            Some("http") if ca_file.is_some() => {
+                anyhow::bail!("[upstream] ca_file is set but url `{url}` is not https://")
+            }
+            Some("http") => (None, 80),
+            Some("https") => {
+                let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+                    .map_err(|e| anyhow::anyhow!("[upstream] url `{url}`: {e}"))?;
+                (Some((tls_connector(ca_file)?, name)), 443)
+            }
+            _ => anyhow::bail!("[upstream] url `{url}`: only http:// and https:// are supported"),
+        };
+        let authority = uri.authority().map(ToString::to_string).unwrap_or_default();
         let address = if uri.port().is_some() {
             authority.clone()
         } else {
-            format!("{authority}:80")
+            format!("{authority}:{default_port}")
         };
         let path = uri
             .path_and_query()
@@ -297,15 +345,16 @@ impl Pool {
             address,
             authority,
             path,
+            tls,
             idle: Mutex::new(Vec::new()),
         })
     }
 
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<(TcpStream, Instant)>> {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<(Conn, Instant)>> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn put(&self, stream: TcpStream) {
+    fn put(&self, stream: Conn) {
         let mut idle = self.idle();
         if idle.len() < MAX_IDLE {
             idle.push((stream, Instant::now()));
@@ -313,15 +362,16 @@ impl Pool {
     }
 
     /// An idle connection that still looks open, if any.
-    fn reuse(&self) -> Option<TcpStream> {
+    fn reuse(&self) -> Option<Conn> {
         loop {
             let (stream, since) = self.idle().pop()?;
             let mut probe = [0u8; 1];
-            // Readable means closed (or a stray byte): either way the connection is unusable.
-            // The reactor's readiness costs nothing; an old connection gets a real look.
-            let open = match stream.try_read(&mut probe) {
+            // Readable means closed (or a stray byte, or over TLS a close_notify): either way
+            // the connection is unusable. The reactor's readiness costs nothing; an old
+            // connection gets a real look.
+            let open = match stream.tcp().try_read(&mut probe) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    since.elapsed() < CHECK_IDLE_AFTER || peek_open(&stream)
+                    since.elapsed() < CHECK_IDLE_AFTER || peek_open(stream.tcp())
                 }
                 _ => false,
             };
@@ -331,17 +381,28 @@ impl Pool {
         }
     }
 
-    async fn connect(&self) -> io::Result<TcpStream> {
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.address))
+    async fn connect(&self) -> io::Result<Conn> {
+        let connect = async {
+            let stream = TcpStream::connect(&self.address).await?;
+            stream.set_nodelay(true)?;
+            match &self.tls {
+                None => Ok(Conn::Plain(stream)),
+                Some((connector, name)) => {
+                    let tls = connector.connect(name.clone(), stream).await.map_err(|e| {
+                        io::Error::new(e.kind(), format!("TLS with {}: {e}", self.address))
+                    })?;
+                    Ok(Conn::Tls(Box::new(tls)))
+                }
+            }
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
             .map_err(|_| {
                 io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("connecting to {} timed out", self.address),
                 )
-            })??;
-        stream.set_nodelay(true)?;
-        Ok(stream)
+            })?
     }
 
     /// Sends a request with `headers` (besides `Host` and `Content-Length`, which are set
@@ -404,11 +465,45 @@ impl Pool {
         })
     }
 
-    async fn write_new(&self, request: &[u8]) -> io::Result<TcpStream> {
+    async fn write_new(&self, request: &[u8]) -> io::Result<Conn> {
         let mut stream = self.connect().await?;
         stream.write_all(request).await?;
         Ok(stream)
     }
+}
+
+/// The TLS client for an https upstream: TLS 1.2 or 1.3 (rustls with ring), HTTP/1.1 by ALPN,
+/// certificates checked against `ca_file`'s CAs or, without it, Mozilla's public roots.
+fn tls_connector(ca_file: Option<&std::path::Path>) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    use anyhow::Context;
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(path)
+                .and_then(Iterator::collect)
+                .with_context(|| format!("[upstream] ca_file `{}`", path.display()))?;
+            if certs.is_empty() {
+                anyhow::bail!(
+                    "[upstream] ca_file `{}` holds no certificate",
+                    path.display()
+                );
+            }
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .with_context(|| format!("[upstream] ca_file `{}`", path.display()))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 /// Whether a connection is still open, by a non-blocking `MSG_PEEK` (no data, no EOF).
@@ -442,11 +537,7 @@ static KEPT: [HeaderName; 7] = [
 ];
 
 /// Reads and parses one response head from `stream`; the bytes after it stay in `buffer`.
-fn read_head(
-    stream: &mut TcpStream,
-    buffer: &mut BytesMut,
-    cx: &mut Context,
-) -> Poll<io::Result<Head>> {
+fn read_head(stream: &mut Conn, buffer: &mut BytesMut, cx: &mut Context) -> Poll<io::Result<Head>> {
     loop {
         if !buffer.is_empty() {
             let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -466,7 +557,7 @@ fn read_head(
                 }
             }
         }
-        if ready!(poll_fill(stream, buffer, cx))? == 0 {
+        if ready!(stream.poll_fill(buffer, cx))? == 0 {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "the upstream closed the connection before it answered",
@@ -574,6 +665,42 @@ mod tests {
         assert_eq!(&out[..], b"abc");
         assert!(b.is_end());
         assert_eq!(&b.buffer[..], b"def");
+    }
+
+    #[test]
+    fn urls_pick_plain_or_tls_and_the_default_port() {
+        let plain = Pool::new("http://127.0.0.1/mcp", None).unwrap();
+        assert_eq!(
+            (plain.address.as_str(), plain.tls.is_none()),
+            ("127.0.0.1:80", true)
+        );
+        let tls = Pool::new("https://mcp.example.com/mcp?x=1", None).unwrap();
+        assert_eq!(tls.address, "mcp.example.com:443");
+        assert_eq!(
+            (tls.authority.as_str(), tls.path.as_str()),
+            ("mcp.example.com", "/mcp?x=1")
+        );
+        assert!(
+            matches!(&tls.tls, Some((_, ServerName::DnsName(n))) if n.as_ref() == "mcp.example.com")
+        );
+        let ip = Pool::new("https://[::1]:8443/mcp", None).unwrap();
+        assert!(matches!(&ip.tls, Some((_, ServerName::IpAddress(_)))));
+        assert_eq!(ip.address, "[::1]:8443");
+    }
+
+    #[test]
+    fn bad_urls_and_ca_files_fail_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no certificate here\n").unwrap();
+        let error = |url: &str, ca: Option<&std::path::Path>| {
+            format!("{:#}", Pool::new(url, ca).err().expect(url))
+        };
+        assert!(error("ftp://h/mcp", None).contains("only http:// and https://"));
+        assert!(error("http://h/mcp", Some(&empty)).contains("not https://"));
+        assert!(error("https://h/mcp", Some(&empty)).contains("holds no certificate"));
+        let missing = dir.path().join("missing.pem");
+        assert!(error("https://h/mcp", Some(&missing)).contains("missing.pem"));
     }
 
     #[test]
