@@ -132,7 +132,7 @@ def serve(tmp_path: Path, upstream: dict, grants: list[dict], **top):
     """`toolgate serve` with this upstream (`url` or `command`) and grants (`name`, `token`,
     `policy` as a dict); yields the /mcp URL. Tokens are written as their sha256."""
     lines = ['listen = "127.0.0.1:0"', 'admin_listen = "127.0.0.1:0"']
-    lines += [f"{k} = {toml_value(v)}" for k, v in top.items() if k != "limits"]
+    lines += [f"{k} = {toml_value(v)}" for k, v in top.items() if not isinstance(v, dict)]
     lines.append("[upstream]")
     lines += [f"{k} = {toml_value(v)}" for k, v in upstream.items()]
     for grant in grants:
@@ -144,9 +144,10 @@ def serve(tmp_path: Path, upstream: dict, grants: list[dict], **top):
             policy = tmp_path / f"{grant['name']}.policy.json"
             policy.write_text(json.dumps(grant["policy"]))
             lines.append(f"policy = {toml_value(policy.name)}")
-    if "limits" in top:
-        lines.append("[limits]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in top["limits"].items()]
+    for table, values in top.items():  # [limits], [tls]
+        if isinstance(values, dict):
+            lines.append(f"[{table}]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
     config = tmp_path / "toolgate.toml"
     config.write_text("\n".join(lines) + "\n")
     log = tmp_path / "toolgate.log"
@@ -167,3 +168,52 @@ def serve(tmp_path: Path, upstream: dict, grants: list[dict], **top):
     finally:
         proc.terminate()
         proc.wait()
+
+
+def make_certs(folder: Path, dns: tuple[str, ...] = ("localhost",), ips: tuple[str, ...] = ()) -> tuple[Path, Path, Path]:
+    """A CA, and a server certificate for these names signed by it: (ca.pem, cert.pem, key.pem)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    valid = (now - datetime.timedelta(hours=1), now + datetime.timedelta(days=1))
+
+    def cert(subject: str, key, issuer: str, issuer_key, ca: bool) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(valid[0])
+            .not_valid_after(valid[1])
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if ca:
+            builder = builder.add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            )
+        else:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName(n) for n in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+                ), critical=False
+            ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = cert("toolgate test CA", ca_key, "toolgate test CA", ca_key, ca=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = cert("localhost", key, "toolgate test CA", ca_key, ca=False)
+    paths = folder / "ca.pem", folder / "cert.pem", folder / "key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return paths

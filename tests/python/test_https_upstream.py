@@ -10,7 +10,6 @@ whose CA toolgate was not told to trust.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import ssl
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,57 +17,13 @@ from urllib.parse import urlparse
 
 import httpx2
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-from conftest import dump, everything_http, serve
+from conftest import dump, everything_http, make_certs, serve
 from test_http import connect
 
 pytestmark = pytest.mark.anyio
 
 TOKEN = "tg_https_token"
 POLICY = {"version": "1", "default": "allow", "tools": {"get-sum": {"action": "deny", "reason": "no sums over TLS"}}}
-
-
-def make_certs(folder: Path) -> tuple[Path, Path, Path]:
-    """A CA, and a server certificate for `localhost` signed by it: (ca.pem, cert.pem, key.pem)."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    valid = (now - datetime.timedelta(hours=1), now + datetime.timedelta(days=1))
-
-    def cert(subject: str, key, issuer: str, issuer_key, ca: bool) -> x509.Certificate:
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(valid[0])
-            .not_valid_after(valid[1])
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        )
-        if ca:
-            builder = builder.add_extension(
-                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-            )
-        else:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False
-            ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        return builder.sign(issuer_key, hashes.SHA256())
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = cert("toolgate test CA", ca_key, "toolgate test CA", ca_key, ca=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = cert("localhost", key, "toolgate test CA", ca_key, ca=False)
-    paths = folder / "ca.pem", folder / "cert.pem", folder / "key.pem"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return paths
 
 
 @asynccontextmanager

@@ -45,6 +45,10 @@ pub struct Config {
     #[serde(default)]
     pub worker_threads: Option<usize>,
     pub upstream: UpstreamConfig,
+    /// TLS on both listeners (`/mcp` and admin). Without it they speak plain HTTP: keep them
+    /// on loopback, or put a TLS terminator in front, since bearer tokens cross them.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     #[serde(default)]
     pub grants: Vec<GrantConfig>,
     #[serde(default)]
@@ -71,6 +75,16 @@ pub struct UpstreamConfig {
     /// are toolgate's and are never forwarded.
     #[serde(default)]
     pub headers: std::collections::BTreeMap<String, String>,
+}
+
+/// The listeners' certificate and key (PEM files, relative to the config file).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
 }
 
 /// One agent identity: a token (stored as its sha256) and the policy its calls answer to.
@@ -195,6 +209,10 @@ impl Config {
         }
         if let Some(ca_file) = &mut config.upstream.ca_file {
             *ca_file = base.join(&*ca_file);
+        }
+        if let Some(tls) = &mut config.tls {
+            tls.cert_file = base.join(&tls.cert_file);
+            tls.key_file = base.join(&tls.key_file);
         }
         if let Some(hash) = &config.admin_token_sha256 {
             parse_sha256(hash).context("admin_token_sha256")?;

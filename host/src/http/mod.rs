@@ -5,6 +5,7 @@
 //! - [`gateway`]: `/mcp` (POST, GET, DELETE), sessions, and where a request meets policy.
 //! - [`children`]: a stdio upstream, one child per session.
 //! - [`upstream`]: an HTTP upstream, pooled keep-alive connections.
+//! - [`tls`]: rustls for an `https://` upstream and for the listeners.
 //! - [`sse`]: server-sent events in and out.
 //! - [`admin`]: health, status and reload on a separate listener.
 //! - [`echo`]: a tiny Streamable HTTP upstream for benchmarks and tests.
@@ -16,6 +17,7 @@ pub mod echo;
 pub mod gateway;
 pub mod grants;
 pub mod sse;
+pub mod tls;
 pub mod upstream;
 
 use config::Config;
@@ -62,13 +64,21 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
     let admin = tokio::net::TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {} (admin)", config.admin_listen))?;
+    let tls = match &config.tls {
+        Some(tls) => Some(tls::acceptor(&tls.cert_file, &tls.key_file)?),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    if tls.is_none() && !config.listen.ip().is_loopback() {
+        tracing::warn!(listen = %config.listen, "plain HTTP on a non-loopback listener: bearer tokens cross it in clear text; set [tls] or put a TLS terminator in front");
+    }
     tracing::info!(
-        mcp = %mcp.local_addr()?, admin = %admin.local_addr()?,
+        mcp = %mcp.local_addr()?, admin = %admin.local_addr()?, tls = tls.is_some(),
         grants = gateway.grants.all().len(), "toolgate serve: listening"
     );
     // The tests and scripts read the bound addresses from here (ports may be 0).
     eprintln!(
-        "toolgate serve: listening on http://{}/mcp (admin http://{})",
+        "toolgate serve: listening on {scheme}://{}/mcp (admin {scheme}://{})",
         mcp.local_addr()?,
         admin.local_addr()?
     );
@@ -85,20 +95,28 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
     let client_timeout = gateway.limits.client_timeout();
     let max_connections = gateway.limits.max_connections;
     let admin_service = hyper_util::service::TowerToHyperService::new(admin_router);
-    tokio::spawn(accept(admin, admin_service, client_timeout, 64));
+    tokio::spawn(accept(
+        admin,
+        tls.clone(),
+        admin_service,
+        client_timeout,
+        64,
+    ));
     // `/mcp` is served by a plain hyper service: one route needs no router.
     let mcp_service = hyper::service::service_fn(move |request| {
         let gateway = gateway.clone();
         async move { Ok(gateway::handle(gateway, request).await) }
     });
-    accept(mcp, mcp_service, client_timeout, max_connections).await;
+    accept(mcp, tls, mcp_service, client_timeout, max_connections).await;
     Ok(())
 }
 
-/// Serves HTTP/1.1 connections: at most `max` at once, each with a deadline for its request
-/// headers (the slow-loris guard; bodies have theirs in the handlers).
+/// Serves HTTP/1.1 connections, over TLS if `tls` is set: at most `max` at once, each with a
+/// deadline for its TLS handshake and for its request headers (the slow-loris guard; bodies
+/// have theirs in the handlers).
 async fn accept<S>(
     listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     service: S,
     header_timeout: Duration,
     max: usize,
@@ -127,18 +145,40 @@ async fn accept<S>(
         };
         let _ = stream.set_nodelay(true);
         let service = service.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            // `writev(false)`: a reply's head and body are copied into one buffer and sent
-            // with one plain write, cheaper than a writev of several small pieces.
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .writev(false)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            match tls {
+                None => serve_connection(stream, service, header_timeout).await,
+                Some(tls) => match tokio::time::timeout(header_timeout, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => serve_connection(stream, service, header_timeout).await,
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake not finished in time"),
+                },
             }
             drop(permit);
         });
+    }
+}
+
+async fn serve_connection<I, S>(stream: I, service: S, header_timeout: Duration)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    // `writev(false)`: a reply's head and body are copied into one buffer and sent with one
+    // plain write, cheaper than a writev of several small pieces.
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .writev(false)
+        .serve_connection(TokioIo::new(stream), service);
+    if let Err(e) = connection.await {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }

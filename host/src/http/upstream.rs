@@ -27,7 +27,6 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::ServerName;
 
 /// Idle connections kept; more are closed when their exchange ends.
@@ -328,7 +327,7 @@ impl Pool {
             Some("https") => {
                 let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
                     .map_err(|e| anyhow::anyhow!("[upstream] url `{url}`: {e}"))?;
-                (Some((tls_connector(ca_file)?, name)), 443)
+                (Some((super::tls::connector(ca_file)?, name)), 443)
             }
             _ => anyhow::bail!("[upstream] url `{url}`: only http:// and https:// are supported"),
         };
@@ -470,40 +469,6 @@ impl Pool {
         stream.write_all(request).await?;
         Ok(stream)
     }
-}
-
-/// The TLS client for an https upstream: TLS 1.2 or 1.3 (rustls with ring), HTTP/1.1 by ALPN,
-/// certificates checked against `ca_file`'s CAs or, without it, Mozilla's public roots.
-fn tls_connector(ca_file: Option<&std::path::Path>) -> anyhow::Result<tokio_rustls::TlsConnector> {
-    use anyhow::Context;
-    use rustls::pki_types::{pem::PemObject, CertificateDer};
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(path)
-                .and_then(Iterator::collect)
-                .with_context(|| format!("[upstream] ca_file `{}`", path.display()))?;
-            if certs.is_empty() {
-                anyhow::bail!(
-                    "[upstream] ca_file `{}` holds no certificate",
-                    path.display()
-                );
-            }
-            for cert in certs {
-                roots
-                    .add(cert)
-                    .with_context(|| format!("[upstream] ca_file `{}`", path.display()))?;
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 /// Whether a connection is still open, by a non-blocking `MSG_PEEK` (no data, no EOF).
