@@ -19,13 +19,13 @@
 #![allow(clippy::result_large_err)]
 use super::children::Child;
 use super::config::{Limits, Upstream};
-use super::grants::{AuthError, Grant, Grants};
+use super::grants::{AuthError, Grant, Grants, Remembered};
 use super::sse;
 use super::upstream::{Body as UpstreamBody, Pool, Response as UpstreamResponse};
 use crate::jsonrpc::{self, Envelope};
 use crate::session::{ClientLine, Identity, Session};
 use axum::body::{Body, Bytes};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -37,8 +37,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::mpsc;
 
-const SESSION_HEADER: &str = "mcp-session-id";
-const VERSION_HEADER: &str = "mcp-protocol-version";
+// Looked up as `HeaderName`s: a lookup by `&str` parses the name again each time.
+static SESSION_HEADER: HeaderName = HeaderName::from_static("mcp-session-id");
+static VERSION_HEADER: HeaderName = HeaderName::from_static("mcp-protocol-version");
+static LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 /// Session-scoped counters of requests sent without a session share this key per grant, so a
 /// client cannot escape a per-session cap by dropping its session id.
 const STATELESS_SESSION: &str = "stateless";
@@ -172,10 +174,9 @@ fn host_of(authority: &str) -> &str {
 }
 
 fn is_loopback(host: &str) -> bool {
-    matches!(
-        host.to_ascii_lowercase().as_str(),
-        "localhost" | "127.0.0.1" | "[::1]"
-    )
+    ["localhost", "127.0.0.1", "[::1]"]
+        .iter()
+        .any(|name| host.eq_ignore_ascii_case(name))
 }
 
 fn media_type(headers: &HeaderMap) -> &str {
@@ -186,23 +187,40 @@ fn media_type(headers: &HeaderMap) -> &str {
         .map_or("", str::trim)
 }
 
-/// Whether `Accept` lists `wanted` (or a wildcard covering it).
-fn accepts(headers: &HeaderMap, wanted: &str) -> bool {
-    let family = wanted.split('/').next().unwrap_or("");
-    headers.get_all(header::ACCEPT).iter().any(|value| {
-        value.to_str().unwrap_or("").split(',').any(|item| {
-            let item = item.split(';').next().unwrap_or("").trim();
-            item.eq_ignore_ascii_case(wanted)
-                || item == "*/*"
-                || item
-                    .strip_suffix("/*")
-                    .is_some_and(|f| f.eq_ignore_ascii_case(family))
-        })
-    })
+/// What `Accept` lists, each media type by name or by a wildcard covering it.
+struct Accepts {
+    json: bool,
+    sse: bool,
 }
 
-/// Serves one HTTP request: `/mcp` takes POST, GET and DELETE.
-pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Response {
+fn accepts(headers: &HeaderMap) -> Accepts {
+    let mut out = Accepts {
+        json: false,
+        sse: false,
+    };
+    for value in headers.get_all(header::ACCEPT) {
+        for item in value.as_bytes().split(|&b| b == b',') {
+            let item = item.split(|&b| b == b';').next().unwrap_or_default();
+            let item = item.trim_ascii();
+            let any = item == b"*/*";
+            out.json |= any
+                || item.eq_ignore_ascii_case(b"application/json")
+                || item.eq_ignore_ascii_case(b"application/*");
+            out.sse |= any
+                || item.eq_ignore_ascii_case(b"text/event-stream")
+                || item.eq_ignore_ascii_case(b"text/*");
+        }
+    }
+    out
+}
+
+/// Serves one HTTP request: `/mcp` takes POST, GET and DELETE. `remembered` is the token the
+/// connection last presented.
+pub async fn handle(
+    gateway: Arc<Gateway>,
+    remembered: Arc<Remembered>,
+    request: Request<Incoming>,
+) -> Response {
     if request.uri().path() != "/mcp" {
         return rpc_error(
             StatusCode::NOT_FOUND,
@@ -212,9 +230,9 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respon
         );
     }
     match *request.method() {
-        Method::POST => post_mcp(gateway, request).await,
-        Method::GET => get_mcp(gateway, request).await,
-        Method::DELETE => delete_mcp(gateway, request).await,
+        Method::POST => post_mcp(gateway, &remembered, request).await,
+        Method::GET => get_mcp(gateway, &remembered, request).await,
+        Method::DELETE => delete_mcp(gateway, &remembered, request).await,
         _ => {
             let mut response = StatusCode::METHOD_NOT_ALLOWED.into_response();
             response
@@ -271,7 +289,7 @@ impl Gateway {
     }
 
     /// `Host`/`Origin` (DNS rebinding), then the bearer token.
-    fn admit(&self, headers: &HeaderMap) -> Result<Arc<Grant>, Response> {
+    fn admit(&self, headers: &HeaderMap, remembered: &Remembered) -> Result<Arc<Grant>, Response> {
         let host = headers
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
@@ -306,35 +324,37 @@ impl Gateway {
         let authorization = headers
             .get(header::AUTHORIZATION)
             .map(HeaderValue::as_bytes);
-        self.grants.authenticate(authorization).map_err(|why| {
-            self.stats.refused_auth.fetch_add(1, Ordering::Relaxed);
-            let (challenge, message) = match why {
-                AuthError::Missing => (
-                    r#"Bearer realm="toolgate""#,
-                    "unauthorized: send `Authorization: Bearer <token>`",
-                ),
-                AuthError::Invalid => (
-                    r#"Bearer realm="toolgate", error="invalid_token""#,
-                    "unauthorized: the bearer token is not valid",
-                ),
-            };
-            let mut response = rpc_error(
-                StatusCode::UNAUTHORIZED,
-                None,
-                jsonrpc::INVALID_REQUEST,
-                message,
-            );
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(challenge),
-            );
-            response
-        })
+        self.grants
+            .authenticate(authorization, remembered)
+            .map_err(|why| {
+                self.stats.refused_auth.fetch_add(1, Ordering::Relaxed);
+                let (challenge, message) = match why {
+                    AuthError::Missing => (
+                        r#"Bearer realm="toolgate""#,
+                        "unauthorized: send `Authorization: Bearer <token>`",
+                    ),
+                    AuthError::Invalid => (
+                        r#"Bearer realm="toolgate", error="invalid_token""#,
+                        "unauthorized: the bearer token is not valid",
+                    ),
+                };
+                let mut response = rpc_error(
+                    StatusCode::UNAUTHORIZED,
+                    None,
+                    jsonrpc::INVALID_REQUEST,
+                    message,
+                );
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                );
+                response
+            })
     }
 
     /// The session a request names, if it exists and belongs to `grant`.
     fn find(&self, headers: &HeaderMap, grant: &Arc<Grant>) -> Result<Arc<GwSession>, Response> {
-        let Some(id) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
+        let Some(id) = headers.get(&SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
             return Err(rpc_error(
                 StatusCode::BAD_REQUEST,
                 None,
@@ -374,17 +394,17 @@ impl Gateway {
     ) -> Vec<(&'a str, &'a HeaderValue)> {
         let mut headers = Vec::with_capacity(8);
         for name in [
-            header::ACCEPT.as_str(),
-            header::CONTENT_TYPE.as_str(),
-            "last-event-id",
-            VERSION_HEADER,
+            &header::ACCEPT,
+            &header::CONTENT_TYPE,
+            &LAST_EVENT_ID,
+            &VERSION_HEADER,
         ] {
             if let Some(value) = client.get(name) {
-                headers.push((name, value));
+                headers.push((name.as_str(), value));
             }
         }
         if let Some(id) = upstream_session {
-            headers.push((SESSION_HEADER, id));
+            headers.push((SESSION_HEADER.as_str(), id));
         }
         if let Upstream::Http { headers: own, .. } = &self.upstream {
             headers.extend(own.iter().map(|(n, v)| (n.as_str(), v)));
@@ -526,9 +546,13 @@ impl Posted<'_> {
     }
 }
 
-async fn post_mcp(gw: Arc<Gateway>, request: Request<Incoming>) -> Response {
+async fn post_mcp(
+    gw: Arc<Gateway>,
+    remembered: &Remembered,
+    request: Request<Incoming>,
+) -> Response {
     let (parts, body) = request.into_parts();
-    let grant = match gw.admit(&parts.headers) {
+    let grant = match gw.admit(&parts.headers, remembered) {
         Ok(grant) => grant,
         Err(refused) => return refused,
     };
@@ -540,9 +564,8 @@ async fn post_mcp(gw: Arc<Gateway>, request: Request<Incoming>) -> Response {
             "unsupported media type: Content-Type must be application/json",
         );
     }
-    if !(accepts(&parts.headers, "application/json")
-        && accepts(&parts.headers, "text/event-stream"))
-    {
+    let accepted = accepts(&parts.headers);
+    if !(accepted.json && accepted.sse) {
         return rpc_error(
             StatusCode::NOT_ACCEPTABLE,
             None,
@@ -569,7 +592,7 @@ async fn post_mcp(gw: Arc<Gateway>, request: Request<Incoming>) -> Response {
             "invalid request: neither a request, a notification nor a reply",
         );
     }
-    if parts.headers.contains_key(SESSION_HEADER) {
+    if parts.headers.contains_key(&SESSION_HEADER) {
         let session = match gw.find(&parts.headers, &grant) {
             Ok(session) => session,
             Err(refused) => return refused,
@@ -690,7 +713,7 @@ async fn initialize(
                 let throwaway = new_session(Link::Http(None));
                 return relay(gw, throwaway, response, None).await;
             }
-            let upstream_id = response.headers().get(SESSION_HEADER).cloned();
+            let upstream_id = response.headers().get(&SESSION_HEADER).cloned();
             let session = new_session(Link::Http(upstream_id));
             let relayed = relay(gw, session.clone(), response, Some(&id)).await;
             (session, relayed)
@@ -778,13 +801,17 @@ async fn stateless(
     forward(gw, session, headers, body, posted).await
 }
 
-async fn get_mcp(gw: Arc<Gateway>, request: Request<Incoming>) -> Response {
+async fn get_mcp(
+    gw: Arc<Gateway>,
+    remembered: &Remembered,
+    request: Request<Incoming>,
+) -> Response {
     let headers = request.headers();
-    let grant = match gw.admit(headers) {
+    let grant = match gw.admit(headers, remembered) {
         Ok(grant) => grant,
         Err(refused) => return refused,
     };
-    if !accepts(headers, "text/event-stream") {
+    if !accepts(headers).sse {
         return rpc_error(
             StatusCode::NOT_ACCEPTABLE,
             None,
@@ -814,9 +841,13 @@ async fn get_mcp(gw: Arc<Gateway>, request: Request<Incoming>) -> Response {
     }
 }
 
-async fn delete_mcp(gw: Arc<Gateway>, request: Request<Incoming>) -> Response {
+async fn delete_mcp(
+    gw: Arc<Gateway>,
+    remembered: &Remembered,
+    request: Request<Incoming>,
+) -> Response {
     let headers = request.headers();
-    let grant = match gw.admit(headers) {
+    let grant = match gw.admit(headers, remembered) {
         Ok(grant) => grant,
         Err(refused) => return refused,
     };
@@ -859,11 +890,11 @@ fn response_head(
             builder = builder.header(name, value);
         }
     }
-    if let Some(value) = upstream.get(VERSION_HEADER) {
-        builder = builder.header(VERSION_HEADER, value);
+    if let Some(value) = upstream.get(&VERSION_HEADER) {
+        builder = builder.header(&VERSION_HEADER, value);
     }
     if let Some(id) = session_id {
-        builder = builder.header(SESSION_HEADER, id);
+        builder = builder.header(&SESSION_HEADER, id);
     }
     builder
 }
@@ -1019,7 +1050,7 @@ fn stream_lines(
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache");
     if let Some(id) = new_session_id {
-        builder = builder.header(SESSION_HEADER, id);
+        builder = builder.header(&SESSION_HEADER, id);
     }
     builder
         .body(Body::from_stream(stream))
@@ -1041,7 +1072,31 @@ mod tests {
             header::ACCEPT,
             HeaderValue::from_static("application/json;q=0.9, text/*"),
         );
-        assert!(accepts(&h, "application/json") && accepts(&h, "text/event-stream"));
-        assert!(!accepts(&h, "image/png"));
+        let both = accepts(&h);
+        assert!(both.json && both.sse);
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("image/png, text/html"),
+        );
+        let neither = accepts(&h);
+        assert!(!neither.json && !neither.sse);
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("Text/Event-Stream"),
+        );
+        h.append(
+            header::ACCEPT,
+            HeaderValue::from_static(" application/JSON ; q=1"),
+        );
+        let split = accepts(&h);
+        assert!(split.json && split.sse);
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        assert!(accepts(&h).json && accepts(&h).sse);
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/jsonx, text/event"),
+        );
+        let near = accepts(&h);
+        assert!(!near.json && !near.sse);
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! Tokens are never stored: the config holds their sha256. A presented token is hashed and
 //! compared with every grant's hash in constant time (all of them, with no early exit), so
-//! the time taken says nothing about which grant, or which prefix, came close.
+//! the time taken says nothing about which grant, or which prefix, came close. A connection
+//! remembers the last token it presented and its grant ([`Remembered`]): the next request on
+//! it with the same token (compared in constant time) skips the hash.
 //!
 //! Each grant has its own [`CounterStore`]: one grant can neither read nor spend another's
 //! counts, whatever the counters are named. In `serve`, a `global` counter therefore counts
@@ -18,11 +20,19 @@ use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use subtle::ConstantTimeEq;
 
 /// A grant with no policy: no rule, so the default (deny) answers every call.
 const DENY_ALL: &str = r#"{"version": "1"}"#;
+
+/// The last valid token a connection presented, and its grant. Clients send the same token
+/// on every request of a connection; a token that matches it is not hashed again.
+#[derive(Default)]
+pub struct Remembered(Mutex<Option<TokenGrant>>);
+
+/// A token, as presented, and the grant it named.
+type TokenGrant = (Box<[u8]>, Arc<Grant>);
 
 /// One agent identity.
 pub struct Grant {
@@ -105,23 +115,36 @@ impl Grants {
         })
     }
 
-    /// The grant an `Authorization` header value names.
-    pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Arc<Grant>, AuthError> {
+    /// The grant an `Authorization` header value names; `remembered` is the connection's.
+    pub fn authenticate(
+        &self,
+        authorization: Option<&[u8]>,
+        remembered: &Remembered,
+    ) -> Result<Arc<Grant>, AuthError> {
         let Some(header) = authorization else {
             return self.anonymous.clone().ok_or(AuthError::Missing);
         };
         let token = header
             .strip_prefix(b"Bearer ")
             .or_else(|| header.strip_prefix(b"bearer "))
-            .ok_or(AuthError::Invalid)?;
-        let presented: [u8; 32] = Sha256::digest(token.trim_ascii()).into();
+            .ok_or(AuthError::Invalid)?
+            .trim_ascii();
+        let mut last = remembered.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((known, grant)) = &*last {
+            if bool::from(known.ct_eq(token)) {
+                return Ok(grant.clone());
+            }
+        }
+        let presented: [u8; 32] = Sha256::digest(token).into();
         let mut found = None;
         for (hash, grant) in &self.by_hash {
             if bool::from(hash.ct_eq(&presented)) {
                 found = Some(grant.clone());
             }
         }
-        found.ok_or(AuthError::Invalid)
+        let found = found.ok_or(AuthError::Invalid)?;
+        *last = Some((token.into(), found.clone()));
+        Ok(found)
     }
 
     /// Every grant, in config order.
@@ -184,22 +207,31 @@ mod tests {
     #[test]
     fn tokens_map_to_their_grant_and_wrong_ones_to_nothing() {
         let g = grants(Some("b"));
-        assert_eq!(g.authenticate(Some(b"Bearer token-a")).unwrap().name, "a");
-        assert_eq!(g.authenticate(Some(b"Bearer token-b")).unwrap().name, "b");
+        // One connection, so each answer also goes through the remembered token.
+        let conn = Remembered::default();
+        let name = |header: Option<&[u8]>| g.authenticate(header, &conn).map(|g| g.name.clone());
+        assert_eq!(name(Some(b"Bearer token-a")).unwrap(), "a");
+        assert_eq!(name(Some(b"Bearer token-a")).unwrap(), "a");
+        assert_eq!(name(Some(b"Bearer token-b")).unwrap(), "b");
         assert_eq!(
-            g.authenticate(Some(b"Bearer token-c")).err(),
+            name(Some(b"Bearer token-c")).err(),
             Some(AuthError::Invalid)
         );
+        assert_eq!(name(Some(b"Bearer token-b")).unwrap(), "b");
+        // A prefix or an extension of the remembered token is not it.
+        assert_eq!(name(Some(b"Bearer token-")).err(), Some(AuthError::Invalid));
         assert_eq!(
-            g.authenticate(Some(b"Basic dG9rZW4tYQ==")).err(),
+            name(Some(b"Bearer token-bb")).err(),
             Some(AuthError::Invalid)
         );
+        assert_eq!(name(Some(b"Bearer token-a")).unwrap(), "a");
         assert_eq!(
-            g.authenticate(Some(b"Bearer ")).err(),
+            name(Some(b"Basic dG9rZW4tYQ==")).err(),
             Some(AuthError::Invalid)
         );
+        assert_eq!(name(Some(b"Bearer ")).err(), Some(AuthError::Invalid));
         // No header: the anonymous grant; a wrong header never falls back to it.
-        assert_eq!(g.authenticate(None).unwrap().name, "b");
+        assert_eq!(name(None).unwrap(), "b");
     }
 
     #[test]

@@ -95,6 +95,7 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
     let client_timeout = gateway.limits.client_timeout();
     let max_connections = gateway.limits.max_connections;
     let admin_service = hyper_util::service::TowerToHyperService::new(admin_router);
+    let admin_service = move || admin_service.clone();
     tokio::spawn(accept(
         admin,
         tls.clone(),
@@ -102,11 +103,16 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
         client_timeout,
         64,
     ));
-    // `/mcp` is served by a plain hyper service: one route needs no router.
-    let mcp_service = hyper::service::service_fn(move |request| {
+    // `/mcp` is served by a plain hyper service (one route needs no router), one per
+    // connection, remembering the token that the connection last presented.
+    let mcp_service = move || {
         let gateway = gateway.clone();
-        async move { Ok(gateway::handle(gateway, request).await) }
-    });
+        let remembered = Arc::new(grants::Remembered::default());
+        hyper::service::service_fn(move |request| {
+            let (gateway, remembered) = (gateway.clone(), remembered.clone());
+            async move { Ok(gateway::handle(gateway, remembered, request).await) }
+        })
+    };
     accept(mcp, tls, mcp_service, client_timeout, max_connections).await;
     Ok(())
 }
@@ -117,7 +123,7 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
 async fn accept<S>(
     listener: tokio::net::TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    service: S,
+    new_service: impl Fn() -> S,
     header_timeout: Duration,
     max: usize,
 ) where
@@ -125,8 +131,7 @@ async fn accept<S>(
             hyper::Request<hyper::body::Incoming>,
             Response = axum::response::Response,
             Error = std::convert::Infallible,
-        > + Clone
-        + Send
+        > + Send
         + 'static,
     S::Future: Send + 'static,
 {
@@ -144,7 +149,7 @@ async fn accept<S>(
             }
         };
         let _ = stream.set_nodelay(true);
-        let service = service.clone();
+        let service = new_service();
         let tls = tls.clone();
         tokio::spawn(async move {
             match tls {

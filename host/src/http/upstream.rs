@@ -426,7 +426,9 @@ impl Pool {
             request.extend_from_slice(b"\r\n");
         }
         if !body.is_empty() || method == Method::POST {
-            request.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+            use std::io::Write;
+            // Into the request itself: no string on the way.
+            let _ = write!(request, "content-length: {}\r\n", body.len());
         }
         request.extend_from_slice(b"\r\n");
         request.extend_from_slice(body);
