@@ -950,9 +950,9 @@ async fn stateless_requests_pass_through_under_policy_and_share_one_session_coun
 
 /// A precise upstream for the pool's edge cases: each connection serves one request, then the
 /// upstream closes it (as a server closes an idle keep-alive connection), although its reply
-/// never said `Connection: close`. Replies are SSE, written in pieces with pauses between.
+/// never said `Connection: close`. Replies are SSE, written in pieces with `gap` between.
 /// Returns its URL and every request body it received.
-fn closing_sse_upstream() -> (String, Arc<Mutex<Vec<String>>>) {
+fn closing_sse_upstream(gap: Duration) -> (String, Arc<Mutex<Vec<String>>>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -994,8 +994,11 @@ fn closing_sse_upstream() -> (String, Arc<Mutex<Vec<String>>>) {
                 chunk(format!("{}\n\n", &result.to_string()[10..])) + "0\r\n\r\n",
             ];
             for piece in pieces {
-                stream.write_all(piece.as_bytes()).unwrap();
-                std::thread::sleep(Duration::from_millis(30));
+                // A client that went away takes the gateway's side of this connection along.
+                if stream.write_all(piece.as_bytes()).is_err() {
+                    break;
+                }
+                std::thread::sleep(gap);
             }
             // The keep-alive connection is closed behind the gateway's back.
             drop(stream);
@@ -1006,7 +1009,7 @@ fn closing_sse_upstream() -> (String, Arc<Mutex<Vec<String>>>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_closing_idle_connections_and_replying_in_pieces_loses_and_repeats_nothing() {
-    let (upstream, seen) = closing_sse_upstream();
+    let (upstream, seen) = closing_sse_upstream(Duration::from_millis(30));
     let serve = Serve::start(
         &format!(
             "[upstream]\nurl = \"{upstream}\"\n{}",
@@ -1034,6 +1037,71 @@ async fn an_upstream_closing_idle_connections_and_replying_in_pieces_loses_and_r
     for (n, body) in seen.iter().enumerate() {
         assert!(body.contains(&format!("call {n}")), "{body}");
     }
+}
+
+/// The first read of a raw client after its POST: what arrived, and when.
+fn first_read(gateway_url: &str, token: &str) -> (String, Duration) {
+    let address = gateway_url
+        .trim_start_matches("http://")
+        .trim_end_matches("/mcp");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                      "params": {"name": "echo", "arguments": {"message": "pieces"}}})
+    .to_string();
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let started = Instant::now();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut buffer = vec![0; 65536];
+    let n = stream.read(&mut buffer).unwrap();
+    (
+        String::from_utf8_lossy(&buffer[..n]).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_head_leaves_with_the_first_events_but_never_waits_long_for_them() {
+    let policy = [("p.json", r#"{"version": "1", "default": "allow"}"#)];
+    // Events 1 ms behind the head (as Node writes them): one write to the client, so its
+    // first read holds the head and the first event.
+    let (quick, _) = closing_sse_upstream(Duration::from_millis(1));
+    let serve = Serve::start(
+        &format!(
+            "[upstream]\nurl = \"{quick}\"\n{}",
+            grant("a", "t", "p.json")
+        ),
+        &policy,
+    );
+    for _ in 0..3 {
+        let (first, _) = first_read(&serve.url, "t");
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        assert!(
+            first.contains("notifications/message"),
+            "head alone: {first}"
+        );
+    }
+    drop(serve);
+    // Events 400 ms behind: the head does not wait for them.
+    let (slow, _) = closing_sse_upstream(Duration::from_millis(400));
+    let serve = Serve::start(
+        &format!(
+            "[upstream]\nurl = \"{slow}\"\n{}",
+            grant("a", "t", "p.json")
+        ),
+        &policy,
+    );
+    let (first, after) = first_read(&serve.url, "t");
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(!first.contains("notifications/message"), "{first}");
+    assert!(
+        after < Duration::from_millis(300),
+        "the head waited {after:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,6 +32,7 @@ use hyper::body::Incoming;
 use hyper::Request;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -46,6 +47,8 @@ static LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 const STATELESS_SESSION: &str = "stateless";
 /// The most read of an upstream reply to a DELETE (which carries no message).
 const SMALL_REPLY: usize = 64 * 1024;
+/// How long an SSE response head may wait for the upstream's first events (see [`relay`]).
+const HEAD_WAITS_FOR_EVENTS: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// How a session reaches its upstream.
 enum Link {
@@ -917,12 +920,21 @@ async fn relay(
     let head = response_head(status, response.headers(), new_session_id);
     let max = gw.limits.max_upstream_message_bytes;
     if content_type.starts_with("text/event-stream") {
-        let relay = SseRelay {
+        let mut relay = SseRelay {
             upstream: response.into_body(),
             parser: sse::Parser::new(max),
             guard: StreamGuard::new(session),
             done: false,
+            first: None,
         };
+        // Servers often write the head and the first events separately (Node does): wait a
+        // moment for the events, so that the client gets them with the head in one write and
+        // wakes once. Only the head can be held back, never an event.
+        let first =
+            std::future::poll_fn(|cx| hyper::body::Body::poll_frame(Pin::new(&mut relay), cx));
+        if let Ok(frame) = tokio::time::timeout(HEAD_WAITS_FOR_EVENTS, first).await {
+            relay.first = Some(frame);
+        }
         return head
             .body(Body::new(relay))
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
@@ -956,6 +968,8 @@ struct SseRelay {
     parser: sse::Parser,
     guard: StreamGuard,
     done: bool,
+    /// The first frame, read before the response head was handed to hyper.
+    first: Option<Option<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>>,
 }
 
 impl SseRelay {
@@ -1003,6 +1017,9 @@ impl hyper::body::Body for SseRelay {
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
         use std::task::Poll;
         let this = self.get_mut();
+        if let Some(first) = this.first.take() {
+            return Poll::Ready(first);
+        }
         while !this.done {
             let chunk = match this.upstream.poll_data(cx) {
                 Poll::Pending => return Poll::Pending,
@@ -1023,7 +1040,7 @@ impl hyper::body::Body for SseRelay {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done
+        self.done && self.first.is_none()
     }
 }
 
