@@ -1066,17 +1066,21 @@ fn first_read(gateway_url: &str, token: &str) -> (String, Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sse_head_leaves_with_the_first_events_but_never_waits_long_for_them() {
-    let policy = [("p.json", r#"{"version": "1", "default": "allow"}"#)];
+    // A gateway in front of an upstream whose events come `gap` after its head.
+    let gateway = |gap| {
+        let (upstream, _) = closing_sse_upstream(gap);
+        let config = format!(
+            "[upstream]\nurl = \"{upstream}\"\n{}",
+            grant("a", "t", "p.json")
+        );
+        Serve::start(
+            &config,
+            &[("p.json", r#"{"version": "1", "default": "allow"}"#)],
+        )
+    };
     // Events 1 ms behind the head (as Node writes them): one write to the client, so its
     // first read holds the head and the first event.
-    let (quick, _) = closing_sse_upstream(Duration::from_millis(1));
-    let serve = Serve::start(
-        &format!(
-            "[upstream]\nurl = \"{quick}\"\n{}",
-            grant("a", "t", "p.json")
-        ),
-        &policy,
-    );
+    let serve = gateway(Duration::from_millis(1));
     for _ in 0..3 {
         let (first, _) = first_read(&serve.url, "t");
         assert!(first.starts_with("HTTP/1.1 200"), "{first}");
@@ -1087,14 +1091,7 @@ async fn an_sse_head_leaves_with_the_first_events_but_never_waits_long_for_them(
     }
     drop(serve);
     // Events 400 ms behind: the head does not wait for them.
-    let (slow, _) = closing_sse_upstream(Duration::from_millis(400));
-    let serve = Serve::start(
-        &format!(
-            "[upstream]\nurl = \"{slow}\"\n{}",
-            grant("a", "t", "p.json")
-        ),
-        &policy,
-    );
+    let serve = gateway(Duration::from_millis(400));
     let (first, after) = first_read(&serve.url, "t");
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
     assert!(!first.contains("notifications/message"), "{first}");
