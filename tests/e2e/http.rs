@@ -125,6 +125,31 @@ impl Serve {
         self.child.id()
     }
 
+    /// `host:port` of the `/mcp` listener, for raw TCP clients.
+    pub fn address(&self) -> String {
+        self.url
+            .trim_start_matches("http://")
+            .trim_end_matches("/mcp")
+            .to_owned()
+    }
+
+    /// Sends SIGTERM, then waits up to `limit` for the process to exit.
+    pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let sent = Command::new("kill")
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     pub async fn status(&self) -> Value {
         reqwest::Client::new()
             .get(format!("{}/status", self.admin))
@@ -565,11 +590,7 @@ async fn slow_loris_clients_are_cut_off_while_others_are_served() {
         ),
         &[("a.json", r#"{"version": "1", "default": "allow"}"#)],
     );
-    let addr = serve
-        .url
-        .trim_start_matches("http://")
-        .trim_end_matches("/mcp")
-        .to_owned();
+    let addr = serve.address();
     let connect = || {
         let stream = std::net::TcpStream::connect(&addr).unwrap();
         stream
@@ -1040,11 +1061,9 @@ async fn an_upstream_closing_idle_connections_and_replying_in_pieces_loses_and_r
 }
 
 /// The first read of a raw client after its POST: what arrived, and when.
-fn first_read(gateway_url: &str, token: &str) -> (String, Duration) {
-    let address = gateway_url
-        .trim_start_matches("http://")
-        .trim_end_matches("/mcp");
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
+fn first_read(serve: &Serve, token: &str) -> (String, Duration) {
+    let address = serve.address();
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                       "params": {"name": "echo", "arguments": {"message": "pieces"}}})
     .to_string();
@@ -1082,7 +1101,7 @@ async fn an_sse_head_leaves_with_the_first_events_but_never_waits_long_for_them(
     // first read holds the head and the first event.
     let serve = gateway(Duration::from_millis(1));
     for _ in 0..3 {
-        let (first, _) = first_read(&serve.url, "t");
+        let (first, _) = first_read(&serve, "t");
         assert!(first.starts_with("HTTP/1.1 200"), "{first}");
         assert!(
             first.contains("notifications/message"),
@@ -1092,13 +1111,55 @@ async fn an_sse_head_leaves_with_the_first_events_but_never_waits_long_for_them(
     drop(serve);
     // Events 400 ms behind: the head does not wait for them.
     let serve = gateway(Duration::from_millis(400));
-    let (first, after) = first_read(&serve.url, "t");
+    let (first, after) = first_read(&serve, "t");
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
     assert!(!first.contains("notifications/message"), "{first}");
     assert!(
         after < Duration::from_millis(300),
         "the head waited {after:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_call_in_flight_finish_and_refuses_new_connections() {
+    // Each reply takes 3 x 300 ms: time to stop the gateway in the middle of one.
+    let (upstream, seen) = closing_sse_upstream(Duration::from_millis(300));
+    let mut serve = Serve::start(
+        &format!(
+            "[upstream]\nurl = \"{upstream}\"\n{}",
+            grant("a", "t", "p.json")
+        ),
+        &[("p.json", r#"{"version": "1", "default": "allow"}"#)],
+    );
+    let address = serve.address();
+    // An idle keep-alive connection, and a call in flight.
+    let mut idle = std::net::TcpStream::connect(&address).unwrap();
+    let client = Mcp::new(&serve.url, Some("t"));
+    let call = tokio::spawn(async move {
+        client
+            .post(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                          "params": {"name": "echo", "arguments": {"message": "in flight"}}}))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(seen.lock().unwrap().len(), 1, "the call is upstream");
+    let started = Instant::now();
+    let status = tokio::task::block_in_place(|| serve.terminate(Duration::from_secs(8)));
+    let status = status.expect("the gateway did not exit within 8 s");
+    assert!(status.success(), "{status:?}");
+    // It waited for the call (about 900 ms in all), not for the 10 s grace.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let reply = call.await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(text(reply.result()), "in flight");
+    // The idle connection was closed, and nothing listens any more.
+    idle.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    assert_eq!(idle.read(&mut [0; 16]).unwrap_or(0), 0);
+    assert!(std::net::TcpStream::connect(&address).is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -123,6 +123,9 @@ pub struct Limits {
     pub client_timeout_s: u64,
     /// TCP connections open at once; more wait in the listen backlog.
     pub max_connections: usize,
+    /// On SIGTERM or SIGINT the listeners close at once and requests in flight get this long
+    /// to finish (idle keep-alive connections are closed); then the rest are cut off.
+    pub shutdown_grace_s: u64,
 }
 
 impl Default for Limits {
@@ -135,6 +138,7 @@ impl Default for Limits {
             request_timeout_s: 300,
             client_timeout_s: 10,
             max_connections: 4096,
+            shutdown_grace_s: 10,
         }
     }
 }
@@ -148,6 +152,9 @@ impl Limits {
     }
     pub fn client_timeout(&self) -> Duration {
         Duration::from_secs(self.client_timeout_s)
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_s)
     }
 }
 

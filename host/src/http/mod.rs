@@ -92,17 +92,26 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
         }
     });
     let admin_router = admin::router(gateway.clone(), config.admin_token_sha256.as_deref())?;
-    let client_timeout = gateway.limits.client_timeout();
-    let max_connections = gateway.limits.max_connections;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let signal = stop_signal().await;
+        tracing::info!(
+            signal,
+            "stopping: listeners closed, requests in flight may finish"
+        );
+        let _ = stop.send(true);
+    });
+    let options = Options {
+        tls,
+        header_timeout: gateway.limits.client_timeout(),
+        max: 64,
+        stop: stopping,
+        grace: gateway.limits.shutdown_grace(),
+    };
     let admin_service = hyper_util::service::TowerToHyperService::new(admin_router);
     let admin_service = move || admin_service.clone();
-    tokio::spawn(accept(
-        admin,
-        tls.clone(),
-        admin_service,
-        client_timeout,
-        64,
-    ));
+    let admin = tokio::spawn(accept(admin, admin_service, options.clone()));
+    let max = gateway.limits.max_connections;
     // `/mcp` is served by a plain hyper service (one route needs no router), one per
     // connection, remembering the token that the connection last presented.
     let mcp_service = move || {
@@ -113,20 +122,56 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
             async move { Ok(gateway::handle(gateway, remembered, request).await) }
         })
     };
-    accept(mcp, tls, mcp_service, client_timeout, max_connections).await;
+    accept(mcp, mcp_service, Options { max, ..options }).await;
+    let _ = admin.await;
     Ok(())
 }
 
-/// Serves HTTP/1.1 connections, over TLS if `tls` is set: at most `max` at once, each with a
-/// deadline for its TLS handshake and for its request headers (the slow-loris guard; bodies
-/// have theirs in the handlers).
-async fn accept<S>(
-    listener: tokio::net::TcpListener,
+/// Waits for SIGTERM or SIGINT; returns its name.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for SIGTERM/SIGINT: no graceful stop");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+/// Returns once the gateway is stopping.
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    if stop.wait_for(|stopping| *stopping).await.is_err() {
+        // The sender only goes once it has said stop: never here, but never a stop either.
+        std::future::pending::<()>().await;
+    }
+}
+
+/// How a listener serves its connections.
+#[derive(Clone)]
+struct Options {
+    /// TLS, if the listeners speak HTTPS.
     tls: Option<tokio_rustls::TlsAcceptor>,
-    new_service: impl Fn() -> S,
+    /// The deadline for a TLS handshake and for each request's headers.
     header_timeout: Duration,
+    /// Connections at once.
     max: usize,
-) where
+    /// Becomes true when the gateway is stopping.
+    stop: tokio::sync::watch::Receiver<bool>,
+    /// How long connections may take to finish once it stops.
+    grace: Duration,
+}
+
+/// Serves HTTP/1.1 connections, over TLS if set: at most `max` at once, each with a deadline
+/// for its TLS handshake and for its request headers (the slow-loris guard; bodies have
+/// theirs in the handlers). When the gateway stops, the listener closes, and the connections
+/// get the grace period to finish what they are doing; then it returns.
+async fn accept<S>(listener: tokio::net::TcpListener, new_service: impl Fn() -> S, options: Options)
+where
     S: hyper::service::Service<
             hyper::Request<hyper::body::Incoming>,
             Response = axum::response::Response,
@@ -135,14 +180,21 @@ async fn accept<S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let permits = Arc::new(tokio::sync::Semaphore::new(max));
+    let permits = Arc::new(tokio::sync::Semaphore::new(options.max));
+    let mut stop = options.stop.clone();
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
+        let accepted = tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => break,
+            accepted = async {
+                let permit = permits.clone().acquire_owned().await;
+                (permit, listener.accept().await)
+            } => accepted,
         };
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
+        let (stream, permit) = match accepted {
+            (Ok(permit), Ok((stream, _))) => (stream, permit),
+            (Err(_), _) => break,
+            (_, Err(e)) => {
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
@@ -150,22 +202,38 @@ async fn accept<S>(
         };
         let _ = stream.set_nodelay(true);
         let service = new_service();
-        let tls = tls.clone();
+        let options = options.clone();
         tokio::spawn(async move {
-            match tls {
-                None => serve_connection(stream, service, header_timeout).await,
-                Some(tls) => match tokio::time::timeout(header_timeout, tls.accept(stream)).await {
-                    Ok(Ok(stream)) => serve_connection(stream, service, header_timeout).await,
-                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!("TLS handshake not finished in time"),
-                },
+            match &options.tls {
+                None => serve_connection(stream, service, &options).await,
+                Some(tls) => {
+                    match tokio::time::timeout(options.header_timeout, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_connection(stream, service, &options).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake not finished in time"),
+                    }
+                }
             }
             drop(permit);
         });
     }
+    drop(listener);
+    // Every permit back means every connection has ended.
+    let all = u32::try_from(options.max).unwrap_or(u32::MAX);
+    if tokio::time::timeout(options.grace, permits.acquire_many(all))
+        .await
+        .is_err()
+    {
+        let open = options.max - permits.available_permits();
+        tracing::warn!(
+            open,
+            "connections still open after the shutdown grace; cut off"
+        );
+    }
 }
 
-async fn serve_connection<I, S>(stream: I, service: S, header_timeout: Duration)
+/// One HTTP/1.1 connection; when the gateway stops, it ends after its request in flight.
+async fn serve_connection<I, S>(stream: I, service: S, options: &Options)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<
@@ -180,10 +248,19 @@ where
     // plain write, cheaper than a writev of several small pieces.
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
+        .header_read_timeout(options.header_timeout)
         .writev(false)
         .serve_connection(TokioIo::new(stream), service);
-    if let Err(e) = connection.await {
+    let mut connection = std::pin::pin!(connection);
+    let mut stop = options.stop.clone();
+    let ended = tokio::select! {
+        ended = connection.as_mut() => ended,
+        _ = stopped(&mut stop) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }
