@@ -171,7 +171,9 @@ def serve(tmp_path: Path, upstream: dict, grants: list[dict], **top):
 
 
 def make_certs(folder: Path, dns: tuple[str, ...] = ("localhost",), ips: tuple[str, ...] = ()) -> tuple[Path, Path, Path]:
-    """A CA, and a server certificate for these names signed by it: (ca.pem, cert.pem, key.pem)."""
+    """A CA, and a server certificate for these names signed by it: (ca.pem, cert.pem, key.pem).
+    A client certificate (for mutual TLS) signed by the same CA goes to client.pem and
+    client.key in the same folder."""
     import datetime
     import ipaddress
 
@@ -183,7 +185,7 @@ def make_certs(folder: Path, dns: tuple[str, ...] = ("localhost",), ips: tuple[s
     now = datetime.datetime.now(datetime.timezone.utc)
     valid = (now - datetime.timedelta(hours=1), now + datetime.timedelta(days=1))
 
-    def cert(subject: str, key, issuer: str, issuer_key, ca: bool) -> x509.Certificate:
+    def cert(subject: str, key, issuer: str, issuer_key, ca: bool, usage=ExtendedKeyUsageOID.SERVER_AUTH) -> x509.Certificate:
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
@@ -203,13 +205,19 @@ def make_certs(folder: Path, dns: tuple[str, ...] = ("localhost",), ips: tuple[s
                 x509.SubjectAlternativeName(
                     [x509.DNSName(n) for n in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
                 ), critical=False
-            ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            ).add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         return builder.sign(issuer_key, hashes.SHA256())
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = cert("toolgate test CA", ca_key, "toolgate test CA", ca_key, ca=True)
     key = ec.generate_private_key(ec.SECP256R1())
     leaf = cert("localhost", key, "toolgate test CA", ca_key, ca=False)
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client = cert("toolgate", client_key, "toolgate test CA", ca_key, ca=False, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
+    (folder / "client.pem").write_bytes(client.public_bytes(serialization.Encoding.PEM))
+    (folder / "client.key").write_bytes(
+        client_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     paths = folder / "ca.pem", folder / "cert.pem", folder / "key.pem"
     paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths[1].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))

@@ -26,12 +26,28 @@ TOKEN = "tg_https_token"
 POLICY = {"version": "1", "default": "allow", "tools": {"get-sum": {"action": "deny", "reason": "no sums over TLS"}}}
 
 
+async def initialize(url: str) -> httpx2.Response:
+    """A bare `initialize` POST, for its status and error."""
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        return await http.post(
+            url,
+            json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": {},
+                "clientInfo": {"name": "pytest", "version": "1"}}},
+            headers={"Accept": "application/json, text/event-stream"},
+        )
+
+
 @asynccontextmanager
-async def tls_terminator(cert: Path, key: Path, target: str):
-    """Accepts TLS on a loopback port and relays the plain bytes to `target` (host:port).
-    Yields the port and the number of TLS connections that completed a handshake."""
+async def tls_terminator(cert: Path, key: Path, target: str, client_ca: Path | None = None):
+    """Accepts TLS on a loopback port and relays the plain bytes to `target` (host:port); with
+    `client_ca`, only clients with a certificate from that CA (mutual TLS). Yields the port
+    and the number of TLS connections that completed a handshake."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
+    if client_ca:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(client_ca)
     host, port = target.rsplit(":", 1)
     handshakes = [0]
 
@@ -94,15 +110,30 @@ async def test_an_https_upstream_that_fails_verification_is_never_sent_a_request
             if ca_file:
                 upstream["ca_file"] = str(ca)
             with serve(tmp_path, upstream, [{"name": "tls", "token": TOKEN, "policy": POLICY}]) as url:
-                async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
-                    response = await http.post(
-                        url,
-                        json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                            "protocolVersion": "2025-11-25", "capabilities": {},
-                            "clientInfo": {"name": "pytest", "version": "1"}}},
-                        headers={"Accept": "application/json, text/event-stream"},
-                    )
+                response = await initialize(url)
     assert response.status_code == 502, response.text
     message = response.json()["error"]["message"]
     assert "upstream MCP server unreachable" in message and why in message, message
     assert handshakes[0] == 0, "a TLS session was completed with an unverified upstream"
+
+
+@pytest.mark.parametrize("with_certificate", [True, False])
+async def test_an_upstream_that_requires_a_client_certificate_gets_the_configured_one(tmp_path, with_certificate):
+    ca, cert, key = make_certs(tmp_path)
+    with everything_http() as direct:
+        async with tls_terminator(cert, key, urlparse(direct).netloc, client_ca=ca) as (port, handshakes):
+            upstream = {"url": f"https://localhost:{port}/mcp", "ca_file": ca.name}
+            if with_certificate:
+                upstream |= {"client_cert_file": "client.pem", "client_key_file": "client.key"}
+            with serve(tmp_path, upstream, [{"name": "tls", "token": TOKEN, "policy": POLICY}]) as url:
+                if with_certificate:
+                    async with connect(url, token=TOKEN) as gw:
+                        echoed = dump(await gw.call_tool("echo", {"message": "mutual"}))
+                    assert echoed["content"][0]["text"] == "Echo: mutual"
+                    assert handshakes[0] >= 1
+                    return
+                response = await initialize(url)
+    # Without the certificate the upstream refuses the handshake: 502, and nothing relayed.
+    assert response.status_code == 502, response.text
+    assert "upstream MCP server unreachable" in response.json()["error"]["message"]
+    assert handshakes[0] == 0

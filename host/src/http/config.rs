@@ -68,6 +68,13 @@ pub struct UpstreamConfig {
     /// self-signed server. Relative to the config file.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// For an `https://` upstream that asks for a client certificate (mutual TLS): the
+    /// certificate chain toolgate presents, and its key. Both or neither; relative to the
+    /// config file.
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
     /// A stdio server's command and arguments: one child per MCP session.
     #[serde(default)]
     pub command: Option<Vec<String>>,
@@ -175,10 +182,24 @@ pub enum Upstream {
         url: String,
         /// `[upstream] headers`, checked as HTTP header names and values.
         headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
-        /// `[upstream] ca_file`, absolute.
-        ca_file: Option<PathBuf>,
+        tls: UpstreamTls,
     },
     Stdio(Vec<String>),
+}
+
+/// The TLS settings of an `https://` upstream, paths absolute.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UpstreamTls {
+    /// The CAs to trust instead of the public roots.
+    pub ca_file: Option<PathBuf>,
+    /// The client certificate chain and key, for mutual TLS.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+impl UpstreamTls {
+    pub fn is_set(&self) -> bool {
+        *self != Self::default()
+    }
 }
 
 impl Config {
@@ -214,8 +235,15 @@ impl Config {
                 );
             }
         }
-        if let Some(ca_file) = &mut config.upstream.ca_file {
-            *ca_file = base.join(&*ca_file);
+        for file in [
+            &mut config.upstream.ca_file,
+            &mut config.upstream.client_cert_file,
+            &mut config.upstream.client_key_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *file = base.join(&*file);
         }
         if let Some(tls) = &mut config.tls {
             tls.cert_file = base.join(&tls.cert_file);
@@ -230,10 +258,24 @@ impl Config {
 
     /// The upstream, checked.
     pub fn upstream(&self) -> anyhow::Result<Upstream> {
+        let up = &self.upstream;
+        let tls = UpstreamTls {
+            ca_file: up.ca_file.clone(),
+            client: match (&up.client_cert_file, &up.client_key_file) {
+                (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+                (None, None) => None,
+                _ => anyhow::bail!(
+                    "[upstream] client_cert_file and client_key_file go together: set both or neither"
+                ),
+            },
+        };
         match (&self.upstream.url, &self.upstream.command) {
+            (None, Some(_)) if tls.is_set() => {
+                anyhow::bail!("[upstream] ca_file and client certificates are for an https:// url, not a command")
+            }
             (Some(url), None) => Ok(Upstream::Http {
                 url: url.clone(),
-                ca_file: self.upstream.ca_file.clone(),
+                tls,
                 headers: self
                     .upstream
                     .headers
@@ -249,9 +291,6 @@ impl Config {
                     })
                     .collect::<anyhow::Result<_>>()?,
             }),
-            (None, Some(_)) if self.upstream.ca_file.is_some() => {
-                anyhow::bail!("[upstream] ca_file is for an https:// url, not a command")
-            }
             (None, Some(command)) if !command.is_empty() => Ok(Upstream::Stdio(command.clone())),
             _ => anyhow::bail!("[upstream] needs exactly one of `url` and a non-empty `command`"),
         }
@@ -315,17 +354,17 @@ mod tests {
             "[upstream]\nurl = \"https://h/mcp\"\nca_file = \"certs/ca.pem\"\n",
         )
         .unwrap();
-        let Upstream::Http { ca_file, .. } = Config::load(&path).unwrap().upstream().unwrap()
-        else {
+        let Upstream::Http { tls, .. } = Config::load(&path).unwrap().upstream().unwrap() else {
             panic!("an HTTP upstream")
         };
-        assert_eq!(ca_file, Some(dir.path().join("certs/ca.pem")));
+        assert_eq!(tls.ca_file, Some(dir.path().join("certs/ca.pem")));
+        assert_eq!(tls.client, None);
         let message = load("[upstream]\ncommand = [\"x\"]\nca_file = \"ca.pem\"\n")
             .unwrap_err()
             .to_string();
-        assert!(
-            message.contains("ca_file is for an https:// url"),
-            "{message}"
-        );
+        assert!(message.contains("are for an https:// url"), "{message}");
+        let half = load("[upstream]\nurl = \"https://h/mcp\"\nclient_cert_file = \"c.pem\"\n");
+        let half = half.unwrap_err().to_string();
+        assert!(half.contains("set both or neither"), "{half}");
     }
 }

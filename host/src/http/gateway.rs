@@ -255,9 +255,7 @@ impl Gateway {
         origins: Vec<String>,
     ) -> anyhow::Result<Self> {
         let pool = match &upstream {
-            Upstream::Http { url, ca_file, .. } => {
-                Some(Arc::new(Pool::new(url, ca_file.as_deref())?))
-            }
+            Upstream::Http { url, tls, .. } => Some(Arc::new(Pool::new(url, tls)?)),
             Upstream::Stdio(_) => None,
         };
         Ok(Self {

@@ -311,8 +311,8 @@ impl Body {
 
 impl Pool {
     /// A pool for `url` (`http://` or `https://host:port/path`); an https upstream's
-    /// certificate must chain to a CA in `ca_file` (PEM) or, without one, to a public root.
-    pub fn new(url: &str, ca_file: Option<&std::path::Path>) -> anyhow::Result<Self> {
+    /// certificate must chain to a CA in `tls.ca_file` (PEM) or, without one, to a public root.
+    pub fn new(url: &str, tls: &super::config::UpstreamTls) -> anyhow::Result<Self> {
         let uri: hyper::Uri = url
             .parse()
             .map_err(|e| anyhow::anyhow!("[upstream] url `{url}`: {e}"))?;
@@ -320,14 +320,16 @@ impl Pool {
             .host()
             .ok_or_else(|| anyhow::anyhow!("[upstream] url `{url}` has no host"))?;
         let (tls, default_port) = match uri.scheme_str() {
-            Some("http") if ca_file.is_some() => {
-                anyhow::bail!("[upstream] ca_file is set but url `{url}` is not https://")
+            Some("http") if tls.is_set() => {
+                anyhow::bail!(
+                    "[upstream] ca_file or a client certificate is set but url `{url}` is not https://"
+                )
             }
             Some("http") => (None, 80),
             Some("https") => {
                 let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
                     .map_err(|e| anyhow::anyhow!("[upstream] url `{url}`: {e}"))?;
-                (Some((super::tls::connector(ca_file)?, name)), 443)
+                (Some((super::tls::connector(tls)?, name)), 443)
             }
             _ => anyhow::bail!("[upstream] url `{url}`: only http:// and https:// are supported"),
         };
@@ -586,6 +588,7 @@ fn head_of(parsed: &httparse::Response) -> io::Result<Head> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::config::UpstreamTls;
     use super::*;
 
     fn body(framing: Framing, bytes: &[u8]) -> Body {
@@ -636,12 +639,13 @@ mod tests {
 
     #[test]
     fn urls_pick_plain_or_tls_and_the_default_port() {
-        let plain = Pool::new("http://127.0.0.1/mcp", None).unwrap();
+        let none = UpstreamTls::default();
+        let plain = Pool::new("http://127.0.0.1/mcp", &none).unwrap();
         assert_eq!(
             (plain.address.as_str(), plain.tls.is_none()),
             ("127.0.0.1:80", true)
         );
-        let tls = Pool::new("https://mcp.example.com/mcp?x=1", None).unwrap();
+        let tls = Pool::new("https://mcp.example.com/mcp?x=1", &none).unwrap();
         assert_eq!(tls.address, "mcp.example.com:443");
         assert_eq!(
             (tls.authority.as_str(), tls.path.as_str()),
@@ -650,7 +654,7 @@ mod tests {
         assert!(
             matches!(&tls.tls, Some((_, ServerName::DnsName(n))) if n.as_ref() == "mcp.example.com")
         );
-        let ip = Pool::new("https://[::1]:8443/mcp", None).unwrap();
+        let ip = Pool::new("https://[::1]:8443/mcp", &none).unwrap();
         assert!(matches!(&ip.tls, Some((_, ServerName::IpAddress(_)))));
         assert_eq!(ip.address, "[::1]:8443");
     }
@@ -661,10 +665,14 @@ mod tests {
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "no certificate here\n").unwrap();
         let error = |url: &str, ca: Option<&std::path::Path>| {
-            format!("{:#}", Pool::new(url, ca).err().expect(url))
+            let tls = UpstreamTls {
+                ca_file: ca.map(Into::into),
+                client: None,
+            };
+            format!("{:#}", Pool::new(url, &tls).err().expect(url))
         };
         assert!(error("ftp://h/mcp", None).contains("only http:// and https://"));
-        assert!(error("http://h/mcp", Some(&empty)).contains("not https://"));
+        assert!(error("http://h/mcp", Some(&empty)).contains("is not https://"));
         assert!(error("https://h/mcp", Some(&empty)).contains("holds no certificate"));
         let missing = dir.path().join("missing.pem");
         assert!(error("https://h/mcp", Some(&missing)).contains("missing.pem"));
