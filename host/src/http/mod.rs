@@ -24,6 +24,7 @@ use config::Config;
 use gateway::Gateway;
 use grants::Grants;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -151,6 +152,33 @@ async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
     }
 }
 
+/// What both listeners serve each connection with: a hyper service that cannot fail (a
+/// trait alias, hence the blanket impl).
+trait Service:
+    hyper::service::Service<
+        Request,
+        Response = Response,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Send
+    + 'static
+{
+}
+
+impl<S> Service for S where
+    S: hyper::service::Service<
+            Request,
+            Response = Response,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Send
+        + 'static
+{
+}
+
+type Request = hyper::Request<hyper::body::Incoming>;
+type Response = axum::response::Response;
+
 /// How a listener serves its connections.
 #[derive(Clone)]
 struct Options {
@@ -170,16 +198,11 @@ struct Options {
 /// for its TLS handshake and for its request headers (the slow-loris guard; bodies have
 /// theirs in the handlers). When the gateway stops, the listener closes, and the connections
 /// get the grace period to finish what they are doing; then it returns.
-async fn accept<S>(listener: tokio::net::TcpListener, new_service: impl Fn() -> S, options: Options)
-where
-    S: hyper::service::Service<
-            hyper::Request<hyper::body::Incoming>,
-            Response = axum::response::Response,
-            Error = std::convert::Infallible,
-        > + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
+async fn accept<S: Service>(
+    listener: tokio::net::TcpListener,
+    new_service: impl Fn() -> S,
+    options: Options,
+) {
     let permits = Arc::new(tokio::sync::Semaphore::new(options.max));
     let mut stop = options.stop.clone();
     loop {
@@ -233,16 +256,9 @@ where
 }
 
 /// One HTTP/1.1 connection; when the gateway stops, it ends after its request in flight.
-async fn serve_connection<I, S>(stream: I, service: S, options: &Options)
+async fn serve_connection<I, S: Service>(stream: I, service: S, options: &Options)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<
-            hyper::Request<hyper::body::Incoming>,
-            Response = axum::response::Response,
-            Error = std::convert::Infallible,
-        > + Send
-        + 'static,
-    S::Future: Send + 'static,
 {
     // `writev(false)`: a reply's head and body are copied into one buffer and sent with one
     // plain write, cheaper than a writev of several small pieces.

@@ -25,7 +25,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::pki_types::ServerName;
 
@@ -80,26 +80,21 @@ impl Conn {
     /// Reads what the connection has into `buffer`, waiting for at least one byte; `Ok(0)`
     /// at the end.
     fn poll_fill(&mut self, buffer: &mut BytesMut, cx: &mut Context) -> Poll<io::Result<usize>> {
-        let stream = match self {
-            Conn::Plain(stream) => stream,
-            Conn::Tls(stream) => {
-                let mut chunk = [0u8; 16 * 1024];
-                let mut read = tokio::io::ReadBuf::new(&mut chunk);
-                ready!(std::pin::Pin::new(&mut **stream).poll_read(cx, &mut read))?;
-                buffer.extend_from_slice(read.filled());
-                return Poll::Ready(Ok(read.filled().len()));
-            }
-        };
-        loop {
-            if buffer.capacity() - buffer.len() < 4096 {
-                buffer.reserve(8192);
-            }
-            match stream.try_read_buf(buffer) {
-                Ok(n) => return Poll::Ready(Ok(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    ready!(stream.poll_read_ready(cx))?;
+        if buffer.capacity() - buffer.len() < 4096 {
+            buffer.reserve(8192);
+        }
+        match self {
+            Conn::Plain(stream) => loop {
+                match stream.try_read_buf(buffer) {
+                    Ok(n) => return Poll::Ready(Ok(n)),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        ready!(stream.poll_read_ready(cx))?;
+                    }
+                    Err(e) => return Poll::Ready(Err(e)),
                 }
-                Err(e) => return Poll::Ready(Err(e)),
+            },
+            Conn::Tls(stream) => {
+                tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut **stream), cx, buffer)
             }
         }
     }
