@@ -988,18 +988,19 @@ impl SseRelay {
                 out.extend_from_slice(&event.encode());
                 continue;
             }
-            let encoded = self
-                .guard
-                .0
-                .policy
-                .from_upstream(event.data.as_bytes(), |line| {
-                    sse::Event {
-                        data: String::from_utf8_lossy(line.trim_ascii_end()).into_owned(),
-                        ..event
-                    }
-                    .encode()
-                });
-            out.extend_from_slice(&encoded);
+            let data = event.data.as_bytes();
+            let encoded = self.guard.0.policy.from_upstream(data, |line| {
+                if std::ptr::eq(line, data) {
+                    event.encode_with(event.data.trim_ascii_end()) // as it came: no copy
+                } else {
+                    event.encode_with(&String::from_utf8_lossy(line.trim_ascii_end()))
+                }
+            });
+            if out.is_empty() {
+                out = encoded;
+            } else {
+                out.extend_from_slice(&encoded);
+            }
         }
         out
     }

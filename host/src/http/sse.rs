@@ -29,7 +29,12 @@ impl Event {
 
     /// The event on the wire, ending with its blank line.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.data.len() + 32);
+        self.encode_with(&self.data)
+    }
+
+    /// The event on the wire with `data` in place of its own.
+    pub fn encode_with(&self, data: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(data.len() + 32);
         if let Some(id) = &self.id {
             out.extend_from_slice(b"id: ");
             out.extend_from_slice(id.as_bytes());
@@ -46,7 +51,7 @@ impl Event {
             out.push(b'\n');
         }
         if self.has_data {
-            for line in self.data.split('\n') {
+            for line in data.split('\n') {
                 out.extend_from_slice(b"data: ");
                 out.extend_from_slice(line.as_bytes());
                 out.push(b'\n');
@@ -83,36 +88,46 @@ impl Parser {
 
     /// Feeds bytes; returns the events they complete.
     pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Event>, Oversized> {
-        self.buf.extend_from_slice(chunk);
-        let mut events = Vec::new();
-        let mut start = 0;
-        while let Some(offset) = memchr::memchr2(b'\n', b'\r', &self.buf[self.scanned..]) {
-            let end = self.scanned + offset;
-            // A CR at the very end may be half of a CRLF: wait for the next byte.
-            if self.buf[end] == b'\r' && end + 1 == self.buf.len() {
-                break;
-            }
-            let next = if self.buf[end] == b'\r' && self.buf[end + 1] == b'\n' {
-                end + 2
-            } else {
-                end + 1
-            };
-            let line = std::str::from_utf8(&self.buf[start..end])
-                .map(str::to_owned)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&self.buf[start..end]).into_owned());
-            self.field(&line, &mut events);
-            start = next;
-            self.scanned = next;
-            if self.current.data.len() > self.max {
-                return Err(Oversized(self.current.data.len()));
-            }
-        }
-        self.buf.drain(..start);
+        // Taken out while its lines are read, so that they are borrowed rather than copied.
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.extend_from_slice(chunk);
+        let (start, events, over) = self.lines(&buf);
+        buf.drain(..start);
         self.scanned -= start;
+        self.buf = buf;
+        if let Some(length) = over {
+            return Err(Oversized(length));
+        }
         if self.buf.len() > self.max {
             return Err(Oversized(self.buf.len()));
         }
         Ok(events)
+    }
+
+    /// Reads the complete lines in `buf` from `self.scanned`: where the unread rest starts,
+    /// the events completed, and the length of an event that went over the cap.
+    fn lines(&mut self, buf: &[u8]) -> (usize, Vec<Event>, Option<usize>) {
+        let mut events = Vec::new();
+        let mut start = 0;
+        while let Some(offset) = memchr::memchr2(b'\n', b'\r', &buf[self.scanned..]) {
+            let end = self.scanned + offset;
+            // A CR at the very end may be half of a CRLF: wait for the next byte.
+            if buf[end] == b'\r' && end + 1 == buf.len() {
+                break;
+            }
+            let next = if buf[end] == b'\r' && buf[end + 1] == b'\n' {
+                end + 2
+            } else {
+                end + 1
+            };
+            self.field(&String::from_utf8_lossy(&buf[start..end]), &mut events);
+            start = next;
+            self.scanned = next;
+            if self.current.data.len() > self.max {
+                return (start, events, Some(self.current.data.len()));
+            }
+        }
+        (start, events, None)
     }
 
     fn field(&mut self, line: &str, events: &mut Vec<Event>) {
