@@ -18,6 +18,7 @@
 //! a `tools/call` is never sent twice.
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, StatusCode};
 use std::future::poll_fn;
@@ -25,7 +26,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::pki_types::ServerName;
 
@@ -361,15 +362,15 @@ impl Pool {
     fn reuse(&self) -> Option<Conn> {
         loop {
             let (stream, since) = self.idle().pop()?;
-            let mut probe = [0u8; 1];
-            // Readable means closed (or a stray byte, or over TLS a close_notify): either way
-            // the connection is unusable. The reactor's readiness costs nothing; an old
-            // connection gets a real look.
-            let open = match stream.tcp().try_read(&mut probe) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    since.elapsed() < CHECK_IDLE_AFTER || peek_open(stream.tcp())
-                }
-                _ => false,
+            // The reactor's readiness costs no syscall. A peer's close (FIN, or RST) shows as
+            // read-closed once an `epoll_wait` has seen it, and the one that woke this request
+            // has. Readable alone is no news: it stays set from the last reply's read (no read
+            // ended in `WouldBlock`). So a young connection is trusted unless closed; an old one
+            // gets a real look (`MSG_PEEK`: no data, no end, no error).
+            let open = match stream.tcp().ready(Interest::READABLE).now_or_never() {
+                Some(Ok(ready)) if ready.is_read_closed() || ready.is_error() => false,
+                Some(Err(_)) => false,
+                _ => since.elapsed() < CHECK_IDLE_AFTER || peek_open(stream.tcp()),
             };
             if open {
                 return Some(stream);
