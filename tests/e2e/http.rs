@@ -1163,6 +1163,35 @@ async fn sigterm_lets_the_call_in_flight_finish_and_refuses_new_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_gateway_deletes_its_upstream_sessions() {
+    let upstream = EchoUpstream::start();
+    let mut serve = Serve::start(
+        &format!(
+            "[upstream]\nurl = \"{}\"\n{}",
+            upstream.url,
+            grant("a", "t", "p.json")
+        ),
+        &[("p.json", r#"{"version": "1", "default": "allow"}"#)],
+    );
+    for n in 0..3 {
+        let mut mcp = Mcp::new(&serve.url, Some("t"));
+        mcp.initialize().await;
+        let message = format!("session {n}");
+        assert_eq!(
+            text(&mcp.call("echo", json!({"message": message})).await),
+            message
+        );
+    }
+    assert_eq!(upstream.stats().await["sessions"], 3);
+    let status = tokio::task::block_in_place(|| serve.terminate(Duration::from_secs(8)));
+    assert!(status
+        .expect("the gateway did not exit within 8 s")
+        .success());
+    // The DELETEs went out before the gateway exited: nothing to wait for.
+    assert_eq!(upstream.stats().await["sessions"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_without_a_policy_is_denied_everything() {
     let upstream = EchoUpstream::start();
     let serve = Serve::start(

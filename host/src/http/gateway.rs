@@ -472,20 +472,44 @@ impl Gateway {
         expired.len()
     }
 
+    /// Ends every session when the gateway stops, after the connections have finished: the
+    /// HTTP upstream's sessions get their DELETEs, all at once and for at most `within`, so
+    /// that the upstream frees them now instead of at its own idle expiry; stdio children are
+    /// stopped as their sessions drop. Returns how many sessions there were.
+    pub async fn close_all(self: &Arc<Self>, within: std::time::Duration) -> usize {
+        let closed: Vec<Arc<GwSession>> = self.sessions().drain().map(|(_, s)| s).collect();
+        self.slots.fetch_sub(closed.len(), Ordering::SeqCst);
+        let mut deletes = tokio::task::JoinSet::new();
+        for session in &closed {
+            if let Link::Http(Some(upstream_id)) = &session.link {
+                deletes.spawn(self.clone().delete_upstream(upstream_id.clone()));
+            }
+        }
+        let all_sent = async { while deletes.join_next().await.is_some() {} };
+        if tokio::time::timeout(within, all_sent).await.is_err() {
+            tracing::warn!(
+                left = deletes.len(),
+                "stopping: the upstream did not answer every session DELETE in time"
+            );
+        }
+        closed.len()
+    }
+
     /// Ends the upstream side of a session that is gone: DELETE for HTTP (in the
     /// background), the child is killed when the last reference drops.
     fn close_upstream(self: &Arc<Self>, session: &GwSession) {
-        let Link::Http(Some(upstream_id)) = &session.link else {
-            return;
-        };
-        let (gateway, upstream_id) = (self.clone(), upstream_id.clone());
-        tokio::spawn(async move {
-            let no_client = HeaderMap::new();
-            let sent = gateway.send_upstream(Method::DELETE, Some(&upstream_id), &no_client, b"");
-            if let Ok(response) = sent.await {
-                let _ = response.into_body().read_all(SMALL_REPLY).await;
-            }
-        });
+        if let Link::Http(Some(upstream_id)) = &session.link {
+            tokio::spawn(self.clone().delete_upstream(upstream_id.clone()));
+        }
+    }
+
+    /// DELETEs one upstream session; the upstream's answer does not matter.
+    async fn delete_upstream(self: Arc<Self>, upstream_id: HeaderValue) {
+        let no_client = HeaderMap::new();
+        let sent = self.send_upstream(Method::DELETE, Some(&upstream_id), &no_client, b"");
+        if let Ok(response) = sent.await {
+            let _ = response.into_body().read_all(SMALL_REPLY).await;
+        }
     }
 }
 

@@ -29,6 +29,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How long a stopping gateway waits for the upstream to answer its sessions' DELETEs.
+const SESSION_DELETES_WITHIN: Duration = Duration::from_secs(3);
+
 /// Loads the config and serves until the process is stopped.
 pub fn serve(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
@@ -115,6 +118,7 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
     let max = gateway.limits.max_connections;
     // `/mcp` is served by a plain hyper service (one route needs no router), one per
     // connection, remembering the token that the connection last presented.
+    let sessions = gateway.clone();
     let mcp_service = move || {
         let gateway = gateway.clone();
         let remembered = Arc::new(grants::Remembered::default());
@@ -125,6 +129,8 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
     };
     accept(mcp, mcp_service, Options { max, ..options }).await;
     let _ = admin.await;
+    let closed = sessions.close_all(SESSION_DELETES_WITHIN).await;
+    tracing::info!(sessions = closed, "stopped");
     Ok(())
 }
 
