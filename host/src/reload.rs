@@ -234,13 +234,20 @@ fn absolute(path: &Path) -> PathBuf {
 
 /// Reloads on `SIGHUP`.
 pub fn reload_on_sighup(live: Arc<LivePolicy>) -> Result<(), String> {
+    on_sighup("policy-sighup", move || {
+        let _ = live.reload("SIGHUP");
+    })
+}
+
+/// Runs `reload` on every `SIGHUP`, on a thread of its own named `name`.
+pub fn on_sighup(name: &str, mut reload: impl FnMut() + Send + 'static) -> Result<(), String> {
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
         .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
     std::thread::Builder::new()
-        .name("policy-sighup".into())
+        .name(name.into())
         .spawn(move || {
             for _ in signals.forever() {
-                let _ = live.reload("SIGHUP");
+                reload();
             }
         })
         .map_err(|e| e.to_string())?;

@@ -4,10 +4,15 @@ upstream is server-everything (streamableHttp)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 import socket
 import ssl
+import subprocess
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx2
@@ -15,7 +20,7 @@ import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import dump, everything_http, make_certs, serve
+from conftest import dump, everything_http, make_certs, serve, sha256_hex
 
 pytestmark = pytest.mark.anyio
 
@@ -79,3 +84,85 @@ async def test_an_untrusted_client_a_plain_http_client_and_a_silent_one_get_noth
     async with connect(url, trusted) as gw:
         result = await gw.call_tool("echo", {"message": "still here"})
     assert result.content[0].text == "Echo: still here"
+
+
+def handshake(address: str, ca: Path) -> ssl.SSLSocket:
+    """A TLS connection to `https://host:port` that trusts only `ca`; raises if the gateway's
+    certificate does not chain to it."""
+    host, port = urlparse(address).hostname, urlparse(address).port
+    context = ssl.create_default_context(cafile=str(ca))
+    return context.wrap_socket(socket.create_connection((host, port), timeout=10), server_hostname=host)
+
+
+def healthz(conn: ssl.SSLSocket) -> bytes:
+    conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    return conn.recv(4096)
+
+
+async def test_a_renewed_certificate_is_served_after_a_reload_and_a_bad_one_is_refused(tmp_path):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    old = make_certs(tmp_path / "old", ips=("127.0.0.1",))
+    new = make_certs(tmp_path / "new", ips=("127.0.0.1",))
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    shutil.copy(old[1], cert)
+    shutil.copy(old[2], key)
+    admin_token = "tg_admin_token"
+    with everything_http() as direct, serve(
+        tmp_path,
+        {"url": direct},
+        [{"name": "tls", "token": TOKEN, "policy": POLICY}],
+        admin_token_sha256=sha256_hex(admin_token),
+        tls={"cert_file": cert.name, "key_file": key.name},
+    ) as url:
+        admin = (tmp_path / "toolgate.log").read_text().split("(admin ", 1)[1].split(")", 1)[0]
+        kept = handshake(admin, old[0])  # opened before the renewal, kept open
+        assert b" 200 " in healthz(kept)
+        # The renewal: a certificate from another CA, then a reload.
+        shutil.copy(new[1], cert)
+        shutil.copy(new[2], key)
+        auth = {"Authorization": f"Bearer {admin_token}"}
+        async with httpx2.AsyncClient(verify=ssl.create_default_context(cafile=str(old[0]))) as http:
+            reply = await http.post(f"{admin}/reload", headers=auth)
+        assert reply.status_code == 200, reply.text
+        assert {"tls": True, "ok": True, "changed": True} in reply.json()["results"]
+        # New connections get the new certificate, on both listeners; the open one goes on.
+        for address in (url, admin):
+            handshake(address, new[0]).close()
+            with pytest.raises(ssl.SSLCertVerificationError):
+                handshake(address, old[0])
+        assert b" 200 " in healthz(kept)
+        async with connect(url, ssl.create_default_context(cafile=str(new[0]))) as gw:
+            result = await gw.call_tool("echo", {"message": "renewed"})
+        assert result.content[0].text == "Echo: renewed"
+        # A key that does not fit the certificate: 422, and the renewed certificate stays.
+        shutil.copy(old[2], key)
+        async with httpx2.AsyncClient(verify=ssl.create_default_context(cafile=str(new[0]))) as http:
+            reply = await http.post(f"{admin}/reload", headers=auth)
+        assert reply.status_code == 422, reply.text
+        failed = [r for r in reply.json()["results"] if r.get("tls")]
+        assert failed[0]["ok"] is False and "does not fit" in failed[0]["error"], failed
+        async with httpx2.AsyncClient(verify=ssl.create_default_context(cafile=str(new[0]))) as http:
+            status = (await http.get(f"{admin}/status", headers=auth)).json()
+        assert "does not fit" in status["tls"]["last_reload_error"], status
+        handshake(url, new[0]).close()
+        # SIGHUP reloads it too.
+        (tmp_path / "third").mkdir()
+        third = make_certs(tmp_path / "third", ips=("127.0.0.1",))
+        shutil.copy(third[1], cert)
+        shutil.copy(third[2], key)
+        pid = int(subprocess.check_output(["pgrep", "-f", str(tmp_path / "toolgate.toml")]).split()[0])
+        os.kill(pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                handshake(url, third[0]).close()
+                break
+            except ssl.SSLCertVerificationError:
+                assert time.monotonic() < deadline, "SIGHUP did not reload the certificate"
+                time.sleep(0.1)
+        assert b" 200 " in healthz(kept)
+        kept.close()
+        async with httpx2.AsyncClient(verify=ssl.create_default_context(cafile=str(third[0]))) as http:
+            status = (await http.get(f"{admin}/status", headers=auth)).json()
+        assert status["tls"]["last_reload_error"] is None, status

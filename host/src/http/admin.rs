@@ -3,11 +3,13 @@
 //! `GET /healthz` needs no token (for load balancers and supervisors). `GET /status` and
 //! `POST /reload` need `Authorization: Bearer <admin token>`, checked against
 //! `admin_token_sha256` in constant time; without that key in the config they are shut.
+//! A reload reads every grant's policy and the listeners' `[tls]` certificate again.
 
 // A refusal is the HTTP response itself, built once on a slow path: boxing it buys nothing.
 #![allow(clippy::result_large_err)]
 use super::config::parse_sha256;
 use super::gateway::Gateway;
+use super::tls::ListenerCert;
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -21,12 +23,19 @@ use subtle::ConstantTimeEq;
 
 struct Admin {
     gateway: Arc<Gateway>,
+    /// The listeners' certificate, reloaded with the policies.
+    cert: Option<Arc<ListenerCert>>,
     token_sha256: Option<[u8; 32]>,
 }
 
-pub fn router(gateway: Arc<Gateway>, token_sha256: Option<&str>) -> anyhow::Result<Router> {
+pub fn router(
+    gateway: Arc<Gateway>,
+    cert: Option<Arc<ListenerCert>>,
+    token_sha256: Option<&str>,
+) -> anyhow::Result<Router> {
     let admin = Arc::new(Admin {
         gateway,
+        cert,
         token_sha256: token_sha256.map(parse_sha256).transpose()?,
     });
     Ok(Router::new()
@@ -78,6 +87,7 @@ async fn status(State(admin): State<Arc<Admin>>, request: Request) -> Response {
         "sessions_deleted": stats.sessions_deleted.load(Ordering::Relaxed),
         "refused_auth": stats.refused_auth.load(Ordering::Relaxed),
         "refused_host": stats.refused_host.load(Ordering::Relaxed),
+        "tls": admin.cert.as_ref().map(|cert| cert.status()),
     }))
     .into_response()
 }
@@ -87,8 +97,9 @@ async fn reload(State(admin): State<Arc<Admin>>, request: Request) -> Response {
         return refused;
     }
     let lives = admin.gateway.grants.live_policies();
+    let cert = admin.cert.clone();
     let results = tokio::task::spawn_blocking(move || {
-        lives
+        let mut results: Vec<_> = lives
             .iter()
             .map(|live| {
                 let status = live.status();
@@ -97,7 +108,14 @@ async fn reload(State(admin): State<Arc<Admin>>, request: Request) -> Response {
                     Err(error) => json!({"policy": status.policy, "ok": false, "error": error}),
                 }
             })
-            .collect::<Vec<_>>()
+            .collect();
+        if let Some(cert) = cert {
+            results.push(match cert.reload() {
+                Ok(changed) => json!({"tls": true, "ok": true, "changed": changed}),
+                Err(e) => json!({"tls": true, "ok": false, "error": format!("{e:#}")}),
+            });
+        }
+        results
     })
     .await
     .unwrap_or_default();

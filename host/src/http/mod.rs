@@ -68,10 +68,20 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
     let admin = tokio::net::TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {} (admin)", config.admin_listen))?;
-    let tls = match &config.tls {
-        Some(tls) => Some(tls::acceptor(&tls.cert_file, &tls.key_file)?),
+    let cert = match &config.tls {
+        Some(tls) => Some(tls::ListenerCert::load(&tls.cert_file, &tls.key_file)?),
         None => None,
     };
+    if let Some(cert) = cert.clone() {
+        crate::reload::on_sighup("tls-sighup", move || match cert.reload() {
+            Ok(changed) => tracing::info!(changed, "listener certificate reloaded (SIGHUP)"),
+            Err(e) => tracing::error!(
+                "listener certificate not reloaded (SIGHUP), the old one stays: {e:#}"
+            ),
+        })
+        .map_err(anyhow::Error::msg)?;
+    }
+    let tls = cert.clone().map(tls::acceptor).transpose()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     if tls.is_none() && !config.listen.ip().is_loopback() {
         tracing::warn!(listen = %config.listen, "plain HTTP on a non-loopback listener: bearer tokens cross it in clear text; set [tls] or put a TLS terminator in front");
@@ -95,7 +105,7 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
             reaper.expire_idle();
         }
     });
-    let admin_router = admin::router(gateway.clone(), config.admin_token_sha256.as_deref())?;
+    let admin_router = admin::router(gateway.clone(), cert, config.admin_token_sha256.as_deref())?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let signal = stop_signal().await;

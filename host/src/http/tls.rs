@@ -3,10 +3,12 @@
 
 use super::config::UpstreamTls;
 use anyhow::Context;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
+use tokio_rustls::rustls::sign::CertifiedKey;
 
 const ALPN: &[u8] = b"http/1.1";
 
@@ -77,14 +79,74 @@ fn mismatch(what: &str, cert_file: &Path, key_file: &Path) -> String {
     )
 }
 
-/// The TLS server for the listeners, from `[tls]`'s certificate chain and key.
-pub fn acceptor(cert_file: &Path, key_file: &Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+/// The listeners' certificate and key, read again on reload (SIGHUP, the admin's
+/// `POST /reload`) so that a renewed certificate is served without a restart. Each handshake
+/// takes the current one; open connections keep theirs. A reload that fails (a missing file,
+/// a key that does not fit) keeps serving the old one.
+#[derive(Debug)]
+pub struct ListenerCert {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+    /// Why the last reload failed, if it did (for the admin's `/status`).
+    last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl ListenerCert {
+    pub fn load(cert_file: &Path, key_file: &Path) -> anyhow::Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            current: RwLock::new(Arc::new(certified(cert_file, key_file)?)),
+            cert_file: cert_file.to_owned(),
+            key_file: key_file.to_owned(),
+            last_error: Default::default(),
+        }))
+    }
+
+    /// Reads the files again; returns whether the certificate chain changed.
+    pub fn reload(&self) -> anyhow::Result<bool> {
+        let fresh = certified(&self.cert_file, &self.key_file);
+        let mut last_error = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
+        *last_error = fresh.as_ref().err().map(|e| format!("{e:#}"));
+        let fresh = fresh?;
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let changed = current.cert != fresh.cert;
+        *current = Arc::new(fresh);
+        Ok(changed)
+    }
+
+    /// The files, and why the last reload failed (`null` if it did not).
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "cert_file": self.cert_file,
+            "key_file": self.key_file,
+            "last_reload_error": *self.last_error.lock().unwrap_or_else(|e| e.into_inner()),
+        })
+    }
+}
+
+impl ResolvesServerCert for ListenerCert {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
+}
+
+fn certified(cert_file: &Path, key_file: &Path) -> anyhow::Result<CertifiedKey> {
     let (chain, key) = identity(cert_file, key_file, "[tls] ")?;
+    CertifiedKey::from_der(chain, key, &provider())
+        .with_context(|| mismatch("[tls] ", cert_file, key_file))
+}
+
+/// The TLS server for the listeners, serving `cert`.
+pub fn acceptor(cert: Arc<ListenerCert>) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .with_context(|| mismatch("[tls] ", cert_file, key_file))?;
+        .with_cert_resolver(cert);
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
