@@ -323,6 +323,22 @@ fn standin_upstream() -> String {
     )
 }
 
+/// `serve` in front of the echo upstream with one grant, `a`, whose policy allows everything;
+/// `more` is appended to the config (a `[limits]` table, say).
+fn allow_all_behind_echo(token: &str, more: &str) -> (EchoUpstream, Serve) {
+    let upstream = EchoUpstream::start();
+    let config = format!(
+        "[upstream]\nurl = \"{}\"\n{}{more}",
+        upstream.url,
+        grant("a", token, "a.json")
+    );
+    let serve = Serve::start(
+        &config,
+        &[("a.json", r#"{"version": "1", "default": "allow"}"#)],
+    );
+    (upstream, serve)
+}
+
 fn grant(name: &str, token: &str, policy: &str) -> String {
     format!(
         "[[grants]]\nname = \"{name}\"\ntoken_sha256 = \"{}\"\npolicy = \"{policy}\"\n",
@@ -417,15 +433,7 @@ async fn counters_are_per_grant_even_under_one_policy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_or_wrong_token_gets_401_and_no_upstream_traffic() {
-    let upstream = EchoUpstream::start();
-    let serve = Serve::start(
-        &format!(
-            "[upstream]\nurl = \"{}\"\n{}",
-            upstream.url,
-            grant("a", "token-a", "a.json")
-        ),
-        &[("a.json", r#"{"version": "1", "default": "allow"}"#)],
-    );
+    let (upstream, serve) = allow_all_behind_echo("token-a", "");
     let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}});
     for (token, challenge) in [
         (None, r#"Bearer realm="toolgate""#),
@@ -463,14 +471,9 @@ async fn a_missing_or_wrong_token_gets_401_and_no_upstream_traffic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_their_status_and_the_gateway_keeps_serving() {
-    let upstream = EchoUpstream::start();
-    let serve = Serve::start(
-        &format!(
-            "[upstream]\nurl = \"{}\"\n{}[limits]\nmax_body_bytes = 4096\nclient_timeout_s = 1\n",
-            upstream.url,
-            grant("a", "t", "a.json")
-        ),
-        &[("a.json", r#"{"version": "1", "default": "allow"}"#)],
+    let (upstream, serve) = allow_all_behind_echo(
+        "t",
+        "[limits]\nmax_body_bytes = 4096\nclient_timeout_s = 1\n",
     );
     let mut mcp = Mcp::new(&serve.url, Some("t"));
     mcp.initialize().await;
@@ -581,15 +584,7 @@ async fn bad_requests_get_their_status_and_the_gateway_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_loris_clients_are_cut_off_while_others_are_served() {
-    let upstream = EchoUpstream::start();
-    let serve = Serve::start(
-        &format!(
-            "[upstream]\nurl = \"{}\"\n{}[limits]\nclient_timeout_s = 1\n",
-            upstream.url,
-            grant("a", "t", "a.json")
-        ),
-        &[("a.json", r#"{"version": "1", "default": "allow"}"#)],
-    );
+    let (_upstream, serve) = allow_all_behind_echo("t", "[limits]\nclient_timeout_s = 1\n");
     let addr = serve.address();
     let connect = || {
         let stream = std::net::TcpStream::connect(&addr).unwrap();
@@ -634,15 +629,7 @@ async fn slow_loris_clients_are_cut_off_while_others_are_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_abandoned_sessions_expire_without_a_leak() {
-    let upstream = EchoUpstream::start();
-    let serve = Serve::start(
-        &format!(
-            "[upstream]\nurl = \"{}\"\n{}[limits]\nsession_idle_timeout_s = 2\n",
-            upstream.url,
-            grant("a", "t", "a.json")
-        ),
-        &[("a.json", r#"{"version": "1", "default": "allow"}"#)],
-    );
+    let (upstream, serve) = allow_all_behind_echo("t", "[limits]\nsession_idle_timeout_s = 2\n");
     // Warm up, then measure the resident set before and after.
     for _ in 0..50 {
         Mcp::new(&serve.url, Some("t")).initialize().await;
@@ -1164,15 +1151,7 @@ async fn sigterm_lets_the_call_in_flight_finish_and_refuses_new_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_gateway_deletes_its_upstream_sessions() {
-    let upstream = EchoUpstream::start();
-    let mut serve = Serve::start(
-        &format!(
-            "[upstream]\nurl = \"{}\"\n{}",
-            upstream.url,
-            grant("a", "t", "p.json")
-        ),
-        &[("p.json", r#"{"version": "1", "default": "allow"}"#)],
-    );
+    let (upstream, mut serve) = allow_all_behind_echo("t", "");
     for n in 0..3 {
         let mut mcp = Mcp::new(&serve.url, Some("t"));
         mcp.initialize().await;

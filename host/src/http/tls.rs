@@ -105,8 +105,8 @@ impl ListenerCert {
     /// Reads the files again; returns whether the certificate chain changed.
     pub fn reload(&self) -> anyhow::Result<bool> {
         let fresh = certified(&self.cert_file, &self.key_file);
-        let mut last_error = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
-        *last_error = fresh.as_ref().err().map(|e| format!("{e:#}"));
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
+            fresh.as_ref().err().map(|e| format!("{e:#}"));
         let fresh = fresh?;
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
         let changed = current.cert != fresh.cert;
