@@ -1171,6 +1171,52 @@ async fn a_stopping_gateway_deletes_its_upstream_sessions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_gateway_ends_get_streams_at_once() {
+    // A GET stream never ends by itself; with a 60 s grace it would hold the stop for 60 s.
+    let config = format!(
+        "{}{}[limits]\nshutdown_grace_s = 60\n",
+        standin_upstream(),
+        grant("a", "t", "a.json")
+    );
+    let mut serve = Serve::start(
+        &config,
+        &[("a.json", r#"{"version": "1", "default": "allow"}"#)],
+    );
+    let mut mcp = Mcp::new(&serve.url, Some("t"));
+    mcp.initialize().await;
+    let stream = mcp
+        .http
+        .get(&serve.url)
+        .bearer_auth("t")
+        .header("accept", "text/event-stream")
+        .header("mcp-protocol-version", "2025-11-25")
+        .header("mcp-session-id", mcp.session.clone().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    let content_type = stream.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        content_type.starts_with("text/event-stream"),
+        "{content_type}"
+    );
+    let read_to_end = tokio::spawn(stream.bytes());
+    let status = tokio::task::block_in_place(|| serve.terminate(Duration::from_secs(15)));
+    assert!(status
+        .expect("the gateway did not exit within 15 s: the GET stream held its stop")
+        .success());
+    // The stream ended as a stream ends (the last chunk), not cut off.
+    let body = tokio::time::timeout(Duration::from_secs(5), read_to_end)
+        .await
+        .expect("the GET stream is still open")
+        .unwrap();
+    assert!(body.is_ok(), "{body:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_without_a_policy_is_denied_everything() {
     let upstream = EchoUpstream::start();
     let serve = Serve::start(

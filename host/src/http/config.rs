@@ -131,7 +131,8 @@ pub struct Limits {
     /// TCP connections open at once; more wait in the listen backlog.
     pub max_connections: usize,
     /// On SIGTERM or SIGINT the listeners close at once and requests in flight get this long
-    /// to finish (idle keep-alive connections are closed); then the rest are cut off.
+    /// to finish (idle keep-alive connections are closed, GET streams end at once); then the
+    /// rest are cut off.
     pub shutdown_grace_s: u64,
 }
 

@@ -115,6 +115,8 @@ pub struct Gateway {
     allowed_hosts: Vec<String>,
     allowed_origins: Vec<String>,
     pub stats: Stats,
+    /// Becomes true when the gateway stops: the listeners close, GET streams end.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// A session slot taken by an `initialize` in progress. It is given back when dropped: on
@@ -267,8 +269,19 @@ impl Gateway {
             limits,
             allowed_hosts: hosts,
             allowed_origins: origins,
+            stopping: tokio::sync::watch::Sender::new(false),
             stats: Stats::default(),
         })
+    }
+
+    /// Says that the gateway is stopping: to the listeners, and to the GET streams.
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Sees the gateway stop: it becomes true once [`Gateway::stop`] is called.
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stopping.subscribe()
     }
 
     /// A slot for a new session, unless `max_sessions` are open or opening.
@@ -848,7 +861,7 @@ async fn get_mcp(
         Ok(session) => session,
         Err(refused) => return refused,
     };
-    match &session.link {
+    let stream = match &session.link {
         Link::Http(upstream_id) => {
             let upstream_id = upstream_id.clone();
             match gw
@@ -863,7 +876,22 @@ async fn get_mcp(
             let messages = child.listen();
             stream_lines(session.clone(), messages, None)
         }
-    }
+    };
+    ends_when_stopping(&gw, stream)
+}
+
+/// A GET stream carries only what the server sends unasked, and it never ends by itself. When
+/// the gateway stops, the stream ends at once (the client reconnects, to the next gateway)
+/// instead of holding the stop for the whole grace period. POST replies are requests in
+/// flight: they keep the grace period to finish.
+fn ends_when_stopping(gw: &Gateway, response: Response) -> Response {
+    use futures_util::StreamExt;
+    let mut stopping = gw.stopping();
+    let stopped = async move {
+        // An error means the gateway is gone: the stream ends then too.
+        let _ = stopping.wait_for(|stopping| *stopping).await;
+    };
+    response.map(|body| Body::from_stream(body.into_data_stream().take_until(stopped)))
 }
 
 async fn delete_mcp(

@@ -106,14 +106,15 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
         }
     });
     let admin_router = admin::router(gateway.clone(), cert, config.admin_token_sha256.as_deref())?;
-    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let stopping = gateway.stopping();
+    let stop = gateway.clone();
     tokio::spawn(async move {
         let signal = stop_signal().await;
         tracing::info!(
             signal,
-            "stopping: listeners closed, requests in flight may finish"
+            "stopping: listeners closed, GET streams ended, requests in flight may finish"
         );
-        let _ = stop.send(true);
+        stop.stop();
     });
     let options = Options {
         tls,
