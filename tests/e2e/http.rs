@@ -583,6 +583,70 @@ async fn bad_requests_get_their_status_and_the_gateway_keeps_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_before_the_body_is_read_says_the_connection_closes() {
+    let (_upstream, serve) = allow_all_behind_echo("t", "");
+    let addr = serve.address();
+    // Each request is refused on its headers; the body is partly or wholly sent.
+    let refused = [
+        (
+            "POST /mcp",
+            "Authorization: Bearer wrong\r\nContent-Type: application/json",
+            "{\"js",
+            "401",
+        ),
+        (
+            "POST /mcp",
+            "Authorization: Bearer t\r\nContent-Type: text/plain",
+            "{\"jsonrpc\"}",
+            "415",
+        ),
+        (
+            "POST /elsewhere",
+            "Authorization: Bearer t\r\nContent-Type: application/json",
+            "{}",
+            "404",
+        ),
+        (
+            "PUT /mcp",
+            "Authorization: Bearer t\r\nContent-Type: application/json",
+            "{}",
+            "405",
+        ),
+    ];
+    for (line, headers, body, status) in refused {
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            stream,
+            "{line} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n\
+             Accept: application/json, text/event-stream\r\nContent-Length: 12\r\n\r\n{body}"
+        )
+        .unwrap();
+        let mut answer = Vec::new();
+        // The gateway closes the connection after its answer (a timeout here is an error).
+        let read = tokio::task::block_in_place(|| stream.read_to_end(&mut answer));
+        let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        assert!(read.is_ok(), "{line}: {read:?} after {answer}");
+        assert!(
+            answer.starts_with(&format!("http/1.1 {status}")),
+            "{line}: {answer}"
+        );
+        let head = &answer[..answer.find("\r\n\r\n").unwrap()];
+        assert!(head.contains("\r\nconnection: close"), "{line}: {head}");
+    }
+    // A request whose body was read keeps its connection.
+    let mut mcp = Mcp::new(&serve.url, Some("t"));
+    let reply = mcp.initialize().await;
+    assert!(
+        reply.headers.get("connection").is_none(),
+        "{:?}",
+        reply.headers
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_loris_clients_are_cut_off_while_others_are_served() {
     let (_upstream, serve) = allow_all_behind_echo("t", "[limits]\nclient_timeout_s = 1\n");
     let addr = serve.address();

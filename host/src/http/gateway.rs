@@ -226,25 +226,35 @@ pub async fn handle(
     remembered: Arc<Remembered>,
     request: Request<Incoming>,
 ) -> Response {
-    if request.uri().path() != "/mcp" {
-        return rpc_error(
+    let mcp = request.uri().path() == "/mcp";
+    // Only the body of a POST to /mcp is read: any other request's body stays unread.
+    let read = mcp && *request.method() == Method::POST;
+    let unread = !read && !hyper::body::Body::is_end_stream(request.body());
+    let response = if !mcp {
+        rpc_error(
             StatusCode::NOT_FOUND,
             None,
             jsonrpc::INVALID_REQUEST,
             "not found: the MCP endpoint is /mcp",
-        );
-    }
-    match *request.method() {
-        Method::POST => post_mcp(gateway, &remembered, request).await,
-        Method::GET => get_mcp(gateway, &remembered, request).await,
-        Method::DELETE => delete_mcp(gateway, &remembered, request).await,
-        _ => {
-            let mut response = StatusCode::METHOD_NOT_ALLOWED.into_response();
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
-            response
+        )
+    } else {
+        match *request.method() {
+            Method::POST => return post_mcp(gateway, &remembered, request).await,
+            Method::GET => get_mcp(gateway, &remembered, request).await,
+            Method::DELETE => delete_mcp(gateway, &remembered, request).await,
+            _ => {
+                let mut response = StatusCode::METHOD_NOT_ALLOWED.into_response();
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+                response
+            }
         }
+    };
+    if unread {
+        closing(response)
+    } else {
+        response
     }
 }
 
@@ -590,30 +600,14 @@ async fn post_mcp(
     request: Request<Incoming>,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let grant = match gw.admit(&parts.headers, remembered) {
+    // Token and headers first: the body of a request that is refused is never read.
+    let grant = match admit_post(&gw, &parts.headers, remembered) {
         Ok(grant) => grant,
-        Err(refused) => return refused,
+        Err(refused) => return closing(refused),
     };
-    if media_type(&parts.headers) != "application/json" {
-        return rpc_error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            None,
-            jsonrpc::INVALID_REQUEST,
-            "unsupported media type: Content-Type must be application/json",
-        );
-    }
-    let accepted = accepts(&parts.headers);
-    if !(accepted.json && accepted.sse) {
-        return rpc_error(
-            StatusCode::NOT_ACCEPTABLE,
-            None,
-            jsonrpc::INVALID_REQUEST,
-            "not acceptable: Accept must list both application/json and text/event-stream",
-        );
-    }
     let body = match read_body(&gw, &parts.headers, body).await {
         Ok(body) => body,
-        Err(refused) => return refused,
+        Err(refused) => return closing(refused),
     };
     let posted = match Envelope::parse(&body) {
         Ok(envelope) => Posted {
@@ -641,6 +635,45 @@ async fn post_mcp(
         return initialize(&gw, grant, &parts.headers, &body, &posted).await;
     }
     stateless(&gw, grant, &parts.headers, &body, &posted).await
+}
+
+/// The checks a POST passes before its body is read: `Host`/`Origin`, the token, the
+/// content type and what the client accepts.
+fn admit_post(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    remembered: &Remembered,
+) -> Result<Arc<Grant>, Response> {
+    let grant = gw.admit(headers, remembered)?;
+    if media_type(headers) != "application/json" {
+        return Err(rpc_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            None,
+            jsonrpc::INVALID_REQUEST,
+            "unsupported media type: Content-Type must be application/json",
+        ));
+    }
+    let accepted = accepts(headers);
+    if !(accepted.json && accepted.sse) {
+        return Err(rpc_error(
+            StatusCode::NOT_ACCEPTABLE,
+            None,
+            jsonrpc::INVALID_REQUEST,
+            "not acceptable: Accept must list both application/json and text/event-stream",
+        ));
+    }
+    Ok(grant)
+}
+
+/// A refusal sent before the request's body was read whole ends the connection, and says so
+/// (`Connection: close`). The rest of the body may still be on its way, so hyper cannot keep
+/// the connection; without the header, a client could send its next request on it and lose
+/// that request when it closes.
+fn closing(mut refused: Response) -> Response {
+    refused
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    refused
 }
 
 /// The policy's verdict on a client message. A decision that may run plugins leaves the async
