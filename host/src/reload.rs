@@ -23,6 +23,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// How long the files must be quiet before a reload: writes in a burst make one reload.
 pub const DEBOUNCE: Duration = Duration::from_millis(20);
 
+/// How long a file change that failed to load waits for a further change before it counts as
+/// a failed reload (a writer slowed down mid-write by a busy machine).
+pub const SETTLE: Duration = Duration::from_millis(250);
+
 /// What `status` reports.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Status {
@@ -36,6 +40,8 @@ pub struct Status {
     pub version: u64,
     /// When the active set was loaded (ms since the Unix epoch).
     pub loaded_at_ms: u64,
+    /// Reloads tried since the process started (changed, unchanged or failed).
+    pub reloads: u64,
     /// Reloads that failed since the process started.
     pub failed_reloads: u64,
     /// The last failed reload's error, until a later reload succeeds.
@@ -127,40 +133,48 @@ impl LivePolicy {
     /// Loads the policy again and swaps it in; on failure the active set stays and the error
     /// is recorded in the status. `Ok(false)`: nothing changed (same digest), nothing swapped.
     pub fn reload(&self, trigger: &str) -> Result<bool, String> {
+        self.try_reload(trigger)
+            .inspect_err(|error| self.record_failure(trigger, error))
+    }
+
+    /// [`LivePolicy::reload`], but a failure is only returned, not recorded.
+    fn try_reload(&self, trigger: &str) -> Result<bool, String> {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let started = Instant::now();
-        let old = self.status().digest;
-        match load_set(&self.path) {
-            Ok((policy, digest)) => {
-                let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
-                status.last_error = None;
-                if digest == old {
-                    tracing::debug!(trigger, "reload: no change");
-                    return Ok(false);
-                }
-                status.plugins = plugin_digests(&policy);
-                self.active.store(Arc::new(policy));
-                status.digest = digest.clone();
-                status.version += 1;
-                status.loaded_at_ms = now_ms();
-                tracing::info!(
-                    trigger,
-                    from = %&old[..12],
-                    to = %&digest[..12],
-                    version = status.version,
-                    ms = started.elapsed().as_secs_f64() * 1000.0,
-                    "policy swapped"
-                );
-                Ok(true)
-            }
-            Err(error) => {
-                let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
-                status.failed_reloads += 1;
-                status.last_error = Some(error.clone());
-                tracing::error!(trigger, policy = %self.path.display(), %error, "reload failed; the last good policy stays active");
-                Err(error)
-            }
+        let old = {
+            let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            status.reloads += 1;
+            status.digest.clone()
+        };
+        let (policy, digest) = load_set(&self.path)?;
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        status.last_error = None;
+        if digest == old {
+            tracing::debug!(trigger, "reload: no change");
+            return Ok(false);
         }
+        status.plugins = plugin_digests(&policy);
+        self.active.store(Arc::new(policy));
+        status.digest = digest.clone();
+        status.version += 1;
+        status.loaded_at_ms = now_ms();
+        tracing::info!(
+            trigger,
+            from = %&old[..12],
+            to = %&digest[..12],
+            version = status.version,
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+            "policy swapped"
+        );
+        Ok(true)
+    }
+
+    /// A reload failed: the active set stays, and the status and the log say why.
+    fn record_failure(&self, trigger: &str, error: &str) {
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        status.failed_reloads += 1;
+        status.last_error = Some(error.to_owned());
+        tracing::error!(trigger, policy = %self.path.display(), %error, "reload failed; the last good policy stays active");
     }
 }
 
@@ -176,12 +190,14 @@ fn plugin_digests(policy: &Policy) -> Vec<(String, String)> {
 /// for [`DEBOUNCE`]. Runs until the process exits.
 pub fn watch(live: Arc<LivePolicy>) -> Result<(), String> {
     let (tx, rx) = std::sync::mpsc::channel();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
-            let _ = tx.send(event.paths);
-        }
-    })
-    .map_err(|e| format!("cannot watch files: {e}"))?;
+    let mut watcher =
+        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+            Ok(event) if changes_content(&event.kind) => {
+                let _ = tx.send(event.paths);
+            }
+            _ => {}
+        })
+        .map_err(|e| format!("cannot watch files: {e}"))?;
     let mut watched = Watched::default();
     watched.update(&live, &mut watcher);
     std::thread::Builder::new()
@@ -191,14 +207,36 @@ pub fn watch(live: Arc<LivePolicy>) -> Result<(), String> {
                 if !paths.iter().any(|p| watched.files.contains(&absolute(p))) {
                     continue;
                 }
-                // Coalesce: wait until no event has come for DEBOUNCE.
-                while rx.recv_timeout(DEBOUNCE).is_ok() {}
-                let _ = live.reload("file change");
+                loop {
+                    // Coalesce: wait until no event has come for DEBOUNCE.
+                    while rx.recv_timeout(DEBOUNCE).is_ok() {}
+                    let Err(error) = live.try_reload("file change") else {
+                        break;
+                    };
+                    // A file caught between a writer's truncate and its write does not
+                    // load: if more changes come within SETTLE, it was not the last write.
+                    if rx.recv_timeout(SETTLE).is_err() {
+                        live.record_failure("file change", &error);
+                        break;
+                    }
+                }
                 watched.update(&live, &mut watcher);
             }
         })
         .map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// Whether an event can mean new content. An open or a read cannot, and a reload's own read
+/// of the files must not trigger the next reload (it did: 50 loads a second after one change).
+/// The end of a write (`CLOSE_WRITE`) is an access event too, and does count.
+fn changes_content(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
 }
 
 /// The files that trigger a reload, and the directories watched for them.

@@ -448,3 +448,18 @@ fn ten_writes_in_a_burst_make_one_reload() {
     let (status, _) = gw.client.finish();
     assert!(status.success());
 }
+
+#[test]
+fn a_reload_does_not_set_off_another() {
+    let gw = Gateway::start(&json!({"version": "1", "default": "allow"}), &echo());
+    let denying = json!({"version": "1", "default": "deny"}).to_string();
+    write_atomically(&gw.policy_path(), denying.as_bytes());
+    wait_for(&gw.socket, "the reload", |s| s["version"] == 2);
+    // The reload opened and read the file; many debounce periods later, it is still the only
+    // reload (a reload's own read once set off the next one, 50 a second).
+    std::thread::sleep(Duration::from_millis(500));
+    let s = status(&gw.socket);
+    assert_eq!(s["reloads"], 1, "{s:#}");
+    let (status, _) = gw.client.finish();
+    assert!(status.success());
+}
