@@ -183,7 +183,25 @@ fn load_policy(path: &std::path::Path) -> Result<Policy, ExitCode> {
     })
 }
 
+/// Buffers of a MiB or more (a large message, a plugin's oversized result) get mappings of
+/// their own, which go back to the OS when freed. glibc's default raises its mmap threshold
+/// after the first large buffer is freed, so later ones come from the heap and stay resident
+/// in steps of their size: 1,000 calls of a plugin that returns a 10 MiB reason left the
+/// gateway at 53–67 MiB, against a flat 32 MiB with this. `MALLOC_MMAP_THRESHOLD_` in the
+/// environment still wins.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn return_large_buffers_to_the_os() {
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+        // SAFETY: sets one allocator parameter, before any other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    return_large_buffers_to_the_os();
     let cli = Cli::parse();
     // Unwrapped diagnostics: a message is searchable in logs and CI output as one line.
     let _ = miette::set_hook(Box::new(|_| {

@@ -3,7 +3,7 @@
 //! Clients: raw HTTP (reqwest) for exact statuses, and rmcp's Streamable HTTP client.
 //! The Python SDK, the Inspector CLI and the conformance suite are in `tests/python/`.
 
-use crate::support::{standin, TOOLGATE};
+use crate::support::{rss_kib, standin, TOOLGATE};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -768,16 +768,6 @@ async fn wait_until(serve: &Serve, done: impl Fn(&Value) -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
