@@ -226,7 +226,7 @@ fn main() -> ExitCode {
             };
             let triggers = || -> Result<(), String> {
                 if !no_watch {
-                    reload::watch(live.clone())?;
+                    reload::watch("policy-watch", live.clone())?;
                 }
                 reload::reload_on_sighup(live.clone())?;
                 if let Some(socket) = &admin_socket {

@@ -27,6 +27,25 @@ pub const DEBOUNCE: Duration = Duration::from_millis(20);
 /// a failed reload (a writer slowed down mid-write by a busy machine).
 pub const SETTLE: Duration = Duration::from_millis(250);
 
+/// What files on disk define and can be loaded again while traffic flows: a policy set (the
+/// policy and its plugins), or the HTTP listeners' certificate.
+pub trait Reloadable: Send + Sync + 'static {
+    /// The files whose change triggers a reload (a reload may change them: new plugins).
+    fn files(&self) -> Vec<PathBuf>;
+    /// Loads the files again and swaps the result in; `Ok(false)`: nothing changed. On failure
+    /// the active one stays, and the error is returned, not yet recorded.
+    fn try_reload(&self, trigger: &str) -> Result<bool, String>;
+    /// Records a failed reload: the status and the log say why.
+    fn record_failure(&self, trigger: &str, error: &str);
+
+    /// Loads the files again and swaps the result in; a failure is recorded, and the active
+    /// one stays. `Ok(false)`: nothing changed.
+    fn reload(&self, trigger: &str) -> Result<bool, String> {
+        self.try_reload(trigger)
+            .inspect_err(|error| self.record_failure(trigger, error))
+    }
+}
+
 /// What `status` reports.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Status {
@@ -122,22 +141,17 @@ impl LivePolicy {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+}
 
-    /// The files whose change triggers a reload: the policy and every plugin it names.
-    pub fn watched_files(&self) -> Vec<PathBuf> {
+/// `changed`: the set's digest changed (a policy or plugin byte), and the new set is active.
+impl Reloadable for LivePolicy {
+    /// The policy and every plugin it names.
+    fn files(&self) -> Vec<PathBuf> {
         let mut files = vec![self.path.clone()];
         files.extend(self.current().plugins().iter().map(|p| p.path().to_owned()));
         files
     }
 
-    /// Loads the policy again and swaps it in; on failure the active set stays and the error
-    /// is recorded in the status. `Ok(false)`: nothing changed (same digest), nothing swapped.
-    pub fn reload(&self, trigger: &str) -> Result<bool, String> {
-        self.try_reload(trigger)
-            .inspect_err(|error| self.record_failure(trigger, error))
-    }
-
-    /// [`LivePolicy::reload`], but a failure is only returned, not recorded.
     fn try_reload(&self, trigger: &str) -> Result<bool, String> {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let started = Instant::now();
@@ -169,7 +183,6 @@ impl LivePolicy {
         Ok(true)
     }
 
-    /// A reload failed: the active set stays, and the status and the log say why.
     fn record_failure(&self, trigger: &str, error: &str) {
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         status.failed_reloads += 1;
@@ -186,9 +199,10 @@ fn plugin_digests(policy: &Policy) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Watches the policy and plugin files; reloads after each burst of changes has been quiet
-/// for [`DEBOUNCE`]. Runs until the process exits.
-pub fn watch(live: Arc<LivePolicy>) -> Result<(), String> {
+/// Watches `item`'s files (a policy and its plugins, or a certificate and its key) on a thread
+/// of its own, `name`; reloads after each burst of changes has been quiet for [`DEBOUNCE`].
+/// Runs until the process exits.
+pub fn watch(name: &str, item: Arc<impl Reloadable>) -> Result<(), String> {
     let (tx, rx) = std::sync::mpsc::channel();
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
@@ -199,9 +213,9 @@ pub fn watch(live: Arc<LivePolicy>) -> Result<(), String> {
         })
         .map_err(|e| format!("cannot watch files: {e}"))?;
     let mut watched = Watched::default();
-    watched.update(&live, &mut watcher);
+    watched.update(&*item, &mut watcher);
     std::thread::Builder::new()
-        .name("policy-watch".into())
+        .name(name.into())
         .spawn(move || {
             while let Ok(paths) = rx.recv() {
                 if !paths.iter().any(|p| watched.files.contains(&absolute(p))) {
@@ -210,17 +224,17 @@ pub fn watch(live: Arc<LivePolicy>) -> Result<(), String> {
                 loop {
                     // Coalesce: wait until no event has come for DEBOUNCE.
                     while rx.recv_timeout(DEBOUNCE).is_ok() {}
-                    let Err(error) = live.try_reload("file change") else {
+                    let Err(error) = item.try_reload("file change") else {
                         break;
                     };
                     // A file caught between a writer's truncate and its write does not
                     // load: if more changes come within SETTLE, it was not the last write.
                     if rx.recv_timeout(SETTLE).is_err() {
-                        live.record_failure("file change", &error);
+                        item.record_failure("file change", &error);
                         break;
                     }
                 }
-                watched.update(&live, &mut watcher);
+                watched.update(&*item, &mut watcher);
             }
         })
         .map_err(|e| e.to_string())?;
@@ -247,11 +261,11 @@ struct Watched {
 }
 
 impl Watched {
-    /// Follows the active set's files (a reload can name new plugins).
-    fn update(&mut self, live: &LivePolicy, watcher: &mut notify::RecommendedWatcher) {
+    /// Follows the item's files (a reload can name new plugins).
+    fn update(&mut self, item: &impl Reloadable, watcher: &mut notify::RecommendedWatcher) {
         use notify::{RecursiveMode, Watcher};
         self.files.clear();
-        for file in live.watched_files() {
+        for file in item.files() {
             let file = absolute(&file);
             if let Some(dir) = file.parent() {
                 // The directory, not the file: an editor's rename-over replaces the file.

@@ -11,7 +11,7 @@ import socket
 import ssl
 import subprocess
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -99,29 +99,47 @@ def healthz(conn: ssl.SSLSocket) -> bytes:
     return conn.recv(4096)
 
 
-async def test_a_renewed_certificate_is_served_after_a_reload_and_a_bad_one_is_refused(tmp_path):
-    (tmp_path / "old").mkdir()
-    (tmp_path / "new").mkdir()
-    old = make_certs(tmp_path / "old", ips=("127.0.0.1",))
-    new = make_certs(tmp_path / "new", ips=("127.0.0.1",))
+ADMIN_TOKEN = "tg_admin_token"
+
+
+def three_cas(tmp_path: Path) -> tuple:
+    """(ca, cert, key) from each of three CAs, "old", "new" and "third", for 127.0.0.1."""
+    made = []
+    for name in ("old", "new", "third"):
+        (tmp_path / name).mkdir()
+        made.append(make_certs(tmp_path / name, ips=("127.0.0.1",)))
+    return tuple(made)
+
+
+@contextmanager
+def renewable_gateway(tmp_path: Path, first, **top):
+    """`serve` on HTTPS in front of server-everything, with `first`'s certificate and key
+    copied to files that the test may rewrite; yields (url, admin, cert file, key file)."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    shutil.copy(old[1], cert)
-    shutil.copy(old[2], key)
-    admin_token = "tg_admin_token"
+    shutil.copy(first[1], cert)
+    shutil.copy(first[2], key)
     with everything_http() as direct, serve(
         tmp_path,
         {"url": direct},
         [{"name": "tls", "token": TOKEN, "policy": POLICY}],
-        admin_token_sha256=sha256_hex(admin_token),
+        admin_token_sha256=sha256_hex(ADMIN_TOKEN),
         tls={"cert_file": cert.name, "key_file": key.name},
+        **top,
     ) as url:
         admin = (tmp_path / "toolgate.log").read_text().split("(admin ", 1)[1].split(")", 1)[0]
+        yield url, admin, cert, key
+
+
+async def test_a_renewed_certificate_is_served_after_a_reload_and_a_bad_one_is_refused(tmp_path):
+    old, new, third = three_cas(tmp_path)
+    # watch = false: only the admin reload and SIGHUP reload here.
+    with renewable_gateway(tmp_path, old, watch=False) as (url, admin, cert, key):
         kept = handshake(admin, old[0])  # opened before the renewal, kept open
         assert b" 200 " in healthz(kept)
         # The renewal: a certificate from another CA, then a reload.
         shutil.copy(new[1], cert)
         shutil.copy(new[2], key)
-        auth = {"Authorization": f"Bearer {admin_token}"}
+        auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
         async with httpx2.AsyncClient(verify=ssl.create_default_context(cafile=str(old[0]))) as http:
             reply = await http.post(f"{admin}/reload", headers=auth)
         assert reply.status_code == 200, reply.text
@@ -147,8 +165,6 @@ async def test_a_renewed_certificate_is_served_after_a_reload_and_a_bad_one_is_r
         assert "does not fit" in status["tls"]["last_reload_error"], status
         handshake(url, new[0]).close()
         # SIGHUP reloads it too.
-        (tmp_path / "third").mkdir()
-        third = make_certs(tmp_path / "third", ips=("127.0.0.1",))
         shutil.copy(third[1], cert)
         shutil.copy(third[2], key)
         pid = int(subprocess.check_output(["pgrep", "-f", str(tmp_path / "toolgate.toml")]).split()[0])
@@ -166,3 +182,51 @@ async def test_a_renewed_certificate_is_served_after_a_reload_and_a_bad_one_is_r
         async with httpx2.AsyncClient(verify=ssl.create_default_context(cafile=str(third[0]))) as http:
             status = (await http.get(f"{admin}/status", headers=auth)).json()
         assert status["tls"]["last_reload_error"] is None, status
+
+
+def served_by(address: str, ca: Path, within: float = 10) -> None:
+    """Waits until the gateway at `address` serves a certificate that chains to `ca`."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            handshake(address, ca).close()
+            return
+        except ssl.SSLCertVerificationError:
+            assert time.monotonic() < deadline, f"not served within {within} s: a certificate from {ca}"
+            time.sleep(0.05)
+
+
+async def test_a_renewed_certificate_is_picked_up_from_the_files_alone(tmp_path):
+    old, new, third = three_cas(tmp_path)
+    with renewable_gateway(tmp_path, old) as (url, admin, cert, key):
+        kept = handshake(admin, old[0])  # opened before the renewal, kept open
+        # A renewal the way certbot's deploy step or a copy does it: the certificate, then the
+        # key, each rewritten in place. No signal, no admin call.
+        shutil.copy(new[1], cert)
+        shutil.copy(new[2], key)
+        served_by(url, new[0])
+        served_by(admin, new[0])
+        assert b" 200 " in healthz(kept)
+        # A certificate whose key has not arrived: refused (the reason in /status), and the
+        # renewed one keeps serving until the key comes.
+        shutil.copy(third[1], cert)
+        auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        deadline = time.monotonic() + 10
+        async with httpx2.AsyncClient(verify=ssl.create_default_context(cafile=str(new[0]))) as http:
+            while True:
+                status = (await http.get(f"{admin}/status", headers=auth)).json()
+                if status["tls"]["last_reload_error"]:
+                    break
+                assert time.monotonic() < deadline, f"the mismatched pair was not reported: {status}"
+                time.sleep(0.05)
+        assert "does not fit" in status["tls"]["last_reload_error"], status
+        handshake(url, new[0]).close()
+        shutil.copy(third[2], key)
+        served_by(url, third[0])
+        async with connect(url, ssl.create_default_context(cafile=str(third[0]))) as gw:
+            result = await gw.call_tool("echo", {"message": "watched"})
+        assert result.content[0].text == "Echo: watched"
+        async with httpx2.AsyncClient(verify=ssl.create_default_context(cafile=str(third[0]))) as http:
+            status = (await http.get(f"{admin}/status", headers=auth)).json()
+        assert status["tls"]["last_reload_error"] is None, status
+        kept.close()

@@ -10,6 +10,7 @@
 use super::config::parse_sha256;
 use super::gateway::Gateway;
 use super::tls::ListenerCert;
+use crate::reload::Reloadable;
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -110,9 +111,9 @@ async fn reload(State(admin): State<Arc<Admin>>, request: Request) -> Response {
             })
             .collect();
         if let Some(cert) = cert {
-            results.push(match cert.reload() {
+            results.push(match cert.reload("admin") {
                 Ok(changed) => json!({"tls": true, "ok": true, "changed": changed}),
-                Err(e) => json!({"tls": true, "ok": false, "error": format!("{e:#}")}),
+                Err(error) => json!({"tls": true, "ok": false, "error": error}),
             });
         }
         results

@@ -35,7 +35,8 @@ pub struct Config {
     /// (non-browser clients) are accepted.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
-    /// Watch the grants' policy and plugin files and reload them when they change.
+    /// Watch the grants' policy and plugin files, and the `[tls]` certificate and key, and
+    /// reload them when they change.
     #[serde(default = "yes")]
     pub watch: bool,
     /// Threads serving requests (default: one per core). One thread avoids cross-thread

@@ -20,6 +20,7 @@ pub mod sse;
 pub mod tls;
 pub mod upstream;
 
+use crate::reload::Reloadable;
 use config::Config;
 use gateway::Gateway;
 use grants::Grants;
@@ -48,7 +49,7 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
     use anyhow::Context;
     for live in grants.live_policies() {
         if config.watch {
-            crate::reload::watch(live.clone()).map_err(anyhow::Error::msg)?;
+            crate::reload::watch("policy-watch", live.clone()).map_err(anyhow::Error::msg)?;
         }
         crate::reload::reload_on_sighup(live).map_err(anyhow::Error::msg)?;
     }
@@ -73,11 +74,11 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
         None => None,
     };
     if let Some(cert) = cert.clone() {
-        crate::reload::on_sighup("tls-sighup", move || match cert.reload() {
-            Ok(changed) => tracing::info!(changed, "listener certificate reloaded (SIGHUP)"),
-            Err(e) => tracing::error!(
-                "listener certificate not reloaded (SIGHUP), the old one stays: {e:#}"
-            ),
+        if config.watch {
+            crate::reload::watch("tls-watch", cert.clone()).map_err(anyhow::Error::msg)?;
+        }
+        crate::reload::on_sighup("tls-sighup", move || {
+            let _ = cert.reload("SIGHUP");
         })
         .map_err(anyhow::Error::msg)?;
     }

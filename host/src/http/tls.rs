@@ -2,6 +2,7 @@
 //! upstream, the server side for the listeners. TLS 1.2 and 1.3, HTTP/1.1 by ALPN.
 
 use super::config::UpstreamTls;
+use crate::reload::Reloadable;
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -102,18 +103,6 @@ impl ListenerCert {
         }))
     }
 
-    /// Reads the files again; returns whether the certificate chain changed.
-    pub fn reload(&self) -> anyhow::Result<bool> {
-        let fresh = certified(&self.cert_file, &self.key_file);
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
-            fresh.as_ref().err().map(|e| format!("{e:#}"));
-        let fresh = fresh?;
-        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
-        let changed = current.cert != fresh.cert;
-        *current = Arc::new(fresh);
-        Ok(changed)
-    }
-
     /// The files, and why the last reload failed (`null` if it did not).
     pub fn status(&self) -> serde_json::Value {
         serde_json::json!({
@@ -121,6 +110,30 @@ impl ListenerCert {
             "key_file": self.key_file,
             "last_reload_error": *self.last_error.lock().unwrap_or_else(|e| e.into_inner()),
         })
+    }
+}
+
+/// `changed`: whether the certificate chain changed. A failure is recorded (the log,
+/// `/status`) and the old certificate keeps serving.
+impl Reloadable for ListenerCert {
+    fn files(&self) -> Vec<PathBuf> {
+        vec![self.cert_file.clone(), self.key_file.clone()]
+    }
+
+    fn try_reload(&self, trigger: &str) -> Result<bool, String> {
+        let fresh = certified(&self.cert_file, &self.key_file).map_err(|e| format!("{e:#}"))?;
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let changed = current.cert != fresh.cert;
+        *current = Arc::new(fresh);
+        drop(current);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        tracing::info!(trigger, changed, "listener certificate reloaded");
+        Ok(changed)
+    }
+
+    fn record_failure(&self, trigger: &str, error: &str) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_owned());
+        tracing::error!(trigger, %error, "listener certificate not reloaded; the old one stays");
     }
 }
 
