@@ -228,7 +228,7 @@ fn main() -> ExitCode {
                 if !no_watch {
                     reload::watch("policy-watch", live.clone())?;
                 }
-                reload::reload_on_sighup(live.clone())?;
+                reload::reload_on_sighup("policy-sighup", live.clone())?;
                 if let Some(socket) = &admin_socket {
                     reload::serve_admin(live.clone(), socket)?;
                 }

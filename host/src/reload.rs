@@ -284,15 +284,15 @@ fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }
 
-/// Reloads on `SIGHUP`.
-pub fn reload_on_sighup(live: Arc<LivePolicy>) -> Result<(), String> {
-    on_sighup("policy-sighup", move || {
-        let _ = live.reload("SIGHUP");
+/// Reloads `item` on every `SIGHUP`, on a thread of its own named `name`.
+pub fn reload_on_sighup(name: &str, item: Arc<impl Reloadable>) -> Result<(), String> {
+    on_sighup(name, move || {
+        let _ = item.reload("SIGHUP");
     })
 }
 
 /// Runs `reload` on every `SIGHUP`, on a thread of its own named `name`.
-pub fn on_sighup(name: &str, mut reload: impl FnMut() + Send + 'static) -> Result<(), String> {
+fn on_sighup(name: &str, mut reload: impl FnMut() + Send + 'static) -> Result<(), String> {
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
         .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
     std::thread::Builder::new()

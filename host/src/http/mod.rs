@@ -20,7 +20,6 @@ pub mod sse;
 pub mod tls;
 pub mod upstream;
 
-use crate::reload::Reloadable;
 use config::Config;
 use gateway::Gateway;
 use grants::Grants;
@@ -51,7 +50,7 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
         if config.watch {
             crate::reload::watch("policy-watch", live.clone()).map_err(anyhow::Error::msg)?;
         }
-        crate::reload::reload_on_sighup(live).map_err(anyhow::Error::msg)?;
+        crate::reload::reload_on_sighup("policy-sighup", live).map_err(anyhow::Error::msg)?;
     }
     let gateway = Arc::new(Gateway::new(
         grants,
@@ -77,10 +76,7 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
         if config.watch {
             crate::reload::watch("tls-watch", cert.clone()).map_err(anyhow::Error::msg)?;
         }
-        crate::reload::on_sighup("tls-sighup", move || {
-            let _ = cert.reload("SIGHUP");
-        })
-        .map_err(anyhow::Error::msg)?;
+        crate::reload::reload_on_sighup("tls-sighup", cert).map_err(anyhow::Error::msg)?;
     }
     let tls = cert.clone().map(tls::acceptor).transpose()?;
     let scheme = if tls.is_some() { "https" } else { "http" };

@@ -4,8 +4,9 @@
 use super::config::UpstreamTls;
 use crate::reload::Reloadable;
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
@@ -88,7 +89,7 @@ fn mismatch(what: &str, cert_file: &Path, key_file: &Path) -> String {
 pub struct ListenerCert {
     cert_file: PathBuf,
     key_file: PathBuf,
-    current: RwLock<Arc<CertifiedKey>>,
+    current: ArcSwap<CertifiedKey>,
     /// Why the last reload failed, if it did (for the admin's `/status`).
     last_error: std::sync::Mutex<Option<String>>,
 }
@@ -96,7 +97,7 @@ pub struct ListenerCert {
 impl ListenerCert {
     pub fn load(cert_file: &Path, key_file: &Path) -> anyhow::Result<Arc<Self>> {
         Ok(Arc::new(Self {
-            current: RwLock::new(Arc::new(certified(cert_file, key_file)?)),
+            current: ArcSwap::from_pointee(certified(cert_file, key_file)?),
             cert_file: cert_file.to_owned(),
             key_file: key_file.to_owned(),
             last_error: Default::default(),
@@ -122,10 +123,8 @@ impl Reloadable for ListenerCert {
 
     fn try_reload(&self, trigger: &str) -> Result<bool, String> {
         let fresh = certified(&self.cert_file, &self.key_file).map_err(|e| format!("{e:#}"))?;
-        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
-        let changed = current.cert != fresh.cert;
-        *current = Arc::new(fresh);
-        drop(current);
+        let changed = self.current.load().cert != fresh.cert;
+        self.current.store(Arc::new(fresh));
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
         tracing::info!(trigger, changed, "listener certificate reloaded");
         Ok(changed)
@@ -139,12 +138,7 @@ impl Reloadable for ListenerCert {
 
 impl ResolvesServerCert for ListenerCert {
     fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(
-            self.current
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-        )
+        Some(self.current.load_full())
     }
 }
 
