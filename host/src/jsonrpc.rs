@@ -1,29 +1,57 @@
-//! Just enough JSON-RPC 2.0 to route messages without re-encoding them.
+//! Just enough JSON-RPC 2.0 to route messages, and the rules that make the gateway read a
+//! message the way every upstream will.
 //!
-//! The gateway reads the `id`, `method` and whether there is an `error` from each line, and
-//! forwards the original bytes. Parsing is strict where a lax parser could be fooled: a
-//! duplicated `method` key is an invalid request (the upstream might read the other one), and
-//! escapes are decoded before the method is compared (`"tools\/call"` is `tools/call`).
+//! The gateway reads the `id`, `method`, `params`, `result` and `error` of each line and
+//! forwards the original bytes, with one change: request ids are the gateway's own on the
+//! upstream side (see [`crate::session`]), spliced into the line in place of the client's.
+//!
+//! **One reading of a message.** Upstream stacks disagree about JSON objects: Go's
+//! `encoding/json` matches struct keys case-insensitively (folding `ſ` to `s` and the Kelvin
+//! sign to `k`) and takes the last match; Python and JavaScript take the last duplicate; serde
+//! refuses duplicates of the fields it knows and takes the last of the rest. Rather than pick
+//! one reading and re-serialize, the gateway refuses any client message that has, in any
+//! object at any depth, two keys that are equal after Unicode case folding ([`check_keys`]):
+//! then every stack reads the same method, tool name and arguments as the policy did, and the
+//! bytes forwarded are the bytes the client signed off on. Legitimate clients never send such
+//! objects. Escapes are decoded before keys are compared (`"\u004dethod"` is `Method`).
 
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::borrow::Cow;
+use std::collections::HashSet;
+use std::fmt;
 
 /// JSON-RPC's "parse error": the line is not JSON.
 pub const PARSE_ERROR: i64 = -32700;
 /// JSON-RPC's "invalid request": JSON, but not a JSON-RPC message the gateway accepts.
 pub const INVALID_REQUEST: i64 = -32600;
+/// JSON-RPC's "method not found".
+pub const METHOD_NOT_FOUND: i64 = -32601;
 /// JSON-RPC's "invalid params".
 pub const INVALID_PARAMS: i64 = -32602;
-/// The upstream server went away before answering (implementation-defined server error).
+/// JSON-RPC's "internal error": the gateway could not do its part (e.g. read a tool list).
+pub const INTERNAL_ERROR: i64 = -32603;
+/// The upstream server went away or did not answer in time (implementation-defined server error).
 pub const UPSTREAM_GONE: i64 = -32000;
+
+/// The error codes with which a server says it did not execute a request: the request was
+/// not JSON, not a request, named no method it has, or had parameters it refused before
+/// running anything. Only these give a call's counter units back; any other reply, error or
+/// not, may follow a tool that ran.
+pub fn not_executed(code: i64) -> bool {
+    matches!(
+        code,
+        PARSE_ERROR | INVALID_REQUEST | METHOD_NOT_FOUND | INVALID_PARAMS
+    )
+}
 
 /// The routing fields of one message.
 #[derive(Debug, Deserialize)]
 pub struct Envelope<'a> {
-    /// The request id, as written; `None` for notifications (and for `"id": null`).
-    #[serde(default, borrow)]
+    /// The `id` member as written, `null` included (`Some("null")`); `None` when absent.
+    #[serde(default, borrow, deserialize_with = "present")]
     pub id: Option<&'a RawValue>,
     /// The method of a request or notification.
     #[serde(default, borrow)]
@@ -31,9 +59,17 @@ pub struct Envelope<'a> {
     /// Present on error replies.
     #[serde(default, borrow)]
     pub error: Option<&'a RawValue>,
+    /// Present on successful replies.
+    #[serde(default, borrow)]
+    pub result: Option<&'a RawValue>,
     /// The request's parameters, unparsed: only `tools/call` and `tools/list` look inside.
     #[serde(default, borrow)]
     pub params: Option<&'a RawValue>,
+}
+
+/// Keeps a member that is present but `null` apart from one that is absent.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 /// Why a line could not be routed, as a JSON-RPC error code and message.
@@ -43,6 +79,14 @@ pub struct Fault {
     pub code: i64,
     /// What was wrong.
     pub message: String,
+}
+
+fn classify(e: &serde_json::Error) -> i64 {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => PARSE_ERROR,
+        Category::Data => INVALID_REQUEST,
+    }
 }
 
 impl<'a> Envelope<'a> {
@@ -58,24 +102,74 @@ impl<'a> Envelope<'a> {
             });
         }
         serde_json::from_slice(line).map_err(|e| {
-            use serde_json::error::Category;
-            match e.classify() {
-                Category::Syntax | Category::Eof | Category::Io => Fault {
-                    code: PARSE_ERROR,
-                    message: format!("parse error: {e}"),
-                },
-                Category::Data => Fault {
-                    code: INVALID_REQUEST,
-                    message: format!("invalid request: {e}"),
-                },
+            let code = classify(&e);
+            let kind = if code == PARSE_ERROR {
+                "parse error"
+            } else {
+                "invalid request"
+            };
+            Fault {
+                code,
+                message: format!("{kind}: {e}"),
             }
         })
     }
 
-    /// The id in a canonical form, so that `1` and `1.0`-free spellings of one id match.
+    /// The canonical key of the id, if there is one (see [`id_key`]).
     pub fn id_key(&self) -> Option<String> {
         self.id.map(|raw| id_key(raw.get()))
     }
+
+    /// The numeric `error.code` of an error reply.
+    pub fn error_code(&self) -> Option<i64> {
+        #[derive(Deserialize)]
+        struct Code {
+            code: i64,
+        }
+        self.error
+            .and_then(|raw| serde_json::from_str::<Code>(raw.get()).ok())
+            .map(|c| c.code)
+    }
+}
+
+/// What kind of value a request id is. MCP requires a string or an integer, and not null.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdKind {
+    /// A JSON string.
+    String,
+    /// A JSON number written as an integer: `-?[0-9]+`, no fraction, no exponent.
+    Integer,
+    /// `null`, a fraction or exponent (`1.0`, `1e0`), a boolean, an object or an array.
+    Invalid,
+}
+
+/// Classifies a raw id as written.
+pub fn id_kind(raw: &RawValue) -> IdKind {
+    let text = raw.get().as_bytes();
+    match text.first() {
+        Some(b'"') => IdKind::String,
+        Some(b'-' | b'0'..=b'9') => {
+            let digits = text.strip_prefix(b"-").unwrap_or(text);
+            if !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) {
+                IdKind::Integer
+            } else {
+                IdKind::Invalid
+            }
+        }
+        _ => IdKind::Invalid,
+    }
+}
+
+/// Reads an id the gateway itself gave (an unsigned integer), however the peer spelled the
+/// number back: a JavaScript peer may answer `7` for `7.0` and a Python one `7.0` for `7`.
+pub fn gateway_id(raw: &RawValue) -> Option<u64> {
+    let text = raw.get();
+    if let Ok(n) = text.parse::<u64>() {
+        return Some(n);
+    }
+    let n: f64 = serde_json::from_str(text).ok()?;
+    // Below 2^53 every integer is exact as f64; the gateway's ids never get near it.
+    (n.fract() == 0.0 && (0.0..9_007_199_254_740_992.0).contains(&n)).then_some(n as u64)
 }
 
 /// Canonical text of a raw id (re-encoded, so whitespace and escapes do not matter).
@@ -100,6 +194,23 @@ pub fn id_key(raw: &str) -> String {
         .unwrap_or_else(|_| raw.to_owned())
 }
 
+/// `line` with the bytes of `value` (a slice of `line`, as a borrowed [`RawValue`] is)
+/// replaced by `with`. `None` if `value` does not lie within `line`.
+pub fn splice(line: &[u8], value: &RawValue, with: &[u8]) -> Option<Vec<u8>> {
+    let range = line.as_ptr_range();
+    let start = value.get().as_ptr();
+    if !range.contains(&start) {
+        return None;
+    }
+    let offset = start as usize - line.as_ptr() as usize;
+    let end = offset + value.get().len();
+    let mut out = Vec::with_capacity(line.len() + with.len());
+    out.extend_from_slice(&line[..offset]);
+    out.extend_from_slice(with);
+    out.extend_from_slice(line.get(end..)?);
+    Some(out)
+}
+
 /// A reply line carrying `result`.
 pub fn result_line(id: &RawValue, result: &Value) -> Vec<u8> {
     let mut line = format!(
@@ -119,6 +230,136 @@ pub fn error_line(id: Option<&RawValue>, code: i64, message: &str) -> Vec<u8> {
     let mut line = format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{error}}}"#).into_bytes();
     line.push(b'\n');
     line
+}
+
+/// Refuses a message with two keys in one object that some upstream stack would read as
+/// one: equal, or equal after Unicode case folding, at any depth. Also refuses what serde
+/// cannot decode (lone surrogates, nesting deeper than 128), since other stacks decode it
+/// differently.
+pub fn check_keys(line: &[u8]) -> Result<(), Fault> {
+    let mut de = serde_json::Deserializer::from_slice(line);
+    Checked
+        .deserialize(&mut de)
+        .and_then(|()| de.end())
+        .map_err(|e| Fault {
+            code: classify(&e).max(INVALID_REQUEST),
+            message: format!("invalid request: {e}"),
+        })
+}
+
+/// The key under which Go's `encoding/json` (and any case-insensitive reader) would match
+/// `key`. Folding through upper then lower case maps `ſ` to `s` and the Kelvin sign to `k`,
+/// as Go does; it folds a little more than Unicode's simple folding (`ß` meets `ss`), which
+/// only ever refuses more.
+pub fn fold_key(key: &str) -> Cow<'_, str> {
+    if key.is_ascii() {
+        if key.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(key.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(key)
+        }
+    } else {
+        Cow::Owned(
+            key.chars()
+                .flat_map(char::to_uppercase)
+                .flat_map(char::to_lowercase)
+                .collect(),
+        )
+    }
+}
+
+/// Visits a whole JSON value, checking every object's keys.
+struct Checked;
+
+impl<'de> DeserializeSeed<'de> for Checked {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// An object key, borrowed from the line when it has no escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+/// Objects with more keys than this are checked through a hash set rather than a scan.
+const SCAN_KEYS: usize = 16;
+
+impl<'de> Visitor<'de> for Checked {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_none<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Checked)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut few: Vec<Cow<'de, str>> = Vec::new();
+        let mut many: HashSet<Cow<'de, str>> = HashSet::new();
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            let folded = match fold_key(&key) {
+                Cow::Borrowed(_) => key.clone(),
+                Cow::Owned(folded) => Cow::Owned(folded),
+            };
+            let repeated = if many.is_empty() && few.len() < SCAN_KEYS {
+                let repeated = few.contains(&folded);
+                few.push(folded);
+                repeated
+            } else {
+                if many.is_empty() {
+                    many.extend(few.drain(..));
+                }
+                !many.insert(folded)
+            };
+            if repeated {
+                return Err(de::Error::custom(format_args!(
+                    "duplicate key `{key}`: an object may not name a key twice, nor two keys that differ only in case"
+                )));
+            }
+            map.next_value_seed(Checked)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -141,6 +382,85 @@ mod tests {
             Envelope::parse(br#"{"id":1,"method":7}"#).unwrap_err().code,
             INVALID_REQUEST
         );
+    }
+
+    #[test]
+    fn a_null_id_is_present_and_invalid() {
+        let e = Envelope::parse(br#"{"id":null,"method":"tools/call"}"#).unwrap();
+        assert_eq!(e.id.map(RawValue::get), Some("null"));
+        assert!(Envelope::parse(br#"{"method":"x"}"#).unwrap().id.is_none());
+        let kinds: Vec<IdKind> = [
+            "1", "-3", "\"a\"", "null", "1.0", "1e0", "true", "{}", "[]", "-",
+        ]
+        .iter()
+        .map(|t| {
+            id_kind(
+                &RawValue::from_string((*t).into())
+                    .unwrap_or_else(|_| RawValue::from_string("null".into()).unwrap()),
+            )
+        })
+        .collect();
+        use IdKind::*;
+        assert_eq!(
+            kinds,
+            [
+                Integer, Integer, String, Invalid, Invalid, Invalid, Invalid, Invalid, Invalid,
+                Invalid
+            ]
+        );
+    }
+
+    #[test]
+    fn gateway_ids_read_back_however_spelled() {
+        let raw = |t: &str| RawValue::from_string(t.into()).unwrap();
+        assert_eq!(gateway_id(&raw("7")), Some(7));
+        assert_eq!(gateway_id(&raw("7.0")), Some(7));
+        assert_eq!(gateway_id(&raw("7e0")), Some(7));
+        assert_eq!(gateway_id(&raw("7.5")), None);
+        assert_eq!(gateway_id(&raw("\"7\"")), None);
+        assert_eq!(gateway_id(&raw("-1")), None);
+    }
+
+    #[test]
+    fn splice_replaces_exactly_the_value() {
+        let line = br#"{"id" : 17 ,"method":"x"}"#;
+        let e = Envelope::parse(line).unwrap();
+        let out = splice(line, e.id.unwrap(), b"\"abc\"").unwrap();
+        assert_eq!(out, br#"{"id" : "abc" ,"method":"x"}"#);
+        let elsewhere = RawValue::from_string("1".into()).unwrap();
+        assert!(splice(line, &elsewhere, b"2").is_none());
+    }
+
+    #[test]
+    fn keys_equal_under_case_folding_are_refused_at_any_depth() {
+        let refused = [
+            r#"{"method":"ping","Method":"tools/call"}"#,
+            r#"{"id":1,"ID":2}"#,
+            r#"{"params":{"name":"a","Name":"b"}}"#,
+            r#"{"params":{"arguments":{"sessionId":"x","SessionId":"gw-1"}}}"#,
+            "{\"params\":{\"arguments\":{\"sessionId\":1,\"\u{17f}essionId\":2}}}",
+            "{\"a\":[{\"kind\":1,\"\u{212a}ind\":2}]}",
+            r#"{"\u004dethod":"x","method":"y"}"#,
+            r#"{"a":1,"a":1}"#,
+            r#"{"s":"\ud800"}"#,
+        ];
+        for text in refused {
+            let fault = check_keys(text.as_bytes()).unwrap_err();
+            assert_eq!(fault.code, INVALID_REQUEST, "{text}");
+        }
+        for text in [
+            r#"{"id":1,"method":"tools/call","params":{"name":"a","arguments":{"x":[{"y":1},{"y":2}]}}}"#,
+            r#"{"a":{"a":{"a":1}}}"#,
+            r#"{"é":1,"e":2}"#,
+        ] {
+            assert_eq!(check_keys(text.as_bytes()), Ok(()), "{text}");
+        }
+        // Many keys: the hash-set path.
+        let many: Vec<String> = (0..100).map(|i| format!("\"k{i}\":{i}")).collect();
+        let ok = format!("{{{}}}", many.join(","));
+        assert_eq!(check_keys(ok.as_bytes()), Ok(()));
+        let bad = format!("{{{},\"K50\":0}}", many.join(","));
+        assert!(check_keys(bad.as_bytes()).is_err());
     }
 
     #[test]

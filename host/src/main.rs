@@ -9,7 +9,7 @@ use toolgate::clock::SystemClock;
 use toolgate::counters::MemoryCounterStore;
 use toolgate::policy::Policy;
 use toolgate::reload::{self, LivePolicy};
-use toolgate::session::{Identity, Session};
+use toolgate::session::{Identity, SchemaChecks, Session};
 use toolgate::stdio::{self, Ending, StdioLimits};
 use toolgate::testing;
 
@@ -47,6 +47,14 @@ enum Command {
         /// still reload).
         #[arg(long)]
         no_watch: bool,
+        /// Seconds a forwarded request may wait for the upstream's reply; then the client gets
+        /// an error (the call's counter units stay spent: the tool may be running).
+        #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+        reply_timeout_s: u64,
+        /// Do not check this tool's arguments against its advertised `inputSchema` (for a
+        /// server whose schema is known to be wrong); repeat for several; `*` for every tool.
+        #[arg(long, value_name = "TOOL")]
+        skip_schema: Vec<String>,
         /// The upstream MCP server's command and arguments (after `--`, or simply last: every
         /// word from the first positional one on belongs to the upstream).
         #[arg(
@@ -214,6 +222,8 @@ fn main() -> ExitCode {
             max_message_bytes,
             admin_socket,
             no_watch,
+            reply_timeout_s,
+            skip_schema,
             upstream,
         } => {
             init_logging();
@@ -238,7 +248,13 @@ fn main() -> ExitCode {
                 eprintln!("toolgate: {e}");
                 return ExitCode::FAILURE;
             }
-            match run(&live, grant, max_message_bytes, &upstream) {
+            let limits = StdioLimits {
+                max_client_message: max_message_bytes,
+                reply_timeout: std::time::Duration::from_secs(reply_timeout_s),
+                ..StdioLimits::default()
+            };
+            let schemas = SchemaChecks::skipping(skip_schema);
+            match run(&live, grant, &limits, schemas, &upstream) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("toolgate: {e:#}");
@@ -355,7 +371,8 @@ fn main() -> ExitCode {
 fn run(
     live: &LivePolicy,
     grant: String,
-    max_message_bytes: usize,
+    limits: &StdioLimits,
+    schemas: SchemaChecks,
     upstream: &[String],
 ) -> anyhow::Result<ExitCode> {
     let counters = Arc::new(MemoryCounterStore::new(Arc::new(SystemClock::new())));
@@ -364,14 +381,11 @@ fn run(
         session: uuid::Uuid::new_v4().to_string(),
     };
     tracing::info!(policy = live.current().name().unwrap_or("(unnamed)"), grant = %identity.grant, session = %identity.session, upstream = ?upstream, "starting");
-    let session = Arc::new(Session::live(live.cell(), counters, identity));
+    let session =
+        Arc::new(Session::live(live.cell(), counters, identity).with_schema_checks(schemas));
     let child = stdio::spawn_upstream(upstream)
         .with_context(|| format!("cannot start upstream `{}`", upstream.join(" ")))?;
-    let limits = StdioLimits {
-        max_client_message: max_message_bytes,
-        ..StdioLimits::default()
-    };
-    let (ending, status) = stdio::run(session, child, &limits);
+    let (ending, status) = stdio::run(session, child, limits);
     let status = status.context("cannot wait for the upstream")?;
     match ending {
         Ending::ClientClosed { .. } => {

@@ -30,6 +30,13 @@ pub struct StdioLimits {
     /// How long the upstream may take to exit after the client has closed its stdin, before it
     /// is killed. Default 5 s.
     pub shutdown_grace: Duration,
+    /// How long a request forwarded upstream may wait for its reply. After it, the client
+    /// gets a JSON-RPC error naming the gateway, the request is forgotten (a late reply is
+    /// dropped) and a call's counter units stay spent: the tool may still be running. Servers
+    /// drop lines they cannot read without a word, so without it such a request would wait
+    /// forever. Default 600 s: coding-agent tools (an LLM CLI run) can take many minutes;
+    /// lower it for servers whose tools are quick.
+    pub reply_timeout: Duration,
 }
 
 impl Default for StdioLimits {
@@ -38,6 +45,7 @@ impl Default for StdioLimits {
             max_client_message: 4 << 20,
             max_upstream_message: 64 << 20,
             shutdown_grace: Duration::from_secs(5),
+            reply_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -162,16 +170,31 @@ pub fn serve(
                 loop {
                     let answer = match read_line_capped(&mut reader, &mut line, max) {
                         Ok(Frame::Line) => match session.from_client(&line) {
-                            ClientLine::Forward => {
-                                line.push(b'\n');
-                                if let Err(e) =
-                                    upstream.write_all(&line).and_then(|_| upstream.flush())
-                                {
-                                    // The upstream's reader will see it exit and answer what is pending.
+                            ClientLine::Forward(forward) => {
+                                let written = upstream
+                                    .write_all(&forward.line)
+                                    .and_then(|_| upstream.write_all(b"\n"))
+                                    .and_then(|_| upstream.flush());
+                                if let Err(e) = written {
+                                    // Part of it may have reached the upstream: its units stay
+                                    // spent. The upstream's reader will see it exit.
                                     tracing::warn!(error = %e, "cannot write to upstream");
+                                    let failed = forward.upstream_id.and_then(|id| {
+                                        session.abandon(
+                                            id,
+                                            true,
+                                            "cannot write to the upstream MCP server",
+                                        )
+                                    });
+                                    if let Some(reply) = failed {
+                                        if write_line(&client_out, &reply).is_err() {
+                                            break;
+                                        }
+                                    }
                                 }
                                 continue;
                             }
+                            ClientLine::Drop => continue,
                             ClientLine::Answer(reply) => reply,
                         },
                         Ok(Frame::Oversized(length)) => session.oversized_client_line(length, max),
@@ -210,10 +233,10 @@ pub fn serve(
                 loop {
                     match read_line_capped(&mut reader, &mut line, max) {
                         Ok(Frame::Line) => {
-                            if let Err(e) =
-                                session.from_upstream(&line, |out| write_line(&client_out, out))
-                            {
-                                tracing::warn!(error = %e, "cannot write to client");
+                            if let Some(out) = session.from_upstream(&line) {
+                                if let Err(e) = write_line(&client_out, &out) {
+                                    tracing::warn!(error = %e, "cannot write to client");
+                                }
                             }
                         }
                         Ok(Frame::Oversized(length)) => {
@@ -235,6 +258,30 @@ pub fn serve(
             .expect("spawn upstream reader");
     }
 
+    // Requests the upstream never answers get an error after `reply_timeout`.
+    let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (session, client_out, ended, timeout) = (
+            session.clone(),
+            client_out.clone(),
+            ended.clone(),
+            limits.reply_timeout,
+        );
+        let tick = (timeout / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        thread::Builder::new()
+            .name("reply-timeout".into())
+            .spawn(move || {
+                while !ended.load(std::sync::atomic::Ordering::Relaxed) {
+                    thread::sleep(tick);
+                    for reply in session.expire(timeout) {
+                        let _ = write_line(&client_out, &reply);
+                    }
+                }
+            })
+            .expect("spawn reply timer");
+    }
+    let _ended = EndOnDrop(ended);
+
     match ending.recv() {
         Ok(Event::UpstreamClosed) | Err(_) => {
             let replies = session.upstream_gone("upstream MCP server exited before answering");
@@ -252,6 +299,15 @@ pub fn serve(
             );
             Ending::ClientClosed { upstream_exited }
         }
+    }
+}
+
+/// Stops the reply timer when [`serve`] returns.
+struct EndOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for EndOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -29,13 +29,22 @@ type Sender = mpsc::Sender<Vec<u8>>;
 
 #[derive(Default)]
 struct Routes {
-    /// Streams waiting for a reply, by request id.
-    waiting: HashMap<String, Sender>,
+    /// Streams waiting for a reply, by the gateway's request id.
+    waiting: HashMap<u64, Sender>,
     /// The same ids, oldest first.
-    order: Vec<String>,
+    order: Vec<u64>,
     listener: Option<Sender>,
     backlog: VecDeque<Vec<u8>>,
     exited: bool,
+}
+
+/// A request that could not be handed to the child.
+#[derive(Debug)]
+pub struct RequestError {
+    /// What went wrong.
+    pub error: std::io::Error,
+    /// Whether any of the request may have reached the child.
+    pub written: bool,
 }
 
 /// One child process serving one session.
@@ -88,22 +97,30 @@ impl Child {
         })
     }
 
-    /// Writes a request; the returned stream gets the messages for it, ending with its reply.
+    /// Writes a request sent under the gateway's id `id`; the returned stream gets the
+    /// messages for it, ending with its reply.
     pub async fn request(
         &self,
-        id_key: String,
+        id: u64,
         line: &[u8],
-    ) -> std::io::Result<mpsc::Receiver<Vec<u8>>> {
+    ) -> Result<mpsc::Receiver<Vec<u8>>, RequestError> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         {
             let mut routes = lock(&self.routes);
             if routes.exited {
-                return Err(std::io::Error::other("upstream MCP server has exited"));
+                return Err(RequestError {
+                    error: std::io::Error::other("upstream MCP server has exited"),
+                    written: false,
+                });
             }
-            routes.order.push(id_key.clone());
-            routes.waiting.insert(id_key, tx);
+            routes.order.push(id);
+            routes.waiting.insert(id, tx);
         }
-        self.write(line).await?;
+        // A failed write may still have delivered part of the line: counted as written.
+        self.write(line).await.map_err(|error| RequestError {
+            error,
+            written: true,
+        })?;
         Ok(rx)
     }
 
@@ -154,7 +171,7 @@ fn route_output(stdout: std::process::ChildStdout, routes: &Mutex<Routes>, max: 
         let (sender, is_reply) = {
             let mut routes = lock(routes);
             let reply_to = match Envelope::parse(&line) {
-                Ok(e) if e.method.is_none() => e.id_key(),
+                Ok(e) if e.method.is_none() => e.id.and_then(jsonrpc::gateway_id),
                 _ => None,
             };
             match reply_to {
@@ -191,9 +208,10 @@ fn route_output(stdout: std::process::ChildStdout, routes: &Mutex<Routes>, max: 
             None => {}
         }
     }
-    // The child is gone: every waiting request gets an error reply (which also refunds its
-    // counter units on the way through the session).
-    let waiting: Vec<(String, Sender)> = {
+    // The child is gone: every waiting request gets an error reply, under the gateway's id
+    // (the session restores the client's). Counter units stay spent: the child may have run
+    // the call before it went.
+    let waiting: Vec<(u64, Sender)> = {
         let mut routes = lock(routes);
         routes.exited = true;
         routes.listener = None;
@@ -201,7 +219,7 @@ fn route_output(stdout: std::process::ChildStdout, routes: &Mutex<Routes>, max: 
         routes.waiting.drain().collect()
     };
     for (key, sender) in waiting {
-        let id = serde_json::value::RawValue::from_string(key).expect("keys are JSON");
+        let id = serde_json::value::RawValue::from_string(key.to_string()).expect("a number");
         let _ = sender.blocking_send(jsonrpc::error_line(
             Some(&id),
             jsonrpc::UPSTREAM_GONE,

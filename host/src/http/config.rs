@@ -83,6 +83,10 @@ pub struct UpstreamConfig {
     /// are toolgate's and are never forwarded.
     #[serde(default)]
     pub headers: std::collections::BTreeMap<String, String>,
+    /// Tools whose arguments are not checked against their advertised `inputSchema` (a
+    /// server whose schema is known to be wrong); `["*"]` for every tool.
+    #[serde(default)]
+    pub skip_schema: Vec<String>,
 }
 
 /// The listeners' certificate and key (PEM files, relative to the config file).

@@ -21,9 +21,9 @@ use super::children::Child;
 use super::config::{Limits, Upstream};
 use super::grants::{AuthError, Grant, Grants, Remembered};
 use super::sse;
-use super::upstream::{Body as UpstreamBody, Pool, Response as UpstreamResponse};
+use super::upstream::{Body as UpstreamBody, Pool, Response as UpstreamResponse, SendError};
 use crate::jsonrpc::{self, Envelope};
-use crate::session::{ClientLine, Identity, Session};
+use crate::session::{ClientLine, Forward, Identity, SchemaChecks, Session};
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -115,6 +115,8 @@ pub struct Gateway {
     allowed_hosts: Vec<String>,
     allowed_origins: Vec<String>,
     pub stats: Stats,
+    /// Whose arguments are checked against their `inputSchema`.
+    schemas: SchemaChecks,
     /// Becomes true when the gateway stops: the listeners close, GET streams end.
     stopping: tokio::sync::watch::Sender<bool>,
 }
@@ -281,7 +283,14 @@ impl Gateway {
             allowed_origins: origins,
             stopping: tokio::sync::watch::Sender::new(false),
             stats: Stats::default(),
+            schemas: SchemaChecks::default(),
         })
+    }
+
+    /// Which tools' arguments are checked against their `inputSchema` (all, by default).
+    pub fn with_schema_checks(mut self, schemas: SchemaChecks) -> Self {
+        self.schemas = schemas;
+        self
     }
 
     /// Says that the gateway is stopping: to the listeners, and to the GET streams.
@@ -443,7 +452,7 @@ impl Gateway {
         upstream_session: Option<&HeaderValue>,
         client: &HeaderMap,
         body: &[u8],
-    ) -> Result<UpstreamResponse, Response> {
+    ) -> Result<UpstreamResponse, Failed> {
         let Some(pool) = &self.pool else {
             unreachable!("only HTTP upstreams are sent requests")
         };
@@ -451,24 +460,23 @@ impl Gateway {
         let sent = pool.send(method, &headers, body);
         match tokio::time::timeout(self.limits.request_timeout(), sent).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "upstream request failed");
-                Err(rpc_error(
-                    StatusCode::BAD_GATEWAY,
-                    None,
-                    jsonrpc::UPSTREAM_GONE,
-                    &format!("upstream MCP server unreachable: {e}"),
-                ))
+            Ok(Err(SendError { error, written })) => {
+                tracing::warn!(%error, written, "upstream request failed");
+                Err(Failed {
+                    status: StatusCode::BAD_GATEWAY,
+                    message: format!("upstream MCP server unreachable: {error}"),
+                    written,
+                })
             }
-            Err(_) => Err(rpc_error(
-                StatusCode::GATEWAY_TIMEOUT,
-                None,
-                jsonrpc::UPSTREAM_GONE,
-                &format!(
+            // The request may be running upstream: its counter units stay spent.
+            Err(_) => Err(Failed {
+                status: StatusCode::GATEWAY_TIMEOUT,
+                message: format!(
                     "upstream MCP server did not answer within {} s",
                     self.limits.request_timeout_s
                 ),
-            )),
+                written: true,
+            }),
         }
     }
 
@@ -576,12 +584,24 @@ async fn read_body(gw: &Gateway, headers: &HeaderMap, body: Incoming) -> Result<
     }
 }
 
+/// An upstream exchange that failed before a response head arrived.
+struct Failed {
+    status: StatusCode,
+    message: String,
+    /// Whether any of the request may have reached the upstream.
+    written: bool,
+}
+
+impl Failed {
+    fn into_response(self) -> Response {
+        rpc_error(self.status, None, jsonrpc::UPSTREAM_GONE, &self.message)
+    }
+}
+
 /// What the routing fields of a POSTed message say, parsed once: the session's policy
 /// decides on the same parse.
 struct Posted<'b> {
     envelope: Envelope<'b>,
-    /// The canonical id of a request (a message with both `method` and `id`).
-    request_id: Option<String>,
 }
 
 impl Posted<'_> {
@@ -610,10 +630,7 @@ async fn post_mcp(
         Err(refused) => return closing(refused),
     };
     let posted = match Envelope::parse(&body) {
-        Ok(envelope) => Posted {
-            request_id: envelope.method.as_ref().and(envelope.id_key()),
-            envelope,
-        },
+        Ok(envelope) => Posted { envelope },
         Err(fault) => return rpc_error(StatusCode::BAD_REQUEST, None, fault.code, &fault.message),
     };
     if posted.method().is_none() && posted.raw_id().is_none() {
@@ -678,7 +695,12 @@ fn closing(mut refused: Response) -> Response {
 
 /// The policy's verdict on a client message. A decision that may run plugins leaves the async
 /// worker for it (a plugin may use its whole time budget).
-fn decide(policy: &Session, grant: &Grant, body: &[u8], posted: &Posted<'_>) -> ClientLine {
+fn decide<'b>(
+    policy: &Session,
+    grant: &Grant,
+    body: &'b [u8],
+    posted: &Posted<'_>,
+) -> ClientLine<'b> {
     if posted.method() == Some("tools/call") && !grant.policy.load().plugins().is_empty() {
         tokio::task::block_in_place(|| policy.from_client_parsed(body, &posted.envelope))
     } else {
@@ -686,19 +708,25 @@ fn decide(policy: &Session, grant: &Grant, body: &[u8], posted: &Posted<'_>) -> 
     }
 }
 
-/// A failed upstream exchange: the session forgets the request (refunding a call's units)
-/// and the client gets the error as the request's reply.
-fn upstream_failed(policy: &Session, posted: &Posted<'_>, refused: Response) -> Response {
-    let Some(id) = posted.raw_id() else {
-        return refused;
-    };
-    let status = refused.status();
-    let message = match status {
-        StatusCode::GATEWAY_TIMEOUT => "upstream MCP server did not answer in time",
-        _ => "upstream MCP server unreachable",
-    };
-    let line = jsonrpc::error_line(Some(id), jsonrpc::UPSTREAM_GONE, message);
-    policy.from_upstream(&line, |out| json_response(status, out.to_vec()))
+/// A failed upstream exchange: the session forgets the request (refunding a call's units
+/// only if none of it was written) and the client gets the error as the request's reply.
+fn upstream_failed(policy: &Session, upstream_id: Option<u64>, failed: Failed) -> Response {
+    let status = failed.status;
+    match upstream_id.and_then(|id| policy.abandon(id, failed.written, &failed.message)) {
+        Some(line) => json_response(status, line),
+        None => failed.into_response(),
+    }
+}
+
+/// What [`decide`] leaves to forward: an answer or a dropped message is the response.
+fn to_forward<'b>(line: ClientLine<'b>) -> Result<Forward<'b>, Response> {
+    match line {
+        ClientLine::Forward(forward) => Ok(forward),
+        ClientLine::Answer(reply) => Err(json_response(StatusCode::OK, reply)),
+        // Nothing to forward and nothing to answer (a `tools/call` sent as a notification, a
+        // reply to no pending request): accepted, as a notification is.
+        ClientLine::Drop => Err(StatusCode::ACCEPTED.into_response()),
+    }
 }
 
 async fn forward(
@@ -708,33 +736,39 @@ async fn forward(
     body: &[u8],
     posted: &Posted<'_>,
 ) -> Response {
-    if let ClientLine::Answer(reply) = decide(&session.policy, &session.grant, body, posted) {
-        return json_response(StatusCode::OK, reply);
-    }
+    let forward = match to_forward(decide(&session.policy, &session.grant, body, posted)) {
+        Ok(forward) => forward,
+        Err(response) => return response,
+    };
+    let (line, upstream_id) = (&forward.line[..], forward.upstream_id);
     match &session.link {
-        Link::Http(upstream_id) => {
+        Link::Http(upstream_session) => {
             match gw
-                .send_upstream(Method::POST, upstream_id.as_ref(), headers, body)
+                .send_upstream(Method::POST, upstream_session.as_ref(), headers, line)
                 .await
             {
-                Ok(response) => relay(gw, session, response, None).await,
-                Err(refused) => upstream_failed(&session.policy, posted, refused),
+                Ok(response) => relay(gw, session, response, None, upstream_id).await,
+                Err(failed) => upstream_failed(&session.policy, upstream_id, failed),
             }
         }
-        Link::Stdio(child) => match &posted.request_id {
-            Some(key) => match child.request(key.clone(), body).await {
-                Ok(messages) => stream_lines(session.clone(), messages, None),
+        Link::Stdio(child) => match upstream_id {
+            Some(id) => match child.request(id, line).await {
+                Ok(messages) => stream_lines(
+                    session.clone(),
+                    messages,
+                    None,
+                    Some((id, gw.limits.request_timeout())),
+                ),
                 Err(e) => {
-                    let refused = rpc_error(
-                        StatusCode::BAD_GATEWAY,
-                        None,
-                        jsonrpc::UPSTREAM_GONE,
-                        &e.to_string(),
-                    );
-                    upstream_failed(&session.policy, posted, refused)
+                    let failed = Failed {
+                        status: StatusCode::BAD_GATEWAY,
+                        message: e.error.to_string(),
+                        written: e.written,
+                    };
+                    upstream_failed(&session.policy, Some(id), failed)
                 }
             },
-            None => match child.write(body).await {
+            None => match child.write(line).await {
                 Ok(()) => StatusCode::ACCEPTED.into_response(),
                 Err(e) => rpc_error(
                     StatusCode::BAD_GATEWAY,
@@ -766,27 +800,27 @@ async fn initialize(
         );
     };
     let id = uuid::Uuid::new_v4().to_string();
-    let policy = session_policy(&grant, &id);
-    if let ClientLine::Answer(reply) = policy.from_client_parsed(body, &posted.envelope) {
-        return json_response(StatusCode::OK, reply);
-    }
+    let policy = session_policy(gw, &grant, &id);
+    let forward = match to_forward(policy.from_client_parsed(body, &posted.envelope)) {
+        Ok(forward) => forward,
+        Err(response) => return response,
+    };
+    let (line, upstream_id) = (forward.line.into_owned(), forward.upstream_id);
     let new_session = |link| GwSession::new(id.clone(), grant.clone(), policy, link);
     let (session, response) = match &gw.upstream {
         Upstream::Http { .. } => {
-            let response = match gw.send_upstream(Method::POST, None, headers, body).await {
+            let response = match gw.send_upstream(Method::POST, None, headers, &line).await {
                 Ok(response) => response,
-                Err(refused) => {
-                    return refused;
-                }
+                Err(failed) => return failed.into_response(),
             };
             if !response.status().is_success() {
                 // No session upstream, so none here either: relay the refusal as it is.
                 let throwaway = new_session(Link::Http(None));
-                return relay(gw, throwaway, response, None).await;
+                return relay(gw, throwaway, response, None, upstream_id).await;
             }
-            let upstream_id = response.headers().get(&SESSION_HEADER).cloned();
-            let session = new_session(Link::Http(upstream_id));
-            let relayed = relay(gw, session.clone(), response, Some(&id)).await;
+            let upstream_session = response.headers().get(&SESSION_HEADER).cloned();
+            let session = new_session(Link::Http(upstream_session));
+            let relayed = relay(gw, session.clone(), response, Some(&id), upstream_id).await;
             (session, relayed)
         }
         Upstream::Stdio(command) => {
@@ -802,19 +836,26 @@ async fn initialize(
                     );
                 }
             };
-            let key = posted.request_id.clone().unwrap_or_else(|| "null".into());
             let session = new_session(Link::Stdio(child));
             let Link::Stdio(child) = &session.link else {
                 unreachable!()
             };
-            let response = match child.request(key, body).await {
-                Ok(messages) => stream_lines(session.clone(), messages, Some(&id)),
+            let Some(upstream_id) = upstream_id else {
+                unreachable!("initialize is a request")
+            };
+            let response = match child.request(upstream_id, &line).await {
+                Ok(messages) => stream_lines(
+                    session.clone(),
+                    messages,
+                    Some(&id),
+                    Some((upstream_id, gw.limits.request_timeout())),
+                ),
                 Err(e) => {
                     return rpc_error(
                         StatusCode::BAD_GATEWAY,
                         posted.raw_id(),
                         jsonrpc::UPSTREAM_GONE,
-                        &format!("upstream MCP server exited: {e}"),
+                        &format!("upstream MCP server exited: {}", e.error),
                     );
                 }
             };
@@ -829,7 +870,7 @@ async fn initialize(
 }
 
 /// The policy side of a session: the grant's policy and counters, counting as `id`.
-fn session_policy(grant: &Grant, id: &str) -> Session {
+fn session_policy(gw: &Gateway, grant: &Grant, id: &str) -> Session {
     Session::live(
         grant.policy.clone(),
         grant.counters.clone(),
@@ -838,6 +879,7 @@ fn session_policy(grant: &Grant, id: &str) -> Session {
             session: id.to_owned(),
         },
     )
+    .with_schema_checks(gw.schemas.clone())
 }
 
 /// A request sent without a session (the 2026-07-28 stateless protocol, `server/discover`):
@@ -867,7 +909,7 @@ async fn stateless(
             )
         };
     }
-    let policy = session_policy(&grant, STATELESS_SESSION);
+    let policy = session_policy(gw, &grant, STATELESS_SESSION);
     let session = GwSession::new(STATELESS_SESSION.into(), grant, policy, Link::Http(None));
     forward(gw, session, headers, body, posted).await
 }
@@ -901,13 +943,13 @@ async fn get_mcp(
                 .send_upstream(Method::GET, upstream_id.as_ref(), headers, b"")
                 .await
             {
-                Ok(response) => relay(&gw, session, response, None).await,
-                Err(refused) => refused,
+                Ok(response) => relay(&gw, session, response, None, None).await,
+                Err(failed) => failed.into_response(),
             }
         }
         Link::Stdio(child) => {
             let messages = child.listen();
-            stream_lines(session.clone(), messages, None)
+            stream_lines(session.clone(), messages, None, None)
         }
     };
     ends_when_stopping(&gw, stream)
@@ -956,7 +998,7 @@ async fn delete_mcp(
                     head.body(Body::from(body.unwrap_or_default()))
                         .unwrap_or_else(|_| StatusCode::OK.into_response())
                 }
-                Err(refused) => refused,
+                Err(failed) => failed.into_response(),
             }
         }
         _ => StatusCode::OK.into_response(),
@@ -986,12 +1028,15 @@ fn response_head(
 }
 
 /// Relays an HTTP upstream's response: an SSE stream event by event, a JSON reply whole,
-/// each message through the session; anything else (202, errors) as it is.
+/// each message through the session; an empty body (202) as it is. A body of any other
+/// content type is a 502: it could carry a message the session never saw.
+/// `upstream_id` is the gateway's id of the request this response answers, if any.
 async fn relay(
     gw: &Arc<Gateway>,
     session: Arc<GwSession>,
     response: UpstreamResponse,
     new_session_id: Option<&str>,
+    upstream_id: Option<u64>,
 ) -> Response {
     let status = response.status();
     let content_type = response
@@ -1033,13 +1078,38 @@ async fn relay(
             )
         }
     };
-    let body = if content_type.starts_with("application/json") && !body.is_empty() {
-        session.policy.from_upstream(&body, |out| out.to_vec())
-    } else {
-        body.to_vec()
-    };
-    head.body(Body::from(body))
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    if body.is_empty() {
+        return head
+            .body(Body::empty())
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    }
+    if !content_type.starts_with("application/json") {
+        tracing::warn!(%status, content_type, "upstream body of an unexpected content type; not relayed");
+        let failed = Failed {
+            status: StatusCode::BAD_GATEWAY,
+            message: format!(
+                "the upstream answered HTTP {status} with a body of content type `{content_type}`, not JSON or SSE"
+            ),
+            written: true,
+        };
+        return upstream_failed(&session.policy, upstream_id, failed);
+    }
+    match session.policy.from_upstream(&body) {
+        Some(out) => head
+            .body(Body::from(out.into_owned()))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()),
+        None => {
+            // Not the reply to this request (nor to any other pending one).
+            let failed = Failed {
+                status: StatusCode::BAD_GATEWAY,
+                message: format!(
+                    "the upstream answered HTTP {status} without a reply to this request"
+                ),
+                written: true,
+            };
+            upstream_failed(&session.policy, upstream_id, failed)
+        }
+    }
 }
 
 /// An upstream SSE body on its way to the client, polled by the client's connection itself
@@ -1074,13 +1144,15 @@ impl SseRelay {
                 continue;
             }
             let data = event.data.as_bytes();
-            let encoded = self.guard.0.policy.from_upstream(data, |line| {
-                if std::ptr::eq(line, data) {
-                    event.encode_with(event.data.trim_ascii_end()) // as it came: no copy
-                } else {
+            let Some(line) = self.guard.0.policy.from_upstream(data) else {
+                continue; // not for the client (see `Session::from_upstream`)
+            };
+            let encoded = match line {
+                std::borrow::Cow::Borrowed(_) => event.encode_with(event.data.trim_ascii_end()), // as it came: no copy
+                std::borrow::Cow::Owned(line) => {
                     event.encode_with(&String::from_utf8_lossy(line.trim_ascii_end()))
                 }
-            });
+            };
             if out.is_empty() {
                 out = encoded;
             } else {
@@ -1128,24 +1200,47 @@ impl hyper::body::Body for SseRelay {
     }
 }
 
-/// Lines from a stdio child as an SSE response, each through the session.
+/// Lines from a stdio child as an SSE response, each through the session. For a POST,
+/// `request` is the gateway's id of its request and how long its reply may take: then the
+/// stream ends with an error reply (the call's units stay spent).
 fn stream_lines(
     session: Arc<GwSession>,
     lines: mpsc::Receiver<Vec<u8>>,
     new_session_id: Option<&str>,
+    request: Option<(u64, std::time::Duration)>,
 ) -> Response {
     let guard = StreamGuard::new(session);
-    let stream = futures_util::stream::unfold((lines, guard), |(mut lines, guard)| async move {
-        let line = lines.recv().await?;
-        let encoded = guard
-            .0
-            .policy
-            .from_upstream(&line, |out| sse::Event::message(out).encode());
-        Some((
-            Ok::<_, std::convert::Infallible>(Bytes::from(encoded)),
-            (lines, guard),
-        ))
-    });
+    let deadline =
+        request.map(|(id, timeout)| (id, timeout, tokio::time::Instant::now() + timeout));
+    let stream =
+        futures_util::stream::unfold((Some(lines), guard), move |(lines, guard)| async move {
+            let mut lines = lines?;
+            let line = match deadline {
+                None => lines.recv().await?,
+                Some((id, timeout, at)) => match tokio::time::timeout_at(at, lines.recv()).await {
+                    Ok(line) => line?,
+                    Err(_) => {
+                        let message = format!(
+                            "[toolgate] the upstream MCP server did not answer within {} s",
+                            timeout.as_secs()
+                        );
+                        let reply = guard.0.policy.abandon(id, true, &message)?;
+                        let event = sse::Event::message(&reply).encode();
+                        return Some((
+                            Ok::<_, std::convert::Infallible>(Bytes::from(event)),
+                            (None, guard),
+                        ));
+                    }
+                },
+            };
+            let encoded = guard
+                .0
+                .policy
+                .from_upstream(&line)
+                .map(|out| sse::Event::message(&out).encode())
+                .unwrap_or_default();
+            Some((Ok(Bytes::from(encoded)), (Some(lines), guard)))
+        });
     let mut builder = Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/event-stream")

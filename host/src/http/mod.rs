@@ -52,13 +52,18 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
         }
         crate::reload::reload_on_sighup("policy-sighup", live).map_err(anyhow::Error::msg)?;
     }
-    let gateway = Arc::new(Gateway::new(
-        grants,
-        config.upstream()?,
-        config.limits,
-        config.allowed_hosts.clone(),
-        config.allowed_origins.clone(),
-    )?);
+    let gateway = Arc::new(
+        Gateway::new(
+            grants,
+            config.upstream()?,
+            config.limits,
+            config.allowed_hosts.clone(),
+            config.allowed_origins.clone(),
+        )?
+        .with_schema_checks(crate::session::SchemaChecks::skipping(
+            config.upstream.skip_schema.iter().cloned(),
+        )),
+    );
     if config.anonymous_grant.is_some() && !config.listen.ip().is_loopback() {
         tracing::warn!(listen = %config.listen, "anonymous_grant on a non-loopback listener: anyone who can reach it gets that grant");
     }

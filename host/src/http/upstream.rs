@@ -53,6 +53,25 @@ pub struct Pool {
     idle: Mutex<Vec<(Conn, Instant)>>,
 }
 
+/// A request that got no response head.
+#[derive(Debug)]
+pub struct SendError {
+    /// What went wrong.
+    pub error: io::Error,
+    /// Whether any of the request may have reached the upstream: only a failure to connect
+    /// says for certain that it did not.
+    pub written: bool,
+}
+
+impl SendError {
+    fn written(error: io::Error) -> Self {
+        Self {
+            error,
+            written: true,
+        }
+    }
+}
+
 /// One connection to the upstream.
 enum Conn {
     Plain(TcpStream),
@@ -409,7 +428,7 @@ impl Pool {
         method: Method,
         headers: &[(&str, &HeaderValue)],
         body: &[u8],
-    ) -> io::Result<Response> {
+    ) -> Result<Response, SendError> {
         let mut request = Vec::with_capacity(256 + body.len());
         request.extend_from_slice(method.as_str().as_bytes());
         request.push(b' ');
@@ -441,7 +460,9 @@ impl Pool {
         };
         let mut buffer = BytesMut::with_capacity(8192);
         let (status, headers, framing, reusable) = loop {
-            let head = poll_fn(|cx| read_head(&mut stream, &mut buffer, cx)).await?;
+            let head = poll_fn(|cx| read_head(&mut stream, &mut buffer, cx))
+                .await
+                .map_err(SendError::written)?;
             // 1xx (100 Continue, 103 Early Hints): the real response follows.
             if !head.0.is_informational() {
                 break head;
@@ -464,9 +485,15 @@ impl Pool {
         })
     }
 
-    async fn write_new(&self, request: &[u8]) -> io::Result<Conn> {
-        let mut stream = self.connect().await?;
-        stream.write_all(request).await?;
+    async fn write_new(&self, request: &[u8]) -> Result<Conn, SendError> {
+        let mut stream = self.connect().await.map_err(|error| SendError {
+            error,
+            written: false,
+        })?;
+        stream
+            .write_all(request)
+            .await
+            .map_err(SendError::written)?;
         Ok(stream)
     }
 }
