@@ -220,6 +220,61 @@ fn all_tools_limits_and_rate_limit_shorthand_are_consumed_together() {
 }
 
 #[test]
+fn a_counter_in_all_tools_and_in_the_rule_takes_one_unit_per_call() {
+    // The same counter twice with one max: a cap of 5 admits exactly 5 calls.
+    let p = policy(json!({"version": "1", "default": "allow",
+        "all_tools": {"limits": [{"counter": "c", "window": "minute", "max": 5}]},
+        "tools": {"a": {"limits": [{"counter": "c", "window": "minute", "max": 5}]}}}));
+    let (_, store) = store();
+    for i in 0..5 {
+        assert!(
+            decide_as(&p, &store, "g", "a", json!({})).is_allow(),
+            "call {i}"
+        );
+    }
+    assert_eq!(
+        decide_as(&p, &store, "g", "a", json!({})).verdict,
+        Verdict::RateLimited
+    );
+    // A tool only `all_tools` limits sees the same 5 units, not 10.
+    assert_eq!(
+        decide_as(&p, &store, "g", "b", json!({})).verdict,
+        Verdict::RateLimited
+    );
+    // Different maxes: the smaller one caps.
+    let (_, store) = self::store();
+    let p = policy(json!({"version": "1", "default": "allow",
+        "all_tools": {"limits": [{"counter": "c", "window": "minute", "max": 5}]},
+        "tools": {"a": {"limits": [{"counter": "c", "window": "minute", "max": 3}]}}}));
+    for _ in 0..3 {
+        assert!(decide_as(&p, &store, "g", "a", json!({})).is_allow());
+    }
+    assert!(!decide_as(&p, &store, "g", "a", json!({})).is_allow());
+    for _ in 0..2 {
+        assert!(decide_as(&p, &store, "g", "b", json!({})).is_allow());
+    }
+    assert!(!decide_as(&p, &store, "g", "b", json!({})).is_allow());
+}
+
+#[test]
+fn a_counter_with_a_minute_and_an_hour_window_takes_one_unit_per_call() {
+    let p = policy(json!({"version": "1", "default": "deny",
+        "tools": {"a": {"limits": [
+            {"counter": "c", "window": "minute", "max": 5},
+            {"counter": "c", "window": "hour", "max": 20}]}}}));
+    let (clock, store) = store();
+    let mut admitted = 0;
+    for _ in 0..60 {
+        for _ in 0..10 {
+            admitted += decide_as(&p, &store, "g", "a", json!({})).is_allow() as u32;
+        }
+        clock.advance(Duration::from_secs(60));
+    }
+    // 5 a minute for the first four minutes, then the hour is full.
+    assert_eq!(admitted, 20);
+}
+
+#[test]
 fn only_star_and_question_mark_are_wildcards() {
     let p = policy(json!({"version": "1", "default": "deny", "tools": {"a[1]": {}, "v?_*": {}}}));
     assert!(p.is_visible("a[1]") && !p.is_visible("a1"));
