@@ -340,6 +340,68 @@ fn bad_policies_name_line_message_and_hint(
     }
 }
 
+/// A key named twice in one object is refused with its line, column and place, wherever it
+/// is: a serde map keeps the last copy silently, and a reader may believe the first.
+#[rstest::rstest]
+#[case(
+    "{\"version\": \"1\",\n \"tools\": {\"exec\": {\"action\": \"deny\"},\n \"exec\": {}}}",
+    3,
+    7,
+    "tools",
+    "duplicate key `exec`"
+)]
+#[case(
+    "{\"version\": \"1\", \"tools\": {\"a\": {\"require\": [\n {\"path\": \"args.x\", \"op\": \"eq\", \"value\": {\"k\": 1, \"k\": 2}}]}}}",
+    2, 53, "tools.a.require[0].value", "duplicate key `k`"
+)]
+#[case(
+    "{\"version\": \"1\",\n \"tools\": {\"x\": {}, \"\\u0078\": {}}}",
+    2,
+    28,
+    "tools",
+    "duplicate key `x`"
+)]
+#[case(
+    "{\"version\": \"1\",\n \"default\": \"deny\", \"default\": \"allow\"}",
+    2,
+    29,
+    "the document",
+    "duplicate field `default`"
+)]
+#[case(
+    "{\"version\": \"1\", \"tools\": {\"a\": {\"action\": \"deny\",\n \"action\": \"allow\"}}}",
+    2,
+    9,
+    "tools.a",
+    "duplicate field `action`"
+)]
+fn a_key_named_twice_is_refused_where_it_is(
+    #[case] text: &str,
+    #[case] line: usize,
+    #[case] column: usize,
+    #[case] location: &str,
+    #[case] message: &str,
+) {
+    match load_error(text) {
+        PolicyError::Invalid(invalid) => {
+            assert_eq!(invalid.message, message);
+            assert_eq!(
+                (invalid.line, invalid.column, invalid.location.as_str()),
+                (line, column, location),
+                "{text}"
+            );
+            assert!(
+                invalid
+                    .help
+                    .unwrap_or_default()
+                    .contains("name each key once"),
+                "{text}"
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
 #[test]
 fn a_rendered_error_shows_the_file_location_and_snippet() {
     let err = load_error("{\"version\": \"1\",\n \"tools\": {\"a\": {\"action\": \"nuke\"}}}");
