@@ -505,7 +505,8 @@ pub fn report(files: &[FileResult], options: ReportOptions) -> (String, bool) {
         let percent = percent(&coverage);
         let _ = writeln!(out, "coverage: {percent:.1}%");
         if let Some(min) = options.fail_under {
-            if percent < min {
+            // A NaN bound fails the gate instead of passing everything.
+            if percent.partial_cmp(&min).is_none_or(|o| o.is_lt()) {
                 ok = false;
                 let _ = writeln!(out, "coverage {percent:.1}% is under the required {min}%");
             }

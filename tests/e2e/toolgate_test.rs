@@ -199,6 +199,18 @@ fn a_call_step_with_a_stray_advance_s_is_an_invalid_case_file() {
     );
 }
 
+/// `--fail-under NaN` fails the gate; it used to pass everything (`x < NaN` is false).
+#[test]
+fn a_nan_coverage_bound_fails_the_gate() {
+    let (out, code) = toolgate(&[
+        "test",
+        "tests/fixtures/cases/day.cases.json",
+        "--fail-under",
+        "NaN",
+    ]);
+    assert_eq!(code, 1, "{out}");
+}
+
 #[test]
 fn eval_prints_the_decision_with_each_step() {
     let (out, code) = toolgate(&[
