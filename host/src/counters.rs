@@ -94,12 +94,14 @@ impl Reservation {
     }
 }
 
-/// A request that [`CounterStore::consume`] refused: the counter that is full and when a unit frees up.
+/// A request that [`CounterStore::consume`] refused: the window that is full and when the call
+/// would be admitted. When several are full, it is the one that frees up last: a retry any
+/// earlier would be refused by it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Exhausted {
-    /// Index into the requests of the counter that refused.
+    /// Index into the requests of the window that refused (the one full the longest).
     pub index: usize,
-    /// Milliseconds until that counter admits one more unit.
+    /// Milliseconds until every requested window has room for one more unit.
     pub retry_after_ms: u64,
 }
 
@@ -209,13 +211,25 @@ impl CounterStore for MemoryCounterStore {
         let now = self.clock.now_ms();
         // Check every window of every key against the units already taken: this call adds
         // one unit per key, so each window must have room for exactly one more.
+        // All of them: the retry time is when the last full window frees up.
+        let mut exhausted: Option<Exhausted> = None;
         for (index, (key, window)) in requests.iter().enumerate() {
             let empty = VecDeque::new();
             let stamps = state.logs.get(key).map_or(&empty, |log| &log.stamps);
-            check(stamps, *window, now).map_err(|retry_after_ms| Exhausted {
-                index,
-                retry_after_ms,
-            })?;
+            if let Err(retry_after_ms) = check(stamps, *window, now) {
+                if exhausted
+                    .as_ref()
+                    .is_none_or(|e| retry_after_ms > e.retry_after_ms)
+                {
+                    exhausted = Some(Exhausted {
+                        index,
+                        retry_after_ms,
+                    });
+                }
+            }
+        }
+        if let Some(exhausted) = exhausted {
+            return Err(exhausted);
         }
         // Every window of a key decides how long its stamps are kept: record them all before
         // any expired stamp is dropped.
@@ -406,6 +420,34 @@ mod tests {
                 }
             )])
             .is_err());
+    }
+
+    #[test]
+    fn the_retry_time_is_when_the_last_full_window_frees_up() {
+        let clock = ManualClock::starting_at(0);
+        let store = MemoryCounterStore::new(clock.clone());
+        let minute = Window {
+            max: 1,
+            length_ms: 60_000,
+        };
+        let hour = Window {
+            max: 1,
+            length_ms: 3_600_000,
+        };
+        store
+            .consume(&[(key("m"), minute), (key("h"), hour)])
+            .unwrap();
+        clock.advance(Duration::from_secs(1));
+        // Both full: the minute frees up in 59 s, the hour in 3599 s; a retry at 59 s would be
+        // refused by the hour.
+        let err = store
+            .consume(&[(key("m"), minute), (key("h"), hour)])
+            .unwrap_err();
+        assert_eq!((err.index, err.retry_after_ms), (1, 3_599_000));
+        clock.advance(Duration::from_millis(err.retry_after_ms));
+        assert!(store
+            .consume(&[(key("m"), minute), (key("h"), hour)])
+            .is_ok());
     }
 
     #[test]
