@@ -388,8 +388,8 @@ pub fn bind_admin_socket(path: &Path) -> Result<std::os::unix::net::UnixListener
     };
     // A short name: a socket's whole path must fit in 108 bytes.
     let private = parent.join(format!(
-        ".tg-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
+        ".tg{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
     ));
     std::fs::DirBuilder::new()
         .mode(0o700)
