@@ -63,15 +63,36 @@ impl ManualClock {
         })
     }
 
-    /// Moves the clock forward.
+    /// Moves the clock forward, stopping at `u64::MAX` ms: a wrapped clock would go backwards,
+    /// and the counters rely on time never doing that.
     pub fn advance(&self, by: Duration) {
-        self.now_ms
-            .fetch_add(by.as_millis() as u64, Ordering::SeqCst);
+        let by = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        let _ = self
+            .now_ms
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |now| {
+                Some(now.saturating_add(by))
+            });
     }
 }
 
 impl Clock for ManualClock {
     fn now_ms(&self) -> u64 {
         self.now_ms.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manual_clock_stops_at_the_end_of_time_instead_of_wrapping() {
+        let clock = ManualClock::starting_at(u64::MAX - 5);
+        clock.advance(Duration::from_millis(3));
+        assert_eq!(clock.now_ms(), u64::MAX - 2);
+        clock.advance(Duration::MAX);
+        assert_eq!(clock.now_ms(), u64::MAX);
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(clock.now_ms(), u64::MAX);
     }
 }

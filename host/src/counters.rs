@@ -7,6 +7,11 @@
 //! does not spend its first. A backend that lives elsewhere (Redis) implements the same two
 //! calls with a script; nothing else about counters leaks into the policy engine.
 //!
+//! A call takes **one unit per distinct counter** (name and scope value), however many of its
+//! limits name it: a counter in both `all_tools.limits` and the rule's limits, or with a
+//! minute and an hour window, takes one unit, which every window naming it must admit. So a
+//! cap of `max` admits exactly `max` calls, whichever limits spell it.
+//!
 //! ## Why an exact sliding window
 //! The store keeps the timestamp of every unit consumed within the window (a sliding log) and
 //! admits a call only while fewer than `max` timestamps lie in `(now - window, now]`. So **no
@@ -89,18 +94,22 @@ impl Reservation {
     }
 }
 
-/// A request that [`CounterStore::consume`] refused: the counter that is full and when a unit frees up.
+/// A request that [`CounterStore::consume`] refused: the window that is full and when the call
+/// would be admitted. When several are full, it is the one that frees up last: a retry any
+/// earlier would be refused by it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Exhausted {
-    /// Index into the requests of the counter that refused.
+    /// Index into the requests of the window that refused (the one full the longest).
     pub index: usize,
-    /// Milliseconds until that counter admits one more unit.
+    /// Milliseconds until every requested window has room for one more unit.
     pub retry_after_ms: u64,
 }
 
 /// Storage for counters. Implementations must make `consume` atomic across all its requests.
 pub trait CounterStore: Send + Sync {
-    /// Takes one unit from every `(key, window)` in `requests`, or from none of them.
+    /// Takes one unit from every distinct key in `requests`, or from none of them. A key that
+    /// appears several times (with the same or different windows) takes one unit, admitted
+    /// only if each of its windows has room for it; one [`Reservation`] is returned per key.
     fn consume(&self, requests: &[(CounterKey, Window)]) -> Result<Vec<Reservation>, Exhausted>;
     /// Gives back units taken by `consume` (the call never ran upstream).
     fn refund(&self, reservations: &[Reservation]);
@@ -152,7 +161,7 @@ impl MemoryCounterStore {
             .map(|log| {
                 log.stamps
                     .iter()
-                    .filter(|&&t| t + window.length_ms > now)
+                    .filter(|&&t| expires(t, window) > now)
                     .count() as u64
             })
             .unwrap_or(0)
@@ -175,47 +184,78 @@ impl MemoryCounterStore {
 
 /// Units in `(now - window, now]` and, when the window is full, ms until the oldest leaves it.
 fn check(stamps: &VecDeque<u64>, window: Window, now: u64) -> Result<(), u64> {
+    if window.max == 0 {
+        // Admits nothing (the policy loader and the plugin host refuse such limits already).
+        return Err(window.length_ms.max(1));
+    }
     // Stamps are sorted: binary-search the first one inside the window (O(log n), so a
     // counter with a large `max` costs no more per call than a small one).
-    let inside = (stamps.len() - stamps.partition_point(|&t| t + window.length_ms <= now)) as u64;
+    let inside = (stamps.len() - stamps.partition_point(|&t| expires(t, window) <= now)) as u64;
     if inside < window.max {
         return Ok(());
     }
     // The window is full: the oldest of the newest `max` stamps must leave it first.
     let oldest_blocking = stamps[stamps.len() - window.max as usize];
-    Err((oldest_blocking + window.length_ms)
-        .saturating_sub(now)
-        .max(1))
+    Err(expires(oldest_blocking, window).saturating_sub(now).max(1))
+}
+
+/// When a unit taken at `stamp` leaves `window`. Saturating: a clock near the end of time
+/// keeps the unit counted rather than wrapping to an early expiry (which would over-admit).
+fn expires(stamp: u64, window: Window) -> u64 {
+    stamp.saturating_add(window.length_ms)
 }
 
 impl CounterStore for MemoryCounterStore {
     fn consume(&self, requests: &[(CounterKey, Window)]) -> Result<Vec<Reservation>, Exhausted> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = self.clock.now_ms();
+        // Check every window of every key against the units already taken: this call adds
+        // one unit per key, so each window must have room for exactly one more.
+        // All of them: the retry time is when the last full window frees up.
+        let mut exhausted: Option<Exhausted> = None;
         for (index, (key, window)) in requests.iter().enumerate() {
-            if let Some(log) = state.logs.get(key) {
-                check(&log.stamps, *window, now).map_err(|retry_after_ms| Exhausted {
-                    index,
-                    retry_after_ms,
-                })?;
-            } else if window.max == 0 {
-                return Err(Exhausted {
-                    index,
-                    retry_after_ms: window.length_ms,
-                });
+            let empty = VecDeque::new();
+            let stamps = state.logs.get(key).map_or(&empty, |log| &log.stamps);
+            if let Err(retry_after_ms) = check(stamps, *window, now) {
+                if exhausted
+                    .as_ref()
+                    .is_none_or(|e| retry_after_ms > e.retry_after_ms)
+                {
+                    exhausted = Some(Exhausted {
+                        index,
+                        retry_after_ms,
+                    });
+                }
             }
         }
-        let mut reservations = Vec::with_capacity(requests.len());
+        if let Some(exhausted) = exhausted {
+            return Err(exhausted);
+        }
+        // Every window of a key decides how long its stamps are kept: record them all before
+        // any expired stamp is dropped.
         for (key, window) in requests {
             let log = state.logs.entry(key.clone()).or_insert_with(|| Log {
                 stamps: VecDeque::new(),
                 longest_window_ms: 0,
             });
             log.longest_window_ms = log.longest_window_ms.max(window.length_ms);
+        }
+        let mut reservations: Vec<Reservation> = Vec::with_capacity(requests.len());
+        for (key, _) in requests {
+            if reservations.iter().any(|r| &r.key == key) {
+                continue; // named twice: one unit
+            }
+            let Some(log) = state.logs.get_mut(key) else {
+                continue; // inserted just above
+            };
+            let longest = Window {
+                max: 1,
+                length_ms: log.longest_window_ms,
+            };
             while log
                 .stamps
                 .front()
-                .is_some_and(|&t| t + log.longest_window_ms <= now)
+                .is_some_and(|&t| expires(t, longest) <= now)
             {
                 log.stamps.pop_front();
             }
@@ -229,9 +269,13 @@ impl CounterStore for MemoryCounterStore {
         if state.consumes_since_sweep >= SWEEP_EVERY {
             state.consumes_since_sweep = 0;
             state.logs.retain(|_, log| {
+                let longest = Window {
+                    max: 1,
+                    length_ms: log.longest_window_ms,
+                };
                 log.stamps
                     .back()
-                    .is_some_and(|&t| t + log.longest_window_ms > now)
+                    .is_some_and(|&t| expires(t, longest) > now)
             });
         }
         Ok(reservations)
@@ -311,6 +355,99 @@ mod tests {
         assert_eq!(store.count(&key("a"), roomy), 1);
         store.refund(&r);
         assert_eq!(store.count(&key("a"), roomy), 0);
+    }
+
+    #[test]
+    fn a_key_named_twice_takes_one_unit_that_every_window_must_admit() {
+        let clock = ManualClock::starting_at(0);
+        let store = MemoryCounterStore::new(clock.clone());
+        let minute = Window {
+            max: 5,
+            length_ms: 60_000,
+        };
+        let hour = Window {
+            max: 7,
+            length_ms: 3_600_000,
+        };
+        // The same window twice: a cap of 5 admits exactly 5 calls, one unit each.
+        for i in 0..5 {
+            let r = store.consume(&[(key("same"), minute), (key("same"), minute)]);
+            assert_eq!(r.map(|r| r.len()), Ok(1), "call {i}");
+        }
+        assert_eq!(store.count(&key("same"), minute), 5);
+        assert!(store
+            .consume(&[(key("same"), minute), (key("same"), minute)])
+            .is_err());
+        // Two windows: 5 a minute, 7 an hour; each call is one unit in both.
+        for _ in 0..5 {
+            store
+                .consume(&[(key("two"), minute), (key("two"), hour)])
+                .unwrap();
+        }
+        let full = store
+            .consume(&[(key("two"), minute), (key("two"), hour)])
+            .unwrap_err();
+        assert_eq!((full.index, full.retry_after_ms), (0, 60_000));
+        clock.advance(Duration::from_secs(60));
+        for _ in 0..2 {
+            store
+                .consume(&[(key("two"), minute), (key("two"), hour)])
+                .unwrap();
+        }
+        let full = store
+            .consume(&[(key("two"), minute), (key("two"), hour)])
+            .unwrap_err();
+        assert_eq!(full.index, 1, "the hour is full: 7 units");
+        assert_eq!(store.count(&key("two"), hour), 7);
+    }
+
+    #[test]
+    fn a_clock_at_the_end_of_time_does_not_wrap_a_window_open() {
+        let clock = ManualClock::starting_at(u64::MAX - 10);
+        let store = MemoryCounterStore::new(clock.clone());
+        let w = Window {
+            max: 1,
+            length_ms: 60_000,
+        };
+        store.consume(&[(key("c"), w)]).unwrap();
+        assert!(store.consume(&[(key("c"), w)]).is_err());
+        assert!(store
+            .consume(&[(
+                key("zero"),
+                Window {
+                    max: 0,
+                    length_ms: 1
+                }
+            )])
+            .is_err());
+    }
+
+    #[test]
+    fn the_retry_time_is_when_the_last_full_window_frees_up() {
+        let clock = ManualClock::starting_at(0);
+        let store = MemoryCounterStore::new(clock.clone());
+        let minute = Window {
+            max: 1,
+            length_ms: 60_000,
+        };
+        let hour = Window {
+            max: 1,
+            length_ms: 3_600_000,
+        };
+        store
+            .consume(&[(key("m"), minute), (key("h"), hour)])
+            .unwrap();
+        clock.advance(Duration::from_secs(1));
+        // Both full: the minute frees up in 59 s, the hour in 3599 s; a retry at 59 s would be
+        // refused by the hour.
+        let err = store
+            .consume(&[(key("m"), minute), (key("h"), hour)])
+            .unwrap_err();
+        assert_eq!((err.index, err.retry_after_ms), (1, 3_599_000));
+        clock.advance(Duration::from_millis(err.retry_after_ms));
+        assert!(store
+            .consume(&[(key("m"), minute), (key("h"), hour)])
+            .is_ok());
     }
 
     #[test]

@@ -308,18 +308,10 @@ fn on_sighup(name: &str, mut reload: impl FnMut() + Send + 'static) -> Result<()
 
 /// The admin socket: a local Unix socket (mode 0600) that takes one command per line,
 /// `status` or `reload`, and answers each with one line of JSON. `toolgate reload` and
-/// `toolgate status` are its clients.
+/// `toolgate status` are its clients. See [`bind_admin_socket`] for how `path` is claimed.
 pub fn serve_admin(live: Arc<LivePolicy>, path: &Path) -> Result<(), String> {
     use std::io::{BufRead, BufReader, Write};
-    use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::net::UnixListener;
-    // A socket file left by a gateway that is gone: replace it.
-    if std::os::unix::net::UnixStream::connect(path).is_err() {
-        let _ = std::fs::remove_file(path);
-    }
-    let listener = UnixListener::bind(path)
-        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    let listener = bind_admin_socket(path)?;
     std::thread::Builder::new()
         .name("admin".into())
         .spawn(move || {
@@ -347,6 +339,81 @@ pub fn serve_admin(live: Arc<LivePolicy>, path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Binds the admin socket at `path`, so that no other user can connect to it at any moment.
+///
+/// - Something at `path` that is not a socket (a file, a directory, a symlink) is an error:
+///   nothing is ever deleted but a socket.
+/// - A socket there is replaced only if this user owns it and nobody listens on it (a
+///   gateway that is gone left it); one owned by another user, or in use, is an error.
+/// - The socket is bound in a fresh directory of mode 0700 beside `path`, set to 0600, and
+///   then hard-linked to `path`. Bound straight at `path` and chmod-ed after, it would be
+///   reachable under the umask's mode in between; and the link, unlike a rename, fails rather
+///   than replace a file that appeared at `path` meanwhile. The process umask is left alone:
+///   it is shared by every thread.
+pub fn bind_admin_socket(path: &Path) -> Result<std::os::unix::net::UnixListener, String> {
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let shown = path.display();
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(format!(
+                "admin socket {shown}: it exists and is not a socket; refusing to replace it (remove it or choose another path)"
+            ));
+        }
+        Ok(meta) => {
+            // SAFETY: geteuid(2) has no preconditions and cannot fail.
+            let me = unsafe { libc::geteuid() };
+            if meta.uid() != me {
+                return Err(format!(
+                    "admin socket {shown}: a socket owned by uid {} is there, not by this user (uid {me}); refusing to replace it",
+                    meta.uid()
+                ));
+            }
+            if UnixStream::connect(path).is_ok() {
+                return Err(format!(
+                    "admin socket {shown}: another process is listening on it"
+                ));
+            }
+            // Ours, and nobody listens: left by a gateway that is gone.
+            std::fs::remove_file(path).map_err(|e| {
+                format!("admin socket {shown}: cannot remove the stale socket: {e}")
+            })?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("admin socket {shown}: {e}")),
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    // A short name: a socket's whole path must fit in 108 bytes.
+    let private = parent.join(format!(
+        ".tg{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    ));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(|e| {
+            format!(
+                "admin socket {shown}: cannot create {}: {e}",
+                private.display()
+            )
+        })?;
+    let staged = private.join("s");
+    let bound = UnixListener::bind(&staged)
+        .map_err(|e| format!("cannot listen on {shown}: {e}"))
+        .and_then(|listener| {
+            std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))
+                .and_then(|()| std::fs::hard_link(&staged, path))
+                .map_err(|e| format!("cannot listen on {shown}: {e}"))?;
+            Ok(listener)
+        });
+    let _ = std::fs::remove_file(&staged);
+    let _ = std::fs::remove_dir(&private);
+    bound
+}
+
 /// Sends one admin command to the gateway listening on `path`; returns its JSON answer.
 pub fn admin_command(path: &Path, command: &str) -> Result<serde_json::Value, String> {
     use std::io::{BufRead, BufReader, Write};
@@ -358,4 +425,82 @@ pub fn admin_command(path: &Path, command: &str) -> Result<serde_json::Value, St
         .read_line(&mut line)
         .map_err(|e| e.to_string())?;
     serde_json::from_str(&line).map_err(|e| format!("bad answer from the gateway: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::net::UnixListener;
+
+    /// The names in `dir`, sorted: nothing but what the test put there may be left behind.
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_socket_is_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("admin.sock");
+        std::fs::write(&file, "precious").unwrap();
+        std::fs::create_dir(dir.path().join("a-dir")).unwrap();
+        std::os::unix::fs::symlink(&file, dir.path().join("a-link")).unwrap();
+        for name in ["admin.sock", "a-dir", "a-link"] {
+            let err = bind_admin_socket(&dir.path().join(name)).unwrap_err();
+            assert!(
+                err.contains("is not a socket; refusing to replace it"),
+                "{err}"
+            );
+        }
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
+        assert_eq!(names(dir.path()), ["a-dir", "a-link", "admin.sock"]);
+    }
+
+    #[test]
+    fn the_socket_is_0600_from_the_start_and_nothing_is_left_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.sock");
+        let listener = bind_admin_socket(&path).unwrap();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        // SAFETY: geteuid(2) has no preconditions.
+        assert_eq!(meta.uid(), unsafe { libc::geteuid() });
+        assert_eq!(names(dir.path()), ["admin.sock"]);
+        // It is the listener's socket: a client gets through.
+        let _client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        listener.accept().unwrap();
+    }
+
+    #[test]
+    fn a_stale_socket_of_ours_is_replaced_and_a_live_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.sock");
+        drop(UnixListener::bind(&path).unwrap()); // a gateway that is gone
+        let live = bind_admin_socket(&path).unwrap();
+        let err = bind_admin_socket(&path).unwrap_err();
+        assert!(err.contains("another process is listening"), "{err}");
+        assert!(std::os::unix::net::UnixStream::connect(&path).is_ok());
+        drop(live);
+    }
+
+    #[test]
+    fn a_socket_of_another_user_is_not_replaced() {
+        // SAFETY: geteuid(2) has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: only root can give a socket to another user");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.sock");
+        drop(UnixListener::bind(&path).unwrap());
+        std::os::unix::fs::lchown(&path, Some(65534), Some(65534)).unwrap();
+        let err = bind_admin_socket(&path).unwrap_err();
+        assert!(err.contains("owned by uid 65534"), "{err}");
+        assert_eq!(std::fs::symlink_metadata(&path).unwrap().uid(), 65534);
+    }
 }

@@ -40,9 +40,22 @@ struct CaseFile {
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum StepSpec {
-    Advance { advance_s: f64 },
+    Advance(AdvanceStep),
     Call(Box<CallStep>),
 }
+
+/// `{"advance_s": N}`. Its own struct so that unknown keys are refused: a call step with a
+/// stray `advance_s` must not silently become a clock step.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdvanceStep {
+    advance_s: f64,
+}
+
+/// The largest clock step a case may take: ten years (365-day years), in seconds. Windows are
+/// at most 7 days, so a larger step tests nothing more, and a bound keeps the simulated clock
+/// far from overflowing.
+pub const MAX_ADVANCE_S: f64 = 10.0 * 365.0 * 86_400.0;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -219,21 +232,29 @@ pub fn run_file(path: &Path) -> FileResult {
     let counters: Arc<dyn CounterStore> = Arc::new(MemoryCounterStore::new(clock.clone()));
     for (index, step) in cases.steps.iter().enumerate() {
         match step {
-            StepSpec::Advance { advance_s } => {
-                if advance_s.is_finite() && *advance_s >= 0.0 {
-                    clock.advance(Duration::from_secs_f64(*advance_s));
-                } else {
+            StepSpec::Advance(AdvanceStep { advance_s }) => match advance(*advance_s) {
+                Ok(by) => clock.advance(by),
+                Err(e) => {
+                    // The steps after it expect a clock that did not move: not run.
+                    let rest = cases.steps.len() - index - 1;
+                    let mut diff = vec![format!("  {e}")];
+                    match rest {
+                        0 => {}
+                        1 => diff.push("  the step after it was not run".into()),
+                        n => diff.push(format!("  the {n} steps after it were not run")),
+                    }
                     result.cases.push(CaseResult {
                         name: format!("step {}", index + 1),
                         passed: false,
-                        diff: vec![format!("  advance_s must be a number ≥ 0, not {advance_s}")],
+                        diff,
                         instructions: 0,
                         peak_memory: 0,
                         wall_us: 0,
                         trace: Vec::new(),
                     });
+                    break;
                 }
-            }
+            },
             StepSpec::Call(step) => {
                 let case = run_case(&policy, &counters, step, index, &mut result.points);
                 result.cases.push(case);
@@ -241,6 +262,17 @@ pub fn run_file(path: &Path) -> FileResult {
         }
     }
     result
+}
+
+/// An `advance_s` as a clock step: finite, at least 0, at most [`MAX_ADVANCE_S`].
+fn advance(seconds: f64) -> Result<Duration, String> {
+    if !(0.0..=MAX_ADVANCE_S).contains(&seconds) {
+        return Err(format!(
+            "advance_s must be a number of seconds from 0 to {MAX_ADVANCE_S} (10 years), not {seconds:?}"
+        ));
+    }
+    // In range, so this cannot panic (it does on a negative, NaN or overflowing value).
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 fn run_case(
@@ -473,7 +505,8 @@ pub fn report(files: &[FileResult], options: ReportOptions) -> (String, bool) {
         let percent = percent(&coverage);
         let _ = writeln!(out, "coverage: {percent:.1}%");
         if let Some(min) = options.fail_under {
-            if percent < min {
+            // A NaN bound fails the gate instead of passing everything.
+            if percent.partial_cmp(&min).is_none_or(|o| o.is_lt()) {
                 ok = false;
                 let _ = writeln!(out, "coverage {percent:.1}% is under the required {min}%");
             }

@@ -1,11 +1,14 @@
 //! Property tests of the sliding window: no interval of the window's length ever admits more
-//! than `max`, and a call is refused only when the window really is full.
+//! than `max`, and a call is refused only when the window really is full; a counter that
+//! several limits name takes one unit per call.
 
 use proptest::prelude::*;
+use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use toolgate::clock::{Clock, ManualClock};
 use toolgate::counters::{CounterKey, CounterStore, MemoryCounterStore, Scope, Window};
+use toolgate::policy::{Policy, ToolCall};
 
 /// The most units admitted in any half-open interval `[t, t + window)`. The busiest interval
 /// can always be slid to start at an admitted unit, so checking those starts is enough.
@@ -91,5 +94,57 @@ proptest! {
         prop_assert!(!admitted.is_empty());
         prop_assert!(busiest_interval(&admitted, window_ms) as u64 <= max,
             "an interval of {} ms admitted {} > {}", window_ms, busiest_interval(&admitted, window_ms), max);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// One counter named by several limits, in `all_tools` and in the rule, with the same or
+    /// different windows and maxes: each allowed call takes one unit, a call is admitted
+    /// exactly when every window has room, and a refund gives the unit back.
+    #[test]
+    fn a_counter_named_by_several_limits_takes_one_unit_per_call(
+        limits in prop::collection::vec((any::<bool>(), 1u64..5_000, 1u64..8), 1..5),
+        calls in prop::collection::vec((0u64..1_500, any::<bool>()), 1..200),
+    ) {
+        // (in all_tools, window in ms, max)
+        let specs = |in_all_tools: bool| -> Vec<serde_json::Value> {
+            limits
+                .iter()
+                .filter(|l| l.0 == in_all_tools)
+                .map(|&(_, window, max)| json!({"counter": "c", "window": format!("{window}ms"), "max": max}))
+                .collect()
+        };
+        let text = json!({"version": "1", "default": "deny",
+            "all_tools": {"limits": specs(true)},
+            "tools": {"t": {"limits": specs(false)}}})
+        .to_string();
+        let policy = Policy::from_json(&text, "prop.json").unwrap();
+        let clock = ManualClock::starting_at(1_000_000);
+        let store: Arc<dyn CounterStore> = Arc::new(MemoryCounterStore::new(clock.clone()));
+        let args = json!({});
+        let call = ToolCall { tool: "t", args: &args, grant: "g", session: "s", server: "", annotations: None };
+        let mut admitted: Vec<u64> = Vec::new();
+        for (gap, refund) in calls {
+            clock.advance(Duration::from_millis(gap));
+            let now = clock.now_ms();
+            let room = limits.iter().all(|&(_, window, max)| {
+                (admitted.iter().filter(|&&t| t + window > now).count() as u64) < max
+            });
+            let outcome = policy.decide(&call, &store);
+            prop_assert_eq!(outcome.decision.is_allow(), room, "{}", outcome.decision.reason);
+            if outcome.decision.is_allow() {
+                prop_assert_eq!(outcome.reservations.len(), 1, "one unit per call");
+                if refund {
+                    store.refund(&outcome.reservations);
+                } else {
+                    admitted.push(now);
+                }
+            }
+        }
+        for &(_, window, max) in &limits {
+            prop_assert!(busiest_interval(&admitted, window) as u64 <= max);
+        }
     }
 }

@@ -463,3 +463,68 @@ fn a_reload_does_not_set_off_another() {
     let (status, _) = gw.client.finish();
     assert!(status.success());
 }
+
+/// `--admin-socket` on a path that holds a regular file refuses to start and leaves the file
+/// alone (it used to delete any file there); a path that is free gets a socket only its owner
+/// can use.
+#[test]
+fn the_admin_socket_never_replaces_a_file_and_only_its_owner_can_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        json!({"version": "1", "default": "allow"}).to_string(),
+    )
+    .unwrap();
+    let file = dir.path().join("notes.txt");
+    std::fs::write(&file, "precious").unwrap();
+    let out = Command::new(TOOLGATE)
+        .arg("run")
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--admin-socket")
+        .arg(&file)
+        .arg("--")
+        .args(echo())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is not a socket; refusing to replace it"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
+
+    let socket = dir.path().join("admin.sock");
+    let mut client = Client::start_at(
+        &policy,
+        &echo(),
+        &["--admin-socket", socket.to_str().unwrap()],
+    );
+    client.initialize();
+    wait_for(&socket, "the admin socket", |s| s["version"] == 1);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::symlink_metadata(&socket)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        // Another user, who can reach the directory, still cannot connect.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        use std::os::unix::process::CommandExt;
+        let out = Command::new(TOOLGATE)
+            .args(["status", "--socket"])
+            .arg(&socket)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{stderr}");
+        assert!(stderr.contains("Permission denied"), "{stderr}");
+    }
+}

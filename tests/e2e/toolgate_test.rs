@@ -166,6 +166,51 @@ fn a_one_day_window_runs_on_the_simulated_clock_without_waiting() {
     assert!(started.elapsed() < Duration::from_secs(30));
 }
 
+/// A clock step out of range (`1e300` s made `Duration::from_secs_f64` panic) is a failing
+/// step that says why; the steps after it are not run on a clock that did not move.
+#[test]
+fn an_out_of_range_clock_step_fails_with_a_reason_and_no_panic() {
+    let (out, code) = toolgate(&["test", "tests/fixtures/cases/huge-advance.cases.json"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(!out.contains("panicked"), "{out}");
+    let expected = "\
+PASS tests/fixtures/cases/huge-advance.cases.json: before
+PASS tests/fixtures/cases/huge-advance.cases.json: ten years later
+FAIL tests/fixtures/cases/huge-advance.cases.json: step 4
+  advance_s must be a number of seconds from 0 to 315360000 (10 years), not 1e300
+  the step after it was not run
+2 passed, 1 failed
+";
+    assert_eq!(out, expected);
+    let (out, code) = toolgate(&["test", "tests/fixtures/cases/negative-advance.cases.json"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAIL tests/fixtures/cases/negative-advance.cases.json: step 1\n  advance_s must be a number of seconds from 0 to 315360000 (10 years), not -1.0\n"), "{out}");
+    assert!(out.ends_with("0 passed, 1 failed\n"), "{out}");
+}
+
+/// A call step with a stray `advance_s` is refused, not taken for a clock step.
+#[test]
+fn a_call_step_with_a_stray_advance_s_is_an_invalid_case_file() {
+    let (out, code) = toolgate(&["test", "tests/fixtures/cases/stray-advance.cases.json"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.starts_with("FAIL tests/fixtures/cases/stray-advance.cases.json: invalid case file:"),
+        "{out}"
+    );
+}
+
+/// `--fail-under NaN` fails the gate; it used to pass everything (`x < NaN` is false).
+#[test]
+fn a_nan_coverage_bound_fails_the_gate() {
+    let (out, code) = toolgate(&[
+        "test",
+        "tests/fixtures/cases/day.cases.json",
+        "--fail-under",
+        "NaN",
+    ]);
+    assert_eq!(code, 1, "{out}");
+}
+
 #[test]
 fn eval_prints_the_decision_with_each_step() {
     let (out, code) = toolgate(&[

@@ -154,7 +154,8 @@ impl fmt::Display for Path {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Op {
-    /// Equal (numbers compare by value: `1` equals `1.0`).
+    /// Equal (numbers compare by exact value: `1` equals `1.0`, and integers beyond 2^53 are
+    /// not rounded).
     Eq,
     /// Not equal; true when the path is missing.
     Ne,
@@ -275,10 +276,70 @@ impl TryFrom<RawCondition> for Condition {
     }
 }
 
+/// Equality as conditions see it: numbers by value (`1` equals `1.0`), at every depth, so
+/// that `[1]` equals `[1.0]` as `1` equals `1.0`.
 fn json_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
+        (Value::Number(x), Value::Number(y)) => compare_numbers(x, y).is_eq(),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| json_eq(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
+        }
         _ => a == b,
+    }
+}
+
+/// A JSON number as parsed: an integer (any `i64` or `u64`, exactly) or a float.
+enum Exact {
+    Integer(i128),
+    Float(f64),
+}
+
+fn exact(n: &serde_json::Number) -> Exact {
+    match (n.as_i64(), n.as_u64()) {
+        (Some(i), _) => Exact::Integer(i.into()),
+        (None, Some(u)) => Exact::Integer(u.into()),
+        // Only a float is left, and `as_f64` of a float is always `Some` (without the
+        // `arbitrary_precision` feature); JSON has no NaN or infinity.
+        _ => Exact::Float(n.as_f64().unwrap_or(f64::NAN)),
+    }
+}
+
+/// Compares two JSON numbers exactly: integers as integers (through `f64`,
+/// `9007199254740993` would equal `9007199254740992`), an integer with a float by the float's
+/// exact value, two floats as floats.
+fn compare_numbers(a: &serde_json::Number, b: &serde_json::Number) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    match (exact(a), exact(b)) {
+        (Exact::Integer(x), Exact::Integer(y)) => x.cmp(&y),
+        (Exact::Integer(x), Exact::Float(y)) => integer_vs_float(x, y),
+        (Exact::Float(x), Exact::Integer(y)) => integer_vs_float(y, x).reverse(),
+        // Never NaN (JSON has none), so this is total; -0.0 equals 0.0, as in JSON.
+        (Exact::Float(x), Exact::Float(y)) => x.partial_cmp(&y).unwrap_or(Ordering::Equal),
+    }
+}
+
+/// `int` against `float`, exactly: every `i128` this sees fits in ±2^64, and a float of
+/// that size is an integer, so comparing the float's integer part then its fraction is exact.
+fn integer_vs_float(int: i128, float: f64) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    const LIMIT: f64 = 1.8446744073709552e19 * 2.0; // 2^65, beyond any i64 or u64
+    if float >= LIMIT {
+        return Ordering::Less;
+    }
+    if float <= -LIMIT {
+        return Ordering::Greater;
+    }
+    let whole = float.trunc();
+    // Exact: `whole` is an integer-valued float below 2^65 in magnitude.
+    match int.cmp(&(whole as i128)) {
+        Ordering::Equal if float > whole => Ordering::Less,
+        Ordering::Equal if float < whole => Ordering::Greater,
+        ordering => ordering,
     }
 }
 
@@ -323,7 +384,7 @@ impl Condition {
                 .is_some_and(|vs| vs.iter().any(|v| json_eq(actual, v))),
             Op::Gt | Op::Gte | Op::Lt | Op::Lte => {
                 let ordering = match (actual, &self.value) {
-                    (Value::Number(a), Value::Number(b)) => a.as_f64().partial_cmp(&b.as_f64()),
+                    (Value::Number(a), Value::Number(b)) => Some(compare_numbers(a, b)),
                     (Value::String(a), Value::String(b)) => Some(a.cmp(b)),
                     _ => return mismatch(),
                 };
@@ -413,6 +474,72 @@ mod tests {
     #[case(json!({"path": "args.missing", "op": "gt", "value": 1}), json!({}), false)]
     fn operators(#[case] c: Value, #[case] args: Value, #[case] expected: bool) {
         assert_eq!(eval(c, args), Ok(expected));
+    }
+
+    /// Integers compare exactly, also beyond 2^53 and across i64, u64 and f64.
+    #[rstest::rstest]
+    #[case(json!(9007199254740993u64), "eq", json!(9007199254740992u64), false)]
+    #[case(json!(9007199254740993u64), "ne", json!(9007199254740992u64), true)]
+    #[case(json!(9007199254740993u64), "eq", json!(9007199254740993u64), true)]
+    #[case(json!(9007199254740993u64), "gt", json!(9007199254740992u64), true)]
+    #[case(json!(9007199254740992u64), "lt", json!(9007199254740993u64), true)]
+    #[case(json!(-9007199254740993i64), "lt", json!(-9007199254740992i64), true)]
+    #[case(json!(u64::MAX), "gt", json!(-1), true)]
+    #[case(json!(u64::MAX), "eq", json!(-1), false)]
+    #[case(json!(i64::MIN), "lt", json!(u64::MAX), true)]
+    #[case(json!(u64::MAX), "gt", json!(i64::MAX), true)]
+    #[case(json!(1), "eq", json!(1.0), true)]
+    #[case(json!(0), "eq", json!(-0.0), true)]
+    #[case(json!(9007199254740993u64), "eq", json!(9007199254740992.0), false)]
+    #[case(json!(9007199254740993u64), "gt", json!(9007199254740992.0), true)]
+    #[case(json!(9007199254740992u64), "eq", json!(9007199254740992.0), true)]
+    #[case(json!(2), "lt", json!(2.5), true)]
+    #[case(json!(-2), "gt", json!(-2.5), true)]
+    #[case(json!(-3), "lt", json!(-2.5), true)]
+    #[case(json!(u64::MAX), "lt", json!(1e300), true)]
+    #[case(json!(i64::MIN), "gt", json!(-1e300), true)]
+    #[case(json!(u64::MAX), "lt", json!(18446744073709551616.0), true)]
+    #[case(json!(2.5), "gt", json!(2.25), true)]
+    #[case(json!([1, {"a": 2}]), "eq", json!([1.0, {"a": 2.0}]), true)]
+    #[case(json!([9007199254740993u64]), "eq", json!([9007199254740992u64]), false)]
+    #[case(json!(9007199254740993u64), "in", json!([9007199254740992u64]), false)]
+    #[case(json!([9007199254740993u64]), "contains", json!(9007199254740992u64), false)]
+    fn numbers_compare_exactly(
+        #[case] actual: Value,
+        #[case] op: &str,
+        #[case] value: Value,
+        #[case] expected: bool,
+    ) {
+        let c = json!({"path": "args.n", "op": op, "value": value});
+        assert_eq!(
+            eval(c, json!({ "n": actual })),
+            Ok(expected),
+            "{actual} {op} {value}"
+        );
+    }
+
+    /// The same from policy text, as a policy file and a call are parsed.
+    #[test]
+    fn integers_beyond_2_pow_53_parsed_from_text_are_not_rounded() {
+        let c: Condition =
+            serde_json::from_str(r#"{"path": "args.n", "op": "eq", "value": 9007199254740993}"#)
+                .unwrap();
+        for (text, expected) in [
+            (r#"{"n": 9007199254740993}"#, true),
+            (r#"{"n": 9007199254740992}"#, false),
+            (r#"{"n": 9007199254740992.0}"#, false),
+        ] {
+            let args: Value = serde_json::from_str(text).unwrap();
+            let call = ToolCall {
+                tool: "t",
+                args: &args,
+                grant: "g",
+                session: "s",
+                server: "",
+                annotations: None,
+            };
+            assert_eq!(c.holds(&call), Ok(expected), "{text}");
+        }
     }
 
     #[test]

@@ -100,7 +100,9 @@ impl PolicyError {
 /// A hint for the most common mistakes, keyed by where they happen.
 fn hint(location: &str, message: &str) -> Option<String> {
     let last = location.rsplit('.').next().unwrap_or(location);
-    let hint = if message.contains("unknown field") {
+    let hint = if message.starts_with("duplicate") {
+        "name each key once per object: JSON readers disagree on which copy counts, so a policy may not rely on either"
+    } else if message.contains("unknown field") {
         "keys are case-sensitive and use snake_case (`deny_if`, `all_tools`, `rate_limit`)"
     } else if last == "version" {
         "write `\"version\": \"1\"`"

@@ -19,6 +19,7 @@
 mod condition;
 mod document;
 mod error;
+pub(crate) mod unique_keys;
 
 pub use condition::{Condition, Op, Path as ConditionPath, ToolAnnotations, ToolCall};
 pub use document::{Action, DefaultAction, PolicyDocument};
@@ -157,8 +158,7 @@ impl Policy {
 
     /// Compiles a policy from its JSON text, resolving plugin paths against `base`.
     pub fn from_json_in(text: &str, file: &str, base: &Path) -> Result<Self, PolicyError> {
-        let mut de = serde_json::Deserializer::from_str(text);
-        let doc: PolicyDocument = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let located = |err: serde_path_to_error::Error<serde_json::Error>| {
             let location = match err.path().to_string() {
                 p if p == "." => "the document".to_owned(),
                 p => p,
@@ -170,7 +170,13 @@ impl Policy {
                 None => full,
             };
             PolicyError::at_line_column(file, text, inner.line(), inner.column(), location, message)
-        })?;
+        };
+        let mut de = serde_json::Deserializer::from_str(text);
+        let doc: PolicyDocument = serde_path_to_error::deserialize(&mut de).map_err(located)?;
+        // The typed parse keeps the last copy of a key named twice in a map; refuse instead.
+        let _: unique_keys::UniqueKeys =
+            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text))
+                .map_err(located)?;
         de.end().map_err(|e| {
             PolicyError::at_line_column(
                 file,

@@ -220,6 +220,61 @@ fn all_tools_limits_and_rate_limit_shorthand_are_consumed_together() {
 }
 
 #[test]
+fn a_counter_in_all_tools_and_in_the_rule_takes_one_unit_per_call() {
+    // The same counter twice with one max: a cap of 5 admits exactly 5 calls.
+    let p = policy(json!({"version": "1", "default": "allow",
+        "all_tools": {"limits": [{"counter": "c", "window": "minute", "max": 5}]},
+        "tools": {"a": {"limits": [{"counter": "c", "window": "minute", "max": 5}]}}}));
+    let (_, store) = store();
+    for i in 0..5 {
+        assert!(
+            decide_as(&p, &store, "g", "a", json!({})).is_allow(),
+            "call {i}"
+        );
+    }
+    assert_eq!(
+        decide_as(&p, &store, "g", "a", json!({})).verdict,
+        Verdict::RateLimited
+    );
+    // A tool only `all_tools` limits sees the same 5 units, not 10.
+    assert_eq!(
+        decide_as(&p, &store, "g", "b", json!({})).verdict,
+        Verdict::RateLimited
+    );
+    // Different maxes: the smaller one caps.
+    let (_, store) = self::store();
+    let p = policy(json!({"version": "1", "default": "allow",
+        "all_tools": {"limits": [{"counter": "c", "window": "minute", "max": 5}]},
+        "tools": {"a": {"limits": [{"counter": "c", "window": "minute", "max": 3}]}}}));
+    for _ in 0..3 {
+        assert!(decide_as(&p, &store, "g", "a", json!({})).is_allow());
+    }
+    assert!(!decide_as(&p, &store, "g", "a", json!({})).is_allow());
+    for _ in 0..2 {
+        assert!(decide_as(&p, &store, "g", "b", json!({})).is_allow());
+    }
+    assert!(!decide_as(&p, &store, "g", "b", json!({})).is_allow());
+}
+
+#[test]
+fn a_counter_with_a_minute_and_an_hour_window_takes_one_unit_per_call() {
+    let p = policy(json!({"version": "1", "default": "deny",
+        "tools": {"a": {"limits": [
+            {"counter": "c", "window": "minute", "max": 5},
+            {"counter": "c", "window": "hour", "max": 20}]}}}));
+    let (clock, store) = store();
+    let mut admitted = 0;
+    for _ in 0..60 {
+        for _ in 0..10 {
+            admitted += decide_as(&p, &store, "g", "a", json!({})).is_allow() as u32;
+        }
+        clock.advance(Duration::from_secs(60));
+    }
+    // 5 a minute for the first four minutes, then the hour is full.
+    assert_eq!(admitted, 20);
+}
+
+#[test]
 fn only_star_and_question_mark_are_wildcards() {
     let p = policy(json!({"version": "1", "default": "deny", "tools": {"a[1]": {}, "v?_*": {}}}));
     assert!(p.is_visible("a[1]") && !p.is_visible("a1"));
@@ -280,6 +335,68 @@ fn bad_policies_name_line_message_and_hint(
             assert_eq!(l, line, "line of {m}");
             assert!(m.contains(message), "{m}");
             assert!(h.unwrap_or_default().contains(help), "hint for {m}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// A key named twice in one object is refused with its line, column and place, wherever it
+/// is: a serde map keeps the last copy silently, and a reader may believe the first.
+#[rstest::rstest]
+#[case(
+    "{\"version\": \"1\",\n \"tools\": {\"exec\": {\"action\": \"deny\"},\n \"exec\": {}}}",
+    3,
+    7,
+    "tools",
+    "duplicate key `exec`"
+)]
+#[case(
+    "{\"version\": \"1\", \"tools\": {\"a\": {\"require\": [\n {\"path\": \"args.x\", \"op\": \"eq\", \"value\": {\"k\": 1, \"k\": 2}}]}}}",
+    2, 53, "tools.a.require[0].value", "duplicate key `k`"
+)]
+#[case(
+    "{\"version\": \"1\",\n \"tools\": {\"x\": {}, \"\\u0078\": {}}}",
+    2,
+    28,
+    "tools",
+    "duplicate key `x`"
+)]
+#[case(
+    "{\"version\": \"1\",\n \"default\": \"deny\", \"default\": \"allow\"}",
+    2,
+    29,
+    "the document",
+    "duplicate field `default`"
+)]
+#[case(
+    "{\"version\": \"1\", \"tools\": {\"a\": {\"action\": \"deny\",\n \"action\": \"allow\"}}}",
+    2,
+    9,
+    "tools.a",
+    "duplicate field `action`"
+)]
+fn a_key_named_twice_is_refused_where_it_is(
+    #[case] text: &str,
+    #[case] line: usize,
+    #[case] column: usize,
+    #[case] location: &str,
+    #[case] message: &str,
+) {
+    match load_error(text) {
+        PolicyError::Invalid(invalid) => {
+            assert_eq!(invalid.message, message);
+            assert_eq!(
+                (invalid.line, invalid.column, invalid.location.as_str()),
+                (line, column, location),
+                "{text}"
+            );
+            assert!(
+                invalid
+                    .help
+                    .unwrap_or_default()
+                    .contains("name each key once"),
+                "{text}"
+            );
         }
         other => panic!("unexpected {other:?}"),
     }
