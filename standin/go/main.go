@@ -10,7 +10,8 @@
 //
 // Every tool execution is appended as one JSON line to the file named by STANDIN_LOG, so a test
 // can count what ran even across crashes and restarts. STANDIN_CREATE_MS delays session_create's
-// reply (after it has started, i.e. been logged); STANDIN_LIST_MS delays tools/list replies.
+// reply (after it has started, i.e. been logged); STANDIN_LIST_MS delays tools/list replies, and
+// STANDIN_UNKNOWN_MS the "method not found" errors.
 //
 // stdio (the default): newline-delimited JSON-RPC on stdin/stdout. `--http ADDR`: a minimal
 // Streamable HTTP server (POST /mcp, JSON replies, 202 for notifications) that prints
@@ -155,16 +156,37 @@ func toolsList() []interface{} {
 	}
 }
 
-// prepare reads one message and does everything that must happen in order (decoding, logging,
-// crashing); the returned function finishes the work (waits, if the tool waits) and returns the
-// reply, or nil for none.
-func prepare(line []byte) func() []byte {
+// outcome is what a message leads to: a reply (nil for none), sent after `wait`, or never.
+type outcome struct {
+	reply []byte
+	wait  time.Duration
+	never bool
+}
+
+// answer is the outcome of a message that is answered at once (if it is a request).
+func answer(isRequest bool, b []byte) outcome {
+	if !isRequest {
+		return outcome{}
+	}
+	return outcome{reply: b}
+}
+
+// later is the outcome of a message answered after `wait`.
+func later(isRequest bool, b []byte, wait time.Duration) outcome {
+	o := answer(isRequest, b)
+	o.wait = wait
+	return o
+}
+
+// prepare reads one message and does everything that must happen in order, before the next
+// message is read: decoding, logging the execution, crashing.
+func prepare(line []byte) outcome {
 	var m message
 	if err := json.Unmarshal(line, &m); err != nil {
-		return func() []byte { return replyError(nil, -32700, "parse error: "+err.Error()) }
+		return outcome{reply: replyError(nil, -32700, "parse error: "+err.Error())}
 	}
 	isRequest := len(m.ID) > 0 // `"id": null` too: a Go server runs it
-	ans := func(b []byte) func() []byte { return answer(isRequest, b) }
+	ans := func(b []byte) outcome { return answer(isRequest, b) }
 	switch m.Method {
 	case "initialize":
 		var p struct {
@@ -182,22 +204,18 @@ func prepare(line []byte) func() []byte {
 	case "ping":
 		return ans(reply(m.ID, map[string]interface{}{}))
 	case "tools/list":
-		delay := envMs("STANDIN_LIST_MS")
 		b := reply(m.ID, map[string]interface{}{"tools": toolsList()})
-		if !isRequest {
-			return ans(nil)
-		}
-		return func() []byte { time.Sleep(delay); return b }
+		return later(isRequest, b, envMs("STANDIN_LIST_MS"))
 	case "tools/call":
 		return call(m, isRequest)
 	}
 	if !isRequest || strings.HasPrefix(m.Method, "notifications/") {
 		return ans(nil)
 	}
-	return ans(replyError(m.ID, -32601, "Method not found: "+m.Method))
+	return later(isRequest, replyError(m.ID, -32601, "Method not found: "+m.Method), envMs("STANDIN_UNKNOWN_MS"))
 }
 
-func call(m message, isRequest bool) func() []byte {
+func call(m message, isRequest bool) outcome {
 	var p callParams
 	if err := json.Unmarshal(m.Params, &p); err != nil {
 		return answer(isRequest, replyError(m.ID, -32602, "invalid params: "+err.Error()))
@@ -224,18 +242,11 @@ func call(m message, isRequest bool) func() []byte {
 			return answer(isRequest, replyError(m.ID, code, "session_create failed as asked"))
 		}
 		record(p.Name, m.ID, a)
-		delay := envMs("STANDIN_CREATE_MS")
 		session, _ := json.Marshal(map[string]interface{}{"success": true, "session": map[string]interface{}{
 			"id": uuid(), "cli": a.Cli, "description": a.Description, "isActive": true,
 		}})
 		b := reply(m.ID, textResult(string(session), false))
-		return func() []byte {
-			time.Sleep(delay)
-			if !isRequest {
-				return nil
-			}
-			return b
-		}
+		return later(isRequest, b, envMs("STANDIN_CREATE_MS"))
 	case "session_clear_all":
 		record(p.Name, m.ID, map[string]interface{}{})
 		return answer(isRequest, reply(m.ID, textResult(`{"success":true,"cleared":"all"}`, false)))
@@ -252,16 +263,10 @@ func call(m message, isRequest bool) func() []byte {
 		json.Unmarshal(args, &a)
 		record(p.Name, m.ID, a)
 		b := reply(m.ID, textResult(fmt.Sprintf("slept %d ms", a.Ms), false))
-		return func() []byte {
-			time.Sleep(time.Duration(a.Ms) * time.Millisecond)
-			if !isRequest {
-				return nil
-			}
-			return b
-		}
+		return later(isRequest, b, time.Duration(a.Ms)*time.Millisecond)
 	case "never":
 		record(p.Name, m.ID, json.RawMessage(args))
-		return func() []byte { select {} }
+		return outcome{never: true}
 	case "crash":
 		record(p.Name, m.ID, json.RawMessage(args))
 		fmt.Fprintln(os.Stderr, "standin-go: crashing as asked")
@@ -276,15 +281,6 @@ func call(m message, isRequest bool) func() []byte {
 	return answer(isRequest, replyError(m.ID, -32602, "unknown tool: "+p.Name))
 }
 
-func answer(isRequest bool, b []byte) func() []byte {
-	return func() []byte {
-		if !isRequest {
-			return nil
-		}
-		return b
-	}
-}
-
 func serveStdio() {
 	out := bufio.NewWriter(os.Stdout)
 	var outMu sync.Mutex
@@ -292,15 +288,20 @@ func serveStdio() {
 	for {
 		line, err := in.ReadBytes('\n')
 		if len(strings.TrimSpace(string(line))) > 0 {
-			finish := prepare(line)
-			go func() {
-				if b := finish(); b != nil {
-					outMu.Lock()
-					out.Write(append(b, '\n'))
-					out.Flush()
-					outMu.Unlock()
-				}
-			}()
+			o := prepare(line)
+			write := func() {
+				outMu.Lock()
+				out.Write(append(o.reply, '\n'))
+				out.Flush()
+				outMu.Unlock()
+			}
+			switch {
+			case o.never || o.reply == nil:
+			case o.wait == 0:
+				write() // in order: a reply never overtakes an earlier one without a wait
+			default:
+				go func() { time.Sleep(o.wait); write() }()
+			}
 		}
 		if err != nil {
 			return // EOF: the client is gone
@@ -329,7 +330,13 @@ func serveHTTP(addr string) {
 				break
 			}
 		}
-		b := prepare(body)()
+		o := prepare(body)
+		if o.never {
+			<-r.Context().Done()
+			return
+		}
+		time.Sleep(o.wait)
+		b := o.reply
 		if b == nil {
 			w.WriteHeader(http.StatusAccepted)
 			return

@@ -11,7 +11,7 @@
 // Every tool execution is appended as one JSON line to the file named by STANDIN_LOG (before
 // the next message is read), so a test can count what ran even across crashes and restarts.
 // STANDIN_CREATE_MS delays session_create's reply (after it has started, i.e. been logged);
-// STANDIN_LIST_MS delays tools/list replies.
+// STANDIN_LIST_MS delays tools/list replies, and STANDIN_UNKNOWN_MS the "method not found" errors.
 //
 // stdio only: newline-delimited JSON-RPC on stdin/stdout.
 "use strict";
@@ -105,7 +105,7 @@ function handle(m, answer) {
       return call(m, respond);
   }
   if (typeof m.method === "string" && !m.method.startsWith("notifications/")) {
-    respond(replyError(m.id, -32601, `Method not found: ${m.method}`));
+    respond(replyError(m.id, -32601, `Method not found: ${m.method}`), envMs("STANDIN_UNKNOWN_MS"));
   }
 }
 
