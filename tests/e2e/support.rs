@@ -240,7 +240,10 @@ pub fn missing_peer(what: &str, install: &str) {
     if std::env::var_os("CI").is_some() {
         panic!("{what} is missing, and CI is set: scripts/test installs it ({install})");
     }
-    eprintln!(
+    // Straight to stderr, not `eprintln!`: the test harness captures that, and a skip must
+    // be seen.
+    let _ = writeln!(
+        std::io::stderr(),
         "\n!!!!!!!! SKIPPED: {what} is missing on this machine ({install}); \
          this test checked nothing !!!!!!!!\n"
     );
