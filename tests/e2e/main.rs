@@ -8,6 +8,7 @@ mod bad_input;
 mod counters_prop;
 mod hot_swap;
 mod http;
+mod integrity;
 mod plugins;
 mod standin;
 mod support;

@@ -4,7 +4,7 @@ use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, OnceLock};
 use std::time::Duration;
 
 pub const TOOLGATE: &str = env!("CARGO_BIN_EXE_toolgate");
@@ -126,6 +126,15 @@ impl Client {
             .unwrap_or_else(|e| panic!("gateway sent non-JSON {line:?}: {e}"))
     }
 
+    /// The next line from the gateway within `wait`, parsed; `None` if none came.
+    pub fn recv_within(&mut self, wait: Duration) -> Option<Value> {
+        let line = self.lines.recv_timeout(wait).ok()?;
+        Some(
+            serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("gateway sent non-JSON {line:?}: {e}")),
+        )
+    }
+
     /// Waits for the reply with `id`, skipping notifications.
     pub fn reply_to(&mut self, id: &Value) -> Value {
         loop {
@@ -215,4 +224,86 @@ pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The workspace's root folder.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// A peer this machine lacks: outside CI the test is skipped, loudly; in CI (`CI` set,
+/// where scripts/test installs every peer) it fails.
+pub fn missing_peer(what: &str, install: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("{what} is missing, and CI is set: scripts/test installs it ({install})");
+    }
+    // Straight to stderr, not `eprintln!`: the test harness captures that, and a skip must
+    // be seen.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!!!!!!! SKIPPED: {what} is missing on this machine ({install}); \
+         this test checked nothing !!!!!!!!\n"
+    );
+}
+
+/// The Go-like stand-in (standin/go), built once per test run with `go build` into
+/// `target/standin-go/` (its build cache there too; standard library only, no network).
+/// `None` when `go` is not installed (and this is not CI).
+pub fn go_standin() -> Option<PathBuf> {
+    static BUILT: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let target = Path::new(TOOLGATE)
+                .parent()
+                .and_then(Path::parent)
+                .expect("the toolgate binary is in target/<profile>/")
+                .join("standin-go");
+            let exe = target.join("standin-go");
+            let built = Command::new("go")
+                .args(["build", "-o"])
+                .arg(&exe)
+                .arg(".")
+                .current_dir(workspace().join("standin/go"))
+                .env("GOCACHE", target.join("cache"))
+                .env("GOPATH", target.join("gopath"))
+                .env("GOPROXY", "off")
+                .env("GOTOOLCHAIN", "local")
+                .env("GOFLAGS", "-mod=mod")
+                .status();
+            match built {
+                Ok(status) if status.success() => Some(exe),
+                Ok(status) => panic!("`go build` of standin/go failed: {status}"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    missing_peer("`go`", "apt-get install -y golang-go");
+                    None
+                }
+                Err(e) => panic!("cannot run `go build`: {e}"),
+            }
+        })
+        .clone()
+}
+
+/// The JS-like stand-in (standin/node) as a command.
+pub fn node_standin() -> Vec<String> {
+    vec![
+        "node".into(),
+        workspace()
+            .join("standin/node/server.js")
+            .display()
+            .to_string(),
+    ]
+}
+
+/// server-everything over stdio, from tests/peers (`npm ci` there); `None` when it is not
+/// installed (and this is not CI).
+pub fn everything() -> Option<Vec<String>> {
+    let bin = workspace().join("tests/peers/node_modules/.bin/mcp-server-everything");
+    if !bin.exists() {
+        missing_peer("server-everything", "cd tests/peers && npm ci");
+        return None;
+    }
+    Some(vec![bin.display().to_string(), "stdio".into()])
 }

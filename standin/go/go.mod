@@ -1,0 +1,3 @@
+module toolgate/standin-go
+
+go 1.19
