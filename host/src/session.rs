@@ -904,3 +904,7 @@ fn truncated(text: &str) -> Cow<'_, str> {
     }
     Cow::Owned(format!("{}…", &text[..end]))
 }
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;

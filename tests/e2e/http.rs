@@ -1314,7 +1314,7 @@ fn silent_upstream() -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upstream_slower_than_the_request_timeout_gets_504_and_the_units_back() {
+async fn an_upstream_slower_than_the_request_timeout_gets_504_and_keeps_the_unit() {
     let policy = r#"{"version": "1", "default": "allow", "tools": {"echo": {
         "limits": [{"counter": "echo_once", "window": "hour", "max": 1, "scope": "grant"}]}}}"#;
     let serve = Serve::start(
@@ -1328,24 +1328,29 @@ async fn an_upstream_slower_than_the_request_timeout_gets_504_and_the_units_back
     let client = Mcp::new(&serve.url, Some("t"));
     let call = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
                       "params": {"name": "echo", "arguments": {"message": "hi"}}});
-    for _ in 0..2 {
-        let reply = tokio::time::timeout(Duration::from_secs(5), client.post(&call))
-            .await
-            .expect("the gateway answers within its request timeout, not never");
-        assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
-        // The reply is the request's own JSON-RPC error, with its id.
-        assert_eq!(reply.messages[0]["id"], 7, "{:?}", reply.messages);
-        assert!(
-            reply.error()["message"]
-                .as_str()
-                .unwrap()
-                .contains("did not answer in time"),
-            "{:?}",
-            reply.messages
-        );
-        // The call never ran, so its unit came back: the second call is not rate-limited
-        // (with max 1 it would be, had the first kept its unit).
-    }
+    let reply = tokio::time::timeout(Duration::from_secs(5), client.post(&call))
+        .await
+        .expect("the gateway answers within its request timeout, not never");
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
+    // The reply is the request's own JSON-RPC error, with its id.
+    assert_eq!(reply.messages[0]["id"], 7, "{:?}", reply.messages);
+    assert!(
+        reply.error()["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer within 1 s"),
+        "{:?}",
+        reply.messages
+    );
+    // The request was written: the tool may be running, so its unit stays spent and the
+    // next call (max 1) is rate-limited without reaching the upstream.
+    let reply = client.post(&call).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        reply.messages[0]["result"]["_meta"]["toolgate"]["decision"], "rate_limited",
+        "{:?}",
+        reply.messages
+    );
     assert_eq!(serve.status().await["grants"][0]["name"], "a");
 }
 

@@ -997,3 +997,58 @@ async fn tools_call_notifications_never_reach_the_upstream(transport: Transport,
         assert_eq!(upstream.runs("session_create"), 2);
     }
 }
+
+// No request waits forever: a stdio upstream that is slower than the reply timeout (over
+// `toolgate run`, `--reply-timeout-s`; over `serve`'s stdio children, `request_timeout_s`)
+// gets its client an error naming the gateway, and the call's unit stays spent.
+#[rstest::rstest]
+#[case::stdio(Stdio)]
+#[case::http(Http)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_timeout_answers_the_client_and_keeps_the_unit(#[case] transport: Transport) {
+    let Some(upstream) = Upstream::new(Go, &[("STANDIN_CREATE_MS", "1500")]) else {
+        return;
+    };
+    let mut gate = match transport {
+        Stdio => {
+            let mut client =
+                Client::start_with(POLICY, &upstream.command, &["--reply-timeout-s", "1"]);
+            client.initialize();
+            Gate::Stdio(client)
+        }
+        Http => {
+            let serve = serve(
+                &command_table(&upstream.command),
+                POLICY,
+                "request_timeout_s = 1",
+            );
+            Gate::http(serve).await
+        }
+    };
+    let started = Instant::now();
+    let mut replies = Vec::new();
+    for _ in 0..3 {
+        replies.push(gate.call("session_create", json!({"cli": "claude"})).await);
+    }
+    for reply in &replies[..2] {
+        assert_eq!(error_code(reply), Some(-32000), "{replies:?}");
+        assert!(
+            reply["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("[toolgate]"),
+            "{reply}"
+        );
+    }
+    assert!(
+        is_refusal(&replies[2]),
+        "the third is rate-limited: {replies:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(1200)); // both slow calls finish upstream
+    assert_eq!(upstream.runs("session_create"), 2, "{replies:?}");
+}

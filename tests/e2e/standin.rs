@@ -217,12 +217,15 @@ fn example_policy_enforces_the_reference_rules() {
     );
     assert!(real.get("isError").is_none(), "{real}");
 
-    // session_create: the cli enum and the description length.
-    let (text, _) = refusal(&client.call("session_create", json!({"cli": "vim"})));
+    // session_create: the cli enum, which the server's own inputSchema already states (so the
+    // gateway refuses it from the listing, before the policy and its counter), and the
+    // description length.
+    let (text, meta) = refusal(&client.call("session_create", json!({"cli": "vim"})));
     assert!(
-        text.contains("requirement not met: `args.cli` in"),
+        text.contains("do not match the tool's inputSchema at `/cli`"),
         "{text}"
     );
+    assert_eq!(meta["rule"], "inputSchema");
     let long = "x".repeat(201);
     let (text, _) = refusal(&client.call(
         "session_create",
@@ -253,19 +256,18 @@ fn example_policy_enforces_the_reference_rules() {
 }
 
 #[test]
-fn a_json_rpc_error_from_the_upstream_refunds_the_counter_but_a_result_does_not() {
+fn an_error_that_may_follow_a_run_keeps_the_unit_and_so_does_a_result() {
     let policy = r#"{"version": "1", "default": "allow", "tools": {
         "fail": {"rate_limit": {"max": 1, "window": "hour"}},
         "echo": {"rate_limit": {"max": 1, "window": "hour"}}}}"#;
     let mut client = Client::start(policy, &echo());
     client.initialize();
-    for _ in 0..3 {
-        let reply = client.request("tools/call", json!({"name": "fail", "arguments": {}}));
-        assert_eq!(
-            reply["error"]["code"], -32603,
-            "the tool never ran, so the unit came back: {reply}"
-        );
-    }
+    // -32603 does not say the tool did not run: the unit stays spent (only -32700, -32600,
+    // -32601 and -32602 refund; see tests/e2e/integrity.rs and the session's unit tests).
+    let reply = client.request("tools/call", json!({"name": "fail", "arguments": {}}));
+    assert_eq!(reply["error"]["code"], -32603, "{reply}");
+    let (text, _) = refusal(&client.call("fail", json!({})));
+    assert!(text.starts_with("[toolgate] rate_limited"), "{text}");
     assert_eq!(
         client.call("echo", json!({"message": "one"}))["content"][0]["text"],
         "one"
@@ -302,12 +304,15 @@ fn replies_out_of_order_are_matched_by_id() {
             (first["method"].as_str(), second["method"].as_str()),
             (Some("tools/list"), Some("tools/call"))
         );
+        // Under the ids the gateway gave them, which are not the client's.
+        let (a, b) = (&first["id"], &second["id"]);
+        assert!(a.is_u64() && b.is_u64() && a != b, "{a} {b}");
         writeln!(
             to_gateway,
-            r#"{{"jsonrpc":"2.0","id":"b","error":{{"code":-32603,"message":"busy"}}}}"#
+            r#"{{"jsonrpc":"2.0","id":{b},"error":{{"code":-32602,"message":"busy"}}}}"#
         )
         .unwrap();
-        writeln!(to_gateway, r#"{{"jsonrpc":"2.0","id":"a","result":{{"tools":[{{"name":"secret"}},{{"name":"echo","x-extra":1}}]}}}}"#).unwrap();
+        writeln!(to_gateway, r#"{{"jsonrpc":"2.0","id":{a},"result":{{"tools":[{{"name":"secret"}},{{"name":"echo","x-extra":1}}]}}}}"#).unwrap();
         for line in requests {
             let request: Value = serde_json::from_str(&line.unwrap()).unwrap();
             let reply = json!({"jsonrpc": "2.0", "id": request["id"], "result": {"content": [{"type": "text", "text": "ran"}]}});
@@ -320,7 +325,7 @@ fn replies_out_of_order_are_matched_by_id() {
     let b = client.next();
     assert_eq!(
         (b["id"].as_str(), b["error"]["code"].as_i64()),
-        (Some("b"), Some(-32603))
+        (Some("b"), Some(-32602))
     );
     let a = client.next();
     assert_eq!(a["id"], "a");
@@ -329,7 +334,7 @@ fn replies_out_of_order_are_matched_by_id() {
         json!([{"name": "echo", "x-extra": 1}]),
         "the list reply was recognised and filtered"
     );
-    // The error refunded echo's unit, so with max 1 the next call still goes through.
+    // -32602 (not executed) refunded echo's unit, so with max 1 the next call still goes through.
     client.send(r#"{"jsonrpc":"2.0","id":"c","method":"tools/call","params":{"name":"echo"}}"#);
     assert_eq!(client.next()["result"]["content"][0]["text"], "ran");
     client.send(r#"{"jsonrpc":"2.0","id":"d","method":"tools/call","params":{"name":"echo"}}"#);
