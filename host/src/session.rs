@@ -234,7 +234,10 @@ fn listing(result: &RawValue) -> Listing {
     // Fast path: no `tools` in any case, no escape and no `ſ` means no key can read as `tools`.
     let maybe = memchr::memchr(b'\\', text).is_some()
         || memchr::memmem::find(text, "ſ".as_bytes()).is_some()
-        || text.windows(5).any(|w| w.eq_ignore_ascii_case(b"tools"));
+        || memchr::memchr2_iter(b't', b'T', text).any(|at| {
+            text.get(at..at + 5)
+                .is_some_and(|w| w.eq_ignore_ascii_case(b"tools"))
+        });
     if !maybe {
         return Listing::No;
     }

@@ -1099,9 +1099,14 @@ async fn relay(
             .body(Body::from(out.into_owned()))
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()),
         None => {
-            // Not the reply to this request (nor to any other pending one).
+            // Not the reply to this request (nor to any other pending one): an upstream's
+            // HTTP error keeps its status, with the request's own error reply.
             let failed = Failed {
-                status: StatusCode::BAD_GATEWAY,
+                status: if status.is_client_error() || status.is_server_error() {
+                    status
+                } else {
+                    StatusCode::BAD_GATEWAY
+                },
                 message: format!(
                     "the upstream answered HTTP {status} without a reply to this request"
                 ),
