@@ -28,6 +28,7 @@ const PLUGINS: &[&str] = &[
     "hostile/ungranted-import",
     "hostile/wrong-world",
     "hostile/foreign-import",
+    "hostile/import-flood",
 ];
 
 fn root() -> PathBuf {
@@ -382,7 +383,14 @@ const WINDOW: usize = 20;
     5_000,
     8
 )]
-#[case::import_loop("hostile/import-loop", "timed out after 5 ms", UNLIMITED_FUEL, 5, 8)]
+#[case::import_loop(
+    "hostile/import-loop",
+    "called `clock.now-ms` more than 64 times in one evaluation",
+    UNLIMITED_FUEL,
+    5_000,
+    8
+)]
+#[case::deadline("hostile/loop", "timed out after 5 ms", UNLIMITED_FUEL, 5, 8)]
 #[case::memory_bomb(
     "hostile/memory-bomb",
     "exceeded its memory cap of 8 MiB",
@@ -537,4 +545,81 @@ fn a_plugin_sees_the_whole_call_record_with_the_servers_name_and_the_tools_annot
     );
     let (status, _) = client.finish();
     assert!(status.success());
+}
+
+fn decide_as(
+    policy: &Policy,
+    counters: &Arc<dyn CounterStore>,
+    grant: &str,
+) -> toolgate::decision::Decision {
+    let args = json!({});
+    let call = ToolCall {
+        tool: "echo",
+        args: &args,
+        grant,
+        session: "s1",
+        server: "",
+        annotations: None,
+    };
+    policy.decide(&call, counters).decision
+}
+
+/// Every host import is bounded per evaluation, and a plugin past a bound is denied (its
+/// units refunded) without the counter store keeping what it passed.
+#[rstest]
+#[case::names_at_the_cap("names 64", "")]
+#[case::names_past_the_cap(
+    "names 65",
+    "called `counters.consume` more than 64 times in one evaluation"
+)]
+#[case::name_at_the_cap("long-name 256", "")]
+#[case::name_past_the_cap("long-name 257", "a counter name of 257 bytes, over the 256-byte cap")]
+#[case::name_of_30_mib(
+    "long-name 31457280",
+    "a counter name of 31457280 bytes, over the 256-byte cap"
+)]
+#[case::week_window("window 604800000", "")]
+#[case::window_past_a_week(
+    "window 604800001",
+    "a window of 604800001 ms; a window is 1 ms to 7 days"
+)]
+#[case::empty_window("window 0", "a window of 0 ms")]
+#[case::clock_at_the_cap("now 64", "")]
+#[case::clock_past_the_cap("now 65", "called `clock.now-ms` more than 64 times in one evaluation")]
+#[case::empty_logs_at_the_cap("log 64", "")]
+#[case::empty_logs_past_the_cap("log 65", "called `log.log` more than 64 times in one evaluation")]
+fn host_imports_are_bounded_per_evaluation(#[case] config: &str, #[case] refused: &str) {
+    let clock = ManualClock::starting_at(1_700_000_000_000);
+    let store = Arc::new(MemoryCounterStore::new(clock));
+    let counters: Arc<dyn CounterStore> = store.clone();
+    for isolation in ["fresh", "pooled"] {
+        let policy = json!({"version": "1", "default": "deny",
+            "plugins": {"flood": {"path": plugin_path("hostile/import-flood"), "isolation": isolation, "memory_mib": 96}},
+            "tools": {"echo": {"use": [{"plugin": "flood", "config": config}]}}});
+        let policy =
+            Policy::from_json(&policy.to_string(), "flood.json").unwrap_or_else(|e| panic!("{e}"));
+        // Twice: a pooled instance that served a refused call is not reused in a bad state.
+        for _ in 0..2 {
+            let d = decide_as(&policy, &counters, "g1");
+            if refused.is_empty() {
+                assert!(d.is_allow(), "{config} ({isolation}): {}", d.reason);
+            } else {
+                assert_eq!(d.verdict, Verdict::Deny, "{config} ({isolation})");
+                assert_eq!(d.rule, "plugins.flood");
+                assert!(d.reason.starts_with("plugin `flood` "), "{}", d.reason);
+                assert!(
+                    d.reason.contains(refused),
+                    "{config} ({isolation}): {}",
+                    d.reason
+                );
+            }
+        }
+    }
+    if config.starts_with("long-name") && !refused.is_empty() {
+        assert!(
+            store.is_empty(),
+            "{config}: the store kept {} counters",
+            store.len()
+        );
+    }
 }

@@ -11,7 +11,8 @@
 //!    a millisecond;
 //! 4. **pre-instantiate**: link it against the granted imports once ([`wasmtime::component::InstancePre`]);
 //!    a plugin that needs anything else, or exports another world, fails here, at load time;
-//! 5. **evaluate**: run `evaluate` under a fuel budget, an epoch deadline and a memory cap.
+//! 5. **evaluate**: run `evaluate` under a fuel budget, an epoch deadline, one memory budget
+//!    for the whole instance and a cap on every import (see [`host`]).
 //!    Every trap, timeout, limit hit or malformed result is a **deny** naming the plugin and
 //!    the cause; the next evaluation starts from a clean instance.
 //!
@@ -26,7 +27,7 @@ mod host;
 use crate::counters::{CounterStore, Reservation};
 use crate::decision::{Decision, Verdict};
 use bindings::toolgate::policy::types as wit;
-use host::EvalState;
+use host::{BudgetExceeded, EvalState, ImportRefused, MemoryBudget};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -36,12 +37,21 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{
-    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder, Trap,
-};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
 /// Log bytes one evaluation may write; past this the plugin traps (and the call is denied).
 pub const LOG_BYTES_PER_EVALUATION: usize = 4096;
+
+/// Calls of each import (`counters.consume`, `clock.now-ms`, `log.log`) one evaluation may
+/// make; the next one traps (and the call is denied). What an import keeps is host memory,
+/// outside the plugin's memory cap, and a counter keeps its units for up to its window (a
+/// week): this bounds what one call can leave behind. A rule needing more counters than this
+/// per call should be several plugins or declarative limits.
+pub const IMPORT_CALLS_PER_EVALUATION: u32 = 64;
+
+/// The longest counter name a plugin may pass to `counters.consume`, in bytes; a longer one
+/// traps (and the call is denied). The name is kept with the counter for its whole window.
+pub const MAX_COUNTER_NAME_BYTES: usize = 256;
 
 /// The wasmtime version pinned in Cargo.toml (`=48.0.8`): part of the compile cache's key.
 const WASMTIME_VERSION: &str = "48.0.8";
@@ -88,7 +98,8 @@ pub struct PluginLimits {
     /// Wall-clock backstop per evaluation, counted in epoch ticks of 5 ms. Default 250 ms.
     /// A plugin runs on the calling session's thread: this is the longest a call can wait.
     pub timeout: Duration,
-    /// Linear memory per instance. A std guest starts at about 1.1 MiB. Default 32 MiB.
+    /// Memory per instance: one budget for all its linear memories (a component may have
+    /// several) and tables together. A std guest starts at about 1.1 MiB. Default 32 MiB.
     pub memory_bytes: usize,
     /// Largest `arguments` JSON passed in. Default 1 MiB; a larger call is denied.
     pub max_input_bytes: usize,
@@ -553,11 +564,7 @@ impl Plugin {
     }
 
     fn new_store(&self) -> Store<EvalState> {
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(self.limits.memory_bytes)
-            .instances(8)
-            .trap_on_grow_failure(true)
-            .build();
+        let limits = MemoryBudget::new(self.limits.memory_bytes, 8);
         let mut store = Store::new(&self.engine, EvalState::idle(self.name.clone(), limits));
         store.limiter(|state| &mut state.limits);
         store
@@ -630,6 +637,15 @@ impl Plugin {
             .fuel
             .saturating_sub(store.get_fuel().unwrap_or(0));
         let chain = format!("{error:#}");
+        if let Some(refused) = error.downcast_ref::<ImportRefused>() {
+            return refused.to_string();
+        }
+        if error.downcast_ref::<BudgetExceeded>().is_some() {
+            return format!(
+                "exceeded its memory cap of {} MiB (all its memories and tables together)",
+                self.limits.memory_bytes >> 20
+            );
+        }
         match error.downcast_ref::<Trap>() {
             Some(Trap::OutOfFuel) => format!("ran out of fuel after {used} instructions"),
             Some(Trap::Interrupt) => {
@@ -775,8 +791,7 @@ impl Plugin {
             state.counters = Some(counters.clone());
             refill(&mut state.grant, call.grant);
             refill(&mut state.session, call.session);
-            state.log_budget = LOG_BYTES_PER_EVALUATION;
-            state.limits.reset_peak();
+            state.start_evaluation();
         }
         let record = &mut warm.call;
         refill(&mut record.tool, call.tool);
@@ -865,4 +880,34 @@ fn truncate(text: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}... ({} bytes in all)", &text[..end], text.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::{Memory, MemoryType};
+
+    /// A component may define several memories: they spend one budget, on the real engine.
+    #[test]
+    fn the_memories_of_one_store_spend_one_budget() {
+        let runtime = PluginRuntime::new(None).unwrap();
+        let budget = MemoryBudget::new(4 << 20, 8);
+        let mut store = Store::new(&runtime.engine, EvalState::idle("t".into(), budget));
+        store.limiter(|state| &mut state.limits);
+        let page = 64 << 10;
+        let a = Memory::new(&mut store, MemoryType::new(2 * 16, None)).unwrap();
+        let b = Memory::new(&mut store, MemoryType::new(16, None)).unwrap();
+        assert_eq!(store.data().limits.peak, 3 << 20);
+        b.grow(&mut store, 16).unwrap();
+        // Each memory is 2 MiB, well under a 4 MiB per-memory cap; together they are at 4.
+        let refused = a.grow(&mut store, 1).unwrap_err();
+        assert!(
+            refused.downcast_ref::<BudgetExceeded>().is_some(),
+            "{refused:#}"
+        );
+        assert!(b.grow(&mut store, 1).is_err());
+        assert_eq!(a.data_size(&store) + b.data_size(&store), 4 << 20);
+        assert!(Memory::new(&mut store, MemoryType::new(1, None)).is_err());
+        assert_eq!(store.data().limits.peak, 64 * page);
+    }
 }

@@ -21,7 +21,7 @@ mod document;
 mod error;
 
 pub use condition::{Condition, Op, Path as ConditionPath, ToolAnnotations, ToolCall};
-pub use document::{Action, DefaultAction, PolicyDocument};
+pub use document::{Action, DefaultAction, PolicyDocument, MAX_WINDOW_MS};
 pub use error::{InvalidPolicy, PolicyError};
 
 use crate::counters::{CounterKey, CounterStore, Reservation, Scope, Window};
