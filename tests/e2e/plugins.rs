@@ -29,6 +29,7 @@ const PLUGINS: &[&str] = &[
     "hostile/wrong-world",
     "hostile/foreign-import",
     "hostile/import-flood",
+    "hostile/remember",
 ];
 
 fn root() -> PathBuf {
@@ -621,5 +622,48 @@ fn host_imports_are_bounded_per_evaluation(#[case] config: &str, #[case] refused
             "{config}: the store kept {} counters",
             store.len()
         );
+    }
+}
+
+/// A pooled instance keeps its heap between calls, so it must never serve two grants: grants
+/// that share a policy file would otherwise see (and steer) each other's plugin state.
+#[test]
+fn pooled_instances_are_never_shared_across_grants() {
+    let policy = json!({"version": "1", "default": "deny",
+        "plugins": {"remember": {"path": plugin_path("hostile/remember"), "isolation": "pooled"}},
+        "tools": {"echo": {"use": [{"plugin": "remember"}]}}});
+    let policy =
+        Policy::from_json(&policy.to_string(), "remember.json").unwrap_or_else(|e| panic!("{e}"));
+    let clock = ManualClock::starting_at(0);
+    let counters: Arc<dyn CounterStore> = Arc::new(MemoryCounterStore::new(clock));
+    let said = |grant: &str| {
+        let d = decide_as(&policy, &counters, grant);
+        assert_eq!(d.verdict, Verdict::Deny);
+        d.reason
+    };
+    let served = |grants: &str| format!("this instance served before: [{grants}]");
+    assert_eq!(said("alice"), served(""));
+    // Within a grant the instance is pooled: it remembers.
+    assert_eq!(said("alice"), served("alice"));
+    // Another grant gets an instance of its own, never alice's.
+    assert_eq!(said("bob"), served(""));
+    assert_eq!(said("bob"), served("bob"));
+    assert_eq!(said("alice"), served("alice,alice"));
+    // Many grants: each still only ever sees its own calls.
+    for round in 0..3 {
+        for i in 0..20 {
+            let grant = format!("g{i}");
+            let reason = said(&grant);
+            let seen = reason
+                .strip_prefix("this instance served before: [")
+                .and_then(|r| r.strip_suffix(']'))
+                .unwrap();
+            assert!(
+                seen.split(',')
+                    .filter(|s| !s.is_empty())
+                    .all(|s| s == grant),
+                "round {round}, {grant}: {reason}"
+            );
+        }
     }
 }

@@ -65,6 +65,12 @@ const LOAD_TIMEOUT: Duration = Duration::from_secs(1);
 /// Never-used instances a `fresh` plugin keeps ready, instantiated in the background.
 const PREPARED: usize = 2;
 
+/// Warm instances a `pooled` plugin keeps, over all grants; past this the least recently
+/// used is torn down. An instance serves one grant only, so a plugin used by many grants
+/// would otherwise keep an instance (and a pool slot) per grant. More keeps more grants warm
+/// and more pool slots (256 in all) taken.
+const POOLED_IDLE: usize = 16;
+
 /// Used instances queued for teardown, at most; past this a call tears its own down (so
 /// that calls faster than the background thread cannot exhaust the instance pool).
 const DISCARDS_QUEUED: usize = 16;
@@ -83,8 +89,10 @@ pub enum Isolation {
     Fresh,
     /// Warm instances are kept and reused, which makes a call cost about as much as the
     /// plugin's own work (a few µs). The price: a plugin can keep state between calls (its
-    /// globals, its heap), so one call can influence the next. An instance is thrown away
-    /// after any trap and after `recycle_after` calls, which bounds how long state can live.
+    /// globals, its heap), so one call can influence the next of the same grant. An instance
+    /// only ever serves one grant (grants that share a policy never share an instance), and
+    /// is thrown away after any trap and after `recycle_after` calls, which bounds how long
+    /// state can live.
     Pooled,
 }
 
@@ -469,6 +477,8 @@ struct Warm {
     store: Store<EvalState>,
     instance: bindings::Policy,
     calls: u32,
+    /// The grant it serves: set by its first call, `None` until then. It never serves another.
+    grant: Option<String>,
     /// The call record, its strings reused from call to call.
     call: wit::ToolCall,
 }
@@ -490,7 +500,8 @@ pub struct Plugin {
     pre: bindings::PolicyPre<EvalState>,
     isolation: Isolation,
     limits: PluginLimits,
-    /// Instances waiting for a call: never used (fresh) or warm (pooled).
+    /// Instances waiting for a call: never used (fresh), or warm for one grant each (pooled),
+    /// least recently used first.
     idle: Mutex<Vec<Warm>>,
     /// `plugins.<name>`: the rule its decisions report.
     rule: String,
@@ -714,6 +725,7 @@ impl Plugin {
             store,
             instance,
             calls: 0,
+            grant: None,
             call: wit::ToolCall {
                 tool: String::new(),
                 arguments: String::new(),
@@ -725,14 +737,24 @@ impl Plugin {
         })
     }
 
-    /// An idle instance (never used, or warm), else a new one made here and now.
-    fn take_instance(&self) -> Result<Warm, String> {
-        let idle = self.idle().pop();
+    /// An idle instance that may serve `grant` (never used, or warm from `grant`'s own calls),
+    /// else a new one made here and now. It is `grant`'s from now on.
+    fn take_instance(&self, grant: &str) -> Result<Warm, String> {
+        let idle = {
+            let mut idle = self.idle();
+            idle.iter()
+                .rposition(|warm| warm.grant.as_deref().is_none_or(|g| g == grant))
+                .map(|i| idle.remove(i))
+        };
         self.prepare();
-        match idle {
-            Some(warm) => Ok(warm),
-            None => self.instantiate(),
+        let mut warm = match idle {
+            Some(warm) => warm,
+            None => self.instantiate()?,
+        };
+        if warm.grant.is_none() {
+            warm.grant = Some(grant.to_owned());
         }
+        Ok(warm)
     }
 
     /// After a call: a pooled instance that may serve again goes back, any other is torn
@@ -741,8 +763,12 @@ impl Plugin {
         warm.calls += 1;
         if reusable && self.isolation == Isolation::Pooled && warm.calls < self.limits.recycle_after
         {
-            self.idle().push(warm);
-            return;
+            let mut idle = self.idle();
+            idle.push(warm);
+            if idle.len() <= POOLED_IDLE {
+                return;
+            }
+            warm = idle.remove(0);
         }
         let discards = &self.chores.discards;
         if discards.fetch_add(1, Ordering::AcqRel) >= DISCARDS_QUEUED
@@ -779,7 +805,7 @@ impl Plugin {
             );
             return failed(reason, Vec::new(), 0);
         }
-        let mut warm = match self.take_instance() {
+        let mut warm = match self.take_instance(call.grant) {
             Ok(warm) => warm,
             Err(reason) => return failed(reason, Vec::new(), 0),
         };
