@@ -667,3 +667,170 @@ fn pooled_instances_are_never_shared_across_grants() {
         }
     }
 }
+
+/// `toolgate run` in front of the echo server, with the compile cache in `cache` (an empty
+/// value: off), `HOME` and `XDG_CACHE_HOME` under `home`, in `cwd`: the text `echo` got back
+/// (`hi` if allowed) and the gateway's log.
+fn run_with_cache(
+    policy: &Value,
+    cache: &std::ffi::OsStr,
+    home: &Path,
+    cwd: &Path,
+) -> (String, String) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let file = home.join("policy.json");
+    std::fs::write(&file, policy.to_string()).unwrap();
+    let mut child = Command::new(TOOLGATE)
+        .args(["run", "--policy"])
+        .arg(&file)
+        .arg("--")
+        .args(echo())
+        .env("TOOLGATE_CACHE_DIR", cache)
+        .env("TOOLGATE_LOG", "toolgate=debug")
+        .env("HOME", home)
+        .env("XDG_CACHE_HOME", home.join("xdg"))
+        .current_dir(cwd)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = err.read_to_string(&mut text);
+        text
+    });
+    let mut stdin = child.stdin.take().unwrap();
+    for message in [
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "e2e", "version": "1"}}}),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "echo", "arguments": {"message": "hi"}}}),
+    ] {
+        writeln!(stdin, "{message}").unwrap();
+    }
+    let reply = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(&line.unwrap()).unwrap())
+        .find(|reply| reply["id"] == 2)
+        .expect("a reply to the call");
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+    let text = reply["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{reply}"))
+        .to_owned();
+    (text, log.join().unwrap())
+}
+
+/// gw-id-check allows `echo` (it names other tools); probe denies every call.
+fn one_plugin(name: &str) -> Value {
+    json!({"version": "1", "default": "deny",
+        "plugins": {"p": {"path": plugin_path(name), "sha256": pinned(name)}},
+        "tools": {"echo": {"use": [{"plugin": "p"}]}}})
+}
+
+fn cache_entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+const COMPILED: &str = "compiled plugin";
+const FROM_CACHE: &str = "loaded the plugin's compiled form from the cache";
+
+#[test]
+fn a_planted_cache_entry_is_not_used_and_is_rewritten() {
+    let home = tempfile::tempdir().unwrap();
+    let cache = home.path().join("cache");
+    let run = |name: &str| {
+        run_with_cache(
+            &one_plugin(name),
+            cache.as_os_str(),
+            home.path(),
+            home.path(),
+        )
+    };
+    let (decision, log) = run("gw-id-check");
+    assert_eq!(decision, "hi", "{log}");
+    assert!(log.contains(COMPILED), "{log}");
+    // The cache works: the next process loads the artifact instead of compiling.
+    let (decision, log) = run("gw-id-check");
+    assert_eq!(decision, "hi", "{log}");
+    assert!(log.contains(FROM_CACHE) && !log.contains(COMPILED), "{log}");
+    // Plant the allow-all artifact under the name of the deny-all plugin's entry.
+    let (allow, deny) = (pinned("gw-id-check"), pinned("probe"));
+    let planted_from = cache_entries(&cache)
+        .into_iter()
+        .find(|n| n.starts_with(&allow) && n.ends_with(".cwasm"))
+        .expect("gw-id-check's entry");
+    let planted = cache.join(planted_from.replacen(&allow, &deny, 1));
+    std::fs::copy(cache.join(&planted_from), &planted).unwrap();
+    let (decision, log) = run("probe");
+    assert!(
+        decision.starts_with("[toolgate] deny: tool=echo"),
+        "the planted artifact decided: {decision}\n{log}"
+    );
+    assert!(log.contains("ignoring a plugin cache entry"), "{log}");
+    assert!(log.contains(COMPILED), "{log}");
+    // The entry was rewritten with probe's own artifact, which the next run trusts.
+    let (decision, log) = run("probe");
+    assert!(
+        decision.starts_with("[toolgate] deny: tool=echo"),
+        "{decision}"
+    );
+    assert!(
+        log.contains(FROM_CACHE) && !log.contains("ignoring"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_group_writable_cache_folder_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = tempfile::tempdir().unwrap();
+    let cache = home.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o770)).unwrap();
+    for _ in 0..2 {
+        let (decision, log) = run_with_cache(
+            &one_plugin("gw-id-check"),
+            cache.as_os_str(),
+            home.path(),
+            home.path(),
+        );
+        assert_eq!(decision, "hi", "{log}");
+        assert!(log.contains("not using the plugin cache"), "{log}");
+        assert!(
+            log.contains("has mode 770: group and others must have no access"),
+            "{log}"
+        );
+        assert!(log.contains(COMPILED) && !log.contains(FROM_CACHE), "{log}");
+        assert_eq!(cache_entries(&cache), Vec::<String>::new());
+    }
+}
+
+#[test]
+fn an_empty_cache_dir_setting_turns_the_cache_off() {
+    let home = tempfile::tempdir().unwrap();
+    let cwd = home.path().join("cwd");
+    std::fs::create_dir(&cwd).unwrap();
+    for _ in 0..2 {
+        let (decision, log) =
+            run_with_cache(&one_plugin("gw-id-check"), "".as_ref(), home.path(), &cwd);
+        assert_eq!(decision, "hi", "{log}");
+        assert!(log.contains(COMPILED) && !log.contains(FROM_CACHE), "{log}");
+    }
+    // Nothing written: not in the working directory, nor in the default places.
+    assert_eq!(cache_entries(&cwd), Vec::<String>::new());
+    assert_eq!(
+        cache_entries(home.path()),
+        vec!["cwd".to_owned(), "policy.json".to_owned()]
+    );
+}

@@ -8,7 +8,8 @@
 //!    component, not a core module;
 //! 3. **compile**: once per content digest in this process, and cached on disk keyed by
 //!    sha256 + wasmtime version + engine configuration, so a restart loads it in a fraction of
-//!    a millisecond;
+//!    a millisecond. A cached artifact is native code: it is used only from a private folder
+//!    and with a valid tag under the folder's own key (see [`cache`]);
 //! 4. **pre-instantiate**: link it against the granted imports once ([`wasmtime::component::InstancePre`]);
 //!    a plugin that needs anything else, or exports another world, fails here, at load time;
 //! 5. **evaluate**: run `evaluate` under a fuel budget, an epoch deadline, one memory budget
@@ -22,11 +23,13 @@
 
 mod bindings;
 pub mod build;
+mod cache;
 mod host;
 
 use crate::counters::{CounterStore, Reservation};
 use crate::decision::{Decision, Verdict};
 use bindings::toolgate::policy::types as wit;
+use cache::CompileCache;
 use host::{BudgetExceeded, EvalState, ImportRefused, MemoryBudget};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -174,7 +177,8 @@ pub enum PluginError {
 pub struct PluginRuntime {
     engine: Engine,
     linker: Linker<EvalState>,
-    cache_dir: Option<PathBuf>,
+    /// The on-disk compile cache, `None` when it is off.
+    cache: Option<CompileCache>,
     /// Compiled components by content digest: each is compiled once per process.
     compiled: Mutex<HashMap<String, Component>>,
     /// The background thread that prepares and tears down instances.
@@ -233,9 +237,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// `$TOOLGATE_CACHE_DIR` (empty: no disk cache), else `$XDG_CACHE_HOME/toolgate/plugins`,
+/// else `~/.cache/toolgate/plugins`.
 fn default_cache_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("TOOLGATE_CACHE_DIR") {
-        return Some(PathBuf::from(dir));
+        return (!dir.is_empty()).then(|| PathBuf::from(dir));
     }
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
@@ -245,7 +251,7 @@ fn default_cache_dir() -> Option<PathBuf> {
 
 impl PluginRuntime {
     /// The process's runtime, created on first use, caching compiled plugins in
-    /// `$TOOLGATE_CACHE_DIR` (default `~/.cache/toolgate/plugins`).
+    /// `$TOOLGATE_CACHE_DIR` (default `~/.cache/toolgate/plugins`; set but empty: no cache).
     pub fn shared() -> Result<&'static PluginRuntime, PluginError> {
         static SHARED: OnceLock<Result<PluginRuntime, String>> = OnceLock::new();
         SHARED
@@ -309,27 +315,14 @@ impl PluginRuntime {
             .name("plugin-chores".into())
             .spawn(move || do_chores(todo, discards))
             .map_err(|e| PluginError::Engine(e.to_string()))?;
+        let cache = cache_dir.map(|dir| CompileCache::new(dir, engine_name(&engine)));
         Ok(Self {
             engine,
             linker,
-            cache_dir,
+            cache,
             compiled: Mutex::new(HashMap::new()),
             chores,
         })
-    }
-
-    /// Where compiled artifacts of `digest` are cached: the key includes everything that makes
-    /// an artifact unusable elsewhere (wasmtime version, engine configuration).
-    fn cache_path(&self, digest: &str) -> Option<PathBuf> {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.engine
-            .precompile_compatibility_hash()
-            .hash(&mut hasher);
-        let config = hasher.finish();
-        let dir = self.cache_dir.as_ref()?;
-        Some(dir.join(format!(
-            "{digest}-wasmtime{WASMTIME_VERSION}-{config:016x}.cwasm"
-        )))
     }
 
     fn compile(&self, digest: &str, bytes: &[u8], path: &str) -> Result<Component, PluginError> {
@@ -341,17 +334,30 @@ impl PluginRuntime {
         {
             return Ok(component.clone());
         }
-        let cached = self.cache_path(digest);
-        let from_cache = cached.as_ref().filter(|p| p.exists()).and_then(|p| {
-            // SAFETY: the file is a wasmtime artifact this runtime wrote into its own cache
-            // directory under a name that includes its content digest, the wasmtime version and
-            // the engine configuration; deserialize_file checks the version and configuration.
-            unsafe { Component::deserialize_file(&self.engine, p) }
-                .map_err(|e| tracing::warn!(path = %p.display(), error = %e, "ignoring a bad cache entry"))
+        let cache = self.cache.as_ref().and_then(CompileCache::open);
+        let from_cache = cache.as_ref().and_then(|cache| {
+            let artifact = cache.load(digest)?;
+            // SAFETY: `artifact` is bytes in memory (never the file again), whose HMAC-SHA256
+            // under the cache's key was checked just now over these bytes, this component's
+            // sha256 and this engine's wasmtime version and configuration. The key is 32
+            // random bytes in a file only this uid can read, in a folder only this uid can
+            // write (both checked on the opened file and folder), so the artifact is one this
+            // uid's gateway produced with `Component::serialize` from this very component on
+            // an engine like this one: what `deserialize` requires. It checks the version and
+            // configuration again itself.
+            unsafe { Component::deserialize(&self.engine, &artifact) }
+                .map_err(|e| tracing::warn!(digest, error = %e, "ignoring a plugin cache entry that does not load"))
                 .ok()
         });
         let component = match from_cache {
-            Some(component) => component,
+            Some(component) => {
+                tracing::debug!(
+                    path,
+                    digest,
+                    "loaded the plugin's compiled form from the cache"
+                );
+                component
+            }
             None => {
                 let started = std::time::Instant::now();
                 let component =
@@ -365,17 +371,12 @@ impl PluginRuntime {
                     ms = started.elapsed().as_millis() as u64,
                     "compiled plugin"
                 );
-                if let (Some(cache), Ok(artifact)) = (&cached, component.serialize()) {
-                    let write = || -> std::io::Result<()> {
-                        std::fs::create_dir_all(
-                            cache.parent().expect("cache files have a parent"),
-                        )?;
-                        let tmp = cache.with_extension(format!("tmp{}", std::process::id()));
-                        std::fs::write(&tmp, artifact)?;
-                        std::fs::rename(&tmp, cache)
-                    };
-                    if let Err(e) = write() {
-                        tracing::warn!(path = %cache.display(), error = %e, "cannot write the plugin cache");
+                if let Some(cache) = &cache {
+                    match component.serialize() {
+                        Ok(artifact) => cache.store(digest, &artifact),
+                        Err(e) => {
+                            tracing::warn!(digest, error = %e, "cannot serialize a compiled plugin for the cache")
+                        }
                     }
                 }
                 component
@@ -470,6 +471,14 @@ impl PluginRuntime {
         plugin.prepare();
         Ok(plugin)
     }
+}
+
+/// Names what makes an artifact unusable elsewhere: the wasmtime version and the engine's
+/// configuration. Part of a cache entry's name and of its tag.
+fn engine_name(engine: &Engine) -> String {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    format!("wasmtime{WASMTIME_VERSION}-{:016x}", hasher.finish())
 }
 
 /// An instance with its store: ready (never used) for a fresh plugin, warm for a pooled one.
