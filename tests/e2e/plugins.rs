@@ -28,6 +28,8 @@ const PLUGINS: &[&str] = &[
     "hostile/ungranted-import",
     "hostile/wrong-world",
     "hostile/foreign-import",
+    "hostile/import-flood",
+    "hostile/remember",
 ];
 
 fn root() -> PathBuf {
@@ -382,7 +384,14 @@ const WINDOW: usize = 20;
     5_000,
     8
 )]
-#[case::import_loop("hostile/import-loop", "timed out after 5 ms", UNLIMITED_FUEL, 5, 8)]
+#[case::import_loop(
+    "hostile/import-loop",
+    "called `clock.now-ms` more than 64 times in one evaluation",
+    UNLIMITED_FUEL,
+    5_000,
+    8
+)]
+#[case::deadline("hostile/loop", "timed out after 5 ms", UNLIMITED_FUEL, 5, 8)]
 #[case::memory_bomb(
     "hostile/memory-bomb",
     "exceeded its memory cap of 8 MiB",
@@ -537,4 +546,291 @@ fn a_plugin_sees_the_whole_call_record_with_the_servers_name_and_the_tools_annot
     );
     let (status, _) = client.finish();
     assert!(status.success());
+}
+
+fn decide_as(
+    policy: &Policy,
+    counters: &Arc<dyn CounterStore>,
+    grant: &str,
+) -> toolgate::decision::Decision {
+    let args = json!({});
+    let call = ToolCall {
+        tool: "echo",
+        args: &args,
+        grant,
+        session: "s1",
+        server: "",
+        annotations: None,
+    };
+    policy.decide(&call, counters).decision
+}
+
+/// Every host import is bounded per evaluation, and a plugin past a bound is denied (its
+/// units refunded) without the counter store keeping what it passed.
+#[rstest]
+#[case::names_at_the_cap("names 64", "")]
+#[case::names_past_the_cap(
+    "names 65",
+    "called `counters.consume` more than 64 times in one evaluation"
+)]
+#[case::name_at_the_cap("long-name 256", "")]
+#[case::name_past_the_cap("long-name 257", "a counter name of 257 bytes, over the 256-byte cap")]
+#[case::name_of_30_mib(
+    "long-name 31457280",
+    "a counter name of 31457280 bytes, over the 256-byte cap"
+)]
+#[case::week_window("window 604800000", "")]
+#[case::window_past_a_week(
+    "window 604800001",
+    "a window of 604800001 ms; a window is 1 ms to 7 days"
+)]
+#[case::empty_window("window 0", "a window of 0 ms")]
+#[case::clock_at_the_cap("now 64", "")]
+#[case::clock_past_the_cap("now 65", "called `clock.now-ms` more than 64 times in one evaluation")]
+#[case::empty_logs_at_the_cap("log 64", "")]
+#[case::empty_logs_past_the_cap("log 65", "called `log.log` more than 64 times in one evaluation")]
+fn host_imports_are_bounded_per_evaluation(#[case] config: &str, #[case] refused: &str) {
+    let clock = ManualClock::starting_at(1_700_000_000_000);
+    let store = Arc::new(MemoryCounterStore::new(clock));
+    let counters: Arc<dyn CounterStore> = store.clone();
+    for isolation in ["fresh", "pooled"] {
+        let policy = json!({"version": "1", "default": "deny",
+            "plugins": {"flood": {"path": plugin_path("hostile/import-flood"), "isolation": isolation, "memory_mib": 96}},
+            "tools": {"echo": {"use": [{"plugin": "flood", "config": config}]}}});
+        let policy =
+            Policy::from_json(&policy.to_string(), "flood.json").unwrap_or_else(|e| panic!("{e}"));
+        // Twice: a pooled instance that served a refused call is not reused in a bad state.
+        for _ in 0..2 {
+            let d = decide_as(&policy, &counters, "g1");
+            if refused.is_empty() {
+                assert!(d.is_allow(), "{config} ({isolation}): {}", d.reason);
+            } else {
+                assert_eq!(d.verdict, Verdict::Deny, "{config} ({isolation})");
+                assert_eq!(d.rule, "plugins.flood");
+                assert!(d.reason.starts_with("plugin `flood` "), "{}", d.reason);
+                assert!(
+                    d.reason.contains(refused),
+                    "{config} ({isolation}): {}",
+                    d.reason
+                );
+            }
+        }
+    }
+    if config.starts_with("long-name") && !refused.is_empty() {
+        assert!(
+            store.is_empty(),
+            "{config}: the store kept {} counters",
+            store.len()
+        );
+    }
+}
+
+/// A pooled instance keeps its heap between calls, so it must never serve two grants: grants
+/// that share a policy file would otherwise see (and steer) each other's plugin state.
+#[test]
+fn pooled_instances_are_never_shared_across_grants() {
+    let policy = json!({"version": "1", "default": "deny",
+        "plugins": {"remember": {"path": plugin_path("hostile/remember"), "isolation": "pooled"}},
+        "tools": {"echo": {"use": [{"plugin": "remember"}]}}});
+    let policy =
+        Policy::from_json(&policy.to_string(), "remember.json").unwrap_or_else(|e| panic!("{e}"));
+    let clock = ManualClock::starting_at(0);
+    let counters: Arc<dyn CounterStore> = Arc::new(MemoryCounterStore::new(clock));
+    let said = |grant: &str| {
+        let d = decide_as(&policy, &counters, grant);
+        assert_eq!(d.verdict, Verdict::Deny);
+        d.reason
+    };
+    let served = |grants: &str| format!("this instance served before: [{grants}]");
+    assert_eq!(said("alice"), served(""));
+    // Within a grant the instance is pooled: it remembers.
+    assert_eq!(said("alice"), served("alice"));
+    // Another grant gets an instance of its own, never alice's.
+    assert_eq!(said("bob"), served(""));
+    assert_eq!(said("bob"), served("bob"));
+    assert_eq!(said("alice"), served("alice,alice"));
+    // Many grants: each still only ever sees its own calls.
+    for round in 0..3 {
+        for i in 0..20 {
+            let grant = format!("g{i}");
+            let reason = said(&grant);
+            let seen = reason
+                .strip_prefix("this instance served before: [")
+                .and_then(|r| r.strip_suffix(']'))
+                .unwrap();
+            assert!(
+                seen.split(',')
+                    .filter(|s| !s.is_empty())
+                    .all(|s| s == grant),
+                "round {round}, {grant}: {reason}"
+            );
+        }
+    }
+}
+
+/// `toolgate run` in front of the echo server, with the compile cache in `cache` (an empty
+/// value: off), `HOME` and `XDG_CACHE_HOME` under `home`, in `cwd`: the text `echo` got back
+/// (`hi` if allowed) and the gateway's log.
+fn run_with_cache(
+    policy: &Value,
+    cache: &std::ffi::OsStr,
+    home: &Path,
+    cwd: &Path,
+) -> (String, String) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let file = home.join("policy.json");
+    std::fs::write(&file, policy.to_string()).unwrap();
+    let mut child = Command::new(TOOLGATE)
+        .args(["run", "--policy"])
+        .arg(&file)
+        .arg("--")
+        .args(echo())
+        .env("TOOLGATE_CACHE_DIR", cache)
+        .env("TOOLGATE_LOG", "toolgate=debug")
+        .env("HOME", home)
+        .env("XDG_CACHE_HOME", home.join("xdg"))
+        .current_dir(cwd)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = err.read_to_string(&mut text);
+        text
+    });
+    let mut stdin = child.stdin.take().unwrap();
+    for message in [
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "e2e", "version": "1"}}}),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "echo", "arguments": {"message": "hi"}}}),
+    ] {
+        writeln!(stdin, "{message}").unwrap();
+    }
+    let reply = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(&line.unwrap()).unwrap())
+        .find(|reply| reply["id"] == 2)
+        .expect("a reply to the call");
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+    let text = reply["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{reply}"))
+        .to_owned();
+    (text, log.join().unwrap())
+}
+
+/// gw-id-check allows `echo` (it names other tools); probe denies every call.
+fn one_plugin(name: &str) -> Value {
+    json!({"version": "1", "default": "deny",
+        "plugins": {"p": {"path": plugin_path(name), "sha256": pinned(name)}},
+        "tools": {"echo": {"use": [{"plugin": "p"}]}}})
+}
+
+fn cache_entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+const COMPILED: &str = "compiled plugin";
+const FROM_CACHE: &str = "loaded the plugin's compiled form from the cache";
+
+#[test]
+fn a_planted_cache_entry_is_not_used_and_is_rewritten() {
+    let home = tempfile::tempdir().unwrap();
+    let cache = home.path().join("cache");
+    let run = |name: &str| {
+        run_with_cache(
+            &one_plugin(name),
+            cache.as_os_str(),
+            home.path(),
+            home.path(),
+        )
+    };
+    let (decision, log) = run("gw-id-check");
+    assert_eq!(decision, "hi", "{log}");
+    assert!(log.contains(COMPILED), "{log}");
+    // The cache works: the next process loads the artifact instead of compiling.
+    let (decision, log) = run("gw-id-check");
+    assert_eq!(decision, "hi", "{log}");
+    assert!(log.contains(FROM_CACHE) && !log.contains(COMPILED), "{log}");
+    // Plant the allow-all artifact under the name of the deny-all plugin's entry.
+    let (allow, deny) = (pinned("gw-id-check"), pinned("probe"));
+    let planted_from = cache_entries(&cache)
+        .into_iter()
+        .find(|n| n.starts_with(&allow) && n.ends_with(".cwasm"))
+        .expect("gw-id-check's entry");
+    let planted = cache.join(planted_from.replacen(&allow, &deny, 1));
+    std::fs::copy(cache.join(&planted_from), &planted).unwrap();
+    let (decision, log) = run("probe");
+    assert!(
+        decision.starts_with("[toolgate] deny: tool=echo"),
+        "the planted artifact decided: {decision}\n{log}"
+    );
+    assert!(log.contains("ignoring a plugin cache entry"), "{log}");
+    assert!(log.contains(COMPILED), "{log}");
+    // The entry was rewritten with probe's own artifact, which the next run trusts.
+    let (decision, log) = run("probe");
+    assert!(
+        decision.starts_with("[toolgate] deny: tool=echo"),
+        "{decision}"
+    );
+    assert!(
+        log.contains(FROM_CACHE) && !log.contains("ignoring"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_group_writable_cache_folder_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = tempfile::tempdir().unwrap();
+    let cache = home.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o770)).unwrap();
+    for _ in 0..2 {
+        let (decision, log) = run_with_cache(
+            &one_plugin("gw-id-check"),
+            cache.as_os_str(),
+            home.path(),
+            home.path(),
+        );
+        assert_eq!(decision, "hi", "{log}");
+        assert!(log.contains("not using the plugin cache"), "{log}");
+        assert!(
+            log.contains("has mode 770: group and others must have no access"),
+            "{log}"
+        );
+        assert!(log.contains(COMPILED) && !log.contains(FROM_CACHE), "{log}");
+        assert_eq!(cache_entries(&cache), Vec::<String>::new());
+    }
+}
+
+#[test]
+fn an_empty_cache_dir_setting_turns_the_cache_off() {
+    let home = tempfile::tempdir().unwrap();
+    let cwd = home.path().join("cwd");
+    std::fs::create_dir(&cwd).unwrap();
+    for _ in 0..2 {
+        let (decision, log) =
+            run_with_cache(&one_plugin("gw-id-check"), "".as_ref(), home.path(), &cwd);
+        assert_eq!(decision, "hi", "{log}");
+        assert!(log.contains(COMPILED) && !log.contains(FROM_CACHE), "{log}");
+    }
+    // Nothing written: not in the working directory, nor in the default places.
+    assert_eq!(cache_entries(&cwd), Vec::<String>::new());
+    assert_eq!(
+        cache_entries(home.path()),
+        vec!["cwd".to_owned(), "policy.json".to_owned()]
+    );
 }

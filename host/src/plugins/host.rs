@@ -6,16 +6,23 @@
 //!   when the call is refused or never runs.
 //! - `clock`: the gateway's clock, the same one the counters read (simulated in tests).
 //! - `log`: into `tracing`, capped in bytes per evaluation; past the cap the plugin traps.
+//!
+//! Whatever an import keeps lives in host memory, outside the plugin's memory cap, and a
+//! counter's timestamps live as long as its window. So every import is bounded: at most
+//! [`IMPORT_CALLS_PER_EVALUATION`] calls of each kind per evaluation, counter names of at most
+//! [`MAX_COUNTER_NAME_BYTES`], windows within the declarative policy's bounds. Past a bound
+//! the import traps with [`ImportRefused`], and the evaluation is a deny naming the bound.
 
 use super::bindings::toolgate::policy::{clock, counters, log, types};
+use super::{IMPORT_CALLS_PER_EVALUATION, LOG_BYTES_PER_EVALUATION, MAX_COUNTER_NAME_BYTES};
 use crate::counters::{CounterKey, CounterStore, Reservation, Scope, Window};
+use crate::policy::MAX_WINDOW_MS;
 use std::sync::Arc;
-use wasmtime::StoreLimits;
 
 /// What one evaluation may touch. Lives in the wasmtime `Store`.
 pub struct EvalState {
-    /// The store's resource limits (memory, instances), watching how much memory it uses.
-    pub limits: MemoryWatch,
+    /// The store's resource limits: one memory budget for the whole instance.
+    pub limits: MemoryBudget,
     /// The plugin's name, for logs.
     pub plugin: Arc<str>,
     /// Counters, or `None` while the store is idle between evaluations.
@@ -28,54 +35,163 @@ pub struct EvalState {
     pub reservations: Vec<Reservation>,
     /// Log bytes left in this evaluation.
     pub log_budget: usize,
+    /// Import calls made in this evaluation, by kind.
+    pub calls: ImportCalls,
 }
 
 impl EvalState {
-    pub(crate) fn idle(plugin: Arc<str>, limits: StoreLimits) -> Self {
+    pub(crate) fn idle(plugin: Arc<str>, limits: MemoryBudget) -> Self {
         Self {
-            limits: MemoryWatch {
-                limits,
-                bytes: 0,
-                peak: 0,
-            },
+            limits,
             plugin,
             counters: None,
             grant: String::new(),
             session: String::new(),
             reservations: Vec::new(),
             log_budget: 0,
+            calls: ImportCalls::default(),
         }
+    }
+
+    /// Readies the per-evaluation budgets (log bytes, import calls, the memory peak).
+    pub(crate) fn start_evaluation(&mut self) {
+        self.log_budget = LOG_BYTES_PER_EVALUATION;
+        self.calls = ImportCalls::default();
+        self.limits.reset_peak();
+    }
+
+    /// Counts one call of `import`, refusing the one past the cap.
+    fn count_call(&mut self, import: &'static str) -> wasmtime::Result<()> {
+        let calls = match import {
+            CONSUME => &mut self.calls.consume,
+            NOW_MS => &mut self.calls.now_ms,
+            _ => &mut self.calls.log,
+        };
+        *calls += 1;
+        if *calls > IMPORT_CALLS_PER_EVALUATION {
+            return Err(ImportRefused(format!(
+                "called `{import}` more than {IMPORT_CALLS_PER_EVALUATION} times in one evaluation (the cap on each import)"
+            ))
+            .into());
+        }
+        Ok(())
     }
 }
 
-/// [`StoreLimits`], plus the linear memory the store holds and its peak since the last reset.
-pub struct MemoryWatch {
-    limits: StoreLimits,
-    bytes: usize,
-    /// The most linear memory the store held since [`MemoryWatch::reset_peak`].
+const CONSUME: &str = "counters.consume";
+const NOW_MS: &str = "clock.now-ms";
+const LOG: &str = "log.log";
+
+/// Import calls of each kind made in one evaluation.
+#[derive(Default)]
+pub struct ImportCalls {
+    consume: u32,
+    now_ms: u32,
+    log: u32,
+}
+
+/// Why an import refused to run: the plugin went past a bound. Traps the evaluation, which
+/// is denied with this text.
+#[derive(Debug)]
+pub struct ImportRefused(pub String);
+
+impl std::fmt::Display for ImportRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ImportRefused {}
+
+/// Why a memory or table could not grow: the instance's one budget is spent.
+#[derive(Debug)]
+pub struct BudgetExceeded {
+    /// The budget, in bytes.
+    pub budget: usize,
+}
+
+impl std::fmt::Display for BudgetExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "growing memory past the instance's budget of {} bytes",
+            self.budget
+        )
+    }
+}
+
+impl std::error::Error for BudgetExceeded {}
+
+/// Bytes one table element is counted as: a function reference is a pointer-sized slot.
+const TABLE_ELEMENT_BYTES: usize = std::mem::size_of::<usize>();
+
+/// One memory budget for everything a store's instance holds: a component may define several
+/// linear memories (wasmtime allows four per component here) and tables, and a per-memory cap
+/// would let it hold several times its budget. The store holds one component instance and
+/// is never reused for another, and memories and tables only grow, so the sum of every
+/// growth is what the instance holds. A growth past the budget traps (with
+/// [`BudgetExceeded`]) rather than failing quietly: a guest allocator that sees `memory.grow`
+/// fail would abort anyway, with a less clear message.
+pub struct MemoryBudget {
+    budget: usize,
+    instances: usize,
+    /// Linear memory held, over all memories.
+    memory: usize,
+    /// Table bytes held, over all tables.
+    tables: usize,
+    /// The most linear memory the store held since [`MemoryBudget::reset_peak`].
     pub peak: usize,
 }
 
-impl MemoryWatch {
+impl MemoryBudget {
+    /// `budget` bytes for memories and tables together, at most `instances` core instances.
+    pub fn new(budget: usize, instances: usize) -> Self {
+        Self {
+            budget,
+            instances,
+            memory: 0,
+            tables: 0,
+            peak: 0,
+        }
+    }
+
     /// Starts a new peak from the memory held now (before an evaluation).
     pub fn reset_peak(&mut self) {
-        self.peak = self.bytes;
+        self.peak = self.memory;
+    }
+
+    /// Whether `more` bytes fit, counting everything held now.
+    fn fits(&self, more: usize) -> bool {
+        self.memory.saturating_add(self.tables).saturating_add(more) <= self.budget
     }
 }
 
-impl wasmtime::ResourceLimiter for MemoryWatch {
+impl wasmtime::ResourceLimiter for MemoryBudget {
     fn memory_growing(
         &mut self,
         current: usize,
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let allowed = self.limits.memory_growing(current, desired, maximum)?;
-        if allowed {
-            self.bytes = self.bytes.saturating_add(desired - current);
-            self.peak = self.peak.max(self.bytes);
+        if maximum.is_some_and(|max| desired > max) {
+            // The memory's own declared maximum: a plain failed grow, as wasm specifies.
+            return Ok(false);
         }
-        Ok(allowed)
+        let more = desired.saturating_sub(current);
+        if !self.fits(more) {
+            return Err(BudgetExceeded {
+                budget: self.budget,
+            }
+            .into());
+        }
+        self.memory += more;
+        self.peak = self.peak.max(self.memory);
+        Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        // Allowed by the budget, refused by the system: a trap, never a silent failure.
+        Err(error.context("growing memory failed"))
     }
 
     fn table_growing(
@@ -84,19 +200,24 @@ impl wasmtime::ResourceLimiter for MemoryWatch {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        self.limits.table_growing(current, desired, maximum)
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
+        let more = desired
+            .saturating_sub(current)
+            .saturating_mul(TABLE_ELEMENT_BYTES);
+        if !self.fits(more) {
+            return Err(BudgetExceeded {
+                budget: self.budget,
+            }
+            .into());
+        }
+        self.tables += more;
+        Ok(true)
     }
 
     fn instances(&self) -> usize {
-        self.limits.instances()
-    }
-
-    fn tables(&self) -> usize {
-        self.limits.tables()
-    }
-
-    fn memories(&self) -> usize {
-        self.limits.memories()
+        self.instances
     }
 }
 
@@ -109,11 +230,33 @@ impl counters::Host for EvalState {
         scope: counters::Scope,
         window: counters::Window,
     ) -> wasmtime::Result<Result<(), u64>> {
+        self.count_call(CONSUME)?;
         let Some(store) = &self.counters else {
             wasmtime::bail!("counters are only available during an evaluation");
         };
-        if window.max == 0 || window.length_ms == 0 || window.length_ms > 7 * 86_400_000 {
-            return Ok(Err(window.length_ms.max(1)));
+        // The bounds of a declarative limit (a named counter, `max` at least 1, a window of
+        // at most a week), plus a cap on the name: the store keeps it for the whole window.
+        let refused = if counter.len() > MAX_COUNTER_NAME_BYTES {
+            Some(format!(
+                "called `{CONSUME}` with a counter name of {} bytes, over the {MAX_COUNTER_NAME_BYTES}-byte cap",
+                counter.len()
+            ))
+        } else if counter.trim().is_empty() {
+            Some(format!("called `{CONSUME}` with an empty counter name"))
+        } else if window.max == 0 {
+            Some(format!(
+                "called `{CONSUME}` on `{counter}` with `max` 0; it must be at least 1"
+            ))
+        } else if window.length_ms == 0 || window.length_ms > MAX_WINDOW_MS {
+            Some(format!(
+                "called `{CONSUME}` on `{counter}` with a window of {} ms; a window is 1 ms to 7 days",
+                window.length_ms
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            return Err(ImportRefused(reason).into());
         }
         let scope = match scope {
             counters::Scope::Grant => Scope::Grant,
@@ -137,6 +280,7 @@ impl counters::Host for EvalState {
 
 impl clock::Host for EvalState {
     fn now_ms(&mut self) -> wasmtime::Result<u64> {
+        self.count_call(NOW_MS)?;
         match &self.counters {
             Some(store) => Ok(store.now_ms()),
             None => wasmtime::bail!("the clock is only available during an evaluation"),
@@ -146,11 +290,11 @@ impl clock::Host for EvalState {
 
 impl log::Host for EvalState {
     fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        self.count_call(LOG)?;
         if message.len() > self.log_budget {
             self.log_budget = 0;
             wasmtime::bail!(
-                "log cap exceeded: a plugin may log {} bytes per evaluation",
-                super::LOG_BYTES_PER_EVALUATION
+                "log cap exceeded: a plugin may log {LOG_BYTES_PER_EVALUATION} bytes per evaluation"
             );
         }
         self.log_budget -= message.len();
@@ -162,5 +306,45 @@ impl log::Host for EvalState {
             log::Level::Error => tracing::error!(plugin, "{message}"),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::ResourceLimiter;
+
+    const MIB: usize = 1 << 20;
+
+    #[test]
+    fn the_budget_covers_every_memory_of_the_instance_together() {
+        let mut budget = MemoryBudget::new(10 * MIB, 8);
+        // Two memories of 6 MiB each would each fit a per-memory cap of 10 MiB.
+        assert!(budget.memory_growing(0, 6 * MIB, None).unwrap());
+        let second = budget.memory_growing(0, 6 * MIB, None).unwrap_err();
+        assert!(
+            second.downcast_ref::<BudgetExceeded>().is_some(),
+            "{second}"
+        );
+        // What is left still fits, in either memory.
+        assert!(budget.memory_growing(0, 3 * MIB, None).unwrap());
+        assert!(budget.memory_growing(6 * MIB, 7 * MIB, None).unwrap());
+        assert!(budget.memory_growing(3 * MIB, 3 * MIB + 1, None).is_err());
+        assert_eq!(budget.peak, 10 * MIB);
+    }
+
+    #[test]
+    fn tables_spend_the_same_budget() {
+        let mut budget = MemoryBudget::new(MIB, 8);
+        assert!(budget.memory_growing(0, MIB - 64, None).unwrap());
+        assert!(budget.table_growing(0, 8, None).unwrap());
+        assert!(budget.table_growing(8, 9, None).is_err());
+    }
+
+    #[test]
+    fn a_declared_maximum_is_a_plain_failed_grow() {
+        let mut budget = MemoryBudget::new(10 * MIB, 8);
+        assert!(!budget.memory_growing(0, 2 * MIB, Some(MIB)).unwrap());
+        assert!(!budget.table_growing(0, 20, Some(10)).unwrap());
     }
 }

@@ -8,10 +8,12 @@
 //!    component, not a core module;
 //! 3. **compile**: once per content digest in this process, and cached on disk keyed by
 //!    sha256 + wasmtime version + engine configuration, so a restart loads it in a fraction of
-//!    a millisecond;
+//!    a millisecond. A cached artifact is native code: it is used only from a private folder
+//!    and with a valid tag under the folder's own key (see [`cache`]);
 //! 4. **pre-instantiate**: link it against the granted imports once ([`wasmtime::component::InstancePre`]);
 //!    a plugin that needs anything else, or exports another world, fails here, at load time;
-//! 5. **evaluate**: run `evaluate` under a fuel budget, an epoch deadline and a memory cap.
+//! 5. **evaluate**: run `evaluate` under a fuel budget, an epoch deadline, one memory budget
+//!    for the whole instance and a cap on every import (see [`host`]).
 //!    Every trap, timeout, limit hit or malformed result is a **deny** naming the plugin and
 //!    the cause; the next evaluation starts from a clean instance.
 //!
@@ -21,12 +23,14 @@
 
 mod bindings;
 pub mod build;
+mod cache;
 mod host;
 
 use crate::counters::{CounterStore, Reservation};
 use crate::decision::{Decision, Verdict};
 use bindings::toolgate::policy::types as wit;
-use host::EvalState;
+use cache::CompileCache;
+use host::{BudgetExceeded, EvalState, ImportRefused, MemoryBudget};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -36,12 +40,21 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{
-    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder, Trap,
-};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
 /// Log bytes one evaluation may write; past this the plugin traps (and the call is denied).
 pub const LOG_BYTES_PER_EVALUATION: usize = 4096;
+
+/// Calls of each import (`counters.consume`, `clock.now-ms`, `log.log`) one evaluation may
+/// make; the next one traps (and the call is denied). What an import keeps is host memory,
+/// outside the plugin's memory cap, and a counter keeps its units for up to its window (a
+/// week): this bounds what one call can leave behind. A rule needing more counters than this
+/// per call should be several plugins or declarative limits.
+pub const IMPORT_CALLS_PER_EVALUATION: u32 = 64;
+
+/// The longest counter name a plugin may pass to `counters.consume`, in bytes; a longer one
+/// traps (and the call is denied). The name is kept with the counter for its whole window.
+pub const MAX_COUNTER_NAME_BYTES: usize = 256;
 
 /// The wasmtime version pinned in Cargo.toml (`=48.0.8`): part of the compile cache's key.
 const WASMTIME_VERSION: &str = "48.0.8";
@@ -54,6 +67,12 @@ const LOAD_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Never-used instances a `fresh` plugin keeps ready, instantiated in the background.
 const PREPARED: usize = 2;
+
+/// Warm instances a `pooled` plugin keeps, over all grants; past this the least recently
+/// used is torn down. An instance serves one grant only, so a plugin used by many grants
+/// would otherwise keep an instance (and a pool slot) per grant. More keeps more grants warm
+/// and more pool slots (256 in all) taken.
+const POOLED_IDLE: usize = 16;
 
 /// Used instances queued for teardown, at most; past this a call tears its own down (so
 /// that calls faster than the background thread cannot exhaust the instance pool).
@@ -73,8 +92,10 @@ pub enum Isolation {
     Fresh,
     /// Warm instances are kept and reused, which makes a call cost about as much as the
     /// plugin's own work (a few µs). The price: a plugin can keep state between calls (its
-    /// globals, its heap), so one call can influence the next. An instance is thrown away
-    /// after any trap and after `recycle_after` calls, which bounds how long state can live.
+    /// globals, its heap), so one call can influence the next of the same grant. An instance
+    /// only ever serves one grant (grants that share a policy never share an instance), and
+    /// is thrown away after any trap and after `recycle_after` calls, which bounds how long
+    /// state can live.
     Pooled,
 }
 
@@ -88,7 +109,8 @@ pub struct PluginLimits {
     /// Wall-clock backstop per evaluation, counted in epoch ticks of 5 ms. Default 250 ms.
     /// A plugin runs on the calling session's thread: this is the longest a call can wait.
     pub timeout: Duration,
-    /// Linear memory per instance. A std guest starts at about 1.1 MiB. Default 32 MiB.
+    /// Memory per instance: one budget for all its linear memories (a component may have
+    /// several) and tables together. A std guest starts at about 1.1 MiB. Default 32 MiB.
     pub memory_bytes: usize,
     /// Largest `arguments` JSON passed in. Default 1 MiB; a larger call is denied.
     pub max_input_bytes: usize,
@@ -155,7 +177,8 @@ pub enum PluginError {
 pub struct PluginRuntime {
     engine: Engine,
     linker: Linker<EvalState>,
-    cache_dir: Option<PathBuf>,
+    /// The on-disk compile cache, `None` when it is off.
+    cache: Option<CompileCache>,
     /// Compiled components by content digest: each is compiled once per process.
     compiled: Mutex<HashMap<String, Component>>,
     /// The background thread that prepares and tears down instances.
@@ -214,9 +237,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// `$TOOLGATE_CACHE_DIR` (empty: no disk cache), else `$XDG_CACHE_HOME/toolgate/plugins`,
+/// else `~/.cache/toolgate/plugins`.
 fn default_cache_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("TOOLGATE_CACHE_DIR") {
-        return Some(PathBuf::from(dir));
+        return (!dir.is_empty()).then(|| PathBuf::from(dir));
     }
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
@@ -226,7 +251,7 @@ fn default_cache_dir() -> Option<PathBuf> {
 
 impl PluginRuntime {
     /// The process's runtime, created on first use, caching compiled plugins in
-    /// `$TOOLGATE_CACHE_DIR` (default `~/.cache/toolgate/plugins`).
+    /// `$TOOLGATE_CACHE_DIR` (default `~/.cache/toolgate/plugins`; set but empty: no cache).
     pub fn shared() -> Result<&'static PluginRuntime, PluginError> {
         static SHARED: OnceLock<Result<PluginRuntime, String>> = OnceLock::new();
         SHARED
@@ -290,27 +315,14 @@ impl PluginRuntime {
             .name("plugin-chores".into())
             .spawn(move || do_chores(todo, discards))
             .map_err(|e| PluginError::Engine(e.to_string()))?;
+        let cache = cache_dir.map(|dir| CompileCache::new(dir, engine_name(&engine)));
         Ok(Self {
             engine,
             linker,
-            cache_dir,
+            cache,
             compiled: Mutex::new(HashMap::new()),
             chores,
         })
-    }
-
-    /// Where compiled artifacts of `digest` are cached: the key includes everything that makes
-    /// an artifact unusable elsewhere (wasmtime version, engine configuration).
-    fn cache_path(&self, digest: &str) -> Option<PathBuf> {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.engine
-            .precompile_compatibility_hash()
-            .hash(&mut hasher);
-        let config = hasher.finish();
-        let dir = self.cache_dir.as_ref()?;
-        Some(dir.join(format!(
-            "{digest}-wasmtime{WASMTIME_VERSION}-{config:016x}.cwasm"
-        )))
     }
 
     fn compile(&self, digest: &str, bytes: &[u8], path: &str) -> Result<Component, PluginError> {
@@ -322,17 +334,30 @@ impl PluginRuntime {
         {
             return Ok(component.clone());
         }
-        let cached = self.cache_path(digest);
-        let from_cache = cached.as_ref().filter(|p| p.exists()).and_then(|p| {
-            // SAFETY: the file is a wasmtime artifact this runtime wrote into its own cache
-            // directory under a name that includes its content digest, the wasmtime version and
-            // the engine configuration; deserialize_file checks the version and configuration.
-            unsafe { Component::deserialize_file(&self.engine, p) }
-                .map_err(|e| tracing::warn!(path = %p.display(), error = %e, "ignoring a bad cache entry"))
+        let cache = self.cache.as_ref().and_then(CompileCache::open);
+        let from_cache = cache.as_ref().and_then(|cache| {
+            let artifact = cache.load(digest)?;
+            // SAFETY: `artifact` is bytes in memory (never the file again), whose HMAC-SHA256
+            // under the cache's key was checked just now over these bytes, this component's
+            // sha256 and this engine's wasmtime version and configuration. The key is 32
+            // random bytes in a file only this uid can read, in a folder only this uid can
+            // write (both checked on the opened file and folder), so the artifact is one this
+            // uid's gateway produced with `Component::serialize` from this very component on
+            // an engine like this one: what `deserialize` requires. It checks the version and
+            // configuration again itself.
+            unsafe { Component::deserialize(&self.engine, &artifact) }
+                .map_err(|e| tracing::warn!(digest, error = %e, "ignoring a plugin cache entry that does not load"))
                 .ok()
         });
         let component = match from_cache {
-            Some(component) => component,
+            Some(component) => {
+                tracing::debug!(
+                    path,
+                    digest,
+                    "loaded the plugin's compiled form from the cache"
+                );
+                component
+            }
             None => {
                 let started = std::time::Instant::now();
                 let component =
@@ -346,17 +371,12 @@ impl PluginRuntime {
                     ms = started.elapsed().as_millis() as u64,
                     "compiled plugin"
                 );
-                if let (Some(cache), Ok(artifact)) = (&cached, component.serialize()) {
-                    let write = || -> std::io::Result<()> {
-                        std::fs::create_dir_all(
-                            cache.parent().expect("cache files have a parent"),
-                        )?;
-                        let tmp = cache.with_extension(format!("tmp{}", std::process::id()));
-                        std::fs::write(&tmp, artifact)?;
-                        std::fs::rename(&tmp, cache)
-                    };
-                    if let Err(e) = write() {
-                        tracing::warn!(path = %cache.display(), error = %e, "cannot write the plugin cache");
+                if let Some(cache) = &cache {
+                    match component.serialize() {
+                        Ok(artifact) => cache.store(digest, &artifact),
+                        Err(e) => {
+                            tracing::warn!(digest, error = %e, "cannot serialize a compiled plugin for the cache")
+                        }
                     }
                 }
                 component
@@ -453,11 +473,21 @@ impl PluginRuntime {
     }
 }
 
+/// Names what makes an artifact unusable elsewhere: the wasmtime version and the engine's
+/// configuration. Part of a cache entry's name and of its tag.
+fn engine_name(engine: &Engine) -> String {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    format!("wasmtime{WASMTIME_VERSION}-{:016x}", hasher.finish())
+}
+
 /// An instance with its store: ready (never used) for a fresh plugin, warm for a pooled one.
 struct Warm {
     store: Store<EvalState>,
     instance: bindings::Policy,
     calls: u32,
+    /// The grant it serves: set by its first call, `None` until then. It never serves another.
+    grant: Option<String>,
     /// The call record, its strings reused from call to call.
     call: wit::ToolCall,
 }
@@ -479,7 +509,8 @@ pub struct Plugin {
     pre: bindings::PolicyPre<EvalState>,
     isolation: Isolation,
     limits: PluginLimits,
-    /// Instances waiting for a call: never used (fresh) or warm (pooled).
+    /// Instances waiting for a call: never used (fresh), or warm for one grant each (pooled),
+    /// least recently used first.
     idle: Mutex<Vec<Warm>>,
     /// `plugins.<name>`: the rule its decisions report.
     rule: String,
@@ -553,11 +584,7 @@ impl Plugin {
     }
 
     fn new_store(&self) -> Store<EvalState> {
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(self.limits.memory_bytes)
-            .instances(8)
-            .trap_on_grow_failure(true)
-            .build();
+        let limits = MemoryBudget::new(self.limits.memory_bytes, 8);
         let mut store = Store::new(&self.engine, EvalState::idle(self.name.clone(), limits));
         store.limiter(|state| &mut state.limits);
         store
@@ -630,6 +657,15 @@ impl Plugin {
             .fuel
             .saturating_sub(store.get_fuel().unwrap_or(0));
         let chain = format!("{error:#}");
+        if let Some(refused) = error.downcast_ref::<ImportRefused>() {
+            return refused.to_string();
+        }
+        if error.downcast_ref::<BudgetExceeded>().is_some() {
+            return format!(
+                "exceeded its memory cap of {} MiB (all its memories and tables together)",
+                self.limits.memory_bytes >> 20
+            );
+        }
         match error.downcast_ref::<Trap>() {
             Some(Trap::OutOfFuel) => format!("ran out of fuel after {used} instructions"),
             Some(Trap::Interrupt) => {
@@ -698,6 +734,7 @@ impl Plugin {
             store,
             instance,
             calls: 0,
+            grant: None,
             call: wit::ToolCall {
                 tool: String::new(),
                 arguments: String::new(),
@@ -709,14 +746,24 @@ impl Plugin {
         })
     }
 
-    /// An idle instance (never used, or warm), else a new one made here and now.
-    fn take_instance(&self) -> Result<Warm, String> {
-        let idle = self.idle().pop();
+    /// An idle instance that may serve `grant` (never used, or warm from `grant`'s own calls),
+    /// else a new one made here and now. It is `grant`'s from now on.
+    fn take_instance(&self, grant: &str) -> Result<Warm, String> {
+        let idle = {
+            let mut idle = self.idle();
+            idle.iter()
+                .rposition(|warm| warm.grant.as_deref().is_none_or(|g| g == grant))
+                .map(|i| idle.remove(i))
+        };
         self.prepare();
-        match idle {
-            Some(warm) => Ok(warm),
-            None => self.instantiate(),
+        let mut warm = match idle {
+            Some(warm) => warm,
+            None => self.instantiate()?,
+        };
+        if warm.grant.is_none() {
+            warm.grant = Some(grant.to_owned());
         }
+        Ok(warm)
     }
 
     /// After a call: a pooled instance that may serve again goes back, any other is torn
@@ -725,8 +772,12 @@ impl Plugin {
         warm.calls += 1;
         if reusable && self.isolation == Isolation::Pooled && warm.calls < self.limits.recycle_after
         {
-            self.idle().push(warm);
-            return;
+            let mut idle = self.idle();
+            idle.push(warm);
+            if idle.len() <= POOLED_IDLE {
+                return;
+            }
+            warm = idle.remove(0);
         }
         let discards = &self.chores.discards;
         if discards.fetch_add(1, Ordering::AcqRel) >= DISCARDS_QUEUED
@@ -763,7 +814,7 @@ impl Plugin {
             );
             return failed(reason, Vec::new(), 0);
         }
-        let mut warm = match self.take_instance() {
+        let mut warm = match self.take_instance(call.grant) {
             Ok(warm) => warm,
             Err(reason) => return failed(reason, Vec::new(), 0),
         };
@@ -775,8 +826,7 @@ impl Plugin {
             state.counters = Some(counters.clone());
             refill(&mut state.grant, call.grant);
             refill(&mut state.session, call.session);
-            state.log_budget = LOG_BYTES_PER_EVALUATION;
-            state.limits.reset_peak();
+            state.start_evaluation();
         }
         let record = &mut warm.call;
         refill(&mut record.tool, call.tool);
@@ -865,4 +915,34 @@ fn truncate(text: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}... ({} bytes in all)", &text[..end], text.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::{Memory, MemoryType};
+
+    /// A component may define several memories: they spend one budget, on the real engine.
+    #[test]
+    fn the_memories_of_one_store_spend_one_budget() {
+        let runtime = PluginRuntime::new(None).unwrap();
+        let budget = MemoryBudget::new(4 << 20, 8);
+        let mut store = Store::new(&runtime.engine, EvalState::idle("t".into(), budget));
+        store.limiter(|state| &mut state.limits);
+        let page = 64 << 10;
+        let a = Memory::new(&mut store, MemoryType::new(2 * 16, None)).unwrap();
+        let b = Memory::new(&mut store, MemoryType::new(16, None)).unwrap();
+        assert_eq!(store.data().limits.peak, 3 << 20);
+        b.grow(&mut store, 16).unwrap();
+        // Each memory is 2 MiB, well under a 4 MiB per-memory cap; together they are at 4.
+        let refused = a.grow(&mut store, 1).unwrap_err();
+        assert!(
+            refused.downcast_ref::<BudgetExceeded>().is_some(),
+            "{refused:#}"
+        );
+        assert!(b.grow(&mut store, 1).is_err());
+        assert_eq!(a.data_size(&store) + b.data_size(&store), 4 << 20);
+        assert!(Memory::new(&mut store, MemoryType::new(1, None)).is_err());
+        assert_eq!(store.data().limits.peak, 64 * page);
+    }
 }

@@ -214,7 +214,7 @@ pub struct WindowSpec {
 }
 
 /// The longest window a counter may have: a week. Longer windows keep timestamps for too long.
-const MAX_WINDOW_MS: u64 = 7 * 86_400_000;
+pub const MAX_WINDOW_MS: u64 = 7 * 86_400_000;
 
 impl TryFrom<Value> for WindowSpec {
     type Error = String;

@@ -22,7 +22,7 @@ mod error;
 pub(crate) mod unique_keys;
 
 pub use condition::{Condition, Op, Path as ConditionPath, ToolAnnotations, ToolCall};
-pub use document::{Action, DefaultAction, PolicyDocument};
+pub use document::{Action, DefaultAction, PolicyDocument, MAX_WINDOW_MS};
 pub use error::{InvalidPolicy, PolicyError};
 
 use crate::counters::{CounterKey, CounterStore, Reservation, Scope, Window};

@@ -1,5 +1,6 @@
-//! Loops calling a host import: fuel counts only guest instructions, so the epoch deadline
-//! is what stops it.
+//! Loops calling a host import. Fuel counts only guest instructions, so fuel alone would let
+//! it run long; the host's cap on calls per import stops it first (the epoch deadline is the
+//! backstop).
 wit_bindgen::generate!({ path: "../../../wit", world: "policy" });
 
 struct Hostile;

@@ -1,4 +1,5 @@
-//! Logs without end: the host's log cap must stop it.
+//! Logs without end, in messages long enough that the byte cap (4 KiB) trips before the cap
+//! on import calls: the host's log cap must stop it.
 wit_bindgen::generate!({ path: "../../../wit", world: "policy" });
 
 struct Hostile;
@@ -16,7 +17,7 @@ impl Guest for Hostile {
         loop {
             toolgate::policy::log::log(
                 toolgate::policy::log::Level::Info,
-                "flood flood flood flood flood flood flood flood",
+                "flood flood flood flood flood flood flood flood flood flood flood flood flood flood flood flood",
             );
         }
     }
