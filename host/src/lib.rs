@@ -10,10 +10,12 @@
 //!    `tools/call`, asks the policy.
 //! 3. [`policy::Policy::decide`] walks the rule: visibility, `action`, `require`, `deny_if`,
 //!    then the limits, consumed from the [`counters::CounterStore`] (time from [`clock`]).
-//! 4. The [`decision::Decision`] either lets the original line go upstream, or becomes the
-//!    tool result (`isError: true`, text `[toolgate] ...`) the client gets instead.
+//! 4. The [`decision::Decision`] either lets the line go upstream (under the gateway's own
+//!    request id), or becomes the tool result (`isError: true`, text `[toolgate] ...`) the
+//!    client gets instead.
 //! 5. The upstream's reply passes back through [`session::Session::from_upstream`], which
-//!    refunds the counter units if the reply is a JSON-RPC error (the tool never ran).
+//!    restores the client's id, and refunds the counter units only if the reply is an error
+//!    that means the tool never ran.
 
 pub mod clock;
 pub mod counters;
