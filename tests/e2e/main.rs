@@ -6,6 +6,7 @@
 
 mod bad_input;
 mod counters_prop;
+mod fuzz_smoke;
 mod hot_swap;
 mod http;
 mod integrity;
