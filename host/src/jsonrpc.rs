@@ -48,28 +48,141 @@ pub fn not_executed(code: i64) -> bool {
 }
 
 /// The routing fields of one message.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default)]
 pub struct Envelope<'a> {
     /// The `id` member as written, `null` included (`Some("null")`); `None` when absent.
-    #[serde(default, borrow, deserialize_with = "present")]
     pub id: Option<&'a RawValue>,
     /// The method of a request or notification.
-    #[serde(default, borrow)]
     pub method: Option<Cow<'a, str>>,
     /// Present on error replies.
-    #[serde(default, borrow)]
     pub error: Option<&'a RawValue>,
     /// Present on successful replies.
-    #[serde(default, borrow)]
     pub result: Option<&'a RawValue>,
     /// The request's parameters, unparsed: only `tools/call` and `tools/list` look inside.
-    #[serde(default, borrow)]
     pub params: Option<&'a RawValue>,
+    /// A top-level key that is not one of the members above but equals one of them under
+    /// case folding (`Method`, `ID`, `ſesult`): serde skips it, Go's `encoding/json` reads it
+    /// as the member. A message with one is refused, or dropped from the upstream.
+    pub shadow: Option<String>,
 }
 
-/// Keeps a member that is present but `null` apart from one that is absent.
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
+/// The members [`Envelope`] reads (and `jsonrpc`, which it checks for duplicates only).
+const MEMBERS: [&str; 6] = ["jsonrpc", "id", "method", "error", "result", "params"];
+
+impl<'de: 'a, 'a> Deserialize<'de> for Envelope<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Envelope<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON-RPC message (an object)")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope<'de>, A::Error> {
+                let mut e = Envelope::default();
+                let mut jsonrpc = false;
+                fn once<T, E: de::Error>(slot: &Option<T>, name: &str) -> Result<(), E> {
+                    match slot {
+                        Some(_) => Err(E::custom(format_args!("duplicate field `{name}`"))),
+                        None => Ok(()),
+                    }
+                }
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    match key.as_ref() {
+                        "id" => {
+                            once(&e.id, "id")?;
+                            e.id = Some(map.next_value()?);
+                        }
+                        "method" => {
+                            once(&e.method, "method")?;
+                            e.method = Some(map.next_value::<Text<'de>>()?.0);
+                        }
+                        "error" => {
+                            once(&e.error, "error")?;
+                            e.error = Some(map.next_value()?);
+                        }
+                        "result" => {
+                            once(&e.result, "result")?;
+                            e.result = Some(map.next_value()?);
+                        }
+                        "params" => {
+                            once(&e.params, "params")?;
+                            e.params = Some(map.next_value()?);
+                        }
+                        "jsonrpc" => {
+                            if std::mem::replace(&mut jsonrpc, true) {
+                                return Err(de::Error::custom("duplicate field `jsonrpc`"));
+                            }
+                            map.next_value::<de::IgnoredAny>()?;
+                        }
+                        other => {
+                            if e.shadow.is_none() && MEMBERS.contains(&fold_key(other).as_ref()) {
+                                e.shadow = Some(other.to_owned());
+                            }
+                            map.next_value::<de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(e)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A string, borrowed from the line when it has no escapes.
+struct Text<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+        impl<'de> Visitor<'de> for TextVisitor {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(TextVisitor)
+    }
+}
+
+/// A key of `tools/call` params that differs only in case from `name`, `arguments` or `_meta`
+/// (`Name` beside or instead of `name`): the gateway reads the exact member, a case-insensitive
+/// server the variant.
+pub fn call_params_shadow(raw_params: &str) -> Option<String> {
+    const PARAMS: [&str; 3] = ["name", "arguments", "_meta"];
+    struct Keys(Option<String>);
+    impl<'de> Deserialize<'de> for Keys {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Keys;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("an object")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Keys, A::Error> {
+                    let mut found = None;
+                    while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                        if found.is_none()
+                            && !PARAMS.contains(&key.as_ref())
+                            && PARAMS.contains(&fold_key(&key).as_ref())
+                        {
+                            found = Some(key.into_owned());
+                        }
+                        map.next_value::<de::IgnoredAny>()?;
+                    }
+                    Ok(Keys(found))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    serde_json::from_str::<Keys>(raw_params).ok()?.0
 }
 
 /// Why a line could not be routed, as a JSON-RPC error code and message.

@@ -336,6 +336,16 @@ impl Session {
             tracing::warn!(code, %message, "client message refused");
             return ClientLine::Answer(jsonrpc::error_line(echo, code, &message));
         }
+        if let Some(shadow) = &envelope.shadow {
+            return ClientLine::Answer(jsonrpc::error_line(
+                echo,
+                jsonrpc::INVALID_REQUEST,
+                &format!(
+                    "invalid request: key `{}` differs only in case from a JSON-RPC member, which some servers would read it as",
+                    truncated(shadow)
+                ),
+            ));
+        }
         match (envelope.method.as_deref(), envelope.id) {
             (Some(method), Some(id)) => self.request(line, method, id, envelope.params),
             (Some(method), None) => self.client_notification(line, method, envelope.params),
@@ -495,8 +505,8 @@ impl Session {
 
     /// Decides a `tools/call`. `Err` holds the reply to send instead of forwarding.
     fn decide_call(&self, params: Option<&RawValue>, id: &RawValue) -> Result<Kind, Vec<u8>> {
-        let params = params.map_or("null", RawValue::get);
-        let params: CallParams = match serde_json::from_str(params) {
+        let raw_params = params.map_or("null", RawValue::get);
+        let params: CallParams = match serde_json::from_str(raw_params) {
             Ok(params) => params,
             Err(e) => {
                 let message = format!("invalid tools/call params: {e}");
@@ -521,6 +531,14 @@ impl Session {
             };
             (listed, info, state.server.clone())
         };
+        if let Some(problem) = self.ambiguous_call(raw_params, args, info.as_deref()) {
+            tracing::warn!(%problem, "tools/call refused");
+            return Err(jsonrpc::error_line(
+                Some(id),
+                jsonrpc::INVALID_REQUEST,
+                &format!("invalid request: {problem}"),
+            ));
+        }
         let call = ToolCall {
             tool: &params.name,
             args,
@@ -548,6 +566,48 @@ impl Session {
         Err(jsonrpc::result_line(id, &d.to_tool_result()))
     }
 
+    /// A key of the call that the gateway and a case-insensitive server would read as
+    /// different members: `Name` beside no `name` in the params, or an argument key that
+    /// differs only in case from one the policy's conditions or the tool's `inputSchema` name.
+    fn ambiguous_call(
+        &self,
+        raw_params: &str,
+        args: &Value,
+        info: Option<&ToolInfo>,
+    ) -> Option<String> {
+        if let Some(key) = jsonrpc::call_params_shadow(raw_params) {
+            return Some(format!(
+                "params key `{}` differs only in case from a tools/call member, which some servers would read it as",
+                truncated(&key)
+            ));
+        }
+        let policy = self.policy.load();
+        let mut known: HashMap<String, HashSet<&str>> = HashMap::new();
+        let mut schema_keys = Vec::new();
+        if let Some(schema) = info.and_then(|i| i.input_schema.as_ref()) {
+            property_names(schema, &mut schema_keys);
+        }
+        for name in policy
+            .argument_keys()
+            .iter()
+            .map(String::as_str)
+            .chain(schema_keys)
+        {
+            known
+                .entry(jsonrpc::fold_key(name).into_owned())
+                .or_default()
+                .insert(name);
+        }
+        if known.is_empty() {
+            return None;
+        }
+        let found = shadowed_key(args, &known)?;
+        Some(format!(
+            "argument key `{}` differs only in case from one the policy or the tool's inputSchema names, which some servers would read it as",
+            truncated(&found)
+        ))
+    }
+
     /// Handles one line from the upstream (without its newline): the bytes to send to the
     /// client (the same, with the client's id restored, or a filtered tool list), or `None`
     /// when the line must not reach the client (a reply to nothing pending, a line that is
@@ -560,6 +620,34 @@ impl Session {
                 return None;
             }
         };
+        // What a client would read differently from the session is not forwarded: bytes that
+        // are not UTF-8 (serde skips what it does not read), a member spelled in another case.
+        let unreadable = if std::str::from_utf8(line).is_err() {
+            Some("it is not valid UTF-8".to_owned())
+        } else {
+            envelope.shadow.as_ref().map(|key| {
+                format!(
+                    "key `{}` differs only in case from a JSON-RPC member",
+                    truncated(key)
+                )
+            })
+        };
+        if let Some(why) = unreadable {
+            tracing::error!(%why, "dropped a message from the upstream");
+            let pending = envelope.id.and_then(jsonrpc::gateway_id).and_then(|n| {
+                let mut state = self.state();
+                let pending = state.pending.remove(&n)?;
+                state.client_ids.remove(&pending.client_key);
+                Some(pending)
+            });
+            return pending.map(|p| {
+                Cow::Owned(jsonrpc::error_line(
+                    Some(&p.client_id),
+                    jsonrpc::INTERNAL_ERROR,
+                    &format!("[toolgate] the upstream's reply could not be read the way every client would read it, so it was not forwarded: {why}"),
+                ))
+            });
+        }
         match (envelope.method.as_deref(), envelope.id) {
             (Some(_), Some(id)) => {
                 // A server→client request: under an id of the gateway's, like the client's.
@@ -707,10 +795,17 @@ impl Session {
         }
         let before = tools.len();
         let policy = self.policy.load();
+        // A tool is kept only if its name reads the same to every client: exactly one key
+        // that folds to `name`, spelled `name`.
         tools.retain(|tool| {
-            tool.get("name")
-                .and_then(Value::as_str)
-                .is_some_and(|name| policy.is_visible(name))
+            let plain = tool
+                .as_object()
+                .is_some_and(|o| o.keys().filter(|k| jsonrpc::fold_key(k) == "name").count() == 1);
+            plain
+                && tool
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .is_some_and(|name| policy.is_visible(name))
         });
         if tools.len() != before {
             tracing::debug!(hidden = before - tools.len(), "filtered tools/list");
@@ -893,6 +988,42 @@ fn schema_problem(tool: &str, info: &ToolInfo, args: &Value) -> Option<String> {
     Some(format!(
         "the arguments do not match the tool's inputSchema{at}: {error}"
     ))
+}
+
+/// The names of every `properties` object in a JSON Schema, at any depth.
+fn property_names<'s>(schema: &'s Value, out: &mut Vec<&'s str>) {
+    match schema {
+        Value::Object(object) => {
+            for (key, value) in object {
+                if key == "properties" {
+                    if let Value::Object(properties) = value {
+                        out.extend(properties.keys().map(String::as_str));
+                    }
+                }
+                property_names(value, out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| property_names(v, out)),
+        _ => {}
+    }
+}
+
+/// A key anywhere in `value` that folds to a name in `known` but is spelled as none of them.
+fn shadowed_key(value: &Value, known: &HashMap<String, HashSet<&str>>) -> Option<String> {
+    match value {
+        Value::Object(object) => object.iter().find_map(|(key, value)| {
+            let shadowed = known
+                .get(jsonrpc::fold_key(key).as_ref())
+                .is_some_and(|spellings| !spellings.contains(key.as_str()));
+            if shadowed {
+                Some(key.clone())
+            } else {
+                shadowed_key(value, known)
+            }
+        }),
+        Value::Array(items) => items.iter().find_map(|v| shadowed_key(v, known)),
+        _ => None,
+    }
 }
 
 /// An id or other client text, shortened for a message or log.

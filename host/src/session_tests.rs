@@ -336,3 +336,175 @@ fn arguments_are_checked_against_the_advertised_schema_before_a_unit_is_spent() 
     .to_string();
     forwarded(&s, &bogus);
 }
+
+/// What a test upstream does with a request it was sent.
+#[derive(Clone, Debug)]
+enum Fate {
+    /// Runs it and answers with a result.
+    Result,
+    /// Answers with this JSON-RPC error code (runs it unless the code means "not executed").
+    Error(i64),
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    /// The client calls `create` under one of a few ids (so ids get reused).
+    Call(u8),
+    /// The upstream answers the n-th call in flight.
+    Answer(usize, Fate),
+    /// Every call in flight times out (the upstream runs them anyway).
+    Expire,
+    /// The upstream crashes with the calls in flight run; the next session shares counters.
+    Crash,
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    let fate = prop_oneof![
+        Just(Fate::Result),
+        proptest::sample::select(vec![-32700, -32600, -32601, -32602, -32603, -32000, 1])
+            .prop_map(Fate::Error),
+    ];
+    prop_oneof![
+        6 => (0u8..4).prop_map(Step::Call),
+        6 => (0usize..8, fate).prop_map(|(n, f)| Step::Answer(n, f)),
+        1 => Just(Step::Expire),
+        1 => Just(Step::Crash),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+    /// A cap of 30 admits exactly 30 executions, whatever mix of id reuse, errors, timeouts
+    /// and upstream crashes the client arranges: never more, and no unit is lost.
+    #[test]
+    fn a_cap_of_30_admits_exactly_30(steps in proptest::collection::vec(step(), 1..300)) {
+        let policy = r#"{"version":"1","default":"deny","tools":{"create":
+            {"limits":[{"counter":"c","window":"hour","max":30,"scope":"grant"}]}}}"#;
+        let policy = Arc::new(Policy::from_json(policy, "p.json").unwrap());
+        let counters: Arc<dyn CounterStore> =
+            Arc::new(MemoryCounterStore::new(ManualClock::starting_at(0)));
+        let open = || Session::new(policy.clone(), counters.clone(), Identity {
+            grant: "g".into(), session: "s".into() });
+        let mut session = open();
+        let mut in_flight: Vec<u64> = Vec::new();
+        let mut ran = 0usize;
+        for step in steps {
+            match step {
+                Step::Call(id) => {
+                    if let ClientLine::Forward(f) = session.from_client(call(&id.to_string(), "create").as_bytes()) {
+                        in_flight.push(f.upstream_id.unwrap());
+                    }
+                }
+                Step::Answer(n, fate) if !in_flight.is_empty() => {
+                    let id = in_flight.remove(n % in_flight.len());
+                    let line = match fate {
+                        Fate::Result => {
+                            ran += 1;
+                            format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{"content":[]}}}}"#)
+                        }
+                        Fate::Error(code) => {
+                            if !jsonrpc::not_executed(code) {
+                                ran += 1;
+                            }
+                            format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":{code},"message":"x"}}}}"#)
+                        }
+                    };
+                    session.from_upstream(line.as_bytes());
+                }
+                Step::Answer(..) => {}
+                Step::Expire => {
+                    ran += in_flight.len();
+                    in_flight.clear();
+                    session.expire(Duration::ZERO);
+                }
+                Step::Crash => {
+                    ran += in_flight.len();
+                    in_flight.clear();
+                    session.upstream_gone("crash");
+                    session = open();
+                }
+            }
+            proptest::prop_assert!(ran + in_flight.len() <= 30, "ran {} + in flight {}", ran, in_flight.len());
+        }
+        // Whatever happened, exactly the units not spent on a (possible) execution are left.
+        ran += in_flight.len();
+        session.expire(Duration::ZERO);
+        let mut more = 0;
+        for i in 0..40 {
+            if let ClientLine::Forward(f) = session.from_client(call(&format!("\"m{i}\""), "create").as_bytes()) {
+                more += 1;
+                let id = f.upstream_id.unwrap();
+                session.from_upstream(format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{}}}}"#).as_bytes());
+            }
+        }
+        proptest::prop_assert_eq!(ran + more, 30);
+    }
+}
+
+#[test]
+fn a_lone_key_in_another_case_is_refused_where_a_server_would_read_it() {
+    let policy = r#"{"version":"1","default":"allow","tools":{"codex":{"deny_if":[
+        {"path":"args.session.id","op":"starts_with","value":"gw-"}]}}}"#;
+    let s = Session::new(
+        Arc::new(Policy::from_json(policy, "p.json").unwrap()),
+        Arc::new(MemoryCounterStore::new(ManualClock::starting_at(0))),
+        Identity {
+            grant: "g".into(),
+            session: "s".into(),
+        },
+    );
+    for line in [
+        // The envelope: `Method`, `ID`, `Params` alone are members to Go, unknown to serde.
+        r#"{"jsonrpc":"2.0","id":1,"Method":"tools/call","params":{"name":"codex"}}"#,
+        r#"{"jsonrpc":"2.0","method":"nope","ID":1}"#,
+        r#"{"jsonrpc":"2.0","id":1,"result":{},"Method":"tools/call"}"#,
+        // The params of a call.
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"codex","Arguments":{}}}"#,
+        // An argument key the policy reads, spelled another way, at its depth.
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"codex","arguments":{"Session":{"id":"gw-1"}}}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"codex","arguments":{"session":{"ID":"gw-1"}}}}"#,
+    ] {
+        assert_eq!(answered(&s, line)["error"]["code"], -32600, "{line}");
+    }
+    // Keys the policy does not read, in any case, and the exact spelling, pass.
+    forwarded(
+        &s,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"codex","arguments":{"Prompt":"x","session":{"id":"ok"}}}}"#,
+    );
+}
+
+#[test]
+fn an_upstream_message_some_client_would_read_otherwise_is_not_forwarded() {
+    let s = session();
+    let (_, id) = forwarded(&s, r#"{"jsonrpc":"2.0","id":"l","method":"tools/list"}"#);
+    let id = id.unwrap();
+    let out = upstream(
+        &s,
+        &format!(r#"{{"jsonrpc":"2.0","id":{id},"Result":{{"tools":[{{"name":"secret"}}]}}}}"#),
+    )
+    .unwrap();
+    assert!(
+        out.contains("-32603") && out.contains(r#""id":"l""#),
+        "{out}"
+    );
+    // Not UTF-8 in a member the session skips: an error for the request, not the bytes.
+    let (_, id) = forwarded(&s, r#"{"jsonrpc":"2.0","id":"m","method":"ping"}"#);
+    let mut line = format!(
+        r#"{{"jsonrpc":"2.0","id":{},"result":{{}},"x":""#,
+        id.unwrap()
+    )
+    .into_bytes();
+    line.extend_from_slice(b"\xff\"}");
+    let out = s.from_upstream(&line).unwrap();
+    assert!(std::str::from_utf8(&out).unwrap().contains("UTF-8"));
+    // A listed tool with `Name` beside `name` is not kept.
+    let (_, id) = forwarded(&s, r#"{"jsonrpc":"2.0","id":"n","method":"tools/list"}"#);
+    let out = upstream(
+        &s,
+        &format!(r#"{{"jsonrpc":"2.0","id":{},"result":{{"tools":[{{"name":"echo","Name":"secret"}},{{"name":"echo"}}]}}}}"#, id.unwrap()),
+    )
+    .unwrap();
+    let out: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(out["result"]["tools"], json!([{"name": "echo"}]));
+}

@@ -138,7 +138,7 @@ mod known_bugs {
     /// server→client request and forwarded; a Go server reads a `tools/call` request and runs
     /// it, without any decision: here, a call to the hidden tool.
     #[test]
-    fn known_bug_case_variant_method_in_a_reply_runs_an_undecided_call() {
+    fn was_bug_case_variant_method_in_a_reply_runs_an_undecided_call() {
         let s = session();
         let request = s
             .from_upstream(br#"{"jsonrpc":"2.0","id":"s1","method":"roots/list"}"#)
@@ -162,7 +162,7 @@ mod known_bugs {
     /// for its own pending request of the same number: a `-32601` refunds a `create` that
     /// runs, and the cap of 2 admits a third.
     #[test]
-    fn known_bug_case_variant_id_in_a_notification_refunds_a_running_call() {
+    fn was_bug_case_variant_id_in_a_notification_refunds_a_running_call() {
         let s = session();
         for id in [1, 2] {
             assert!(matches!(
@@ -170,13 +170,12 @@ mod known_bugs {
                 ClientLine::Forward(_)
             ));
         }
-        // Forwarded: the gateway sees a notification, a Go server a request with id 1.
+        // Was forwarded: the gateway saw a notification, a Go server a request with id 1. Now
+        // refused, and never forwarded.
         let fake = forwarded(s.from_client(br#"{"jsonrpc":"2.0","method":"nope","ID":1}"#));
-        assert!(fake.is_some_and(|m| m.is_request()));
-        // The Go server answers its request 1 ("nope"): the gateway refunds its own request 1.
-        let _ = s.from_upstream(
-            br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"Method not found"}}"#,
-        );
+        assert!(fake.is_none(), "{fake:?}");
+        // With nothing forwarded the Go server has no request 1 of its own to answer, and
+        // the third `create` meets the cap.
         let third = forwarded(s.from_client(create(3).as_bytes()));
         assert!(
             !third.is_some_and(|m| m.is_request()),
@@ -201,7 +200,7 @@ mod known_bugs {
     /// Bug 2a: a reply whose result key is `Result` is not seen as a tool list and passes
     /// unfiltered; a Go client reads `Result` as the result, and the hidden tool in it.
     #[test]
-    fn known_bug_case_variant_result_key_passes_a_list_unfiltered() {
+    fn was_bug_case_variant_result_key_passes_a_list_unfiltered() {
         let listed = listed_after_list(
             br#"{"jsonrpc":"2.0","id":1,"Result":{"tools":[{"name":"secret"}]}}"#,
         );
@@ -214,7 +213,7 @@ mod known_bugs {
     /// Bug 2b: a tool with both `name` and `Name` is kept by its `name`; a Go client reads the
     /// last match, `Name`: the hidden tool.
     #[test]
-    fn known_bug_tool_with_name_and_case_variant_name_passes_the_filter() {
+    fn was_bug_tool_with_name_and_case_variant_name_passes_the_filter() {
         let listed = listed_after_list(
             br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"ok","Name":"secret"}]}}"#,
         );
@@ -227,7 +226,7 @@ mod known_bugs {
     /// The root of 1a and 1b, at the parser: `check_keys` accepts a line in which the gateway
     /// and a case-folding reader see different routing fields.
     #[test]
-    fn known_bug_envelope_reads_a_lone_case_variant_key_differently() {
+    fn was_bug_envelope_reads_a_lone_case_variant_key_differently() {
         let strict = harness::Known::default();
         for line in [
             &br#"{"jsonrpc":"2.0","Method":"tools/call","id":1}"#[..],
@@ -242,7 +241,7 @@ mod known_bugs {
 /// Bug 3: an upstream reply with invalid UTF-8 in a member the gateway skips reaches the
 /// client as it is, which is not JSON (a strict client drops the reply, or the session).
 #[test]
-fn known_bug_invalid_utf8_from_the_upstream_is_forwarded() {
+fn was_bug_invalid_utf8_from_the_upstream_is_forwarded() {
     let s = known_bugs_session();
     let ClientLine::Forward(_) = s.from_client(br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#)
     else {

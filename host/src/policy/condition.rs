@@ -69,6 +69,17 @@ pub struct Path {
 }
 
 impl Path {
+    /// The object keys this path reads inside `args` (none for other roots).
+    pub fn argument_keys(&self) -> impl Iterator<Item = &str> {
+        self.steps
+            .iter()
+            .filter(|_| self.root == Root::Args)
+            .filter_map(|step| match step {
+                Step::Key(key) => Some(key.as_str()),
+                Step::Index(_) => None,
+            })
+    }
+
     /// Parses a path, explaining what is wrong with a bad one.
     pub fn parse(text: &str) -> Result<Self, String> {
         let mut parts: Vec<Step> = Vec::new();
@@ -210,7 +221,8 @@ impl Op {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(try_from = "RawCondition")]
 pub struct Condition {
-    path: Path,
+    /// What the condition reads.
+    pub(crate) path: Path,
     op: Op,
     value: Value,
     regex: Option<Regex>,

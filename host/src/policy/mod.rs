@@ -49,6 +49,8 @@ pub struct Policy {
     all_tools_limits: Vec<Limit>,
     all_tools_uses: Vec<PluginUse>,
     plugins: Vec<Arc<Plugin>>,
+    /// Every key of `args` that a condition reads, at any depth.
+    argument_keys: std::collections::HashSet<String>,
 }
 
 /// A rule's use of a plugin, with its config as JSON text.
@@ -133,6 +135,13 @@ fn is_glob(pattern: &str) -> bool {
 }
 
 impl Policy {
+    /// Every key of a call's arguments that some condition of this policy reads: a key that
+    /// differs from one of these only in case would be read as it by a case-insensitive
+    /// server, and not by the policy.
+    pub fn argument_keys(&self) -> &std::collections::HashSet<String> {
+        &self.argument_keys
+    }
+
     /// Reads and compiles the policy at `path`.
     pub fn load(path: &std::path::Path) -> Result<Self, PolicyError> {
         Self::load_with_text(path).map(|(policy, _)| policy)
@@ -354,11 +363,19 @@ impl Policy {
         globs.sort_by(|(a, _): &(String, Rule), (b, _)| {
             literal_len(b).cmp(&literal_len(a)).then_with(|| a.cmp(b))
         });
-        let globs = globs
+        let globs: Vec<(WildMatch, Rule)> = globs
             .into_iter()
             .map(|(p, rule)| (WildMatch::new(&p), rule))
             .collect();
+        let argument_keys = exact
+            .values()
+            .chain(globs.iter().map(|(_, rule)| rule))
+            .flat_map(|rule: &Rule| rule.require.iter().chain(&rule.deny_if))
+            .flat_map(|condition| condition.path.argument_keys())
+            .map(str::to_owned)
+            .collect();
         Ok(Self {
+            argument_keys,
             name: doc.name,
             default: doc.default,
             hide,
