@@ -1392,3 +1392,50 @@ async fn an_expired_session_takes_its_stdio_child_with_it() {
     let gone = mcp.request("tools/list", json!({})).await;
     assert_eq!(gone.status, StatusCode::NOT_FOUND);
 }
+
+/// An HTTP upstream that answers every request with `content_type` and a tool list (under
+/// the gateway's first id, 1) that names the hidden tool `secret`.
+fn listing_upstream(content_type: &'static str) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let body = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"secret"},{"name":"echo"}]}}"#;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
+#[rstest::rstest]
+#[case::plain_text("text/plain", StatusCode::BAD_GATEWAY)]
+#[case::json("application/json", StatusCode::OK)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_body_of_another_content_type_is_a_502_not_an_unfiltered_list(
+    #[case] content_type: &'static str,
+    #[case] status: StatusCode,
+) {
+    let policy = r#"{"version": "1", "default": "allow", "hide": ["secret"]}"#;
+    let serve = Serve::start(
+        &format!(
+            "[upstream]\nurl = \"{}\"\n{}",
+            listing_upstream(content_type),
+            grant("a", "t", "p.json")
+        ),
+        &[("p.json", policy)],
+    );
+    let client = Mcp::new(&serve.url, Some("t"));
+    let list = json!({"jsonrpc": "2.0", "id": "l", "method": "tools/list"});
+    let reply = client.post(&list).await;
+    assert_eq!(reply.status, status, "{:?}", reply.messages);
+    let text = serde_json::to_string(&reply.messages).unwrap();
+    assert!(!text.contains("secret"), "{text}");
+    assert_eq!(reply.messages[0]["id"], "l", "{text}");
+}
