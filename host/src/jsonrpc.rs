@@ -86,7 +86,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Envelope<'a> {
                         None => Ok(()),
                     }
                 }
-                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
                     match key.as_ref() {
                         "id" => {
                             once(&e.id, "id")?;
@@ -129,7 +129,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Envelope<'a> {
     }
 }
 
-/// A string, borrowed from the line when it has no escapes.
+/// A string or an object key, borrowed from the line when it has no escapes.
 struct Text<'de>(Cow<'de, str>);
 
 impl<'de> Deserialize<'de> for Text<'de> {
@@ -167,7 +167,7 @@ pub fn call_params_shadow(raw_params: &str) -> Option<String> {
                 }
                 fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Keys, A::Error> {
                     let mut found = None;
-                    while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
                         if found.is_none()
                             && !PARAMS.contains(&key.as_ref())
                             && PARAMS.contains(&fold_key(&key).as_ref())
@@ -391,28 +391,6 @@ impl<'de> DeserializeSeed<'de> for Checked {
     }
 }
 
-/// An object key, borrowed from the line when it has no escapes.
-struct Key<'de>(Cow<'de, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an object key")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v.to_owned())))
-            }
-        }
-        d.deserialize_str(KeyVisitor)
-    }
-}
-
 /// Objects with more keys than this are checked through a hash set rather than a scan.
 const SCAN_KEYS: usize = 16;
 
@@ -449,7 +427,7 @@ impl<'de> Visitor<'de> for Checked {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let mut few: Vec<Cow<'de, str>> = Vec::new();
         let mut many: HashSet<Cow<'de, str>> = HashSet::new();
-        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+        while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
             let folded = match fold_key(&key) {
                 Cow::Borrowed(_) => key.clone(),
                 Cow::Owned(folded) => Cow::Owned(folded),
