@@ -185,6 +185,37 @@ pub fn call_params_shadow(raw_params: &str) -> Option<String> {
     serde_json::from_str::<Keys>(raw_params).ok()?.0
 }
 
+/// Names as the gateway reads them, by how a case-insensitive reader would see them: to
+/// find a key that such a reader takes for one of the names while the gateway does not.
+#[derive(Debug, Default)]
+pub struct Spellings(std::collections::HashMap<String, Vec<String>>);
+
+impl Spellings {
+    /// The spellings of `names`.
+    pub fn of<'n>(names: impl IntoIterator<Item = &'n str>) -> Self {
+        let mut map: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for name in names {
+            let spellings = map.entry(fold_key(name).into_owned()).or_default();
+            if !spellings.iter().any(|s| s == name) {
+                spellings.push(name.to_owned());
+            }
+        }
+        Self(map)
+    }
+
+    /// No names at all.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `key` folds to one of the names without being spelled as one.
+    pub fn shadows(&self, key: &str) -> bool {
+        self.0
+            .get(fold_key(key).as_ref())
+            .is_some_and(|spellings| !spellings.iter().any(|s| s == key))
+    }
+}
+
 /// Why a line could not be routed, as a JSON-RPC error code and message.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Fault {

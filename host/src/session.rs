@@ -127,6 +127,8 @@ enum Kind {
 struct ToolInfo {
     annotations: Option<ToolAnnotations>,
     input_schema: Option<Value>,
+    /// The property names of `input_schema`, at any depth.
+    schema_keys: jsonrpc::Spellings,
     /// Compiled on the first call that needs it; `None` when the schema does not compile.
     validator: OnceLock<Option<jsonschema::Validator>>,
 }
@@ -231,8 +233,9 @@ fn listing(result: &RawValue) -> Listing {
     if text.first() != Some(&b'{') {
         return Listing::No;
     }
-    // Fast path: no `tools` in any case, no escape and no `ſ` means no key can read as `tools`.
-    let maybe = memchr::memchr(b'\\', text).is_some()
+    // Fast path: no `tools` in any case, no `\u` escape and no `ſ` means no key can read as
+    // `tools` (other escapes cannot spell a letter).
+    let maybe = memchr::memmem::find(text, b"\\u").is_some()
         || memchr::memmem::find(text, "ſ".as_bytes()).is_some()
         || memchr::memchr2_iter(b't', b'T', text).any(|at| {
             text.get(at..at + 5)
@@ -582,22 +585,15 @@ impl Session {
             ));
         }
         let policy = self.policy.load();
-        let mut known: HashMap<String, HashSet<&str>> = HashMap::new();
-        let mut schema_keys = Vec::new();
-        if let Some(schema) = info.and_then(|i| i.input_schema.as_ref()) {
-            property_names(schema, &mut schema_keys);
-        }
-        for name in policy
-            .argument_keys()
-            .iter()
-            .map(String::as_str)
-            .chain(schema_keys)
-        {
-            known
-                .entry(jsonrpc::fold_key(name).into_owned())
-                .or_default()
-                .insert(name);
-        }
+        let known = [
+            Some(policy.argument_keys()),
+            info.map(|info| &info.schema_keys),
+        ];
+        let known: Vec<&jsonrpc::Spellings> = known
+            .into_iter()
+            .flatten()
+            .filter(|k| !k.is_empty())
+            .collect();
         if known.is_empty() {
             return None;
         }
@@ -821,11 +817,17 @@ impl Session {
     fn record_catalogue(&self, tools: &[Value], first_page: bool, more_pages: bool) {
         let names = tools.iter().filter_map(|t| {
             let name = t.get("name").and_then(Value::as_str)?;
+            let input_schema = t.get("inputSchema").cloned();
+            let mut names = Vec::new();
+            if let Some(schema) = &input_schema {
+                property_names(schema, &mut names);
+            }
             let info = ToolInfo {
                 annotations: t
                     .get("annotations")
                     .and_then(|a| ToolAnnotations::deserialize(a).ok()),
-                input_schema: t.get("inputSchema").cloned(),
+                schema_keys: jsonrpc::Spellings::of(names),
+                input_schema,
                 validator: OnceLock::new(),
             };
             Some((name.to_owned(), Arc::new(info)))
@@ -1009,13 +1011,10 @@ fn property_names<'s>(schema: &'s Value, out: &mut Vec<&'s str>) {
 }
 
 /// A key anywhere in `value` that folds to a name in `known` but is spelled as none of them.
-fn shadowed_key(value: &Value, known: &HashMap<String, HashSet<&str>>) -> Option<String> {
+fn shadowed_key(value: &Value, known: &[&jsonrpc::Spellings]) -> Option<String> {
     match value {
         Value::Object(object) => object.iter().find_map(|(key, value)| {
-            let shadowed = known
-                .get(jsonrpc::fold_key(key).as_ref())
-                .is_some_and(|spellings| !spellings.contains(key.as_str()));
-            if shadowed {
+            if known.iter().any(|k| k.shadows(key)) {
                 Some(key.clone())
             } else {
                 shadowed_key(value, known)

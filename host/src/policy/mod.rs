@@ -50,7 +50,7 @@ pub struct Policy {
     all_tools_uses: Vec<PluginUse>,
     plugins: Vec<Arc<Plugin>>,
     /// Every key of `args` that a condition reads, at any depth.
-    argument_keys: std::collections::HashSet<String>,
+    argument_keys: crate::jsonrpc::Spellings,
 }
 
 /// A rule's use of a plugin, with its config as JSON text.
@@ -138,7 +138,7 @@ impl Policy {
     /// Every key of a call's arguments that some condition of this policy reads: a key that
     /// differs from one of these only in case would be read as it by a case-insensitive
     /// server, and not by the policy.
-    pub fn argument_keys(&self) -> &std::collections::HashSet<String> {
+    pub fn argument_keys(&self) -> &crate::jsonrpc::Spellings {
         &self.argument_keys
     }
 
@@ -367,13 +367,13 @@ impl Policy {
             .into_iter()
             .map(|(p, rule)| (WildMatch::new(&p), rule))
             .collect();
-        let argument_keys = exact
-            .values()
-            .chain(globs.iter().map(|(_, rule)| rule))
-            .flat_map(|rule: &Rule| rule.require.iter().chain(&rule.deny_if))
-            .flat_map(|condition| condition.path.argument_keys())
-            .map(str::to_owned)
-            .collect();
+        let argument_keys = crate::jsonrpc::Spellings::of(
+            exact
+                .values()
+                .chain(globs.iter().map(|(_, rule)| rule))
+                .flat_map(|rule: &Rule| rule.require.iter().chain(&rule.deny_if))
+                .flat_map(|condition| condition.path.argument_keys()),
+        );
         Ok(Self {
             argument_keys,
             name: doc.name,
