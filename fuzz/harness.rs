@@ -1038,10 +1038,7 @@ impl World {
                     2
                 };
                 match (delivery, upstream_id) {
-                    (0, Some(n)) => match {
-                        trace("abandon unwritten", n.to_string().as_bytes());
-                        self.session.abandon(n, false, "not written")
-                    } {
+                    (0, Some(n)) => match self.abandon_unwritten(n) {
                         Some(reply) => {
                             // The client's request, answered: record it so the reply matches.
                             if let Some(raw) = get(&line, "id", Reading::Exact) {
@@ -1070,6 +1067,11 @@ impl World {
             ClientLine::Answer(reply) => self.deliver_to_client(&reply, true),
             ClientLine::Drop => Ok(()),
         })
+    }
+
+    fn abandon_unwritten(&mut self, n: u64) -> Option<Vec<u8>> {
+        trace("abandon unwritten", n.to_string().as_bytes());
+        self.session.abandon(n, false, "not written")
     }
 
     fn upstream_sends(&mut self, line: &[u8]) -> Result<(), String> {
