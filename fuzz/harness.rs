@@ -1086,13 +1086,18 @@ impl World {
     }
 }
 
-/// Whether `text` is JSON. serde_json refuses numbers beyond f64 (`1e400`), which RFC 8259
-/// allows (it lets a parser set limits): the gateway forwards such a number as the upstream
-/// wrote it, and that is not what these oracles are about.
+/// Whether `text` is JSON. serde_json refuses numbers beyond f64 (`1e400`) and escapes of
+/// lone surrogates (`"\ude66"`), which RFC 8259's grammar allows (it lets a parser set limits,
+/// and JavaScript servers emit such strings): the gateway forwards them as the upstream wrote
+/// them, outside a tool list (where it fails closed), and that is not what these oracles are
+/// about.
 fn is_json(text: &str) -> bool {
     match serde_json::from_str::<Value>(text) {
         Ok(_) => true,
-        Err(e) => e.to_string().contains("number out of range"),
+        Err(e) => {
+            let e = e.to_string();
+            e.contains("number out of range") || e.contains("surrogate")
+        }
     }
 }
 
