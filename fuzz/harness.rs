@@ -19,11 +19,12 @@ use serde_json::Value;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use toolgate::call::ToolCall;
 use toolgate::clock::ManualClock;
 use toolgate::counters::{CounterStore, MemoryCounterStore};
 use toolgate::decision::Verdict;
 use toolgate::jsonrpc::{self, Envelope};
-use toolgate::policy::{Policy, ToolCall};
+use toolgate::policy::Policy;
 use toolgate::session::{ClientLine, Identity, Session};
 
 /// The policy of the session targets: everything allowed, `secret` hidden, at most 2 `create`

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 /// The gap between calls in the spaced group.
 const SPACING: Duration = Duration::from_micros(100);
+use toolgate::call::ToolCall;
 use toolgate::clock::SystemClock;
 use toolgate::counters::{CounterStore, MemoryCounterStore};
-use toolgate::policy::{Policy, ToolCall};
+use toolgate::policy::Loader;
 
 fn component(name: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
@@ -40,7 +41,9 @@ fn decider<'a>(
     args: &'a Value,
     counters: &Arc<dyn CounterStore>,
 ) -> impl Fn() -> toolgate::policy::Outcome + 'a {
-    let policy = Policy::from_json(&policy.to_string(), "bench.json").unwrap();
+    let policy = Loader::from_env()
+        .from_json(&policy.to_string(), "bench.json")
+        .unwrap();
     let counters = counters.clone();
     move || {
         let outcome = policy.decide(

@@ -6,9 +6,10 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use serde_json::json;
 use std::hint::black_box;
 use std::sync::Arc;
+use toolgate::call::ToolCall;
 use toolgate::clock::SystemClock;
 use toolgate::counters::{CounterStore, MemoryCounterStore};
-use toolgate::policy::{Policy, ToolCall};
+use toolgate::policy::Policy;
 use toolgate::session::{ClientLine, Identity, Session};
 
 const EXAMPLE: &str = include_str!("../../examples/llm-cli-gateway/policy.json");

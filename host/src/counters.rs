@@ -71,6 +71,10 @@ impl CounterKey {
     }
 }
 
+/// The longest window a counter may have: a week. Every unit is kept (as a timestamp) for its
+/// window, so a longer window holds memory for longer; policies and plugins are held to it.
+pub const MAX_WINDOW_MS: u64 = 7 * 86_400_000;
+
 /// How many units a window admits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window {

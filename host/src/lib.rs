@@ -17,10 +17,14 @@
 //!    restores the client's id, and refunds the counter units only if the reply is an error
 //!    that means the tool never ran.
 
+pub mod call;
+pub mod child;
 pub mod clock;
 pub mod counters;
 pub mod decision;
 pub mod demo;
+pub mod digest;
+pub mod framing;
 pub mod http;
 pub mod jsonrpc;
 pub mod plugins;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use toolgate::clock::SystemClock;
 use toolgate::counters::MemoryCounterStore;
-use toolgate::policy::Policy;
+use toolgate::policy::{Loader, Policy};
 use toolgate::reload::{self, LivePolicy};
 use toolgate::session::{Identity, SchemaChecks, Session};
 use toolgate::stdio::{self, Ending, StdioLimits};
@@ -184,8 +184,8 @@ fn init_logging() {
         .init();
 }
 
-fn load_policy(path: &std::path::Path) -> Result<Policy, ExitCode> {
-    Policy::load(path).map_err(|e| {
+fn load_policy(loader: &Loader, path: &std::path::Path) -> Result<Policy, ExitCode> {
+    loader.load(path).map_err(|e| {
         eprintln!("{:?}", miette::Report::new(e));
         ExitCode::from(2)
     })
@@ -227,7 +227,7 @@ fn main() -> ExitCode {
             upstream,
         } => {
             init_logging();
-            let live = match LivePolicy::load(&policy) {
+            let live = match LivePolicy::load(&policy, Loader::from_env()) {
                 Ok(live) => live,
                 Err(e) => {
                     eprintln!("{:?}", miette::Report::new(e));
@@ -295,8 +295,9 @@ fn main() -> ExitCode {
         },
         Command::Check { files } => {
             let mut failed = false;
+            let loader = Loader::from_env();
             for file in &files {
-                match load_policy(file) {
+                match load_policy(&loader, file) {
                     Ok(_) => println!("{}: ok", file.display()),
                     Err(_) => failed = true,
                 }
@@ -334,7 +335,7 @@ fn main() -> ExitCode {
         } => match toolgate::plugins::build::build(&crate_dir, &target, out.as_deref()) {
             Ok(path) => {
                 let bytes = std::fs::read(&path).unwrap_or_default();
-                eprintln!("sha256 {}", toolgate::plugins::sha256_hex(&bytes));
+                eprintln!("sha256 {}", toolgate::digest::sha256_hex(&bytes));
                 println!("{}", path.display());
                 ExitCode::SUCCESS
             }
@@ -383,7 +384,7 @@ fn run(
     tracing::info!(policy = live.current().name().unwrap_or("(unnamed)"), grant = %identity.grant, session = %identity.session, upstream = ?upstream, "starting");
     let session =
         Arc::new(Session::live(live.cell(), counters, identity).with_schema_checks(schemas));
-    let child = stdio::spawn_upstream(upstream)
+    let child = toolgate::child::spawn_upstream(upstream)
         .with_context(|| format!("cannot start upstream `{}`", upstream.join(" ")))?;
     let (ending, status) = stdio::run(session, child, limits);
     let status = status.context("cannot wait for the upstream")?;
@@ -424,7 +425,11 @@ fn test(
         eprintln!("toolgate test: no *.cases.json under {paths:?}");
         return ExitCode::from(2);
     }
-    let results: Vec<_> = files.iter().map(|f| testing::run_file(f)).collect();
+    let loader = Loader::from_env();
+    let results: Vec<_> = files
+        .iter()
+        .map(|f| testing::run_file(&loader, f))
+        .collect();
     let options = testing::ReportOptions {
         bench,
         coverage,
@@ -457,7 +462,7 @@ fn eval(policy: &std::path::Path, call: &str) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let policy = match load_policy(policy) {
+    let policy = match load_policy(&Loader::from_env(), policy) {
         Ok(p) => p,
         Err(code) => return code,
     };
@@ -529,7 +534,8 @@ fn grant_add(
         "grant `{name}` already exists in `{}`",
         config.display()
     );
-    let (token, hash) = toolgate::http::grants::new_token();
+    let (token, hash) =
+        toolgate::http::grants::new_token().context("cannot draw a random token")?;
     let mut entry = toml::Table::new();
     entry.insert("name".into(), name.into());
     entry.insert("token_sha256".into(), hash.into());

@@ -3,7 +3,7 @@
 //!
 //! The pipeline, off the request path: read → parse and validate → check plugin digests →
 //! compile → pre-instantiate → run each plugin's `validate-config` (all of that is
-//! [`Policy::load`]) → swap. Sessions read the active policy once per decision
+//! [`Loader::load`]) → swap. Sessions read the active policy once per decision
 //! ([`ArcSwap`]), so a call finishes under the set it started with and no call ever sees half
 //! a new one. Counters live in the [`crate::counters::CounterStore`], outside the policy, so a
 //! count survives every swap; a changed `max` applies from the next call.
@@ -12,7 +12,7 @@
 //! debounced so that an editor's several writes make one reload), `SIGHUP`, and `reload` on
 //! the admin socket ([`serve_admin`], used by `toolgate reload`).
 
-use crate::policy::Policy;
+use crate::policy::{Loader, Policy};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use std::collections::HashSet;
@@ -70,6 +70,8 @@ pub struct Status {
 /// The active policy and its status.
 pub struct LivePolicy {
     path: PathBuf,
+    /// What each reload compiles with (the same plugin runtime as the first load).
+    loader: Loader,
     active: Arc<ArcSwap<Policy>>,
     status: Mutex<Status>,
     /// Held while a reload runs: reloads never overlap.
@@ -84,9 +86,9 @@ fn now_ms() -> u64 {
 
 /// Reads and loads the policy at `path`: the set and its digest. The file is read once, so
 /// the digest is always the digest of what was loaded.
-fn load_set(path: &Path) -> Result<(Policy, String), String> {
+fn load_set(loader: &Loader, path: &Path) -> Result<(Policy, String), String> {
     // The error names the file, line, column and cause (the log gets the full diagnostic).
-    let (policy, text) = Policy::load_with_text(path).map_err(|e| {
+    let (policy, text) = loader.load_with_text(path).map_err(|e| {
         let line = e.to_string();
         tracing::debug!("{:?}", miette::Report::new(e));
         line
@@ -101,13 +103,14 @@ fn digest(text: &str, policy: &Policy) -> String {
     for plugin in policy.plugins() {
         whole.extend_from_slice(plugin.digest().as_bytes());
     }
-    crate::plugins::sha256_hex(&whole)
+    crate::digest::sha256_hex(&whole)
 }
 
 impl LivePolicy {
-    /// Loads the policy at `path` for the first time; the error is the full diagnostic.
-    pub fn load(path: &Path) -> Result<Arc<Self>, crate::policy::PolicyError> {
-        let (policy, text) = Policy::load_with_text(path)?;
+    /// Loads the policy at `path` for the first time, and keeps `loader` for its reloads; the
+    /// error is the full diagnostic.
+    pub fn load(path: &Path, loader: Loader) -> Result<Arc<Self>, crate::policy::PolicyError> {
+        let (policy, text) = loader.load_with_text(path)?;
         let status = Status {
             policy: path.display().to_string(),
             digest: digest(&text, &policy),
@@ -118,6 +121,7 @@ impl LivePolicy {
         };
         Ok(Arc::new(Self {
             path: path.to_owned(),
+            loader,
             active: Arc::new(ArcSwap::from_pointee(policy)),
             status: Mutex::new(status),
             reloading: Mutex::new(()),
@@ -160,7 +164,7 @@ impl Reloadable for LivePolicy {
             status.reloads += 1;
             status.digest.clone()
         };
-        let (policy, digest) = load_set(&self.path)?;
+        let (policy, digest) = load_set(&self.loader, &self.path)?;
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         status.last_error = None;
         if digest == old {

@@ -28,10 +28,11 @@
 //! Everything else passes through unchanged. A refused call is answered here with a tool
 //! result (`isError: true`) and never reaches the upstream.
 
+use crate::call::{ToolAnnotations, ToolCall};
 use crate::counters::{CounterStore, Reservation};
 use crate::decision::{Decision, Verdict};
 use crate::jsonrpc::{self, Envelope, Fault, IdKind};
-use crate::policy::{Outcome, Policy, ToolAnnotations, ToolCall, UNKNOWN_RULE};
+use crate::policy::{Outcome, Policy, UNKNOWN_RULE};
 use arc_swap::ArcSwap;
 use serde::Deserialize;
 use serde_json::value::RawValue;

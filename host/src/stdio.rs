@@ -9,9 +9,10 @@
 //! Framing is MCP's: one JSON-RPC message per line. A line longer than the cap is skipped up
 //! to its newline and answered with an error, so one bad message costs one message.
 
+use crate::framing::{read_line_capped, Frame};
 use crate::session::{ClientLine, Session};
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::process::{Child, ExitStatus};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -46,66 +47,6 @@ impl Default for StdioLimits {
             max_upstream_message: 64 << 20,
             shutdown_grace: Duration::from_secs(5),
             reply_timeout: Duration::from_secs(600),
-        }
-    }
-}
-
-/// One frame read by [`read_line_capped`].
-#[derive(Debug, PartialEq, Eq)]
-pub enum Frame {
-    /// A line is in the buffer (newline and trailing `\r` removed).
-    Line,
-    /// A line of this many bytes exceeded the cap and was skipped.
-    Oversized(usize),
-    /// End of input.
-    Eof,
-}
-
-/// Reads the next non-blank line into `buf`, never buffering more than `max` bytes of it.
-pub fn read_line_capped(
-    reader: &mut impl BufRead,
-    buf: &mut Vec<u8>,
-    max: usize,
-) -> io::Result<Frame> {
-    buf.clear();
-    let mut skipped = 0usize;
-    loop {
-        let available = match reader.fill_buf() {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if available.is_empty() {
-            return Ok(if skipped > 0 {
-                Frame::Oversized(skipped)
-            } else if buf.iter().all(u8::is_ascii_whitespace) {
-                Frame::Eof
-            } else {
-                Frame::Line
-            });
-        }
-        let newline = memchr::memchr(b'\n', available);
-        let chunk = &available[..newline.unwrap_or(available.len())];
-        if skipped > 0 || buf.len() + chunk.len() > max {
-            skipped += buf.len() + chunk.len();
-            buf.clear();
-        } else {
-            buf.extend_from_slice(chunk);
-        }
-        let used = newline.map_or(chunk.len(), |i| i + 1);
-        reader.consume(used);
-        if newline.is_some() {
-            if skipped > 0 {
-                return Ok(Frame::Oversized(skipped));
-            }
-            if buf.last() == Some(&b'\r') {
-                buf.pop();
-            }
-            if buf.iter().all(u8::is_ascii_whitespace) {
-                buf.clear();
-                continue;
-            }
-            return Ok(Frame::Line);
         }
     }
 }
@@ -311,43 +252,6 @@ impl Drop for EndOnDrop {
     }
 }
 
-/// Starts the upstream command with piped stdin/stdout; its stderr is ours.
-///
-/// On Linux the child is also asked to receive SIGTERM when the gateway dies, however it dies:
-/// MCP clients often stop a server with a signal rather than by closing its stdin, and not every
-/// server exits on EOF (server-everything keeps running until its next write fails), so without
-/// this an upstream would outlive its gateway.
-pub fn spawn_upstream(command: &[String]) -> io::Result<Child> {
-    let (program, args) = command
-        .split_first()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no upstream command given"))?;
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: the closure runs in the forked child before exec and only calls
-        // async-signal-safe functions (prctl, getppid), touching no memory of the parent.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // The gateway may already have died between fork and prctl.
-                if libc::getppid() == 1 {
-                    libc::raise(libc::SIGTERM);
-                }
-                Ok(())
-            });
-        }
-    }
-    command.spawn()
-}
-
 /// Runs `session` on this process's stdin/stdout in front of `child`, then stops the child.
 /// Returns how the session ended and the child's exit status.
 pub fn run(
@@ -375,39 +279,4 @@ pub fn run(
     }
     let status = child.wait();
     (ending, status)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frames(input: &[u8], max: usize) -> Vec<(Frame, Vec<u8>)> {
-        let mut reader = BufReader::with_capacity(4, input); // tiny buffer: lines span many reads
-        let mut buf = Vec::new();
-        let mut out = Vec::new();
-        loop {
-            let frame = read_line_capped(&mut reader, &mut buf, max).unwrap();
-            if frame == Frame::Eof {
-                return out;
-            }
-            out.push((frame, buf.clone()));
-        }
-    }
-
-    #[test]
-    fn lines_blank_lines_crlf_and_a_last_line_without_newline() {
-        let got = frames(b"{\"a\":1}\n\n  \r\n{\"b\":2}\r\n{\"c\":3}", 100);
-        let lines: Vec<&[u8]> = got.iter().map(|(_, b)| b.as_slice()).collect();
-        assert_eq!(lines, vec![&b"{\"a\":1}"[..], b"{\"b\":2}", b"{\"c\":3}"]);
-    }
-
-    #[test]
-    fn an_oversized_line_is_skipped_whole_and_the_next_line_survives() {
-        let mut input = vec![b'x'; 50];
-        input.extend_from_slice(b"\nok\n");
-        let got = frames(&input, 10);
-        assert_eq!(got[0].0, Frame::Oversized(50));
-        assert_eq!(got[1], (Frame::Line, b"ok".to_vec()));
-        assert_eq!(got.len(), 2);
-    }
 }

@@ -6,9 +6,10 @@
 //! clock. Steps run in order against one evolving state (counters persist from step to step);
 //! each file starts from empty counters at [`START_MS`]. Nothing sleeps.
 
+use crate::call::ToolCall;
 use crate::clock::ManualClock;
 use crate::counters::{CounterStore, MemoryCounterStore};
-use crate::policy::{Policy, Step, ToolCall};
+use crate::policy::{Loader, Policy, Step};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -196,7 +197,7 @@ pub fn find_case_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
 }
 
 /// Runs one case file.
-pub fn run_file(path: &Path) -> FileResult {
+pub fn run_file(loader: &Loader, path: &Path) -> FileResult {
     let mut result = FileResult {
         file: path.display().to_string(),
         policy: String::new(),
@@ -216,7 +217,7 @@ pub fn run_file(path: &Path) -> FileResult {
     };
     let policy_path = path.parent().unwrap_or(Path::new(".")).join(&cases.policy);
     result.policy = policy_path.display().to_string();
-    let policy = match Policy::load(&policy_path) {
+    let policy = match loader.load(&policy_path) {
         Ok(policy) => policy,
         Err(e) => {
             result.error = Some(format!("the policy does not load: {e}"));

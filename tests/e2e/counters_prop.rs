@@ -6,9 +6,10 @@ use proptest::prelude::*;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
+use toolgate::call::ToolCall;
 use toolgate::clock::{Clock, ManualClock};
 use toolgate::counters::{CounterKey, CounterStore, MemoryCounterStore, Scope, Window};
-use toolgate::policy::{Policy, ToolCall};
+use toolgate::policy::Policy;
 
 /// The most units admitted in any half-open interval `[t, t + window)`. The busiest interval
 /// can always be slid to start at an admitted unit, so checking those starts is enough.

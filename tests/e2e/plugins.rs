@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use toolgate::call::ToolCall;
 use toolgate::clock::ManualClock;
 use toolgate::counters::{CounterStore, MemoryCounterStore};
 use toolgate::decision::Verdict;
-use toolgate::plugins::sha256_hex;
-use toolgate::policy::{Policy, PolicyError, ToolCall};
+use toolgate::digest::sha256_hex;
+use toolgate::policy::{Loader, Policy, PolicyError};
 
 const PLUGINS: &[&str] = &[
     "gw-id-check",
@@ -31,6 +32,12 @@ const PLUGINS: &[&str] = &[
     "hostile/import-flood",
     "hostile/remember",
 ];
+
+/// One plugin runtime for these tests, as a process has one.
+fn loader() -> &'static Loader {
+    static LOADER: OnceLock<Loader> = OnceLock::new();
+    LOADER.get_or_init(Loader::from_env)
+}
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -81,8 +88,9 @@ impl Engine {
     fn new(policy: Value) -> Self {
         let clock = ManualClock::starting_at(1_700_000_000_000);
         let counters: Arc<dyn CounterStore> = Arc::new(MemoryCounterStore::new(clock.clone()));
-        let policy =
-            Policy::from_json(&policy.to_string(), "test.json").unwrap_or_else(|e| panic!("{e}"));
+        let policy = loader()
+            .from_json(&policy.to_string(), "test.json")
+            .unwrap_or_else(|e| panic!("{e}"));
         Self {
             policy,
             counters,
@@ -249,7 +257,7 @@ fn a_refused_call_refunds_the_units_plugins_took() {
 }
 
 fn load_error(policy: Value) -> String {
-    match Policy::from_json(&policy.to_string(), "bad.json") {
+    match loader().from_json(&policy.to_string(), "bad.json") {
         Ok(_) => panic!("the policy loaded"),
         Err(PolicyError::Invalid(e)) => format!("{}: {}", e.location, e.message),
         Err(e) => e.to_string(),
@@ -475,9 +483,11 @@ fn hostile_plugins_are_denied_and_the_gateway_keeps_serving(
 #[test]
 fn the_plugin_examples_load_and_enforce_their_rules() {
     plugins(); // builds the components where the examples expect them
-    let gw = Policy::load(&root().join("examples/gw-id-check/policy.json"))
+    let gw = loader()
+        .load(&root().join("examples/gw-id-check/policy.json"))
         .unwrap_or_else(|e| panic!("{e}"));
-    let cap = Policy::load(&root().join("examples/rate-cap/policy.json"))
+    let cap = loader()
+        .load(&root().join("examples/rate-cap/policy.json"))
         .unwrap_or_else(|e| panic!("{e}"));
     let clock = ManualClock::starting_at(0);
     let counters: Arc<dyn CounterStore> = Arc::new(MemoryCounterStore::new(clock));
@@ -597,8 +607,9 @@ fn host_imports_are_bounded_per_evaluation(#[case] config: &str, #[case] refused
         let policy = json!({"version": "1", "default": "deny",
             "plugins": {"flood": {"path": plugin_path("hostile/import-flood"), "isolation": isolation, "memory_mib": 96}},
             "tools": {"echo": {"use": [{"plugin": "flood", "config": config}]}}});
-        let policy =
-            Policy::from_json(&policy.to_string(), "flood.json").unwrap_or_else(|e| panic!("{e}"));
+        let policy = loader()
+            .from_json(&policy.to_string(), "flood.json")
+            .unwrap_or_else(|e| panic!("{e}"));
         // Twice: a pooled instance that served a refused call is not reused in a bad state.
         for _ in 0..2 {
             let d = decide_as(&policy, &counters, "g1");
@@ -632,8 +643,9 @@ fn pooled_instances_are_never_shared_across_grants() {
     let policy = json!({"version": "1", "default": "deny",
         "plugins": {"remember": {"path": plugin_path("hostile/remember"), "isolation": "pooled"}},
         "tools": {"echo": {"use": [{"plugin": "remember"}]}}});
-    let policy =
-        Policy::from_json(&policy.to_string(), "remember.json").unwrap_or_else(|e| panic!("{e}"));
+    let policy = loader()
+        .from_json(&policy.to_string(), "remember.json")
+        .unwrap_or_else(|e| panic!("{e}"));
     let clock = ManualClock::starting_at(0);
     let counters: Arc<dyn CounterStore> = Arc::new(MemoryCounterStore::new(clock));
     let said = |grant: &str| {

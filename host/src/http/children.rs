@@ -12,8 +12,8 @@
 //! by a plain thread with the stdio transport's capped line reader; the thread also reaps
 //! the child when it exits.
 
+use crate::framing::{read_line_capped, Frame};
 use crate::jsonrpc::{self, Envelope};
-use crate::stdio::{read_line_capped, Frame};
 use std::collections::{HashMap, VecDeque};
 use std::io::BufReader;
 use std::sync::{Arc, Mutex};
@@ -77,7 +77,7 @@ fn lock(routes: &Mutex<Routes>) -> std::sync::MutexGuard<'_, Routes> {
 impl Child {
     /// Starts `command` and the task that routes its output.
     pub fn spawn(command: &[String], max_line: usize) -> std::io::Result<Self> {
-        let mut process = crate::stdio::spawn_upstream(command)?;
+        let mut process = crate::child::spawn_upstream(command)?;
         let stdin = tokio::process::ChildStdin::from_std(process.stdin.take().expect("piped"))?;
         let stdout = process.stdout.take().expect("stdout is piped");
         let routes = Arc::new(Mutex::new(Routes::default()));

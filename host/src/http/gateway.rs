@@ -701,7 +701,7 @@ fn decide<'b>(
     body: &'b [u8],
     posted: &Posted<'_>,
 ) -> ClientLine<'b> {
-    if posted.method() == Some("tools/call") && !grant.policy.load().plugins().is_empty() {
+    if posted.method() == Some("tools/call") && grant.policy.load().may_block() {
         tokio::task::block_in_place(|| policy.from_client_parsed(body, &posted.envelope))
     } else {
         policy.from_client_parsed(body, &posted.envelope)

@@ -14,7 +14,7 @@
 use super::config::{parse_sha256, Config, GrantConfig};
 use crate::clock::SystemClock;
 use crate::counters::{CounterStore, MemoryCounterStore};
-use crate::policy::Policy;
+use crate::policy::{Loader, Policy};
 use crate::reload::{LivePolicy, Status};
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
@@ -62,7 +62,7 @@ pub struct Grants {
 
 impl Grants {
     /// Loads every grant's policy (one load per distinct policy file).
-    pub fn load(config: &Config) -> anyhow::Result<Self> {
+    pub fn load(config: &Config, loader: &Loader) -> anyhow::Result<Self> {
         let mut policies: HashMap<PathBuf, Arc<LivePolicy>> = HashMap::new();
         let mut by_hash = Vec::new();
         let mut all = Vec::new();
@@ -76,7 +76,7 @@ impl Grants {
                 Some(path) => Some(match policies.get(path) {
                     Some(live) => live.clone(),
                     None => {
-                        let live = LivePolicy::load(path).map_err(|e| {
+                        let live = LivePolicy::load(path, loader.clone()).map_err(|e| {
                             anyhow::anyhow!("{:?}", miette::Report::new(e))
                                 .context(format!("grant `{name}`: cannot load its policy"))
                         })?;
@@ -172,17 +172,12 @@ impl Grant {
 }
 
 /// A new random token (256 bits from the OS, hex) and its sha256 (hex), for `grant add`.
-pub fn new_token() -> (String, String) {
+pub fn new_token() -> std::io::Result<(String, String)> {
     let mut bytes = [0u8; 32];
-    bytes[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    bytes[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    let token = format!("tg_{}", hex(&bytes));
-    let hash = crate::plugins::sha256_hex(token.as_bytes());
-    (token, hash)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let token = format!("tg_{}", hex::encode(bytes));
+    let hash = crate::digest::sha256_hex(token.as_bytes());
+    Ok((token, hash))
 }
 
 #[cfg(test)]
@@ -190,8 +185,8 @@ mod tests {
     use super::*;
 
     fn grants(anonymous: Option<&str>) -> Grants {
-        let hash_a = hex(&Sha256::digest(b"token-a"));
-        let hash_b = hex(&Sha256::digest(b"token-b"));
+        let hash_a = hex::encode(Sha256::digest(b"token-a"));
+        let hash_b = hex::encode(Sha256::digest(b"token-b"));
         let toml = format!(
             "anonymous_grant = {}\n[upstream]\nurl = \"http://127.0.0.1:1/mcp\"\n\
              [[grants]]\nname = \"a\"\ntoken_sha256 = \"{hash_a}\"\n\
@@ -201,7 +196,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, toml).unwrap();
-        Grants::load(&Config::load(&path).unwrap()).unwrap()
+        Grants::load(&Config::load(&path).unwrap(), &Loader::new()).unwrap()
     }
 
     #[test]
@@ -236,9 +231,9 @@ mod tests {
 
     #[test]
     fn a_new_token_hashes_to_what_grant_add_stores() {
-        let (token, hash) = new_token();
+        let (token, hash) = new_token().unwrap();
         assert!(token.starts_with("tg_") && token.len() == 67);
-        assert_eq!(hash, hex(&Sha256::digest(token.as_bytes())));
-        assert_ne!(new_token().0, token);
+        assert_eq!(hash, hex::encode(Sha256::digest(token.as_bytes())));
+        assert_ne!(new_token().unwrap().0, token);
     }
 }

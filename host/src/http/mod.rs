@@ -35,7 +35,7 @@ const SESSION_DELETES_WITHIN: Duration = Duration::from_secs(3);
 /// Loads the config and serves until the process is stopped.
 pub fn serve(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    let grants = Grants::load(&config)?;
+    let grants = Grants::load(&config, &crate::policy::Loader::from_env())?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = config.worker_threads {
         runtime.worker_threads(threads.max(1));

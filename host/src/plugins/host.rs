@@ -15,8 +15,8 @@
 
 use super::bindings::toolgate::policy::{clock, counters, log, types};
 use super::{IMPORT_CALLS_PER_EVALUATION, LOG_BYTES_PER_EVALUATION, MAX_COUNTER_NAME_BYTES};
+use crate::counters::MAX_WINDOW_MS;
 use crate::counters::{CounterKey, CounterStore, Reservation, Scope, Window};
-use crate::policy::MAX_WINDOW_MS;
 use std::sync::Arc;
 
 /// What one evaluation may touch. Lives in the wasmtime `Store`.

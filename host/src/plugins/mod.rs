@@ -31,13 +31,12 @@ use crate::decision::{Decision, Verdict};
 use bindings::toolgate::policy::types as wit;
 use cache::CompileCache;
 use host::{BudgetExceeded, EvalState, ImportRefused, MemoryBudget};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Sender};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
@@ -229,14 +228,6 @@ fn do_chores(
     }
 }
 
-/// The `sha256` of some bytes, as lowercase hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// `$TOOLGATE_CACHE_DIR` (empty: no disk cache), else `$XDG_CACHE_HOME/toolgate/plugins`,
 /// else `~/.cache/toolgate/plugins`.
 fn default_cache_dir() -> Option<PathBuf> {
@@ -250,14 +241,12 @@ fn default_cache_dir() -> Option<PathBuf> {
 }
 
 impl PluginRuntime {
-    /// The process's runtime, created on first use, caching compiled plugins in
-    /// `$TOOLGATE_CACHE_DIR` (default `~/.cache/toolgate/plugins`; set but empty: no cache).
-    pub fn shared() -> Result<&'static PluginRuntime, PluginError> {
-        static SHARED: OnceLock<Result<PluginRuntime, String>> = OnceLock::new();
-        SHARED
-            .get_or_init(|| PluginRuntime::new(default_cache_dir()).map_err(|e| e.to_string()))
-            .as_ref()
-            .map_err(|e| PluginError::Engine(e.clone()))
+    /// A runtime caching compiled plugins in `$TOOLGATE_CACHE_DIR` (default
+    /// `~/.cache/toolgate/plugins`; set but empty: no cache). A process makes one and hands it
+    /// to every [`crate::policy::Loader`]: each runtime has its own engine, epoch thread and
+    /// instance pool.
+    pub fn from_env() -> Result<Self, PluginError> {
+        Self::new(default_cache_dir())
     }
 
     /// A runtime with its own engine; `cache_dir` holds precompiled artifacts (`None`: no disk cache).
@@ -403,7 +392,7 @@ impl PluginRuntime {
             path: shown.clone(),
             source,
         })?;
-        let digest = sha256_hex(&bytes);
+        let digest = crate::digest::sha256_hex(&bytes);
         match sha256 {
             Some(expected) if !expected.eq_ignore_ascii_case(&digest) => {
                 return Err(PluginError::DigestMismatch {
@@ -542,7 +531,7 @@ pub struct PluginCall<'a> {
     /// The upstream's name, empty if unknown.
     pub server: &'a str,
     /// The tool's MCP annotations, if the upstream listed them.
-    pub annotations: Option<crate::policy::ToolAnnotations>,
+    pub annotations: Option<crate::call::ToolAnnotations>,
 }
 
 /// The result of one evaluation.

@@ -10,41 +10,11 @@
 //! operator (`gt` on a string, `starts_with` on a number) is an evaluation error, and an error
 //! denies the call: policy evaluation fails closed.
 
+use crate::call::ToolCall;
 use regex::Regex;
 use serde::Deserialize;
 use serde_json::Value;
 use std::fmt;
-
-/// What a condition is evaluated against.
-#[derive(Clone, Copy, Debug)]
-pub struct ToolCall<'a> {
-    /// The tool's name (`params.name`).
-    pub tool: &'a str,
-    /// The call's arguments (`params.arguments`; `{}` when absent).
-    pub args: &'a Value,
-    /// The grant (agent identity) making the call.
-    pub grant: &'a str,
-    /// The MCP session the call arrived on.
-    pub session: &'a str,
-    /// The upstream's name (`serverInfo.name` from its `initialize` reply; empty if unknown).
-    pub server: &'a str,
-    /// The tool's MCP annotations from the upstream's `tools/list`, when it listed them.
-    pub annotations: Option<ToolAnnotations>,
-}
-
-/// A tool's MCP annotations: hints the upstream gives about it (never guarantees).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ToolAnnotations {
-    /// `readOnlyHint`
-    pub read_only_hint: Option<bool>,
-    /// `destructiveHint`
-    pub destructive_hint: Option<bool>,
-    /// `idempotentHint`
-    pub idempotent_hint: Option<bool>,
-    /// `openWorldHint`
-    pub open_world_hint: Option<bool>,
-}
 
 #[derive(Clone, Debug, PartialEq)]
 enum Root {

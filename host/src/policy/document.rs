@@ -6,6 +6,7 @@
 
 use super::condition::Condition;
 use crate::counters::Scope;
+use crate::counters::MAX_WINDOW_MS;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -212,9 +213,6 @@ pub struct WindowSpec {
     /// How a reason names the window: `per minute`, `per 90 s`.
     pub label: String,
 }
-
-/// The longest window a counter may have: a week. Longer windows keep timestamps for too long.
-pub const MAX_WINDOW_MS: u64 = 7 * 86_400_000;
 
 impl TryFrom<Value> for WindowSpec {
     type Error = String;

@@ -21,8 +21,9 @@ mod document;
 mod error;
 pub(crate) mod unique_keys;
 
-pub use condition::{Condition, Op, Path as ConditionPath, ToolAnnotations, ToolCall};
-pub use document::{Action, DefaultAction, PolicyDocument, MAX_WINDOW_MS};
+use crate::call::ToolCall;
+pub use condition::{Condition, Op, Path as ConditionPath};
+pub use document::{Action, DefaultAction, PolicyDocument};
 pub use error::{InvalidPolicy, PolicyError};
 
 use crate::counters::{CounterKey, CounterStore, Reservation, Scope, Window};
@@ -142,31 +143,86 @@ impl Policy {
         &self.argument_keys
     }
 
-    /// Reads and compiles the policy at `path`.
-    pub fn load(path: &std::path::Path) -> Result<Self, PolicyError> {
-        Self::load_with_text(path).map(|(policy, _)| policy)
+    /// Compiles a policy that names no plugins from its JSON text; `file` names it in errors.
+    /// A policy with plugins needs a [`Loader`] with a plugin runtime.
+    pub fn from_json(text: &str, file: &str) -> Result<Self, PolicyError> {
+        Loader::new().from_json(text, file)
     }
 
-    /// Like [`Policy::load`], and also returns the text it loaded (read once, so that a
+    /// Whether deciding a `tools/call` may run a plugin, and so take up to a plugin's time
+    /// budget: an async caller moves such a decision off its worker.
+    pub fn may_block(&self) -> bool {
+        !self.plugins.is_empty()
+    }
+}
+
+/// Compiles policies: the one way a [`Policy`] is made. It carries what compiling needs from
+/// outside the document, the plugin runtime that loads a policy's plugins; it is given, never
+/// reached through a global (Kubewarden's evaluator takes its engine the same way). Without a
+/// runtime, a policy that names plugins fails to load.
+#[derive(Clone)]
+pub struct Loader {
+    /// The runtime, or why there is none (said when a policy names plugins).
+    plugins: Result<Arc<PluginRuntime>, Arc<str>>,
+}
+
+impl Default for Loader {
+    fn default() -> Self {
+        Self {
+            plugins: Err("no plugin runtime was given to load it with".into()),
+        }
+    }
+}
+
+impl Loader {
+    /// A loader for policies without plugins.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A loader whose policies load their plugins into `runtime`.
+    pub fn with_plugins(runtime: Arc<PluginRuntime>) -> Self {
+        Self {
+            plugins: Ok(runtime),
+        }
+    }
+
+    /// A loader with a new plugin runtime configured from the environment
+    /// ([`PluginRuntime::from_env`]). If the engine cannot start, policies without plugins
+    /// still load, and one that names plugins fails saying why.
+    pub fn from_env() -> Self {
+        Self {
+            plugins: PluginRuntime::from_env()
+                .map(Arc::new)
+                .map_err(|e| e.to_string().into()),
+        }
+    }
+
+    /// Reads and compiles the policy at `path`.
+    pub fn load(&self, path: &std::path::Path) -> Result<Policy, PolicyError> {
+        self.load_with_text(path).map(|(policy, _)| policy)
+    }
+
+    /// Like [`Loader::load`], and also returns the text it loaded (read once, so that a
     /// digest of it is the digest of what was loaded).
-    pub fn load_with_text(path: &std::path::Path) -> Result<(Self, String), PolicyError> {
+    pub fn load_with_text(&self, path: &std::path::Path) -> Result<(Policy, String), PolicyError> {
         let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
             path: path.display().to_string(),
             source,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let policy = Self::from_json_in(&text, &path.display().to_string(), base)?;
+        let policy = self.from_json_in(&text, &path.display().to_string(), base)?;
         Ok((policy, text))
     }
 
     /// Compiles a policy from its JSON text; `file` names it in errors. Plugin paths are
     /// relative to the current directory.
-    pub fn from_json(text: &str, file: &str) -> Result<Self, PolicyError> {
-        Self::from_json_in(text, file, Path::new("."))
+    pub fn from_json(&self, text: &str, file: &str) -> Result<Policy, PolicyError> {
+        self.from_json_in(text, file, Path::new("."))
     }
 
     /// Compiles a policy from its JSON text, resolving plugin paths against `base`.
-    pub fn from_json_in(text: &str, file: &str, base: &Path) -> Result<Self, PolicyError> {
+    pub fn from_json_in(&self, text: &str, file: &str, base: &Path) -> Result<Policy, PolicyError> {
         let located = |err: serde_path_to_error::Error<serde_json::Error>| {
             let location = match err.path().to_string() {
                 p if p == "." => "the document".to_owned(),
@@ -196,14 +252,23 @@ impl Policy {
                 "trailing characters after the policy object".into(),
             )
         })?;
-        Self::compile(doc, text, file, base)
+        Policy::compile(
+            doc,
+            text,
+            file,
+            base,
+            self.plugins.as_deref().map_err(|e| &**e),
+        )
     }
+}
 
+impl Policy {
     fn compile(
         doc: PolicyDocument,
         text: &str,
         file: &str,
         base: &Path,
+        runtime: Result<&PluginRuntime, &str>,
     ) -> Result<Self, PolicyError> {
         let invalid = |needle: &str, location: String, message: String| {
             PolicyError::at_text(file, text, needle, location, message)
@@ -211,8 +276,13 @@ impl Policy {
         // Plugins first: load → verify → compile → pre-instantiate, each failure a load error.
         let mut plugins: HashMap<String, Arc<Plugin>> = HashMap::new();
         if !doc.plugins.is_empty() {
-            let runtime = PluginRuntime::shared()
-                .map_err(|e| invalid("\"plugins\"", "plugins".into(), e.to_string()))?;
+            let runtime = runtime.map_err(|why| {
+                invalid(
+                    "\"plugins\"",
+                    "plugins".into(),
+                    format!("this policy names plugins, and {why}"),
+                )
+            })?;
             for (name, spec) in &doc.plugins {
                 let defaults = PluginLimits::default();
                 let limits = PluginLimits {
