@@ -234,7 +234,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let triggers = || -> Result<(), String> {
+            let triggers = || -> anyhow::Result<()> {
                 if !no_watch {
                     reload::watch("policy-watch", live.clone())?;
                 }
