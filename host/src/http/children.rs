@@ -145,11 +145,6 @@ impl Child {
         }
         rx
     }
-
-    /// Whether the child has exited.
-    pub fn exited(&self) -> bool {
-        lock(&self.routes).exited
-    }
 }
 
 fn route_output(stdout: std::process::ChildStdout, routes: &Mutex<Routes>, max: usize) {
