@@ -192,4 +192,66 @@ mod tests {
         let mut p = Parser::new(10);
         assert!(p.push(b"data: 01234\ndata: 56789\n").is_err());
     }
+
+    /// Any field value the parser can carry: no line ends (they delimit fields), and no
+    /// leading space (one leading space after the colon is part of the syntax).
+    fn value() -> impl Strategy<Value = String> {
+        "[^\\r\\n ][^\\r\\n]{0,20}|"
+    }
+
+    fn event() -> impl Strategy<Value = Event> {
+        (
+            proptest::option::of(value()),
+            proptest::option::of(value()),
+            proptest::option::of(value()),
+            proptest::collection::vec(value(), 0..4),
+        )
+            .prop_map(|(id, event, retry, data)| Event {
+                id,
+                event,
+                retry,
+                has_data: !data.is_empty(),
+                data: data.join("\n"),
+            })
+            // An event with only an `event` field, or none at all, is not dispatched.
+            .prop_filter("dispatched", |e| {
+                e.has_data || e.id.is_some() || e.retry.is_some()
+            })
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Events written with [`Event::encode`] and read back, fed in pieces cut anywhere
+        /// (between a CR and its LF too), with CRLF or LF line ends and comments between
+        /// them, are the same events.
+        #[test]
+        fn events_round_trip_whatever_the_chunks(
+            events in proptest::collection::vec(event(), 0..6),
+            cuts in proptest::collection::vec(0usize..2000, 0..16),
+            crlf in any::<bool>(),
+            comments in any::<bool>(),
+        ) {
+            let mut wire = Vec::new();
+            for event in &events {
+                if comments {
+                    wire.extend_from_slice(b": keep-alive\n\n");
+                }
+                wire.extend_from_slice(&event.encode());
+            }
+            if crlf {
+                wire = String::from_utf8(wire).unwrap().replace('\n', "\r\n").into_bytes();
+            }
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            let mut parser = Parser::new(1 << 20);
+            let (mut got, mut start) = (Vec::new(), 0);
+            for cut in cuts.into_iter().chain([wire.len()]) {
+                let cut = cut.clamp(start, wire.len());
+                got.extend(parser.push(&wire[start..cut]).unwrap());
+                start = cut;
+            }
+            prop_assert_eq!(got, events);
+        }
+    }
 }
