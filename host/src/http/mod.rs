@@ -30,7 +30,6 @@ pub(crate) mod admin;
 pub(crate) mod admission;
 pub(crate) mod children;
 pub(crate) mod config;
-pub mod echo;
 pub(crate) mod error;
 pub(crate) mod gateway;
 pub mod grants;
