@@ -45,7 +45,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const CHECK_IDLE_AFTER: Duration = Duration::from_millis(500);
 
 /// Connections to one upstream.
-pub struct Pool {
+pub(crate) struct Pool {
     /// `host:port` to connect to.
     address: String,
     /// The `Host` header and the request path (`/mcp?...`).
@@ -58,12 +58,12 @@ pub struct Pool {
 
 /// A request that got no response head.
 #[derive(Debug)]
-pub struct SendError {
+pub(crate) struct SendError {
     /// What went wrong.
-    pub error: io::Error,
+    pub(crate) error: io::Error,
     /// Whether any of the request may have reached the upstream: only a failure to connect
     /// says for certain that it did not.
-    pub written: bool,
+    pub(crate) written: bool,
 }
 
 impl SendError {
@@ -124,26 +124,26 @@ impl Conn {
 }
 
 /// An upstream response: its head, read; its body, still on the connection.
-pub struct Response {
+pub(crate) struct Response {
     status: StatusCode,
     headers: HeaderMap,
     body: Body,
 }
 
 impl Response {
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         self.status
     }
-    pub fn headers(&self) -> &HeaderMap {
+    pub(crate) fn headers(&self) -> &HeaderMap {
         &self.headers
     }
-    pub fn into_body(self) -> Body {
+    pub(crate) fn into_body(self) -> Body {
         self.body
     }
 }
 
 /// A response body being read from its connection.
-pub struct Body {
+pub(crate) struct Body {
     /// `None` once the body has ended (the connection went back to the pool or was closed).
     stream: Option<Conn>,
     buffer: BytesMut,
@@ -155,7 +155,7 @@ pub struct Body {
 
 /// A body that could not be read.
 #[derive(Debug, thiserror::Error)]
-pub enum BodyError {
+pub(crate) enum BodyError {
     #[error("upstream reply exceeds the gateway's {0}-byte limit")]
     TooLarge(usize),
     #[error("upstream reply cut off: {0}")]
@@ -164,7 +164,7 @@ pub enum BodyError {
 
 impl Body {
     /// Whether the body has been read to its end.
-    pub fn is_end(&self) -> bool {
+    pub(crate) fn is_end(&self) -> bool {
         self.framing == Framing::Done
     }
 
@@ -187,7 +187,7 @@ impl Body {
     /// The next body data: everything the socket has delivered, once there is any. `None` at
     /// the end. The end is noticed together with the last data when it arrived with it, so
     /// that [`Body::is_end`] is already true when that data is handed out.
-    pub fn poll_data(&mut self, cx: &mut Context) -> Poll<io::Result<Option<Bytes>>> {
+    pub(crate) fn poll_data(&mut self, cx: &mut Context) -> Poll<io::Result<Option<Bytes>>> {
         let mut out = BytesMut::new();
         loop {
             self.decode(&mut out)?;
@@ -215,12 +215,12 @@ impl Body {
     }
 
     /// The next body data (see [`Body::poll_data`]).
-    pub async fn data(&mut self) -> io::Result<Option<Bytes>> {
+    pub(crate) async fn data(&mut self) -> io::Result<Option<Bytes>> {
         poll_fn(|cx| self.poll_data(cx)).await
     }
 
     /// The whole body, if it is at most `max` bytes.
-    pub async fn read_all(mut self, max: usize) -> Result<Bytes, BodyError> {
+    pub(crate) async fn read_all(mut self, max: usize) -> Result<Bytes, BodyError> {
         let mut all = BytesMut::new();
         while let Some(data) = self.data().await? {
             if all.len() + data.len() > max {
@@ -235,7 +235,7 @@ impl Body {
 impl Pool {
     /// A pool for `url` (`http://` or `https://host:port/path`); an https upstream's
     /// certificate must chain to a CA in `tls.ca_file` (PEM) or, without one, to a public root.
-    pub fn new(url: &str, tls: &super::config::UpstreamTls) -> anyhow::Result<Self> {
+    pub(crate) fn new(url: &str, tls: &super::config::UpstreamTls) -> anyhow::Result<Self> {
         let uri: hyper::Uri = url
             .parse()
             .map_err(|e| anyhow::anyhow!("[upstream] url `{url}`: {e}"))?;
@@ -331,7 +331,7 @@ impl Pool {
 
     /// Sends a request with `headers` (besides `Host` and `Content-Length`, which are set
     /// here) and `body` to the upstream's URL, and reads the response head.
-    pub async fn send(
+    pub(crate) async fn send(
         self: &Arc<Self>,
         method: Method,
         headers: &[(&str, &HeaderValue)],
