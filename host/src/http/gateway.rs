@@ -1,5 +1,6 @@
 //! The gateway's shared state: grants, sessions, limits, the upstream and its connections,
-//! and the counts the admin status reports. The handlers in [`super::mcp`] read it.
+//! and the counts the admin status reports. The `/mcp` handlers (`mcp.rs`) and the admin
+//! listener read it; it knows neither.
 
 use super::admission::Admission;
 use super::config::{Limits, Upstream};

@@ -3,7 +3,7 @@
 //! Tokens are never stored: the config holds their sha256. A presented token is hashed and
 //! compared with every grant's hash in constant time (all of them, with no early exit), so
 //! the time taken says nothing about which grant, or which prefix, came close. A connection
-//! remembers the last token it presented and its grant ([`Remembered`]): the next request on
+//! remembers the last token it presented and its grant (`Remembered`): the next request on
 //! it with the same token (compared in constant time) skips the hash.
 //!
 //! Each grant has its own [`CounterStore`]: one grant can neither read nor spend another's

@@ -1,30 +1,32 @@
 //! `toolgate serve`: the gateway as a Streamable HTTP endpoint shared by many agents.
 //!
 //! One `tools/call` over HTTP passes through the submodules in this order:
-//! 1. [`serve`] (here): the listener accepts the connection (TLS by [`tls`]) and hands each
-//!    request to [`mcp::handle`].
-//! 2. [`admission`]: `Host`/`Origin` (403) and the bearer token (401), which names a grant
-//!    ([`grants`]); the request's headers are read with [`headers`].
-//! 3. [`mcp`]: the POST handler reads the body and finds the session in the registry
-//!    ([`sessions`], held by the shared state in [`gateway`]).
-//! 4. **The decision**: `mcp::decide` calls the session core's
+//! 1. [`serve`] (here): the listener accepts the connection (TLS by `tls`) and hands each
+//!    request to `mcp::handle`.
+//! 2. `admission`: `Host`/`Origin` (403) and the bearer token (401), which names a grant
+//!    ([`grants`]); the request's headers are read with `headers`.
+//! 3. `mcp`: the POST handler reads the body and finds the session in the registry
+//!    (`sessions`, held by the shared state in `gateway`).
+//! 4. **The decision**: `mcp::decide` (in `http/mcp.rs`) calls the session core's
 //!    [`Session::from_client_parsed`](crate::session::Session::from_client_parsed), exactly as
 //!    the stdio transport does. A refusal is answered there and never reaches the upstream.
-//! 5. The allowed message goes upstream: an HTTP upstream through [`upstream`] (pooled
-//!    keep-alive connections), or the session's own stdio child ([`children`]).
-//! 6. [`relay`]: the reply, JSON or an SSE stream ([`sse`]), passes back message by message
+//!    (An `initialize`, which opens the session, is decided the same way in `mcp::initialize`.)
+//! 5. The allowed message goes upstream: an HTTP upstream through `upstream` (pooled
+//!    keep-alive connections), or the session's own stdio child (`children`).
+//! 6. `relay`: the reply, JSON or an SSE stream (`sse`), passes back message by message
 //!    through [`Session::from_upstream`](crate::session::Session::from_upstream).
 //!
-//! Every refusal the gateway answers itself (at any step) is an [`error::GatewayError`],
+//! Every refusal the gateway answers itself (at any step) is an `error::GatewayError`,
 //! mapped to its status, JSON-RPC code and headers in one place.
 //!
-//! Beside the request path: [`config`] (the TOML file: listeners, upstream, grants, limits)
-//! and [`admin`] (health, status and reload on a separate listener).
+//! Beside the request path: `config` (the TOML file: listeners, upstream, grants, limits)
+//! and `admin` (health, status and reload on a separate listener).
 //!
-//! Dependencies point one way: `mcp` → `gateway` → `sessions`/`admission` → `grants`, and
-//! `mcp` → `relay` → `sessions`/`sse`/`upstream`; `error` and `headers` are leaves. Outside
-//! `http`, only lower modules are used (`session`, `policy`, `reload`, `jsonrpc`, `framing`,
-//! `child`, `counters`, `clock`, `digest`).
+//! Dependencies point one way (no cycles): `mcp` → `gateway` → `admission`/`sessions` →
+//! `grants`, and `mcp` → `relay` → `sessions`/`sse`/`upstream`; `error` (which names
+//! `upstream`'s body error) and `headers` sit below the handlers. Outside `http`, only lower
+//! modules are used (`session`, `policy`, `reload`, `jsonrpc`, `framing`, `child`, `counters`,
+//! `clock`, `digest`).
 
 pub(crate) mod admin;
 pub(crate) mod admission;
