@@ -192,3 +192,77 @@ impl Drop for StreamGuard {
         self.0.streams.fetch_sub(1, Ordering::SeqCst);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::counters::MemoryCounterStore;
+    use crate::policy::Policy;
+    use crate::session::Identity;
+
+    fn grant(name: &str) -> Arc<Grant> {
+        let policy = Policy::from_json(r#"{"version": "1"}"#, "<test>").unwrap();
+        Arc::new(Grant {
+            name: name.into(),
+            live: None,
+            policy: Arc::new(arc_swap::ArcSwap::from_pointee(policy)),
+            counters: Arc::new(MemoryCounterStore::new(Arc::new(SystemClock::new()))),
+        })
+    }
+
+    fn session(id: &str, grant: &Arc<Grant>) -> Arc<GwSession> {
+        let identity = Identity {
+            grant: grant.name.clone(),
+            session: id.into(),
+        };
+        let core = Session::live(grant.policy.clone(), grant.counters.clone(), identity);
+        GwSession::new(id.into(), grant.clone(), core, Link::Http(None))
+    }
+
+    #[test]
+    fn slots_cap_sessions_open_or_opening() {
+        let (sessions, a) = (Sessions::new(2), grant("a"));
+        let first = sessions.take_slot().unwrap();
+        let opening = sessions.take_slot().unwrap();
+        assert!(sessions.take_slot().is_none(), "two open or opening");
+        sessions.open(first, session("s1", &a));
+        drop(opening); // an initialize refused, or its client gone
+        let second = sessions.take_slot().expect("the dropped slot is back");
+        sessions.open(second, session("s2", &a));
+        assert!(sessions.take_slot().is_none());
+        assert_eq!(sessions.count(), 2);
+        assert!(sessions.remove("s1").is_some());
+        assert!(sessions.remove("s1").is_none(), "a slot is given back once");
+        sessions.open(sessions.take_slot().unwrap(), session("s3", &a));
+        assert!(sessions.take_slot().is_none());
+        assert_eq!(sessions.take_all().len(), 2);
+        assert!(sessions.take_slot().is_some());
+    }
+
+    #[test]
+    fn a_session_answers_only_to_its_grant() {
+        let (sessions, a, b) = (Sessions::new(4), grant("a"), grant("a"));
+        sessions.open(sessions.take_slot().unwrap(), session("s1", &a));
+        assert!(sessions.find("s1", &a).is_some());
+        // Same name, another grant: the session does not exist for it.
+        assert!(sessions.find("s1", &b).is_none());
+        assert!(sessions.find("s2", &a).is_none());
+    }
+
+    #[test]
+    fn a_session_with_an_open_stream_never_expires() {
+        let (sessions, a) = (Sessions::new(4), grant("a"));
+        sessions.open(sessions.take_slot().unwrap(), session("streaming", &a));
+        sessions.open(sessions.take_slot().unwrap(), session("quiet", &a));
+        let stream = StreamGuard::new(sessions.find("streaming", &a).unwrap());
+        let expired = sessions.take_idle(Duration::ZERO);
+        let ids: Vec<&str> = expired.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["quiet"]);
+        assert!(sessions.take_idle(Duration::from_secs(3600)).is_empty());
+        drop(stream);
+        assert_eq!(sessions.take_idle(Duration::ZERO).len(), 1);
+        assert_eq!(sessions.count(), 0);
+        assert_eq!(sessions.take_slot().iter().count(), 1);
+    }
+}
