@@ -347,7 +347,7 @@ fn main() -> ExitCode {
         Command::Standin {
             echo: true,
             http: Some(addr),
-        } => match toolgate::http::echo::serve(addr) {
+        } => match toolgate_standin::echo_http::serve(addr) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("toolgate standin: {e:#}");

@@ -4,12 +4,14 @@
 //!   `session_*` tools and request tools the way that server does (UUID v4 session records,
 //!   `gw-` tracking ids, errors as `isError` results).
 //! - [`echo`] is the smallest useful MCP server: the fast upstream the latency benchmark needs.
+//! - [`echo_http`] is the same over Streamable HTTP: the upstream of the HTTP benchmarks.
 //! - [`relay`] copies bytes between stdio and a child: the floor the latency benchmark compares against.
 //!
-//! Both speak newline-delimited JSON-RPC on any reader/writer pair, so a test can run them on
+//! The stdio ones speak newline-delimited JSON-RPC on any reader/writer pair, so a test can run them on
 //! pipes in-process or as a child process.
 
 pub mod echo;
+pub mod echo_http;
 pub mod llm_cli_gateway;
 pub mod relay;
 

@@ -5,9 +5,8 @@
 //! `admin_token_sha256` in constant time; without that key in the config they are shut.
 //! A reload reads every grant's policy and the listeners' `[tls]` certificate again.
 
-// A refusal is the HTTP response itself, built once on a slow path: boxing it buys nothing.
-#![allow(clippy::result_large_err)]
 use super::config::parse_sha256;
+use super::error::GatewayError;
 use super::gateway::Gateway;
 use super::tls::ListenerCert;
 use crate::reload::Reloadable;
@@ -29,7 +28,8 @@ struct Admin {
     token_sha256: Option<[u8; 32]>,
 }
 
-pub fn router(
+/// The admin listener's routes, sharing the gateway's state.
+pub(crate) fn router(
     gateway: Arc<Gateway>,
     cert: Option<Arc<ListenerCert>>,
     token_sha256: Option<&str>,
@@ -46,7 +46,7 @@ pub fn router(
         .with_state(admin))
 }
 
-fn authorized(admin: &Admin, request: &Request) -> Result<(), Response> {
+fn authorized(admin: &Admin, request: &Request) -> Result<(), GatewayError> {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -54,23 +54,14 @@ fn authorized(admin: &Admin, request: &Request) -> Result<(), Response> {
         .map(|token| -> [u8; 32] { Sha256::digest(token.trim_ascii()).into() });
     match (admin.token_sha256, presented) {
         (Some(expected), Some(presented)) if bool::from(expected.ct_eq(&presented)) => Ok(()),
-        (None, _) => Err((
-            StatusCode::FORBIDDEN,
-            Json(json!({"error": "admin endpoints are off: set admin_token_sha256 in the config"})),
-        )
-            .into_response()),
-        _ => Err((
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, r#"Bearer realm="toolgate-admin""#)],
-            Json(json!({"error": "unauthorized: send the admin bearer token"})),
-        )
-            .into_response()),
+        (None, _) => Err(GatewayError::AdminOff),
+        _ => Err(GatewayError::AdminUnauthorized),
     }
 }
 
 async fn status(State(admin): State<Arc<Admin>>, request: Request) -> Response {
     if let Err(refused) = authorized(&admin, &request) {
-        return refused;
+        return refused.into_response();
     }
     let gw = &admin.gateway;
     let grants: Vec<_> = gw
@@ -95,7 +86,7 @@ async fn status(State(admin): State<Arc<Admin>>, request: Request) -> Response {
 
 async fn reload(State(admin): State<Arc<Admin>>, request: Request) -> Response {
     if let Err(refused) = authorized(&admin, &request) {
-        return refused;
+        return refused.into_response();
     }
     let lives = admin.gateway.grants.live_policies();
     let cert = admin.cert.clone();

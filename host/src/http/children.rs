@@ -40,15 +40,15 @@ struct Routes {
 
 /// A request that could not be handed to the child.
 #[derive(Debug)]
-pub struct RequestError {
+pub(crate) struct RequestError {
     /// What went wrong.
-    pub error: std::io::Error,
+    pub(crate) error: std::io::Error,
     /// Whether any of the request may have reached the child.
-    pub written: bool,
+    pub(crate) written: bool,
 }
 
 /// One child process serving one session.
-pub struct Child {
+pub(crate) struct Child {
     stdin: tokio::sync::Mutex<tokio::process::ChildStdin>,
     routes: Arc<Mutex<Routes>>,
     /// The child's pid, to kill it when the session ends.
@@ -76,7 +76,7 @@ fn lock(routes: &Mutex<Routes>) -> std::sync::MutexGuard<'_, Routes> {
 
 impl Child {
     /// Starts `command` and the task that routes its output.
-    pub fn spawn(command: &[String], max_line: usize) -> std::io::Result<Self> {
+    pub(crate) fn spawn(command: &[String], max_line: usize) -> std::io::Result<Self> {
         let mut process = crate::child::spawn_upstream(command)?;
         let stdin = tokio::process::ChildStdin::from_std(process.stdin.take().expect("piped"))?;
         let stdout = process.stdout.take().expect("stdout is piped");
@@ -99,7 +99,7 @@ impl Child {
 
     /// Writes a request sent under the gateway's id `id`; the returned stream gets the
     /// messages for it, ending with its reply.
-    pub async fn request(
+    pub(crate) async fn request(
         &self,
         id: u64,
         line: &[u8],
@@ -125,7 +125,7 @@ impl Child {
     }
 
     /// Writes a notification or a reply to the server's request.
-    pub async fn write(&self, line: &[u8]) -> std::io::Result<()> {
+    pub(crate) async fn write(&self, line: &[u8]) -> std::io::Result<()> {
         let mut stdin = self.stdin.lock().await;
         stdin.write_all(line.trim_ascii_end()).await?;
         stdin.write_all(b"\n").await?;
@@ -134,7 +134,7 @@ impl Child {
 
     /// The session's GET stream: messages that belong to no request. A new one replaces the
     /// old (which ends).
-    pub fn listen(&self) -> mpsc::Receiver<Vec<u8>> {
+    pub(crate) fn listen(&self) -> mpsc::Receiver<Vec<u8>> {
         let (tx, rx) = mpsc::channel(BACKLOG + STREAM_BUFFER);
         let mut routes = lock(&self.routes);
         for line in routes.backlog.drain(..) {
@@ -144,11 +144,6 @@ impl Child {
             routes.listener = Some(tx);
         }
         rx
-    }
-
-    /// Whether the child has exited.
-    pub fn exited(&self) -> bool {
-        lock(&self.routes).exited
     }
 }
 

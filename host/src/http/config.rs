@@ -11,134 +11,134 @@ use std::time::Duration;
 /// The whole config file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Config {
+pub(crate) struct Config {
     /// Where the MCP endpoint (`/mcp`) listens.
     #[serde(default = "default_listen")]
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// Where the admin endpoints listen. Keep it on loopback: it can reload policies.
     #[serde(default = "default_admin_listen")]
-    pub admin_listen: SocketAddr,
+    pub(crate) admin_listen: SocketAddr,
     /// sha256 (hex) of the admin bearer token. Without it, the admin listener serves only
     /// `/healthz`: status and reload stay shut (fail closed).
     #[serde(default)]
-    pub admin_token_sha256: Option<String>,
+    pub(crate) admin_token_sha256: Option<String>,
     /// The grant for requests that carry no `Authorization` header. Off by default; meant for
     /// loopback use and for clients that cannot send headers (the Inspector CLI, the
     /// conformance suite). A request with a wrong token is refused all the same.
     #[serde(default)]
-    pub anonymous_grant: Option<String>,
+    pub(crate) anonymous_grant: Option<String>,
     /// `Host` values accepted besides the loopback names (`localhost`, `127.0.0.1`, `[::1]`,
     /// with any port). Anything else gets 403: the defence against DNS rebinding.
     #[serde(default)]
-    pub allowed_hosts: Vec<String>,
+    pub(crate) allowed_hosts: Vec<String>,
     /// `Origin` values accepted besides loopback origins. Requests without `Origin`
     /// (non-browser clients) are accepted.
     #[serde(default)]
-    pub allowed_origins: Vec<String>,
+    pub(crate) allowed_origins: Vec<String>,
     /// Watch the grants' policy and plugin files, and the `[tls]` certificate and key, and
     /// reload them when they change.
     #[serde(default = "yes")]
-    pub watch: bool,
+    pub(crate) watch: bool,
     /// Threads serving requests (default: one per core). One thread avoids cross-thread
     /// wake-ups and gives the lowest latency on a small machine, as nginx's single worker
     /// does; more threads add throughput where cores are spare. Plugin decisions leave the
     /// thread (`block_in_place`) either way.
     #[serde(default)]
-    pub worker_threads: Option<usize>,
-    pub upstream: UpstreamConfig,
+    pub(crate) worker_threads: Option<usize>,
+    pub(crate) upstream: UpstreamConfig,
     /// TLS on both listeners (`/mcp` and admin). Without it they speak plain HTTP: keep them
     /// on loopback, or put a TLS terminator in front, since bearer tokens cross them.
     #[serde(default)]
-    pub tls: Option<TlsConfig>,
+    pub(crate) tls: Option<TlsConfig>,
     #[serde(default)]
-    pub grants: Vec<GrantConfig>,
+    pub(crate) grants: Vec<GrantConfig>,
     #[serde(default)]
-    pub limits: Limits,
+    pub(crate) limits: Limits,
 }
 
 /// The MCP server behind the gateway: a Streamable HTTP URL or a stdio command.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct UpstreamConfig {
+pub(crate) struct UpstreamConfig {
     /// A Streamable HTTP endpoint, e.g. `http://127.0.0.1:3001/mcp` or
     /// `https://mcp.example.com/mcp`.
     #[serde(default)]
-    pub url: Option<String>,
+    pub(crate) url: Option<String>,
     /// For an `https://` upstream: a PEM file of the certificate authorities to trust instead
     /// of the bundled public roots (Mozilla's, from `webpki-roots`), for a private CA or a
     /// self-signed server. Relative to the config file.
     #[serde(default)]
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
     /// For an `https://` upstream that asks for a client certificate (mutual TLS): the
     /// certificate chain toolgate presents, and its key. Both or neither; relative to the
     /// config file.
     #[serde(default)]
-    pub client_cert_file: Option<PathBuf>,
+    pub(crate) client_cert_file: Option<PathBuf>,
     #[serde(default)]
-    pub client_key_file: Option<PathBuf>,
+    pub(crate) client_key_file: Option<PathBuf>,
     /// A stdio server's command and arguments: one child per MCP session.
     #[serde(default)]
-    pub command: Option<Vec<String>>,
+    pub(crate) command: Option<Vec<String>>,
     /// Extra headers sent to an HTTP upstream (its own credentials, say). The clients' tokens
     /// are toolgate's and are never forwarded.
     #[serde(default)]
-    pub headers: std::collections::BTreeMap<String, String>,
+    pub(crate) headers: std::collections::BTreeMap<String, String>,
     /// Tools whose arguments are not checked against their advertised `inputSchema` (a
     /// server whose schema is known to be wrong); `["*"]` for every tool.
     #[serde(default)]
-    pub skip_schema: Vec<String>,
+    pub(crate) skip_schema: Vec<String>,
 }
 
 /// The listeners' certificate and key (PEM files, relative to the config file).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TlsConfig {
+pub(crate) struct TlsConfig {
     /// The certificate chain, leaf first.
-    pub cert_file: PathBuf,
+    pub(crate) cert_file: PathBuf,
     /// Its private key (PKCS#8, PKCS#1 or SEC1).
-    pub key_file: PathBuf,
+    pub(crate) key_file: PathBuf,
 }
 
 /// One agent identity: a token (stored as its sha256) and the policy its calls answer to.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct GrantConfig {
-    pub name: String,
+pub(crate) struct GrantConfig {
+    pub(crate) name: String,
     /// sha256 (hex) of the bearer token. A grant without one can only be the anonymous grant.
     #[serde(default)]
-    pub token_sha256: Option<String>,
+    pub(crate) token_sha256: Option<String>,
     /// The policy file, relative to the config file. No policy: every call is denied.
     #[serde(default)]
-    pub policy: Option<PathBuf>,
+    pub(crate) policy: Option<PathBuf>,
 }
 
 /// Limits on the listener. Each one answers with a clear HTTP status and JSON-RPC error.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Largest request body. Bigger bodies get 413 before they are read in full.
-    pub max_body_bytes: usize,
+    pub(crate) max_body_bytes: usize,
     /// Largest message accepted from the upstream (one JSON reply or one SSE event).
-    pub max_upstream_message_bytes: usize,
+    pub(crate) max_upstream_message_bytes: usize,
     /// Open MCP sessions at once (for a stdio upstream: child processes). An `initialize`
     /// beyond it gets 503; nothing already open is touched.
-    pub max_sessions: usize,
+    pub(crate) max_sessions: usize,
     /// A session with no request and no open stream for this long is closed (its upstream
     /// session deleted, its child stopped). Shorter frees memory sooner; longer lets agents
     /// pause. Later use of its id gets 404.
-    pub session_idle_timeout_s: u64,
+    pub(crate) session_idle_timeout_s: u64,
     /// How long the upstream may take to start answering a request (504 after). A streamed
     /// answer may then go on for as long as the upstream keeps it open.
-    pub request_timeout_s: u64,
+    pub(crate) request_timeout_s: u64,
     /// How long a client may take to send its headers and its body (a slow-loris guard):
     /// 408, or the connection is closed.
-    pub client_timeout_s: u64,
+    pub(crate) client_timeout_s: u64,
     /// TCP connections open at once; more wait in the listen backlog.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// On SIGTERM or SIGINT the listeners close at once and requests in flight get this long
     /// to finish (idle keep-alive connections are closed, GET streams end at once); then the
     /// rest are cut off.
-    pub shutdown_grace_s: u64,
+    pub(crate) shutdown_grace_s: u64,
 }
 
 impl Default for Limits {
@@ -157,16 +157,16 @@ impl Default for Limits {
 }
 
 impl Limits {
-    pub fn idle(&self) -> Duration {
+    pub(crate) fn idle(&self) -> Duration {
         Duration::from_secs(self.session_idle_timeout_s)
     }
-    pub fn request_timeout(&self) -> Duration {
+    pub(crate) fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_s)
     }
-    pub fn client_timeout(&self) -> Duration {
+    pub(crate) fn client_timeout(&self) -> Duration {
         Duration::from_secs(self.client_timeout_s)
     }
-    pub fn shutdown_grace(&self) -> Duration {
+    pub(crate) fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_s)
     }
 }
@@ -183,7 +183,7 @@ fn yes() -> bool {
 
 /// The upstream, checked: exactly one of `url` and `command`.
 #[derive(Clone, Debug)]
-pub enum Upstream {
+pub(crate) enum Upstream {
     Http {
         url: String,
         /// `[upstream] headers`, checked as HTTP header names and values.
@@ -195,22 +195,22 @@ pub enum Upstream {
 
 /// The TLS settings of an `https://` upstream, paths absolute.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct UpstreamTls {
+pub(crate) struct UpstreamTls {
     /// The CAs to trust instead of the public roots.
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
     /// The client certificate chain and key, for mutual TLS.
-    pub client: Option<(PathBuf, PathBuf)>,
+    pub(crate) client: Option<(PathBuf, PathBuf)>,
 }
 
 impl UpstreamTls {
-    pub fn is_set(&self) -> bool {
+    pub(crate) fn is_set(&self) -> bool {
         *self != Self::default()
     }
 }
 
 impl Config {
     /// Reads and checks the config at `path`; policy paths become absolute.
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn load(path: &Path) -> anyhow::Result<Self> {
         use anyhow::{bail, Context};
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config `{}`", path.display()))?;
@@ -263,7 +263,7 @@ impl Config {
     }
 
     /// The upstream, checked.
-    pub fn upstream(&self) -> anyhow::Result<Upstream> {
+    pub(crate) fn upstream(&self) -> anyhow::Result<Upstream> {
         let up = &self.upstream;
         let tls = UpstreamTls {
             ca_file: up.ca_file.clone(),
@@ -304,7 +304,7 @@ impl Config {
 }
 
 /// Decodes a 64-digit hex sha256.
-pub fn parse_sha256(hex: &str) -> anyhow::Result<[u8; 32]> {
+pub(crate) fn parse_sha256(hex: &str) -> anyhow::Result<[u8; 32]> {
     let hex = hex.trim();
     if hex.len() != 64 {
         anyhow::bail!("a sha256 is 64 hex digits, got {} characters", hex.len());

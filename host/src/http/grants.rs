@@ -3,7 +3,7 @@
 //! Tokens are never stored: the config holds their sha256. A presented token is hashed and
 //! compared with every grant's hash in constant time (all of them, with no early exit), so
 //! the time taken says nothing about which grant, or which prefix, came close. A connection
-//! remembers the last token it presented and its grant ([`Remembered`]): the next request on
+//! remembers the last token it presented and its grant (`Remembered`): the next request on
 //! it with the same token (compared in constant time) skips the hash.
 //!
 //! Each grant has its own [`CounterStore`]: one grant can neither read nor spend another's
@@ -29,24 +29,24 @@ const DENY_ALL: &str = r#"{"version": "1"}"#;
 /// The last valid token a connection presented, and its grant. Clients send the same token
 /// on every request of a connection; a token that matches it is not hashed again.
 #[derive(Default)]
-pub struct Remembered(Mutex<Option<TokenGrant>>);
+pub(crate) struct Remembered(Mutex<Option<TokenGrant>>);
 
 /// A token, as presented, and the grant it named.
 type TokenGrant = (Box<[u8]>, Arc<Grant>);
 
 /// One agent identity.
-pub struct Grant {
-    pub name: String,
+pub(crate) struct Grant {
+    pub(crate) name: String,
     /// The grant's policy, hot-swapped; `None` when the grant names no policy (deny all).
-    pub live: Option<Arc<LivePolicy>>,
+    pub(crate) live: Option<Arc<LivePolicy>>,
     /// Where sessions read the active policy.
-    pub policy: Arc<ArcSwap<Policy>>,
-    pub counters: Arc<dyn CounterStore>,
+    pub(crate) policy: Arc<ArcSwap<Policy>>,
+    pub(crate) counters: Arc<dyn CounterStore>,
 }
 
 /// Why a request has no grant.
 #[derive(Debug, PartialEq, Eq)]
-pub enum AuthError {
+pub(crate) enum AuthError {
     /// No `Authorization` header and no anonymous grant.
     Missing,
     /// A header that is not `Bearer <token>`, or a token no grant has.
@@ -54,7 +54,7 @@ pub enum AuthError {
 }
 
 /// Every grant, by token hash.
-pub struct Grants {
+pub(crate) struct Grants {
     by_hash: Vec<([u8; 32], Arc<Grant>)>,
     anonymous: Option<Arc<Grant>>,
     all: Vec<Arc<Grant>>,
@@ -62,7 +62,7 @@ pub struct Grants {
 
 impl Grants {
     /// Loads every grant's policy (one load per distinct policy file).
-    pub fn load(config: &Config, loader: &Loader) -> anyhow::Result<Self> {
+    pub(crate) fn load(config: &Config, loader: &Loader) -> anyhow::Result<Self> {
         let mut policies: HashMap<PathBuf, Arc<LivePolicy>> = HashMap::new();
         let mut by_hash = Vec::new();
         let mut all = Vec::new();
@@ -116,7 +116,7 @@ impl Grants {
     }
 
     /// The grant an `Authorization` header value names; `remembered` is the connection's.
-    pub fn authenticate(
+    pub(crate) fn authenticate(
         &self,
         authorization: Option<&[u8]>,
         remembered: &Remembered,
@@ -148,12 +148,12 @@ impl Grants {
     }
 
     /// Every grant, in config order.
-    pub fn all(&self) -> &[Arc<Grant>] {
+    pub(crate) fn all(&self) -> &[Arc<Grant>] {
         &self.all
     }
 
     /// The distinct live policies (grants may share one).
-    pub fn live_policies(&self) -> Vec<Arc<LivePolicy>> {
+    pub(crate) fn live_policies(&self) -> Vec<Arc<LivePolicy>> {
         let mut out: Vec<Arc<LivePolicy>> = Vec::new();
         for live in self.all.iter().filter_map(|g| g.live.clone()) {
             if !out.iter().any(|o| Arc::ptr_eq(o, &live)) {
@@ -166,7 +166,7 @@ impl Grants {
 
 impl Grant {
     /// The grant's policy status (`None`: the grant has no policy and denies everything).
-    pub fn status(&self) -> Option<Status> {
+    pub(crate) fn status(&self) -> Option<Status> {
         self.live.as_ref().map(|live| live.status())
     }
 }

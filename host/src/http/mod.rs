@@ -1,24 +1,47 @@
 //! `toolgate serve`: the gateway as a Streamable HTTP endpoint shared by many agents.
 //!
-//! - [`config`]: the TOML file (listeners, upstream, grants, limits).
-//! - [`grants`]: bearer tokens → grants, each with its own policy and counters.
-//! - [`gateway`]: `/mcp` (POST, GET, DELETE), sessions, and where a request meets policy.
-//! - [`children`]: a stdio upstream, one child per session.
-//! - [`upstream`]: an HTTP upstream, pooled keep-alive connections.
-//! - [`tls`]: rustls for an `https://` upstream and for the listeners.
-//! - [`sse`]: server-sent events in and out.
-//! - [`admin`]: health, status and reload on a separate listener.
-//! - [`echo`]: a tiny Streamable HTTP upstream for benchmarks and tests.
+//! One `tools/call` over HTTP passes through the submodules in this order:
+//! 1. [`serve`] (here): the listener accepts the connection (TLS by `tls`) and hands each
+//!    request to `mcp::handle`.
+//! 2. `admission`: `Host`/`Origin` (403) and the bearer token (401), which names a grant
+//!    ([`grants`]); the request's headers are read with `headers`.
+//! 3. `mcp`: the POST handler reads the body and finds the session in the registry
+//!    (`sessions`, held by the shared state in `gateway`).
+//! 4. **The decision**: `mcp::decide` (in `http/mcp.rs`) calls the session core's
+//!    [`Session::from_client_parsed`](crate::session::Session::from_client_parsed), exactly as
+//!    the stdio transport does. A refusal is answered there and never reaches the upstream.
+//!    (An `initialize`, which opens the session, is decided the same way in `mcp::initialize`.)
+//! 5. The allowed message goes upstream: an HTTP upstream through `upstream` (pooled
+//!    keep-alive connections), or the session's own stdio child (`children`).
+//! 6. `relay`: the reply, JSON or an SSE stream (`sse`), passes back message by message
+//!    through [`Session::from_upstream`](crate::session::Session::from_upstream).
+//!
+//! Every refusal the gateway answers itself (at any step) is an `error::GatewayError`,
+//! mapped to its status, JSON-RPC code and headers in one place.
+//!
+//! Beside the request path: `config` (the TOML file: listeners, upstream, grants, limits)
+//! and `admin` (health, status and reload on a separate listener).
+//!
+//! Dependencies point one way (no cycles): `mcp` → `gateway` → `admission`/`sessions` →
+//! `grants`, and `mcp` → `relay` → `sessions`/`sse`/`upstream`; `error` (which names
+//! `upstream`'s body error) and `headers` sit below the handlers. Outside `http`, only lower
+//! modules are used (`session`, `policy`, `reload`, `jsonrpc`, `framing`, `child`, `counters`,
+//! `clock`, `digest`).
 
-pub mod admin;
-pub mod children;
-pub mod config;
-pub mod echo;
-pub mod gateway;
+pub(crate) mod admin;
+pub(crate) mod admission;
+pub(crate) mod children;
+pub(crate) mod config;
+pub(crate) mod error;
+pub(crate) mod gateway;
 pub mod grants;
-pub mod sse;
-pub mod tls;
-pub mod upstream;
+pub(crate) mod headers;
+pub(crate) mod mcp;
+pub(crate) mod relay;
+pub(crate) mod sessions;
+pub(crate) mod sse;
+pub(crate) mod tls;
+pub(crate) mod upstream;
 
 use config::Config;
 use gateway::Gateway;
@@ -137,7 +160,7 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
         let remembered = Arc::new(grants::Remembered::default());
         hyper::service::service_fn(move |request| {
             let (gateway, remembered) = (gateway.clone(), remembered.clone());
-            async move { Ok(gateway::handle(gateway, remembered, request).await) }
+            async move { Ok(mcp::handle(gateway, remembered, request).await) }
         })
     };
     accept(mcp, mcp_service, Options { max, ..options }).await;

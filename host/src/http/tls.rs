@@ -32,7 +32,7 @@ fn certificates(path: &Path, what: &str) -> anyhow::Result<Vec<CertificateDer<'s
 /// The TLS client for an https upstream: its certificate must chain to a CA in `ca_file`
 /// or, without one, to Mozilla's public roots (bundled, so the machine's store is not read);
 /// with a client certificate, it is presented when the upstream asks for one.
-pub fn connector(tls: &UpstreamTls) -> anyhow::Result<tokio_rustls::TlsConnector> {
+pub(crate) fn connector(tls: &UpstreamTls) -> anyhow::Result<tokio_rustls::TlsConnector> {
     let mut roots = rustls::RootCertStore::empty();
     match tls.ca_file.as_deref() {
         Some(path) => {
@@ -86,7 +86,7 @@ fn mismatch(what: &str, cert_file: &Path, key_file: &Path) -> String {
 /// takes the current one; open connections keep theirs. A reload that fails (a missing file,
 /// a key that does not fit) keeps serving the old one.
 #[derive(Debug)]
-pub struct ListenerCert {
+pub(crate) struct ListenerCert {
     cert_file: PathBuf,
     key_file: PathBuf,
     current: ArcSwap<CertifiedKey>,
@@ -95,7 +95,7 @@ pub struct ListenerCert {
 }
 
 impl ListenerCert {
-    pub fn load(cert_file: &Path, key_file: &Path) -> anyhow::Result<Arc<Self>> {
+    pub(crate) fn load(cert_file: &Path, key_file: &Path) -> anyhow::Result<Arc<Self>> {
         Ok(Arc::new(Self {
             current: ArcSwap::from_pointee(certified(cert_file, key_file)?),
             cert_file: cert_file.to_owned(),
@@ -105,7 +105,7 @@ impl ListenerCert {
     }
 
     /// The files, and why the last reload failed (`null` if it did not).
-    pub fn status(&self) -> serde_json::Value {
+    pub(crate) fn status(&self) -> serde_json::Value {
         serde_json::json!({
             "cert_file": self.cert_file,
             "key_file": self.key_file,
@@ -149,7 +149,7 @@ fn certified(cert_file: &Path, key_file: &Path) -> anyhow::Result<CertifiedKey> 
 }
 
 /// The TLS server for the listeners, serving `cert`.
-pub fn acceptor(cert: Arc<ListenerCert>) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+pub(crate) fn acceptor(cert: Arc<ListenerCert>) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()

@@ -16,10 +16,16 @@
 //! closed is noticed before reuse and replaced; a request whose write fails is retried once on
 //! a new connection (the upstream cannot have acted on a request it did not receive whole), so
 //! a `tools/call` is never sent twice.
+//!
+//! The bytes themselves (response heads, body framing, the chunked decoder) are read in
+//! [`h1`], which never touches a socket.
 
-use bytes::{Buf, Bytes, BytesMut};
+mod h1;
+
+use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
-use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use h1::{Framing, Head};
+use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Method, StatusCode};
 use std::future::poll_fn;
 use std::io;
@@ -33,16 +39,13 @@ use tokio_rustls::rustls::pki_types::ServerName;
 /// Idle connections kept; more are closed when their exchange ends.
 const MAX_IDLE: usize = 256;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The largest response head accepted.
-const MAX_HEAD: usize = 64 * 1024;
-const MAX_HEADERS: usize = 96;
 /// An idle connection older than this is checked with a syscall before reuse (a younger one
 /// by the reactor's readiness alone): servers close idle keep-alive connections (Node after
 /// 5 s), and a request written into such a connection is lost.
 const CHECK_IDLE_AFTER: Duration = Duration::from_millis(500);
 
 /// Connections to one upstream.
-pub struct Pool {
+pub(crate) struct Pool {
     /// `host:port` to connect to.
     address: String,
     /// The `Host` header and the request path (`/mcp?...`).
@@ -55,12 +58,12 @@ pub struct Pool {
 
 /// A request that got no response head.
 #[derive(Debug)]
-pub struct SendError {
+pub(crate) struct SendError {
     /// What went wrong.
-    pub error: io::Error,
+    pub(crate) error: io::Error,
     /// Whether any of the request may have reached the upstream: only a failure to connect
     /// says for certain that it did not.
-    pub written: bool,
+    pub(crate) written: bool,
 }
 
 impl SendError {
@@ -121,52 +124,26 @@ impl Conn {
 }
 
 /// An upstream response: its head, read; its body, still on the connection.
-pub struct Response {
+pub(crate) struct Response {
     status: StatusCode,
     headers: HeaderMap,
     body: Body,
 }
 
 impl Response {
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         self.status
     }
-    pub fn headers(&self) -> &HeaderMap {
+    pub(crate) fn headers(&self) -> &HeaderMap {
         &self.headers
     }
-    pub fn into_body(self) -> Body {
+    pub(crate) fn into_body(self) -> Body {
         self.body
     }
 }
 
-/// How a response body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Framing {
-    /// `Content-Length`: this many bytes are still to come.
-    Length(u64),
-    /// `Transfer-Encoding: chunked`.
-    Chunked(Chunk),
-    /// Neither: the body ends when the upstream closes the connection.
-    UntilClose,
-    /// Read to the end.
-    Done,
-}
-
-/// Where the chunked decoder is.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Chunk {
-    /// Expecting a chunk-size line.
-    Size,
-    /// Inside a chunk's data, this many bytes still to come.
-    Data(u64),
-    /// Expecting the CRLF after a chunk's data.
-    DataEnd,
-    /// After the last (zero-size) chunk: trailer lines up to an empty one.
-    Trailers,
-}
-
 /// A response body being read from its connection.
-pub struct Body {
+pub(crate) struct Body {
     /// `None` once the body has ended (the connection went back to the pool or was closed).
     stream: Option<Conn>,
     buffer: BytesMut,
@@ -178,91 +155,22 @@ pub struct Body {
 
 /// A body that could not be read.
 #[derive(Debug, thiserror::Error)]
-pub enum BodyError {
+pub(crate) enum BodyError {
     #[error("upstream reply exceeds the gateway's {0}-byte limit")]
     TooLarge(usize),
     #[error("upstream reply cut off: {0}")]
     Io(#[from] io::Error),
 }
 
-fn invalid(message: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, message.into())
-}
-
 impl Body {
     /// Whether the body has been read to its end.
-    pub fn is_end(&self) -> bool {
+    pub(crate) fn is_end(&self) -> bool {
         self.framing == Framing::Done
     }
 
-    /// Moves the body data in the buffer to `out`, as far as the framing allows (up to the
-    /// end, trailers included, when the buffer holds it).
+    /// Moves the body data in the buffer to `out`, as far as the framing allows.
     fn decode(&mut self, out: &mut BytesMut) -> io::Result<()> {
-        loop {
-            match self.framing {
-                Framing::Done => return Ok(()),
-                Framing::UntilClose => {
-                    out.extend_from_slice(&self.buffer.split());
-                    return Ok(());
-                }
-                Framing::Length(left) => {
-                    let take = (self.buffer.len() as u64).min(left) as usize;
-                    out.extend_from_slice(&self.buffer.split_to(take));
-                    self.framing = match left - take as u64 {
-                        0 => Framing::Done,
-                        left => Framing::Length(left),
-                    };
-                    return Ok(());
-                }
-                Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(&self.buffer) {
-                    Ok(httparse::Status::Complete((used, 0))) => {
-                        self.buffer.advance(used);
-                        self.framing = Framing::Chunked(Chunk::Trailers);
-                    }
-                    Ok(httparse::Status::Complete((used, size))) => {
-                        self.buffer.advance(used);
-                        self.framing = Framing::Chunked(Chunk::Data(size));
-                    }
-                    Ok(httparse::Status::Partial) => return Ok(()),
-                    Err(_) => return Err(invalid("invalid chunk size in the upstream reply")),
-                },
-                Framing::Chunked(Chunk::Data(left)) => {
-                    if self.buffer.is_empty() {
-                        return Ok(());
-                    }
-                    let take = (self.buffer.len() as u64).min(left) as usize;
-                    out.extend_from_slice(&self.buffer.split_to(take));
-                    self.framing = Framing::Chunked(match left - take as u64 {
-                        0 => Chunk::DataEnd,
-                        left => Chunk::Data(left),
-                    });
-                }
-                Framing::Chunked(Chunk::DataEnd) => {
-                    if self.buffer.len() < 2 {
-                        return Ok(());
-                    }
-                    if &self.buffer[..2] != b"\r\n" {
-                        return Err(invalid(
-                            "chunk data not followed by CRLF in the upstream reply",
-                        ));
-                    }
-                    self.buffer.advance(2);
-                    self.framing = Framing::Chunked(Chunk::Size);
-                }
-                Framing::Chunked(Chunk::Trailers) => {
-                    let Some(end) = self.buffer.windows(2).position(|w| w == b"\r\n") else {
-                        if self.buffer.len() > MAX_HEAD {
-                            return Err(invalid("upstream trailers too large"));
-                        }
-                        return Ok(());
-                    };
-                    self.buffer.advance(end + 2);
-                    if end == 0 {
-                        self.framing = Framing::Done;
-                    }
-                }
-            }
-        }
+        self.framing.decode(&mut self.buffer, out)
     }
 
     /// The body's end: the connection goes back to the pool if it can carry another request.
@@ -279,7 +187,7 @@ impl Body {
     /// The next body data: everything the socket has delivered, once there is any. `None` at
     /// the end. The end is noticed together with the last data when it arrived with it, so
     /// that [`Body::is_end`] is already true when that data is handed out.
-    pub fn poll_data(&mut self, cx: &mut Context) -> Poll<io::Result<Option<Bytes>>> {
+    pub(crate) fn poll_data(&mut self, cx: &mut Context) -> Poll<io::Result<Option<Bytes>>> {
         let mut out = BytesMut::new();
         loop {
             self.decode(&mut out)?;
@@ -307,12 +215,12 @@ impl Body {
     }
 
     /// The next body data (see [`Body::poll_data`]).
-    pub async fn data(&mut self) -> io::Result<Option<Bytes>> {
+    pub(crate) async fn data(&mut self) -> io::Result<Option<Bytes>> {
         poll_fn(|cx| self.poll_data(cx)).await
     }
 
     /// The whole body, if it is at most `max` bytes.
-    pub async fn read_all(mut self, max: usize) -> Result<Bytes, BodyError> {
+    pub(crate) async fn read_all(mut self, max: usize) -> Result<Bytes, BodyError> {
         let mut all = BytesMut::new();
         while let Some(data) = self.data().await? {
             if all.len() + data.len() > max {
@@ -327,7 +235,7 @@ impl Body {
 impl Pool {
     /// A pool for `url` (`http://` or `https://host:port/path`); an https upstream's
     /// certificate must chain to a CA in `tls.ca_file` (PEM) or, without one, to a public root.
-    pub fn new(url: &str, tls: &super::config::UpstreamTls) -> anyhow::Result<Self> {
+    pub(crate) fn new(url: &str, tls: &super::config::UpstreamTls) -> anyhow::Result<Self> {
         let uri: hyper::Uri = url
             .parse()
             .map_err(|e| anyhow::anyhow!("[upstream] url `{url}`: {e}"))?;
@@ -423,7 +331,7 @@ impl Pool {
 
     /// Sends a request with `headers` (besides `Host` and `Content-Length`, which are set
     /// here) and `body` to the upstream's URL, and reads the response head.
-    pub async fn send(
+    pub(crate) async fn send(
         self: &Arc<Self>,
         method: Method,
         headers: &[(&str, &HeaderValue)],
@@ -514,39 +422,12 @@ fn peek_open(stream: &TcpStream) -> bool {
     n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
 }
 
-type Head = (StatusCode, HeaderMap, Framing, bool);
-
-/// The response headers the gateway reads or relays (the framing ones, the content type, the
-/// MCP ones); the others are dropped as the head is parsed.
-static KEPT: [HeaderName; 7] = [
-    hyper::header::TRANSFER_ENCODING,
-    hyper::header::CONTENT_LENGTH,
-    hyper::header::CONNECTION,
-    hyper::header::CONTENT_TYPE,
-    hyper::header::CACHE_CONTROL,
-    HeaderName::from_static("mcp-session-id"),
-    HeaderName::from_static("mcp-protocol-version"),
-];
-
 /// Reads and parses one response head from `stream`; the bytes after it stay in `buffer`.
 fn read_head(stream: &mut Conn, buffer: &mut BytesMut, cx: &mut Context) -> Poll<io::Result<Head>> {
     loop {
         if !buffer.is_empty() {
-            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut parsed = httparse::Response::new(&mut slots);
-            match parsed.parse(buffer) {
-                Ok(httparse::Status::Complete(used)) => {
-                    let head = head_of(&parsed)?;
-                    buffer.advance(used);
-                    return Poll::Ready(Ok(head));
-                }
-                Ok(httparse::Status::Partial) if buffer.len() > MAX_HEAD => {
-                    return Poll::Ready(Err(invalid("upstream response head too large")));
-                }
-                Ok(httparse::Status::Partial) => {}
-                Err(e) => {
-                    return Poll::Ready(Err(invalid(format!("invalid upstream response: {e}"))))
-                }
+            if let Some(head) = h1::parse_head(buffer)? {
+                return Poll::Ready(Ok(head));
             }
         }
         if ready!(stream.poll_fill(buffer, cx))? == 0 {
@@ -558,107 +439,10 @@ fn read_head(stream: &mut Conn, buffer: &mut BytesMut, cx: &mut Context) -> Poll
     }
 }
 
-fn head_of(parsed: &httparse::Response) -> io::Result<Head> {
-    let code = parsed.code.unwrap_or(0);
-    let status = StatusCode::from_u16(code).map_err(|_| invalid("invalid upstream status"))?;
-    let mut headers = HeaderMap::new();
-    let (mut chunked, mut length, mut close) = (false, None, parsed.version == Some(0));
-    for h in parsed.headers.iter() {
-        let Some(name) = KEPT
-            .iter()
-            .find(|k| k.as_str().eq_ignore_ascii_case(h.name))
-        else {
-            continue;
-        };
-        let name = name.clone();
-        let value = HeaderValue::from_bytes(h.value)
-            .map_err(|_| invalid("invalid upstream header value"))?;
-        let text = || String::from_utf8_lossy(h.value).to_ascii_lowercase();
-        if name == hyper::header::TRANSFER_ENCODING {
-            chunked = text().split(',').any(|t| t.trim() == "chunked");
-        } else if name == hyper::header::CONTENT_LENGTH {
-            let parsed: u64 = text()
-                .trim()
-                .parse()
-                .map_err(|_| invalid("invalid upstream content-length"))?;
-            if length.is_some_and(|l| l != parsed) {
-                return Err(invalid("conflicting upstream content-length"));
-            }
-            length = Some(parsed);
-        } else if name == hyper::header::CONNECTION {
-            close |= text().split(',').any(|t| t.trim() == "close");
-        }
-        headers.append(name, value);
-    }
-    let framing = if status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        Framing::Done
-    } else if chunked {
-        Framing::Chunked(Chunk::Size)
-    } else if let Some(length) = length {
-        match length {
-            0 => Framing::Done,
-            n => Framing::Length(n),
-        }
-    } else {
-        close = true;
-        Framing::UntilClose
-    };
-    Ok((status, headers, framing, !close))
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::config::UpstreamTls;
     use super::*;
-
-    fn body(framing: Framing, bytes: &[u8]) -> Body {
-        Body {
-            stream: None,
-            buffer: BytesMut::from(bytes),
-            framing,
-            reusable: false,
-            pool: None,
-        }
-    }
-
-    #[test]
-    fn chunked_bodies_decode_across_any_split() {
-        let wire = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nTrailer: x\r\n\r\n";
-        for split in 0..wire.len() {
-            let mut b = body(Framing::Chunked(Chunk::Size), &wire[..split]);
-            let mut out = BytesMut::new();
-            b.decode(&mut out).unwrap();
-            b.buffer.extend_from_slice(&wire[split..]);
-            b.decode(&mut out).unwrap();
-            assert_eq!(&out[..], b"hello, world", "split at {split}");
-            assert!(b.is_end(), "split at {split}");
-            assert!(b.buffer.is_empty());
-        }
-    }
-
-    #[test]
-    fn bad_chunks_are_errors() {
-        let mut out = BytesMut::new();
-        assert!(body(Framing::Chunked(Chunk::Size), b"zz\r\n")
-            .decode(&mut out)
-            .is_err());
-        assert!(body(Framing::Chunked(Chunk::Size), b"2\r\nabX\r\n")
-            .decode(&mut out)
-            .is_err());
-    }
-
-    #[test]
-    fn length_bodies_stop_at_their_length() {
-        let mut b = body(Framing::Length(3), b"abcdef");
-        let mut out = BytesMut::new();
-        b.decode(&mut out).unwrap();
-        assert_eq!(&out[..], b"abc");
-        assert!(b.is_end());
-        assert_eq!(&b.buffer[..], b"def");
-    }
 
     #[test]
     fn urls_pick_plain_or_tls_and_the_default_port() {
@@ -699,35 +483,5 @@ mod tests {
         assert!(error("https://h/mcp", Some(&empty)).contains("holds no certificate"));
         let missing = dir.path().join("missing.pem");
         assert!(error("https://h/mcp", Some(&missing)).contains("missing.pem"));
-    }
-
-    #[test]
-    fn heads_choose_the_framing() {
-        let parse = |wire: &[u8]| {
-            let mut slots = [httparse::EMPTY_HEADER; 8];
-            let mut r = httparse::Response::new(&mut slots);
-            r.parse(wire).unwrap();
-            head_of(&r).map(|(s, _, f, reuse)| (s.as_u16(), f, reuse))
-        };
-        assert_eq!(
-            parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n")
-                .unwrap(),
-            (200, Framing::Chunked(Chunk::Size), true)
-        );
-        assert_eq!(
-            parse(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n").unwrap(),
-            (202, Framing::Done, true)
-        );
-        assert_eq!(
-            parse(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n").unwrap(),
-            (200, Framing::Length(2), false)
-        );
-        assert_eq!(
-            parse(b"HTTP/1.1 200 OK\r\n\r\n").unwrap(),
-            (200, Framing::UntilClose, false)
-        );
-        assert!(
-            parse(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").is_err()
-        );
     }
 }

@@ -1,6 +1,7 @@
 //! A small, fast Streamable HTTP MCP server with one tool, `echo`: the upstream for the HTTP
 //! benchmarks (where the upstream must cost next to nothing) and for tests that count what
-//! reaches the upstream. `toolgate standin --echo --http ADDR` runs it.
+//! reaches the upstream. `toolgate standin --echo --http ADDR` runs it. (It is [`crate::echo`]
+//! over HTTP, with the smaller catalogue the benchmarks were measured with.)
 //!
 //! It answers JSON (not SSE), keeps sessions (404 for an unknown one; a request with no
 //! session id is served statelessly, as the 2026-07-28 protocol does), and reports at
