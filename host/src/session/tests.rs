@@ -4,6 +4,7 @@ use super::*;
 use crate::clock::ManualClock;
 use crate::counters::MemoryCounterStore;
 use serde_json::json;
+use std::time::Duration;
 
 const POLICY: &str = r#"{"version":"1","default":"deny","hide":["secret"],
   "tools":{"create":{"limits":[{"counter":"c","window":"minute","max":1,"scope":"grant"}]},
