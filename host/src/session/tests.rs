@@ -3,6 +3,7 @@
 use super::*;
 use crate::clock::ManualClock;
 use crate::counters::MemoryCounterStore;
+use crate::policy::UNKNOWN_RULE;
 use serde_json::json;
 use std::time::Duration;
 
@@ -48,83 +49,578 @@ fn call(id: &str, tool: &str) -> String {
     )
 }
 
-#[test]
-fn requests_go_up_under_the_gateways_id_and_come_back_under_the_clients_as_written() {
-    let s = session();
-    for client_id in [
-        r#""a\u0062""#,
-        "7",
-        "-3",
-        "123456789012345678901234567890",
-        r#""""#,
-    ] {
-        let (sent, id) = forwarded(
-            &s,
-            &format!(r#"{{"jsonrpc":"2.0","id":{client_id},"method":"ping"}}"#),
-        );
-        let id = id.unwrap();
-        assert_eq!(sent["id"], json!(id));
-        let back = upstream(
-            &s,
-            &format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{}}}}"#),
-        )
-        .unwrap();
-        assert_eq!(
-            back,
-            format!(r#"{{"jsonrpc":"2.0","id":{client_id},"result":{{}}}}"#)
-        );
+// ---------------------------------------------------------------------------------------------
+// Tables: bytes in, bytes out. Each case is one line; the gateway's ids start at 1 in every
+// session, so what goes upstream and what comes back are known to the byte.
+// ---------------------------------------------------------------------------------------------
+
+/// A policy that allows what it does not hide, to see what the catalogue alone decides.
+const OPEN: &str = r#"{"version":"1","default":"allow","hide":["secret"]}"#;
+
+fn session_with(policy: &str, counters: &Arc<dyn CounterStore>) -> Session {
+    Session::new(
+        Arc::new(Policy::from_json(policy, "policy.json").unwrap()),
+        counters.clone(),
+        Identity {
+            grant: "g".into(),
+            session: "s".into(),
+        },
+    )
+}
+
+fn counters() -> Arc<dyn CounterStore> {
+    Arc::new(MemoryCounterStore::new(ManualClock::starting_at(0)))
+}
+
+/// The bytes a client line sends upstream (it must be forwarded).
+fn up(session: &Session, line: &str) -> String {
+    match session.from_client(line.as_bytes()) {
+        ClientLine::Forward(f) => String::from_utf8(f.line.into_owned()).unwrap(),
+        other => panic!("{line} was not forwarded: {other:?}"),
     }
-    // A JavaScript upstream respelling the gateway's id still finds it.
-    let (_, id) = forwarded(&s, r#"{"jsonrpc":"2.0","id":"x","method":"ping"}"#);
+}
+
+/// The gateway's own answer to a client line (it must not be forwarded).
+fn answer(session: &Session, line: &str) -> String {
+    match session.from_client(line.as_bytes()) {
+        ClientLine::Answer(reply) => String::from_utf8(reply).unwrap(),
+        other => panic!("{line} was not answered: {other:?}"),
+    }
+}
+
+/// The id of a reply line, as written, and its error code if it is an error.
+fn id_and_code(reply: &str) -> (String, Option<i64>) {
+    let envelope = Envelope::parse(reply.trim_end().as_bytes()).unwrap();
+    (
+        envelope.id.expect("a reply has an id").get().to_owned(),
+        envelope.error_code(),
+    )
+}
+
+/// The line `error_line` writes: what the client gets when the gateway answers with an error.
+fn error(id: &str, code: i64, message: &str) -> String {
+    format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"error\":{}}}\n",
+        json!({"code": code, "message": message})
+    )
+}
+
+/// `_meta.toolgate` of a refused call's tool result, with the id it came back under.
+fn refusal_meta(reply: &str) -> (Value, Value) {
+    let reply: Value = serde_json::from_str(reply).unwrap();
+    assert_eq!(reply["result"]["isError"], true, "{reply}");
+    (
+        reply["id"].clone(),
+        reply["result"]["_meta"]["toolgate"].clone(),
+    )
+}
+
+#[rstest::rstest]
+#[case::plain_string(r#""abc""#)]
+#[case::escaped_letter(r#""a\u0062""#)]
+#[case::escaped_quote_and_backslash(r#""q\"\\""#)]
+#[case::escaped_slash(r#""\/""#)]
+#[case::surrogate_pair(r#""\ud83d\ude00""#)]
+#[case::non_ascii("\"é\"")]
+#[case::empty_string(r#""""#)]
+#[case::zero("0")]
+#[case::integer("7")]
+#[case::negative("-3")]
+#[case::beyond_u64("123456789012345678901234567890")]
+fn the_clients_id_comes_back_exactly_as_written(
+    #[case] client_id: &str,
+    #[values("1", "1.0", "1e0", "10e-1")] echoed: &str,
+) {
+    let s = session();
+    let sent = up(
+        &s,
+        &format!(r#"{{"jsonrpc":"2.0","id":{client_id},"method":"ping"}}"#),
+    );
+    assert_eq!(sent, r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#);
+    // However the upstream spells the gateway's id back, the client gets its own.
+    let reply = format!(r#"{{"jsonrpc":"2.0","id":{echoed},"result":{{}}}}"#);
+    assert_eq!(
+        upstream(&s, &reply),
+        Some(format!(
+            r#"{{"jsonrpc":"2.0","id":{client_id},"result":{{}}}}"#
+        ))
+    );
+    assert_eq!(s.pending_requests(), 0);
+    assert_eq!(upstream(&s, &reply), None, "a second reply reaches nobody");
+    // The gateway's own answers carry it too: a refused call, a call refused for its id.
+    let (id, meta) = refusal_meta(&answer(&s, &call(client_id, "nope")));
+    assert_eq!(id, serde_json::from_str::<Value>(client_id).unwrap());
+    assert_eq!(meta["decision"], "deny");
+    let sent = up(&s, &call(client_id, "echo"));
+    assert_eq!(
+        sent,
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{}}}"#
+    );
+    let reused = answer(
+        &s,
+        &format!(r#"{{"jsonrpc":"2.0","id":{client_id},"method":"ping"}}"#),
+    );
+    assert_eq!(id_and_code(&reused), (client_id.to_owned(), Some(-32600)));
+}
+
+#[test]
+fn only_the_id_is_replaced_whitespace_and_all() {
+    let s = session();
+    let sent = up(
+        &s,
+        r#"{ "jsonrpc" : "2.0" , "id" :  "x"  , "method" : "ping" }"#,
+    );
+    assert_eq!(
+        sent,
+        r#"{ "jsonrpc" : "2.0" , "id" :  1  , "method" : "ping" }"#
+    );
+    let back = upstream(&s, r#"{"id" : 1 ,"jsonrpc":"2.0","result":{"a":[1,2]}}"#);
+    assert_eq!(
+        back.as_deref(),
+        Some(r#"{"id" : "x" ,"jsonrpc":"2.0","result":{"a":[1,2]}}"#)
+    );
+}
+
+#[rstest::rstest]
+fn an_id_that_is_not_a_string_or_an_integer_is_refused_and_costs_nothing(
+    #[values(
+        "null",
+        "1.0",
+        "1e0",
+        "-0.5",
+        "true",
+        "false",
+        "{}",
+        "[1]",
+        r#"{"a":1}"#
+    )]
+    id: &str,
+    #[values("ping", "tools/call", "tools/list", "initialize")] method: &str,
+) {
+    let s = session();
+    let line = format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"{method}","params":{{"name":"create","arguments":{{}}}}}}"#
+    );
+    // Not echoed: the id is what was wrong.
+    assert_eq!(
+        id_and_code(&answer(&s, &line)),
+        ("null".into(), Some(-32600))
+    );
+    assert_eq!(s.pending_requests(), 0);
+    // The one `create` unit is still there, and the first gateway id unused.
+    assert_eq!(
+        up(&s, &call("1", "create")),
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"create","arguments":{}}}"#
+    );
+}
+
+#[rstest::rstest]
+#[case::same_integer("5", "5", true)]
+#[case::same_string(r#""ab""#, r#""ab""#, true)]
+#[case::string_spelled_with_an_escape(r#""ab""#, r#""a\u0062""#, true)]
+#[case::slash_spelled_with_an_escape(r#""/""#, r#""\/""#, true)]
+#[case::integer_and_its_string("5", r#""5""#, false)]
+#[case::strings_differing_in_case(r#""a""#, r#""A""#, false)]
+#[case::integers_differing("5", "6", false)]
+fn a_pending_id_cannot_be_reused(
+    #[case] first: &str,
+    #[case] second: &str,
+    #[case] reused: bool,
+    #[values("ping", "tools/call")] method: &str,
+) {
+    let s = session();
+    let list = |id: &str| format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/list"}}"#);
+    assert_eq!(
+        up(&s, &list(first)),
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#
+    );
+    let line = match method {
+        "ping" => format!(r#"{{"jsonrpc":"2.0","id":{second},"method":"ping"}}"#),
+        _ => call(second, "create"),
+    };
+    if reused {
+        // Refused under the id as the client wrote it this time, before any unit is spent.
+        assert_eq!(
+            id_and_code(&answer(&s, &line)),
+            (second.to_owned(), Some(-32600))
+        );
+        assert_eq!(s.pending_requests(), 1);
+    } else {
+        up(&s, &line);
+        assert_eq!(s.pending_requests(), 2);
+    }
+    // Once the first is answered, its id is free again.
     let back = upstream(
         &s,
-        &format!(
-            r#"{{"jsonrpc":"2.0","id":{}.0,"result":{{}}}}"#,
-            id.unwrap()
-        ),
+        r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"create"}]}}"#,
     );
-    assert!(back.unwrap().contains(r#""id":"x""#));
-    assert_eq!(s.pending_requests(), 0);
-}
-
-#[test]
-fn every_request_is_decided_and_odd_ids_are_refused() {
-    let s = session();
-    for id in ["null", "1.0", "1e0", "true", "{}", "[1]"] {
-        let reply = answered(&s, &call(id, "create"));
-        assert_eq!(reply["error"]["code"], -32600, "id {id}");
-        let reply = answered(
-            &s,
-            &format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#),
-        );
-        assert_eq!(reply["error"]["code"], -32600, "id {id}");
-    }
-    let notification = r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"create"}}"#;
-    assert_eq!(s.from_client(notification.as_bytes()), ClientLine::Drop);
-    // None of it cost the one unit.
-    let (_, id) = forwarded(&s, &call("1", "create"));
-    assert!(id.is_some());
-}
-
-#[test]
-fn a_pending_id_cannot_be_reused() {
-    let s = session();
-    let (_, id) = forwarded(&s, r#"{"jsonrpc":"2.0","id":5,"method":"tools/list"}"#);
     assert_eq!(
-        answered(&s, r#"{"jsonrpc":"2.0","id":5,"method":"ping"}"#)["error"]["code"],
-        -32600
+        back,
+        Some(format!(
+            r#"{{"jsonrpc":"2.0","id":{first},"result":{{"tools":[{{"name":"create"}}]}}}}"#
+        ))
     );
-    // Spelled another way, the same id.
-    assert_eq!(answered(&s, &call("5", "echo"))["error"]["code"], -32600);
+    if reused {
+        assert_eq!(
+            up(&s, &line),
+            line.replacen(&format!(r#""id":{second}"#), r#""id":2"#, 1)
+        );
+    }
+}
+
+#[rstest::rstest]
+#[case::integer("6", "6")]
+#[case::string(r#""l""#, r#""l""#)]
+#[case::string_spelled_another_way(r#""l""#, r#""\u006c""#)]
+fn a_client_cancellation_goes_up_under_the_gateways_id(#[case] id: &str, #[case] named: &str) {
+    let s = session();
+    up(&s, r#"{"jsonrpc":"2.0","id":"other","method":"ping"}"#);
+    up(
+        &s,
+        &format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/list"}}"#),
+    );
+    let cancel = format!(
+        r#"{{"jsonrpc":"2.0","method":"notifications/cancelled","params":{{"requestId":{named},"reason":"x"}}}}"#
+    );
+    assert_eq!(
+        up(&s, &cancel),
+        r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":2,"reason":"x"}}"#
+    );
+    assert_eq!(s.pending_requests(), 1);
+    // The late reply reaches nobody, however it is spelled; the id is free again.
+    let late = r#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"secret"}]}}"#;
+    assert_eq!(upstream(&s, late), None);
+    assert_eq!(upstream(&s, &late.replace(":2,", ":2.0,")), None);
+    assert_eq!(s.from_client(cancel.as_bytes()), ClientLine::Drop);
+    assert_eq!(
+        up(
+            &s,
+            &format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#)
+        ),
+        r#"{"jsonrpc":"2.0","id":3,"method":"ping"}"#
+    );
+}
+
+#[rstest::rstest]
+#[case::cancelling_an_id_not_pending(
+    r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"zz"}}"#
+)]
+#[case::cancelling_the_gateways_id_not_the_clients(
+    r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}}"#
+)]
+#[case::cancelling_with_no_params(r#"{"jsonrpc":"2.0","method":"notifications/cancelled"}"#)]
+#[case::cancelling_with_no_request_id(
+    r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"reason":"l"}}"#
+)]
+#[case::a_tools_call_without_an_id(
+    r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"create","arguments":{}}}"#
+)]
+#[case::a_reply_to_no_server_request(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#)]
+#[case::an_error_reply_to_no_server_request(
+    r#"{"jsonrpc":"2.0","id":"l","error":{"code":1,"message":"x"}}"#
+)]
+fn a_client_line_for_nothing_pending_goes_nowhere(#[case] line: &str) {
+    let s = session();
+    up(&s, r#"{"jsonrpc":"2.0","id":"l","method":"tools/list"}"#);
+    assert_eq!(s.from_client(line.as_bytes()), ClientLine::Drop);
+    // Nothing pending was touched, and no unit was spent.
+    assert_eq!(s.pending_requests(), 1);
+    up(&s, &call("2", "create"));
+}
+
+#[rstest::rstest]
+#[case::string(r#""srv-1""#)]
+#[case::integer("7")]
+#[case::escaped(r#""\u0073""#)]
+fn server_requests_are_renumbered_both_ways(
+    #[case] theirs: &str,
+    #[values("1", "1.0")] echoed: &str,
+) {
+    let s = session();
+    // The client's own request holds gateway id 1 upstream; the server's is numbered apart.
+    up(&s, r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#);
+    let request = format!(r#"{{"jsonrpc":"2.0","id":{theirs},"method":"roots/list"}}"#);
+    assert_eq!(
+        upstream(&s, &request).as_deref(),
+        Some(r#"{"jsonrpc":"2.0","id":1,"method":"roots/list"}"#)
+    );
+    let reply = format!(r#"{{"jsonrpc":"2.0","id":{echoed},"result":{{"roots":[]}}}}"#);
+    assert_eq!(
+        up(&s, &reply),
+        format!(r#"{{"jsonrpc":"2.0","id":{theirs},"result":{{"roots":[]}}}}"#)
+    );
+    // Replying twice reaches nobody.
+    assert_eq!(s.from_client(reply.as_bytes()), ClientLine::Drop);
+    assert_eq!(s.pending_requests(), 1);
+}
+
+#[rstest::rstest]
+#[case::as_sent(r#""srv-1""#, r#""srv-1""#)]
+#[case::spelled_another_way(r#""srv-1""#, r#""\u0073rv-1""#)]
+#[case::integer("7", "7")]
+fn a_server_cancellation_comes_down_under_the_clients_id_for_it(
+    #[case] theirs: &str,
+    #[case] named: &str,
+) {
+    let s = session();
     upstream(
         &s,
-        &format!(
-            r#"{{"jsonrpc":"2.0","id":{},"result":{{"tools":[]}}}}"#,
-            id.unwrap()
-        ),
+        &format!(r#"{{"jsonrpc":"2.0","id":{theirs},"method":"roots/list"}}"#),
     )
     .unwrap();
-    forwarded(&s, r#"{"jsonrpc":"2.0","id":5,"method":"ping"}"#);
+    let cancel = format!(
+        r#"{{"jsonrpc":"2.0","method":"notifications/cancelled","params":{{"requestId":{named}}}}}"#
+    );
+    assert_eq!(
+        upstream(&s, &cancel).as_deref(),
+        Some(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}}"#)
+    );
+    // The client's late reply reaches nobody; cancelling again sends nothing.
+    let late = r#"{"jsonrpc":"2.0","id":1,"result":{"roots":[]}}"#;
+    assert_eq!(s.from_client(late.as_bytes()), ClientLine::Drop);
+    assert_eq!(upstream(&s, &cancel), None);
+}
+
+/// The pages of one listing: what the client asks, what the upstream lists, what the client
+/// gets. The hidden tool is on every page.
+const PAGES: [(&str, &str, &str); 3] = [
+    (
+        r#"{}"#,
+        r#"{"tools":[{"name":"a"},{"name":"secret"}],"nextCursor":"c2"}"#,
+        r#"{"tools":[{"name":"a"}],"nextCursor":"c2"}"#,
+    ),
+    (
+        r#"{"cursor":"c2"}"#,
+        r#"{"tools":[{"name":"secret","inputSchema":{"type":"object"}},{"name":"b"}],"nextCursor":"c3"}"#,
+        r#"{"tools":[{"name":"b"}],"nextCursor":"c3"}"#,
+    ),
+    (
+        r#"{"cursor":"c3","_meta":{}}"#,
+        r#"{"tools":[{"name":"secret"}],"nextCursor":null}"#,
+        r#"{"tools":[],"nextCursor":null}"#,
+    ),
+];
+
+/// Passes page `n` of [`PAGES`] through `s` under the client id `"p{n}"`, checking both sides.
+fn page(s: &Session, n: usize) {
+    let (params, listed, shown) = PAGES[n];
+    let request =
+        format!(r#"{{"jsonrpc":"2.0","id":"p{n}","method":"tools/list","params":{params}}}"#);
+    let sent = up(s, &request);
+    let ours = Envelope::parse(sent.as_bytes())
+        .unwrap()
+        .id
+        .unwrap()
+        .get()
+        .to_owned();
+    assert_eq!(sent, request.replace(&format!(r#""p{n}""#), &ours));
+    assert_eq!(
+        upstream(
+            s,
+            &format!(r#"{{"jsonrpc":"2.0","id":{ours},"result":{listed}}}"#)
+        ),
+        Some(format!(
+            r#"{{"jsonrpc":"2.0","id":"p{n}","result":{shown}}}"#
+        )),
+        "page {n}"
+    );
+}
+
+#[rstest::rstest]
+#[case::no_listing_yet(&[], false, "other", true)]
+#[case::first_page_of_three(&[0], false, "other", true)]
+#[case::two_pages_of_three(&[0, 1], false, "other", true)]
+#[case::a_later_page_without_its_first(&[1, 2], false, "other", true)]
+#[case::complete_a_tool_not_listed(&[0, 1, 2], false, "other", false)]
+#[case::complete_a_tool_on_the_first_page(&[0, 1, 2], false, "a", true)]
+#[case::complete_a_tool_on_the_second_page(&[0, 1, 2], false, "b", true)]
+#[case::complete_then_list_changed(&[0, 1, 2], true, "other", true)]
+#[case::listed_again_from_the_first_page(&[0, 1, 2, 0], false, "other", true)]
+#[case::listed_again_to_the_end(&[0, 1, 2, 0, 1, 2], false, "other", false)]
+#[case::hidden_before_any_listing(&[], false, "secret", false)]
+#[case::hidden_though_listed(&[0, 1, 2], false, "secret", false)]
+fn hidden_tools_are_dropped_from_every_page_and_a_complete_listing_knows_the_rest(
+    #[case] pages: &[usize],
+    #[case] list_changed: bool,
+    #[case] tool: &str,
+    #[case] forwarded: bool,
+) {
+    let s = session_with(OPEN, &counters());
+    for &n in pages {
+        page(&s, n);
+    }
+    if list_changed {
+        let changed = r#"{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}"#;
+        assert_eq!(upstream(&s, changed).as_deref(), Some(changed));
+    }
+    let line = call(r#""c""#, tool);
+    match s.from_client(line.as_bytes()) {
+        ClientLine::Forward(_) => assert!(forwarded, "{tool} was forwarded"),
+        ClientLine::Answer(reply) => {
+            assert!(!forwarded, "{tool} was refused");
+            let (id, meta) = refusal_meta(std::str::from_utf8(&reply).unwrap());
+            assert_eq!(id, "c");
+            // Hidden and unknown read the same: nothing tells them apart.
+            assert_eq!(meta["rule"], UNKNOWN_RULE, "{meta}");
+            assert_eq!(meta["reason"], "unknown tool", "{meta}");
+        }
+        ClientLine::Drop => panic!("dropped"),
+    }
+}
+
+/// How the one `create` call in flight ends.
+#[derive(Debug)]
+enum End {
+    /// The upstream answers with this JSON-RPC error code.
+    Error(i64),
+    /// The upstream answers with a tool result: `isError` or not.
+    Result { is_error: bool },
+    /// The transport gives up on it, after writing it or not.
+    Abandon { written: bool },
+    /// It times out; then, maybe, the upstream answers late with this code.
+    Expire(Option<i64>),
+    /// The client cancels it; then, maybe, the upstream answers late with this code.
+    Cancel(Option<i64>),
+    /// The upstream goes away.
+    Gone,
+}
+
+#[rstest::rstest]
+#[case::parse_error(End::Error(-32700), true)]
+#[case::invalid_request(End::Error(-32600), true)]
+#[case::method_not_found(End::Error(-32601), true)]
+#[case::invalid_params(End::Error(-32602), true)]
+#[case::internal_error(End::Error(-32603), false)]
+#[case::server_error(End::Error(-32000), false)]
+#[case::application_error(End::Error(1), false)]
+#[case::result(End::Result { is_error: false }, false)]
+#[case::is_error_result(End::Result { is_error: true }, false)]
+#[case::abandoned_unwritten(End::Abandon { written: false }, true)]
+#[case::abandoned_written(End::Abandon { written: true }, false)]
+#[case::timed_out(End::Expire(None), false)]
+#[case::timed_out_then_not_executed(End::Expire(Some(-32601)), false)]
+#[case::cancelled(End::Cancel(None), false)]
+#[case::cancelled_then_not_executed(End::Cancel(Some(-32601)), false)]
+#[case::upstream_gone(End::Gone, false)]
+fn how_a_call_ends_decides_its_refund(#[case] end: End, #[case] refunded: bool) {
+    let counters = counters();
+    let s = session_with(POLICY, &counters);
+    assert_eq!(
+        up(&s, &call(r#""c1""#, "create")),
+        call("1", "create"),
+        "the gateway's id 1"
+    );
+    let late = |code: i64| {
+        let line = format!(r#"{{"jsonrpc":"2.0","id":1,"error":{{"code":{code},"message":"x"}}}}"#);
+        assert_eq!(upstream(&s, &line), None, "a late reply reaches nobody");
+    };
+    match end {
+        End::Error(code) => {
+            let line =
+                format!(r#"{{"jsonrpc":"2.0","id":1,"error":{{"code":{code},"message":"x"}}}}"#);
+            assert_eq!(
+                upstream(&s, &line),
+                Some(line.replacen(r#""id":1,"#, r#""id":"c1","#, 1))
+            );
+        }
+        End::Result { is_error } => {
+            let line = format!(
+                r#"{{"jsonrpc":"2.0","id":1,"result":{{"content":[],"isError":{is_error}}}}}"#
+            );
+            assert_eq!(
+                upstream(&s, &line),
+                Some(line.replacen(r#""id":1,"#, r#""id":"c1","#, 1))
+            );
+        }
+        End::Abandon { written } => {
+            assert_eq!(
+                s.abandon(1, written, "no"),
+                Some(error(r#""c1""#, -32000, "no").into_bytes())
+            );
+            assert_eq!(s.abandon(1, written, "no"), None, "abandoned once");
+        }
+        End::Expire(code) => {
+            let message = "[toolgate] the upstream MCP server did not answer within 0 s";
+            assert_eq!(
+                s.expire(Duration::ZERO),
+                vec![error(r#""c1""#, -32000, message).into_bytes()]
+            );
+            code.map(late);
+        }
+        End::Cancel(code) => {
+            up(
+                &s,
+                r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"c1"}}"#,
+            );
+            code.map(late);
+        }
+        End::Gone => {
+            assert_eq!(
+                s.upstream_gone("gone"),
+                vec![error(r#""c1""#, -32000, "gone").into_bytes()]
+            );
+        }
+    }
+    assert_eq!(s.pending_requests(), 0);
+    // Another session on the same counters: the cap of 1 has room only if the unit came back.
+    let other = session_with(POLICY, &counters);
+    match other.from_client(call("2", "create").as_bytes()) {
+        ClientLine::Forward(_) => assert!(refunded, "{end:?} refunded"),
+        ClientLine::Answer(reply) => {
+            assert!(!refunded, "{end:?} not refunded");
+            let (id, meta) = refusal_meta(std::str::from_utf8(&reply).unwrap());
+            assert_eq!(id, 2);
+            assert_eq!(meta["decision"], "rate_limited", "{meta}");
+        }
+        ClientLine::Drop => panic!("dropped"),
+    }
+}
+
+#[rstest::rstest]
+#[case::nothing_pending(&[])]
+#[case::one_call(&[r#""c""#])]
+#[case::ids_of_every_kind(&[r#""a""#, "7", r#""b\u0063""#, "-1", r#""""#])]
+fn upstream_loss_answers_every_pending_request_and_every_later_one(#[case] ids: &[&str]) {
+    let s = session();
+    for (n, id) in ids.iter().enumerate() {
+        let line = match n % 3 {
+            0 => call(id, "echo"),
+            1 => format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/list"}}"#),
+            _ => format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#),
+        };
+        up(&s, &line);
+    }
+    // A server request in flight: the client's reply to it will reach nobody.
+    upstream(&s, r#"{"jsonrpc":"2.0","id":"srv","method":"roots/list"}"#).unwrap();
+    let mut answered = s.upstream_gone("the upstream exited");
+    answered.sort();
+    let mut expected: Vec<Vec<u8>> = ids
+        .iter()
+        .map(|id| error(id, -32000, "the upstream exited").into_bytes())
+        .collect();
+    expected.sort();
+    assert_eq!(answered, expected);
+    assert_eq!(s.pending_requests(), 0);
+    assert!(s.upstream_gone("again").is_empty(), "answered once");
+    // Late replies reach nobody; later requests are answered at once.
+    assert_eq!(
+        upstream(&s, r#"{"jsonrpc":"2.0","id":1,"result":{}}"#),
+        None
+    );
+    assert_eq!(
+        s.from_client(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#),
+        ClientLine::Drop
+    );
+    for line in [
+        call("9", "echo"),
+        r#"{"jsonrpc":"2.0","id":9,"method":"ping"}"#.into(),
+    ] {
+        assert_eq!(
+            answer(&s, &line),
+            error("9", -32000, "upstream MCP server has exited")
+        );
+    }
+    assert_eq!(s.pending_requests(), 0);
 }
 
 #[test]
@@ -138,69 +634,6 @@ fn keys_that_some_stack_reads_as_one_are_refused() {
         assert_eq!(answered(&s, line)["error"]["code"], -32600, "{line}");
     }
     assert_eq!(s.pending_requests(), 0);
-}
-
-#[rstest::rstest]
-#[case::parse_error(-32700, true)]
-#[case::invalid_request(-32600, true)]
-#[case::method_not_found(-32601, true)]
-#[case::invalid_params(-32602, true)]
-#[case::internal_error(-32603, false)]
-#[case::server_error(-32000, false)]
-fn only_not_executed_errors_refund(#[case] code: i64, #[case] refunded: bool) {
-    let s = session();
-    let (_, id) = forwarded(&s, &call("1", "create"));
-    let error = format!(
-        r#"{{"jsonrpc":"2.0","id":{},"error":{{"code":{code},"message":"x"}}}}"#,
-        id.unwrap()
-    );
-    assert!(upstream(&s, &error).unwrap().contains(r#""id":1"#));
-    match s.from_client(call("2", "create").as_bytes()) {
-        ClientLine::Forward(_) => assert!(refunded, "{code} refunded"),
-        ClientLine::Answer(reply) => {
-            assert!(!refunded, "{code} not refunded");
-            assert!(String::from_utf8(reply).unwrap().contains("rate_limited"));
-        }
-        ClientLine::Drop => panic!("dropped"),
-    }
-}
-
-#[test]
-fn lost_and_late_requests_keep_their_units() {
-    let s = session();
-    let (_, id) = forwarded(&s, &call("1", "create"));
-    let expired = s.expire(Duration::ZERO);
-    assert_eq!(expired.len(), 1);
-    assert!(String::from_utf8_lossy(&expired[0]).contains(r#""id":1"#));
-    // The late reply reaches nobody; the unit stays spent.
-    assert_eq!(
-        upstream(
-            &s,
-            &format!(
-                r#"{{"jsonrpc":"2.0","id":{},"error":{{"code":-32601,"message":"x"}}}}"#,
-                id.unwrap()
-            )
-        ),
-        None
-    );
-    assert!(matches!(
-        s.from_client(call("2", "create").as_bytes()),
-        ClientLine::Answer(_)
-    ));
-
-    let s = session();
-    forwarded(&s, &call("1", "create"));
-    assert_eq!(s.upstream_gone("gone").len(), 1);
-    assert!(matches!(
-        s.from_client(call("2", "create").as_bytes()),
-        ClientLine::Answer(_)
-    ));
-
-    // Not written at all: the unit comes back.
-    let s = session();
-    let (_, id) = forwarded(&s, &call("1", "create"));
-    assert!(s.abandon(id.unwrap(), false, "no").is_some());
-    forwarded(&s, &call("2", "create"));
 }
 
 #[test]
@@ -250,47 +683,6 @@ fn every_tool_list_is_filtered_and_an_unreadable_one_never_passes() {
     }
     // A reply to nothing pending (replayed, say) is dropped.
     assert_eq!(upstream(&s, &list(999, r#"[{"name":"secret"}]"#)), None);
-}
-
-#[test]
-fn server_requests_are_renumbered_both_ways() {
-    let s = session();
-    let out = upstream(
-        &s,
-        r#"{"jsonrpc":"2.0","id":"srv-1","method":"roots/list"}"#,
-    )
-    .unwrap();
-    let ours = serde_json::from_str::<Value>(&out).unwrap()["id"]
-        .as_u64()
-        .unwrap();
-    let (sent, _) = forwarded(
-        &s,
-        &format!(r#"{{"jsonrpc":"2.0","id":{ours},"result":{{"roots":[]}}}}"#),
-    );
-    assert_eq!(sent["id"], "srv-1");
-    // Replying twice, or to an id the server never used, reaches nobody.
-    let again = format!(r#"{{"jsonrpc":"2.0","id":{ours},"result":{{}}}}"#);
-    assert_eq!(s.from_client(again.as_bytes()), ClientLine::Drop);
-}
-
-#[test]
-fn a_cancellation_names_the_gateways_id_and_the_late_reply_is_dropped() {
-    let s = session();
-    let (_, id) = forwarded(&s, r#"{"jsonrpc":"2.0","id":"l","method":"tools/list"}"#);
-    let (sent, _) = forwarded(
-        &s,
-        r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"l"}}"#,
-    );
-    assert_eq!(sent["params"]["requestId"], json!(id.unwrap()));
-    let late = format!(
-        r#"{{"jsonrpc":"2.0","id":{},"result":{{"tools":[{{"name":"secret"}}]}}}}"#,
-        id.unwrap()
-    );
-    assert_eq!(upstream(&s, &late), None);
-    // Cancelling what is not pending sends nothing.
-    let stray =
-        r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"zz"}}"#;
-    assert_eq!(s.from_client(stray.as_bytes()), ClientLine::Drop);
 }
 
 #[test]
