@@ -585,6 +585,124 @@ mod tests {
         assert!(check_keys(bad.as_bytes()).is_err());
     }
 
+    /// `text` as a JSON string, each character written the way `how` picks: as itself where
+    /// JSON allows, as a short escape where there is one, or as `\u` escapes (upper or lower
+    /// case hex, a surrogate pair beyond the BMP).
+    fn spelled(text: &str, how: &[u8]) -> String {
+        let mut out = String::from("\"");
+        for (i, c) in text.chars().enumerate() {
+            let pick = how.get(i % how.len().max(1)).copied().unwrap_or(0) % 4;
+            let short = match c {
+                '"' => Some("\\\""),
+                '\\' => Some("\\\\"),
+                '/' => Some("\\/"),
+                '\u{8}' => Some("\\b"),
+                '\u{c}' => Some("\\f"),
+                '\n' => Some("\\n"),
+                '\r' => Some("\\r"),
+                '\t' => Some("\\t"),
+                _ => None,
+            };
+            let literal_ok = !matches!(c, '"' | '\\') && c >= ' ';
+            match (pick, short) {
+                (0, _) if literal_ok => out.push(c),
+                (1, Some(short)) => out.push_str(short),
+                _ => {
+                    let mut units = [0u16; 2];
+                    for unit in c.encode_utf16(&mut units) {
+                        if pick == 3 {
+                            out.push_str(&format!("\\u{unit:04X}"));
+                        } else {
+                            out.push_str(&format!("\\u{unit:04x}"));
+                        }
+                    }
+                }
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    /// Any id a client may write: a string, spelled any way, or an integer of any size.
+    fn client_id() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (
+                any::<String>(),
+                proptest::collection::vec(any::<u8>(), 1..8)
+            )
+                .prop_map(|(text, how)| spelled(&text, &how)),
+            ("-?(0|[1-9][0-9]{0,40})").prop_map(|n| n.to_string()),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The gateway's round trip of an id: the client's id is read as written, the
+        /// gateway's id spliced in is read back by [`gateway_id`] however the upstream spells
+        /// it, and the client's id spliced into the reply is byte for byte what it wrote.
+        #[test]
+        fn an_id_goes_up_and_comes_back_byte_for_byte(
+            written in client_id(),
+            ours in 0u64..(1 << 53),
+            echo in 0usize..4,
+            space in "[ \t]{0,2}",
+        ) {
+            let request = format!(r#"{{"jsonrpc":"2.0","id":{space}{written}{space},"method":"ping"}}"#);
+            let envelope = Envelope::parse(request.as_bytes()).unwrap();
+            let id = envelope.id.unwrap();
+            proptest::prop_assert_eq!(id.get(), written.as_str());
+            proptest::prop_assert_ne!(id_kind(id), IdKind::Invalid);
+            proptest::prop_assert_eq!(check_keys(request.as_bytes()), Ok(()));
+
+            let up = splice(request.as_bytes(), id, ours.to_string().as_bytes()).unwrap();
+            proptest::prop_assert_eq!(
+                String::from_utf8(up.clone()).unwrap(),
+                format!(r#"{{"jsonrpc":"2.0","id":{space}{ours}{space},"method":"ping"}}"#)
+            );
+            let sent = Envelope::parse(&up).unwrap();
+            proptest::prop_assert_eq!(sent.id.and_then(gateway_id), Some(ours));
+
+            let echoed = match echo {
+                0 => ours.to_string(),
+                1 => format!("{ours}.0"),
+                2 => format!("{ours}e0"),
+                _ => format!("{ours}0e-1"),
+            };
+            let reply = format!(r#"{{"jsonrpc":"2.0","id":{space}{echoed}{space},"result":{{}}}}"#);
+            let back = Envelope::parse(reply.as_bytes()).unwrap();
+            let their_id = back.id.unwrap();
+            proptest::prop_assert_eq!(gateway_id(their_id), Some(ours));
+            let restored = splice(reply.as_bytes(), their_id, written.as_bytes()).unwrap();
+            proptest::prop_assert_eq!(
+                String::from_utf8(restored.clone()).unwrap(),
+                format!(r#"{{"jsonrpc":"2.0","id":{space}{written}{space},"result":{{}}}}"#)
+            );
+            proptest::prop_assert_eq!(
+                Envelope::parse(&restored).unwrap().id.map(RawValue::get),
+                Some(written.as_str())
+            );
+        }
+
+        /// Two spellings of an id have one key exactly when they are the same JSON value.
+        #[test]
+        fn id_keys_are_equal_exactly_when_the_ids_are(
+            a in proptest::prelude::any::<String>(),
+            b in proptest::prelude::any::<String>(),
+            how_a in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..8),
+            how_b in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..8),
+            n in proptest::prelude::any::<i64>(),
+        ) {
+            proptest::prop_assert_eq!(id_key(&spelled(&a, &how_a)), id_key(&spelled(&a, &how_b)));
+            proptest::prop_assert_eq!(
+                id_key(&spelled(&a, &how_a)) == id_key(&spelled(&b, &how_b)),
+                a == b
+            );
+            // A string and an integer never share a key, even when they read alike.
+            proptest::prop_assert_ne!(id_key(&n.to_string()), id_key(&spelled(&n.to_string(), &how_a)));
+            proptest::prop_assert_eq!(id_key(&n.to_string()), n.to_string());
+        }
+    }
+
     #[test]
     fn id_keys_ignore_spelling() {
         assert_eq!(id_key(r#" "a\u0062" "#), id_key(r#""ab""#));
