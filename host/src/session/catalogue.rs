@@ -23,9 +23,9 @@ use std::sync::{Arc, OnceLock};
 #[derive(Clone, Debug, Default)]
 pub struct SchemaChecks {
     /// No tool's arguments are checked (a server whose schemas are known to be wrong).
-    pub off: bool,
+    pub(crate) off: bool,
     /// These tools' arguments are not checked.
-    pub skip: HashSet<String>,
+    pub(crate) skip: HashSet<String>,
 }
 
 impl SchemaChecks {
