@@ -636,53 +636,67 @@ fn keys_that_some_stack_reads_as_one_are_refused() {
     assert_eq!(s.pending_requests(), 0);
 }
 
-#[test]
-fn every_tool_list_is_filtered_and_an_unreadable_one_never_passes() {
+/// What the client gets for a reply carrying a tool list: the filtered `result`, or an error
+/// (`-32603`) in its place.
+#[rstest::rstest]
+#[case::hidden_dropped(
+    r#"{"tools":[{"name":"echo"},{"name":"secret"}]}"#,
+    Some(r#"{"tools":[{"name":"echo"}]}"#)
+)]
+#[case::only_hidden(r#"{"tools":[{"name":"secret"}]}"#, Some(r#"{"tools":[]}"#))]
+#[case::other_members_kept(
+    r#"{"tools":[{"name":"secret"},{"name":"echo","x":[1]}],"nextCursor":"n","_meta":{}}"#,
+    Some(r#"{"tools":[{"name":"echo","x":[1]}],"nextCursor":"n","_meta":{}}"#)
+)]
+#[case::not_in_the_policy(r#"{"tools":[{"name":"other"}]}"#, Some(r#"{"tools":[]}"#))]
+#[case::tools_key_spelled_with_an_escape(
+    r#"{"t\u006fols":[{"name":"secret"},{"name":"echo"}]}"#,
+    Some(r#"{"tools":[{"name":"echo"}]}"#)
+)]
+#[case::name_spelled_with_an_escape(
+    r#"{"tools":[{"n\u0061me":"s\u0065cret"},{"name":"echo"}]}"#,
+    Some(r#"{"tools":[{"name":"echo"}]}"#)
+)]
+#[case::name_beside_a_name_in_another_case(
+    r#"{"tools":[{"name":"echo","Name":"secret"},{"name":"echo"}]}"#,
+    Some(r#"{"tools":[{"name":"echo"}]}"#)
+)]
+#[case::a_tool_without_a_name(r#"{"tools":[{"title":"secret"},7]}"#, Some(r#"{"tools":[]}"#))]
+#[case::lone_surrogate(r#"{"tools":[{"name":"secret\ud800"}]}"#, None)]
+#[case::tools_in_another_case(r#"{"Tools":[{"name":"secret"}]}"#, None)]
+#[case::tools_twice(r#"{"tools":[],"tools":[{"name":"secret"}]}"#, None)]
+#[case::tools_and_an_escaped_twin(r#"{"tools":[],"tool\u0073":[{"name":"secret"}]}"#, None)]
+#[case::tools_not_a_list(r#"{"tools":{"name":"secret"}}"#, None)]
+fn every_tool_list_is_filtered_and_an_unreadable_one_never_passes(
+    #[case] result: &str,
+    #[case] shown: Option<&str>,
+    // A list in the reply to another request is filtered all the same.
+    #[values("tools/list", "ping")] method: &str,
+) {
     let s = session();
-    let list = |id: u64, tools: &str| {
-        format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{"tools":{tools}}}}}"#)
-    };
-    let (_, id) = forwarded(&s, r#"{"jsonrpc":"2.0","id":"l","method":"tools/list"}"#);
+    up(
+        &s,
+        &format!(r#"{{"jsonrpc":"2.0","id":"q","method":"{method}"}}"#),
+    );
     let out = upstream(
         &s,
-        &list(id.unwrap(), r#"[{"name":"echo"},{"name":"secret"}]"#),
+        &format!(r#"{{"jsonrpc":"2.0","id":1,"result":{result}}}"#),
     )
     .unwrap();
-    let out: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(out["id"], "l");
-    assert_eq!(out["result"]["tools"], json!([{"name": "echo"}]));
-
-    // A list in the reply to another request (a ping) is filtered all the same.
-    let (_, id) = forwarded(&s, r#"{"jsonrpc":"2.0","id":"p","method":"ping"}"#);
-    let out = upstream(&s, &list(id.unwrap(), r#"[{"name":"secret"}]"#)).unwrap();
-    assert!(!out.contains("secret"), "{out}");
-
-    // A lone surrogate, a key that reads as `tools`: an error, not the list.
-    for body in [
-        r#"{"tools":[{"name":"secret\ud800"}]}"#,
-        r#"{"Tools":[{"name":"secret"}]}"#,
-        r#"{"tools":[],"tools":[{"name":"secret"}]}"#,
-        r#"{"t\u006fols":[{"name":"secret"}]}"#,
-    ] {
-        let (_, id) = forwarded(&s, r#"{"jsonrpc":"2.0","id":"q","method":"tools/list"}"#);
-        let out = upstream(
-            &s,
-            &format!(
-                r#"{{"jsonrpc":"2.0","id":{},"result":{body}}}"#,
-                id.unwrap()
-            ),
-        )
-        .unwrap();
-        assert!(
-            !out.contains("secret") || out.contains("\"error\""),
-            "{body}: {out}"
-        );
-        if !body.starts_with(r#"{"t\u006f"#) {
-            assert!(out.contains("-32603"), "{body}: {out}");
+    match shown {
+        Some(shown) => assert_eq!(
+            out,
+            format!(r#"{{"jsonrpc":"2.0","id":"q","result":{shown}}}"#)
+        ),
+        None => {
+            assert_eq!(id_and_code(&out), (r#""q""#.into(), Some(-32603)), "{out}");
+            assert!(!out.contains("\"result\""), "{out}");
         }
     }
+    assert_eq!(s.pending_requests(), 0);
     // A reply to nothing pending (replayed, say) is dropped.
-    assert_eq!(upstream(&s, &list(999, r#"[{"name":"secret"}]"#)), None);
+    let replayed = r#"{"jsonrpc":"2.0","id":999,"result":{"tools":[{"name":"secret"}]}}"#;
+    assert_eq!(upstream(&s, replayed), None);
 }
 
 #[test]
