@@ -327,6 +327,7 @@ impl Session {
         {
             refusal(Decision::deny("inputSchema", problem))
         } else {
+            // The decision. Last, so that every refusal above costs no counter unit.
             self.policy.load().decide(&call, &self.counters)
         };
         let d = &outcome.decision;
