@@ -489,3 +489,7 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "counters_tests.rs"]
+mod properties;

@@ -24,17 +24,17 @@ use std::collections::HashSet;
 use std::fmt;
 
 /// JSON-RPC's "parse error": the line is not JSON.
-pub const PARSE_ERROR: i64 = -32700;
+pub(crate) const PARSE_ERROR: i64 = -32700;
 /// JSON-RPC's "invalid request": JSON, but not a JSON-RPC message the gateway accepts.
-pub const INVALID_REQUEST: i64 = -32600;
+pub(crate) const INVALID_REQUEST: i64 = -32600;
 /// JSON-RPC's "method not found".
-pub const METHOD_NOT_FOUND: i64 = -32601;
+pub(crate) const METHOD_NOT_FOUND: i64 = -32601;
 /// JSON-RPC's "invalid params".
-pub const INVALID_PARAMS: i64 = -32602;
+pub(crate) const INVALID_PARAMS: i64 = -32602;
 /// JSON-RPC's "internal error": the gateway could not do its part (e.g. read a tool list).
-pub const INTERNAL_ERROR: i64 = -32603;
+pub(crate) const INTERNAL_ERROR: i64 = -32603;
 /// The upstream server went away or did not answer in time (implementation-defined server error).
-pub const UPSTREAM_GONE: i64 = -32000;
+pub(crate) const UPSTREAM_GONE: i64 = -32000;
 
 /// The error codes with which a server says it did not execute a request: the request was
 /// not JSON, not a request, named no method it has, or had parameters it refused before
@@ -259,7 +259,8 @@ impl<'a> Envelope<'a> {
         })
     }
 
-    /// The canonical key of the id, if there is one (see [`id_key`]).
+    /// The canonical key of the id, if there is one: its text re-encoded, so that spellings
+    /// of one id (whitespace, escapes) have one key.
     pub fn id_key(&self) -> Option<String> {
         self.id.map(|raw| id_key(raw.get()))
     }
@@ -278,7 +279,7 @@ impl<'a> Envelope<'a> {
 
 /// What kind of value a request id is. MCP requires a string or an integer, and not null.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IdKind {
+pub(crate) enum IdKind {
     /// A JSON string.
     String,
     /// A JSON number written as an integer: `-?[0-9]+`, no fraction, no exponent.
@@ -288,7 +289,7 @@ pub enum IdKind {
 }
 
 /// Classifies a raw id as written.
-pub fn id_kind(raw: &RawValue) -> IdKind {
+pub(crate) fn id_kind(raw: &RawValue) -> IdKind {
     let text = raw.get().as_bytes();
     match text.first() {
         Some(b'"') => IdKind::String,
@@ -306,7 +307,7 @@ pub fn id_kind(raw: &RawValue) -> IdKind {
 
 /// Reads an id the gateway itself gave (an unsigned integer), however the peer spelled the
 /// number back: a JavaScript peer may answer `7` for `7.0` and a Python one `7.0` for `7`.
-pub fn gateway_id(raw: &RawValue) -> Option<u64> {
+pub(crate) fn gateway_id(raw: &RawValue) -> Option<u64> {
     let text = raw.get();
     if let Ok(n) = text.parse::<u64>() {
         return Some(n);
@@ -317,7 +318,7 @@ pub fn gateway_id(raw: &RawValue) -> Option<u64> {
 }
 
 /// Canonical text of a raw id (re-encoded, so whitespace and escapes do not matter).
-pub fn id_key(raw: &str) -> String {
+pub(crate) fn id_key(raw: &str) -> String {
     // Fast path for the usual ids, small integers and plain strings, already canonical.
     let bytes = raw.as_bytes();
     let plain_int = !bytes.is_empty()
@@ -340,7 +341,7 @@ pub fn id_key(raw: &str) -> String {
 
 /// `line` with the bytes of `value` (a slice of `line`, as a borrowed [`RawValue`] is)
 /// replaced by `with`. `None` if `value` does not lie within `line`.
-pub fn splice(line: &[u8], value: &RawValue, with: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn splice(line: &[u8], value: &RawValue, with: &[u8]) -> Option<Vec<u8>> {
     let range = line.as_ptr_range();
     let start = value.get().as_ptr();
     if !range.contains(&start) {
@@ -356,7 +357,7 @@ pub fn splice(line: &[u8], value: &RawValue, with: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// A reply line carrying `result`.
-pub fn result_line(id: &RawValue, result: &Value) -> Vec<u8> {
+pub(crate) fn result_line(id: &RawValue, result: &Value) -> Vec<u8> {
     let mut line = format!(
         r#"{{"jsonrpc":"2.0","id":{},"result":{}}}"#,
         id.get(),
@@ -368,7 +369,7 @@ pub fn result_line(id: &RawValue, result: &Value) -> Vec<u8> {
 }
 
 /// A reply line carrying an error; `id` is `None` when the request's id could not be read.
-pub fn error_line(id: Option<&RawValue>, code: i64, message: &str) -> Vec<u8> {
+pub(crate) fn error_line(id: Option<&RawValue>, code: i64, message: &str) -> Vec<u8> {
     let id = id.map_or("null", |raw| raw.get());
     let error = json!({"code": code, "message": message});
     let mut line = format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{error}}}"#).into_bytes();
@@ -485,113 +486,5 @@ impl<'de> Visitor<'de> for Checked {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn routes_by_decoded_method_and_rejects_tricks() {
-        let e = Envelope::parse(br#"{"jsonrpc":"2.0","id":1,"method":"tools\/call","params":{}}"#)
-            .unwrap();
-        assert_eq!(e.method.as_deref(), Some("tools/call"));
-        assert_eq!(e.id_key().as_deref(), Some("1"));
-        let dup = Envelope::parse(br#"{"id":1,"method":"tools/list","method":"tools/call"}"#)
-            .unwrap_err();
-        assert_eq!(dup.code, INVALID_REQUEST);
-        assert_eq!(Envelope::parse(b"{nope").unwrap_err().code, PARSE_ERROR);
-        assert_eq!(Envelope::parse(b"[1]").unwrap_err().code, INVALID_REQUEST);
-        assert_eq!(Envelope::parse(b"42").unwrap_err().code, INVALID_REQUEST);
-        assert_eq!(
-            Envelope::parse(br#"{"id":1,"method":7}"#).unwrap_err().code,
-            INVALID_REQUEST
-        );
-    }
-
-    #[test]
-    fn a_null_id_is_present_and_invalid() {
-        let e = Envelope::parse(br#"{"id":null,"method":"tools/call"}"#).unwrap();
-        assert_eq!(e.id.map(RawValue::get), Some("null"));
-        assert!(Envelope::parse(br#"{"method":"x"}"#).unwrap().id.is_none());
-        let kinds: Vec<IdKind> = [
-            "1", "-3", "\"a\"", "null", "1.0", "1e0", "true", "{}", "[]", "-",
-        ]
-        .iter()
-        .map(|t| {
-            id_kind(
-                &RawValue::from_string((*t).into())
-                    .unwrap_or_else(|_| RawValue::from_string("null".into()).unwrap()),
-            )
-        })
-        .collect();
-        use IdKind::*;
-        assert_eq!(
-            kinds,
-            [
-                Integer, Integer, String, Invalid, Invalid, Invalid, Invalid, Invalid, Invalid,
-                Invalid
-            ]
-        );
-    }
-
-    #[test]
-    fn gateway_ids_read_back_however_spelled() {
-        let raw = |t: &str| RawValue::from_string(t.into()).unwrap();
-        assert_eq!(gateway_id(&raw("7")), Some(7));
-        assert_eq!(gateway_id(&raw("7.0")), Some(7));
-        assert_eq!(gateway_id(&raw("7e0")), Some(7));
-        assert_eq!(gateway_id(&raw("7.5")), None);
-        assert_eq!(gateway_id(&raw("\"7\"")), None);
-        assert_eq!(gateway_id(&raw("-1")), None);
-    }
-
-    #[test]
-    fn splice_replaces_exactly_the_value() {
-        let line = br#"{"id" : 17 ,"method":"x"}"#;
-        let e = Envelope::parse(line).unwrap();
-        let out = splice(line, e.id.unwrap(), b"\"abc\"").unwrap();
-        assert_eq!(out, br#"{"id" : "abc" ,"method":"x"}"#);
-        let elsewhere = RawValue::from_string("1".into()).unwrap();
-        assert!(splice(line, &elsewhere, b"2").is_none());
-    }
-
-    #[test]
-    fn keys_equal_under_case_folding_are_refused_at_any_depth() {
-        let refused = [
-            r#"{"method":"ping","Method":"tools/call"}"#,
-            r#"{"id":1,"ID":2}"#,
-            r#"{"params":{"name":"a","Name":"b"}}"#,
-            r#"{"params":{"arguments":{"sessionId":"x","SessionId":"gw-1"}}}"#,
-            "{\"params\":{\"arguments\":{\"sessionId\":1,\"\u{17f}essionId\":2}}}",
-            "{\"a\":[{\"kind\":1,\"\u{212a}ind\":2}]}",
-            r#"{"\u004dethod":"x","method":"y"}"#,
-            r#"{"a":1,"a":1}"#,
-            r#"{"s":"\ud800"}"#,
-        ];
-        for text in refused {
-            let fault = check_keys(text.as_bytes()).unwrap_err();
-            assert_eq!(fault.code, INVALID_REQUEST, "{text}");
-        }
-        for text in [
-            r#"{"id":1,"method":"tools/call","params":{"name":"a","arguments":{"x":[{"y":1},{"y":2}]}}}"#,
-            r#"{"a":{"a":{"a":1}}}"#,
-            r#"{"é":1,"e":2}"#,
-        ] {
-            assert_eq!(check_keys(text.as_bytes()), Ok(()), "{text}");
-        }
-        // Many keys: the hash-set path.
-        let many: Vec<String> = (0..100).map(|i| format!("\"k{i}\":{i}")).collect();
-        let ok = format!("{{{}}}", many.join(","));
-        assert_eq!(check_keys(ok.as_bytes()), Ok(()));
-        let bad = format!("{{{},\"K50\":0}}", many.join(","));
-        assert!(check_keys(bad.as_bytes()).is_err());
-    }
-
-    #[test]
-    fn id_keys_ignore_spelling() {
-        assert_eq!(id_key(r#" "a\u0062" "#), id_key(r#""ab""#));
-        assert_eq!(id_key("17"), "17");
-        assert_eq!(id_key(r#""abc""#), r#""abc""#);
-        assert_eq!(id_key(r#""\/""#), id_key(r#""/""#));
-        assert_eq!(id_key("1e2"), "100.0");
-        assert_eq!(id_key(" 5 "), "5");
-    }
-}
+#[path = "jsonrpc_tests.rs"]
+mod tests;

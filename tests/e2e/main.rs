@@ -5,7 +5,6 @@
 //! bad input and the counters' guarantees.
 
 mod bad_input;
-mod counters_prop;
 mod fuzz_smoke;
 mod hot_swap;
 mod http;

@@ -1,15 +1,19 @@
 //! Property tests of the sliding window: no interval of the window's length ever admits more
 //! than `max`, and a call is refused only when the window really is full; a counter that
 //! several limits name takes one unit per call.
+//!
+//! The last property reads its limits from a policy, as a user writes them, so it reaches
+//! [`crate::policy::Policy`] (a dependency of these tests only). How refunds keep a cap exact
+//! through a session (id reuse, errors, timeouts, crashes) is `session::tests`'
+//! `a_cap_of_30_admits_exactly_30`.
 
+use super::*;
+use crate::call::ToolCall;
+use crate::clock::{Clock, ManualClock};
+use crate::policy::Policy;
 use proptest::prelude::*;
 use serde_json::json;
-use std::sync::Arc;
 use std::time::Duration;
-use toolgate::call::ToolCall;
-use toolgate::clock::{Clock, ManualClock};
-use toolgate::counters::{CounterKey, CounterStore, MemoryCounterStore, Scope, Window};
-use toolgate::policy::Policy;
 
 /// The most units admitted in any half-open interval `[t, t + window)`. The busiest interval
 /// can always be slid to start at an admitted unit, so checking those starts is enough.

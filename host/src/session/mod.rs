@@ -1,0 +1,502 @@
+//! One MCP session through the gateway: where every `tools/call` is decided.
+//!
+//! A [`Session`] sees each line from the client and from the upstream, in order, and says what
+//! to do with it. It does no I/O itself, so the stdio and HTTP transports only move bytes.
+//!
+//! **What the gateway decides is exactly what the upstream runs.** The rules that make it so:
+//! - **Every request is decided.** A message with a `method` and an `id` member is a request,
+//!   whatever the id. MCP ids are strings or integers: any other id (`null`, `1.0`, `true`) is
+//!   refused with `-32600` and never forwarded. A `tools/call` sent as a notification (no id)
+//!   is dropped and logged: it would run upstream with no decision and no reply.
+//! - **One reading of a message.** A client message with two keys that some server stack
+//!   would read as one (duplicates, or keys equal under case folding, at any depth) is
+//!   refused ([`jsonrpc::check_keys`]).
+//! - **Upstream ids are the gateway's own.** Each request goes upstream under a fresh id the
+//!   gateway chose, spliced into the client's bytes; the reply gets the client's id back.
+//!   Correlation, refunds and filtering key on ids the client cannot choose or misspell, and
+//!   a client reusing an id that is still pending gets `-32600`. Server→client requests are
+//!   renumbered the same way in the other direction.
+//! - **Refunds only when the call certainly did not run**: the upstream answered with an
+//!   error that means "not executed" ([`jsonrpc::not_executed`]), or the transport never wrote
+//!   the request ([`Session::abandon`]). A timeout, a lost upstream or an `isError` result
+//!   keeps the units spent.
+//! - **Tool lists are filtered, failing closed**: any reply carrying `result.tools` is
+//!   filtered, pending or not; one that cannot be read becomes a JSON-RPC error.
+//! - **Arguments match the tool's advertised `inputSchema`** before any counter is consumed
+//!   (when a listing has shown it), so a call the server would refuse costs no unit.
+//!
+//! Everything else passes through unchanged. A refused call is answered here with a tool
+//! result (`isError: true`) and never reaches the upstream.
+//!
+//! ## A sans-IO core
+//! The transports ([`crate::stdio`], [`crate::http`]) own the pipes, sockets and threads;
+//! they hand each line to [`Session::from_client`] or [`Session::from_upstream`] and do what
+//! the answer says ([`ClientLine`]). Time enters only through [`Session::expire`], and the
+//! loss of the upstream through [`Session::upstream_gone`] and [`Session::abandon`]. So the
+//! whole of the gateway's logic can be driven with bytes in a unit test (`tests.rs`).
+//!
+//! ## How one `tools/call` is decided
+//! [`Session::from_client`] parses the envelope ([`jsonrpc::Envelope`]) and refuses what
+//! some server would read another way; `Session::request` refuses an invalid or reused id
+//! and hands a `tools/call` to `Session::decide_call`, which, in this order: reads the
+//! params, refuses keys that shadow a member or an argument the policy or the tool's schema
+//! names, answers "unknown tool" for a tool a complete listing did not show, checks the
+//! arguments against the tool's `inputSchema`, and then asks the policy
+//! (`self.policy.load().decide(..)`, [`Policy::decide`]). An allowed call keeps its counter
+//! reservations until its reply; a refused one becomes the tool result the client gets.
+//!
+//! ## Files
+//! - `mod.rs`: the [`Session`] type, the dispatch of client and upstream lines, the decision.
+//! - `ids.rs`: the gateway's own ids: the pending requests, the client's ids, server→client
+//!   requests, cancellations both ways, refunds on abandon, timeouts and upstream loss.
+//! - `catalogue.rs`: the upstream's tool listings: filtering hidden tools from every page,
+//!   the per-tool annotations and `inputSchema` checks ([`SchemaChecks`]), shadowed keys.
+
+mod catalogue;
+mod ids;
+
+pub use catalogue::SchemaChecks;
+
+use crate::call::ToolCall;
+use crate::counters::CounterStore;
+use crate::decision::{Decision, Verdict};
+use crate::jsonrpc::{self, Envelope, Fault, IdKind};
+use crate::policy::{Outcome, Policy, UNKNOWN_RULE};
+use arc_swap::ArcSwap;
+use catalogue::{has_cursor, listing, schema_problem, unreadable_list, Catalogue, Listing};
+use ids::{reused, Kind, Pending};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// What to do with a line from the client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientLine<'l> {
+    /// Send these bytes to the upstream.
+    Forward(Forward<'l>),
+    /// Do not forward; send this reply line to the client instead.
+    Answer(Vec<u8>),
+    /// Send nothing anywhere (logged): a `tools/call` notification, or a reply or
+    /// cancellation for a request that is not pending.
+    Drop,
+}
+
+/// A client line on its way upstream.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Forward<'l> {
+    /// The bytes to send: the client's, with the gateway's id in place of a request's id.
+    pub line: Cow<'l, [u8]>,
+    /// For a request, the gateway's id for it: the upstream's reply will carry this id.
+    pub upstream_id: Option<u64>,
+}
+
+/// Who is calling, for counters and conditions.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// The grant (agent identity) the session belongs to.
+    pub grant: String,
+    /// This session's id: counters with `scope: session` are kept per id.
+    pub session: String,
+}
+
+#[derive(Default)]
+struct State {
+    /// The last id the gateway gave a request upstream.
+    last_id: u64,
+    /// Requests waiting for the upstream's reply, by the gateway's id.
+    pending: HashMap<u64, Pending>,
+    /// The same requests by the client's canonical id.
+    client_ids: HashMap<String, u64>,
+    /// The last id the gateway gave a server→client request.
+    last_server_id: u64,
+    /// Server→client requests waiting for the client's reply: the upstream's id, by ours.
+    server_requests: HashMap<u64, Box<RawValue>>,
+    catalogue: Catalogue,
+    /// The upstream's `serverInfo.name`, once its `initialize` reply has passed.
+    server: Arc<str>,
+    /// Set when the upstream is gone: later requests are answered with an error at once.
+    upstream_gone: bool,
+}
+
+/// The gateway's view of one MCP session.
+pub struct Session {
+    /// The active policy: read once per decision, so that a swap never splits one.
+    policy: Arc<ArcSwap<Policy>>,
+    counters: Arc<dyn CounterStore>,
+    identity: Identity,
+    schemas: SchemaChecks,
+    state: Mutex<State>,
+}
+
+#[derive(Deserialize)]
+struct CallParams<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(default)]
+    arguments: Option<Value>,
+}
+
+impl Session {
+    /// A session for `identity` under `policy`, counting in `counters`.
+    pub fn new(policy: Arc<Policy>, counters: Arc<dyn CounterStore>, identity: Identity) -> Self {
+        Self::live(Arc::new(ArcSwap::new(policy)), counters, identity)
+    }
+
+    /// A session that follows the policy in `policy`, swapped by [`crate::reload`].
+    pub fn live(
+        policy: Arc<ArcSwap<Policy>>,
+        counters: Arc<dyn CounterStore>,
+        identity: Identity,
+    ) -> Self {
+        Self {
+            policy,
+            counters,
+            identity,
+            schemas: SchemaChecks::default(),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Which tools' arguments are checked against their `inputSchema` (all, by default).
+    pub fn with_schema_checks(mut self, schemas: SchemaChecks) -> Self {
+        self.schemas = schemas;
+        self
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Handles one line from the client (without its newline).
+    pub fn from_client<'l>(&self, line: &'l [u8]) -> ClientLine<'l> {
+        match Envelope::parse(line) {
+            Ok(envelope) => self.from_client_parsed(line, &envelope),
+            Err(Fault { code, message }) => {
+                tracing::warn!(code, %message, "bad message from client");
+                ClientLine::Answer(jsonrpc::error_line(None, code, &message))
+            }
+        }
+    }
+
+    /// [`Session::from_client`] for a line whose envelope the caller has already parsed
+    /// (the HTTP front reads the routing fields before it finds the session).
+    pub fn from_client_parsed<'l>(&self, line: &'l [u8], envelope: &Envelope) -> ClientLine<'l> {
+        // An id that is not a string or an integer is not echoed: it is what was wrong.
+        let echo = envelope
+            .id
+            .filter(|id| jsonrpc::id_kind(id) != IdKind::Invalid);
+        if let Err(Fault { code, message }) = jsonrpc::check_keys(line) {
+            tracing::warn!(code, %message, "client message refused");
+            return ClientLine::Answer(jsonrpc::error_line(echo, code, &message));
+        }
+        if let Some(shadow) = &envelope.shadow {
+            return ClientLine::Answer(jsonrpc::error_line(
+                echo,
+                jsonrpc::INVALID_REQUEST,
+                &format!(
+                    "invalid request: key `{}` differs only in case from a JSON-RPC member, which some servers would read it as",
+                    truncated(shadow)
+                ),
+            ));
+        }
+        match (envelope.method.as_deref(), envelope.id) {
+            (Some(method), Some(id)) => self.request(line, method, id, envelope.params),
+            (Some(method), None) => self.client_notification(line, method, envelope.params),
+            (None, Some(id)) => self.reply_to_server(line, id),
+            (None, None) => ClientLine::Answer(jsonrpc::error_line(
+                None,
+                jsonrpc::INVALID_REQUEST,
+                "invalid request: neither a request, a notification nor a reply",
+            )),
+        }
+    }
+
+    fn request<'l>(
+        &self,
+        line: &'l [u8],
+        method: &str,
+        id: &RawValue,
+        params: Option<&RawValue>,
+    ) -> ClientLine<'l> {
+        if jsonrpc::id_kind(id) == IdKind::Invalid {
+            tracing::warn!(
+                id = id.get(),
+                method,
+                "request with an id that is not a string or an integer"
+            );
+            return ClientLine::Answer(jsonrpc::error_line(
+                None,
+                jsonrpc::INVALID_REQUEST,
+                &format!(
+                    "invalid request: a request id must be a string or an integer, not `{}`",
+                    truncated(id.get())
+                ),
+            ));
+        }
+        let client_key = jsonrpc::id_key(id.get());
+        // A reused id is refused before the policy runs: it must not cost a counter unit.
+        if self.is_pending(&client_key) {
+            return ClientLine::Answer(reused(id));
+        }
+        let kind = match method {
+            "tools/call" => match self.decide_call(params, id) {
+                Ok(kind) => kind,
+                Err(answer) => return ClientLine::Answer(answer),
+            },
+            "tools/list" => Kind::ToolsList {
+                first_page: !has_cursor(params),
+            },
+            "initialize" => Kind::Initialize,
+            _ => Kind::Other,
+        };
+        self.admit(line, id, client_key, kind)
+    }
+
+    fn client_notification<'l>(
+        &self,
+        line: &'l [u8],
+        method: &str,
+        params: Option<&RawValue>,
+    ) -> ClientLine<'l> {
+        match method {
+            "tools/call" => {
+                tracing::warn!("dropped a tools/call sent as a notification (no id): it would run with no decision");
+                ClientLine::Drop
+            }
+            "notifications/cancelled" => self.cancelled_by_client(line, params),
+            _ => ClientLine::Forward(Forward {
+                line: Cow::Borrowed(line),
+                upstream_id: None,
+            }),
+        }
+    }
+
+    /// Decides a `tools/call`. `Err` holds the reply to send instead of forwarding.
+    fn decide_call(&self, params: Option<&RawValue>, id: &RawValue) -> Result<Kind, Vec<u8>> {
+        let raw_params = params.map_or("null", RawValue::get);
+        let params: CallParams = match serde_json::from_str(raw_params) {
+            Ok(params) => params,
+            Err(e) => {
+                let message = format!("invalid tools/call params: {e}");
+                tracing::warn!(%message, "bad tools/call from client");
+                return Err(jsonrpc::error_line(
+                    Some(id),
+                    jsonrpc::INVALID_PARAMS,
+                    &message,
+                ));
+            }
+        };
+        let empty = Value::Object(Default::default());
+        let args = params.arguments.as_ref().unwrap_or(&empty);
+        let (listed, info, server) = {
+            let state = self.state();
+            let (listed, info) = match &state.catalogue {
+                Catalogue::Complete(tools) => match tools.get(params.name.as_ref()) {
+                    Some(info) => (true, Some(info.clone())),
+                    None => (false, None),
+                },
+                _ => (true, None),
+            };
+            (listed, info, state.server.clone())
+        };
+        if let Some(problem) = self.ambiguous_call(raw_params, args, info.as_deref()) {
+            tracing::warn!(%problem, "tools/call refused");
+            return Err(jsonrpc::error_line(
+                Some(id),
+                jsonrpc::INVALID_REQUEST,
+                &format!("invalid request: {problem}"),
+            ));
+        }
+        let call = ToolCall {
+            tool: &params.name,
+            args,
+            grant: &self.identity.grant,
+            session: &self.identity.session,
+            server: &server,
+            annotations: info.as_ref().and_then(|i| i.annotations),
+        };
+        let outcome = if !listed {
+            refusal(Decision::deny(UNKNOWN_RULE, "unknown tool"))
+        } else if let Some(problem) = info
+            .as_deref()
+            .filter(|_| self.schemas.applies_to(call.tool))
+            .and_then(|info| schema_problem(call.tool, info, args))
+        {
+            refusal(Decision::deny("inputSchema", problem))
+        } else {
+            // The decision. Last, so that every refusal above costs no counter unit.
+            self.policy.load().decide(&call, &self.counters)
+        };
+        let d = &outcome.decision;
+        tracing::info!(tool = call.tool, grant = call.grant, decision = d.verdict.as_str(), rule = %d.rule, reason = %d.reason, "tools/call");
+        if d.verdict == Verdict::Allow {
+            return Ok(Kind::ToolsCall(outcome.reservations));
+        }
+        Err(jsonrpc::result_line(id, &d.to_tool_result()))
+    }
+
+    /// Handles one line from the upstream (without its newline): the bytes to send to the
+    /// client (the same, with the client's id restored, or a filtered tool list), or `None`
+    /// when the line must not reach the client (a reply to nothing pending, a line that is
+    /// not JSON-RPC).
+    pub fn from_upstream<'l>(&self, line: &'l [u8]) -> Option<Cow<'l, [u8]>> {
+        let envelope = match Envelope::parse(line) {
+            Ok(envelope) => envelope,
+            Err(fault) => {
+                tracing::warn!(message = %fault.message, "dropped a line from the upstream that is not JSON-RPC");
+                return None;
+            }
+        };
+        // What a client would read differently from the session is not forwarded: bytes that
+        // are not UTF-8 (serde skips what it does not read), a member spelled in another case.
+        let unreadable = if std::str::from_utf8(line).is_err() {
+            Some("it is not valid UTF-8".to_owned())
+        } else {
+            envelope.shadow.as_ref().map(|key| {
+                format!(
+                    "key `{}` differs only in case from a JSON-RPC member",
+                    truncated(key)
+                )
+            })
+        };
+        if let Some(why) = unreadable {
+            tracing::error!(%why, "dropped a message from the upstream");
+            let pending = envelope
+                .id
+                .and_then(jsonrpc::gateway_id)
+                .and_then(|n| self.take_pending(n));
+            return pending.map(|p| {
+                Cow::Owned(jsonrpc::error_line(
+                    Some(&p.client_id),
+                    jsonrpc::INTERNAL_ERROR,
+                    &format!("[toolgate] the upstream's reply could not be read the way every client would read it, so it was not forwarded: {why}"),
+                ))
+            });
+        }
+        match (envelope.method.as_deref(), envelope.id) {
+            (Some(_), Some(id)) => self.server_request(line, id),
+            (Some(method), None) => self.server_notification(line, method, envelope.params),
+            (None, Some(id)) => self.reply_to_client(line, &envelope, id),
+            (None, None) => {
+                tracing::warn!("dropped a message from the upstream with neither method nor id");
+                None
+            }
+        }
+    }
+
+    fn server_notification<'l>(
+        &self,
+        line: &'l [u8],
+        method: &str,
+        params: Option<&RawValue>,
+    ) -> Option<Cow<'l, [u8]>> {
+        match method {
+            "notifications/tools/list_changed" => {
+                self.state().catalogue = Catalogue::Unknown;
+                Some(Cow::Borrowed(line))
+            }
+            "notifications/cancelled" => self.cancelled_by_server(line, params),
+            _ => Some(Cow::Borrowed(line)),
+        }
+    }
+
+    fn reply_to_client<'l>(
+        &self,
+        line: &'l [u8],
+        envelope: &Envelope,
+        id: &RawValue,
+    ) -> Option<Cow<'l, [u8]>> {
+        let pending = jsonrpc::gateway_id(id).and_then(|n| self.take_pending(n));
+        let Some(pending) = pending else {
+            // Cancelled, timed out, replayed (`Last-Event-ID`), or never asked: nobody waits.
+            tracing::warn!(id = %truncated(id.get()), "dropped a reply from the upstream to no pending request");
+            return None;
+        };
+        if let Some(code) = envelope.error_code() {
+            if let Kind::ToolsCall(reservations) = &pending.kind {
+                if jsonrpc::not_executed(code) {
+                    self.counters.refund(reservations);
+                }
+            }
+        }
+        let restore = || jsonrpc::splice(line, id, pending.client_id.get().as_bytes());
+        let Some(result) = envelope.result else {
+            return restore().map(Cow::Owned);
+        };
+        let first_page = match pending.kind {
+            Kind::ToolsList { first_page } => Some(first_page),
+            _ => None,
+        };
+        match listing(result) {
+            Listing::No => {}
+            Listing::Tools => {
+                return self
+                    .filter_tools_list(line, first_page, &pending.client_id)
+                    .map(Cow::Owned)
+            }
+            Listing::Ambiguous => {
+                return Some(Cow::Owned(unreadable_list(
+                    &pending.client_id,
+                    "a key that reads as `tools` is not plainly one",
+                )))
+            }
+        }
+        if let Kind::Initialize = pending.kind {
+            #[derive(Deserialize)]
+            struct Info<'a> {
+                #[serde(borrow, rename = "serverInfo")]
+                server_info: Option<Named<'a>>,
+            }
+            #[derive(Deserialize)]
+            struct Named<'a> {
+                #[serde(borrow)]
+                name: Cow<'a, str>,
+            }
+            if let Ok(Info {
+                server_info: Some(named),
+            }) = serde_json::from_str(result.get())
+            {
+                self.state().server = Arc::from(named.name.as_ref());
+            }
+        }
+        restore().map(Cow::Owned)
+    }
+
+    /// The reply to a client line longer than the size cap (its id cannot be read).
+    pub fn oversized_client_line(&self, length: usize, max: usize) -> Vec<u8> {
+        tracing::warn!(length, max, "client message over the size cap");
+        jsonrpc::error_line(
+            None,
+            jsonrpc::INVALID_REQUEST,
+            &format!("message of {length} bytes exceeds the gateway's {max}-byte limit"),
+        )
+    }
+}
+
+fn refusal(decision: Decision) -> Outcome {
+    Outcome {
+        decision,
+        reservations: Vec::new(),
+        instructions: 0,
+        peak_memory: 0,
+    }
+}
+
+/// An id or other client text, shortened for a message or log.
+fn truncated(text: &str) -> Cow<'_, str> {
+    const MAX: usize = 64;
+    if text.len() <= MAX {
+        return Cow::Borrowed(text);
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}…", &text[..end]))
+}
+
+#[cfg(test)]
+mod tests;
