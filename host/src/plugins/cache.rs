@@ -42,27 +42,27 @@ const KEY_BYTES: usize = 32;
 const MAX_ENTRY_BYTES: u64 = 256 << 20;
 
 /// The cache folder of one engine; nothing on disk is touched until [`CompileCache::open`].
-pub struct CompileCache {
+pub(crate) struct CompileCache {
     dir: PathBuf,
     /// Names the engine: `wasmtime<version>-<configuration hash>`.
     engine: String,
 }
 
 /// The cache, checked and keyed: good for one lookup or store.
-pub struct OpenCache<'a> {
+pub(crate) struct OpenCache<'a> {
     cache: &'a CompileCache,
     key: [u8; KEY_BYTES],
 }
 
 impl CompileCache {
     /// A cache in `dir` for artifacts of the engine named `engine`.
-    pub fn new(dir: PathBuf, engine: String) -> Self {
+    pub(crate) fn new(dir: PathBuf, engine: String) -> Self {
         Self { dir, engine }
     }
 
     /// Checks the folder and its key (creating both if missing). `None`, after a warning
     /// saying why and how to fix it, if the cache must not be trusted.
-    pub fn open(&self) -> Option<OpenCache<'_>> {
+    pub(crate) fn open(&self) -> Option<OpenCache<'_>> {
         match self.checked_key() {
             Ok(key) => Some(OpenCache { cache: self, key }),
             Err(reason) => {
@@ -218,7 +218,7 @@ impl OpenCache<'_> {
 
     /// The verified artifact of `digest`, or `None`: no entry, or one that failed the check
     /// (with a warning; the caller compiles and [`OpenCache::store`]s it again).
-    pub fn load(&self, digest: &str) -> Option<Vec<u8>> {
+    pub(crate) fn load(&self, digest: &str) -> Option<Vec<u8>> {
         let path = self.path(digest);
         let read = || -> std::io::Result<Vec<u8>> {
             let (file, meta) = open_regular(&path)?;
@@ -258,7 +258,7 @@ impl OpenCache<'_> {
     }
 
     /// Writes `artifact` as the compiled form of `digest`, tagged, replacing any entry.
-    pub fn store(&self, digest: &str, artifact: &[u8]) {
+    pub(crate) fn store(&self, digest: &str, artifact: &[u8]) {
         let path = self.path(digest);
         let mut bytes = Vec::with_capacity(MAGIC.len() + TAG_BYTES + artifact.len());
         bytes.extend_from_slice(MAGIC);
