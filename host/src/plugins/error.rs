@@ -3,10 +3,10 @@
 //! A failed evaluation is a deny whose reason is `plugin `<name>` <failure>`: [`EvalFailure`]
 //! is the `<failure>`, one variant per cause, each worded for the person reading the deny.
 //! Causes are told apart by the types in wasmtime's error chain (its [`Trap`], the host's own
-//! [`ImportRefused`], [`BudgetExceeded`], [`GrowFailed`] and [`LogCapExceeded`]), never by
-//! the words of a message, with one exception kept in [`ungranted_import`].
+//! [`ImportRefused`], [`BudgetExceeded`], [`GrowFailed`], [`LogCapExceeded`] and
+//! [`UngrantedImport`]), never by the words of a message.
 
-use super::host::{BudgetExceeded, GrowFailed, ImportRefused, LogCapExceeded};
+use super::host::{BudgetExceeded, GrowFailed, ImportRefused, LogCapExceeded, UngrantedImport};
 use super::limits::{PluginLimits, LOG_BYTES_PER_EVALUATION};
 use wasmtime::Trap;
 
@@ -166,8 +166,10 @@ impl EvalFailure {
         if error.downcast_ref::<LogCapExceeded>().is_some() {
             return Self::LogCap;
         }
-        if let Some(import) = ungranted_import(error) {
-            return Self::UngrantedImport { import };
+        if let Some(UngrantedImport(import)) = error.downcast_ref::<UngrantedImport>() {
+            return Self::UngrantedImport {
+                import: import.clone(),
+            };
         }
         match trap {
             Some(Trap::UnreachableCodeReached) => Self::Unreachable,
@@ -175,21 +177,6 @@ impl EvalFailure {
             None => Self::Other(format!("{error:#}")),
         }
     }
-}
-
-/// The import named by the trap of an import toolgate does not grant, if `error` is one.
-///
-/// This is the one cause still told by its words: the stubs come from wasmtime's
-/// `Linker::define_unknown_imports_as_traps`, which fails with a plain message (`unknown
-/// import: `<name>` has not been defined`) and no error type to downcast to. Replacing the
-/// stubs with our own typed ones would mean re-walking every WASI interface, resources
-/// included, which that function does for us.
-fn ungranted_import(error: &wasmtime::Error) -> Option<String> {
-    let chain = format!("{error:#}");
-    if !chain.contains("unknown import") && !chain.contains("has not been defined") {
-        return None;
-    }
-    Some(chain.split('`').nth(1).unwrap_or("an import").to_owned())
 }
 
 /// Why `validate-config` did not accept a config.
@@ -254,15 +241,11 @@ mod tests {
                 "exceeded the log cap of 4096 bytes per evaluation",
             ),
             (
-                wasmtime::Error::msg(
-                    "unknown import: `wasi:cli/stderr@0.2.6#get-stderr` has not been defined",
-                ),
+                UngrantedImport("wasi:cli/stderr@0.2.6#get-stderr".into()).into(),
                 "trapped calling `wasi:cli/stderr@0.2.6#get-stderr`, which toolgate does not grant (the plugin panicked, most likely: its panic handler reads the environment and writes stderr)",
             ),
             (
-                wasmtime::Error::msg(
-                    "unknown import: `wasi:random/random@0.2.6#get-random-u64` has not been defined",
-                ),
+                UngrantedImport("wasi:random/random@0.2.6#get-random-u64".into()).into(),
                 "trapped calling `wasi:random/random@0.2.6#get-random-u64`, which toolgate does not grant",
             ),
             (

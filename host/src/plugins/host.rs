@@ -111,6 +111,12 @@ pub(crate) struct BudgetExceeded {
 #[error("growing memory failed")]
 pub(crate) struct GrowFailed;
 
+/// Why a plugin trapped calling an import toolgate links to a trap (WASI, from a guest's
+/// standard library): the import's qualified name.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown import: `{0}` has not been defined")]
+pub(crate) struct UngrantedImport(pub(crate) String);
+
 /// Why `log.log` trapped: the evaluation's log bytes are spent.
 #[derive(Debug, thiserror::Error)]
 #[error("log cap exceeded: a plugin may log {LOG_BYTES_PER_EVALUATION} bytes per evaluation")]

@@ -10,13 +10,14 @@ use super::bindings;
 use super::build;
 use super::cache::CompileCache;
 use super::error::{ConfigRejected, EvalFailure, PluginError};
-use super::host::{EvalState, MemoryBudget};
+use super::host::{EvalState, MemoryBudget, UngrantedImport};
 use super::limits::{PluginLimits, EPOCH_TICK, LOAD_TIMEOUT};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, Linker, LinkerInstance, ResourceType};
 use wasmtime::{Engine, Store};
 
 /// A plugin compiled and linked, ready to be rehydrated into instances (`rehydrate`, in
@@ -157,8 +158,7 @@ pub(crate) fn pre_instantiate(
         }
     }
     let mut linker = linker.clone();
-    linker
-        .define_unknown_imports_as_traps(component)
+    link_ungranted_to_traps(&mut linker, engine, component)
         .map_err(|e| invalid(path, format!("{e:#}")))?;
     let instance_pre = linker
         .instantiate_pre(component)
@@ -175,6 +175,61 @@ pub(crate) fn pre_instantiate(
         name: Arc::from(name),
         limits,
     })
+}
+
+/// Links every import the linker does not define to a function that traps with
+/// [`UngrantedImport`] naming it, and every imported resource to an empty host resource. This
+/// is what `Linker::define_unknown_imports_as_traps` does, except for its trap: wasmtime's
+/// carries only a message, and the deny must tell this cause apart by type.
+fn link_ungranted_to_traps(
+    linker: &mut Linker<EvalState>,
+    engine: &Engine,
+    component: &Component,
+) -> wasmtime::Result<()> {
+    let mut root = linker.root();
+    for (name, import) in component.component_type().imports(engine) {
+        link_to_trap(&mut root, engine, name, None, import.ty)?;
+    }
+    Ok(())
+}
+
+fn link_to_trap(
+    linker: &mut LinkerInstance<'_, EvalState>,
+    engine: &Engine,
+    name: &str,
+    parent: Option<&str>,
+    item: ComponentItem,
+) -> wasmtime::Result<()> {
+    // Defining a name already defined fails: that is how a granted import keeps its host
+    // implementation. Any other failure leaves the import undefined, and the load fails at
+    // `instantiate_pre`: never a plugin with an import silently missing.
+    match item {
+        ComponentItem::ComponentFunc(_) => {
+            let import = match parent {
+                Some(parent) => format!("{parent}#{name}"),
+                None => name.to_owned(),
+            };
+            let _ = linker.func_new(name, move |_, _, _, _| {
+                Err(UngrantedImport(import.clone()).into())
+            });
+        }
+        ComponentItem::ComponentInstance(instance) => {
+            let mut inner = linker.instance(name)?;
+            for (export, item) in instance.exports(engine) {
+                link_to_trap(&mut inner, engine, export, Some(name), item.ty)?;
+            }
+        }
+        ComponentItem::Resource(_) => {
+            let _ = linker.resource(name, ResourceType::host::<()>(), |_, _| Ok(()));
+        }
+        ComponentItem::Component(_) | ComponentItem::Module(_) => {
+            wasmtime::bail!(
+                "it imports `{name}`, a component or module, which toolgate cannot stub"
+            )
+        }
+        ComponentItem::CoreFunc(_) | ComponentItem::Type(_) => {}
+    }
+    Ok(())
 }
 
 fn invalid(path: &str, reason: impl ToString) -> PluginError {
