@@ -42,27 +42,27 @@ const KEY_BYTES: usize = 32;
 const MAX_ENTRY_BYTES: u64 = 256 << 20;
 
 /// The cache folder of one engine; nothing on disk is touched until [`CompileCache::open`].
-pub struct CompileCache {
+pub(crate) struct CompileCache {
     dir: PathBuf,
     /// Names the engine: `wasmtime<version>-<configuration hash>`.
     engine: String,
 }
 
 /// The cache, checked and keyed: good for one lookup or store.
-pub struct OpenCache<'a> {
+pub(crate) struct OpenCache<'a> {
     cache: &'a CompileCache,
     key: [u8; KEY_BYTES],
 }
 
 impl CompileCache {
     /// A cache in `dir` for artifacts of the engine named `engine`.
-    pub fn new(dir: PathBuf, engine: String) -> Self {
+    pub(crate) fn new(dir: PathBuf, engine: String) -> Self {
         Self { dir, engine }
     }
 
     /// Checks the folder and its key (creating both if missing). `None`, after a warning
     /// saying why and how to fix it, if the cache must not be trusted.
-    pub fn open(&self) -> Option<OpenCache<'_>> {
+    pub(crate) fn open(&self) -> Option<OpenCache<'_>> {
         match self.checked_key() {
             Ok(key) => Some(OpenCache { cache: self, key }),
             Err(reason) => {
@@ -75,48 +75,98 @@ impl CompileCache {
         }
     }
 
-    fn checked_key(&self) -> Result<[u8; KEY_BYTES], String> {
+    fn checked_key(&self) -> Result<[u8; KEY_BYTES], CacheRefused> {
         let dir = &self.dir;
-        let shown = dir.display();
+        let shown = || dir.display().to_string();
         if !dir.exists() {
             DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
-                .map_err(|e| format!("cannot create `{shown}`: {e}"))?;
+                .map_err(|source| CacheRefused::Create {
+                    dir: shown(),
+                    source,
+                })?;
         }
-        let meta = std::fs::metadata(dir).map_err(|e| format!("cannot read `{shown}`: {e}"))?;
+        let meta = std::fs::metadata(dir).map_err(|source| CacheRefused::Stat {
+            dir: shown(),
+            source,
+        })?;
         if !meta.is_dir() {
-            return Err(format!("`{shown}` is not a directory"));
+            return Err(CacheRefused::NotADirectory { dir: shown() });
         }
-        private(&meta, &format!("`{shown}`"), &format!("chmod 700 {shown}"))?;
+        private(
+            &meta,
+            &format!("`{}`", shown()),
+            &format!("chmod 700 {}", shown()),
+        )?;
         let path = dir.join(KEY_FILE);
         match read_key(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                create_key(dir, &path).map_err(|e| format!("cannot create its key: {e}"))?;
+                create_key(dir, &path).map_err(CacheRefused::CreateKey)?;
                 read_key(&path)
             }
             other => other,
         }
-        .map_err(|e| format!("its key `{}`: {e}", path.display()))
+        .map_err(|source| CacheRefused::Key {
+            path: path.display().to_string(),
+            source,
+        })
     }
 }
 
+/// Why the cache is not used (the gateway then compiles without it).
+#[derive(Debug, thiserror::Error)]
+enum CacheRefused {
+    #[error("cannot create `{dir}`: {source}")]
+    Create { dir: String, source: std::io::Error },
+    #[error("cannot read `{dir}`: {source}")]
+    Stat { dir: String, source: std::io::Error },
+    #[error("`{dir}` is not a directory")]
+    NotADirectory { dir: String },
+    #[error(transparent)]
+    NotPrivate(#[from] NotPrivate),
+    #[error("cannot create its key: {0}")]
+    CreateKey(std::io::Error),
+    #[error("its key `{path}`: {source}")]
+    Key {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Why a folder or key file is not private to the gateway's uid; `what` names it, `fix` is
+/// the command that makes it private.
+#[derive(Debug, thiserror::Error)]
+enum NotPrivate {
+    #[error("{what} is owned by uid {owner}, not by the gateway's uid {uid}")]
+    Owner { what: String, owner: u32, uid: u32 },
+    #[error("{what} has mode {mode:03o}: group and others must have no access (`{fix}`)")]
+    Mode {
+        what: String,
+        mode: u32,
+        fix: String,
+    },
+}
+
 /// Owned by this process's effective uid, with no group or other permission bits.
-fn private(meta: &std::fs::Metadata, what: &str, fix: &str) -> Result<(), String> {
+fn private(meta: &std::fs::Metadata, what: &str, fix: &str) -> Result<(), NotPrivate> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let uid = unsafe { libc::geteuid() };
     if meta.uid() != uid {
-        return Err(format!(
-            "{what} is owned by uid {}, not by the gateway's uid {uid}",
-            meta.uid()
-        ));
+        return Err(NotPrivate::Owner {
+            what: what.to_owned(),
+            owner: meta.uid(),
+            uid,
+        });
     }
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(format!(
-            "{what} has mode {mode:03o}: group and others must have no access (`{fix}`)"
-        ));
+        return Err(NotPrivate::Mode {
+            what: what.to_owned(),
+            mode,
+            fix: fix.to_owned(),
+        });
     }
     Ok(())
 }
@@ -218,7 +268,7 @@ impl OpenCache<'_> {
 
     /// The verified artifact of `digest`, or `None`: no entry, or one that failed the check
     /// (with a warning; the caller compiles and [`OpenCache::store`]s it again).
-    pub fn load(&self, digest: &str) -> Option<Vec<u8>> {
+    pub(crate) fn load(&self, digest: &str) -> Option<Vec<u8>> {
         let path = self.path(digest);
         let read = || -> std::io::Result<Vec<u8>> {
             let (file, meta) = open_regular(&path)?;
@@ -258,7 +308,7 @@ impl OpenCache<'_> {
     }
 
     /// Writes `artifact` as the compiled form of `digest`, tagged, replacing any entry.
-    pub fn store(&self, digest: &str, artifact: &[u8]) {
+    pub(crate) fn store(&self, digest: &str, artifact: &[u8]) {
         let path = self.path(digest);
         let mut bytes = Vec::with_capacity(MAGIC.len() + TAG_BYTES + artifact.len());
         bytes.extend_from_slice(MAGIC);

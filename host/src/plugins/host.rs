@@ -14,29 +14,31 @@
 //! the import traps with [`ImportRefused`], and the evaluation is a deny naming the bound.
 
 use super::bindings::toolgate::policy::{clock, counters, log, types};
-use super::{IMPORT_CALLS_PER_EVALUATION, LOG_BYTES_PER_EVALUATION, MAX_COUNTER_NAME_BYTES};
+use super::limits::{
+    IMPORT_CALLS_PER_EVALUATION, LOG_BYTES_PER_EVALUATION, MAX_COUNTER_NAME_BYTES,
+};
 use crate::counters::MAX_WINDOW_MS;
 use crate::counters::{CounterKey, CounterStore, Reservation, Scope, Window};
 use std::sync::Arc;
 
 /// What one evaluation may touch. Lives in the wasmtime `Store`.
-pub struct EvalState {
+pub(crate) struct EvalState {
     /// The store's resource limits: one memory budget for the whole instance.
-    pub limits: MemoryBudget,
+    pub(crate) limits: MemoryBudget,
     /// The plugin's name, for logs.
-    pub plugin: Arc<str>,
+    pub(crate) plugin: Arc<str>,
     /// Counters, or `None` while the store is idle between evaluations.
-    pub counters: Option<Arc<dyn CounterStore>>,
+    pub(crate) counters: Option<Arc<dyn CounterStore>>,
     /// The calling grant.
-    pub grant: String,
+    pub(crate) grant: String,
     /// The calling session.
-    pub session: String,
+    pub(crate) session: String,
     /// Units the plugin took during this evaluation.
-    pub reservations: Vec<Reservation>,
+    pub(crate) reservations: Vec<Reservation>,
     /// Log bytes left in this evaluation.
-    pub log_budget: usize,
+    pub(crate) log_budget: usize,
     /// Import calls made in this evaluation, by kind.
-    pub calls: ImportCalls,
+    pub(crate) calls: ImportCalls,
 }
 
 impl EvalState {
@@ -84,7 +86,7 @@ const LOG: &str = "log.log";
 
 /// Import calls of each kind made in one evaluation.
 #[derive(Default)]
-pub struct ImportCalls {
+pub(crate) struct ImportCalls {
     consume: u32,
     now_ms: u32,
     log: u32,
@@ -92,35 +94,33 @@ pub struct ImportCalls {
 
 /// Why an import refused to run: the plugin went past a bound. Traps the evaluation, which
 /// is denied with this text.
-#[derive(Debug)]
-pub struct ImportRefused(pub String);
-
-impl std::fmt::Display for ImportRefused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for ImportRefused {}
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct ImportRefused(pub(crate) String);
 
 /// Why a memory or table could not grow: the instance's one budget is spent.
-#[derive(Debug)]
-pub struct BudgetExceeded {
+#[derive(Debug, thiserror::Error)]
+#[error("growing memory past the instance's budget of {budget} bytes")]
+pub(crate) struct BudgetExceeded {
     /// The budget, in bytes.
-    pub budget: usize,
+    pub(crate) budget: usize,
 }
 
-impl std::fmt::Display for BudgetExceeded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "growing memory past the instance's budget of {} bytes",
-            self.budget
-        )
-    }
-}
+/// The context on the error of a memory growth the budget allowed and the system refused.
+#[derive(Debug, thiserror::Error)]
+#[error("growing memory failed")]
+pub(crate) struct GrowFailed;
 
-impl std::error::Error for BudgetExceeded {}
+/// Why a plugin trapped calling an import toolgate links to a trap (WASI, from a guest's
+/// standard library): the import's qualified name.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown import: `{0}` has not been defined")]
+pub(crate) struct UngrantedImport(pub(crate) String);
+
+/// Why `log.log` trapped: the evaluation's log bytes are spent.
+#[derive(Debug, thiserror::Error)]
+#[error("log cap exceeded: a plugin may log {LOG_BYTES_PER_EVALUATION} bytes per evaluation")]
+pub(crate) struct LogCapExceeded;
 
 /// Bytes one table element is counted as: a function reference is a pointer-sized slot.
 const TABLE_ELEMENT_BYTES: usize = std::mem::size_of::<usize>();
@@ -132,7 +132,7 @@ const TABLE_ELEMENT_BYTES: usize = std::mem::size_of::<usize>();
 /// growth is what the instance holds. A growth past the budget traps (with
 /// [`BudgetExceeded`]) rather than failing quietly: a guest allocator that sees `memory.grow`
 /// fail would abort anyway, with a less clear message.
-pub struct MemoryBudget {
+pub(crate) struct MemoryBudget {
     budget: usize,
     instances: usize,
     /// Linear memory held, over all memories.
@@ -140,12 +140,12 @@ pub struct MemoryBudget {
     /// Table bytes held, over all tables.
     tables: usize,
     /// The most linear memory the store held since [`MemoryBudget::reset_peak`].
-    pub peak: usize,
+    pub(crate) peak: usize,
 }
 
 impl MemoryBudget {
     /// `budget` bytes for memories and tables together, at most `instances` core instances.
-    pub fn new(budget: usize, instances: usize) -> Self {
+    pub(crate) fn new(budget: usize, instances: usize) -> Self {
         Self {
             budget,
             instances,
@@ -156,7 +156,7 @@ impl MemoryBudget {
     }
 
     /// Starts a new peak from the memory held now (before an evaluation).
-    pub fn reset_peak(&mut self) {
+    pub(crate) fn reset_peak(&mut self) {
         self.peak = self.memory;
     }
 
@@ -191,7 +191,7 @@ impl wasmtime::ResourceLimiter for MemoryBudget {
 
     fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
         // Allowed by the budget, refused by the system: a trap, never a silent failure.
-        Err(error.context("growing memory failed"))
+        Err(error.context(GrowFailed))
     }
 
     fn table_growing(
@@ -293,9 +293,7 @@ impl log::Host for EvalState {
         self.count_call(LOG)?;
         if message.len() > self.log_budget {
             self.log_budget = 0;
-            wasmtime::bail!(
-                "log cap exceeded: a plugin may log {LOG_BYTES_PER_EVALUATION} bytes per evaluation"
-            );
+            return Err(LogCapExceeded.into());
         }
         self.log_budget -= message.len();
         let plugin = &*self.plugin;

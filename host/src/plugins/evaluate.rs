@@ -1,0 +1,247 @@
+//! The last step of the lifecycle: a loaded [`Plugin`] evaluates one call, under a permit, on
+//! an instance, and what the plugin returned (or how it failed) becomes a [`Decision`].
+
+use super::bindings::toolgate::policy::types as wit;
+use super::error::{ConfigRejected, EvalFailure};
+use super::instances::{refill, Instances, Warm};
+use super::load::PluginMetadata;
+use super::permits::Permits;
+use crate::counters::{CounterStore, Reservation};
+use crate::decision::{Decision, Verdict};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A loaded plugin: one pre-instantiated component and its instances, ready to evaluate.
+pub struct Plugin {
+    name: Arc<str>,
+    /// The file it was loaded from.
+    path: PathBuf,
+    digest: String,
+    /// `plugins.<name>`: the rule its decisions report.
+    rule: String,
+    instances: Arc<Instances>,
+    /// The runtime's evaluation permits, shared with its other plugins.
+    permits: Arc<Permits>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("sha256", &self.digest)
+            .finish()
+    }
+}
+
+/// What the plugin sees of a call.
+pub struct PluginCall<'a> {
+    /// The tool's name.
+    pub tool: &'a str,
+    /// The arguments as JSON text.
+    pub arguments: &'a str,
+    /// The calling grant.
+    pub grant: &'a str,
+    /// The calling session.
+    pub session: &'a str,
+    /// The upstream's name, empty if unknown.
+    pub server: &'a str,
+    /// The tool's MCP annotations, if the upstream listed them.
+    pub annotations: Option<crate::call::ToolAnnotations>,
+}
+
+/// The result of one evaluation.
+pub struct PluginOutcome {
+    /// The plugin's decision, or a deny describing its failure.
+    pub decision: Decision,
+    /// Counter units the plugin took (refund them if the call does not go ahead).
+    pub reservations: Vec<Reservation>,
+    /// Fuel consumed: the plugin's instructions.
+    pub instructions: u64,
+    /// The most linear memory the instance held during the evaluation, in bytes.
+    pub peak_memory: usize,
+}
+
+impl Plugin {
+    /// A plugin of these instances; `digest` is its component's sha256.
+    pub(crate) fn new(
+        path: &Path,
+        digest: String,
+        instances: Arc<Instances>,
+        permits: Arc<Permits>,
+    ) -> Self {
+        let name = instances.pre.name.clone();
+        Self {
+            rule: format!("plugins.{name}"),
+            name,
+            path: path.to_owned(),
+            digest,
+            instances,
+            permits,
+        }
+    }
+
+    /// The name the policy gives the plugin.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The sha256 of the component's bytes.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The file it was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Calls `metadata` on a fresh instance (part of loading).
+    pub fn metadata(&self) -> Result<PluginMetadata, EvalFailure> {
+        self.instances.pre.metadata()
+    }
+
+    /// Runs the plugin's `validate-config` on `config` (JSON text).
+    pub fn validate_config(&self, config: &str) -> Result<(), ConfigRejected> {
+        self.instances.pre.validate_config(config)
+    }
+
+    /// Evaluates one call. Never fails: a failure is a deny that names the plugin and the cause.
+    ///
+    /// The call first takes one of the runtime's evaluation permits, waiting at most the
+    /// plugin's `timeout`; the permit is held until the instance is back in the pool or on
+    /// its way to teardown, and given back on every path.
+    pub fn evaluate(
+        &self,
+        call: &PluginCall<'_>,
+        config: &str,
+        counters: &Arc<dyn CounterStore>,
+    ) -> PluginOutcome {
+        let pre = &self.instances.pre;
+        let limits = &pre.limits;
+        if call.arguments.len() > limits.max_input_bytes {
+            return self.failed(
+                EvalFailure::InputTooLarge {
+                    len: call.arguments.len(),
+                    cap: limits.max_input_bytes,
+                },
+                Vec::new(),
+                0,
+                0,
+            );
+        }
+        let Some(_permit) = self.permits.acquire(limits.timeout) else {
+            let failure = EvalFailure::Busy {
+                permits: self.permits.max(),
+                timeout_ms: limits.timeout.as_millis(),
+            };
+            tracing::warn!(plugin = %self.name, reason = %failure, "no evaluation permit; the call is denied");
+            return self.failed(failure, Vec::new(), 0, 0);
+        };
+        let mut warm = match self
+            .instances
+            .take(call.grant)
+            .and_then(|mut warm| pre.arm(&mut warm.store).map(|()| warm))
+        {
+            Ok(warm) => warm,
+            Err(failure) => return self.failed(failure, Vec::new(), 0, 0),
+        };
+        fill(&mut warm, call, counters);
+        let result = warm
+            .instance
+            .call_evaluate(&mut warm.store, &warm.call, config);
+        let instructions = pre.fuel_used(&warm.store);
+        let (reservations, peak_memory) = {
+            let state = warm.store.data_mut();
+            state.counters = None;
+            (std::mem::take(&mut state.reservations), state.limits.peak)
+        };
+        let decision = match result {
+            Err(e) => {
+                // After a trap the instance refuses further calls: it is discarded.
+                let failure = pre.failure(&e, &warm.store);
+                self.instances.release(warm, false);
+                tracing::warn!(plugin = %self.name, reason = %failure, "plugin failed; the call is denied");
+                return self.failed(failure, reservations, instructions, peak_memory);
+            }
+            Ok(decision) => decision,
+        };
+        self.instances.release(warm, true);
+        let max = limits.max_reason_bytes;
+        let len = match &decision {
+            wit::Decision::Allow => 0,
+            wit::Decision::Deny(reason) | wit::Decision::RequireApproval(reason) => reason.len(),
+            wit::Decision::RateLimited(r) => r.reason.len(),
+        };
+        if len > max {
+            let failure = EvalFailure::MalformedReason { len, max };
+            return self.failed(failure, reservations, instructions, peak_memory);
+        }
+        PluginOutcome {
+            decision: self.decision(decision),
+            reservations,
+            instructions,
+            peak_memory,
+        }
+    }
+
+    /// A deny naming the plugin and the failure.
+    fn failed(
+        &self,
+        failure: EvalFailure,
+        reservations: Vec<Reservation>,
+        instructions: u64,
+        peak_memory: usize,
+    ) -> PluginOutcome {
+        PluginOutcome {
+            decision: Decision::deny(
+                self.rule.clone(),
+                format!("plugin `{}` {failure}", self.name),
+            ),
+            reservations,
+            instructions,
+            peak_memory,
+        }
+    }
+
+    /// The plugin's decision as the gateway's, reported under `plugins.<name>`.
+    fn decision(&self, decision: wit::Decision) -> Decision {
+        let rule = self.rule.clone();
+        match decision {
+            wit::Decision::Allow => Decision::allow(rule),
+            wit::Decision::Deny(reason) => Decision::deny(rule, reason),
+            wit::Decision::RequireApproval(reason) => Decision {
+                verdict: Verdict::RequireApproval,
+                rule,
+                reason: format!("{reason} (approval not configured: this gateway has no approvers, so calls that need approval are refused)"),
+                retry_after_ms: None,
+            },
+            wit::Decision::RateLimited(r) => Decision {
+                verdict: Verdict::RateLimited,
+                rule,
+                reason: r.reason,
+                retry_after_ms: Some(r.retry_after_ms),
+            },
+        }
+    }
+}
+
+/// Readies the instance's store and call record for `call`, reusing their buffers.
+fn fill(warm: &mut Warm, call: &PluginCall<'_>, counters: &Arc<dyn CounterStore>) {
+    let state = warm.store.data_mut();
+    state.counters = Some(counters.clone());
+    refill(&mut state.grant, call.grant);
+    refill(&mut state.session, call.session);
+    state.start_evaluation();
+    let record = &mut warm.call;
+    refill(&mut record.tool, call.tool);
+    refill(&mut record.arguments, call.arguments);
+    refill(&mut record.grant, call.grant);
+    refill(&mut record.session, call.session);
+    refill(&mut record.server, call.server);
+    record.annotations = call.annotations.map(|a| wit::Annotations {
+        read_only_hint: a.read_only_hint,
+        destructive_hint: a.destructive_hint,
+        idempotent_hint: a.idempotent_hint,
+        open_world_hint: a.open_world_hint,
+    });
+}

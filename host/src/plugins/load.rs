@@ -1,0 +1,411 @@
+//! The first four steps of the lifecycle, each a function: load ([`read`]) → [`verify`] →
+//! compile ([`Compiler::compile`]) → [`pre_instantiate`], ending in a [`PluginPre`]: the
+//! component linked against the granted imports, with what an instance of it needs. The
+//! runtime strings them together (`PluginRuntime::load`).
+//!
+//! Everything that can be wrong with a plugin file is found here, at load time, and fails
+//! the policy load with a [`PluginError`]; nothing here runs on a request's path.
+
+use super::bindings;
+use super::build;
+use super::cache::CompileCache;
+use super::error::{ConfigRejected, EvalFailure, PluginError};
+use super::host::{EvalState, MemoryBudget, UngrantedImport};
+use super::limits::{PluginLimits, EPOCH_TICK, LOAD_TIMEOUT};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, Linker, LinkerInstance, ResourceType};
+use wasmtime::{Engine, Store};
+
+/// A plugin compiled and linked, ready to be rehydrated into instances (`rehydrate`, in
+/// `instances`): the pre-instantiated component with the engine it belongs to and the limits
+/// every instance of it runs under.
+pub(crate) struct PluginPre {
+    pre: bindings::PolicyPre<EvalState>,
+    engine: Engine,
+    /// The plugin's name, for its instances' logs.
+    pub(crate) name: Arc<str>,
+    pub(crate) limits: PluginLimits,
+}
+
+/// The plugin's name and version, as it reports them.
+pub struct PluginMetadata {
+    /// Its name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// What it does.
+    pub description: String,
+}
+
+/// Step 1, load: the file's bytes.
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, PluginError> {
+    std::fs::read(path).map_err(|source| PluginError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Step 3, compile: each component once per process (by content digest), through the disk
+/// cache when there is one.
+pub(crate) struct Compiler {
+    /// The on-disk compile cache, `None` when it is off.
+    cache: Option<CompileCache>,
+    /// Compiled components by content digest.
+    compiled: Mutex<HashMap<String, Component>>,
+}
+
+impl Compiler {
+    /// A compiler keeping its artifacts in `cache` (`None`: in this process only).
+    pub(crate) fn new(cache: Option<CompileCache>) -> Self {
+        Self {
+            cache,
+            compiled: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Compiles the component, once per content digest in this process, through the disk
+    /// cache when there is one.
+    pub(crate) fn compile(
+        &self,
+        engine: &Engine,
+        digest: &str,
+        bytes: &[u8],
+        path: &str,
+    ) -> Result<Component, PluginError> {
+        if let Some(component) = self
+            .compiled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(digest)
+        {
+            return Ok(component.clone());
+        }
+        let cache = self.cache.as_ref().and_then(CompileCache::open);
+        let from_cache = cache.as_ref().and_then(|cache| {
+            let artifact = cache.load(digest)?;
+            // SAFETY: `artifact` is bytes in memory (never the file again), whose HMAC-SHA256
+            // under the cache's key was checked just now over these bytes, this component's
+            // sha256 and this engine's wasmtime version and configuration. The key is 32
+            // random bytes in a file only this uid can read, in a folder only this uid can
+            // write (both checked on the opened file and folder), so the artifact is one this
+            // uid's gateway produced with `Component::serialize` from this very component on
+            // an engine like this one: what `deserialize` requires. It checks the version and
+            // configuration again itself.
+            unsafe { Component::deserialize(engine, &artifact) }
+                .map_err(|e| tracing::warn!(digest, error = %e, "ignoring a plugin cache entry that does not load"))
+                .ok()
+        });
+        let component = match from_cache {
+            Some(component) => {
+                tracing::debug!(
+                    path,
+                    digest,
+                    "loaded the plugin's compiled form from the cache"
+                );
+                component
+            }
+            None => {
+                let started = std::time::Instant::now();
+                let component =
+                    Component::new(engine, bytes).map_err(|e| invalid(path, format!("{e:#}")))?;
+                tracing::info!(
+                    path,
+                    digest,
+                    ms = started.elapsed().as_millis() as u64,
+                    "compiled plugin"
+                );
+                if let Some(cache) = &cache {
+                    match component.serialize() {
+                        Ok(artifact) => cache.store(digest, &artifact),
+                        Err(e) => {
+                            tracing::warn!(digest, error = %e, "cannot serialize a compiled plugin for the cache")
+                        }
+                    }
+                }
+                component
+            }
+        };
+        self.compiled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(digest.to_owned(), component.clone());
+        Ok(component)
+    }
+}
+
+/// Step 4, pre-instantiate: links the component against the granted imports once, and checks
+/// that it exports toolgate's `policy` world. A plugin that imports anything else fails here.
+pub(crate) fn pre_instantiate(
+    engine: &Engine,
+    linker: &Linker<EvalState>,
+    name: &str,
+    path: &str,
+    component: &Component,
+    limits: PluginLimits,
+) -> Result<PluginPre, PluginError> {
+    // Imports the host does not grant: WASI (from a guest's standard library) links to
+    // functions that trap when called; anything else fails the load here.
+    for (import, _) in component.component_type().imports(engine) {
+        if !import.starts_with("wasi:") && !import.starts_with("toolgate:policy/") {
+            return Err(invalid(
+                path,
+                format!("it imports `{import}`, which toolgate does not grant"),
+            ));
+        }
+    }
+    let mut linker = linker.clone();
+    link_ungranted_to_traps(&mut linker, engine, component)
+        .map_err(|e| invalid(path, format!("{e:#}")))?;
+    let instance_pre = linker
+        .instantiate_pre(component)
+        .map_err(|e| invalid(path, format!("{e:#}")))?;
+    let pre = bindings::PolicyPre::new(instance_pre).map_err(|e| {
+        invalid(
+            path,
+            format!("it does not implement toolgate's `policy` world: {e:#}"),
+        )
+    })?;
+    Ok(PluginPre {
+        pre,
+        engine: engine.clone(),
+        name: Arc::from(name),
+        limits,
+    })
+}
+
+/// Links every import the linker does not define to a function that traps with
+/// [`UngrantedImport`] naming it, and every imported resource to an empty host resource. This
+/// is what `Linker::define_unknown_imports_as_traps` does, except for its trap: wasmtime's
+/// carries only a message, and the deny must tell this cause apart by type.
+fn link_ungranted_to_traps(
+    linker: &mut Linker<EvalState>,
+    engine: &Engine,
+    component: &Component,
+) -> wasmtime::Result<()> {
+    let mut root = linker.root();
+    for (name, import) in component.component_type().imports(engine) {
+        link_to_trap(&mut root, engine, name, None, import.ty)?;
+    }
+    Ok(())
+}
+
+fn link_to_trap(
+    linker: &mut LinkerInstance<'_, EvalState>,
+    engine: &Engine,
+    name: &str,
+    parent: Option<&str>,
+    item: ComponentItem,
+) -> wasmtime::Result<()> {
+    // Defining a name already defined fails: that is how a granted import keeps its host
+    // implementation. Any other failure leaves the import undefined, and the load fails at
+    // `instantiate_pre`: never a plugin with an import silently missing.
+    match item {
+        ComponentItem::ComponentFunc(_) => {
+            let import = match parent {
+                Some(parent) => format!("{parent}#{name}"),
+                None => name.to_owned(),
+            };
+            let _ = linker.func_new(name, move |_, _, _, _| {
+                Err(UngrantedImport(import.clone()).into())
+            });
+        }
+        ComponentItem::ComponentInstance(instance) => {
+            let mut inner = linker.instance(name)?;
+            for (export, item) in instance.exports(engine) {
+                link_to_trap(&mut inner, engine, export, Some(name), item.ty)?;
+            }
+        }
+        ComponentItem::Resource(_) => {
+            let _ = linker.resource(name, ResourceType::host::<()>(), |_, _| Ok(()));
+        }
+        ComponentItem::Component(_) | ComponentItem::Module(_) => {
+            wasmtime::bail!(
+                "it imports `{name}`, a component or module, which toolgate cannot stub"
+            )
+        }
+        ComponentItem::CoreFunc(_) | ComponentItem::Type(_) => {}
+    }
+    Ok(())
+}
+
+fn invalid(path: &str, reason: impl ToString) -> PluginError {
+    PluginError::Invalid {
+        path: path.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Step 2, verify: the content has the digest the policy pins (a warning when it pins none),
+/// and it is a component, not a core module or another file. Returns the content's sha256.
+pub(crate) fn verify(
+    name: &str,
+    path: &str,
+    bytes: &[u8],
+    pinned: Option<&str>,
+) -> Result<String, PluginError> {
+    let digest = crate::digest::sha256_hex(bytes);
+    match pinned {
+        Some(expected) if !expected.eq_ignore_ascii_case(&digest) => {
+            return Err(PluginError::DigestMismatch {
+                path: path.to_owned(),
+                expected: expected.to_owned(),
+                actual: digest,
+            })
+        }
+        Some(_) => {}
+        None => {
+            tracing::warn!(plugin = name, path, sha256 = %digest, "plugin loaded without a pinned sha256")
+        }
+    }
+    if !build::is_component(bytes) {
+        let reason = if build::is_core_module(bytes) {
+            "it is a core wasm module, not a component; build it with `toolgate plugin build`"
+        } else {
+            "it is not WebAssembly (truncated, or another file)"
+        };
+        return Err(invalid(path, reason));
+    }
+    Ok(digest)
+}
+
+impl PluginPre {
+    /// A new store under the plugin's memory budget, not yet armed.
+    pub(crate) fn new_store(&self) -> Store<EvalState> {
+        let limits = MemoryBudget::new(self.limits.memory_bytes, 8);
+        let mut store = Store::new(&self.engine, EvalState::idle(self.name.clone(), limits));
+        store.limiter(|state| &mut state.limits);
+        store
+    }
+
+    /// Arms fuel and a deadline of the plugin's timeout, for one evaluation.
+    pub(crate) fn arm(&self, store: &mut Store<EvalState>) -> Result<(), EvalFailure> {
+        self.arm_for(store, self.limits.timeout)
+    }
+
+    /// Arms fuel and a deadline of `timeout` (rounded to epoch ticks, at least one).
+    fn arm_for(&self, store: &mut Store<EvalState>, timeout: Duration) -> Result<(), EvalFailure> {
+        store
+            .set_fuel(self.limits.fuel)
+            .map_err(|e| EvalFailure::Arm(e.to_string()))?;
+        let ticks = (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+        Ok(())
+    }
+
+    /// An instance in `store`.
+    pub(crate) fn instantiate(
+        &self,
+        store: &mut Store<EvalState>,
+    ) -> Result<bindings::Policy, EvalFailure> {
+        self.pre
+            .instantiate(store)
+            .map_err(|e| EvalFailure::Instantiate(format!("{e:#}")))
+    }
+
+    /// An instance in a store armed for a load-time call: the plugin's timeout or
+    /// [`LOAD_TIMEOUT`], whichever is longer.
+    fn instantiate_for_load(&self) -> Result<(Store<EvalState>, bindings::Policy), EvalFailure> {
+        let mut store = self.new_store();
+        self.arm_for(&mut store, self.limits.timeout.max(LOAD_TIMEOUT))?;
+        let instance = self.instantiate(&mut store)?;
+        Ok((store, instance))
+    }
+
+    /// Fuel the store's current call consumed.
+    pub(crate) fn fuel_used(&self, store: &Store<EvalState>) -> u64 {
+        self.limits
+            .fuel
+            .saturating_sub(store.get_fuel().unwrap_or(0))
+    }
+
+    /// Why a call into the plugin failed, from its error and what the store consumed.
+    pub(crate) fn failure(&self, error: &wasmtime::Error, store: &Store<EvalState>) -> EvalFailure {
+        EvalFailure::classify(error, &self.limits, self.fuel_used(store))
+    }
+
+    /// Calls `metadata` on a fresh instance (the last check of loading).
+    pub(crate) fn metadata(&self) -> Result<PluginMetadata, EvalFailure> {
+        let (mut store, instance) = self.instantiate_for_load()?;
+        let m = instance
+            .call_metadata(&mut store)
+            .map_err(|e| self.failure(&e, &store))?;
+        Ok(PluginMetadata {
+            name: m.name,
+            version: m.version,
+            description: m.description,
+        })
+    }
+
+    /// Runs `validate-config` on `config` (JSON text), on a fresh instance.
+    pub(crate) fn validate_config(&self, config: &str) -> Result<(), ConfigRejected> {
+        let limits = &self.limits;
+        if config.len() > limits.max_config_bytes {
+            return Err(ConfigRejected::TooLarge {
+                len: config.len(),
+                cap: limits.max_config_bytes,
+            });
+        }
+        let (mut store, instance) = self.instantiate_for_load()?;
+        match instance.call_validate_config(&mut store, config) {
+            Ok(result) => result.map_err(|reason| {
+                ConfigRejected::Rejected(truncate(&reason, limits.max_reason_bytes))
+            }),
+            Err(e) => Err(self.failure(&e, &store).into()),
+        }
+    }
+}
+
+/// `text`, cut to at most `max` bytes (on a character boundary), saying how long it was.
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes in all)", &text[..end], text.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_checks_the_pinned_digest_before_the_format() {
+        let bytes = b"definitely not wasm";
+        let digest = crate::digest::sha256_hex(bytes);
+        let wrong = "00".repeat(32);
+        let mismatch = verify("p", "p.wasm", bytes, Some(&wrong)).unwrap_err();
+        assert!(
+            matches!(mismatch, PluginError::DigestMismatch { .. }),
+            "{mismatch}"
+        );
+        let not_wasm = verify("p", "p.wasm", bytes, Some(&digest.to_uppercase())).unwrap_err();
+        assert_eq!(
+            not_wasm.to_string(),
+            "`p.wasm` is not a usable plugin: it is not WebAssembly (truncated, or another file)"
+        );
+        let core = verify("p", "p.wasm", b"\0asm\x01\0\0\0", None).unwrap_err();
+        assert!(
+            core.to_string()
+                .contains("core wasm module, not a component"),
+            "{core}"
+        );
+        let component = b"\0asm\x0d\0\x01\0";
+        assert_eq!(
+            verify("p", "p.wasm", component, None).unwrap(),
+            crate::digest::sha256_hex(component)
+        );
+    }
+
+    #[test]
+    fn truncate_cuts_on_a_character_boundary_and_says_how_long_it_was() {
+        assert_eq!(truncate("short", 10), "short");
+        assert_eq!(truncate("ééé", 3), "é... (6 bytes in all)");
+    }
+}

@@ -1,0 +1,125 @@
+//! The evaluation permits through real plugins: built from `guest-policies/` with the same
+//! `build` the `toolgate plugin build` command runs (the e2e tests build the same crates).
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::counters::{CounterStore, MemoryCounterStore};
+use crate::decision::Verdict;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Builds `name` once per test run; tests that build the same crate wait for each other
+/// (the component is written in place).
+fn built(name: &str) -> PathBuf {
+    static BUILT: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(path) = built.get(name) {
+        return path.clone();
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("guest-policies");
+    let path = build::build(&root.join(name), "wasm32-wasip1", None)
+        .unwrap_or_else(|e| panic!("building {name}: {e}"));
+    built.insert(name.to_owned(), path.clone());
+    path
+}
+
+fn counters() -> Arc<dyn CounterStore> {
+    Arc::new(MemoryCounterStore::new(ManualClock::starting_at(
+        1_700_000_000_000,
+    )))
+}
+
+fn call<'a>(arguments: &'a str) -> PluginCall<'a> {
+    PluginCall {
+        tool: "echo",
+        arguments,
+        grant: "g",
+        session: "s",
+        server: "",
+        annotations: None,
+    }
+}
+
+fn load(runtime: &PluginRuntime, name: &str, isolation: Isolation, fuel: u64) -> Arc<Plugin> {
+    let limits = PluginLimits {
+        fuel,
+        memory_bytes: 64 << 20,
+        max_input_bytes: 64,
+        ..PluginLimits::default()
+    };
+    runtime
+        .load(name, &built(name), None, isolation, limits)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// With one permit, every way an evaluation can end gives it back: a plain decision, a trap
+/// (panic, fuel), a malformed result, and a call refused before it ran.
+#[test]
+fn the_permit_comes_back_on_every_path() {
+    let runtime = PluginRuntime::new(None)
+        .unwrap()
+        .with_max_concurrent_evaluations(1);
+    let counters = counters();
+    let fuel = PluginLimits::default().fuel;
+    let cases = [
+        ("probe", fuel, "tool=echo"),
+        ("hostile/panic", fuel, "panicked"),
+        (
+            "hostile/loop",
+            2_000_000,
+            "ran out of fuel after 2000000 instructions",
+        ),
+        ("hostile/huge-reason", fuel, "returned a malformed result"),
+    ];
+    for isolation in [Isolation::Fresh, Isolation::Pooled] {
+        for (name, fuel, said) in cases {
+            let plugin = load(&runtime, name, isolation, fuel);
+            for arguments in ["{}", &"x".repeat(65)] {
+                let outcome = plugin.evaluate(&call(arguments), "{}", &counters);
+                let reason = &outcome.decision.reason;
+                let expected = if arguments.len() > 64 {
+                    "input cap"
+                } else {
+                    said
+                };
+                assert!(reason.contains(expected), "{name}: {reason}");
+                assert!(!reason.contains("too many"), "{name}: {reason}");
+                let permit = runtime.permits.acquire(std::time::Duration::ZERO);
+                assert!(permit.is_some(), "{name} ({isolation:?}) kept its permit");
+            }
+        }
+    }
+}
+
+/// A call that finds every permit taken for its whole timeout is denied, naming the plugin,
+/// and never touches an instance; the next one, with a permit free, runs.
+#[test]
+fn a_call_without_a_permit_within_its_timeout_is_denied() {
+    let runtime = PluginRuntime::new(None)
+        .unwrap()
+        .with_max_concurrent_evaluations(1);
+    let counters = counters();
+    let limits = PluginLimits {
+        timeout: std::time::Duration::from_millis(5),
+        ..PluginLimits::default()
+    };
+    let plugin = runtime
+        .load("probe", &built("probe"), None, Isolation::Fresh, limits)
+        .unwrap();
+    let held = runtime.permits.acquire(std::time::Duration::ZERO).unwrap();
+    let refused = plugin.evaluate(&call("{}"), "{}", &counters).decision;
+    assert_eq!(refused.verdict, Verdict::Deny);
+    assert_eq!(refused.rule, "plugins.probe");
+    assert_eq!(
+        refused.reason,
+        "plugin `probe` was not run: too many plugin evaluations at once \
+         (the runtime's 1 permits stayed taken for its timeout of 5 ms)"
+    );
+    drop(held);
+    let ran = plugin.evaluate(&call("{}"), "{}", &counters).decision;
+    assert!(ran.reason.starts_with("tool=echo"), "{}", ran.reason);
+}
