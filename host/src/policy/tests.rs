@@ -1,6 +1,8 @@
 use super::*;
+use crate::call::ToolCall;
 use crate::clock::ManualClock;
 use crate::counters::{CounterStore, MemoryCounterStore};
+use crate::decision::{Decision, Verdict};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
