@@ -2,6 +2,8 @@
 //! runtime it was given, and builds the [`Policy`] that `decide.rs` evaluates.
 
 use super::document::{LimitSpec, PolicyDocument, RateLimitSpec, UseSpec};
+use super::error::Problem;
+use super::spans::Spans;
 use super::{unique_keys, Limit, PluginUse, Policy, PolicyError, Rule};
 use crate::counters::Window;
 use crate::plugins::{Plugin, PluginLimits, PluginRuntime};
@@ -84,7 +86,10 @@ impl Loader {
 
     /// Compiles a policy from its JSON text, resolving plugin paths against `base`.
     pub fn from_json_in(&self, text: &str, file: &str, base: &Path) -> Result<Policy, PolicyError> {
-        let located = |err: serde_path_to_error::Error<serde_json::Error>| {
+        // A serde error keeps the line and column serde_json gave; its kind follows from the
+        // pass and the place it failed at.
+        let located = |err: serde_path_to_error::Error<serde_json::Error>,
+                       data: fn(&str, String) -> Problem| {
             let location = match err.path().to_string() {
                 p if p == "." => "the document".to_owned(),
                 p => p,
@@ -95,14 +100,19 @@ impl Loader {
                 Some(i) => full[..i].to_owned(),
                 None => full,
             };
-            PolicyError::at_line_column(file, text, inner.line(), inner.column(), location, message)
+            let kind = match inner.classify() {
+                serde_json::error::Category::Data => data(&location, message),
+                _ => Problem::Syntax(message),
+            };
+            PolicyError::at_line_column(file, text, inner.line(), inner.column(), location, kind)
         };
         let mut de = serde_json::Deserializer::from_str(text);
-        let doc: PolicyDocument = serde_path_to_error::deserialize(&mut de).map_err(located)?;
+        let doc: PolicyDocument =
+            serde_path_to_error::deserialize(&mut de).map_err(|e| located(e, Problem::of_serde))?;
         // The typed parse keeps the last copy of a key named twice in a map; refuse instead.
         let _: unique_keys::UniqueKeys =
             serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text))
-                .map_err(located)?;
+                .map_err(|e| located(e, |_, message| Problem::DuplicateKey(message)))?;
         de.end().map_err(|e| {
             PolicyError::at_line_column(
                 file,
@@ -110,7 +120,7 @@ impl Loader {
                 e.line(),
                 e.column(),
                 "the document".into(),
-                "trailing characters after the policy object".into(),
+                Problem::TrailingCharacters,
             )
         })?;
         Policy::compile(
@@ -131,17 +141,20 @@ impl Policy {
         base: &Path,
         runtime: Result<&PluginRuntime, &str>,
     ) -> Result<Self, PolicyError> {
-        let invalid = |needle: &str, location: String, message: String| {
-            PolicyError::at_text(file, text, needle, location, message)
+        // Compile errors are found on the document, and placed by their path in the text.
+        let spans = Spans::of(text);
+        let invalid = |location: String, kind: Problem| {
+            PolicyError::at_path(file, text, &spans, location, kind)
         };
         // Plugins first: load → verify → compile → pre-instantiate, each failure a load error.
         let mut plugins: HashMap<String, Arc<Plugin>> = HashMap::new();
         if !doc.plugins.is_empty() {
             let runtime = runtime.map_err(|why| {
                 invalid(
-                    "\"plugins\"",
                     "plugins".into(),
-                    format!("this policy names plugins, and {why}"),
+                    Problem::NoPluginRuntime {
+                        why: why.to_owned(),
+                    },
                 )
             })?;
             for (name, spec) in &doc.plugins {
@@ -167,9 +180,11 @@ impl Policy {
                     )
                     .map_err(|e| {
                         invalid(
-                            &format!("\"{name}\""),
                             format!("plugins.{name}"),
-                            format!("cannot load plugin `{name}`: {e}"),
+                            Problem::PluginLoad {
+                                name: name.clone(),
+                                error: e.to_string(),
+                            },
                         )
                     })?;
                 plugins.insert(name.clone(), plugin);
@@ -183,17 +198,20 @@ impl Policy {
                     let at = format!("{location}.use[{i}]");
                     let plugin = plugins.get(&spec.plugin).ok_or_else(|| {
                         invalid(
-                            &format!("\"{}\"", spec.plugin),
                             format!("{at}.plugin"),
-                            format!("no plugin named `{}` in `plugins`", spec.plugin),
+                            Problem::UnknownPlugin {
+                                name: spec.plugin.clone(),
+                            },
                         )
                     })?;
                     let config = spec.config.to_string();
                     plugin.validate_config(&config).map_err(|e| {
                         invalid(
-                            &format!("\"{}\"", spec.plugin),
                             format!("{at}.config"),
-                            format!("plugin `{}` rejects its config: {e}", spec.plugin),
+                            Problem::PluginConfig {
+                                name: spec.plugin.clone(),
+                                error: e.to_string(),
+                            },
                         )
                     })?;
                     Ok(PluginUse {
@@ -212,9 +230,8 @@ impl Policy {
             for (i, spec) in specs.iter().enumerate() {
                 if spec.counter.trim().is_empty() {
                     return Err(invalid(
-                        "\"counter\"",
                         format!("{location}.limits[{i}].counter"),
-                        "a counter needs a name".into(),
+                        Problem::UnnamedCounter,
                     ));
                 }
                 out.push((
@@ -241,16 +258,15 @@ impl Policy {
             out.into_iter()
                 .map(|(counter, scope, max, window, max_location)| {
                     if max == 0 {
-                        return Err(invalid(
-                            "\"max\"",
-                            max_location,
-                            "`max` must be at least 1; to refuse every call use `\"action\": \"deny\"`".into(),
-                        ));
+                        return Err(invalid(max_location, Problem::ZeroMax));
                     }
                     Ok(Limit {
                         counter,
                         scope,
-                        window: Window { max, length_ms: window.length_ms },
+                        window: Window {
+                            max,
+                            length_ms: window.length_ms,
+                        },
                         label: window.label.clone(),
                     })
                 })

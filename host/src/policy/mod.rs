@@ -32,12 +32,13 @@ mod coverage;
 mod decide;
 mod document;
 mod error;
+mod spans;
 pub(crate) mod unique_keys;
 
 pub use compile::Loader;
 pub use condition::{Condition, Op, Path as ConditionPath};
 pub use document::{Action, DefaultAction, PolicyDocument};
-pub use error::{InvalidPolicy, PolicyError};
+pub use error::{InvalidPolicy, PolicyError, Problem};
 
 use crate::counters::{Reservation, Scope, Window};
 use crate::decision::Decision;
