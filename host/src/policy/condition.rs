@@ -51,7 +51,11 @@ impl Path {
     }
 
     /// Parses a path, explaining what is wrong with a bad one.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, ConditionError> {
+        let bad = |problem| ConditionError::Path {
+            path: text.to_owned(),
+            problem,
+        };
         let mut parts: Vec<Step> = Vec::new();
         for segment in text.split('.') {
             let (key, mut rest) = match segment.find('[') {
@@ -59,7 +63,7 @@ impl Path {
                 None => (segment, ""),
             };
             if key.is_empty() && (parts.is_empty() || rest.is_empty()) {
-                return Err(format!("path `{text}` has an empty segment"));
+                return Err(bad(PathProblem::EmptySegment));
             }
             if !key.is_empty() {
                 parts.push(Step::Key(key.to_owned()));
@@ -67,14 +71,14 @@ impl Path {
             while !rest.is_empty() {
                 let close = rest
                     .find(']')
-                    .ok_or_else(|| format!("path `{text}` has an unclosed `[`"))?;
-                let index = rest[1..close].parse::<usize>().map_err(|_| {
-                    format!("path `{text}`: `{}` is not an array index", &rest[..=close])
-                })?;
+                    .ok_or_else(|| bad(PathProblem::UnclosedBracket))?;
+                let index = rest[1..close]
+                    .parse::<usize>()
+                    .map_err(|_| bad(PathProblem::NotAnIndex(rest[..=close].to_owned())))?;
                 parts.push(Step::Index(index));
                 rest = &rest[close + 1..];
                 if !rest.is_empty() && !rest.starts_with('[') {
-                    return Err(format!("path `{text}`: expected `.` or `[` after `]`"));
+                    return Err(bad(PathProblem::AfterBracket));
                 }
             }
         }
@@ -83,14 +87,10 @@ impl Path {
             Some(Step::Key(k)) if k == "tool" => Root::Tool,
             Some(Step::Key(k)) if k == "grant" => Root::Grant,
             Some(Step::Key(k)) if k == "session" => Root::Session,
-            _ => {
-                return Err(format!(
-                    "path `{text}` must start with `args`, `tool`, `grant` or `session`"
-                ))
-            }
+            _ => return Err(bad(PathProblem::UnknownRoot)),
         };
         if root != Root::Args && parts.len() > 1 {
-            return Err(format!("path `{text}`: only `args` has fields"));
+            return Err(bad(PathProblem::FieldsOutsideArgs));
         }
         parts.remove(0);
         Ok(Self {
@@ -187,6 +187,96 @@ impl Op {
     }
 }
 
+/// Why a condition does not load: its path, or its operator with its `value`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConditionError {
+    /// A path that does not parse or starts nowhere.
+    #[error("path `{path}`{}{problem}", problem.joiner())]
+    Path {
+        /// The path as written.
+        path: String,
+        /// What is wrong with it.
+        problem: PathProblem,
+    },
+    /// An operator that compares with a `value` and has none.
+    #[error("operator `{0}` needs a `value`")]
+    NeedsValue(Op),
+    /// `exists` or `not_exists` with a `value`.
+    #[error("operator `{0}` takes no `value`")]
+    TakesNoValue(Op),
+    /// A `value` of a type the operator cannot use: the operator and the type it needs.
+    #[error("operator `{0}` needs {1} `value`")]
+    ValueType(Op, &'static str),
+    /// A `regex` whose `value` does not compile.
+    #[error("`{pattern}` is not a valid regex: {error}")]
+    Regex {
+        /// The regex as written.
+        pattern: String,
+        /// Why it does not compile.
+        error: String,
+    },
+}
+
+/// What is wrong with a condition's path.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PathProblem {
+    /// `args..x`, `.x`, `args.`.
+    #[error("has an empty segment")]
+    EmptySegment,
+    /// `args.x[0`.
+    #[error("has an unclosed `[`")]
+    UnclosedBracket,
+    /// `args.x[a]`: the bracket as written.
+    #[error("`{0}` is not an array index")]
+    NotAnIndex(String),
+    /// `args.x[0]y`.
+    #[error("expected `.` or `[` after `]`")]
+    AfterBracket,
+    /// A root other than `args`, `tool`, `grant` or `session`.
+    #[error("must start with `args`, `tool`, `grant` or `session`")]
+    UnknownRoot,
+    /// `tool.x`: only `args` has fields.
+    #[error("only `args` has fields")]
+    FieldsOutsideArgs,
+}
+
+impl PathProblem {
+    /// What joins the path to the problem: a verb follows a space (path `x` has ...), a
+    /// remark a colon (path `x`: only ...).
+    fn joiner(&self) -> &'static str {
+        match self {
+            Self::EmptySegment | Self::UnclosedBracket | Self::UnknownRoot => " ",
+            Self::NotAnIndex(_) | Self::AfterBracket | Self::FieldsOutsideArgs => ": ",
+        }
+    }
+}
+
+/// Why a condition could not be evaluated on a call; the call is then denied.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EvalError {
+    /// The value at the path is of a type the operator cannot compare with its `value`.
+    #[error("`{path}` is {found}, which operator `{op}` cannot compare with {value}")]
+    Mismatch {
+        /// The condition's path.
+        path: String,
+        /// The type found at the path (`a string`).
+        found: &'static str,
+        /// The operator.
+        op: Op,
+        /// The type of the condition's `value`.
+        value: &'static str,
+    },
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A validated condition.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(try_from = "RawCondition")]
@@ -212,31 +302,28 @@ struct RawCondition {
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 impl TryFrom<RawCondition> for Condition {
-    type Error = String;
+    type Error = ConditionError;
 
-    fn try_from(raw: RawCondition) -> Result<Self, String> {
+    fn try_from(raw: RawCondition) -> Result<Self, ConditionError> {
         let path = Path::parse(&raw.path)?;
         let op = raw.op;
         let needs_value = !matches!(op, Op::Exists | Op::NotExists);
         let value = match (raw.value, needs_value) {
             (Some(v), true) => v,
-            (None, true) => return Err(format!("operator `{}` needs a `value`", op.name())),
-            (Some(_), false) => return Err(format!("operator `{}` takes no `value`", op.name())),
+            (None, true) => return Err(ConditionError::NeedsValue(op)),
+            (Some(_), false) => return Err(ConditionError::TakesNoValue(op)),
             (None, false) => Value::Null,
         };
         let mut regex = None;
         match op {
             Op::In | Op::NotIn if !value.is_array() => {
-                return Err(format!("operator `{}` needs an array `value`", op.name()))
+                return Err(ConditionError::ValueType(op, "an array"))
             }
             Op::Gt | Op::Gte | Op::Lt | Op::Lte if !(value.is_number() || value.is_string()) => {
-                return Err(format!(
-                    "operator `{}` needs a number or string `value`",
-                    op.name()
-                ))
+                return Err(ConditionError::ValueType(op, "a number or string"))
             }
             Op::StartsWith | Op::EndsWith | Op::Regex if !value.is_string() => {
-                return Err(format!("operator `{}` needs a string `value`", op.name()))
+                return Err(ConditionError::ValueType(op, "a string"))
             }
             Op::Regex => {
                 let source = value.as_str().unwrap_or_default();
@@ -244,7 +331,10 @@ impl TryFrom<RawCondition> for Condition {
                     regex::RegexBuilder::new(source)
                         .size_limit(REGEX_SIZE_LIMIT)
                         .build()
-                        .map_err(|e| format!("`{source}` is not a valid regex: {e}"))?,
+                        .map_err(|e| ConditionError::Regex {
+                            pattern: source.to_owned(),
+                            error: e.to_string(),
+                        })?,
                 );
             }
             _ => {}
@@ -338,19 +428,18 @@ fn type_name(v: &Value) -> &'static str {
 
 impl Condition {
     /// Evaluates the condition. `Err` explains a type mismatch, which the caller turns into a deny.
-    pub fn holds(&self, call: &ToolCall<'_>) -> Result<bool, String> {
+    pub fn holds(&self, call: &ToolCall<'_>) -> Result<bool, EvalError> {
         let mut scratch = None;
         let Some(actual) = self.path.resolve(call, &mut scratch) else {
             return Ok(matches!(self.op, Op::Ne | Op::NotIn | Op::NotExists));
         };
         let mismatch = || {
-            Err(format!(
-                "`{}` is {}, which operator `{}` cannot compare with {}",
-                self.path,
-                type_name(actual),
-                self.op.name(),
-                type_name(&self.value)
-            ))
+            Err(EvalError::Mismatch {
+                path: self.path.to_string(),
+                found: type_name(actual),
+                op: self.op,
+                value: type_name(&self.value),
+            })
         };
         let text = |v: &Value| v.as_str().map(str::to_owned);
         Ok(match self.op {
@@ -419,7 +508,7 @@ mod tests {
         serde_json::from_value::<Condition>(v).map_err(|e| e.to_string())
     }
 
-    fn eval(c: Value, args: Value) -> Result<bool, String> {
+    fn eval(c: Value, args: Value) -> Result<bool, EvalError> {
         let call = ToolCall {
             tool: "codex_request",
             args: &args,
@@ -530,13 +619,64 @@ mod tests {
             json!({"path": "args.n", "op": "gt", "value": 1}),
             json!({"n": "2"}),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("`args.n` is a string"), "{err}");
         assert!(eval(
             json!({"path": "args.s", "op": "starts_with", "value": "gw-"}),
             json!({"s": 5})
         )
         .is_err());
+    }
+
+    /// The typed errors say what the string errors said before them, word for word.
+    #[rstest::rstest]
+    #[case("args..x", "path `args..x` has an empty segment")]
+    #[case("args.x[0", "path `args.x[0` has an unclosed `[`")]
+    #[case("args.x[a]", "path `args.x[a]`: `[a]` is not an array index")]
+    #[case("args.x[0]y", "path `args.x[0]y`: expected `.` or `[` after `]`")]
+    #[case(
+        "argz.x",
+        "path `argz.x` must start with `args`, `tool`, `grant` or `session`"
+    )]
+    #[case("tool.x", "path `tool.x`: only `args` has fields")]
+    fn bad_paths_say_why(#[case] path: &str, #[case] expected: &str) {
+        assert_eq!(Path::parse(path).unwrap_err().to_string(), expected);
+    }
+
+    #[rstest::rstest]
+    #[case(json!({"path": "args.x", "op": "eq"}), "operator `eq` needs a `value`")]
+    #[case(json!({"path": "args.x", "op": "exists", "value": 1}), "operator `exists` takes no `value`")]
+    #[case(json!({"path": "args.x", "op": "in", "value": 1}), "operator `in` needs an array `value`")]
+    #[case(json!({"path": "args.x", "op": "gt", "value": []}), "operator `gt` needs a number or string `value`")]
+    #[case(json!({"path": "args.x", "op": "regex", "value": 1}), "operator `regex` needs a string `value`")]
+    fn bad_values_say_why(#[case] c: Value, #[case] expected: &str) {
+        assert_eq!(cond(c).unwrap_err(), expected);
+    }
+
+    #[test]
+    fn a_mismatch_says_both_types_and_the_operator() {
+        assert_eq!(
+            eval(
+                json!({"path": "args.s", "op": "starts_with", "value": "gw-"}),
+                json!({"s": 5})
+            ),
+            Err(EvalError::Mismatch {
+                path: "args.s".into(),
+                found: "a number",
+                op: Op::StartsWith,
+                value: "a string",
+            })
+        );
+        assert_eq!(
+            eval(
+                json!({"path": "args.n", "op": "lt", "value": 1}),
+                json!({"n": [1]})
+            )
+            .unwrap_err()
+            .to_string(),
+            "`args.n` is an array, which operator `lt` cannot compare with a number"
+        );
     }
 
     #[rstest::rstest]
