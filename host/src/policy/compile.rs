@@ -74,18 +74,23 @@ impl Loader {
             source,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let policy = self.from_json_in(&text, &path.display().to_string(), base)?;
+        let policy = self.compile_json(&text, &path.display().to_string(), base)?;
         Ok((policy, text))
     }
 
     /// Compiles a policy from its JSON text; `file` names it in errors. Plugin paths are
     /// relative to the current directory.
     pub fn from_json(&self, text: &str, file: &str) -> Result<Policy, PolicyError> {
-        self.from_json_in(text, file, Path::new("."))
+        self.compile_json(text, file, Path::new("."))
     }
 
     /// Compiles a policy from its JSON text, resolving plugin paths against `base`.
-    pub fn from_json_in(&self, text: &str, file: &str, base: &Path) -> Result<Policy, PolicyError> {
+    pub(crate) fn compile_json(
+        &self,
+        text: &str,
+        file: &str,
+        base: &Path,
+    ) -> Result<Policy, PolicyError> {
         // A serde error keeps the line and column serde_json gave; its kind follows from the
         // pass and the place it failed at.
         let located = |err: serde_path_to_error::Error<serde_json::Error>,

@@ -40,7 +40,7 @@ pub struct Path {
 
 impl Path {
     /// The object keys this path reads inside `args` (none for other roots).
-    pub fn argument_keys(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn argument_keys(&self) -> impl Iterator<Item = &str> {
         self.steps
             .iter()
             .filter(|_| self.root == Root::Args)
@@ -51,7 +51,7 @@ impl Path {
     }
 
     /// Parses a path, explaining what is wrong with a bad one.
-    pub fn parse(text: &str) -> Result<Self, ConditionError> {
+    pub(crate) fn parse(text: &str) -> Result<Self, ConditionError> {
         let bad = |problem| ConditionError::Path {
             path: text.to_owned(),
             problem,
@@ -101,7 +101,7 @@ impl Path {
     }
 
     /// The value at this path in `call`, or `None` when the path leads nowhere.
-    pub fn resolve<'v>(
+    pub(crate) fn resolve<'v>(
         &self,
         call: &ToolCall<'v>,
         scratch: &'v mut Option<Value>,
@@ -428,7 +428,7 @@ fn type_name(v: &Value) -> &'static str {
 
 impl Condition {
     /// Evaluates the condition. `Err` explains a type mismatch, which the caller turns into a deny.
-    pub fn holds(&self, call: &ToolCall<'_>) -> Result<bool, EvalError> {
+    pub(crate) fn holds(&self, call: &ToolCall<'_>) -> Result<bool, EvalError> {
         let mut scratch = None;
         let Some(actual) = self.path.resolve(call, &mut scratch) else {
             return Ok(matches!(self.op, Op::Ne | Op::NotIn | Op::NotExists));

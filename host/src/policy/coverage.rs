@@ -6,7 +6,7 @@ use super::{PluginUse, Policy, Rule};
 impl Policy {
     /// Every point a decision can reach, for coverage: each rule, each condition, each
     /// plugin use twice (`... allow` and `... refuse`: a plugin that never refused in any case
-    /// is not covered). [`Step`]s name the same points.
+    /// is not covered). [`Step`](super::Step)s name the same points.
     pub fn coverage_points(&self) -> Vec<String> {
         let mut points = Vec::new();
         let uses = |points: &mut Vec<String>, uses: &[PluginUse]| {

@@ -36,7 +36,7 @@ mod spans;
 pub(crate) mod unique_keys;
 
 pub use compile::Loader;
-pub use condition::{Condition, Op, Path as ConditionPath};
+pub use condition::{Condition, Path as ConditionPath};
 pub use document::{Action, DefaultAction, PolicyDocument};
 pub use error::{InvalidPolicy, PolicyError, Problem};
 
@@ -128,7 +128,7 @@ impl Policy {
     /// Every key of a call's arguments that some condition of this policy reads: a key that
     /// differs from one of these only in case would be read as it by a case-insensitive
     /// server, and not by the policy.
-    pub fn argument_keys(&self) -> &crate::jsonrpc::Spellings {
+    pub(crate) fn argument_keys(&self) -> &crate::jsonrpc::Spellings {
         &self.argument_keys
     }
 
@@ -140,12 +140,12 @@ impl Policy {
 
     /// Whether deciding a `tools/call` may run a plugin, and so take up to a plugin's time
     /// budget: an async caller moves such a decision off its worker.
-    pub fn may_block(&self) -> bool {
+    pub(crate) fn may_block(&self) -> bool {
         !self.plugins.is_empty()
     }
 
     /// The plugins this policy loaded, for status and logs.
-    pub fn plugins(&self) -> &[Arc<Plugin>] {
+    pub(crate) fn plugins(&self) -> &[Arc<Plugin>] {
         &self.plugins
     }
 
