@@ -147,7 +147,8 @@ impl Policy {
         runtime: Result<&PluginRuntime, &str>,
     ) -> Result<Self, PolicyError> {
         // Compile errors are found on the document, and placed by their path in the text.
-        let spans = Spans::of(text);
+        // Walked only when there is an error to place: a policy that loads costs no more.
+        let spans = std::cell::LazyCell::new(|| Spans::of(text));
         let invalid = |location: String, kind: Problem| {
             PolicyError::at_path(file, text, &spans, location, kind)
         };

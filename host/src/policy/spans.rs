@@ -56,7 +56,7 @@ impl Spans {
     pub(crate) fn underline(&self, text: &str, path: &str) -> Option<Range<usize>> {
         let place = self.get(path)?;
         let value = place.value.clone();
-        if !text[value.clone()].contains('\n') {
+        if !text.get(value.clone())?.contains('\n') {
             return Some(value);
         }
         Some(place.key.clone().unwrap_or(value.start..value.start + 1))
@@ -116,7 +116,8 @@ impl Scanner<'_> {
                     loop {
                         self.skip_whitespace();
                         let key = self.string()?;
-                        let name: String = serde_json::from_str(&self.text[key.clone()]).ok()?;
+                        let name: String =
+                            serde_json::from_str(self.text.get(key.clone())?).ok()?;
                         self.expect(b':')?;
                         let child = if path.is_empty() {
                             name
@@ -224,6 +225,26 @@ mod tests {
             "\"deny\""
         );
         assert_eq!(spans.underline(text, "tools.b"), None);
+    }
+
+    /// Never a panic, whatever the text (it is only ever given JSON, but a scanner that can
+    /// slice inside a character should not be trusted with that).
+    #[test]
+    fn text_that_is_not_json_does_not_panic() {
+        for text in [
+            "\"\\é",
+            "{\"é",
+            "[1,",
+            "{\"a\" 1}",
+            "é",
+            "",
+            "{\"a\":\"\\",
+            "]",
+        ] {
+            let spans = Spans::of(text);
+            let _ = spans.underline(text, "");
+            let _ = spans.underline(text, "a");
+        }
     }
 
     #[test]
