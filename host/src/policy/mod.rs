@@ -24,7 +24,8 @@
 //!   decided on is there.
 //! - `condition.rs`: the conditions of `require` and `deny_if`, checked and evaluated.
 //! - `coverage.rs`: the points a decision can reach, for `toolgate test`.
-//! - `error.rs`: why a policy did not load, with its place in the file.
+//! - `error.rs`: why a policy did not load, with its place in the file; `spans.rs` finds that
+//!   place from the error's path, and `unique_keys.rs` refuses a key named twice.
 
 mod compile;
 mod condition;
@@ -33,7 +34,7 @@ mod decide;
 mod document;
 mod error;
 mod spans;
-pub(crate) mod unique_keys;
+mod unique_keys;
 
 pub use compile::Loader;
 pub use condition::{Condition, Path as ConditionPath};
