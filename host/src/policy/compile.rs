@@ -1,13 +1,14 @@
 //! Compiling a policy: the [`Loader`] reads the document, checks it, loads its plugins into the
 //! runtime it was given, and builds the [`Policy`] that `decide.rs` evaluates.
 
-use super::document::{LimitSpec, PolicyDocument, RateLimitSpec, UseSpec};
+use super::document::{LimitSpec, PluginSpec, PolicyDocument, RateLimitSpec, ToolRule, UseSpec};
 use super::error::Problem;
 use super::spans::Spans;
 use super::{unique_keys, Limit, PluginUse, Policy, PolicyError, Rule};
 use crate::counters::Window;
 use crate::plugins::{Plugin, PluginLimits, PluginRuntime};
-use std::collections::HashMap;
+use std::cell::OnceCell;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -139,6 +140,7 @@ impl Loader {
 }
 
 impl Policy {
+    /// Builds the policy from a document that parsed; `text` and `file` place its errors.
     fn compile(
         doc: PolicyDocument,
         text: &str,
@@ -146,141 +148,26 @@ impl Policy {
         base: &Path,
         runtime: Result<&PluginRuntime, &str>,
     ) -> Result<Self, PolicyError> {
-        // Compile errors are found on the document, and placed by their path in the text.
-        // Walked only when there is an error to place: a policy that loads costs no more.
-        let spans = std::cell::LazyCell::new(|| Spans::of(text));
-        let invalid = |location: String, kind: Problem| {
-            PolicyError::at_path(file, text, &spans, location, kind)
+        let mut compiler = Compiler {
+            file,
+            text,
+            spans: OnceCell::new(),
+            plugins: HashMap::new(),
         };
-        // Plugins first: load → verify → compile → pre-instantiate, each failure a load error.
-        let mut plugins: HashMap<String, Arc<Plugin>> = HashMap::new();
+        // Plugins first, so that rules can use them.
         if !doc.plugins.is_empty() {
             let runtime = runtime.map_err(|why| {
-                invalid(
+                compiler.invalid(
                     "plugins".into(),
                     Problem::NoPluginRuntime {
                         why: why.to_owned(),
                     },
                 )
             })?;
-            for (name, spec) in &doc.plugins {
-                let defaults = PluginLimits::default();
-                let limits = PluginLimits {
-                    fuel: spec.fuel.unwrap_or(defaults.fuel),
-                    timeout: spec
-                        .timeout_ms
-                        .map_or(defaults.timeout, Duration::from_millis),
-                    memory_bytes: spec
-                        .memory_mib
-                        .map_or(defaults.memory_bytes, |m| (m as usize) << 20),
-                    recycle_after: spec.recycle_after.unwrap_or(defaults.recycle_after),
-                    ..defaults
-                };
-                let plugin = runtime
-                    .load(
-                        name,
-                        &base.join(&spec.path),
-                        spec.sha256.as_deref(),
-                        spec.isolation,
-                        limits,
-                    )
-                    .map_err(|e| {
-                        invalid(
-                            format!("plugins.{name}"),
-                            Problem::PluginLoad {
-                                name: name.clone(),
-                                error: e.to_string(),
-                            },
-                        )
-                    })?;
-                plugins.insert(name.clone(), plugin);
-            }
+            compiler.load_plugins(&doc.plugins, base, runtime)?;
         }
-        let uses = |specs: &[UseSpec], location: &str| -> Result<Vec<PluginUse>, PolicyError> {
-            specs
-                .iter()
-                .enumerate()
-                .map(|(i, spec)| {
-                    let at = format!("{location}.use[{i}]");
-                    let plugin = plugins.get(&spec.plugin).ok_or_else(|| {
-                        invalid(
-                            format!("{at}.plugin"),
-                            Problem::UnknownPlugin {
-                                name: spec.plugin.clone(),
-                            },
-                        )
-                    })?;
-                    let config = spec.config.to_string();
-                    plugin.validate_config(&config).map_err(|e| {
-                        invalid(
-                            format!("{at}.config"),
-                            Problem::PluginConfig {
-                                name: spec.plugin.clone(),
-                                error: e.to_string(),
-                            },
-                        )
-                    })?;
-                    Ok(PluginUse {
-                        plugin: plugin.clone(),
-                        config,
-                        site: at,
-                    })
-                })
-                .collect()
-        };
-        let limits = |specs: &[LimitSpec],
-                      shorthand: &Option<RateLimitSpec>,
-                      location: &str,
-                      default_counter: &str| {
-            let mut out = Vec::new();
-            for (i, spec) in specs.iter().enumerate() {
-                if spec.counter.trim().is_empty() {
-                    return Err(invalid(
-                        format!("{location}.limits[{i}].counter"),
-                        Problem::UnnamedCounter,
-                    ));
-                }
-                out.push((
-                    spec.counter.clone(),
-                    spec.scope,
-                    spec.max,
-                    &spec.window,
-                    format!("{location}.limits[{i}].max"),
-                ));
-            }
-            if let Some(rl) = shorthand {
-                let counter = rl
-                    .counter
-                    .clone()
-                    .unwrap_or_else(|| default_counter.to_owned());
-                out.push((
-                    counter,
-                    rl.scope,
-                    rl.max,
-                    &rl.window,
-                    format!("{location}.rate_limit.max"),
-                ));
-            }
-            out.into_iter()
-                .map(|(counter, scope, max, window, max_location)| {
-                    if max == 0 {
-                        return Err(invalid(max_location, Problem::ZeroMax));
-                    }
-                    Ok(Limit {
-                        counter,
-                        scope,
-                        window: Window {
-                            max,
-                            length_ms: window.length_ms,
-                        },
-                        label: window.label.clone(),
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()
-        };
-
         let hide = doc.hide.iter().map(|p| WildMatch::new(p)).collect();
-        let all_tools_limits = limits(
+        let all_tools_limits = compiler.limits(
             &doc.all_tools.limits,
             &doc.all_tools.rate_limit,
             "all_tools",
@@ -290,21 +177,7 @@ impl Policy {
         let mut exact = HashMap::new();
         let mut globs = Vec::new();
         for (pattern, spec) in doc.tools {
-            let location = format!("tools.{pattern}");
-            let rule = Rule {
-                limits: limits(
-                    &spec.limits,
-                    &spec.rate_limit,
-                    &location,
-                    &format!("rate:{pattern}"),
-                )?,
-                id: location.clone(),
-                action: spec.action,
-                reason: spec.reason,
-                require: spec.require,
-                deny_if: spec.deny_if,
-                uses: uses(&spec.uses, &location)?,
-            };
+            let rule = compiler.rule(&pattern, spec)?;
             if is_glob(&pattern) {
                 globs.push((pattern, rule));
             } else {
@@ -335,8 +208,183 @@ impl Policy {
             exact,
             globs,
             all_tools_limits,
-            all_tools_uses: uses(&doc.all_tools.uses, "all_tools")?,
-            plugins: plugins.into_values().collect(),
+            all_tools_uses: compiler.uses(&doc.all_tools.uses, "all_tools")?,
+            plugins: compiler.plugins.into_values().collect(),
         })
+    }
+}
+
+/// What compiling one document keeps at hand: its text, to place errors, and the plugins
+/// loaded so far, for the rules that use them.
+struct Compiler<'a> {
+    file: &'a str,
+    text: &'a str,
+    /// Walked only when there is an error to place: a policy that loads costs no more.
+    spans: OnceCell<Spans>,
+    plugins: HashMap<String, Arc<Plugin>>,
+}
+
+impl Compiler<'_> {
+    /// A load error about the value at `location`, underlined where it is in the text.
+    fn invalid(&self, location: String, kind: Problem) -> PolicyError {
+        let spans = self.spans.get_or_init(|| Spans::of(self.text));
+        PolicyError::at_path(self.file, self.text, spans, location, kind)
+    }
+
+    /// Each plugin through load → verify → compile → pre-instantiate; any failure is a load
+    /// error at the plugin's entry.
+    fn load_plugins(
+        &mut self,
+        specs: &BTreeMap<String, PluginSpec>,
+        base: &Path,
+        runtime: &PluginRuntime,
+    ) -> Result<(), PolicyError> {
+        for (name, spec) in specs {
+            let plugin = runtime
+                .load(
+                    name,
+                    &base.join(&spec.path),
+                    spec.sha256.as_deref(),
+                    spec.isolation,
+                    plugin_limits(spec),
+                )
+                .map_err(|e| {
+                    self.invalid(
+                        format!("plugins.{name}"),
+                        Problem::PluginLoad {
+                            name: name.clone(),
+                            error: e.to_string(),
+                        },
+                    )
+                })?;
+            self.plugins.insert(name.clone(), plugin);
+        }
+        Ok(())
+    }
+
+    /// The rule for one tool name or glob of `tools`.
+    fn rule(&self, pattern: &str, spec: ToolRule) -> Result<Rule, PolicyError> {
+        let location = format!("tools.{pattern}");
+        Ok(Rule {
+            limits: self.limits(
+                &spec.limits,
+                &spec.rate_limit,
+                &location,
+                &format!("rate:{pattern}"),
+            )?,
+            uses: self.uses(&spec.uses, &location)?,
+            id: location,
+            action: spec.action,
+            reason: spec.reason,
+            require: spec.require,
+            deny_if: spec.deny_if,
+        })
+    }
+
+    /// The plugin uses at `location` (`tools.<pattern>` or `all_tools`), each plugin declared
+    /// and accepting its config.
+    fn uses(&self, specs: &[UseSpec], location: &str) -> Result<Vec<PluginUse>, PolicyError> {
+        specs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let at = format!("{location}.use[{i}]");
+                let plugin = self.plugins.get(&spec.plugin).ok_or_else(|| {
+                    self.invalid(
+                        format!("{at}.plugin"),
+                        Problem::UnknownPlugin {
+                            name: spec.plugin.clone(),
+                        },
+                    )
+                })?;
+                let config = spec.config.to_string();
+                plugin.validate_config(&config).map_err(|e| {
+                    self.invalid(
+                        format!("{at}.config"),
+                        Problem::PluginConfig {
+                            name: spec.plugin.clone(),
+                            error: e.to_string(),
+                        },
+                    )
+                })?;
+                Ok(PluginUse {
+                    plugin: plugin.clone(),
+                    config,
+                    site: at,
+                })
+            })
+            .collect()
+    }
+
+    /// The limits at `location`: `limits`, then the `rate_limit` shorthand, whose counter is
+    /// `default_counter` unless it names one.
+    fn limits(
+        &self,
+        specs: &[LimitSpec],
+        shorthand: &Option<RateLimitSpec>,
+        location: &str,
+        default_counter: &str,
+    ) -> Result<Vec<Limit>, PolicyError> {
+        let mut out = Vec::new();
+        for (i, spec) in specs.iter().enumerate() {
+            if spec.counter.trim().is_empty() {
+                return Err(self.invalid(
+                    format!("{location}.limits[{i}].counter"),
+                    Problem::UnnamedCounter,
+                ));
+            }
+            out.push((
+                spec.counter.clone(),
+                spec.scope,
+                spec.max,
+                &spec.window,
+                format!("{location}.limits[{i}].max"),
+            ));
+        }
+        if let Some(rl) = shorthand {
+            let counter = rl
+                .counter
+                .clone()
+                .unwrap_or_else(|| default_counter.to_owned());
+            out.push((
+                counter,
+                rl.scope,
+                rl.max,
+                &rl.window,
+                format!("{location}.rate_limit.max"),
+            ));
+        }
+        out.into_iter()
+            .map(|(counter, scope, max, window, max_location)| {
+                if max == 0 {
+                    return Err(self.invalid(max_location, Problem::ZeroMax));
+                }
+                Ok(Limit {
+                    counter,
+                    scope,
+                    window: Window {
+                        max,
+                        length_ms: window.length_ms,
+                    },
+                    label: window.label.clone(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// A plugin's limits: what its entry sets, the runtime's defaults for the rest.
+fn plugin_limits(spec: &PluginSpec) -> PluginLimits {
+    let defaults = PluginLimits::default();
+    PluginLimits {
+        fuel: spec.fuel.unwrap_or(defaults.fuel),
+        timeout: spec
+            .timeout_ms
+            .map_or(defaults.timeout, Duration::from_millis),
+        memory_bytes: spec
+            .memory_mib
+            .map_or(defaults.memory_bytes, |m| (m as usize) << 20),
+        recycle_after: spec.recycle_after.unwrap_or(defaults.recycle_after),
+        ..defaults
     }
 }
