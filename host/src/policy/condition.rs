@@ -40,7 +40,7 @@ pub struct Path {
 
 impl Path {
     /// The object keys this path reads inside `args` (none for other roots).
-    pub fn argument_keys(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn argument_keys(&self) -> impl Iterator<Item = &str> {
         self.steps
             .iter()
             .filter(|_| self.root == Root::Args)
@@ -51,7 +51,11 @@ impl Path {
     }
 
     /// Parses a path, explaining what is wrong with a bad one.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str) -> Result<Self, ConditionError> {
+        let bad = |problem| ConditionError::Path {
+            path: text.to_owned(),
+            problem,
+        };
         let mut parts: Vec<Step> = Vec::new();
         for segment in text.split('.') {
             let (key, mut rest) = match segment.find('[') {
@@ -59,7 +63,7 @@ impl Path {
                 None => (segment, ""),
             };
             if key.is_empty() && (parts.is_empty() || rest.is_empty()) {
-                return Err(format!("path `{text}` has an empty segment"));
+                return Err(bad(PathProblem::EmptySegment));
             }
             if !key.is_empty() {
                 parts.push(Step::Key(key.to_owned()));
@@ -67,14 +71,14 @@ impl Path {
             while !rest.is_empty() {
                 let close = rest
                     .find(']')
-                    .ok_or_else(|| format!("path `{text}` has an unclosed `[`"))?;
-                let index = rest[1..close].parse::<usize>().map_err(|_| {
-                    format!("path `{text}`: `{}` is not an array index", &rest[..=close])
-                })?;
+                    .ok_or_else(|| bad(PathProblem::UnclosedBracket))?;
+                let index = rest[1..close]
+                    .parse::<usize>()
+                    .map_err(|_| bad(PathProblem::NotAnIndex(rest[..=close].to_owned())))?;
                 parts.push(Step::Index(index));
                 rest = &rest[close + 1..];
                 if !rest.is_empty() && !rest.starts_with('[') {
-                    return Err(format!("path `{text}`: expected `.` or `[` after `]`"));
+                    return Err(bad(PathProblem::AfterBracket));
                 }
             }
         }
@@ -83,14 +87,10 @@ impl Path {
             Some(Step::Key(k)) if k == "tool" => Root::Tool,
             Some(Step::Key(k)) if k == "grant" => Root::Grant,
             Some(Step::Key(k)) if k == "session" => Root::Session,
-            _ => {
-                return Err(format!(
-                    "path `{text}` must start with `args`, `tool`, `grant` or `session`"
-                ))
-            }
+            _ => return Err(bad(PathProblem::UnknownRoot)),
         };
         if root != Root::Args && parts.len() > 1 {
-            return Err(format!("path `{text}`: only `args` has fields"));
+            return Err(bad(PathProblem::FieldsOutsideArgs));
         }
         parts.remove(0);
         Ok(Self {
@@ -101,7 +101,7 @@ impl Path {
     }
 
     /// The value at this path in `call`, or `None` when the path leads nowhere.
-    pub fn resolve<'v>(
+    pub(crate) fn resolve<'v>(
         &self,
         call: &ToolCall<'v>,
         scratch: &'v mut Option<Value>,
@@ -187,6 +187,96 @@ impl Op {
     }
 }
 
+/// Why a condition does not load: its path, or its operator with its `value`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConditionError {
+    /// A path that does not parse or starts nowhere.
+    #[error("path `{path}`{}{problem}", problem.joiner())]
+    Path {
+        /// The path as written.
+        path: String,
+        /// What is wrong with it.
+        problem: PathProblem,
+    },
+    /// An operator that compares with a `value` and has none.
+    #[error("operator `{0}` needs a `value`")]
+    NeedsValue(Op),
+    /// `exists` or `not_exists` with a `value`.
+    #[error("operator `{0}` takes no `value`")]
+    TakesNoValue(Op),
+    /// A `value` of a type the operator cannot use: the operator and the type it needs.
+    #[error("operator `{0}` needs {1} `value`")]
+    ValueType(Op, &'static str),
+    /// A `regex` whose `value` does not compile.
+    #[error("`{pattern}` is not a valid regex: {error}")]
+    Regex {
+        /// The regex as written.
+        pattern: String,
+        /// Why it does not compile.
+        error: String,
+    },
+}
+
+/// What is wrong with a condition's path.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PathProblem {
+    /// `args..x`, `.x`, `args.`.
+    #[error("has an empty segment")]
+    EmptySegment,
+    /// `args.x[0`.
+    #[error("has an unclosed `[`")]
+    UnclosedBracket,
+    /// `args.x[a]`: the bracket as written.
+    #[error("`{0}` is not an array index")]
+    NotAnIndex(String),
+    /// `args.x[0]y`.
+    #[error("expected `.` or `[` after `]`")]
+    AfterBracket,
+    /// A root other than `args`, `tool`, `grant` or `session`.
+    #[error("must start with `args`, `tool`, `grant` or `session`")]
+    UnknownRoot,
+    /// `tool.x`: only `args` has fields.
+    #[error("only `args` has fields")]
+    FieldsOutsideArgs,
+}
+
+impl PathProblem {
+    /// What joins the path to the problem: a verb follows a space (path `x` has ...), a
+    /// remark a colon (path `x`: only ...).
+    fn joiner(&self) -> &'static str {
+        match self {
+            Self::EmptySegment | Self::UnclosedBracket | Self::UnknownRoot => " ",
+            Self::NotAnIndex(_) | Self::AfterBracket | Self::FieldsOutsideArgs => ": ",
+        }
+    }
+}
+
+/// Why a condition could not be evaluated on a call; the call is then denied.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EvalError {
+    /// The value at the path is of a type the operator cannot compare with its `value`.
+    #[error("`{path}` is {found}, which operator `{op}` cannot compare with {value}")]
+    Mismatch {
+        /// The condition's path.
+        path: String,
+        /// The type found at the path (`a string`).
+        found: &'static str,
+        /// The operator.
+        op: Op,
+        /// The type of the condition's `value`.
+        value: &'static str,
+    },
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A validated condition.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(try_from = "RawCondition")]
@@ -212,31 +302,28 @@ struct RawCondition {
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 impl TryFrom<RawCondition> for Condition {
-    type Error = String;
+    type Error = ConditionError;
 
-    fn try_from(raw: RawCondition) -> Result<Self, String> {
+    fn try_from(raw: RawCondition) -> Result<Self, ConditionError> {
         let path = Path::parse(&raw.path)?;
         let op = raw.op;
         let needs_value = !matches!(op, Op::Exists | Op::NotExists);
         let value = match (raw.value, needs_value) {
             (Some(v), true) => v,
-            (None, true) => return Err(format!("operator `{}` needs a `value`", op.name())),
-            (Some(_), false) => return Err(format!("operator `{}` takes no `value`", op.name())),
+            (None, true) => return Err(ConditionError::NeedsValue(op)),
+            (Some(_), false) => return Err(ConditionError::TakesNoValue(op)),
             (None, false) => Value::Null,
         };
         let mut regex = None;
         match op {
             Op::In | Op::NotIn if !value.is_array() => {
-                return Err(format!("operator `{}` needs an array `value`", op.name()))
+                return Err(ConditionError::ValueType(op, "an array"))
             }
             Op::Gt | Op::Gte | Op::Lt | Op::Lte if !(value.is_number() || value.is_string()) => {
-                return Err(format!(
-                    "operator `{}` needs a number or string `value`",
-                    op.name()
-                ))
+                return Err(ConditionError::ValueType(op, "a number or string"))
             }
             Op::StartsWith | Op::EndsWith | Op::Regex if !value.is_string() => {
-                return Err(format!("operator `{}` needs a string `value`", op.name()))
+                return Err(ConditionError::ValueType(op, "a string"))
             }
             Op::Regex => {
                 let source = value.as_str().unwrap_or_default();
@@ -244,7 +331,10 @@ impl TryFrom<RawCondition> for Condition {
                     regex::RegexBuilder::new(source)
                         .size_limit(REGEX_SIZE_LIMIT)
                         .build()
-                        .map_err(|e| format!("`{source}` is not a valid regex: {e}"))?,
+                        .map_err(|e| ConditionError::Regex {
+                            pattern: source.to_owned(),
+                            error: e.to_string(),
+                        })?,
                 );
             }
             _ => {}
@@ -338,19 +428,18 @@ fn type_name(v: &Value) -> &'static str {
 
 impl Condition {
     /// Evaluates the condition. `Err` explains a type mismatch, which the caller turns into a deny.
-    pub fn holds(&self, call: &ToolCall<'_>) -> Result<bool, String> {
+    pub(crate) fn holds(&self, call: &ToolCall<'_>) -> Result<bool, EvalError> {
         let mut scratch = None;
         let Some(actual) = self.path.resolve(call, &mut scratch) else {
             return Ok(matches!(self.op, Op::Ne | Op::NotIn | Op::NotExists));
         };
         let mismatch = || {
-            Err(format!(
-                "`{}` is {}, which operator `{}` cannot compare with {}",
-                self.path,
-                type_name(actual),
-                self.op.name(),
-                type_name(&self.value)
-            ))
+            Err(EvalError::Mismatch {
+                path: self.path.to_string(),
+                found: type_name(actual),
+                op: self.op,
+                value: type_name(&self.value),
+            })
         };
         let text = |v: &Value| v.as_str().map(str::to_owned);
         Ok(match self.op {
@@ -411,146 +500,5 @@ impl fmt::Display for Condition {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn cond(v: Value) -> Result<Condition, String> {
-        serde_json::from_value::<Condition>(v).map_err(|e| e.to_string())
-    }
-
-    fn eval(c: Value, args: Value) -> Result<bool, String> {
-        let call = ToolCall {
-            tool: "codex_request",
-            args: &args,
-            grant: "g1",
-            session: "s1",
-            server: "",
-            annotations: None,
-        };
-        cond(c).unwrap().holds(&call)
-    }
-
-    #[rstest::rstest]
-    #[case(json!({"path": "args.cli", "op": "eq", "value": "codex"}), json!({"cli": "codex"}), true)]
-    #[case(json!({"path": "args.n", "op": "eq", "value": 1}), json!({"n": 1.0}), true)]
-    #[case(json!({"path": "args.cli", "op": "ne", "value": "codex"}), json!({}), true)]
-    #[case(json!({"path": "args.n", "op": "gt", "value": 10}), json!({"n": 11}), true)]
-    #[case(json!({"path": "args.n", "op": "gte", "value": 10}), json!({"n": 10}), true)]
-    #[case(json!({"path": "args.n", "op": "lt", "value": 10}), json!({"n": 10}), false)]
-    #[case(json!({"path": "args.n", "op": "lte", "value": 10}), json!({"n": 10}), true)]
-    #[case(json!({"path": "args.cli", "op": "in", "value": ["a", "b"]}), json!({"cli": "b"}), true)]
-    #[case(json!({"path": "args.cli", "op": "not_in", "value": ["a", "b"]}), json!({"cli": "c"}), true)]
-    #[case(json!({"path": "args.cli", "op": "not_in", "value": ["a"]}), json!({}), true)]
-    #[case(json!({"path": "args.p", "op": "contains", "value": "rm -rf"}), json!({"p": "do rm -rf /"}), true)]
-    #[case(json!({"path": "args.tags", "op": "contains", "value": "x"}), json!({"tags": ["y", "x"]}), true)]
-    #[case(json!({"path": "args.sessionId", "op": "starts_with", "value": "gw-"}), json!({"sessionId": "gw-1"}), true)]
-    #[case(json!({"path": "args.f", "op": "ends_with", "value": ".rs"}), json!({"f": "a.rs"}), true)]
-    #[case(json!({"path": "args.id", "op": "regex", "value": "^[0-9a-f-]{36}$"}), json!({"id": "gw-x"}), false)]
-    #[case(json!({"path": "args.id", "op": "exists"}), json!({"id": null}), true)]
-    #[case(json!({"path": "args.id", "op": "not_exists"}), json!({}), true)]
-    #[case(json!({"path": "args.items[1].name", "op": "eq", "value": "b"}), json!({"items": [{"name": "a"}, {"name": "b"}]}), true)]
-    #[case(json!({"path": "args.items.0", "op": "eq", "value": 5}), json!({"items": [5]}), true)]
-    #[case(json!({"path": "tool", "op": "ends_with", "value": "_request"}), json!({}), true)]
-    #[case(json!({"path": "grant", "op": "eq", "value": "g1"}), json!({}), true)]
-    #[case(json!({"path": "args.missing", "op": "gt", "value": 1}), json!({}), false)]
-    fn operators(#[case] c: Value, #[case] args: Value, #[case] expected: bool) {
-        assert_eq!(eval(c, args), Ok(expected));
-    }
-
-    /// Integers compare exactly, also beyond 2^53 and across i64, u64 and f64.
-    #[rstest::rstest]
-    #[case(json!(9007199254740993u64), "eq", json!(9007199254740992u64), false)]
-    #[case(json!(9007199254740993u64), "ne", json!(9007199254740992u64), true)]
-    #[case(json!(9007199254740993u64), "eq", json!(9007199254740993u64), true)]
-    #[case(json!(9007199254740993u64), "gt", json!(9007199254740992u64), true)]
-    #[case(json!(9007199254740992u64), "lt", json!(9007199254740993u64), true)]
-    #[case(json!(-9007199254740993i64), "lt", json!(-9007199254740992i64), true)]
-    #[case(json!(u64::MAX), "gt", json!(-1), true)]
-    #[case(json!(u64::MAX), "eq", json!(-1), false)]
-    #[case(json!(i64::MIN), "lt", json!(u64::MAX), true)]
-    #[case(json!(u64::MAX), "gt", json!(i64::MAX), true)]
-    #[case(json!(1), "eq", json!(1.0), true)]
-    #[case(json!(0), "eq", json!(-0.0), true)]
-    #[case(json!(9007199254740993u64), "eq", json!(9007199254740992.0), false)]
-    #[case(json!(9007199254740993u64), "gt", json!(9007199254740992.0), true)]
-    #[case(json!(9007199254740992u64), "eq", json!(9007199254740992.0), true)]
-    #[case(json!(2), "lt", json!(2.5), true)]
-    #[case(json!(-2), "gt", json!(-2.5), true)]
-    #[case(json!(-3), "lt", json!(-2.5), true)]
-    #[case(json!(u64::MAX), "lt", json!(1e300), true)]
-    #[case(json!(i64::MIN), "gt", json!(-1e300), true)]
-    #[case(json!(u64::MAX), "lt", json!(18446744073709551616.0), true)]
-    #[case(json!(2.5), "gt", json!(2.25), true)]
-    #[case(json!([1, {"a": 2}]), "eq", json!([1.0, {"a": 2.0}]), true)]
-    #[case(json!([9007199254740993u64]), "eq", json!([9007199254740992u64]), false)]
-    #[case(json!(9007199254740993u64), "in", json!([9007199254740992u64]), false)]
-    #[case(json!([9007199254740993u64]), "contains", json!(9007199254740992u64), false)]
-    fn numbers_compare_exactly(
-        #[case] actual: Value,
-        #[case] op: &str,
-        #[case] value: Value,
-        #[case] expected: bool,
-    ) {
-        let c = json!({"path": "args.n", "op": op, "value": value});
-        assert_eq!(
-            eval(c, json!({ "n": actual })),
-            Ok(expected),
-            "{actual} {op} {value}"
-        );
-    }
-
-    /// The same from policy text, as a policy file and a call are parsed.
-    #[test]
-    fn integers_beyond_2_pow_53_parsed_from_text_are_not_rounded() {
-        let c: Condition =
-            serde_json::from_str(r#"{"path": "args.n", "op": "eq", "value": 9007199254740993}"#)
-                .unwrap();
-        for (text, expected) in [
-            (r#"{"n": 9007199254740993}"#, true),
-            (r#"{"n": 9007199254740992}"#, false),
-            (r#"{"n": 9007199254740992.0}"#, false),
-        ] {
-            let args: Value = serde_json::from_str(text).unwrap();
-            let call = ToolCall {
-                tool: "t",
-                args: &args,
-                grant: "g",
-                session: "s",
-                server: "",
-                annotations: None,
-            };
-            assert_eq!(c.holds(&call), Ok(expected), "{text}");
-        }
-    }
-
-    #[test]
-    fn type_mismatch_is_an_error_not_a_pass() {
-        let err = eval(
-            json!({"path": "args.n", "op": "gt", "value": 1}),
-            json!({"n": "2"}),
-        )
-        .unwrap_err();
-        assert!(err.contains("`args.n` is a string"), "{err}");
-        assert!(eval(
-            json!({"path": "args.s", "op": "starts_with", "value": "gw-"}),
-            json!({"s": 5})
-        )
-        .is_err());
-    }
-
-    #[rstest::rstest]
-    #[case(json!({"path": "argz.x", "op": "eq", "value": 1}), "must start with")]
-    #[case(json!({"path": "args.x", "op": "equals", "value": 1}), "unknown variant")]
-    #[case(json!({"path": "args.x", "op": "eq"}), "needs a `value`")]
-    #[case(json!({"path": "args.x", "op": "exists", "value": 1}), "takes no `value`")]
-    #[case(json!({"path": "args.x", "op": "in", "value": 1}), "array")]
-    #[case(json!({"path": "args.x", "op": "regex", "value": "("}), "not a valid regex")]
-    #[case(json!({"path": "args.x[", "op": "exists"}), "unclosed")]
-    #[case(json!({"path": "tool.x", "op": "exists"}), "only `args` has fields")]
-    #[case(json!({"path": "args.x", "op": "eq", "value": 1, "extra": 2}), "unknown field")]
-    fn bad_conditions_fail_to_load(#[case] c: Value, #[case] expected: &str) {
-        let err = cond(c).unwrap_err();
-        assert!(err.contains(expected), "{err}");
-    }
-}
+#[path = "condition_tests.rs"]
+mod tests;

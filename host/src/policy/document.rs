@@ -45,15 +45,18 @@ pub struct PolicyDocument {
 #[serde(try_from = "Value")]
 pub struct Version;
 
+/// A `version` other than 1, as JSON.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unsupported policy version {0}; this gateway reads version \"1\"")]
+pub struct UnsupportedVersion(pub String);
+
 impl TryFrom<Value> for Version {
-    type Error = String;
-    fn try_from(v: Value) -> Result<Self, String> {
+    type Error = UnsupportedVersion;
+    fn try_from(v: Value) -> Result<Self, UnsupportedVersion> {
         match v {
             Value::String(s) if s == "1" => Ok(Version),
             Value::Number(n) if n.as_u64() == Some(1) => Ok(Version),
-            other => Err(format!(
-                "unsupported policy version {other}; this gateway reads version \"1\""
-            )),
+            other => Err(UnsupportedVersion(other.to_string())),
         }
     }
 }
@@ -214,10 +217,21 @@ pub struct WindowSpec {
     pub label: String,
 }
 
+/// Why a `window` is not one, with the window as JSON.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WindowError {
+    /// Not a positive number, a unit or a length with a unit.
+    #[error("invalid window {0}: a window is seconds (a number) or one of second|minute|hour|day, or like \"90s\", \"5m\", \"2h\", \"1d\"")]
+    Invalid(String),
+    /// Longer than counters keep.
+    #[error("window {0} is longer than the 7-day maximum")]
+    TooLong(String),
+}
+
 impl TryFrom<Value> for WindowSpec {
-    type Error = String;
-    fn try_from(v: Value) -> Result<Self, String> {
-        let hint = "a window is seconds (a number) or one of second|minute|hour|day, or like \"90s\", \"5m\", \"2h\", \"1d\"";
+    type Error = WindowError;
+    fn try_from(v: Value) -> Result<Self, WindowError> {
         let length_ms = match &v {
             Value::Number(n) => n
                 .as_f64()
@@ -250,9 +264,9 @@ impl TryFrom<Value> for WindowSpec {
             _ => None,
         }
         .filter(|ms| *ms > 0)
-        .ok_or_else(|| format!("invalid window {v}: {hint}"))?;
+        .ok_or_else(|| WindowError::Invalid(v.to_string()))?;
         if length_ms > MAX_WINDOW_MS {
-            return Err(format!("window {v} is longer than the 7-day maximum"));
+            return Err(WindowError::TooLong(v.to_string()));
         }
         let label = match length_ms {
             1_000 => "per second".to_owned(),
@@ -281,6 +295,22 @@ mod tests {
     fn windows(#[case] v: Value, #[case] ms: u64, #[case] label: &str) {
         let w = WindowSpec::try_from(v).unwrap();
         assert_eq!((w.length_ms, w.label.as_str()), (ms, label));
+    }
+
+    #[test]
+    fn bad_windows_and_versions_say_why() {
+        assert_eq!(
+            WindowSpec::try_from(json!("30d")).unwrap_err().to_string(),
+            "window \"30d\" is longer than the 7-day maximum"
+        );
+        assert!(WindowSpec::try_from(json!("5x"))
+            .unwrap_err()
+            .to_string()
+            .starts_with("invalid window \"5x\": a window is seconds"));
+        assert_eq!(
+            Version::try_from(json!(2)).unwrap_err().to_string(),
+            "unsupported policy version 2; this gateway reads version \"1\""
+        );
     }
 
     #[rstest::rstest]

@@ -1,6 +1,8 @@
 use super::*;
+use crate::call::ToolCall;
 use crate::clock::ManualClock;
 use crate::counters::{CounterStore, MemoryCounterStore};
+use crate::decision::{Decision, Verdict};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -287,6 +289,12 @@ fn default_is_deny_when_absent() {
     assert!(p.is_visible("a") && !p.is_visible("b"));
 }
 
+/// The help miette shows for an error, or nothing.
+fn help_of(invalid: &InvalidPolicy) -> String {
+    use miette::Diagnostic;
+    invalid.help().map(|h| h.to_string()).unwrap_or_default()
+}
+
 fn load_error(text: &str) -> PolicyError {
     Policy::from_json(text, "bad.json").unwrap_err()
 }
@@ -324,17 +332,17 @@ fn bad_policies_name_line_message_and_hint(
 ) {
     match load_error(text) {
         PolicyError::Invalid(invalid) => {
+            let h = help_of(&invalid);
             let InvalidPolicy {
                 line: l,
                 message: m,
-                help: h,
                 file,
                 ..
             } = *invalid;
             assert_eq!(file, "bad.json");
             assert_eq!(l, line, "line of {m}");
             assert!(m.contains(message), "{m}");
-            assert!(h.unwrap_or_default().contains(help), "hint for {m}");
+            assert!(h.contains(help), "hint for {m}");
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -390,13 +398,7 @@ fn a_key_named_twice_is_refused_where_it_is(
                 (line, column, location),
                 "{text}"
             );
-            assert!(
-                invalid
-                    .help
-                    .unwrap_or_default()
-                    .contains("name each key once"),
-                "{text}"
-            );
+            assert!(help_of(&invalid).contains("name each key once"), "{text}");
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -412,4 +414,142 @@ fn a_rendered_error_shows_the_file_location_and_snippet() {
     assert!(rendered.contains("bad.json:2:"), "{rendered}");
     assert!(rendered.contains("tools.a.action"), "{rendered}");
     assert!(rendered.contains("require_approval"), "{rendered}");
+}
+
+/// The span of an error found on the compiled document, as text.
+fn underlined(text: &str) -> (String, String, usize) {
+    match load_error(text) {
+        PolicyError::Invalid(invalid) => {
+            let (start, len) = (invalid.span.offset(), invalid.span.len());
+            (
+                invalid.location.clone(),
+                text[start..start + len].to_owned(),
+                start,
+            )
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// An error is underlined where its path leads, not at the first text that looks like it:
+/// the second rule's `max` is the second rule's, though the first rule has a `max` too.
+#[test]
+fn an_error_in_the_second_rule_is_underlined_in_the_second_rule() {
+    let text = r#"{"version": "1", "tools": {
+  "a": {"limits": [{"counter": "c", "window": 1, "max": 5}]},
+  "b": {"limits": [{"counter": "c", "window": 1, "max": 1}, {"counter": "d", "window": 1, "max": 0}]}}}"#;
+    let (location, shown, start) = underlined(text);
+    assert_eq!(location, "tools.b.limits[1].max");
+    assert_eq!(shown, "0");
+    assert!(start > text.find("\"b\"").unwrap(), "{start}");
+    match load_error(text) {
+        PolicyError::Invalid(invalid) => {
+            let third = text.lines().nth(2).unwrap();
+            let column = third.find("\"max\": 0").unwrap() + "\"max\": ".len() + 1;
+            assert_eq!((invalid.line, invalid.column), (3, column));
+            assert_eq!(invalid.kind, Problem::ZeroMax);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+
+    let text = r#"{"version": "1",
+  "all_tools": {"rate_limit": {"max": 3, "window": 1}},
+  "tools": {"a": {"rate_limit": {"max": 0, "window": 1}}}}"#;
+    let (location, shown, start) = underlined(text);
+    assert_eq!(location, "tools.a.rate_limit.max");
+    assert_eq!(shown, "0");
+    assert!(start > text.find("\"tools\"").unwrap());
+
+    let text = r#"{"version": "1", "tools": {"a": {"limits": [{"counter": "counter", "window": 1, "max": 1}]},
+  "b": {"limits": [{"counter": "ok", "window": 1, "max": 1}, {"counter": "", "window": 1, "max": 1}]}}}"#;
+    let (location, shown, start) = underlined(text);
+    assert_eq!(location, "tools.b.limits[1].counter");
+    assert_eq!(shown, "\"\"");
+    assert!(start > text.find("\"b\"").unwrap());
+}
+
+#[test]
+fn a_use_of_an_undeclared_plugin_is_underlined_at_its_name() {
+    let text = r#"{"version": "1", "tools": {"a": {"description": "nope"},
+  "b": {"use": [{"plugin": "nope"}]}}}"#;
+    let (location, shown, start) = underlined(text);
+    assert_eq!(location, "tools.b.use[0].plugin");
+    assert_eq!(shown, "\"nope\"");
+    assert!(start > text.find("\"b\"").unwrap());
+    match load_error(text) {
+        PolicyError::Invalid(invalid) => {
+            assert_eq!(invalid.message, "no plugin named `nope` in `plugins`");
+            assert!(help_of(&invalid).contains("under `plugins`"));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// A policy with plugins and no runtime to load them into: the place is `plugins`.
+#[test]
+fn plugins_without_a_runtime_are_refused_at_plugins() {
+    let text = r#"{"version": "1", "tools": {"plugins": {}},
+  "plugins": {"p": {"path": "p.wasm"}}}"#;
+    let (location, shown, start) = underlined(text);
+    assert_eq!(location, "plugins");
+    assert_eq!(shown, r#"{"p": {"path": "p.wasm"}}"#);
+    assert_eq!(start, text.find(r#"{"p""#).unwrap());
+}
+
+/// Each kind of problem brings its own help, chosen by the place serde failed at.
+#[rstest::rstest]
+#[case("tools.a.action", "unknown variant `x`", "an action is")]
+#[case("tools.a.limits[0].window", "invalid window", "a window is")]
+#[case("tools.a.limits[0]", "missing field `window`", "a window is")]
+#[case("all_tools.rate_limit", "missing field `max`", "a limit is")]
+#[case("tools.a.rate_limit.max", "invalid type", "a limit is")]
+#[case("tools.a.limits[0].scope", "unknown variant `x`", "a scope is")]
+#[case(
+    "tools.a.require[0]",
+    "operator `in` needs an array `value`",
+    "operators:"
+)]
+#[case("tools.a.deny_if[1]", "path `x` must start with", "a path starts at")]
+#[case("tools.a.require[0].path", "invalid type", "a path starts at")]
+#[case("tools.a.require[0].op", "unknown variant `equals`", "operators:")]
+#[case("version", "unsupported policy version", "write `\"version\": \"1\"`")]
+#[case("default", "unknown variant `x`", "`default` is")]
+#[case("tools.a", "unknown field `deny-if`, expected one of", "snake_case")]
+#[case("the document", "duplicate field `default`", "name each key once")]
+fn a_problem_from_reading_has_the_help_of_its_place(
+    #[case] location: &str,
+    #[case] message: &str,
+    #[case] help: &str,
+) {
+    use miette::Diagnostic;
+    let kind = Problem::of_serde(location, message.to_owned());
+    assert_eq!(kind.to_string(), message);
+    let shown = kind.help().map(|h| h.to_string()).unwrap_or_default();
+    assert!(shown.contains(help), "{location}: {shown}");
+}
+
+/// A value of the wrong type elsewhere gets no help rather than a wrong one (the JSON
+/// syntax hint used to answer any message with `expected` in it).
+#[test]
+fn a_wrong_type_elsewhere_has_no_misleading_help() {
+    use miette::Diagnostic;
+    let kind = Problem::of_serde(
+        "hide",
+        "invalid type: integer `1`, expected a sequence".into(),
+    );
+    assert!(kind.help().is_none());
+}
+
+#[test]
+fn a_rendered_compile_error_points_at_its_own_line() {
+    let err = load_error(
+        "{\"version\": \"1\", \"tools\": {\n \"a\": {\"rate_limit\": {\"max\": 2, \"window\": 1}},\n \"b\": {\"rate_limit\": {\"max\": 0, \"window\": 1}}}}",
+    );
+    let mut rendered = String::new();
+    miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+        .render_report(&mut rendered, &err)
+        .unwrap();
+    assert!(rendered.contains("bad.json:3:"), "{rendered}");
+    assert!(rendered.contains("tools.b.rate_limit.max"), "{rendered}");
+    assert!(rendered.contains("at least 1"), "{rendered}");
 }

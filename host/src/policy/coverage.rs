@@ -1,0 +1,38 @@
+//! Coverage: every point a decision can reach, named as [`super::Step`]s name them, so that
+//! `toolgate test` can say which ones no case reached.
+
+use super::{PluginUse, Policy, Rule};
+
+impl Policy {
+    /// Every point a decision can reach, for coverage: each rule, each condition, each
+    /// plugin use twice (`... allow` and `... refuse`: a plugin that never refused in any case
+    /// is not covered). [`Step`](super::Step)s name the same points.
+    pub fn coverage_points(&self) -> Vec<String> {
+        let mut points = Vec::new();
+        let uses = |points: &mut Vec<String>, uses: &[PluginUse]| {
+            for u in uses {
+                let at = format!("{} (plugin {})", u.site, u.plugin.name());
+                points.push(format!("{at} allow"));
+                points.push(format!("{at} refuse"));
+            }
+        };
+        let mut rules: Vec<&Rule> = self
+            .exact
+            .values()
+            .chain(self.globs.iter().map(|(_, r)| r))
+            .collect();
+        rules.sort_by(|a, b| a.id.cmp(&b.id));
+        for rule in rules {
+            points.push(rule.id.clone());
+            for i in 0..rule.require.len() {
+                points.push(format!("{}.require[{i}]", rule.id));
+            }
+            for i in 0..rule.deny_if.len() {
+                points.push(format!("{}.deny_if[{i}]", rule.id));
+            }
+            uses(&mut points, &rule.uses);
+        }
+        uses(&mut points, &self.all_tools_uses);
+        points
+    }
+}

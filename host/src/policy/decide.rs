@@ -1,0 +1,265 @@
+//! Deciding a `tools/call`: [`Policy::decide`] walks the steps listed in the module doc, in
+//! that order, and [`Policy::decide_traced`] records each one.
+
+use super::{Action, DefaultAction, Limit, Outcome, PluginUse, Policy, Rule, Step, UNKNOWN_RULE};
+use crate::call::ToolCall;
+use crate::counters::{CounterKey, CounterStore, Window};
+use crate::decision::{Decision, Verdict};
+use crate::plugins::PluginCall;
+use std::sync::Arc;
+
+/// Collects steps when tracing; does nothing (and allocates nothing) otherwise.
+struct Tracer<'t>(Option<&'t mut Vec<Step>>);
+
+impl Tracer<'_> {
+    fn step(&mut self, point: impl FnOnce() -> String, result: impl FnOnce() -> String) {
+        if let Some(steps) = self.0.as_mut() {
+            steps.push(Step {
+                point: point(),
+                result: result(),
+                instructions: None,
+            });
+        }
+    }
+}
+
+impl Policy {
+    /// Decides one call, consuming counter units if it is allowed.
+    pub fn decide(&self, call: &ToolCall<'_>, counters: &Arc<dyn CounterStore>) -> Outcome {
+        self.decide_inner(call, counters, Tracer(None))
+    }
+
+    /// Decides one call like [`Policy::decide`], and records each step in `steps`: which rule
+    /// matched, each condition and what it gave, the limits, each plugin and its decision.
+    pub fn decide_traced(
+        &self,
+        call: &ToolCall<'_>,
+        counters: &Arc<dyn CounterStore>,
+        steps: &mut Vec<Step>,
+    ) -> Outcome {
+        self.decide_inner(call, counters, Tracer(Some(steps)))
+    }
+
+    fn decide_inner(
+        &self,
+        call: &ToolCall<'_>,
+        counters: &Arc<dyn CounterStore>,
+        mut trace: Tracer<'_>,
+    ) -> Outcome {
+        let refuse = |decision| Outcome {
+            decision,
+            reservations: Vec::new(),
+            instructions: 0,
+            peak_memory: 0,
+        };
+        let rule = self.rule_for(call.tool);
+        let unlisted = rule.is_none() && self.default == DefaultAction::Deny;
+        let hidden = self.hide.iter().any(|h| h.matches(call.tool));
+        if unlisted || hidden {
+            trace.step(
+                || "hide".into(),
+                || {
+                    if hidden {
+                        "hidden"
+                    } else {
+                        "no rule under default: deny"
+                    }
+                    .into()
+                },
+            );
+            tracing::debug!(tool = call.tool, "call to a hidden or unlisted tool");
+            return refuse(Decision::deny(UNKNOWN_RULE, "unknown tool"));
+        }
+        let rule_id = rule.map_or("default", |r| r.id.as_str());
+        trace.step(|| rule_id.to_owned(), || "matched".into());
+        let with_reason = |rule: &Rule, detail: String| match &rule.reason {
+            Some(reason) => format!("{reason} ({detail})"),
+            None => detail,
+        };
+        if let Some(rule) = rule {
+            if rule.action != Action::Allow {
+                trace.step(
+                    || format!("{rule_id}.action"),
+                    || match rule.action {
+                        Action::RequireApproval => "require_approval".into(),
+                        _ => "deny".into(),
+                    },
+                );
+            }
+            if rule.action == Action::Deny {
+                let reason = rule
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| format!("`{}` is denied by policy", call.tool));
+                return refuse(Decision::deny(rule_id, reason));
+            }
+            for (i, condition) in rule.require.iter().enumerate() {
+                let holds = condition.holds(call);
+                trace.step(|| format!("{rule_id}.require[{i}]"), || said(&holds));
+                match holds {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return refuse(Decision::deny(
+                            rule_id,
+                            with_reason(rule, format!("requirement not met: {condition}")),
+                        ))
+                    }
+                    Err(e) => {
+                        return refuse(Decision::deny(
+                            rule_id,
+                            format!("policy evaluation error: {e}"),
+                        ))
+                    }
+                }
+            }
+            for (i, condition) in rule.deny_if.iter().enumerate() {
+                let holds = condition.holds(call);
+                trace.step(|| format!("{rule_id}.deny_if[{i}]"), || said(&holds));
+                match holds {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        return refuse(Decision::deny(
+                            rule_id,
+                            with_reason(rule, format!("denied because {condition}")),
+                        ))
+                    }
+                    Err(e) => {
+                        return refuse(Decision::deny(
+                            rule_id,
+                            format!("policy evaluation error: {e}"),
+                        ))
+                    }
+                }
+            }
+            if rule.action == Action::RequireApproval {
+                let detail = "approval not configured: this gateway has no approvers, so calls that need approval are refused".to_owned();
+                return refuse(Decision {
+                    verdict: Verdict::RequireApproval,
+                    rule: rule_id.to_owned(),
+                    reason: with_reason(rule, detail),
+                    retry_after_ms: None,
+                });
+            }
+        }
+        let limits: Vec<&Limit> = self
+            .all_tools_limits
+            .iter()
+            .chain(rule.into_iter().flat_map(|r| &r.limits))
+            .collect();
+        let uses: Vec<&PluginUse> = self
+            .all_tools_uses
+            .iter()
+            .chain(rule.into_iter().flat_map(|r| &r.uses))
+            .collect();
+        if limits.is_empty() && uses.is_empty() {
+            return refuse(Decision::allow(rule_id));
+        }
+        let requests: Vec<(CounterKey, Window)> = limits
+            .iter()
+            .map(|l| {
+                (
+                    CounterKey::new(&l.counter, l.scope, call.grant, call.session),
+                    l.window,
+                )
+            })
+            .collect();
+        let consumed = counters.consume(&requests);
+        if !limits.is_empty() {
+            trace.step(
+                || "limits".into(),
+                || match &consumed {
+                    Ok(_) => "consumed".into(),
+                    Err(e) => format!("exhausted: counter {}", limits[e.index].counter),
+                },
+            );
+        }
+        match consumed {
+            Ok(reservations) => {
+                self.run_plugins(call, &uses, counters, rule_id, reservations, &mut trace)
+            }
+            Err(exhausted) => {
+                let limit = limits[exhausted.index];
+                let retry_s = exhausted.retry_after_ms.div_ceil(1000);
+                refuse(Decision {
+                    verdict: Verdict::RateLimited,
+                    rule: if exhausted.index < self.all_tools_limits.len() {
+                        "all_tools".into()
+                    } else {
+                        rule_id.to_owned()
+                    },
+                    reason: format!(
+                        "counter {} allows {} {}; retry in {retry_s} s",
+                        limit.counter, limit.window.max, limit.label
+                    ),
+                    retry_after_ms: Some(exhausted.retry_after_ms),
+                })
+            }
+        }
+    }
+
+    /// Runs the plugins in order after the declarative checks passed. The first refusal wins,
+    /// and every unit the call took (declarative and plugin) is refunded with it.
+    fn run_plugins(
+        &self,
+        call: &ToolCall<'_>,
+        uses: &[&PluginUse],
+        counters: &Arc<dyn CounterStore>,
+        rule_id: &str,
+        mut reservations: Vec<crate::counters::Reservation>,
+        trace: &mut Tracer<'_>,
+    ) -> Outcome {
+        let (mut instructions, mut peak_memory) = (0, 0);
+        if !uses.is_empty() {
+            let arguments = call.args.to_string();
+            let plugin_call = PluginCall {
+                tool: call.tool,
+                arguments: &arguments,
+                grant: call.grant,
+                session: call.session,
+                server: call.server,
+                annotations: call.annotations,
+            };
+            for u in uses {
+                let outcome = u.plugin.evaluate(&plugin_call, &u.config, counters);
+                reservations.extend(outcome.reservations);
+                instructions += outcome.instructions;
+                peak_memory = peak_memory.max(outcome.peak_memory);
+                if let Some(steps) = trace.0.as_mut() {
+                    let d = &outcome.decision;
+                    steps.push(Step {
+                        point: format!("{} (plugin {})", u.site, u.plugin.name()),
+                        result: match d.verdict {
+                            Verdict::Allow => "allow".to_owned(),
+                            verdict => format!("{}: {}", verdict.as_str(), d.reason),
+                        },
+                        instructions: Some(outcome.instructions),
+                    });
+                }
+                if !outcome.decision.is_allow() {
+                    counters.refund(&reservations);
+                    return Outcome {
+                        decision: outcome.decision,
+                        reservations: Vec::new(),
+                        instructions,
+                        peak_memory,
+                    };
+                }
+            }
+        }
+        Outcome {
+            decision: Decision::allow(rule_id),
+            reservations,
+            instructions,
+            peak_memory,
+        }
+    }
+}
+
+/// A condition's result, in a trace's words.
+fn said<E: std::fmt::Display>(holds: &Result<bool, E>) -> String {
+    match holds {
+        Ok(true) => "holds".into(),
+        Ok(false) => "does not hold".into(),
+        Err(e) => format!("error: {e}"),
+    }
+}
