@@ -139,6 +139,12 @@ pub(crate) struct Limits {
     /// to finish (idle keep-alive connections are closed, GET streams end at once); then the
     /// rest are cut off.
     pub(crate) shutdown_grace_s: u64,
+    /// Plugin evaluations running at once, over all grants and sessions; a call past it waits
+    /// up to its plugin's timeout for one to finish, then is denied. Calls run plugins on the
+    /// runtime's blocking threads, so without a cap a burst would take one instance slot of
+    /// the pool (256 in all) per call. More only helps up to the number of cores and leaves
+    /// fewer slots to idle instances; fewer makes bursts wait.
+    pub(crate) max_plugin_evaluations: usize,
 }
 
 impl Default for Limits {
@@ -152,6 +158,7 @@ impl Default for Limits {
             client_timeout_s: 10,
             max_connections: 4096,
             shutdown_grace_s: 10,
+            max_plugin_evaluations: crate::plugins::DEFAULT_MAX_CONCURRENT_EVALUATIONS,
         }
     }
 }
@@ -326,6 +333,18 @@ mod tests {
         let path = dir.path().join("toolgate.toml");
         std::fs::write(&path, text).unwrap();
         Config::load(&path)
+    }
+
+    #[test]
+    fn the_plugin_evaluation_cap_defaults_to_the_runtimes_and_can_be_set() {
+        let upstream = "[upstream]\nurl = \"http://127.0.0.1:1/mcp\"\n";
+        let default = load(upstream).unwrap();
+        assert_eq!(
+            default.limits.max_plugin_evaluations,
+            crate::plugins::DEFAULT_MAX_CONCURRENT_EVALUATIONS
+        );
+        let set = load(&format!("{upstream}[limits]\nmax_plugin_evaluations = 8\n")).unwrap();
+        assert_eq!(set.limits.max_plugin_evaluations, 8);
     }
 
     #[test]

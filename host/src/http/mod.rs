@@ -58,7 +58,9 @@ const SESSION_DELETES_WITHIN: Duration = Duration::from_secs(3);
 /// Loads the config and serves until the process is stopped.
 pub fn serve(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    let grants = Grants::load(&config, &crate::policy::Loader::from_env())?;
+    let runtime = crate::plugins::PluginRuntime::from_env()
+        .map(|r| r.with_max_concurrent_evaluations(config.limits.max_plugin_evaluations));
+    let grants = Grants::load(&config, &crate::policy::Loader::from_runtime(runtime))?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = config.worker_threads {
         runtime.worker_threads(threads.max(1));

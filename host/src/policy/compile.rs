@@ -6,7 +6,7 @@ use super::error::Problem;
 use super::spans::Spans;
 use super::{unique_keys, Limit, PluginUse, Policy, PolicyError, Rule};
 use crate::counters::Window;
-use crate::plugins::{Plugin, PluginLimits, PluginRuntime};
+use crate::plugins::{Plugin, PluginError, PluginLimits, PluginRuntime};
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -55,10 +55,14 @@ impl Loader {
     /// ([`PluginRuntime::from_env`]). If the engine cannot start, policies without plugins
     /// still load, and one that names plugins fails saying why.
     pub fn from_env() -> Self {
+        Self::from_runtime(PluginRuntime::from_env())
+    }
+
+    /// A loader with `runtime`; if it could not be made, policies without plugins still load,
+    /// and one that names plugins fails saying why.
+    pub fn from_runtime(runtime: Result<PluginRuntime, PluginError>) -> Self {
         Self {
-            plugins: PluginRuntime::from_env()
-                .map(Arc::new)
-                .map_err(|e| e.to_string().into()),
+            plugins: runtime.map(Arc::new).map_err(|e| e.to_string().into()),
         }
     }
 
