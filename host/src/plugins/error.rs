@@ -1,6 +1,6 @@
 //! Why a plugin did not load, and why a call into one failed.
 //!
-//! A failed evaluation is a deny whose reason is `plugin `<name>` <failure>`: [`EvalFailure`]
+//! A failed evaluation is a deny whose reason is ``plugin `<name>` <failure>``: [`EvalFailure`]
 //! is the `<failure>`, one variant per cause, each worded for the person reading the deny.
 //! Causes are told apart by the types in wasmtime's error chain (its [`Trap`], the host's own
 //! [`ImportRefused`], [`BudgetExceeded`], [`GrowFailed`], [`LogCapExceeded`] and
@@ -47,7 +47,7 @@ pub enum PluginError {
 }
 
 /// Why a call into a plugin (`evaluate`, `metadata` or `validate-config`) did not return a
-/// usable answer. Displayed after `plugin `<name>` `, so each text reads as a predicate.
+/// usable answer. Displayed after ``plugin `<name>` ``, so each text reads as a predicate.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EvalFailure {

@@ -9,23 +9,23 @@
 //! 3. **compile**: once per content digest in this process, and cached on disk keyed by
 //!    sha256 + wasmtime version + engine configuration, so a restart loads it in a fraction of
 //!    a millisecond. A cached artifact is native code: it is used only from a private folder
-//!    and with a valid tag under the folder's own key (see [`cache`]);
+//!    and with a valid tag under the folder's own key (see `cache.rs`);
 //! 4. **pre-instantiate**: link it against the granted imports once, into a `PluginPre`
 //!    (a [`wasmtime::component::InstancePre`] with the engine and limits its instances need);
 //!    a plugin that needs anything else, or exports another world, fails here, at load time;
 //! 5. **evaluate**: take one of the runtime's evaluation permits, rehydrate the `PluginPre`
 //!    into an instance (or take a prepared or warm one), and run `evaluate` under a fuel
 //!    budget, an epoch deadline, one memory budget for the whole instance and a cap on every
-//!    import (see [`host`]). Every trap, timeout, limit hit, malformed result or missing
+//!    import (see `host.rs`). Every trap, timeout, limit hit, malformed result or missing
 //!    permit is a **deny** naming the plugin and the cause ([`EvalFailure`]); the next
 //!    evaluation starts from a clean instance.
 //!
-//! The files follow the steps, each depending only on those before it: [`limits`] (the knobs
-//! of one plugin), [`load`] (read → [`load::verify`] → compile, with [`cache`] →
-//! pre-instantiate, into a `PluginPre`), [`instances`] (rehydrating a `PluginPre`, the idle
-//! instances and the chores thread), [`evaluate`] (a [`Plugin`] and its calls, under the
-//! [`permits`]), [`error`] (why a load or a call failed, told apart by type), and on top
-//! [`runtime`] (the engine, its knobs and threads, and [`PluginRuntime::load`], which walks
+//! The files follow the steps, each depending only on those before it: `limits.rs` (the knobs
+//! of one plugin), `load.rs` (read → `load.rs::verify` → compile, with `cache.rs` →
+//! pre-instantiate, into a `PluginPre`), `instances.rs` (rehydrating a `PluginPre`, the idle
+//! instances and the chores thread), `evaluate.rs` (a [`Plugin`] and its calls, under the
+//! `permits.rs`), `error.rs` (why a load or a call failed, told apart by type), and on top
+//! `runtime.rs` (the engine, its knobs and threads, and [`PluginRuntime::load`], which walks
 //! a file through the steps).
 //!
 //! The sandbox grants the three toolgate interfaces (counters, clock, log) and nothing else:

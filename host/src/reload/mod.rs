@@ -10,7 +10,7 @@
 //!
 //! Triggers, each in a module of its own: changes to the policy file or any plugin file it
 //! names ([`watch`]: `notify`, debounced so that an editor's several writes make one reload),
-//! `SIGHUP` ([`reload_on_sighup`]), and `reload` on the admin socket ([`admin`], used by
+//! `SIGHUP` ([`reload_on_sighup`]), and `reload` on the admin socket (`admin.rs`, used by
 //! `toolgate reload`).
 
 mod admin;
