@@ -2,11 +2,14 @@
 //!
 //! The tests against the ecosystem's own peers (server-everything, mcp-server-time, the Python
 //! SDK, the Inspector CLI) are in `tests/python/`; these cover the LLM CLI Gateway stand-in,
-//! bad input and the counters' guarantees.
+//! bad input, plugins, hot swap, HTTP, the integrity suite against Go and Node stand-ins, and
+//! the house rules of ARCHITECTURE.md (`house.rs`). The counters' guarantees and the session
+//! core are unit tests beside their code.
 
 mod bad_input;
 mod fuzz_smoke;
 mod hot_swap;
+mod house;
 mod http;
 mod integrity;
 mod plugins;
