@@ -138,7 +138,9 @@ fn the_cycle_finder_finds_a_cycle() {
     .collect();
     assert_eq!(find_cycle(&graph).unwrap(), ["a", "b", "c", "a"]);
     assert_eq!(
-        dependencies("use crate::policy::X;\n// crate::http\nlet _ = toolgate_crate::y;"),
+        dependencies(&code(
+            "use crate::policy::X;\n// crate::http\nlet _ = toolgate_crate::y;\n#[cfg(test)]\nmod tests { use crate::stdio; }"
+        )),
         BTreeSet::from(["policy".to_owned()])
     );
 }
