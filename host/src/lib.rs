@@ -5,11 +5,15 @@
 //! `tools/list` replies lose the tools the policy hides.
 //!
 //! ## Following one `tools/call`
-//! 1. [`stdio`] reads a line from the client and hands it to the [`session::Session`].
+//! ARCHITECTURE.md (at the repository's root) has the modules, which way they depend, and a
+//! reading order. In short:
+//! 1. [`stdio`] (or [`http`]) reads a line from the client and hands it to the
+//!    [`session::Session`].
 //! 2. [`session::Session::from_client`] reads its routing fields ([`jsonrpc`]) and, for
-//!    `tools/call`, asks the policy.
-//! 3. [`policy::Policy::decide`] walks the rule: visibility, `action`, `require`, `deny_if`,
-//!    then the limits, consumed from the [`counters::CounterStore`] (time from [`clock`]).
+//!    `tools/call`, asks the policy (`decide_call` in `session/mod.rs`).
+//! 3. [`policy::Policy::decide`] (`policy/decide.rs`) walks the rule: visibility, `action`,
+//!    `require`, `deny_if`, the rule's [`plugins`], then the limits, consumed from the
+//!    [`counters::CounterStore`] (time from [`clock`]).
 //! 4. The [`decision::Decision`] either lets the line go upstream (under the gateway's own
 //!    request id), or becomes the tool result (`isError: true`, text `[toolgate] ...`) the
 //!    client gets instead.

@@ -1,4 +1,9 @@
 //! The `toolgate` command line.
+//!
+//! `toolgate run` loads the policy through a [`Loader`] holding the process's one plugin
+//! runtime, builds a [`Session`] and hands it to [`stdio::run`]. Where a `tools/call` is then
+//! decided: `Session::decide_call` in `host/src/session/mod.rs`, which calls
+//! `Policy::decide` (`host/src/policy/decide.rs`). ARCHITECTURE.md has the rest.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
