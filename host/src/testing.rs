@@ -265,12 +265,15 @@ pub fn run_file(loader: &Loader, path: &Path) -> FileResult {
     result
 }
 
+/// An `advance_s` that is not a clock step: negative, NaN, infinite or over [`MAX_ADVANCE_S`].
+#[derive(Debug, thiserror::Error)]
+#[error("advance_s must be a number of seconds from 0 to {MAX_ADVANCE_S} (10 years), not {0:?}")]
+struct BadAdvance(f64);
+
 /// An `advance_s` as a clock step: finite, at least 0, at most [`MAX_ADVANCE_S`].
-fn advance(seconds: f64) -> Result<Duration, String> {
+fn advance(seconds: f64) -> Result<Duration, BadAdvance> {
     if !(0.0..=MAX_ADVANCE_S).contains(&seconds) {
-        return Err(format!(
-            "advance_s must be a number of seconds from 0 to {MAX_ADVANCE_S} (10 years), not {seconds:?}"
-        ));
+        return Err(BadAdvance(seconds));
     }
     // In range, so this cannot panic (it does on a negative, NaN or overflowing value).
     Ok(Duration::from_secs_f64(seconds))

@@ -97,14 +97,16 @@ async fn reload(State(admin): State<Arc<Admin>>, request: Request) -> Response {
                 let status = live.status();
                 match live.reload("admin") {
                     Ok(changed) => json!({"policy": status.policy, "ok": true, "changed": changed}),
-                    Err(error) => json!({"policy": status.policy, "ok": false, "error": error}),
+                    Err(error) => {
+                        json!({"policy": status.policy, "ok": false, "error": error.to_string()})
+                    }
                 }
             })
             .collect();
         if let Some(cert) = cert {
             results.push(match cert.reload("admin") {
                 Ok(changed) => json!({"tls": true, "ok": true, "changed": changed}),
-                Err(error) => json!({"tls": true, "ok": false, "error": error}),
+                Err(error) => json!({"tls": true, "ok": false, "error": error.to_string()}),
             });
         }
         results

@@ -2,7 +2,7 @@
 //! upstream, the server side for the listeners. TLS 1.2 and 1.3, HTTP/1.1 by ALPN.
 
 use super::config::UpstreamTls;
-use crate::reload::Reloadable;
+use crate::reload::{ReloadError, Reloadable};
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use std::path::{Path, PathBuf};
@@ -121,8 +121,8 @@ impl Reloadable for ListenerCert {
         vec![self.cert_file.clone(), self.key_file.clone()]
     }
 
-    fn try_reload(&self, trigger: &str) -> Result<bool, String> {
-        let fresh = certified(&self.cert_file, &self.key_file).map_err(|e| format!("{e:#}"))?;
+    fn try_reload(&self, trigger: &str) -> Result<bool, ReloadError> {
+        let fresh = certified(&self.cert_file, &self.key_file).map_err(ReloadError::Certificate)?;
         let changed = self.current.load().cert != fresh.cert;
         self.current.store(Arc::new(fresh));
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -130,8 +130,8 @@ impl Reloadable for ListenerCert {
         Ok(changed)
     }
 
-    fn record_failure(&self, trigger: &str, error: &str) {
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_owned());
+    fn record_failure(&self, trigger: &str, error: &ReloadError) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_string());
         tracing::error!(trigger, %error, "listener certificate not reloaded; the old one stays");
     }
 }

@@ -57,8 +57,9 @@ pub enum BuildError {
     },
 }
 
-/// Turns a core module built for `wasm32-wasip1` into a component.
-pub fn componentize(module: &[u8]) -> Result<Vec<u8>, String> {
+/// Turns a core module built for `wasm32-wasip1` into a component (wit-component's errors
+/// are `anyhow` chains; [`build`] turns one into [`BuildError::Componentize`]).
+fn componentize(module: &[u8]) -> anyhow::Result<Vec<u8>> {
     wit_component::ComponentEncoder::default()
         .module(module)
         .and_then(|e| {
@@ -69,7 +70,6 @@ pub fn componentize(module: &[u8]) -> Result<Vec<u8>, String> {
         })
         .map(|e| e.validate(true))
         .and_then(|e| e.encode())
-        .map_err(|e| format!("{e:#}"))
 }
 
 /// Builds the plugin crate in `crate_dir` for `target` (`wasm32-wasip1` or `wasm32-wasip2`)
@@ -132,9 +132,9 @@ pub fn build(crate_dir: &Path, target: &str, out: Option<&Path>) -> Result<PathB
     let component = if is_component(&bytes) {
         bytes
     } else {
-        componentize(&bytes).map_err(|reason| BuildError::Componentize {
+        componentize(&bytes).map_err(|e| BuildError::Componentize {
             path: artifact.display().to_string(),
-            reason,
+            reason: format!("{e:#}"),
         })?
     };
     let out = match out {

@@ -98,7 +98,7 @@ pub fn serve_admin(live: Arc<LivePolicy>, path: &Path) -> Result<(), AdminError>
                             "status" => serde_json::json!({"ok": true, "status": live.status()}),
                             "reload" => match live.reload("admin") {
                                 Ok(changed) => serde_json::json!({"ok": true, "changed": changed, "status": live.status()}),
-                                Err(error) => serde_json::json!({"ok": false, "error": error, "status": live.status()}),
+                                Err(error) => serde_json::json!({"ok": false, "error": error.to_string(), "status": live.status()}),
                             },
                             other => serde_json::json!({"ok": false, "error": format!("unknown command `{other}`: status or reload")}),
                         };

@@ -33,6 +33,18 @@ pub const DEBOUNCE: Duration = Duration::from_millis(20);
 /// a failed reload (a writer slowed down mid-write by a busy machine).
 pub const SETTLE: Duration = Duration::from_millis(250);
 
+/// Why a reload failed. The active set or certificate stays, and the status says this.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The policy set did not load: its file, line, column and cause (the log at debug level
+    /// gets the full diagnostic).
+    #[error("{0}")]
+    Policy(Box<crate::policy::PolicyError>),
+    /// The listener certificate or its key did not load, with the chain of causes.
+    #[error("{0:#}")]
+    Certificate(anyhow::Error),
+}
+
 /// What files on disk define and can be loaded again while traffic flows: a policy set (the
 /// policy and its plugins), or the HTTP listeners' certificate.
 pub trait Reloadable: Send + Sync + 'static {
@@ -40,13 +52,13 @@ pub trait Reloadable: Send + Sync + 'static {
     fn files(&self) -> Vec<PathBuf>;
     /// Loads the files again and swaps the result in; `Ok(false)`: nothing changed. On failure
     /// the active one stays, and the error is returned, not yet recorded.
-    fn try_reload(&self, trigger: &str) -> Result<bool, String>;
+    fn try_reload(&self, trigger: &str) -> Result<bool, ReloadError>;
     /// Records a failed reload: the status and the log say why.
-    fn record_failure(&self, trigger: &str, error: &str);
+    fn record_failure(&self, trigger: &str, error: &ReloadError);
 
     /// Loads the files again and swaps the result in; a failure is recorded, and the active
     /// one stays. `Ok(false)`: nothing changed.
-    fn reload(&self, trigger: &str) -> Result<bool, String> {
+    fn reload(&self, trigger: &str) -> Result<bool, ReloadError> {
         self.try_reload(trigger)
             .inspect_err(|error| self.record_failure(trigger, error))
     }
@@ -92,12 +104,13 @@ fn now_ms() -> u64 {
 
 /// Reads and loads the policy at `path`: the set and its digest. The file is read once, so
 /// the digest is always the digest of what was loaded.
-fn load_set(loader: &Loader, path: &Path) -> Result<(Policy, String), String> {
-    // The error names the file, line, column and cause (the log gets the full diagnostic).
+fn load_set(loader: &Loader, path: &Path) -> Result<(Policy, String), ReloadError> {
     let (policy, text) = loader.load_with_text(path).map_err(|e| {
-        let line = e.to_string();
-        tracing::debug!("{:?}", miette::Report::new(e));
-        line
+        let mut diagnostic = String::new();
+        // Rendering into a String cannot fail.
+        let _ = miette::GraphicalReportHandler::new().render_report(&mut diagnostic, &e);
+        tracing::debug!("{diagnostic}");
+        ReloadError::Policy(Box::new(e))
     })?;
     let digest = digest(&text, &policy);
     Ok((policy, digest))
@@ -162,7 +175,7 @@ impl Reloadable for LivePolicy {
         files
     }
 
-    fn try_reload(&self, trigger: &str) -> Result<bool, String> {
+    fn try_reload(&self, trigger: &str) -> Result<bool, ReloadError> {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let started = Instant::now();
         let old = {
@@ -193,10 +206,10 @@ impl Reloadable for LivePolicy {
         Ok(true)
     }
 
-    fn record_failure(&self, trigger: &str, error: &str) {
+    fn record_failure(&self, trigger: &str, error: &ReloadError) {
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         status.failed_reloads += 1;
-        status.last_error = Some(error.to_owned());
+        status.last_error = Some(error.to_string());
         tracing::error!(trigger, policy = %self.path.display(), %error, "reload failed; the last good policy stays active");
     }
 }
