@@ -50,8 +50,12 @@ pub(crate) async fn handle(
     } else {
         match *request.method() {
             Method::POST => return post_mcp(gateway, &remembered, request).await,
-            Method::GET => get_mcp(gateway, &remembered, request).await,
-            Method::DELETE => delete_mcp(gateway, &remembered, request).await,
+            Method::GET => get_mcp(gateway, &remembered, request)
+                .await
+                .unwrap_or_else(IntoResponse::into_response),
+            Method::DELETE => delete_mcp(gateway, &remembered, request)
+                .await
+                .unwrap_or_else(IntoResponse::into_response),
             _ => GatewayError::MethodNotAllowed.into_response(),
         }
     };
@@ -339,19 +343,13 @@ async fn get_mcp(
     gw: Arc<Gateway>,
     remembered: &Remembered,
     request: Request<Incoming>,
-) -> Response {
+) -> Result<Response, GatewayError> {
     let headers = request.headers();
-    let grant = match gw.admit(headers, remembered) {
-        Ok(grant) => grant,
-        Err(refused) => return refused.into_response(),
-    };
+    let grant = gw.admit(headers, remembered)?;
     if !accepts(headers).sse {
-        return GatewayError::GetNotAcceptable.into_response();
+        return Err(GatewayError::GetNotAcceptable);
     }
-    let session = match gw.find(headers, &grant) {
-        Ok(session) => session,
-        Err(refused) => return refused.into_response(),
-    };
+    let session = gw.find(headers, &grant)?;
     let stream = match &session.link {
         Link::Http(upstream_id) => {
             let upstream_id = upstream_id.clone();
@@ -363,7 +361,7 @@ async fn get_mcp(
                     let max = gw.limits.max_upstream_message_bytes;
                     relay(max, session, response, None, None).await
                 }
-                Err(failed) => failed.error.into_response(),
+                Err(failed) => return Err(failed.error),
             }
         }
         Link::Stdio(child) => {
@@ -371,7 +369,7 @@ async fn get_mcp(
             stream_lines(session.clone(), messages, None, None)
         }
     };
-    ends_when_stopping(&gw, stream)
+    Ok(ends_when_stopping(&gw, stream))
 }
 
 /// A GET stream carries only what the server sends unasked, and it never ends by itself. When
@@ -393,34 +391,23 @@ async fn delete_mcp(
     gw: Arc<Gateway>,
     remembered: &Remembered,
     request: Request<Incoming>,
-) -> Response {
+) -> Result<Response, GatewayError> {
     let headers = request.headers();
-    let grant = match gw.admit(headers, remembered) {
-        Ok(grant) => grant,
-        Err(refused) => return refused.into_response(),
-    };
-    let session = match gw.find(headers, &grant) {
-        Ok(session) => session,
-        Err(refused) => return refused.into_response(),
-    };
+    let grant = gw.admit(headers, remembered)?;
+    let session = gw.find(headers, &grant)?;
     gw.sessions.remove(&session.id);
     gw.stats.sessions_deleted.fetch_add(1, Ordering::Relaxed);
     tracing::info!(session = %session.id, grant = %grant.name, "session deleted by the client");
-    match &session.link {
-        Link::Http(Some(upstream_id)) => {
-            match gw
-                .send_upstream(Method::DELETE, Some(upstream_id), headers, b"")
-                .await
-            {
-                Ok(response) => {
-                    let head = response_head(response.status(), response.headers(), None);
-                    let body = response.into_body().read_all(SMALL_REPLY).await;
-                    head.body(Body::from(body.unwrap_or_default()))
-                        .unwrap_or_else(|_| StatusCode::OK.into_response())
-                }
-                Err(failed) => failed.error.into_response(),
-            }
-        }
-        _ => StatusCode::OK.into_response(),
-    }
+    let Link::Http(Some(upstream_id)) = &session.link else {
+        return Ok(StatusCode::OK.into_response());
+    };
+    let response = gw
+        .send_upstream(Method::DELETE, Some(upstream_id), headers, b"")
+        .await
+        .map_err(|failed| failed.error)?;
+    let head = response_head(response.status(), response.headers(), None);
+    let body = response.into_body().read_all(SMALL_REPLY).await;
+    Ok(head
+        .body(Body::from(body.unwrap_or_default()))
+        .unwrap_or_else(|_| StatusCode::OK.into_response()))
 }
