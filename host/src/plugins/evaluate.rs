@@ -33,20 +33,13 @@ impl std::fmt::Debug for Plugin {
     }
 }
 
-/// What the plugin sees of a call.
+/// What the plugin sees of a call: the call record the policy sees, with the arguments as
+/// JSON text (written once per decision, however many plugins run).
 pub struct PluginCall<'a> {
-    /// The tool's name.
-    pub tool: &'a str,
-    /// The arguments as JSON text.
+    /// The call.
+    pub call: &'a crate::call::ToolCall<'a>,
+    /// `call.args` as JSON text.
     pub arguments: &'a str,
-    /// The calling grant.
-    pub grant: &'a str,
-    /// The calling session.
-    pub session: &'a str,
-    /// The upstream's name, empty if unknown.
-    pub server: &'a str,
-    /// The tool's MCP annotations, if the upstream listed them.
-    pub annotations: Option<crate::call::ToolAnnotations>,
 }
 
 /// The result of one evaluation.
@@ -139,7 +132,7 @@ impl Plugin {
         };
         let mut warm = match self
             .instances
-            .take(call.grant)
+            .take(call.call.grant)
             .and_then(|mut warm| pre.arm(&mut warm.store).map(|()| warm))
         {
             Ok(warm) => warm,
@@ -226,7 +219,8 @@ impl Plugin {
 }
 
 /// Readies the instance's store and call record for `call`, reusing their buffers.
-fn fill(warm: &mut Warm, call: &PluginCall<'_>, counters: &Arc<dyn CounterStore>) {
+fn fill(warm: &mut Warm, plugin_call: &PluginCall<'_>, counters: &Arc<dyn CounterStore>) {
+    let call = plugin_call.call;
     let state = warm.store.data_mut();
     state.counters = Some(counters.clone());
     refill(&mut state.grant, call.grant);
@@ -234,7 +228,7 @@ fn fill(warm: &mut Warm, call: &PluginCall<'_>, counters: &Arc<dyn CounterStore>
     state.start_evaluation();
     let record = &mut warm.call;
     refill(&mut record.tool, call.tool);
-    refill(&mut record.arguments, call.arguments);
+    refill(&mut record.arguments, plugin_call.arguments);
     refill(&mut record.grant, call.grant);
     refill(&mut record.session, call.session);
     refill(&mut record.server, call.server);

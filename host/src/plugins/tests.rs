@@ -2,6 +2,7 @@
 //! `build` the `toolgate plugin build` command runs (the e2e tests build the same crates).
 
 use super::*;
+use crate::call::ToolCall;
 use crate::clock::ManualClock;
 use crate::counters::{CounterStore, MemoryCounterStore};
 use crate::decision::Verdict;
@@ -33,14 +34,21 @@ fn counters() -> Arc<dyn CounterStore> {
     )))
 }
 
-fn call<'a>(arguments: &'a str) -> PluginCall<'a> {
+/// The arguments plugins see are `PluginCall::arguments`; the record's `args` is not read.
+static NO_ARGS: serde_json::Value = serde_json::Value::Null;
+static ECHO: ToolCall<'static> = ToolCall {
+    tool: "echo",
+    args: &NO_ARGS,
+    grant: "g",
+    session: "s",
+    server: "",
+    annotations: None,
+};
+
+fn call(arguments: &str) -> PluginCall<'_> {
     PluginCall {
-        tool: "echo",
+        call: &ECHO,
         arguments,
-        grant: "g",
-        session: "s",
-        server: "",
-        annotations: None,
     }
 }
 

@@ -212,12 +212,8 @@ impl Policy {
         if !uses.is_empty() {
             let arguments = call.args.to_string();
             let plugin_call = PluginCall {
-                tool: call.tool,
+                call,
                 arguments: &arguments,
-                grant: call.grant,
-                session: call.session,
-                server: call.server,
-                annotations: call.annotations,
             };
             for u in uses {
                 let outcome = u.plugin.evaluate(&plugin_call, &u.config, counters);
