@@ -113,7 +113,8 @@ impl PluginPre {
     /// starts from, and every warm instance of a `pooled` one.
     pub(crate) fn rehydrate(&self) -> Result<Warm, EvalFailure> {
         let mut store = self.new_store();
-        self.arm(&mut store)?;
+        // Not the call's deadline: `evaluate` arms that after taking the instance.
+        self.arm_for_load(&mut store)?;
         let instance = self.instantiate(&mut store)?;
         Ok(Warm {
             store,
@@ -199,14 +200,23 @@ impl Instances {
         Ok(warm)
     }
 
-    /// After a call: a pooled instance that may serve again goes back, any other is torn
-    /// down on the background thread.
+    /// After a call: a pooled instance that may serve again goes back, a used one is torn
+    /// down on the background thread, and one that failed (`reusable` false: a trap, a
+    /// limit) is torn down here.
+    ///
+    /// Why a failed one is not queued: it may hold all the memory its cap allows (a memory
+    /// bomb), and each pool slot keeps up to 4 MiB resident after teardown. When the
+    /// background thread fell behind a flood of failing calls, up to [`DISCARDS_QUEUED`]
+    /// such instances waited at once, each in a slot of its own, and the gateway stayed
+    /// ~70 MiB larger afterwards. Tearing it down on the (deny) path costs that call a reset
+    /// of its memory, and keeps the slots a hostile plugin touches to the few in flight.
     pub(crate) fn release(&self, mut warm: Warm, reusable: bool) {
+        if !reusable {
+            drop(warm);
+            return;
+        }
         warm.calls += 1;
-        if reusable
-            && self.isolation == Isolation::Pooled
-            && warm.calls < self.pre.limits.recycle_after
-        {
+        if self.isolation == Isolation::Pooled && warm.calls < self.pre.limits.recycle_after {
             let mut idle = self.idle();
             idle.push(warm);
             if idle.len() <= POOLED_IDLE {

@@ -19,7 +19,11 @@ pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// The least wall-clock time a load-time call (`metadata`, `validate-config`) gets: they are
 /// on no request's path, so a plugin with a tight per-call deadline still loads on a busy
-/// machine.
+/// machine. Instantiation gets it too, on the request path or not: it is mostly the host's
+/// own work (the pool's memory slot, the component's start code, which already ran at load
+/// under this budget and under fuel), and a 5 ms plugin deadline counted over it denied calls
+/// ("cannot instantiate it: wasm trap: interrupt") whenever the machine was busy. The
+/// evaluation itself is then armed with the plugin's own `timeout`.
 pub(crate) const LOAD_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The longest counter name a plugin may pass to `counters.consume`, in bytes; a longer one

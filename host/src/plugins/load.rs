@@ -306,11 +306,16 @@ impl PluginPre {
             .map_err(|e| EvalFailure::Instantiate(format!("{e:#}")))
     }
 
-    /// An instance in a store armed for a load-time call: the plugin's timeout or
-    /// [`LOAD_TIMEOUT`], whichever is longer.
+    /// Arms `store` for instantiation or a load-time call: the plugin's fuel, and its timeout
+    /// or [`LOAD_TIMEOUT`], whichever is longer.
+    pub(crate) fn arm_for_load(&self, store: &mut Store<EvalState>) -> Result<(), EvalFailure> {
+        self.arm_for(store, self.limits.timeout.max(LOAD_TIMEOUT))
+    }
+
+    /// An instance in a store armed for a load-time call ([`Self::arm_for_load`]).
     fn instantiate_for_load(&self) -> Result<(Store<EvalState>, bindings::Policy), EvalFailure> {
         let mut store = self.new_store();
-        self.arm_for(&mut store, self.limits.timeout.max(LOAD_TIMEOUT))?;
+        self.arm_for_load(&mut store)?;
         let instance = self.instantiate(&mut store)?;
         Ok((store, instance))
     }
