@@ -39,7 +39,8 @@ pub enum Isolation {
     /// an instantiation and a teardown per call (about 15 µs of CPU with the pooling
     /// allocator, see BENCHMARKS.md), both done off the request path: a background thread
     /// keeps a few never-used instances ready and tears used ones down, so the call waits
-    /// only for the evaluation itself unless calls outrun it.
+    /// only for the evaluation itself unless calls outrun it. An instance that failed (a
+    /// trap, a limit) is torn down on its own, denied, call instead.
     #[default]
     Fresh,
     /// Warm instances are kept and reused, which makes a call cost about as much as the
