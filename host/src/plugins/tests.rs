@@ -111,8 +111,10 @@ fn a_call_without_a_permit_within_its_timeout_is_denied() {
         .unwrap()
         .with_max_concurrent_evaluations(1);
     let counters = counters();
+    // Long enough that the call that runs never meets its deadline on a busy machine (a 5 ms
+    // deadline is one epoch tick, which may come at once); the refused call waits it out.
     let limits = PluginLimits {
-        timeout: std::time::Duration::from_millis(5),
+        timeout: std::time::Duration::from_millis(250),
         ..PluginLimits::default()
     };
     let plugin = runtime
@@ -125,7 +127,7 @@ fn a_call_without_a_permit_within_its_timeout_is_denied() {
     assert_eq!(
         refused.reason,
         "plugin `probe` was not run: too many plugin evaluations at once \
-         (the runtime's 1 permits stayed taken for its timeout of 5 ms)"
+         (the runtime's 1 permits stayed taken for its timeout of 250 ms)"
     );
     drop(held);
     let ran = plugin.evaluate(&call("{}"), "{}", &counters).decision;
