@@ -188,11 +188,11 @@ pub fn call_params_shadow(raw_params: &str) -> Option<String> {
 /// Names as the gateway reads them, by how a case-insensitive reader would see them: to
 /// find a key that such a reader takes for one of the names while the gateway does not.
 #[derive(Debug, Default)]
-pub struct Spellings(std::collections::HashMap<String, Vec<String>>);
+pub(crate) struct Spellings(std::collections::HashMap<String, Vec<String>>);
 
 impl Spellings {
     /// The spellings of `names`.
-    pub fn of<'n>(names: impl IntoIterator<Item = &'n str>) -> Self {
+    pub(crate) fn of<'n>(names: impl IntoIterator<Item = &'n str>) -> Self {
         let mut map: std::collections::HashMap<String, Vec<String>> = Default::default();
         for name in names {
             let spellings = map.entry(fold_key(name).into_owned()).or_default();
