@@ -116,6 +116,10 @@ enum Command {
         /// The call: `{"tool": "...", "args": {...}, "grant": "...", "session": "..."}`.
         #[arg(long)]
         call: String,
+        /// Exit 1 when the decision is not `allow` (for scripts); without it, any decision
+        /// exits 0 and only a bad policy or call fails.
+        #[arg(long)]
+        exit_code: bool,
     },
     /// Make a running gateway reload its policy now; prints the outcome and the status.
     Reload {
@@ -176,6 +180,8 @@ enum PluginCommand {
         #[arg(long, default_value = "wasm32-wasip1")]
         target: String,
     },
+    /// Print the WIT package plugins implement (the contract this binary was built with).
+    Wit,
 }
 
 fn init_logging() {
@@ -320,7 +326,11 @@ fn main() -> ExitCode {
             fail_under,
             bench,
         } => test(paths, json, coverage, fail_under, bench),
-        Command::Eval { policy, call } => eval(&policy, &call),
+        Command::Eval {
+            policy,
+            call,
+            exit_code,
+        } => eval(&policy, &call, exit_code),
         Command::Reload { socket } => admin(&socket, "reload"),
         Command::Status { socket } => admin(&socket, "status"),
         Command::Demo => match toolgate::demo::run(&mut std::io::stdout()) {
@@ -330,6 +340,12 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Plugin {
+            command: PluginCommand::Wit,
+        } => {
+            print!("{}", toolgate::plugins::WIT);
+            ExitCode::SUCCESS
+        }
         Command::Plugin {
             command:
                 PluginCommand::Build {
@@ -459,7 +475,7 @@ fn test(
     }
 }
 
-fn eval(policy: &std::path::Path, call: &str) -> ExitCode {
+fn eval(policy: &std::path::Path, call: &str, exit_code: bool) -> ExitCode {
     let call: testing::CallSpec = match serde_json::from_str(call) {
         Ok(call) => call,
         Err(e) => {
@@ -494,7 +510,11 @@ fn eval(policy: &std::path::Path, call: &str) -> ExitCode {
         d.rule,
         d.reason
     );
-    ExitCode::SUCCESS
+    if exit_code && d.verdict != toolgate::decision::Verdict::Allow {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn admin(socket: &std::path::Path, command: &str) -> ExitCode {

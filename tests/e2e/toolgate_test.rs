@@ -211,6 +211,42 @@ fn a_nan_coverage_bound_fails_the_gate() {
     assert_eq!(code, 1, "{out}");
 }
 
+/// For scripts: `--exit-code` makes a refusal exit 1; an allowed call still exits 0.
+#[test]
+fn eval_exit_code_tells_a_refusal_from_an_allowed_call() {
+    let eval = |call: &str, extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--policy",
+            "examples/llm-cli-gateway/policy.json",
+            "--call",
+            call,
+        ];
+        args.extend_from_slice(extra);
+        toolgate(&args)
+    };
+    let refused = r#"{"tool": "session_create", "args": {"cli": "cobol"}}"#;
+    let allowed = r#"{"tool": "claude_request", "args": {"prompt": "hi"}}"#;
+    let (out, code) = eval(refused, &["--exit-code"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("decision: deny"), "{out}");
+    assert_eq!(eval(refused, &[]).1, 0);
+    let (out, code) = eval(allowed, &["--exit-code"]);
+    assert!(out.contains("decision: allow"), "{out}");
+    assert_eq!(code, 0, "{out}");
+}
+
+/// Someone with only the binary has the contract: `plugin wit` prints the WIT it was built
+/// with, byte for byte.
+#[test]
+fn plugin_wit_prints_the_contract_the_binary_was_built_with() {
+    let (out, code) = toolgate(&["plugin", "wit"]);
+    assert_eq!(code, 0, "{out}");
+    let wit = std::fs::read_to_string(crate::support::workspace().join("wit/policy.wit")).unwrap();
+    assert_eq!(out, wit);
+    assert!(out.contains("world policy"), "{out}");
+}
+
 #[test]
 fn eval_prints_the_decision_with_each_step() {
     let (out, code) = toolgate(&[

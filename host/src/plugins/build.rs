@@ -34,6 +34,14 @@ pub enum BuildError {
         /// What cargo said, if anything.
         detail: String,
     },
+    /// The Rust target is not installed for the toolchain that would build the crate.
+    #[error("the `{target}` target is not installed for the Rust toolchain that builds `{crate_dir}`: run `rustup target add {target}`")]
+    TargetMissing {
+        /// The target.
+        target: String,
+        /// The crate.
+        crate_dir: String,
+    },
     /// cargo built no cdylib.
     #[error("`{0}` produced no .wasm library: is it a `crate-type = [\"cdylib\"]` crate?")]
     NoArtifact(String),
@@ -57,6 +65,28 @@ pub enum BuildError {
     },
 }
 
+/// Whether the toolchain that builds `crate_dir` (rustup picks it from the folder) has the
+/// standard library for `target`; `None` if rustc cannot be asked, and then cargo's own error
+/// speaks. Without this, a missing target shows as rustc's "can't find crate for `core`"
+/// after a long build of the dependencies.
+fn target_installed(crate_dir: &Path, target: &str) -> Option<bool> {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let output = Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .current_dir(crate_dir)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let sysroot = PathBuf::from(String::from_utf8(output.stdout).ok()?.trim());
+    Some(
+        sysroot
+            .join("lib/rustlib")
+            .join(target)
+            .join("lib")
+            .is_dir(),
+    )
+}
+
 /// Turns a core module built for `wasm32-wasip1` into a component (wit-component's errors
 /// are `anyhow` chains; [`build`] turns one into [`BuildError::Componentize`]).
 fn componentize(module: &[u8]) -> anyhow::Result<Vec<u8>> {
@@ -77,6 +107,12 @@ fn componentize(module: &[u8]) -> anyhow::Result<Vec<u8>> {
 /// `<name>.component.wasm`). Returns the component's path.
 pub fn build(crate_dir: &Path, target: &str, out: Option<&Path>) -> Result<PathBuf, BuildError> {
     let shown = crate_dir.display().to_string();
+    if target_installed(crate_dir, target) == Some(false) {
+        return Err(BuildError::TargetMissing {
+            target: target.to_owned(),
+            crate_dir: shown,
+        });
+    }
     let output = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .args([
             "build",
@@ -143,4 +179,33 @@ pub fn build(crate_dir: &Path, target: &str, out: Option<&Path>) -> Result<PathB
     };
     std::fs::write(&out, component).map_err(io("write", &out))?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_the_toolchain_lacks_is_named_with_the_line_that_adds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            target_installed(dir.path(), "wasm32-no-such-target"),
+            Some(false)
+        );
+        let err = build(dir.path(), "wasm32-no-such-target", None).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("run `rustup target add wasm32-no-such-target`"),
+            "{err}"
+        );
+        // The host's own target is always there.
+        let host = String::from_utf8(Command::new("rustc").args(["-vV"]).output().unwrap().stdout)
+            .unwrap();
+        let host = host
+            .lines()
+            .find_map(|l| l.strip_prefix("host: "))
+            .unwrap()
+            .to_owned();
+        assert_eq!(target_installed(dir.path(), &host), Some(true));
+    }
 }

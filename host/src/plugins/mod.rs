@@ -44,6 +44,10 @@ mod load;
 mod permits;
 mod runtime;
 
+/// The WIT package a plugin implements (`wit/policy.wit`), as this binary was built against
+/// it: `toolgate plugin wit` prints it, so an author with only the binary has the contract.
+pub const WIT: &str = include_str!("../../../wit/policy.wit");
+
 pub use error::{ConfigRejected, EvalFailure, PluginError};
 pub use evaluate::{Plugin, PluginCall, PluginOutcome};
 pub use limits::{
