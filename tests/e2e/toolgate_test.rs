@@ -58,22 +58,22 @@ fn the_reference_plugins_and_examples_pass_their_cases_with_full_coverage() {
 
 #[test]
 fn wrong_cases_fail_with_readable_diffs_and_a_nonzero_exit() {
-    let (out, code) = toolgate(&["test", "tests/fixtures/cases/wrong.cases.json"]);
+    let (out, code) = toolgate(&["test", "tests/fixtures/cases/wrong.failing.json"]);
     assert_eq!(code, 1, "{out}");
     let expected = "\
-PASS tests/fixtures/cases/wrong.cases.json: right
-FAIL tests/fixtures/cases/wrong.cases.json: wrong decision
+PASS tests/fixtures/cases/wrong.failing.json: right
+FAIL tests/fixtures/cases/wrong.failing.json: wrong decision
   - decision: allow
   + decision: deny
   + reason: requirement not met: `args.cli` in [\"claude\",\"codex\"]
   + rule: tools.session_create
-FAIL tests/fixtures/cases/wrong.cases.json: wrong reason
+FAIL tests/fixtures/cases/wrong.failing.json: wrong reason
   - decision: deny
   + decision: deny
   - reason containing: UUID
   + reason: denied because `args.sessionId` starts_with \"gw-\"
   + rule: tools.session_delete
-FAIL tests/fixtures/cases/wrong.cases.json: wrong on the third repetition
+FAIL tests/fixtures/cases/wrong.failing.json: wrong on the third repetition
   at repetition 3 of 3
   - decision: allow
   + decision: rate_limited
@@ -86,7 +86,7 @@ FAIL tests/fixtures/cases/wrong.cases.json: wrong on the third repetition
 
 #[test]
 fn json_output_carries_the_same_results() {
-    let (out, code) = toolgate(&["test", "--json", "tests/fixtures/cases/wrong.cases.json"]);
+    let (out, code) = toolgate(&["test", "--json", "tests/fixtures/cases/wrong.failing.json"]);
     assert_eq!(code, 1, "{out}");
     let doc: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(doc["ok"], false);
@@ -127,7 +127,7 @@ fn coverage_names_the_condition_no_case_reached_and_gates_on_it() {
     let (out, _) = toolgate(&[
         "test",
         "tests/fixtures/cases/partial.cases.json",
-        "tests/fixtures/cases/wrong.cases.json",
+        "tests/fixtures/cases/wrong.failing.json",
         "--coverage",
     ]);
     assert!(
@@ -138,10 +138,12 @@ fn coverage_names_the_condition_no_case_reached_and_gates_on_it() {
 
 #[test]
 fn an_instruction_budget_trips_on_the_hostile_loop_plugin() {
-    let (out, code) = toolgate(&["test", "--bench", "tests/fixtures/cases/loop.cases.json"]);
+    let (out, code) = toolgate(&["test", "--bench", "tests/fixtures/cases/loop.failing.json"]);
     assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains("FAIL tests/fixtures/cases/loop.cases.json: budget  [5000000 instructions, "),
+        out.contains(
+            "FAIL tests/fixtures/cases/loop.failing.json: budget  [5000000 instructions, "
+        ),
         "{out}"
     );
     assert!(
@@ -149,7 +151,11 @@ fn an_instruction_budget_trips_on_the_hostile_loop_plugin() {
         "{out}"
     );
     // The plugin that never allowed is reported as such.
-    let (out, _) = toolgate(&["test", "--coverage", "tests/fixtures/cases/loop.cases.json"]);
+    let (out, _) = toolgate(&[
+        "test",
+        "--coverage",
+        "tests/fixtures/cases/loop.failing.json",
+    ]);
     assert!(
         out.contains("never reached: tools.crash.use[0] (plugin loop) allow"),
         "{out}"
@@ -170,31 +176,31 @@ fn a_one_day_window_runs_on_the_simulated_clock_without_waiting() {
 /// step that says why; the steps after it are not run on a clock that did not move.
 #[test]
 fn an_out_of_range_clock_step_fails_with_a_reason_and_no_panic() {
-    let (out, code) = toolgate(&["test", "tests/fixtures/cases/huge-advance.cases.json"]);
+    let (out, code) = toolgate(&["test", "tests/fixtures/cases/huge-advance.failing.json"]);
     assert_eq!(code, 1, "{out}");
     assert!(!out.contains("panicked"), "{out}");
     let expected = "\
-PASS tests/fixtures/cases/huge-advance.cases.json: before
-PASS tests/fixtures/cases/huge-advance.cases.json: ten years later
-FAIL tests/fixtures/cases/huge-advance.cases.json: step 4
+PASS tests/fixtures/cases/huge-advance.failing.json: before
+PASS tests/fixtures/cases/huge-advance.failing.json: ten years later
+FAIL tests/fixtures/cases/huge-advance.failing.json: step 4
   advance_s must be a number of seconds from 0 to 315360000 (10 years), not 1e300
   the step after it was not run
 2 passed, 1 failed
 ";
     assert_eq!(out, expected);
-    let (out, code) = toolgate(&["test", "tests/fixtures/cases/negative-advance.cases.json"]);
+    let (out, code) = toolgate(&["test", "tests/fixtures/cases/negative-advance.failing.json"]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("FAIL tests/fixtures/cases/negative-advance.cases.json: step 1\n  advance_s must be a number of seconds from 0 to 315360000 (10 years), not -1.0\n"), "{out}");
+    assert!(out.contains("FAIL tests/fixtures/cases/negative-advance.failing.json: step 1\n  advance_s must be a number of seconds from 0 to 315360000 (10 years), not -1.0\n"), "{out}");
     assert!(out.ends_with("0 passed, 1 failed\n"), "{out}");
 }
 
 /// A call step with a stray `advance_s` is refused, not taken for a clock step.
 #[test]
 fn a_call_step_with_a_stray_advance_s_is_an_invalid_case_file() {
-    let (out, code) = toolgate(&["test", "tests/fixtures/cases/stray-advance.cases.json"]);
+    let (out, code) = toolgate(&["test", "tests/fixtures/cases/stray-advance.failing.json"]);
     assert_eq!(code, 1, "{out}");
     assert!(
-        out.starts_with("FAIL tests/fixtures/cases/stray-advance.cases.json: invalid case file:"),
+        out.starts_with("FAIL tests/fixtures/cases/stray-advance.failing.json: invalid case file:"),
         "{out}"
     );
 }
@@ -209,6 +215,19 @@ fn a_nan_coverage_bound_fails_the_gate() {
         "NaN",
     ]);
     assert_eq!(code, 1, "{out}");
+}
+
+/// A bare `toolgate test` at the repository root finds every case file there (the examples,
+/// the reference plugins, the passing fixtures) and passes: the deliberately failing fixtures
+/// are `*.failing.json`, which a folder search does not pick up.
+#[test]
+fn a_bare_toolgate_test_at_the_root_passes() {
+    let (out, code) = toolgate(&["test"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("examples/"), "{out}");
+    assert!(out.contains("guest-policies/"), "{out}");
+    assert!(out.contains("tests/fixtures/cases/day.cases.json"), "{out}");
+    assert!(!out.contains(".failing.json"), "{out}");
 }
 
 /// For scripts: `--exit-code` makes a refusal exit 1; an allowed call still exits 0.
