@@ -47,10 +47,14 @@ impl Scope {
     }
 }
 
-/// The identity of one counter: its name plus the scope value it is kept for.
+/// The identity of one counter: its owner and name plus the scope value it is kept for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct CounterKey {
-    /// The counter's name from the policy.
+    /// `None` for the policy's own counters (its limits, and those it grants a plugin by
+    /// name); a plugin's name for the counters that plugin keeps for itself. A plugin's own
+    /// counters can never be the policy's or another plugin's, whatever their names.
+    pub owner: Option<std::sync::Arc<str>>,
+    /// The counter's name from the policy (or the plugin).
     pub counter: String,
     /// `grant:<name>`, `session:<id>` or `global`.
     pub scope_value: String,
@@ -65,8 +69,17 @@ impl CounterKey {
             Scope::Global => "global".to_owned(),
         };
         Self {
+            owner: None,
             counter: counter.to_owned(),
             scope_value,
+        }
+    }
+
+    /// The same counter, kept apart as `plugin`'s own.
+    pub fn owned_by(self, plugin: std::sync::Arc<str>) -> Self {
+        Self {
+            owner: Some(plugin),
+            ..self
         }
     }
 }

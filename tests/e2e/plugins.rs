@@ -233,6 +233,53 @@ fn rate_cap_behaves_exactly_like_the_declarative_limit(#[case] isolation: &str) 
     }
 }
 
+/// A plugin's counters are its own unless the policy shares one by name (issue 17, item 10):
+/// five calls through a plugin that names the policy's counter used to drain the policy's
+/// limit on another tool.
+#[rstest]
+#[case::kept_apart(json!([]), [true, true, true, false])]
+#[case::shared_by_name(json!(["session_create_rate"]), [false, false, false, false])]
+fn a_plugin_draws_the_policys_counters_only_when_they_are_shared(
+    #[case] shared: Value,
+    #[case] session_create_allowed: [bool; 4],
+) {
+    let limit =
+        json!({"counter": "session_create_rate", "window": "minute", "max": 3, "scope": "grant"});
+    let plugin_cap =
+        json!({"counter": "session_create_rate", "window": "minute", "max": 100, "scope": "grant"});
+    let engine = Engine::new(json!({"version": "1", "default": "deny",
+    "plugins": {"rate-cap": {"path": plugin_path("rate-cap"), "counters": shared}},
+    "tools": {
+        "session_create": {"limits": [limit]},
+        "session_list": {"use": [{"plugin": "rate-cap", "config": plugin_cap}]}
+    }}));
+    for _ in 0..5 {
+        let d = engine.decide("session_list", &json!({}));
+        assert_eq!(d.verdict, Verdict::Allow, "{}", d.reason);
+    }
+    let got: Vec<bool> = (0..4)
+        .map(|_| {
+            engine
+                .decide("session_create", &json!({"cli": "codex"}))
+                .verdict
+                == Verdict::Allow
+        })
+        .collect();
+    assert_eq!(got, session_create_allowed);
+}
+
+#[test]
+fn a_shared_counter_that_no_limit_names_stops_the_load() {
+    let err = load_error(json!({"version": "1", "default": "deny",
+        "plugins": {"rate-cap": {"path": plugin_path("rate-cap"), "counters": ["sesion_create_rate"]}},
+        "tools": {"session_create": {"limits": [
+            {"counter": "session_create_rate", "window": "minute", "max": 3}]}}}));
+    assert!(
+        err.contains("plugin `rate-cap` is given counter `sesion_create_rate`, which no limit of this policy names"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_refused_call_refunds_the_units_plugins_took() {
     // rate-cap allows, then gw-id-check refuses: rate-cap's unit must come back.

@@ -25,8 +25,10 @@ use std::sync::Arc;
 pub(crate) struct EvalState {
     /// The store's resource limits: one memory budget for the whole instance.
     pub(crate) limits: MemoryBudget,
-    /// The plugin's name, for logs.
+    /// The plugin's name: for logs, and the owner of its own counters.
     pub(crate) plugin: Arc<str>,
+    /// The policy's counters it may consume by name ([`crate::plugins::PluginLimits::shared_counters`]).
+    pub(crate) shared_counters: Arc<[String]>,
     /// Counters, or `None` while the store is idle between evaluations.
     pub(crate) counters: Option<Arc<dyn CounterStore>>,
     /// The calling grant.
@@ -42,10 +44,15 @@ pub(crate) struct EvalState {
 }
 
 impl EvalState {
-    pub(crate) fn idle(plugin: Arc<str>, limits: MemoryBudget) -> Self {
+    pub(crate) fn idle(
+        plugin: Arc<str>,
+        shared_counters: Arc<[String]>,
+        limits: MemoryBudget,
+    ) -> Self {
         Self {
             limits,
             plugin,
+            shared_counters,
             counters: None,
             grant: String::new(),
             session: String::new(),
@@ -264,6 +271,11 @@ impl counters::Host for EvalState {
             counters::Scope::Global => Scope::Global,
         };
         let key = CounterKey::new(&counter, scope, &self.grant, &self.session);
+        let key = if self.shared_counters.contains(&counter) {
+            key
+        } else {
+            key.owned_by(self.plugin.clone())
+        };
         let window = Window {
             max: window.max,
             length_ms: window.length_ms,

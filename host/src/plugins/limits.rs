@@ -76,6 +76,11 @@ pub struct PluginLimits {
     pub max_reason_bytes: usize,
     /// Pooled mode: an instance serves at most this many calls. Default 1000.
     pub recycle_after: u32,
+    /// The policy's counters the plugin may consume, by name. Any other name it passes to
+    /// `counters.consume` is a counter of its own, kept apart from the policy's and from
+    /// every other plugin's: a shared plugin cannot drain a grant's limits by naming them.
+    /// Default: none.
+    pub shared_counters: std::sync::Arc<[String]>,
 }
 
 impl Default for PluginLimits {
@@ -88,6 +93,7 @@ impl Default for PluginLimits {
             max_config_bytes: 64 << 10,
             max_reason_bytes: 1024,
             recycle_after: 1000,
+            shared_counters: std::sync::Arc::new([]),
         }
     }
 }

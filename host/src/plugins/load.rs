@@ -276,7 +276,12 @@ impl PluginPre {
     /// A new store under the plugin's memory budget, not yet armed.
     pub(crate) fn new_store(&self) -> Store<EvalState> {
         let limits = MemoryBudget::new(self.limits.memory_bytes, 8);
-        let mut store = Store::new(&self.engine, EvalState::idle(self.name.clone(), limits));
+        let state = EvalState::idle(
+            self.name.clone(),
+            self.limits.shared_counters.clone(),
+            limits,
+        );
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         store
     }

@@ -218,7 +218,10 @@ mod tests {
     fn the_memories_of_one_store_spend_one_budget() {
         let runtime = PluginRuntime::new(None).unwrap();
         let budget = MemoryBudget::new(4 << 20, 8);
-        let mut store = Store::new(&runtime.engine, EvalState::idle("t".into(), budget));
+        let mut store = Store::new(
+            &runtime.engine,
+            EvalState::idle("t".into(), Arc::new([]), budget),
+        );
         store.limiter(|state| &mut state.limits);
         let page = 64 << 10;
         let a = Memory::new(&mut store, MemoryType::new(2 * 16, None)).unwrap();

@@ -168,6 +168,7 @@ impl Policy {
                     },
                 )
             })?;
+            compiler.shared_counters_exist(&doc)?;
             compiler.load_plugins(&doc.plugins, base, runtime)?;
         }
         let hide = doc.hide.iter().map(|p| WildMatch::new(p)).collect();
@@ -233,6 +234,41 @@ impl Compiler<'_> {
     fn invalid(&self, location: String, kind: Problem) -> PolicyError {
         let spans = self.spans.get_or_init(|| Spans::of(self.text));
         PolicyError::at_path(self.file, self.text, spans, location, kind)
+    }
+
+    /// Every counter a plugin entry shares (`counters`) is a counter of this policy's limits:
+    /// a misspelt name would otherwise quietly become a counter of the plugin's own.
+    fn shared_counters_exist(&self, doc: &PolicyDocument) -> Result<(), PolicyError> {
+        let rules = doc
+            .tools
+            .iter()
+            .map(|(pattern, r)| (format!("rate:{pattern}"), &r.limits, &r.rate_limit))
+            .chain([(
+                "rate:all_tools".to_owned(),
+                &doc.all_tools.limits,
+                &doc.all_tools.rate_limit,
+            )]);
+        let mut declared = std::collections::BTreeSet::new();
+        for (default_rate_name, limits, rate_limit) in rules {
+            declared.extend(limits.iter().map(|l| l.counter.clone()));
+            if let Some(rate) = rate_limit {
+                declared.insert(rate.counter.clone().unwrap_or(default_rate_name));
+            }
+        }
+        for (name, spec) in &doc.plugins {
+            for (i, counter) in spec.counters.iter().enumerate() {
+                if !declared.contains(counter) {
+                    return Err(self.invalid(
+                        format!("plugins.{name}.counters[{i}]"),
+                        Problem::UnknownSharedCounter {
+                            plugin: name.clone(),
+                            counter: counter.clone(),
+                        },
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Each plugin through load → verify → compile → pre-instantiate; any failure is a load
@@ -389,6 +425,7 @@ fn plugin_limits(spec: &PluginSpec) -> PluginLimits {
             .memory_mib
             .map_or(defaults.memory_bytes, |m| (m as usize) << 20),
         recycle_after: spec.recycle_after.unwrap_or(defaults.recycle_after),
+        shared_counters: spec.counters.clone().into(),
         ..defaults
     }
 }

@@ -124,6 +124,10 @@ pub struct PluginSpec {
     /// Pooled mode: calls an instance serves before it is rebuilt.
     #[serde(default)]
     pub recycle_after: Option<u32>,
+    /// Counters of this policy's limits the plugin may consume, by name. Any other counter
+    /// the plugin names is its own, apart from the policy's.
+    #[serde(default)]
+    pub counters: Vec<String>,
 }
 
 /// One use of a plugin by a rule: `{"plugin": "gw-id-check", "config": {...}}`.

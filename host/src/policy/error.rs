@@ -173,6 +173,17 @@ pub enum Problem {
         /// What failed.
         error: String,
     },
+    /// A plugin entry shares a counter that no limit of the policy names.
+    #[error("plugin `{plugin}` is given counter `{counter}`, which no limit of this policy names")]
+    #[diagnostic(help(
+        "`counters` lists the policy's own counters (a `limits` entry's `counter`, or a `rate_limit`'s) that the plugin may consume; any other name the plugin uses is already a counter of its own"
+    ))]
+    UnknownSharedCounter {
+        /// The plugin's name in `plugins`.
+        plugin: String,
+        /// The counter named.
+        counter: String,
+    },
     /// A `use` of a plugin that `plugins` does not declare.
     #[error("no plugin named `{name}` in `plugins`")]
     #[diagnostic(help(
