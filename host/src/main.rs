@@ -179,6 +179,10 @@ enum PluginCommand {
         /// `wasm32-wasip1` (turned into a component with the reactor adapter) or `wasm32-wasip2`.
         #[arg(long, default_value = "wasm32-wasip1")]
         target: String,
+        /// Then write the component's sha256 into every entry of this policy whose `path` is
+        /// the component (repeatable); the rest of the file is left as it is.
+        #[arg(long, value_name = "POLICY")]
+        pin: Vec<PathBuf>,
     },
     /// Print the WIT package plugins implement (the contract this binary was built with).
     Wit,
@@ -352,11 +356,24 @@ fn main() -> ExitCode {
                     crate_dir,
                     out,
                     target,
+                    pin,
                 },
         } => match toolgate::plugins::build::build(&crate_dir, &target, out.as_deref()) {
             Ok(path) => {
                 let bytes = std::fs::read(&path).unwrap_or_default();
-                eprintln!("sha256 {}", toolgate::digest::sha256_hex(&bytes));
+                let digest = toolgate::digest::sha256_hex(&bytes);
+                eprintln!("sha256 {digest}");
+                for policy in &pin {
+                    match pin_policy(policy, &path, &digest) {
+                        Ok(names) => {
+                            eprintln!("pinned {} in {}", names.join(", "), policy.display())
+                        }
+                        Err(e) => {
+                            eprintln!("toolgate plugin build --pin: {e:#}");
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
                 println!("{}", path.display());
                 ExitCode::SUCCESS
             }
@@ -515,6 +532,30 @@ fn eval(policy: &std::path::Path, call: &str, exit_code: bool) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Writes `digest` into the entries of `policy` whose `path` is `component`; the file is
+/// replaced whole (written beside it, then renamed), so a watching gateway never reads half.
+fn pin_policy(
+    policy: &std::path::Path,
+    component: &std::path::Path,
+    digest: &str,
+) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(policy)
+        .with_context(|| format!("cannot read `{}`", policy.display()))?;
+    let base = policy.parent().unwrap_or(std::path::Path::new("."));
+    let (pinned, names) = toolgate::policy::pin_plugin(
+        &text,
+        &policy.display().to_string(),
+        base,
+        component,
+        digest,
+    )?;
+    let staged = policy.with_extension("json.pinning");
+    std::fs::write(&staged, pinned)
+        .and_then(|()| std::fs::rename(&staged, policy))
+        .with_context(|| format!("cannot write `{}`", policy.display()))?;
+    Ok(names)
 }
 
 fn admin(socket: &std::path::Path, command: &str) -> ExitCode {

@@ -230,6 +230,46 @@ fn a_bare_toolgate_test_at_the_root_passes() {
     assert!(!out.contains(".failing.json"), "{out}");
 }
 
+/// After a rebuild, `plugin build --pin POLICY` writes the new sha256 into the policy's entry
+/// for that component, and the policy then loads with the pin checked.
+#[test]
+fn plugin_build_pin_writes_the_digest_into_the_policy() {
+    let component = crate::plugins::plugins()["rate-cap"].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.json");
+    let text = format!(
+        r#"{{
+  "version": "1",
+  "default": "deny",
+  "plugins": {{"rate-cap": {{"path": {path}, "sha256": "{stale}"}}}},
+  "tools": {{"session_create": {{"use": [{{"plugin": "rate-cap", "config": {{"counter": "c", "window": "minute", "max": 3}}}}]}}}}
+}}"#,
+        path = serde_json::to_string(&component).unwrap(),
+        stale = "0".repeat(64)
+    );
+    std::fs::write(&policy, &text).unwrap();
+    let policy_arg = policy.to_str().unwrap();
+    let (out, code) = toolgate(&["check", policy_arg]);
+    assert_eq!(code, 2, "a stale pin must fail the load: {out}");
+    let (out, code) = toolgate(&[
+        "plugin",
+        "build",
+        "guest-policies/rate-cap",
+        "--pin",
+        policy_arg,
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let digest = toolgate::digest::sha256_hex(&std::fs::read(&component).unwrap());
+    assert!(
+        out.contains(&format!("pinned rate-cap in {policy_arg}")),
+        "{out}"
+    );
+    let pinned = std::fs::read_to_string(&policy).unwrap();
+    assert_eq!(pinned, text.replace(&"0".repeat(64), &digest));
+    let (out, code) = toolgate(&["check", policy_arg]);
+    assert_eq!(code, 0, "{out}");
+}
+
 /// For scripts: `--exit-code` makes a refusal exit 1; an allowed call still exits 0.
 #[test]
 fn eval_exit_code_tells_a_refusal_from_an_allowed_call() {

@@ -33,6 +33,7 @@ mod coverage;
 mod decide;
 mod document;
 mod error;
+mod pin;
 mod spans;
 mod unique_keys;
 
@@ -40,6 +41,7 @@ pub use compile::Loader;
 pub use condition::{Condition, Path as ConditionPath};
 pub use document::{Action, DefaultAction, PolicyDocument};
 pub use error::{InvalidPolicy, PolicyError, Problem};
+pub use pin::{pin_plugin, PinError};
 
 use crate::counters::{Reservation, Scope, Window};
 use crate::decision::Decision;
