@@ -519,6 +519,9 @@ fn eval(policy: &std::path::Path, call: &str, exit_code: bool) -> ExitCode {
             ),
             None => println!("{}. {}: {}", i + 1, step.point, step.result),
         }
+        for line in &step.logs {
+            println!("   log {line}");
+        }
     }
     let d = &outcome.decision;
     println!(

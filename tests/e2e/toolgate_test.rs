@@ -270,6 +270,48 @@ fn plugin_build_pin_writes_the_digest_into_the_policy() {
     assert_eq!(code, 0, "{out}");
 }
 
+/// A plugin's log lines show in `toolgate eval`, under its step, and in `toolgate test --json`.
+#[test]
+fn a_plugins_log_lines_show_in_eval_and_in_the_json_trace() {
+    let component = crate::plugins::plugins()["probe"].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.json");
+    let policy_json = serde_json::json!({"version": "1", "default": "allow",
+        "plugins": {"probe": {"path": component}},
+        "tools": {"echo": {"use": [{"plugin": "probe"}]}}});
+    std::fs::write(&policy, policy_json.to_string()).unwrap();
+    let (out, code) = toolgate(&[
+        "eval",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--call",
+        r#"{"tool": "echo", "args": {}}"#,
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(" instructions]\n   log info: probed echo\ndecision: deny"),
+        "{out}"
+    );
+    let cases = dir.path().join("probe.cases.json");
+    let case_file = serde_json::json!({"policy": "policy.json", "steps": [
+        {"name": "probed", "call": {"tool": "echo", "args": {}}, "expect": "deny"}]});
+    std::fs::write(&cases, case_file.to_string()).unwrap();
+    let (out, code) = toolgate(&["test", "--json", cases.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    let trace = &doc["files"][0]["cases"][0]["trace"];
+    let plugin_step = trace
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["instructions"].is_u64());
+    assert_eq!(
+        plugin_step.unwrap()["logs"],
+        serde_json::json!(["info: probed echo"]),
+        "{trace}"
+    );
+}
+
 /// For scripts: `--exit-code` makes a refusal exit 1; an allowed call still exits 0.
 #[test]
 fn eval_exit_code_tells_a_refusal_from_an_allowed_call() {

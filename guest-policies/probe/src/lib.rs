@@ -1,11 +1,16 @@
 //! Denies every call with a reason that quotes the call record the host passed in, so that a
-//! test can check each field end to end (tool, grant, session, server, annotations).
+//! test can check each field end to end (tool, grant, session, server, annotations). It also
+//! logs one line per call, for the tests of traces (`toolgate eval`, `toolgate test --json`).
 wit_bindgen::generate!({ path: "../../wit", world: "policy" });
 
 struct Probe;
 
 impl Guest for Probe {
     fn evaluate(call: ToolCall, _config: String) -> Decision {
+        toolgate::policy::log::log(
+            toolgate::policy::log::Level::Info,
+            &format!("probed {}", call.tool),
+        );
         let annotations = call.annotations.map(|a| {
             format!(
                 "readOnly={:?} destructive={:?} idempotent={:?} openWorld={:?}",

@@ -52,6 +52,8 @@ pub struct PluginOutcome {
     pub instructions: u64,
     /// The most linear memory the instance held during the evaluation, in bytes.
     pub peak_memory: usize,
+    /// What the plugin logged during the evaluation, `level: message` each.
+    pub logs: Vec<String>,
 }
 
 impl Plugin {
@@ -143,10 +145,15 @@ impl Plugin {
             .instance
             .call_evaluate(&mut warm.store, &warm.call, config);
         let instructions = pre.fuel_used(&warm.store);
-        let (reservations, peak_memory) = {
+        let (reservations, peak_memory, logs) = {
             let state = warm.store.data_mut();
             state.counters = None;
-            (std::mem::take(&mut state.reservations), state.limits.peak)
+            let logs = std::mem::take(&mut state.logs);
+            (
+                std::mem::take(&mut state.reservations),
+                state.limits.peak,
+                logs,
+            )
         };
         let decision = match result {
             Err(e) => {
@@ -154,7 +161,10 @@ impl Plugin {
                 let failure = pre.failure(&e, &warm.store);
                 self.instances.release(warm, false);
                 tracing::warn!(plugin = %self.name, reason = %failure, "plugin failed; the call is denied");
-                return self.failed(failure, reservations, instructions, peak_memory);
+                return PluginOutcome {
+                    logs,
+                    ..self.failed(failure, reservations, instructions, peak_memory)
+                };
             }
             Ok(decision) => decision,
         };
@@ -167,13 +177,17 @@ impl Plugin {
         };
         if len > max {
             let failure = EvalFailure::MalformedReason { len, max };
-            return self.failed(failure, reservations, instructions, peak_memory);
+            return PluginOutcome {
+                logs,
+                ..self.failed(failure, reservations, instructions, peak_memory)
+            };
         }
         PluginOutcome {
             decision: self.decision(decision),
             reservations,
             instructions,
             peak_memory,
+            logs,
         }
     }
 
@@ -193,6 +207,7 @@ impl Plugin {
             reservations,
             instructions,
             peak_memory,
+            logs: Vec::new(),
         }
     }
 

@@ -37,6 +37,9 @@ pub(crate) struct EvalState {
     pub(crate) session: String,
     /// Units the plugin took during this evaluation.
     pub(crate) reservations: Vec<Reservation>,
+    /// What the plugin logged in this evaluation (`level: message`), for traces: `toolgate
+    /// eval` and `toolgate test --json` show them. Bounded by the log budget.
+    pub(crate) logs: Vec<String>,
     /// Log bytes left in this evaluation.
     pub(crate) log_budget: usize,
     /// Import calls made in this evaluation, by kind.
@@ -57,6 +60,7 @@ impl EvalState {
             grant: String::new(),
             session: String::new(),
             reservations: Vec::new(),
+            logs: Vec::new(),
             log_budget: 0,
             calls: ImportCalls::default(),
         }
@@ -65,6 +69,7 @@ impl EvalState {
     /// Readies the per-evaluation budgets (log bytes, import calls, the memory peak).
     pub(crate) fn start_evaluation(&mut self) {
         self.log_budget = LOG_BYTES_PER_EVALUATION;
+        self.logs.clear();
         self.calls = ImportCalls::default();
         self.limits.reset_peak();
     }
@@ -309,12 +314,25 @@ impl log::Host for EvalState {
         }
         self.log_budget -= message.len();
         let plugin = &*self.plugin;
-        match level {
-            log::Level::Debug => tracing::debug!(plugin, "{message}"),
-            log::Level::Info => tracing::info!(plugin, "{message}"),
-            log::Level::Warn => tracing::warn!(plugin, "{message}"),
-            log::Level::Error => tracing::error!(plugin, "{message}"),
-        }
+        let level = match level {
+            log::Level::Debug => {
+                tracing::debug!(plugin, "{message}");
+                "debug"
+            }
+            log::Level::Info => {
+                tracing::info!(plugin, "{message}");
+                "info"
+            }
+            log::Level::Warn => {
+                tracing::warn!(plugin, "{message}");
+                "warn"
+            }
+            log::Level::Error => {
+                tracing::error!(plugin, "{message}");
+                "error"
+            }
+        };
+        self.logs.push(format!("{level}: {message}"));
         Ok(())
     }
 }

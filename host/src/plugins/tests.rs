@@ -130,6 +130,17 @@ fn a_call_without_a_permit_within_its_timeout_is_denied() {
          (the runtime's 1 permits stayed taken for its timeout of 250 ms)"
     );
     drop(held);
-    let ran = plugin.evaluate(&call("{}"), "{}", &counters).decision;
-    assert!(ran.reason.starts_with("tool=echo"), "{}", ran.reason);
+    let ran = plugin.evaluate(&call("{}"), "{}", &counters);
+    assert!(
+        ran.decision.reason.starts_with("tool=echo"),
+        "{}",
+        ran.decision.reason
+    );
+    // What the plugin logged comes back with the outcome, for traces; nothing of an earlier
+    // evaluation stays.
+    assert_eq!(ran.logs, ["info: probed echo"]);
+    assert_eq!(
+        plugin.evaluate(&call("{}"), "{}", &counters).logs,
+        ["info: probed echo"]
+    );
 }

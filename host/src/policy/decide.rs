@@ -18,6 +18,7 @@ impl Tracer<'_> {
                 point: point(),
                 result: result(),
                 instructions: None,
+                logs: Vec::new(),
             });
         }
     }
@@ -229,6 +230,7 @@ impl Policy {
                             verdict => format!("{}: {}", verdict.as_str(), d.reason),
                         },
                         instructions: Some(outcome.instructions),
+                        logs: outcome.logs,
                     });
                 }
                 if !outcome.decision.is_allow() {

@@ -122,6 +122,9 @@ pub struct Step {
     /// A plugin step: the instructions it consumed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instructions: Option<u64>,
+    /// A plugin step: what it logged (`level: message` each).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<String>,
 }
 
 /// The rule name reported for unknown and hidden tools alike, so that they look the same.
