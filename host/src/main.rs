@@ -186,6 +186,15 @@ enum PluginCommand {
     },
     /// Print the WIT package plugins implement (the contract this binary was built with).
     Wit,
+    /// Create a plugin crate that builds as it is: the WIT, one example rule, a policy that
+    /// uses it, a case file and a README. Prints the crate's folder as the last line.
+    New {
+        /// The plugin's name (also the crate's).
+        name: String,
+        /// The folder to create it in.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 fn init_logging() {
@@ -342,6 +351,22 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("toolgate demo: {e:#}");
                 ExitCode::FAILURE
+            }
+        },
+        Command::Plugin {
+            command: PluginCommand::New { name, dir },
+        } => match toolgate::plugins::scaffold::new_plugin(&dir, &name) {
+            Ok(made) => {
+                eprintln!(
+                    "created plugin `{name}`; next: toolgate plugin build {0} && toolgate test {0}",
+                    made.display()
+                );
+                println!("{}", made.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("toolgate plugin new: {e}");
+                ExitCode::from(2)
             }
         },
         Command::Plugin {

@@ -43,6 +43,7 @@ mod limits;
 mod load;
 mod permits;
 mod runtime;
+pub mod scaffold;
 
 /// The WIT package a plugin implements (`wit/policy.wit`), as this binary was built against
 /// it: `toolgate plugin wit` prints it, so an author with only the binary has the contract.
