@@ -34,6 +34,13 @@ fn component(name: &str) -> PathBuf {
     )
 }
 
+/// One plugin runtime for every policy here, as a gateway process has one (one engine, one
+/// epoch thread, one background thread for instances).
+fn loader() -> &'static Loader {
+    static LOADER: std::sync::OnceLock<Loader> = std::sync::OnceLock::new();
+    LOADER.get_or_init(Loader::from_env)
+}
+
 /// One allowed decision of `policy` on a call of `tool` with `args`.
 fn decider<'a>(
     policy: &Value,
@@ -41,7 +48,7 @@ fn decider<'a>(
     args: &'a Value,
     counters: &Arc<dyn CounterStore>,
 ) -> impl Fn() -> toolgate::policy::Outcome + 'a {
-    let policy = Loader::from_env()
+    let policy = loader()
         .from_json(&policy.to_string(), "bench.json")
         .unwrap();
     let counters = counters.clone();

@@ -40,6 +40,9 @@ pub struct PluginCall<'a> {
     pub call: &'a crate::call::ToolCall<'a>,
     /// `call.args` as JSON text.
     pub arguments: &'a str,
+    /// Keep what the plugin logs for [`PluginOutcome::logs`] (a traced decision); otherwise
+    /// its lines only go to the log, and a call costs no copy of them.
+    pub keep_logs: bool,
 }
 
 /// The result of one evaluation.
@@ -52,7 +55,8 @@ pub struct PluginOutcome {
     pub instructions: u64,
     /// The most linear memory the instance held during the evaluation, in bytes.
     pub peak_memory: usize,
-    /// What the plugin logged during the evaluation, `level: message` each.
+    /// What the plugin logged during the evaluation, `level: message` each (only when the
+    /// call asked for them, [`PluginCall::keep_logs`]).
     pub logs: Vec<String>,
 }
 
@@ -240,6 +244,7 @@ fn fill(warm: &mut Warm, plugin_call: &PluginCall<'_>, counters: &Arc<dyn Counte
     state.counters = Some(counters.clone());
     refill(&mut state.grant, call.grant);
     refill(&mut state.session, call.session);
+    state.keep_logs = plugin_call.keep_logs;
     state.start_evaluation();
     let record = &mut warm.call;
     refill(&mut record.tool, call.tool);

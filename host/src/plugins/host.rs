@@ -40,6 +40,8 @@ pub(crate) struct EvalState {
     /// What the plugin logged in this evaluation (`level: message`), for traces: `toolgate
     /// eval` and `toolgate test --json` show them. Bounded by the log budget.
     pub(crate) logs: Vec<String>,
+    /// Whether to keep them (a traced decision).
+    pub(crate) keep_logs: bool,
     /// Log bytes left in this evaluation.
     pub(crate) log_budget: usize,
     /// Import calls made in this evaluation, by kind.
@@ -61,6 +63,7 @@ impl EvalState {
             session: String::new(),
             reservations: Vec::new(),
             logs: Vec::new(),
+            keep_logs: false,
             log_budget: 0,
             calls: ImportCalls::default(),
         }
@@ -332,7 +335,9 @@ impl log::Host for EvalState {
                 "error"
             }
         };
-        self.logs.push(format!("{level}: {message}"));
+        if self.keep_logs {
+            self.logs.push(format!("{level}: {message}"));
+        }
         Ok(())
     }
 }

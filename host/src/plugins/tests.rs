@@ -49,6 +49,7 @@ fn call(arguments: &str) -> PluginCall<'_> {
     PluginCall {
         call: &ECHO,
         arguments,
+        keep_logs: true,
     }
 }
 

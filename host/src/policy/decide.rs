@@ -215,6 +215,7 @@ impl Policy {
             let plugin_call = PluginCall {
                 call,
                 arguments: &arguments,
+                keep_logs: trace.0.is_some(),
             };
             for u in uses {
                 let outcome = u.plugin.evaluate(&plugin_call, &u.config, counters);

@@ -106,10 +106,12 @@ fn now_ms() -> u64 {
 /// the digest is always the digest of what was loaded.
 fn load_set(loader: &Loader, path: &Path) -> Result<(Policy, String), ReloadError> {
     let (policy, text) = loader.load_with_text(path).map_err(|e| {
-        let mut diagnostic = String::new();
-        // Rendering into a String cannot fail.
-        let _ = miette::GraphicalReportHandler::new().render_report(&mut diagnostic, &e);
-        tracing::debug!("{diagnostic}");
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let mut diagnostic = String::new();
+            // Rendering into a String cannot fail.
+            let _ = miette::GraphicalReportHandler::new().render_report(&mut diagnostic, &e);
+            tracing::debug!("{diagnostic}");
+        }
         ReloadError::Policy(Box::new(e))
     })?;
     let digest = digest(&text, &policy);
