@@ -22,6 +22,7 @@
 //!    that means the tool never ran.
 
 pub mod call;
+pub mod capability;
 pub mod child;
 pub mod clock;
 pub mod counters;

@@ -7,6 +7,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use plugin_cli::PluginCommand;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -17,6 +18,8 @@ use toolgate::reload::{self, LivePolicy};
 use toolgate::session::{Identity, SchemaChecks, Session};
 use toolgate::stdio::{self, Ending, StdioLimits};
 use toolgate::testing;
+
+mod plugin_cli;
 
 #[derive(Parser)]
 #[command(
@@ -163,37 +166,6 @@ enum GrantCommand {
         /// The grant's policy file, relative to the config (none: every call is denied).
         #[arg(long)]
         policy: Option<PathBuf>,
-    },
-}
-
-#[derive(Subcommand)]
-enum PluginCommand {
-    /// Build a plugin crate into a component; prints the component's path as the last line.
-    Build {
-        /// The plugin crate (a `cdylib` using wit-bindgen against `wit/`).
-        #[arg(default_value = ".")]
-        crate_dir: PathBuf,
-        /// Where to write the component (default: next to cargo's artifact).
-        #[arg(short, long)]
-        out: Option<PathBuf>,
-        /// `wasm32-wasip1` (turned into a component with the reactor adapter) or `wasm32-wasip2`.
-        #[arg(long, default_value = "wasm32-wasip1")]
-        target: String,
-        /// Then write the component's sha256 into every entry of this policy whose `path` is
-        /// the component (repeatable); the rest of the file is left as it is.
-        #[arg(long, value_name = "POLICY")]
-        pin: Vec<PathBuf>,
-    },
-    /// Print the WIT package plugins implement (the contract this binary was built with).
-    Wit,
-    /// Create a plugin crate that builds as it is: the WIT, one example rule, a policy that
-    /// uses it, a case file and a README. Prints the crate's folder as the last line.
-    New {
-        /// The plugin's name (also the crate's).
-        name: String,
-        /// The folder to create it in.
-        #[arg(long, default_value = ".")]
-        dir: PathBuf,
     },
 }
 
@@ -353,60 +325,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Plugin {
-            command: PluginCommand::New { name, dir },
-        } => match toolgate::plugins::scaffold::new_plugin(&dir, &name) {
-            Ok(made) => {
-                eprintln!(
-                    "created plugin `{name}`; next: toolgate plugin build {0} && toolgate test {0}",
-                    made.display()
-                );
-                println!("{}", made.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("toolgate plugin new: {e}");
-                ExitCode::from(2)
-            }
-        },
-        Command::Plugin {
-            command: PluginCommand::Wit,
-        } => {
-            print!("{}", toolgate::plugins::WIT);
-            ExitCode::SUCCESS
-        }
-        Command::Plugin {
-            command:
-                PluginCommand::Build {
-                    crate_dir,
-                    out,
-                    target,
-                    pin,
-                },
-        } => match toolgate::plugins::build::build(&crate_dir, &target, out.as_deref()) {
-            Ok(path) => {
-                let bytes = std::fs::read(&path).unwrap_or_default();
-                let digest = toolgate::digest::sha256_hex(&bytes);
-                eprintln!("sha256 {digest}");
-                for policy in &pin {
-                    match pin_policy(policy, &path, &digest) {
-                        Ok(names) => {
-                            eprintln!("pinned {} in {}", names.join(", "), policy.display())
-                        }
-                        Err(e) => {
-                            eprintln!("toolgate plugin build --pin: {e:#}");
-                            return ExitCode::from(2);
-                        }
-                    }
-                }
-                println!("{}", path.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("toolgate plugin build: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Plugin { command } => plugin_cli::run(command),
         Command::Standin {
             echo: true,
             http: Some(addr),
@@ -560,30 +479,6 @@ fn eval(policy: &std::path::Path, call: &str, exit_code: bool) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
-}
-
-/// Writes `digest` into the entries of `policy` whose `path` is `component`; the file is
-/// replaced whole (written beside it, then renamed), so a watching gateway never reads half.
-fn pin_policy(
-    policy: &std::path::Path,
-    component: &std::path::Path,
-    digest: &str,
-) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(policy)
-        .with_context(|| format!("cannot read `{}`", policy.display()))?;
-    let base = policy.parent().unwrap_or(std::path::Path::new("."));
-    let (pinned, names) = toolgate::policy::pin_plugin(
-        &text,
-        &policy.display().to_string(),
-        base,
-        component,
-        digest,
-    )?;
-    let staged = policy.with_extension("json.pinning");
-    std::fs::write(&staged, pinned)
-        .and_then(|()| std::fs::rename(&staged, policy))
-        .with_context(|| format!("cannot write `{}`", policy.display()))?;
-    Ok(names)
 }
 
 fn admin(socket: &std::path::Path, command: &str) -> ExitCode {
