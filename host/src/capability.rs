@@ -71,6 +71,47 @@ pub fn json_list(set: &BTreeSet<Capability>) -> String {
     serde_json::to_string(&names).unwrap_or_default()
 }
 
+/// The names of a component's top-level imports and exports, read from its bytes without
+/// compiling or running it (nested components and modules are skipped).
+pub fn component_interface(bytes: &[u8]) -> Result<(Vec<String>, Vec<String>), String> {
+    use wasmparser::{Parser, Payload};
+    let (mut imports, mut exports) = (Vec::new(), Vec::new());
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.map_err(|e| e.to_string())? {
+            Payload::Version { encoding, .. } => {
+                if depth == 0 && encoding != wasmparser::Encoding::Component {
+                    return Err("it is a core module, not a component".into());
+                }
+                depth += 1;
+            }
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(reader) if depth == 1 => {
+                for import in reader {
+                    imports.push(import.map_err(|e| e.to_string())?.name.name.to_owned());
+                }
+            }
+            Payload::ComponentExportSection(reader) if depth == 1 => {
+                for export in reader {
+                    exports.push(export.map_err(|e| e.to_string())?.name.name.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok((imports, exports))
+}
+
+/// The capabilities a component really imports (its `toolgate:policy/*` interfaces but
+/// `types`), read from its bytes.
+pub fn imported(bytes: &[u8]) -> Result<BTreeSet<Capability>, String> {
+    let (imports, _) = component_interface(bytes)?;
+    Ok(imports
+        .iter()
+        .filter_map(|i| Capability::from_import(i))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,3 +38,4 @@ pub mod reload;
 pub mod session;
 pub mod stdio;
 pub mod testing;
+pub mod trust;
