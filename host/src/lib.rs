@@ -32,6 +32,7 @@ pub mod digest;
 pub mod framing;
 pub mod http;
 pub mod jsonrpc;
+pub mod manifest;
 pub mod plugins;
 pub mod policy;
 pub mod reload;

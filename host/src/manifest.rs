@@ -1,0 +1,664 @@
+//! A plugin's manifest: who made it, which version, which world it implements, which host
+//! capabilities it imports and the JSON Schema of its config, embedded in the component as one
+//! top-level custom section, [`SECTION`], holding canonical JSON.
+//!
+//! It is read statically: from the component's bytes, without compiling or running guest
+//! code. A manifest only counts if it is the one [`SECTION`] at the component's top level (a
+//! section inside a nested component or module is someone else's), its bytes are the
+//! canonical form of what they say (so one manifest has one encoding, and a signature over the
+//! component covers exactly one reading of it), its world is the one this host implements, and
+//! the capabilities it declares are exactly the component's real `toolgate:policy/*` imports.
+//!
+//! `toolgate plugin build` writes it from the crate's `Cargo.toml` ([`Manifest::from_cargo_toml`]);
+//! `toolgate plugin pack` embeds one into a component built elsewhere ([`embed`]). Both also
+//! write the standard metadata fields generic wasm tools show (`wasm-tools metadata show`): the
+//! component's name, `processed-by`, and the `authors`, `description`, `licenses`, `source`,
+//! `revision` and `version` sections, in the same encoding as `wasm-metadata`'s `oci` feature
+//! (written here directly, since that feature would pull an SPDX parser and a compressor in).
+//!
+//! ## The crate's keys
+//! `[package]` gives `name`, `version`, `description`, `authors`, `license` and `repository`
+//! (the manifest's `source`), each also as `field.workspace = true`. Under
+//! `[package.metadata.toolgate]`:
+//! - `capabilities = ["counters", "log"]`: the host interfaces the plugin imports. When given,
+//!   the build refuses a component whose real imports differ; when absent, the build takes
+//!   them from the component and warns with the line to add.
+//! - `config-schema = "config.schema.json"` (a file beside `Cargo.toml`) or an inline table
+//!   (`config-schema = { type = "object" }`): the JSON Schema of the plugin's config.
+//! - `source = "https://..."`: where its source is, if not `[package] repository`.
+//! - `revision = "<commit>"`: the source revision it was built from.
+
+use crate::capability::{self, Capability};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// The custom section's name.
+pub const SECTION: &str = "toolgate.manifest.v1";
+
+/// The world this host implements: `toolgate:policy/policy@0.1.0`.
+pub fn supported_world() -> String {
+    format!(
+        "{}/policy@{}",
+        capability::PACKAGE,
+        capability::PACKAGE_VERSION
+    )
+}
+
+/// What a plugin says it is. Its canonical JSON ([`Manifest::to_canonical_json`]) has sorted
+/// keys, no insignificant whitespace, no `null` fields and the capabilities in name order.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// The plugin's name (the crate's).
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// One line on what it does.
+    pub description: String,
+    /// Who wrote it.
+    pub authors: Vec<String>,
+    /// Its licence, an SPDX expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub license: Option<String>,
+    /// Where its source is (a URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The source revision it was built from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// The WIT world it implements ([`supported_world`]).
+    pub world: String,
+    /// The host interfaces it imports.
+    #[serde(serialize_with = "names_in_order")]
+    pub capabilities: BTreeSet<Capability>,
+    /// The JSON Schema of its config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_schema: Option<Value>,
+}
+
+/// Why a manifest could not be read, checked, made or embedded.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// No manifest section at all.
+    #[error("the component has no `{SECTION}` section: build it with `toolgate plugin build`, or embed one with `toolgate plugin pack`")]
+    Missing,
+    /// More than one at the top level.
+    #[error("the component has {count} top-level `{SECTION}` sections and must have exactly one: embed it again with `toolgate plugin pack`, which replaces them")]
+    Several {
+        /// How many.
+        count: usize,
+    },
+    /// Only inside a nested component or module, which does not count.
+    #[error("the component's only `{SECTION}` section is inside a nested component or module, which does not count: embed one at the top level with `toolgate plugin pack`")]
+    Nested,
+    /// Valid JSON, but not its canonical bytes.
+    #[error("the `{SECTION}` section is not canonical JSON (sorted keys, no insignificant whitespace, no null fields, capabilities in name order): embed it again with `toolgate plugin pack`")]
+    NotCanonical,
+    /// Not JSON, duplicate keys, or not a manifest's fields.
+    #[error("the `{SECTION}` section is not a valid manifest: {0}")]
+    Json(String),
+    /// A world this host does not implement.
+    #[error("the plugin implements `{found}`, but this host supports only `{supported}`: rebuild it against the WIT that `toolgate plugin wit` prints")]
+    UnsupportedWorld {
+        /// The manifest's world.
+        found: String,
+        /// [`supported_world`].
+        supported: String,
+    },
+    /// The declared capabilities are not the real imports.
+    #[error("the manifest declares the capabilities `{}` but the component imports `{}`: declare exactly its imports, `capabilities = {}` under `[package.metadata.toolgate]` in the plugin's Cargo.toml (or `--capability` for each with `toolgate plugin pack`)", names(declared), names(imported), names(imported))]
+    CapabilitiesDiffer {
+        /// What the manifest says.
+        declared: BTreeSet<Capability>,
+        /// What the component imports.
+        imported: BTreeSet<Capability>,
+    },
+    /// The bytes are not a component.
+    #[error("not a WebAssembly component: {0}")]
+    NotAComponent(String),
+    /// The crate's metadata could not be turned into a manifest.
+    #[error("cannot take the manifest from `{path}`: {reason}")]
+    Crate {
+        /// The file (Cargo.toml, or the config schema it names).
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The standard metadata fields could not be written.
+    #[error("cannot write the component's standard metadata fields: {0}")]
+    Metadata(String),
+}
+
+/// The names of `set` as a JSON list, in name order: `["clock","counters","log"]`.
+fn names(set: &BTreeSet<Capability>) -> String {
+    let mut names: Vec<&str> = set.iter().map(|c| c.name()).collect();
+    names.sort_unstable();
+    serde_json::to_string(&names).unwrap_or_default()
+}
+
+fn names_in_order<S: serde::Serializer>(
+    set: &BTreeSet<Capability>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let mut names: Vec<&str> = set.iter().map(|c| c.name()).collect();
+    names.sort_unstable();
+    serde::Serialize::serialize(&names, serializer)
+}
+
+impl Manifest {
+    /// Its one encoding: keys sorted by their bytes, no whitespace, `None` fields left out.
+    pub fn to_canonical_json(&self) -> Vec<u8> {
+        let value = serde_json::to_value(self).expect("a manifest is always JSON");
+        let mut out = Vec::new();
+        write_canonical(&value, &mut out);
+        out
+    }
+
+    /// Reads and checks the one top-level manifest of `component` against its real imports.
+    pub fn read(component: &[u8]) -> Result<Manifest, ManifestError> {
+        let walk = walk(component)?;
+        let mut found = walk
+            .sections
+            .iter()
+            .filter(|s| s.custom.as_deref() == Some(SECTION));
+        let section = match (found.next(), found.next()) {
+            (None, _) if walk.nested_manifests > 0 => return Err(ManifestError::Nested),
+            (None, _) => return Err(ManifestError::Missing),
+            (Some(_), Some(_)) => {
+                return Err(ManifestError::Several {
+                    count: 2 + found.count(),
+                })
+            }
+            (Some(section), None) => section,
+        };
+        let manifest = Manifest::from_canonical_json(&component[section.data.clone()])?;
+        manifest.check_world()?;
+        let imported = capability::imported(component).map_err(ManifestError::NotAComponent)?;
+        if manifest.capabilities != imported {
+            return Err(ManifestError::CapabilitiesDiffer {
+                declared: manifest.capabilities,
+                imported,
+            });
+        }
+        Ok(manifest)
+    }
+
+    /// The manifest `bytes` say, if they are its canonical encoding.
+    pub fn from_canonical_json(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+        let manifest = Manifest::from_json(bytes)?;
+        if manifest.to_canonical_json() != bytes {
+            return Err(ManifestError::NotCanonical);
+        }
+        Ok(manifest)
+    }
+
+    /// The manifest `bytes` say, in any JSON layout (a file given to `plugin pack`); duplicate
+    /// keys and unknown fields are refused.
+    pub fn from_json(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+        let value = strict_json(bytes).map_err(ManifestError::Json)?;
+        let manifest: Manifest =
+            serde_json::from_value(value).map_err(|e| ManifestError::Json(e.to_string()))?;
+        if manifest.name.is_empty() {
+            return Err(ManifestError::Json("`name` is empty".into()));
+        }
+        Ok(manifest)
+    }
+
+    /// Whether its world is the one this host implements.
+    pub fn check_world(&self) -> Result<(), ManifestError> {
+        let supported = supported_world();
+        if self.world != supported {
+            return Err(ManifestError::UnsupportedWorld {
+                found: self.world.clone(),
+                supported,
+            });
+        }
+        Ok(())
+    }
+
+    /// Crate metadata → manifest (build uses it): `[package]` and `[package.metadata.toolgate]`
+    /// of `crate_dir/Cargo.toml` (the module doc lists the keys), for a component that imports
+    /// `imported`. Declared capabilities that differ from `imported` are refused; none declared
+    /// become `imported`, with a warning that gives the line to add.
+    pub fn from_cargo_toml(
+        crate_dir: &Path,
+        imported: &BTreeSet<Capability>,
+    ) -> Result<(Manifest, Vec<String>), ManifestError> {
+        let path = crate_dir.join("Cargo.toml");
+        let shown = path.display().to_string();
+        let fail = |reason: String| ManifestError::Crate {
+            path: shown.clone(),
+            reason,
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| fail(e.to_string()))?;
+        let doc: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| fail(e.to_string()))?;
+        let package = doc
+            .get("package")
+            .and_then(toml::Value::as_table)
+            .ok_or_else(|| fail("it has no `[package]`".into()))?;
+        let field = |key: &str| inherited(crate_dir, package, key).map_err(&fail);
+        let string = |key: &str| -> Result<Option<String>, ManifestError> {
+            match field(key)? {
+                None => Ok(None),
+                Some(toml::Value::String(s)) => Ok(Some(s)),
+                Some(_) => Err(fail(format!("`package.{key}` is not a string"))),
+            }
+        };
+        let name = string("name")?.ok_or_else(|| fail("`package.name` is missing".into()))?;
+        let authors = match field("authors")? {
+            None => Vec::new(),
+            Some(toml::Value::Array(list)) => list
+                .into_iter()
+                .map(|a| a.as_str().map(str::to_owned))
+                .collect::<Option<_>>()
+                .ok_or_else(|| fail("`package.authors` is not a list of strings".into()))?,
+            Some(_) => return Err(fail("`package.authors` is not a list of strings".into())),
+        };
+        let empty = toml::Table::new();
+        let ours = match package.get("metadata").and_then(|m| m.get("toolgate")) {
+            None => &empty,
+            Some(toml::Value::Table(t)) => t,
+            Some(_) => return Err(fail("`package.metadata.toolgate` is not a table".into())),
+        };
+        let mut warnings = Vec::new();
+        let mut manifest = Manifest {
+            name,
+            version: string("version")?.unwrap_or_else(|| "0.0.0".into()),
+            description: string("description")?.unwrap_or_default(),
+            authors,
+            license: string("license")?,
+            source: string("repository")?,
+            revision: None,
+            world: supported_world(),
+            capabilities: imported.clone(),
+            config_schema: None,
+        };
+        let mut declared = None;
+        for (key, value) in ours {
+            let text = || {
+                value.as_str().map(str::to_owned).ok_or_else(|| {
+                    fail(format!("`package.metadata.toolgate.{key}` is not a string"))
+                })
+            };
+            match key.as_str() {
+                "capabilities" => declared = Some(capability_list(value).map_err(&fail)?),
+                "config-schema" => {
+                    manifest.config_schema = Some(config_schema(crate_dir, value, &shown)?)
+                }
+                "source" => manifest.source = Some(text()?),
+                "revision" => manifest.revision = Some(text()?),
+                other => {
+                    return Err(fail(format!(
+                        "unknown key `package.metadata.toolgate.{other}`: the keys are \
+                         `capabilities`, `config-schema`, `source` and `revision`"
+                    )))
+                }
+            }
+        }
+        match declared {
+            Some(declared) if &declared != imported => {
+                return Err(ManifestError::CapabilitiesDiffer {
+                    declared,
+                    imported: imported.clone(),
+                })
+            }
+            Some(_) => {}
+            None => warnings.push(format!(
+                "`{shown}` declares no capabilities; taking `{}` from the component's imports: \
+                 add `capabilities = {}` under `[package.metadata.toolgate]`",
+                names(imported),
+                names(imported)
+            )),
+        }
+        Ok((manifest, warnings))
+    }
+}
+
+/// `package.<key>` of a crate, following `key.workspace = true` to the workspace's
+/// `[workspace.package]`.
+fn inherited(
+    crate_dir: &Path,
+    package: &toml::Table,
+    key: &str,
+) -> Result<Option<toml::Value>, String> {
+    let Some(value) = package.get(key) else {
+        return Ok(None);
+    };
+    let from_workspace = value
+        .as_table()
+        .and_then(|t| t.get("workspace"))
+        .and_then(toml::Value::as_bool)
+        == Some(true);
+    if !from_workspace {
+        return Ok(Some(value.clone()));
+    }
+    let root = workspace_root(crate_dir, package).ok_or_else(|| {
+        format!("`package.{key}` is inherited from a workspace, but no workspace was found")
+    })?;
+    let text = std::fs::read_to_string(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+    let doc: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| format!("{}: {e}", root.display()))?;
+    doc.get("workspace")
+        .and_then(|w| w.get("package"))
+        .and_then(|p| p.get(key))
+        .cloned()
+        .map(Some)
+        .ok_or_else(|| format!("`{}` has no `workspace.package.{key}`", root.display()))
+}
+
+/// The Cargo.toml of the workspace `crate_dir` belongs to: `package.workspace` if set, else
+/// the nearest folder above with a `[workspace]` table.
+fn workspace_root(crate_dir: &Path, package: &toml::Table) -> Option<PathBuf> {
+    if let Some(dir) = package.get("workspace").and_then(toml::Value::as_str) {
+        return Some(crate_dir.join(dir).join("Cargo.toml"));
+    }
+    let absolute = std::path::absolute(crate_dir).ok()?;
+    absolute.ancestors().skip(1).find_map(|dir| {
+        let candidate = dir.join("Cargo.toml");
+        let text = std::fs::read_to_string(&candidate).ok()?;
+        let doc: toml::Table = text.parse().ok()?;
+        doc.contains_key("workspace").then_some(candidate)
+    })
+}
+
+fn capability_list(value: &toml::Value) -> Result<BTreeSet<Capability>, String> {
+    let bad = || {
+        format!(
+            "`package.metadata.toolgate.capabilities` must be a list of `clock`, `counters` \
+             and `log`, not `{value}`"
+        )
+    };
+    value
+        .as_array()
+        .ok_or_else(bad)?
+        .iter()
+        .map(|c| c.as_str().and_then(Capability::from_name).ok_or_else(bad))
+        .collect()
+}
+
+/// `config-schema`: a file beside Cargo.toml, or an inline table.
+fn config_schema(
+    crate_dir: &Path,
+    value: &toml::Value,
+    shown: &str,
+) -> Result<Value, ManifestError> {
+    let schema = match value {
+        toml::Value::String(file) => {
+            let path = crate_dir.join(file);
+            let fail = |reason: String| ManifestError::Crate {
+                path: path.display().to_string(),
+                reason,
+            };
+            let bytes = std::fs::read(&path).map_err(|e| fail(e.to_string()))?;
+            strict_json(&bytes).map_err(fail)?
+        }
+        toml::Value::Table(_) => serde_json::to_value(value).map_err(|e| ManifestError::Crate {
+            path: shown.to_owned(),
+            reason: e.to_string(),
+        })?,
+        _ => Value::Null,
+    };
+    if !(schema.is_object() || schema.is_boolean()) {
+        return Err(ManifestError::Crate {
+            path: shown.to_owned(),
+            reason: "`package.metadata.toolgate.config-schema` must name a JSON Schema file or \
+                     be an inline table"
+                .into(),
+        });
+    }
+    Ok(schema)
+}
+
+/// Returns `component` with `manifest` as its one top-level toolgate section (and the standard
+/// wasm-metadata fields), without checking it against the imports (tests use this to make bad
+/// components).
+pub fn embed(component: &[u8], manifest: &Manifest) -> Result<Vec<u8>, ManifestError> {
+    const REPLACED: [&str; 7] = [
+        SECTION,
+        "authors",
+        "description",
+        "licenses",
+        "source",
+        "revision",
+        "version",
+    ];
+    let walk = walk(component)?;
+    let mut stripped = wasm_encoder::Component::HEADER.to_vec();
+    for section in &walk.sections {
+        if section
+            .custom
+            .as_deref()
+            .is_some_and(|n| REPLACED.contains(&n))
+        {
+            continue;
+        }
+        wasm_encoder::Section::append_to(
+            &wasm_encoder::RawSection {
+                id: section.id,
+                data: &component[section.contents.clone()],
+            },
+            &mut stripped,
+        );
+    }
+    let mut add = wasm_metadata::AddMetadata::default();
+    add.name = wasm_metadata::AddMetadataField::Set(manifest.name.clone());
+    add.processed_by = vec![("toolgate".into(), env!("CARGO_PKG_VERSION").into())];
+    let mut out = add
+        .to_wasm(&stripped)
+        .map_err(|e| ManifestError::Metadata(format!("{e:#}")))?;
+    // The `oci` fields, as wasm-metadata writes them: plain UTF-8 payloads. `source` must be
+    // a URL (readers parse it as one), so a `source` that is not one stays only in the manifest.
+    let source = manifest
+        .source
+        .as_deref()
+        .filter(|s| url::Url::parse(s).is_ok());
+    let authors = (!manifest.authors.is_empty()).then(|| manifest.authors.join(", "));
+    let description = (!manifest.description.is_empty()).then_some(manifest.description.as_str());
+    let fields = [
+        ("authors", authors.as_deref()),
+        ("description", description),
+        ("licenses", manifest.license.as_deref()),
+        ("source", source),
+        ("revision", manifest.revision.as_deref()),
+        ("version", Some(manifest.version.as_str())),
+    ];
+    for (name, value) in fields {
+        if let Some(value) = value {
+            out = append_custom_section(&out, name, value.as_bytes());
+        }
+    }
+    Ok(append_custom_section(
+        &out,
+        SECTION,
+        &manifest.to_canonical_json(),
+    ))
+}
+
+/// Low level, for tests: append a raw custom section with any name/payload at the top level.
+pub fn append_custom_section(component: &[u8], name: &str, payload: &[u8]) -> Vec<u8> {
+    let mut out = component.to_vec();
+    wasm_encoder::Section::append_to(
+        &wasm_encoder::CustomSection {
+            name: name.into(),
+            data: payload.into(),
+        },
+        &mut out,
+    );
+    out
+}
+
+/// One top-level section of a component.
+struct TopSection {
+    id: u8,
+    /// Its contents (after the id and the size).
+    contents: std::ops::Range<usize>,
+    /// A custom section's name.
+    custom: Option<String>,
+    /// A custom section's payload (after the name).
+    data: std::ops::Range<usize>,
+}
+
+struct Walk {
+    sections: Vec<TopSection>,
+    /// Manifest sections inside nested components and modules.
+    nested_manifests: usize,
+}
+
+/// The top-level sections of `component`, read without running anything.
+fn walk(component: &[u8]) -> Result<Walk, ManifestError> {
+    use wasmparser::{Parser, Payload};
+    let bad = |e: wasmparser::BinaryReaderError| ManifestError::NotAComponent(e.to_string());
+    let range = |r: std::ops::Range<u64>| r.start as usize..r.end as usize;
+    let mut walk = Walk {
+        sections: Vec::new(),
+        nested_manifests: 0,
+    };
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(component) {
+        let payload = payload.map_err(bad)?;
+        match &payload {
+            Payload::Version { encoding, .. } => {
+                if depth == 0 && *encoding != wasmparser::Encoding::Component {
+                    return Err(ManifestError::NotAComponent(
+                        "it is a core module: make it a component first (`toolgate plugin build` does)"
+                            .into(),
+                    ));
+                }
+                depth += 1;
+                continue;
+            }
+            Payload::End(_) => {
+                depth = depth.saturating_sub(1);
+                continue;
+            }
+            Payload::CustomSection(c) if depth > 1 && c.name() == SECTION => {
+                walk.nested_manifests += 1;
+            }
+            _ => {}
+        }
+        if depth != 1 {
+            continue;
+        }
+        if let Some((id, contents)) = payload.as_section() {
+            let (custom, data) = match &payload {
+                Payload::CustomSection(c) => (Some(c.name().to_owned()), range(c.data_range())),
+                _ => (None, 0..0),
+            };
+            walk.sections.push(TopSection {
+                id,
+                contents: range(contents),
+                custom,
+                data,
+            });
+        }
+    }
+    Ok(walk)
+}
+
+/// JSON with keys sorted by their bytes and no whitespace.
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            out.push(b'{');
+            for (i, (key, item)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                serde_json::to_writer(&mut *out, key).expect("writing to a Vec");
+                out.push(b':');
+                write_canonical(item, out);
+            }
+            out.push(b'}');
+        }
+        scalar => serde_json::to_writer(&mut *out, scalar).expect("writing to a Vec"),
+    }
+}
+
+/// JSON that refuses duplicate keys (serde_json keeps the last one silently).
+fn strict_json(bytes: &[u8]) -> Result<Value, String> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let Strict(value) = Strict::deserialize(&mut de).map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(value)
+}
+
+struct Strict(Value);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        serde_json::Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("a number JSON cannot hold"))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(de::Error::custom(format!("duplicate key `{key}`")));
+            }
+            let Strict(item) = map.next_value()?;
+            object.insert(key, item);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+#[cfg(test)]
+#[path = "manifest_tests.rs"]
+mod tests;
