@@ -132,7 +132,12 @@ pub enum ManifestError {
     Metadata(String),
 }
 
-/// The names of `set` as a JSON list, in name order: `["clock","counters","log"]`.
+/// The names of `set` as a JSON list, in name order (`["clock","counters","log"]`): as the
+/// manifest writes them, and as a `capabilities = ...` line in Cargo.toml reads.
+pub fn capability_names(set: &BTreeSet<Capability>) -> String {
+    names(set)
+}
+
 fn names(set: &BTreeSet<Capability>) -> String {
     let mut names: Vec<&str> = set.iter().map(|c| c.name()).collect();
     names.sort_unstable();
@@ -592,7 +597,12 @@ fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     }
 }
 
-/// JSON that refuses duplicate keys (serde_json keeps the last one silently).
+/// JSON that refuses duplicate keys (serde_json keeps the last one silently): how a manifest
+/// or a config schema given by file is read.
+pub fn parse_json(bytes: &[u8]) -> Result<Value, String> {
+    strict_json(bytes)
+}
+
 fn strict_json(bytes: &[u8]) -> Result<Value, String> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let Strict(value) = Strict::deserialize(&mut de).map_err(|e| e.to_string())?;

@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use toolgate::manifest::{self, Manifest};
 
 #[derive(Args)]
 pub struct BuildArgs {
@@ -26,6 +27,41 @@ pub struct BuildArgs {
 pub struct PackArgs {
     /// The component.
     component: PathBuf,
+    /// The manifest as a JSON file (any layout; `world` defaults to this host's, and
+    /// `capabilities` to the component's imports). Instead of the flags below.
+    #[arg(long, value_name = "FILE.json", conflicts_with_all = ["name", "version", "description", "author", "license", "source", "revision", "capability", "config_schema"])]
+    manifest: Option<PathBuf>,
+    /// The plugin's name (required without --manifest).
+    #[arg(long)]
+    name: Option<String>,
+    /// Its version (required without --manifest).
+    #[arg(long)]
+    version: Option<String>,
+    /// One line on what it does.
+    #[arg(long, default_value = "")]
+    description: String,
+    /// An author (repeatable).
+    #[arg(long)]
+    author: Vec<String>,
+    /// Its licence, an SPDX expression.
+    #[arg(long)]
+    license: Option<String>,
+    /// Where its source is (a URL).
+    #[arg(long)]
+    source: Option<String>,
+    /// The source revision it was built from.
+    #[arg(long)]
+    revision: Option<String>,
+    /// A host capability it imports: `clock`, `counters` or `log` (repeatable; default: its
+    /// real imports, with a warning).
+    #[arg(long)]
+    capability: Vec<String>,
+    /// The JSON Schema of its config, as a file.
+    #[arg(long, value_name = "FILE.json")]
+    config_schema: Option<PathBuf>,
+    /// Where to write the component (default: over COMPONENT).
+    #[arg(short, long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -67,8 +103,19 @@ pub fn build(
         pin,
     }: BuildArgs,
 ) -> ExitCode {
-    match toolgate::plugins::build::build(&crate_dir, &target, out.as_deref()) {
-        Ok(path) => {
+    match toolgate::plugins::build::build_plugin(&crate_dir, &target, out.as_deref()) {
+        Ok(built) => {
+            for warning in &built.warnings {
+                eprintln!("warning: {warning}");
+            }
+            let m = &built.manifest;
+            eprintln!(
+                "manifest: {} {}, capabilities {}",
+                m.name,
+                m.version,
+                manifest::capability_names(&m.capabilities)
+            );
+            let path = built.path;
             let bytes = std::fs::read(&path).unwrap_or_default();
             let digest = toolgate::digest::sha256_hex(&bytes);
             eprintln!("sha256 {digest}");
@@ -93,12 +140,109 @@ pub fn build(
     }
 }
 
-pub fn pack(PackArgs { component }: PackArgs) -> ExitCode {
-    eprintln!(
-        "toolgate plugin pack {}: not yet implemented",
-        component.display()
-    );
-    ExitCode::from(2)
+pub fn pack(args: PackArgs) -> ExitCode {
+    match pack_component(args) {
+        Ok((path, manifest, warnings)) => {
+            for warning in &warnings {
+                eprintln!("warning: {warning}");
+            }
+            eprintln!(
+                "manifest: {} {}, capabilities {}",
+                manifest.name,
+                manifest.version,
+                manifest::capability_names(&manifest.capabilities)
+            );
+            println!("{}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("toolgate plugin pack: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Embeds the manifest the arguments describe, checks it as a gateway will, and writes the
+/// component (beside the target, then renamed). Returns where, the manifest and the warnings.
+fn pack_component(args: PackArgs) -> anyhow::Result<(PathBuf, Manifest, Vec<String>)> {
+    use toolgate::capability::Capability;
+    let component = std::fs::read(&args.component)
+        .with_context(|| format!("cannot read `{}`", args.component.display()))?;
+    let imported = toolgate::capability::imported(&component)
+        .map_err(|e| anyhow::anyhow!("`{}` is not a component: {e}", args.component.display()))?;
+    let mut warnings = Vec::new();
+    let mut derived = || {
+        warnings.push(format!(
+            "no capabilities declared; taking `{}` from the component's imports",
+            manifest::capability_names(&imported)
+        ));
+        serde_json::to_value(imported.iter().map(|c| c.name()).collect::<Vec<_>>())
+    };
+    let manifest = match &args.manifest {
+        Some(file) => {
+            let mut read = || -> anyhow::Result<Manifest> {
+                let mut value =
+                    manifest::parse_json(&std::fs::read(file)?).map_err(anyhow::Error::msg)?;
+                if let Some(object) = value.as_object_mut() {
+                    if !object.contains_key("world") {
+                        object.insert("world".into(), manifest::supported_world().into());
+                    }
+                    if !object.contains_key("capabilities") {
+                        object.insert("capabilities".into(), derived()?);
+                    }
+                }
+                Ok(Manifest::from_json(&serde_json::to_vec(&value)?)?)
+            };
+            read().with_context(|| format!("`{}`", file.display()))?
+        }
+        None => {
+            let (Some(name), Some(version)) = (args.name, args.version) else {
+                anyhow::bail!("give the manifest as `--manifest FILE.json`, or at least `--name` and `--version`");
+            };
+            let capabilities = if args.capability.is_empty() {
+                derived()?;
+                imported.clone()
+            } else {
+                args.capability
+                    .iter()
+                    .map(|c| {
+                        Capability::from_name(c).ok_or_else(|| {
+                            anyhow::anyhow!("`{c}` is not a capability: use `clock`, `counters` or `log`")
+                        })
+                    })
+                    .collect::<anyhow::Result<_>>()?
+            };
+            let config_schema = match &args.config_schema {
+                Some(file) => Some(
+                    std::fs::read(file)
+                        .map_err(anyhow::Error::from)
+                        .and_then(|b| manifest::parse_json(&b).map_err(anyhow::Error::msg))
+                        .with_context(|| format!("cannot read the config schema `{}`", file.display()))?,
+                ),
+                None => None,
+            };
+            Manifest {
+                name,
+                version,
+                description: args.description,
+                authors: args.author,
+                license: args.license,
+                source: args.source,
+                revision: args.revision,
+                world: manifest::supported_world(),
+                capabilities,
+                config_schema,
+            }
+        }
+    };
+    let packed = manifest::embed(&component, &manifest)?;
+    let manifest = Manifest::read(&packed)?;
+    let out = args.out.unwrap_or(args.component);
+    let staged = out.with_extension("wasm.packing");
+    std::fs::write(&staged, &packed)
+        .and_then(|()| std::fs::rename(&staged, &out))
+        .with_context(|| format!("cannot write `{}`", out.display()))?;
+    Ok((out, manifest, warnings))
 }
 
 /// Writes `digest` into the entries of `policy` whose `path` is `component`; the file is

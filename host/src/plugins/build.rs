@@ -4,7 +4,13 @@
 //! into a component in-process with `wit-component` and the WASI preview1 *reactor* adapter
 //! (a rule is a library, not a command), the adapter matching this wasmtime exactly. A crate
 //! built for `wasm32-wasip2` is already a component and is copied as it is.
+//!
+//! The last step, on both paths, embeds the plugin's manifest (`crate::manifest`), made from
+//! the crate's `Cargo.toml` and the component's real imports, and reads it back: every
+//! component this writes carries a manifest a gateway accepts.
 
+use crate::capability;
+use crate::manifest::{self, Manifest, ManifestError};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use wasi_preview1_component_adapter_provider::{
@@ -52,6 +58,14 @@ pub enum BuildError {
         path: String,
         /// Why.
         reason: String,
+    },
+    /// The crate's manifest could not be made, or does not match the component.
+    #[error("`{crate_dir}`: {source}")]
+    Manifest {
+        /// The crate.
+        crate_dir: String,
+        /// Why.
+        source: ManifestError,
     },
     /// Reading or writing a file failed.
     #[error("cannot {action} `{path}`: {source}")]
@@ -102,10 +116,30 @@ fn componentize(module: &[u8]) -> anyhow::Result<Vec<u8>> {
         .and_then(|e| e.encode())
 }
 
+/// A built plugin.
+#[derive(Debug)]
+pub struct Built {
+    /// The component.
+    pub path: PathBuf,
+    /// The manifest embedded in it.
+    pub manifest: Manifest,
+    /// What the author should fix, though the build went through (no declared capabilities).
+    pub warnings: Vec<String>,
+}
+
 /// Builds the plugin crate in `crate_dir` for `target` (`wasm32-wasip1` or `wasm32-wasip2`)
-/// and writes the component to `out` (default: next to cargo's artifact, as
-/// `<name>.component.wasm`). Returns the component's path.
+/// and writes the component, with its manifest, to `out` (default: next to cargo's artifact,
+/// as `<name>.component.wasm`). Returns the component's path.
 pub fn build(crate_dir: &Path, target: &str, out: Option<&Path>) -> Result<PathBuf, BuildError> {
+    build_plugin(crate_dir, target, out).map(|built| built.path)
+}
+
+/// [`build`], also returning the manifest and the warnings about it.
+pub fn build_plugin(
+    crate_dir: &Path,
+    target: &str,
+    out: Option<&Path>,
+) -> Result<Built, BuildError> {
     let shown = crate_dir.display().to_string();
     if target_installed(crate_dir, target) == Some(false) {
         return Err(BuildError::TargetMissing {
@@ -173,12 +207,27 @@ pub fn build(crate_dir: &Path, target: &str, out: Option<&Path>) -> Result<PathB
             reason: format!("{e:#}"),
         })?
     };
+    let manifested = |source| BuildError::Manifest {
+        crate_dir: shown.clone(),
+        source,
+    };
+    let imported = capability::imported(&component)
+        .map_err(|e| manifested(ManifestError::NotAComponent(e)))?;
+    let (manifest, warnings) =
+        Manifest::from_cargo_toml(crate_dir, &imported).map_err(manifested)?;
+    let component = manifest::embed(&component, &manifest).map_err(manifested)?;
+    // Read back as a gateway will: what this writes, a gateway loads.
+    let manifest = Manifest::read(&component).map_err(manifested)?;
     let out = match out {
         Some(out) => out.to_path_buf(),
         None => artifact.with_extension("component.wasm"),
     };
     std::fs::write(&out, component).map_err(io("write", &out))?;
-    Ok(out)
+    Ok(Built {
+        path: out,
+        manifest,
+        warnings,
+    })
 }
 
 #[cfg(test)]
