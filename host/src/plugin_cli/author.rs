@@ -207,7 +207,9 @@ fn pack_component(args: PackArgs) -> anyhow::Result<(PathBuf, Manifest, Vec<Stri
                     .iter()
                     .map(|c| {
                         Capability::from_name(c).ok_or_else(|| {
-                            anyhow::anyhow!("`{c}` is not a capability: use `clock`, `counters` or `log`")
+                            anyhow::anyhow!(
+                                "`{c}` is not a capability: use `clock`, `counters` or `log`"
+                            )
                         })
                     })
                     .collect::<anyhow::Result<_>>()?
@@ -217,7 +219,9 @@ fn pack_component(args: PackArgs) -> anyhow::Result<(PathBuf, Manifest, Vec<Stri
                     std::fs::read(file)
                         .map_err(anyhow::Error::from)
                         .and_then(|b| manifest::parse_json(&b).map_err(anyhow::Error::msg))
-                        .with_context(|| format!("cannot read the config schema `{}`", file.display()))?,
+                        .with_context(|| {
+                            format!("cannot read the config schema `{}`", file.display())
+                        })?,
                 ),
                 None => None,
             };

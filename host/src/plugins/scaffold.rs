@@ -30,6 +30,14 @@ description = "A toolgate plugin"
 edition = "2021"
 version = "0.1.0"
 
+# The plugin's manifest, which `toolgate plugin build` embeds in the component.
+# `capabilities`: the host interfaces the plugin imports ("clock", "counters", "log"); the
+# build refuses a component whose real imports differ, so add one here when you use it.
+# Optional: `config-schema = "config.schema.json"` (or an inline table), the JSON Schema of
+# the plugin's config; `source = "https://..."` (else `repository`); `revision = "<commit>"`.
+[package.metadata.toolgate]
+capabilities = []
+
 [lib]
 crate-type = ["cdylib"]
 
@@ -114,6 +122,9 @@ toolgate run --policy policy.json -- <your MCP server command>
 
 - `src/lib.rs` holds the rule; `wit/policy.wit` is the contract (`toolgate plugin wit`).
 - After a rebuild, `toolgate plugin build . --pin policy.json` pins the new sha256.
+- The build embeds a manifest from `Cargo.toml` (`[package]` and `[package.metadata.toolgate]`):
+  when the rule starts using a host import (`counters`, `clock`, `log`), add it to
+  `capabilities` there, or the build says what to write.
 - The first build compiles wit-bindgen and takes a minute or two; later ones take seconds.
 "#;
 
@@ -173,6 +184,10 @@ mod tests {
         }
         let made = new_plugin(dir.path(), "no-deletes").unwrap();
         assert!(made.join("wit/policy.wit").is_file());
+        // The manifest comes from Cargo.toml, capabilities declared (none, as the rule uses none).
+        let (manifest, warnings) =
+            crate::manifest::Manifest::from_cargo_toml(&made, &Default::default()).unwrap();
+        assert_eq!((manifest.name.as_str(), warnings.len()), ("no-deletes", 0));
         let policy = std::fs::read_to_string(made.join("policy.json")).unwrap();
         assert!(
             policy.contains("release/no_deletes.component.wasm"),
