@@ -12,6 +12,7 @@ mod hot_swap;
 mod house;
 mod http;
 mod integrity;
+mod manifest;
 mod plugins;
 mod standin;
 mod support;
