@@ -13,6 +13,7 @@ mod house;
 mod http;
 mod integrity;
 mod plugins;
+mod signing;
 mod standin;
 mod support;
 mod toolgate_test;
