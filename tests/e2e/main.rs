@@ -14,6 +14,7 @@ mod http;
 mod integrity;
 mod manifest;
 mod plugins;
+mod signing;
 mod standin;
 mod support;
 mod toolgate_test;
