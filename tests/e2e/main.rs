@@ -13,6 +13,8 @@ mod house;
 mod http;
 mod integrity;
 mod plugins;
+mod registry;
 mod standin;
+mod store;
 mod support;
 mod toolgate_test;
