@@ -38,5 +38,6 @@ pub mod policy;
 pub mod reload;
 pub mod session;
 pub mod stdio;
+pub mod store;
 pub mod testing;
 pub mod trust;
