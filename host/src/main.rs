@@ -63,6 +63,13 @@ enum Command {
         /// server whose schema is known to be wrong); repeat for several; `*` for every tool.
         #[arg(long, value_name = "TOOL")]
         skip_schema: Vec<String>,
+        /// The operator's trust file: every plugin must satisfy it (default: `$TOOLGATE_TRUST`).
+        #[arg(long, value_name = "FILE")]
+        trust: Option<PathBuf>,
+        /// The plugin store `ref` entries are read from (default: `$TOOLGATE_STORE`, else
+        /// under the user's data folder).
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
         /// The upstream MCP server's command and arguments (after `--`, or simply last: every
         /// word from the first positional one on belongs to the upstream).
         #[arg(
@@ -92,6 +99,12 @@ enum Command {
         /// Policy files to check.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Check every plugin against this trust file too (default: `$TOOLGATE_TRUST`).
+        #[arg(long, value_name = "FILE")]
+        trust: Option<PathBuf>,
+        /// The plugin store `ref` entries are read from (default: `$TOOLGATE_STORE`).
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
     },
     /// Run case files (`*.cases.json`) against their policies: no upstream, a simulated clock,
     /// the production engine and limits. Prints PASS/FAIL per case and `N passed, N failed`.
@@ -169,6 +182,18 @@ enum GrantCommand {
     },
 }
 
+/// A loader from the environment, with the operator's trust file and store when given.
+fn operator_loader(trust: Option<PathBuf>, store: Option<PathBuf>) -> Loader {
+    let mut loader = Loader::from_env();
+    if trust.is_some() {
+        loader = loader.with_trust(trust);
+    }
+    if let Some(store) = store {
+        loader = loader.with_store(store);
+    }
+    loader
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOOLGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("toolgate=info"));
@@ -220,10 +245,13 @@ fn main() -> ExitCode {
             no_watch,
             reply_timeout_s,
             skip_schema,
+            trust,
+            store,
             upstream,
         } => {
             init_logging();
-            let live = match LivePolicy::load(&policy, Loader::from_env()) {
+            let loader = operator_loader(trust, store);
+            let live = match LivePolicy::load(&policy, loader) {
                 Ok(live) => live,
                 Err(e) => {
                     eprintln!("{:?}", miette::Report::new(e));
@@ -289,9 +317,13 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Check { files } => {
+        Command::Check {
+            files,
+            trust,
+            store,
+        } => {
             let mut failed = false;
-            let loader = Loader::from_env();
+            let loader = operator_loader(trust, store);
             for file in &files {
                 match load_policy(&loader, file) {
                     Ok(_) => println!("{}: ok", file.display()),

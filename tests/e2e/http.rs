@@ -151,7 +151,7 @@ impl Serve {
     }
 
     pub async fn status(&self) -> Value {
-        reqwest::Client::new()
+        crate::support::http_client()
             .get(format!("{}/status", self.admin))
             .bearer_auth("admin-token")
             .send()
@@ -222,7 +222,7 @@ pub fn parse_body(content_type: &str, body: &[u8]) -> Vec<Value> {
 impl Mcp {
     pub fn new(url: &str, token: Option<&str>) -> Self {
         Self {
-            http: reqwest::Client::new(),
+            http: crate::support::http_client(),
             url: url.to_owned(),
             token: token.map(str::to_owned),
             session: None,
@@ -451,7 +451,7 @@ async fn a_missing_or_wrong_token_gets_401_and_no_upstream_traffic() {
         assert_eq!(reply.headers["www-authenticate"], challenge);
         assert_eq!(reply.error()["code"], -32600);
     }
-    let basic = reqwest::Client::new()
+    let basic = crate::support::http_client()
         .post(&serve.url)
         .header("authorization", "Basic dG9rZW4tYQ==")
         .json(&initialize)
@@ -819,7 +819,7 @@ async fn the_admin_listener_reports_and_reloads_behind_its_own_token() {
         ),
         &[("a.json", POLICY_A)],
     );
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let health = http
         .get(format!("{}/healthz", serve.admin))
         .send()
@@ -927,6 +927,7 @@ async fn an_rmcp_client_works_through_the_gateway() {
     use rmcp::transport::StreamableHttpClientTransport;
     use rmcp::ServiceExt;
 
+    crate::support::tls_provider();
     let serve = Serve::start(
         &format!("{}{}", standin_upstream(), grant("b", "token-b", "b.json")),
         &[("b.json", POLICY_B)],

@@ -307,3 +307,19 @@ pub fn everything() -> Option<Vec<String>> {
     }
     Some(vec![bin.display().to_string(), "stdio".into()])
 }
+
+/// Installs the ring TLS provider as the process default, once. reqwest (and rmcp's client,
+/// built on it) needs one: `oci-client`'s `rustls-tls-no-provider` feature, merged into the
+/// one reqwest of the build, leaves the choice to the process, as the binary makes it.
+pub fn tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// A plain HTTP client for the tests, with the process's TLS provider installed.
+pub fn http_client() -> reqwest::Client {
+    tls_provider();
+    reqwest::Client::new()
+}

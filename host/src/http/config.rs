@@ -54,6 +54,23 @@ pub(crate) struct Config {
     pub(crate) grants: Vec<GrantConfig>,
     #[serde(default)]
     pub(crate) limits: Limits,
+    /// Where plugins come from and whom they must satisfy.
+    #[serde(default)]
+    pub(crate) plugins: PluginsConfig,
+}
+
+/// `[plugins]`: the operator's side of running other people's plugins. Never in a policy.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PluginsConfig {
+    /// The trust file every plugin of every grant must satisfy (relative to this file;
+    /// default: `$TOOLGATE_TRUST`, else none).
+    #[serde(default)]
+    pub(crate) trust: Option<PathBuf>,
+    /// The store `ref` entries are read from (relative to this file; default:
+    /// `$TOOLGATE_STORE`, else under the user's data folder).
+    #[serde(default)]
+    pub(crate) store: Option<PathBuf>,
 }
 
 /// The MCP server behind the gateway: a Streamable HTTP URL or a stdio command.
@@ -239,6 +256,12 @@ impl Config {
             if let Some(policy) = &mut grant.policy {
                 *policy = base.join(&*policy);
             }
+        }
+        for path in [&mut config.plugins.trust, &mut config.plugins.store]
+            .into_iter()
+            .flatten()
+        {
+            *path = base.join(&*path);
         }
         if let Some(anonymous) = &config.anonymous_grant {
             if !names.contains(anonymous) {

@@ -60,7 +60,14 @@ pub fn serve(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let runtime = crate::plugins::PluginRuntime::from_env()
         .map(|r| r.with_max_concurrent_evaluations(config.limits.max_plugin_evaluations));
-    let grants = Grants::load(&config, &crate::policy::Loader::from_runtime(runtime))?;
+    let mut loader = crate::policy::Loader::from_runtime(runtime);
+    if let Some(trust) = &config.plugins.trust {
+        loader = loader.with_trust(Some(trust.clone()));
+    }
+    if let Some(store) = &config.plugins.store {
+        loader = loader.with_store(store.clone());
+    }
+    let grants = Grants::load(&config, &loader)?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = config.worker_threads {
         runtime.worker_threads(threads.max(1));

@@ -41,6 +41,41 @@ pub enum PluginError {
         /// Why.
         reason: String,
     },
+    /// The component's manifest is missing, malformed, or says something untrue.
+    #[error("`{path}` has no usable manifest: {reason}")]
+    Manifest {
+        /// Where it was read from.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// It imports a capability the policy does not grant it.
+    #[error("`{path}` imports `{import}`, which the policy does not grant plugin `{plugin}`: write `{line}` in plugins.{plugin}")]
+    Ungranted {
+        /// Where it was read from.
+        path: String,
+        /// The plugin's name in the policy.
+        plugin: String,
+        /// The import.
+        import: String,
+        /// The `grants` line that would let it load.
+        line: String,
+    },
+    /// Its signatures do not satisfy the operator's trust file.
+    #[error("`{path}` does not satisfy rule `{rule}` of the trust file `{trust}`:\n{explain}")]
+    Untrusted {
+        /// Where it was read from.
+        path: String,
+        /// The trust file.
+        trust: String,
+        /// The rule it was judged by.
+        rule: String,
+        /// What was counted, ignored and unmet.
+        explain: String,
+    },
+    /// It could not be read from the store.
+    #[error("{0}")]
+    Store(String),
     /// The engine could not be set up.
     #[error("the plugin engine cannot start: {0}")]
     Engine(String),
@@ -194,6 +229,15 @@ pub enum ConfigRejected {
     /// The plugin said no, with this reason (truncated to its reason cap).
     #[error("{0}")]
     Rejected(String),
+    /// The config does not match the JSON Schema in the plugin's manifest; the plugin never
+    /// saw it.
+    #[error("the config does not match the plugin's config schema{at}: {error}")]
+    Schema {
+        /// ` at `/path`` where it fails, or nothing at the top.
+        at: String,
+        /// What is wrong there.
+        error: String,
+    },
     /// The call itself failed.
     #[error(transparent)]
     Failed(#[from] EvalFailure),

@@ -8,20 +8,25 @@ use super::load::PluginMetadata;
 use super::permits::Permits;
 use crate::counters::{CounterStore, Reservation};
 use crate::decision::{Decision, Verdict};
+use crate::manifest::Manifest;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// A loaded plugin: one pre-instantiated component and its instances, ready to evaluate.
 pub struct Plugin {
     name: Arc<str>,
-    /// The file it was loaded from.
-    path: PathBuf,
+    /// The file it was loaded from (`None`: from the store).
+    path: Option<PathBuf>,
     digest: String,
     /// `plugins.<name>`: the rule its decisions report.
     rule: String,
     instances: Arc<Instances>,
     /// The runtime's evaluation permits, shared with its other plugins.
     permits: Arc<Permits>,
+    /// What the component says it is, read from its bytes at load.
+    manifest: Manifest,
+    /// The manifest's `config_schema`, compiled.
+    config_schema: Option<jsonschema::Validator>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -63,16 +68,20 @@ pub struct PluginOutcome {
 impl Plugin {
     /// A plugin of these instances; `digest` is its component's sha256.
     pub(crate) fn new(
-        path: &Path,
+        path: Option<&Path>,
         digest: String,
         instances: Arc<Instances>,
         permits: Arc<Permits>,
+        manifest: Manifest,
+        config_schema: Option<jsonschema::Validator>,
     ) -> Self {
         let name = instances.pre.name.clone();
         Self {
+            manifest,
+            config_schema,
             rule: format!("plugins.{name}"),
             name,
-            path: path.to_owned(),
+            path: path.map(Path::to_owned),
             digest,
             instances,
             permits,
@@ -89,9 +98,9 @@ impl Plugin {
         &self.digest
     }
 
-    /// The file it was loaded from.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The file it was loaded from (`None`: it came from the store).
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 
     /// Calls `metadata` on a fresh instance (part of loading).
@@ -99,8 +108,35 @@ impl Plugin {
         self.instances.pre.metadata()
     }
 
-    /// Runs the plugin's `validate-config` on `config` (JSON text).
+    /// What the component's manifest says it is.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Checks `config` (JSON text) against the manifest's config schema, if it has one, then
+    /// runs the plugin's own `validate-config` on it.
     pub fn validate_config(&self, config: &str) -> Result<(), ConfigRejected> {
+        if let Some(schema) = &self.config_schema {
+            let value: serde_json::Value =
+                serde_json::from_str(config).map_err(|e| ConfigRejected::Schema {
+                    at: String::new(),
+                    error: e.to_string(),
+                })?;
+            let problem = schema.iter_errors(&value).next().map(|error| {
+                let path = error.instance_path().to_string();
+                ConfigRejected::Schema {
+                    at: if path.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" at `{path}`")
+                    },
+                    error: error.to_string(),
+                }
+            });
+            if let Some(problem) = problem {
+                return Err(problem);
+            }
+        }
         self.instances.pre.validate_config(config)
     }
 

@@ -1,5 +1,5 @@
-//! The first four steps of the lifecycle, each a function: load ([`read`]) → [`verify`] →
-//! compile ([`Compiler::compile`]) → [`pre_instantiate`], ending in a [`PluginPre`]: the
+//! The first four steps of the lifecycle, each a function: load ([`read`]) → verify
+//! (`vet.rs`) → compile ([`Compiler::compile`]) → [`pre_instantiate`], ending in a [`PluginPre`]: the
 //! component linked against the granted imports, with what an instance of it needs. The
 //! runtime strings them together (`PluginRuntime::load`).
 //!
@@ -7,11 +7,11 @@
 //! the policy load with a [`PluginError`]; nothing here runs on a request's path.
 
 use super::bindings;
-use super::build;
 use super::cache::CompileCache;
 use super::error::{ConfigRejected, EvalFailure, PluginError};
 use super::host::{EvalState, MemoryBudget, UngrantedImport};
 use super::limits::{PluginLimits, EPOCH_TICK, LOAD_TIMEOUT};
+use super::vet::Candidate;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -41,12 +41,57 @@ pub struct PluginMetadata {
     pub description: String,
 }
 
-/// Step 1, load: the file's bytes.
-pub(crate) fn read(path: &Path) -> Result<Vec<u8>, PluginError> {
-    std::fs::read(path).map_err(|source| PluginError::Read {
-        path: path.display().to_string(),
-        source,
-    })
+/// Where a plugin's bytes come from.
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    /// A file (development, or a plugin kept beside the policy); its signatures are the
+    /// `.minisig` files beside it.
+    Path(&'a Path),
+    /// The digest-keyed store: the component with this sha256, and the signatures stored
+    /// with it. `reference` only names it in messages; nothing follows a tag.
+    Store {
+        /// The store.
+        store: &'a crate::store::Store,
+        /// The policy's `ref`.
+        reference: &'a str,
+        /// The policy's `sha256`.
+        sha256: &'a str,
+    },
+}
+
+/// Step 1, load: the bytes, read once, and the signatures found for them.
+pub(crate) fn read(source: Source<'_>) -> Result<Candidate, PluginError> {
+    match source {
+        Source::Path(path) => {
+            let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            Ok(Candidate {
+                shown: path.display().to_string(),
+                file: Some(path.to_owned()),
+                bytes,
+                signatures: crate::trust::signatures_beside(path),
+            })
+        }
+        Source::Store {
+            store,
+            reference,
+            sha256,
+        } => {
+            let store_error = |e: crate::store::StoreError| {
+                PluginError::Store(e.for_reference(reference).to_string())
+            };
+            let bytes = store.component(sha256).map_err(store_error)?;
+            let signatures = store.signatures(sha256).map_err(store_error)?;
+            Ok(Candidate {
+                shown: format!("{reference}@sha256:{sha256}"),
+                file: None,
+                bytes,
+                signatures,
+            })
+        }
+    }
 }
 
 /// Step 3, compile: each component once per process (by content digest), through the disk
@@ -138,7 +183,8 @@ impl Compiler {
 }
 
 /// Step 4, pre-instantiate: links the component against the granted imports once, and checks
-/// that it exports toolgate's `policy` world. A plugin that imports anything else fails here.
+/// that it exports toolgate's `policy` world. A plugin that imports anything else fails here:
+/// `linker` holds only the interfaces the policy grants, and only WASI imports are stubbed.
 pub(crate) fn pre_instantiate(
     engine: &Engine,
     linker: &Linker<EvalState>,
@@ -188,6 +234,11 @@ fn link_ungranted_to_traps(
 ) -> wasmtime::Result<()> {
     let mut root = linker.root();
     for (name, import) in component.component_type().imports(engine) {
+        // Only WASI is stubbed: a toolgate interface the policy did not grant stays undefined,
+        // so the load fails even if the checks before this one missed it.
+        if !name.starts_with("wasi:") {
+            continue;
+        }
         link_to_trap(&mut root, engine, name, None, import.ty)?;
     }
     Ok(())
@@ -237,39 +288,6 @@ fn invalid(path: &str, reason: impl ToString) -> PluginError {
         path: path.to_owned(),
         reason: reason.to_string(),
     }
-}
-
-/// Step 2, verify: the content has the digest the policy pins (a warning when it pins none),
-/// and it is a component, not a core module or another file. Returns the content's sha256.
-pub(crate) fn verify(
-    name: &str,
-    path: &str,
-    bytes: &[u8],
-    pinned: Option<&str>,
-) -> Result<String, PluginError> {
-    let digest = crate::digest::sha256_hex(bytes);
-    match pinned {
-        Some(expected) if !expected.eq_ignore_ascii_case(&digest) => {
-            return Err(PluginError::DigestMismatch {
-                path: path.to_owned(),
-                expected: expected.to_owned(),
-                actual: digest,
-            })
-        }
-        Some(_) => {}
-        None => {
-            tracing::warn!(plugin = name, path, sha256 = %digest, "plugin loaded without a pinned sha256")
-        }
-    }
-    if !build::is_component(bytes) {
-        let reason = if build::is_core_module(bytes) {
-            "it is a core wasm module, not a component; build it with `toolgate plugin build`"
-        } else {
-            "it is not WebAssembly (truncated, or another file)"
-        };
-        return Err(invalid(path, reason));
-    }
-    Ok(digest)
 }
 
 impl PluginPre {
@@ -384,34 +402,6 @@ fn truncate(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn verify_checks_the_pinned_digest_before_the_format() {
-        let bytes = b"definitely not wasm";
-        let digest = crate::digest::sha256_hex(bytes);
-        let wrong = "00".repeat(32);
-        let mismatch = verify("p", "p.wasm", bytes, Some(&wrong)).unwrap_err();
-        assert!(
-            matches!(mismatch, PluginError::DigestMismatch { .. }),
-            "{mismatch}"
-        );
-        let not_wasm = verify("p", "p.wasm", bytes, Some(&digest.to_uppercase())).unwrap_err();
-        assert_eq!(
-            not_wasm.to_string(),
-            "`p.wasm` is not a usable plugin: it is not WebAssembly (truncated, or another file)"
-        );
-        let core = verify("p", "p.wasm", b"\0asm\x01\0\0\0", None).unwrap_err();
-        assert!(
-            core.to_string()
-                .contains("core wasm module, not a component"),
-            "{core}"
-        );
-        let component = b"\0asm\x0d\0\x01\0";
-        assert_eq!(
-            verify("p", "p.wasm", component, None).unwrap(),
-            crate::digest::sha256_hex(component)
-        );
-    }
 
     #[test]
     fn truncate_cuts_on_a_character_boundary_and_says_how_long_it_was() {

@@ -4,8 +4,9 @@
 //! lifecycle has five steps, named the same in types, logs and docs:
 //!
 //! 1. **load**: read the file;
-//! 2. **verify**: check its sha256 against the policy's `sha256` (when given), and that it is a
-//!    component, not a core module;
+//! 2. **verify**: check its sha256 against the policy's `sha256` (when given), that it is a
+//!    component with one true manifest, that the policy grants what it imports, and, when the
+//!    operator configured a trust file, that its signatures satisfy it (`vet.rs`);
 //! 3. **compile**: once per content digest in this process, and cached on disk keyed by
 //!    sha256 + wasmtime version + engine configuration, so a restart loads it in a fraction of
 //!    a millisecond. A cached artifact is native code: it is used only from a private folder
@@ -21,14 +22,15 @@
 //!    evaluation starts from a clean instance.
 //!
 //! The files follow the steps, each depending only on those before it: `limits.rs` (the knobs
-//! of one plugin), `load.rs` (read → `load.rs::verify` → compile, with `cache.rs` →
+//! of one plugin), `load.rs` (read → verify, in `vet.rs` → compile, with `cache.rs` →
 //! pre-instantiate, into a `PluginPre`), `instances.rs` (rehydrating a `PluginPre`, the idle
 //! instances and the chores thread), `evaluate.rs` (a [`Plugin`] and its calls, under the
 //! `permits.rs`), `error.rs` (why a load or a call failed, told apart by type), and on top
 //! `runtime.rs` (the engine, its knobs and threads, and [`PluginRuntime::load`], which walks
 //! a file through the steps).
 //!
-//! The sandbox grants the three toolgate interfaces (counters, clock, log) and nothing else:
+//! The sandbox links the toolgate interfaces the policy grants (of counters, clock, log; all
+//! three when the entry says nothing) and nothing else:
 //! every WASI import a guest's standard library brings is linked to a function that traps, so
 //! a plugin has no filesystem, environment, network, clock or randomness of its own.
 
@@ -44,6 +46,7 @@ mod load;
 mod permits;
 mod runtime;
 pub mod scaffold;
+mod vet;
 
 /// The WIT package a plugin implements (`wit/policy.wit`), as this binary was built against
 /// it: `toolgate plugin wit` prints it, so an author with only the binary has the contract.
@@ -55,9 +58,10 @@ pub use limits::{
     Isolation, PluginLimits, IMPORT_CALLS_PER_EVALUATION, LOG_BYTES_PER_EVALUATION,
     MAX_COUNTER_NAME_BYTES,
 };
-pub use load::PluginMetadata;
+pub use load::{PluginMetadata, Source};
 pub use permits::DEFAULT_MAX_CONCURRENT_EVALUATIONS;
 pub use runtime::PluginRuntime;
+pub use vet::{Candidate, Vetting};
 
 #[cfg(test)]
 mod tests;

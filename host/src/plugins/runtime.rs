@@ -13,10 +13,13 @@ use super::evaluate::Plugin;
 use super::host::EvalState;
 use super::instances::{Chores, Instances};
 use super::limits::{Isolation, PluginLimits, EPOCH_TICK};
-use super::load::{self, Compiler};
+use super::load::{self, Compiler, Source};
 use super::permits::{Permits, DEFAULT_MAX_CONCURRENT_EVALUATIONS};
+use super::vet::{self, Vetting};
+use crate::capability::{json_list, Capability};
+use std::collections::BTreeSet;
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -30,10 +33,9 @@ const WASMTIME_VERSION: &str = "48.0.8";
 /// for how evaluations share them with idle instances.
 pub(crate) const INSTANCE_SLOTS: u32 = 256;
 
-/// One engine for the process, with the linker every plugin is instantiated through.
+/// One engine for the process, with what every plugin is loaded and run through.
 pub struct PluginRuntime {
     engine: Engine,
-    linker: Linker<EvalState>,
     /// Compiles each component once per process, through the disk cache if there is one.
     compiler: Compiler,
     /// The background thread that prepares and tears down instances.
@@ -68,13 +70,11 @@ impl PluginRuntime {
     /// [`PluginRuntime::with_max_concurrent_evaluations`]).
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, PluginError> {
         let engine = Engine::new(&engine_config()).map_err(engine_error)?;
-        let linker = linker(&engine)?;
         spawn_epoch_ticker(&engine)?;
         let chores = Chores::start()?;
         let cache = cache_dir.map(|dir| CompileCache::new(dir, engine_name(&engine)));
         Ok(Self {
             engine,
-            linker,
             compiler: Compiler::new(cache),
             chores,
             permits: Arc::new(Permits::new(DEFAULT_MAX_CONCURRENT_EVALUATIONS)),
@@ -96,35 +96,52 @@ impl PluginRuntime {
         self.permits.max()
     }
 
-    /// Loads, verifies, compiles and pre-instantiates the plugin at `path`.
+    /// Loads, verifies, compiles and pre-instantiates the plugin from `source`, under what
+    /// `vetting` requires of it.
     pub fn load(
         &self,
         name: &str,
-        path: &Path,
-        sha256: Option<&str>,
+        source: Source<'_>,
+        vetting: Vetting<'_>,
         isolation: Isolation,
         limits: PluginLimits,
     ) -> Result<Arc<Plugin>, PluginError> {
-        let shown = path.display().to_string();
-        let bytes = load::read(path)?;
-        let digest = load::verify(name, &shown, &bytes, sha256)?;
+        let candidate = load::read(source)?;
+        let shown = candidate.shown.clone();
+        let vetted = vet::vet(name, &candidate, vetting)?;
+        let digest = vetted.digest;
         let component = self
             .compiler
-            .compile(&self.engine, &digest, &bytes, &shown)?;
-        let pre =
-            load::pre_instantiate(&self.engine, &self.linker, name, &shown, &component, limits)?;
+            .compile(&self.engine, &digest, &candidate.bytes, &shown)?;
+        let file = candidate.file.clone();
+        drop(candidate);
+        let linker = linker(&self.engine, &vetted.linked)?;
+        let pre = load::pre_instantiate(&self.engine, &linker, name, &shown, &component, limits)?;
         let metadata = pre.metadata().map_err(|e| PluginError::Invalid {
-            path: shown,
+            path: shown.clone(),
             reason: e.to_string(),
         })?;
-        tracing::info!(plugin = name, sha256 = %digest, metadata.name, metadata.version, ?isolation, "pre-instantiated plugin");
+        tracing::info!(plugin = name, sha256 = %digest, metadata.name, metadata.version, manifest = %vetted.manifest.name, capabilities = %json_list(&vetted.linked), ?isolation, "pre-instantiated plugin");
+        let config_schema = match &vetted.manifest.config_schema {
+            Some(schema) => {
+                Some(
+                    jsonschema::validator_for(schema).map_err(|e| PluginError::Manifest {
+                        path: shown.clone(),
+                        reason: format!("its config_schema is not a usable JSON Schema: {e}"),
+                    })?,
+                )
+            }
+            None => None,
+        };
         let instances = Instances::new(pre, isolation, self.chores.clone());
         instances.prepare();
         Ok(Arc::new(Plugin::new(
-            path,
+            file.as_deref(),
             digest,
             instances,
             self.permits.clone(),
+            vetted.manifest,
+            config_schema,
         )))
     }
 }
@@ -168,18 +185,26 @@ fn engine_config() -> wasmtime::Config {
     config
 }
 
-/// The linker with toolgate's three interfaces (counters, clock, log) and their types; every
-/// other import is linked per plugin, to a trap (see `load`).
-fn linker(engine: &Engine) -> Result<Linker<EvalState>, PluginError> {
+/// A linker holding the `types` interface and only the `granted` capabilities: an import of
+/// anything else is undefined, and the plugin fails to pre-instantiate (WASI imports are
+/// linked to traps per plugin, in `load`). Built per load: microseconds, next to a compile.
+fn linker(
+    engine: &Engine,
+    granted: &BTreeSet<Capability>,
+) -> Result<Linker<EvalState>, PluginError> {
+    use bindings::toolgate::policy as wit;
     let mut linker = Linker::new(engine);
-    bindings::toolgate::policy::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+    wit::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(engine_error)?;
+    for capability in granted {
+        match capability {
+            Capability::Counters => {
+                wit::counters::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            }
+            Capability::Clock => wit::clock::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s),
+            Capability::Log => wit::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s),
+        }
         .map_err(engine_error)?;
-    bindings::toolgate::policy::counters::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
-        .map_err(engine_error)?;
-    bindings::toolgate::policy::clock::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
-        .map_err(engine_error)?;
-    bindings::toolgate::policy::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
-        .map_err(engine_error)?;
+    }
     Ok(linker)
 }
 

@@ -61,7 +61,13 @@ fn load(runtime: &PluginRuntime, name: &str, isolation: Isolation, fuel: u64) ->
         ..PluginLimits::default()
     };
     runtime
-        .load(name, &built(name), None, isolation, limits)
+        .load(
+            name,
+            Source::Path(&built(name)),
+            Vetting::default(),
+            isolation,
+            limits,
+        )
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -119,7 +125,13 @@ fn a_call_without_a_permit_within_its_timeout_is_denied() {
         ..PluginLimits::default()
     };
     let plugin = runtime
-        .load("probe", &built("probe"), None, Isolation::Fresh, limits)
+        .load(
+            "probe",
+            Source::Path(&built("probe")),
+            Vetting::default(),
+            Isolation::Fresh,
+            limits,
+        )
         .unwrap();
     let held = runtime.permits.acquire(std::time::Duration::ZERO).unwrap();
     let refused = plugin.evaluate(&call("{}"), "{}", &counters).decision;

@@ -6,10 +6,12 @@ use super::error::Problem;
 use super::spans::Spans;
 use super::{unique_keys, Limit, PluginUse, Policy, PolicyError, Rule};
 use crate::counters::Window;
-use crate::plugins::{Plugin, PluginError, PluginLimits, PluginRuntime};
+use crate::plugins::{Plugin, PluginError, PluginLimits, PluginRuntime, Source, Vetting};
+use crate::store::Store;
+use crate::trust::Trust;
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use wildmatch::WildMatch;
@@ -24,16 +26,26 @@ fn is_glob(pattern: &str) -> bool {
 /// outside the document, the plugin runtime that loads a policy's plugins; it is given, never
 /// reached through a global (Kubewarden's evaluator takes its engine the same way). Without a
 /// runtime, a policy that names plugins fails to load.
+///
+/// The operator's side of loading plugins comes with it too: the trust file every plugin must
+/// satisfy (read again at every load, so a revoked key takes effect at the next reload) and
+/// the store `ref` entries are read from.
 #[derive(Clone)]
 pub struct Loader {
     /// The runtime, or why there is none (said when a policy names plugins).
     plugins: Result<Arc<PluginRuntime>, Arc<str>>,
+    /// The trust file, if the operator configured one.
+    trust: Option<PathBuf>,
+    /// The store (`None`: `$TOOLGATE_STORE` or its default, looked up when a `ref` needs it).
+    store: Option<PathBuf>,
 }
 
 impl Default for Loader {
     fn default() -> Self {
         Self {
             plugins: Err("no plugin runtime was given to load it with".into()),
+            trust: None,
+            store: None,
         }
     }
 }
@@ -48,7 +60,27 @@ impl Loader {
     pub fn with_plugins(runtime: Arc<PluginRuntime>) -> Self {
         Self {
             plugins: Ok(runtime),
+            ..Self::default()
         }
+    }
+
+    /// Every plugin must satisfy the trust file at `path` (`None`: no trust file, as before).
+    /// It is read at every load; if it cannot be read or is invalid, no policy with plugins
+    /// loads.
+    pub fn with_trust(mut self, path: Option<PathBuf>) -> Self {
+        self.trust = path;
+        self
+    }
+
+    /// `ref` entries are read from the store at `root`.
+    pub fn with_store(mut self, root: PathBuf) -> Self {
+        self.store = Some(root);
+        self
+    }
+
+    /// The trust file every plugin must satisfy, if any.
+    pub fn trust(&self) -> Option<&Path> {
+        self.trust.as_deref()
     }
 
     /// A loader with a new plugin runtime configured from the environment
@@ -58,11 +90,20 @@ impl Loader {
         Self::from_runtime(PluginRuntime::from_env())
     }
 
+    /// The trust file named by `$TOOLGATE_TRUST`, if it is set and not empty.
+    pub fn trust_from_env() -> Option<PathBuf> {
+        std::env::var_os("TOOLGATE_TRUST")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    }
+
     /// A loader with `runtime`; if it could not be made, policies without plugins still load,
     /// and one that names plugins fails saying why.
     pub fn from_runtime(runtime: Result<PluginRuntime, PluginError>) -> Self {
         Self {
             plugins: runtime.map(Arc::new).map_err(|e| e.to_string().into()),
+            trust: Self::trust_from_env(),
+            store: None,
         }
     }
 
@@ -133,13 +174,7 @@ impl Loader {
                 Problem::TrailingCharacters,
             )
         })?;
-        Policy::compile(
-            doc,
-            text,
-            file,
-            base,
-            self.plugins.as_deref().map_err(|e| &**e),
-        )
+        Policy::compile(doc, text, file, base, self)
     }
 }
 
@@ -150,8 +185,9 @@ impl Policy {
         text: &str,
         file: &str,
         base: &Path,
-        runtime: Result<&PluginRuntime, &str>,
+        loader: &Loader,
     ) -> Result<Self, PolicyError> {
+        let runtime = loader.plugins.as_deref().map_err(|e| &**e);
         let mut compiler = Compiler {
             file,
             text,
@@ -169,7 +205,7 @@ impl Policy {
                 )
             })?;
             compiler.shared_counters_exist(&doc)?;
-            compiler.load_plugins(&doc.plugins, base, runtime)?;
+            compiler.load_plugins(&doc.plugins, base, runtime, loader)?;
         }
         let hide = doc.hide.iter().map(|p| WildMatch::new(p)).collect();
         let all_tools_limits = compiler.limits(
@@ -272,25 +308,69 @@ impl Compiler<'_> {
     }
 
     /// Each plugin through load → verify → compile → pre-instantiate; any failure is a load
-    /// error at the plugin's entry.
+    /// error at the plugin's entry. The trust file is read once for all of them.
     fn load_plugins(
         &mut self,
         specs: &BTreeMap<String, PluginSpec>,
         base: &Path,
         runtime: &PluginRuntime,
+        loader: &Loader,
     ) -> Result<(), PolicyError> {
+        let trust = match &loader.trust {
+            Some(path) => Some(
+                Trust::read(path)
+                    .map_err(|e| self.invalid("plugins".into(), Problem::Trust(e.to_string())))?,
+            ),
+            None => None,
+        };
+        let mut store: Option<Store> = None;
         for (name, spec) in specs {
-            let plugin = runtime
-                .load(
-                    name,
-                    &base.join(&spec.path),
-                    spec.sha256.as_deref(),
-                    spec.isolation,
-                    plugin_limits(spec),
+            let location = format!("plugins.{name}");
+            let source_problem = |message: &str| {
+                self.invalid(
+                    location.clone(),
+                    Problem::PluginSource(format!("plugin `{name}` {message}")),
                 )
+            };
+            let path;
+            let source = match (&spec.path, &spec.reference, &spec.sha256) {
+                (Some(p), None, _) => {
+                    path = base.join(p);
+                    Source::Path(&path)
+                }
+                (None, Some(reference), Some(sha256)) => {
+                    if store.is_none() {
+                        store = Some(match &loader.store {
+                            Some(root) => Store::at(root.clone()),
+                            None => Store::from_env().map_err(|e| {
+                                source_problem(&format!("cannot use the plugin store: {e}"))
+                            })?,
+                        });
+                    }
+                    Source::Store {
+                        store: store.as_ref().expect("set just above"),
+                        reference,
+                        sha256,
+                    }
+                }
+                (None, Some(_), None) => return Err(source_problem(
+                    "has a `ref` without a `sha256`: the store is searched by digest, never by tag",
+                )),
+                (Some(_), Some(_), _) => {
+                    return Err(source_problem("has both a `path` and a `ref`"))
+                }
+                (None, None, _) => return Err(source_problem("has neither a `path` nor a `ref`")),
+            };
+            let vetting = Vetting {
+                pinned: spec.sha256.as_deref(),
+                grants: spec.grants.as_ref(),
+                trust: trust.as_ref(),
+            };
+            let plugin = runtime
+                .load(name, source, vetting, spec.isolation, plugin_limits(spec))
                 .map_err(|e| {
                     self.invalid(
-                        format!("plugins.{name}"),
+                        location.clone(),
                         Problem::PluginLoad {
                             name: name.clone(),
                             error: e.to_string(),

@@ -9,7 +9,7 @@ use crate::counters::Scope;
 use crate::counters::MAX_WINDOW_MS;
 use serde::Deserialize;
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The whole document.
 #[derive(Debug, Deserialize)]
@@ -100,15 +100,25 @@ pub struct AllTools {
     pub uses: Vec<UseSpec>,
 }
 
-/// A plugin: `{"path": "plugins/gw_id_check.wasm", "sha256": "<hex>"}`.
+/// A plugin: a file, `{"path": "plugins/gw_id_check.wasm", "sha256": "<hex>"}`, or one
+/// from the store, `{"ref": "registry/repo:tag", "sha256": "<hex>"}`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginSpec {
     /// The component file, relative to the policy file.
-    pub path: String,
-    /// The component's sha256 (hex). Checked whenever given; without it the digest is logged.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The reference it was pulled by, for people; the store is searched by `sha256` only.
+    #[serde(default, rename = "ref")]
+    pub reference: Option<String>,
+    /// The component's sha256 (hex). Checked whenever given; without it the digest is
+    /// logged. Required with `ref`.
     #[serde(default)]
     pub sha256: Option<String>,
+    /// The capabilities the plugin may link (`["counters", "log"]`): an import of any other
+    /// fails the load. Without it, all three, with a warning that prints the line to add.
+    #[serde(default)]
+    pub grants: Option<BTreeSet<crate::capability::Capability>>,
     /// `fresh` (default) or `pooled`: see [`crate::plugins::Isolation`].
     #[serde(default)]
     pub isolation: crate::plugins::Isolation,

@@ -193,6 +193,18 @@ pub enum Problem {
         /// The name used.
         name: String,
     },
+    /// A plugin entry that names no component, or two.
+    #[error("{0}")]
+    #[diagnostic(help(
+        "a plugin is a file, `{{\"path\": \"plugins/x.wasm\", \"sha256\": \"<hex>\"}}`, or a component of the store, `{{\"ref\": \"registry/repo:tag\", \"sha256\": \"<hex>\"}}` (what `toolgate plugin pull` prints)"
+    ))]
+    PluginSource(String),
+    /// The operator's trust file cannot be used: no plugin loads until it is fixed.
+    #[error("the trust file cannot be used: {0}")]
+    #[diagnostic(help(
+        "the trust file is the operator's (`--trust`, `[plugins] trust` or `$TOOLGATE_TRUST`); `toolgate plugin verify --trust FILE` checks it on its own"
+    ))]
+    Trust(String),
     /// A plugin refused the `config` a rule gives it.
     #[error("plugin `{name}` rejects its config: {error}")]
     #[diagnostic(help("the plugin's documentation says which config it takes"))]

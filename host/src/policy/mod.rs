@@ -151,7 +151,7 @@ impl Policy {
     }
 
     /// The plugins this policy loaded, for status and logs.
-    pub(crate) fn plugins(&self) -> &[Arc<Plugin>] {
+    pub fn plugins(&self) -> &[Arc<Plugin>] {
         &self.plugins
     }
 

@@ -173,7 +173,12 @@ impl Reloadable for LivePolicy {
     /// The policy and every plugin it names.
     fn files(&self) -> Vec<PathBuf> {
         let mut files = vec![self.path.clone()];
-        files.extend(self.current().plugins().iter().map(|p| p.path().to_owned()));
+        files.extend(
+            self.current()
+                .plugins()
+                .iter()
+                .filter_map(|p| p.path().map(Path::to_owned)),
+        );
         files
     }
 
