@@ -15,6 +15,7 @@ mod integrity;
 mod manifest;
 mod plugins;
 mod registry;
+mod sharing;
 mod signing;
 mod standin;
 mod store;

@@ -312,24 +312,6 @@ fn a_plugins_log_lines_show_in_eval_and_in_the_json_trace() {
     );
 }
 
-/// `plugin new` scaffolds a crate that builds outside this repository as it is, and whose
-/// case file passes with full coverage.
-#[test]
-fn a_new_plugin_builds_outside_the_repository_and_passes_its_cases() {
-    let dir = tempfile::tempdir().unwrap();
-    let parent = dir.path().to_str().unwrap();
-    let (out, code) = toolgate(&["plugin", "new", "no-deletes", "--dir", parent]);
-    assert_eq!(code, 0, "{out}");
-    let made = dir.path().join("no-deletes");
-    assert!(out.starts_with(&format!("{}\n", made.display())), "{out}");
-    let made = made.to_str().unwrap();
-    let (out, code) = toolgate(&["plugin", "build", made]);
-    assert_eq!(code, 0, "{out}");
-    let (out, code) = toolgate(&["test", made, "--coverage", "--fail-under", "100"]);
-    assert_eq!(code, 0, "{out}");
-    assert!(out.contains("2 passed, 0 failed"), "{out}");
-}
-
 /// For scripts: `--exit-code` makes a refusal exit 1; an allowed call still exits 0.
 #[test]
 fn eval_exit_code_tells_a_refusal_from_an_allowed_call() {
