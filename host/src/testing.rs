@@ -324,9 +324,11 @@ fn run_case(
         let outcome = policy.decide_traced(&call, counters, &mut trace);
         for s in &trace {
             let point = match s.instructions {
-                // A plugin step: covered as `allow` or `refuse`.
-                Some(_) if s.result == "allow" => format!("{} allow", s.point),
-                Some(_) => format!("{} refuse", s.point),
+                // A plugin step: covered by the kind of its decision (`deny: <reason>`).
+                Some(_) => {
+                    let kind = s.result.split(':').next().unwrap_or_default();
+                    format!("{} {kind}", s.point)
+                }
                 None => s.point.clone(),
             };
             if let Some(hit) = points.get_mut(&point) {

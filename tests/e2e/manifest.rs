@@ -148,6 +148,7 @@ fn plugin_pack_embeds_a_manifest_from_flags_or_a_file_and_replaces_the_old_one()
         world: manifest::supported_world(),
         capabilities: [Capability::Counters].into(),
         config_schema: None,
+        outcomes: None,
     };
     assert_eq!(read, expected);
     assert_eq!(top_level_sections(&bytes, "revision"), [b"abc123".to_vec()]);

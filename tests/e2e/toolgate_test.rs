@@ -376,3 +376,29 @@ fn eval_prints_the_decision_with_each_step() {
     );
     assert!(out.contains(" instructions]\n"), "{out}");
 }
+
+/// Coverage counts each kind of decision a plugin's manifest says it returns: rate-cap
+/// declares `allow` and `rate_limited`, so cases that never fill its window leave one point.
+#[test]
+fn coverage_counts_each_outcome_a_plugin_declares() {
+    crate::plugins::plugins(); // the example policy's component
+    let dir = tempfile::tempdir().unwrap();
+    let policy = crate::support::workspace().join("examples/rate-cap/policy.json");
+    let cases = dir.path().join("allow-only.cases.json");
+    std::fs::write(
+        &cases,
+        serde_json::json!({"policy": policy, "steps": [
+            {"call": {"tool": "session_create", "args": {"cli": "codex"}}, "expect": "allow"}
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let (out, code) = toolgate(&["test", cases.to_str().unwrap(), "--coverage"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("never reached: tools.session_create.use[0] (plugin rate-cap) rate_limited"),
+        "{out}"
+    );
+    assert!(!out.contains("(plugin rate-cap) deny"), "{out}");
+    assert!(!out.contains("(plugin rate-cap) allow"), "{out}");
+}

@@ -236,6 +236,7 @@ fn pack_component(args: PackArgs) -> anyhow::Result<(PathBuf, Manifest, Vec<Stri
                 world: manifest::supported_world(),
                 capabilities,
                 config_schema,
+                outcomes: None,
             }
         }
     };

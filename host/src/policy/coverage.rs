@@ -4,16 +4,19 @@
 use super::{PluginUse, Policy, Rule};
 
 impl Policy {
-    /// Every point a decision can reach, for coverage: each rule, each condition, each
-    /// plugin use twice (`... allow` and `... refuse`: a plugin that never refused in any case
-    /// is not covered). [`Step`](super::Step)s name the same points.
+    /// Every point a decision can reach, for coverage: each rule, each condition, and each
+    /// plugin use once per kind of decision its manifest says it returns (`... allow`,
+    /// `... deny`, `... rate_limited`, `... require_approval`; `allow` and `deny` when it says
+    /// nothing): a plugin whose rate limit no case reached is not covered.
+    /// [`Step`](super::Step)s name the same points.
     pub fn coverage_points(&self) -> Vec<String> {
         let mut points = Vec::new();
         let uses = |points: &mut Vec<String>, uses: &[PluginUse]| {
             for u in uses {
                 let at = format!("{} (plugin {})", u.site, u.plugin.name());
-                points.push(format!("{at} allow"));
-                points.push(format!("{at} refuse"));
+                for outcome in u.plugin.manifest().outcomes() {
+                    points.push(format!("{at} {}", outcome.name()));
+                }
             }
         };
         let mut rules: Vec<&Rule> = self

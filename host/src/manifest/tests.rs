@@ -23,6 +23,7 @@ fn manifest(capabilities: &[Capability]) -> Manifest {
         world: supported_world(),
         capabilities: capabilities.iter().copied().collect(),
         config_schema: Some(serde_json::json!({"type": "object", "required": ["cap"]})),
+        outcomes: Some([Outcome::RateLimited, Outcome::Allow].into()),
     }
 }
 
@@ -239,6 +240,15 @@ fn cargo_metadata_becomes_the_manifest_with_workspace_inheritance() {
     assert_eq!(m.revision.as_deref(), Some("abc"));
     assert_eq!(m.config_schema, Some(serde_json::json!({"type": "object"})));
     assert_eq!(m.capabilities, imported);
+    assert_eq!(m.outcomes, None);
+    assert_eq!(m.outcomes(), [Outcome::Allow, Outcome::Deny].into());
+
+    toml("outcomes = [\"rate_limited\", \"allow\"]\n");
+    let (m, _) = Manifest::from_cargo_toml(&crate_dir, &imported).unwrap();
+    assert_eq!(m.outcomes(), [Outcome::Allow, Outcome::RateLimited].into());
+    toml("outcomes = [\"maybe\"]\n");
+    let err = Manifest::from_cargo_toml(&crate_dir, &imported).unwrap_err();
+    assert!(err.to_string().contains("rate_limited"), "{err}");
 
     toml("capabilities = [\"log\"]\n");
     let err = Manifest::from_cargo_toml(&crate_dir, &imported).unwrap_err();
