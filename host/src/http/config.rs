@@ -359,6 +359,22 @@ mod tests {
     }
 
     #[test]
+    fn the_trust_file_and_store_are_the_operators_and_relative_to_the_config() {
+        let upstream = "[upstream]\nurl = \"http://127.0.0.1:1/mcp\"\n";
+        let none = load(upstream).unwrap();
+        assert!(none.plugins.trust.is_none() && none.plugins.store.is_none());
+        let set = load(&format!(
+            "{upstream}[plugins]\ntrust = \"trust.toml\"\nstore = \"/var/lib/store\"\n"
+        ))
+        .unwrap();
+        let trust = set.plugins.trust.unwrap();
+        assert!(trust.is_absolute() && trust.ends_with("trust.toml"), "{trust:?}");
+        assert_eq!(set.plugins.store.unwrap(), Path::new("/var/lib/store"));
+        let typo = load(&format!("{upstream}[plugins]\ntrusted = \"t.toml\"\n")).unwrap_err();
+        assert!(typo.to_string().contains("trusted"), "{typo}");
+    }
+
+    #[test]
     fn the_plugin_evaluation_cap_defaults_to_the_runtimes_and_can_be_set() {
         let upstream = "[upstream]\nurl = \"http://127.0.0.1:1/mcp\"\n";
         let default = load(upstream).unwrap();
