@@ -71,8 +71,9 @@ pub fn json_list(set: &BTreeSet<Capability>) -> String {
     serde_json::to_string(&names).unwrap_or_default()
 }
 
-/// The names of a component's top-level imports and exports, read from its bytes without
-/// compiling or running it (nested components and modules are skipped).
+/// The names of a component's top-level imports and exports (instances and functions, not
+/// types), read from its bytes without compiling or running it (nested components and modules
+/// are skipped).
 pub fn component_interface(bytes: &[u8]) -> Result<(Vec<String>, Vec<String>), String> {
     use wasmparser::{Parser, Payload};
     let (mut imports, mut exports) = (Vec::new(), Vec::new());
@@ -86,14 +87,22 @@ pub fn component_interface(bytes: &[u8]) -> Result<(Vec<String>, Vec<String>), S
                 depth += 1;
             }
             Payload::End(_) => depth = depth.saturating_sub(1),
+            // Types a component imports or exports (`tool-call`, `decision`) are not things
+            // it uses or offers: only instances and functions are listed.
             Payload::ComponentImportSection(reader) if depth == 1 => {
                 for import in reader {
-                    imports.push(import.map_err(|e| e.to_string())?.name.name.to_owned());
+                    let import = import.map_err(|e| e.to_string())?;
+                    if !matches!(import.ty, wasmparser::ComponentTypeRef::Type(_)) {
+                        imports.push(import.name.name.to_owned());
+                    }
                 }
             }
             Payload::ComponentExportSection(reader) if depth == 1 => {
                 for export in reader {
-                    exports.push(export.map_err(|e| e.to_string())?.name.name.to_owned());
+                    let export = export.map_err(|e| e.to_string())?;
+                    if !matches!(export.kind, wasmparser::ComponentExternalKind::Type) {
+                        exports.push(export.name.name.to_owned());
+                    }
                 }
             }
             _ => {}

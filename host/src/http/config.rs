@@ -368,7 +368,10 @@ mod tests {
         ))
         .unwrap();
         let trust = set.plugins.trust.unwrap();
-        assert!(trust.is_absolute() && trust.ends_with("trust.toml"), "{trust:?}");
+        assert!(
+            trust.is_absolute() && trust.ends_with("trust.toml"),
+            "{trust:?}"
+        );
         assert_eq!(set.plugins.store.unwrap(), Path::new("/var/lib/store"));
         let typo = load(&format!("{upstream}[plugins]\ntrusted = \"t.toml\"\n")).unwrap_err();
         assert!(typo.to_string().contains("trusted"), "{typo}");
