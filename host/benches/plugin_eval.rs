@@ -146,5 +146,58 @@ fn bench(c: &mut Criterion) {
     spaced.finish();
 }
 
-criterion_group!(benches, bench);
+/// What loading a shared plugin adds before its compile: reading its manifest (a walk of the
+/// component's sections, checked against its imports) and judging three signatures (an author
+/// and two reviewers) by a trust file, next to the sha256 the gateway always computed.
+fn vetting(c: &mut Criterion) {
+    use toolgate::trust::{self, Role, Signature, Trust};
+    let path = component("gw-id-check");
+    let bytes = std::fs::read(&path).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut identities = String::new();
+    let mut signatures = Vec::new();
+    for (name, role) in [
+        ("alice", Role::Author),
+        ("bob", Role::Review),
+        ("carol", Role::Review),
+    ] {
+        let (key, public) = trust::keygen(&dir.path().join(name), None).unwrap();
+        let public = std::fs::read_to_string(public).unwrap();
+        let line = public.lines().nth(1).unwrap();
+        identities += &format!("[identities.{name}]\nkeys = [\"{line}\"]\n");
+        signatures.push(Signature {
+            text: trust::sign(&bytes, "p.wasm", &key, None, role, None).unwrap(),
+            origin: name.into(),
+        });
+    }
+    let trust = Trust::parse(
+        &format!(
+            "default_rule = \"team\"\n{identities}[rules.team]\nrequire = [{{ role = \"author\", any_of = [\"alice\"] }}, {{ role = \"review\", at_least = 2, any_of = [\"bob\", \"carol\"] }}]\n"
+        ),
+        "bench",
+    )
+    .unwrap();
+    let manifest = toolgate::manifest::Manifest::read(&bytes).unwrap();
+    let now = chrono::Utc::now();
+    assert!(trust
+        .judge(&bytes, &signatures, &manifest.capabilities, now)
+        .satisfied());
+    let mut group = c.benchmark_group("vetting (gw-id-check, 137 KB)");
+    group.bench_function("sha256 (before issue 17 too)", |b| {
+        b.iter(|| toolgate::digest::sha256_hex(black_box(&bytes)))
+    });
+    group.bench_function("manifest read and checked", |b| {
+        b.iter(|| toolgate::manifest::Manifest::read(black_box(&bytes)).unwrap())
+    });
+    group.bench_function("trust judged, 3 signatures", |b| {
+        b.iter(|| {
+            trust
+                .judge(black_box(&bytes), &signatures, &manifest.capabilities, now)
+                .satisfied()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench, vetting);
 criterion_main!(benches);
