@@ -148,7 +148,10 @@ impl Trust {
             message,
         };
 
-        let mut keys = BTreeMap::new();
+        let mut keys: BTreeMap<String, Key> = BTreeMap::new();
+        // Each Ed25519 key once, whatever ID it is written under: else one key holder could
+        // count as two identities, or keep signing under an ID nobody revoked.
+        let mut by_bytes: BTreeMap<[u8; 32], String> = BTreeMap::new();
         for (identity, doc) in &doc.identities {
             let place = format!("identities.{identity}.keys");
             if doc.keys.is_empty() {
@@ -156,7 +159,17 @@ impl Trust {
             }
             for (i, line) in doc.keys.iter().enumerate() {
                 let place = format!("{place}[{i}]");
-                let (id, key) = public_key(line).map_err(|m| invalid(place.clone(), m))?;
+                let (id, key, bytes) = public_key(line).map_err(|m| invalid(place.clone(), m))?;
+                if let Some(other_id) = by_bytes.get(&bytes).filter(|other| **other != id) {
+                    let other = &keys[other_id].identity;
+                    return Err(invalid(
+                        place,
+                        format!(
+                            "key {id} is the same Ed25519 key as key {other_id} of `{other}` under another ID: a key belongs to one identity, once"
+                        ),
+                    ));
+                }
+                by_bytes.insert(bytes, id.clone());
                 if let Some(other) = keys.get(&id).map(|k: &Key| &k.identity) {
                     let whose = if other == identity {
                         "listed twice".to_owned()
@@ -173,16 +186,18 @@ impl Trust {
         let mut revoked = BTreeSet::new();
         for (i, entry) in doc.revoked.iter().enumerate() {
             let entry = entry.trim();
-            let id = if is_key_id(entry) {
-                entry.to_ascii_uppercase()
-            } else {
-                public_key(entry)
-                    .map_err(|m| {
-                        let m = format!("{m} (nor a 16-hex-digit key ID)");
-                        invalid(format!("revoked[{i}]"), m)
-                    })?
-                    .0
-            };
+            if is_key_id(entry) {
+                revoked.insert(entry.to_ascii_uppercase());
+                continue;
+            }
+            let (id, _, bytes) = public_key(entry).map_err(|m| {
+                let m = format!("{m} (nor a 16-hex-digit key ID)");
+                invalid(format!("revoked[{i}]"), m)
+            })?;
+            // A revoked key is revoked under whatever ID it is enrolled with.
+            if let Some(enrolled) = by_bytes.get(&bytes) {
+                revoked.insert(enrolled.clone());
+            }
             revoked.insert(id);
         }
 
@@ -229,7 +244,7 @@ fn is_key_id(text: &str) -> bool {
 }
 
 /// A public key from its base64 line, with its key ID.
-fn public_key(line: &str) -> Result<(String, minisign_verify::PublicKey), String> {
+fn public_key(line: &str) -> Result<(String, minisign_verify::PublicKey, [u8; 32]), String> {
     let line = line.trim();
     let not_a_key = |why: String| {
         format!("`{line}` is not a minisign public key (the second line of a .pub file): {why}")
@@ -237,7 +252,21 @@ fn public_key(line: &str) -> Result<(String, minisign_verify::PublicKey), String
     let id = public_key_id(line).map_err(not_a_key)?;
     let key =
         minisign_verify::PublicKey::from_base64(line).map_err(|e| not_a_key(e.to_string()))?;
-    Ok((id, key))
+    Ok((id, key, ed25519_bytes(line).map_err(not_a_key)?))
+}
+
+/// The Ed25519 key of a public key line (`Ed` ‖ key ID ‖ 32 bytes). The key ID is a label
+/// neither the key nor a signature covers: one key can be written under any ID, so keys are
+/// told apart by these bytes.
+fn ed25519_bytes(line: &str) -> Result<[u8; 32], String> {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(line)
+        .map_err(|e| e.to_string())?;
+    raw.get(10..42)
+        .filter(|_| raw.len() == 42)
+        .and_then(|k| k.try_into().ok())
+        .ok_or_else(|| format!("{} bytes, not 42", raw.len()))
 }
 
 /// Checks one rule's requirements: each names defined identities, at least one, and can be

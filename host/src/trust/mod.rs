@@ -18,11 +18,14 @@
 //! toolgate role=author expires=2027-01-01T23:59:59Z timestamp=2026-12-10T09:30:00Z file=NAME
 //! ```
 //!
-//! and reads any comment as whitespace-separated tokens, of which only `role=` and `expires=`
-//! mean anything:
-//! - `role=author` or `role=review`; no `role=` at all (the CLI's default
-//!   `timestamp:... file:...`) means author; any other value, or two `role=`, makes the
-//!   signature unparseable, and it is ignored;
+//! and reads a comment as whitespace-separated tokens only when it is toolgate's (first token
+//! `toolgate`) or starts with `role=` or `expires=`, and only up to its `file=`/`file:` token
+//! (a file name is not the signer's word: the CLI's default comment carries the raw name, and a
+//! file named `x role=review.wasm` must not make a review). Any other comment, such as the
+//! CLI's default `timestamp:... file:... hashed`, is an author signature without expiry.
+//! Only `role=` and `expires=` mean anything:
+//! - `role=author` or `role=review`; no `role=` means author; any other value, or two
+//!   `role=`, makes the signature unparseable, and it is ignored;
 //! - `expires=` (optional, at most once) is RFC 3339, or YYYY-MM-DD meaning the end of that
 //!   day in UTC (23:59:59Z); a signature counts while `now <= expires`;
 //! - everything else (`toolgate`, `timestamp=`, `file=`, the CLI's `timestamp:` and `file:`)

@@ -206,9 +206,33 @@ pub(crate) struct Vouch {
 
 /// Reads a trusted comment: `role=` (absent: author) and `expires=`, each at most once; the
 /// other tokens are for people.
+///
+/// Only a comment that is toolgate's (`toolgate role=...`) or that starts with one of the two
+/// keys (`minisign -t 'role=review'`) is read, and only up to its `file=`/`file:` token: a
+/// file name is not the signer's word. The `minisign` CLI's default comment
+/// (`timestamp:N\tfile:NAME\thashed`) puts the raw file name in it, so a file named
+/// `q role=review.wasm` would otherwise turn an author's signature into a review.
 pub(crate) fn read_comment(comment: &str) -> Result<Vouch, String> {
     let (mut role, mut expires) = (None, None);
-    for token in comment.split_whitespace() {
+    let mut tokens = comment.split_whitespace().peekable();
+    let ours = match tokens.peek() {
+        Some(&"toolgate") => {
+            tokens.next();
+            true
+        }
+        Some(first) => first.starts_with("role=") || first.starts_with("expires="),
+        None => false,
+    };
+    if !ours {
+        return Ok(Vouch {
+            role: Role::Author,
+            expires: None,
+        });
+    }
+    for token in tokens {
+        if token.starts_with("file=") || token.starts_with("file:") {
+            break;
+        }
         let Some((key, value)) = token.split_once('=') else {
             continue;
         };

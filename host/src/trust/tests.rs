@@ -368,6 +368,16 @@ fn trusted_comments_read_as_documented() {
     );
     assert_eq!(read_comment("role=review").unwrap().role, Role::Review);
     assert_eq!(read_comment("file:role=review").unwrap().role, Role::Author);
+    // A file name is not the signer's word: the CLI's default comment carries the raw name.
+    for named in [
+        "timestamp:1765000000\tfile:q role=review x.wasm\thashed",
+        "timestamp:1765000000\tfile:q expires=2020-01-01 x.wasm\thashed",
+        "toolgate role=author timestamp=2026-12-10T12:00:00Z file=q role=review",
+        "role=author file:x role=review",
+    ] {
+        let read = read_comment(named).unwrap();
+        assert_eq!((read.role, read.expires), (Role::Author, None), "{named}");
+    }
     for bad in [
         "role=owner",
         "role=author role=review",
@@ -444,5 +454,40 @@ fn keys_are_never_overwritten_and_passwords_are_checked() {
     assert_eq!(
         signature_path(Path::new("d/p.component.wasm"), &id),
         PathBuf::from(format!("d/p.component.wasm.{id}.minisig"))
+    );
+}
+
+/// A key ID is a label nothing covers: the same Ed25519 key under another ID is one key.
+#[test]
+fn one_key_under_two_ids_is_one_key_for_identities_and_revocation() {
+    use base64::Engine;
+    let alice = key();
+    let engine = base64::engine::general_purpose::STANDARD;
+    let mut raw = engine.decode(&alice.line).unwrap();
+    raw[2..10].copy_from_slice(&[0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88]);
+    let relabelled = engine.encode(&raw);
+    let two = format!(
+        "default_rule = \"r\"\n[identities.alice]\nkeys = [{:?}]\n[identities.bob]\nkeys = [{relabelled:?}]\n[rules.r]\nrequire = [{{ role = \"author\", at_least = 2, any_of = [\"alice\", \"bob\"] }}]\n",
+        alice.line
+    );
+    let err = Trust::parse(&two, "t").unwrap_err().to_string();
+    assert!(err.contains("same Ed25519 key"), "{err}");
+    // Revoking the key written under another ID revokes it under the ID it is enrolled with.
+    let revoked = format!(
+        "default_rule = \"r\"\nrevoked = [{relabelled:?}]\n[identities.alice]\nkeys = [{:?}]\n[rules.r]\nrequire = [{{ role = \"author\", any_of = [\"alice\"] }}]\n",
+        alice.line
+    );
+    let trust = Trust::parse(&revoked, "t").unwrap();
+    let verdict = trust.judge(
+        BYTES,
+        &[signed(&alice, BYTES, Role::Author, None)],
+        &all(),
+        now(),
+    );
+    assert!(!verdict.satisfied(), "{}", verdict.explain());
+    assert!(
+        verdict.explain().contains("revoked"),
+        "{}",
+        verdict.explain()
     );
 }
