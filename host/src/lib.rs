@@ -21,6 +21,7 @@
 //!    restores the client's id, and refunds the counter units only if the reply is an error
 //!    that means the tool never ran.
 
+pub mod bounded;
 pub mod call;
 pub mod capability;
 pub mod child;

@@ -323,6 +323,12 @@ fn plugins_that_must_not_load_stop_the_policy_with_a_clear_message() {
     let bytes = std::fs::read(&plugins()["gw-id-check"]).unwrap();
     let truncated = dir.path().join("truncated.wasm");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let fifo = dir.path().join("fifo.wasm");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
     let core = root().join("guest-policies/target/wasm32-wasip1/release/gw_id_check.wasm");
 
     let cases = [
@@ -361,6 +367,13 @@ fn plugins_that_must_not_load_stop_the_policy_with_a_clear_message() {
             json!({}),
             "plugins.p",
             "digest mismatch",
+        ),
+        (
+            // A FIFO (or a device) named as the component: refused at once, never a hang.
+            json!({"path": fifo}),
+            json!({}),
+            "plugins.p",
+            "not a regular file",
         ),
         (
             json!({"path": dir.path().join("missing.wasm")}),

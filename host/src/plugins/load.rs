@@ -41,6 +41,9 @@ pub struct PluginMetadata {
     pub description: String,
 }
 
+/// The largest component file read (the store's cap too): a plugin is a few hundred KB.
+pub(crate) const MAX_COMPONENT_BYTES: u64 = 256 << 20;
+
 /// Where a plugin's bytes come from.
 #[derive(Clone, Copy)]
 pub enum Source<'a> {
@@ -63,10 +66,13 @@ pub enum Source<'a> {
 pub(crate) fn read(source: Source<'_>) -> Result<Candidate, PluginError> {
     match source {
         Source::Path(path) => {
-            let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
-                path: path.display().to_string(),
-                source,
-            })?;
+            let bytes =
+                crate::bounded::read_regular(path, MAX_COMPONENT_BYTES).map_err(|source| {
+                    PluginError::Read {
+                        path: path.display().to_string(),
+                        source,
+                    }
+                })?;
             Ok(Candidate {
                 shown: path.display().to_string(),
                 file: Some(path.to_owned()),

@@ -7,7 +7,7 @@
 use super::StoreError;
 use crate::digest::sha256_hex;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -101,21 +101,23 @@ pub fn blob_path(root: &Path, hex: &str) -> PathBuf {
 /// if its bytes are not the ones its name says, and a refusal if it is over `max` bytes.
 pub fn read_blob(root: &Path, hex: &str, max: u64) -> Result<Option<Vec<u8>>, StoreError> {
     let path = blob_path(root, hex);
-    let file = match File::open(&path) {
-        Ok(file) => file,
+    // A regular file only (a FIFO planted in the store must not hang a load), within `max`.
+    let bytes = match crate::bounded::read_regular(&path, max) {
+        Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(StoreError::io("open", &path)(e)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+            ) =>
+        {
+            return Err(StoreError::Corrupt {
+                path,
+                reason: e.to_string(),
+            })
+        }
+        Err(e) => return Err(StoreError::io("read", &path)(e)),
     };
-    let mut bytes = Vec::new();
-    file.take(max + 1)
-        .read_to_end(&mut bytes)
-        .map_err(StoreError::io("read", &path))?;
-    if bytes.len() as u64 > max {
-        return Err(StoreError::Corrupt {
-            path,
-            reason: format!("over {max} bytes"),
-        });
-    }
     let actual = sha256_hex(&bytes);
     if actual != hex {
         return Err(StoreError::Tampered {

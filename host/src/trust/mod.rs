@@ -128,9 +128,13 @@ pub struct Signature {
     pub origin: String,
 }
 
+/// The largest `.minisig` read: one is about 300 bytes.
+pub const MAX_SIGNATURE_BYTES: u64 = 64 * 1024;
+
 /// The signatures beside a component file: `FILE.minisig` (where the `minisign` CLI writes
 /// one) and `FILE.<anything>.minisig` (where `toolgate plugin sign` writes one per key).
-/// Unreadable files are skipped: a signature that cannot be read counts as absent.
+/// Unreadable files are skipped: a signature that cannot be read (not a regular file, over
+/// [`MAX_SIGNATURE_BYTES`], not UTF-8) counts as absent.
 pub fn signatures_beside(component: &Path) -> Vec<Signature> {
     let (Some(dir), Some(name)) = (component.parent(), component.file_name()) else {
         return Vec::new();
@@ -158,7 +162,8 @@ pub fn signatures_beside(component: &Path) -> Vec<Signature> {
     paths
         .into_iter()
         .filter_map(|path| {
-            let text = std::fs::read_to_string(&path).ok()?;
+            let bytes = crate::bounded::read_regular(&path, MAX_SIGNATURE_BYTES).ok()?;
+            let text = String::from_utf8(bytes).ok()?;
             Some(Signature {
                 text,
                 origin: path.display().to_string(),
