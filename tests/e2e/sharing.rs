@@ -526,3 +526,61 @@ fn a_plugin_travels_from_new_to_live_traffic_through_a_registry_and_a_bundle() {
     let out = run(&check, &[]);
     assert!(out.contains(": ok"), "{out}");
 }
+
+/// One decision of the live set on a call gw-id-check allows.
+fn decide(live: &LivePolicy) -> toolgate::decision::Decision {
+    use toolgate::clock::ManualClock;
+    use toolgate::counters::{CounterStore, MemoryCounterStore};
+    let counters: Arc<dyn CounterStore> = Arc::new(MemoryCounterStore::new(
+        ManualClock::starting_at(1_700_000_000_000),
+    ));
+    let args = json!({});
+    let call = toolgate::call::ToolCall {
+        tool: "session_list",
+        args: &args,
+        grant: "g",
+        session: "s",
+        server: "",
+        annotations: None,
+    };
+    live.current().decide(&call, &counters).decision
+}
+
+/// A revoked key stops a plugin already serving, though the failed reload keeps the old set;
+/// and a signature that expires while it serves stops it too, without any reload.
+#[test]
+fn revocation_and_expiry_withdraw_a_running_plugin() {
+    let set = Set::new("gw-id-check", json!({"grants": []}));
+    assert!(decide(&set.live).is_allow());
+    set.team.write_trust(&[&set.team.public[2]]);
+    set.refused("a revoked key", "1 found");
+    let d = decide(&set.live);
+    assert!(!d.is_allow(), "the revoked plugin still decides: {d:?}");
+    assert!(
+        d.reason.contains("no longer satisfies rule `team`"),
+        "{}",
+        d.reason
+    );
+    // Restoring the trust file and reloading loads a new, trusted set.
+    set.team.write_trust(&[]);
+    set.live.reload("test").unwrap();
+    assert!(decide(&set.live).is_allow());
+
+    // A reviewer's signature that expires in two seconds, the other reviewer's removed.
+    let expiring = Set::new("gw-id-check", json!({"grants": []}));
+    std::fs::remove_file(&expiring.signatures[2]).unwrap();
+    let at = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let at = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    sign(
+        &expiring.component(),
+        &expiring.team.reviewers[1],
+        "review",
+        &["--expires", &at],
+    );
+    expiring.live.reload("test").unwrap();
+    assert!(decide(&expiring.live).is_allow());
+    std::thread::sleep(std::time::Duration::from_millis(3100));
+    let d = decide(&expiring.live);
+    assert!(!d.is_allow(), "an expired vouching still decides: {d:?}");
+    assert!(d.reason.contains("no longer satisfies"), "{}", d.reason);
+}

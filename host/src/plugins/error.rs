@@ -86,6 +86,10 @@ pub enum PluginError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EvalFailure {
+    /// The plugin no longer satisfies the operator's trust file (a key was revoked, or a
+    /// signature it counted expired); it never ran.
+    #[error("was not run: it {0}")]
+    Untrusted(String),
     /// The call's arguments are over the plugin's input cap; the plugin never ran.
     #[error("was not run: arguments of {len} bytes exceed its {cap}-byte input cap")]
     InputTooLarge {

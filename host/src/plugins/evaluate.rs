@@ -6,9 +6,11 @@ use super::error::{ConfigRejected, EvalFailure};
 use super::instances::{refill, Instances, Warm};
 use super::load::PluginMetadata;
 use super::permits::Permits;
+use super::vouch::Vouched;
 use crate::counters::{CounterStore, Reservation};
 use crate::decision::{Decision, Verdict};
 use crate::manifest::Manifest;
+use crate::trust::Trust;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -27,6 +29,8 @@ pub struct Plugin {
     manifest: Manifest,
     /// The manifest's `config_schema`, compiled.
     config_schema: Option<jsonschema::Validator>,
+    /// What its trust rests on, when a trust file is configured: judged again while it runs.
+    vouched: Option<Vouched>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -74,9 +78,11 @@ impl Plugin {
         permits: Arc<Permits>,
         manifest: Manifest,
         config_schema: Option<jsonschema::Validator>,
+        vouched: Option<Vouched>,
     ) -> Self {
         let name = instances.pre.name.clone();
         Self {
+            vouched,
             manifest,
             config_schema,
             rule: format!("plugins.{name}"),
@@ -106,6 +112,23 @@ impl Plugin {
     /// Calls `metadata` on a fresh instance (part of loading).
     pub fn metadata(&self) -> Result<PluginMetadata, EvalFailure> {
         self.instances.pre.metadata()
+    }
+
+    /// Judges it again by the trust file a reload just read (`Err`: it could not be read,
+    /// and the plugin is withdrawn: fail closed). A plugin loaded without a trust file is
+    /// left alone. Returns why it may no longer run, if it may not.
+    pub fn rejudge(&self, trust: &Result<Arc<Trust>, String>) -> Option<String> {
+        let vouched = self.vouched.as_ref()?;
+        let why = match trust {
+            Ok(trust) => vouched.rejudge(trust.clone()),
+            Err(e) => Some(vouched.withdraw(format!("cannot be judged: {e}"))),
+        };
+        why.map(str::to_owned)
+    }
+
+    /// sha256 over the signatures its trust rests on (`None`: no trust file was configured).
+    pub fn signatures_digest(&self) -> Option<String> {
+        self.vouched.as_ref().map(Vouched::signatures_digest)
     }
 
     /// What the component's manifest says it is.
@@ -153,6 +176,9 @@ impl Plugin {
     ) -> PluginOutcome {
         let pre = &self.instances.pre;
         let limits = &pre.limits;
+        if let Some(why) = self.vouched.as_ref().and_then(Vouched::withdrawn) {
+            return self.failed(EvalFailure::Untrusted(why.to_owned()), Vec::new(), 0, 0);
+        }
         if call.arguments.len() > limits.max_input_bytes {
             return self.failed(
                 EvalFailure::InputTooLarge {

@@ -47,6 +47,7 @@ mod permits;
 mod runtime;
 pub mod scaffold;
 mod vet;
+mod vouch;
 
 /// The WIT package a plugin implements (`wit/policy.wit`), as this binary was built against
 /// it: `toolgate plugin wit` prints it, so an author with only the binary has the contract.

@@ -142,6 +142,7 @@ impl PluginRuntime {
             self.permits.clone(),
             vetted.manifest,
             config_schema,
+            vetted.vouched,
         )))
     }
 }

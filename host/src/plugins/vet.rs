@@ -14,10 +14,12 @@
 
 use super::build;
 use super::error::PluginError;
+use super::vouch::Vouched;
 use crate::capability::{json_list, Capability};
 use crate::manifest::{Manifest, ManifestError};
 use crate::trust::{Signature, Trust};
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 /// A plugin's bytes as read from its file or the store, with the signatures found for them.
 pub struct Candidate {
@@ -39,7 +41,7 @@ pub struct Vetting<'a> {
     /// The capabilities the policy grants (`None`: it says nothing, all are granted).
     pub grants: Option<&'a BTreeSet<Capability>>,
     /// The operator's trust file, if one is configured.
-    pub trust: Option<&'a Trust>,
+    pub trust: Option<&'a Arc<Trust>>,
 }
 
 /// A plugin that passed: its digest, manifest, and the capabilities its linker holds.
@@ -47,6 +49,8 @@ pub(crate) struct Vetted {
     pub(crate) digest: String,
     pub(crate) manifest: Manifest,
     pub(crate) linked: BTreeSet<Capability>,
+    /// What its trust rests on, to judge it again while it runs (`None`: no trust file).
+    pub(crate) vouched: Option<Vouched>,
 }
 
 /// Runs the checks of this step on `candidate`, in order; the first that fails is the error.
@@ -94,6 +98,7 @@ pub(crate) fn vet(
             Capability::ALL.into_iter().collect()
         }
     };
+    let mut vouched = None;
     if let Some(trust) = vetting.trust {
         let verdict = trust.judge(bytes, &candidate.signatures, imported, chrono::Utc::now());
         if !verdict.satisfied() {
@@ -105,11 +110,19 @@ pub(crate) fn vet(
             });
         }
         tracing::info!(plugin = name, sha256 = %digest, rule = %verdict.rule, "plugin satisfies the trust file");
+        vouched = Some(Vouched::new(
+            trust.clone(),
+            Arc::from(bytes),
+            candidate.signatures.clone(),
+            imported.clone(),
+            &verdict,
+        ));
     }
     Ok(Vetted {
         digest,
         manifest,
         linked,
+        vouched,
     })
 }
 

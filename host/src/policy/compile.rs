@@ -317,10 +317,9 @@ impl Compiler<'_> {
         loader: &Loader,
     ) -> Result<(), PolicyError> {
         let trust = match &loader.trust {
-            Some(path) => Some(
-                Trust::read(path)
-                    .map_err(|e| self.invalid("plugins".into(), Problem::Trust(e.to_string())))?,
-            ),
+            Some(path) => Some(Arc::new(Trust::read(path).map_err(|e| {
+                self.invalid("plugins".into(), Problem::Trust(e.to_string()))
+            })?)),
             None => None,
         };
         let mut store: Option<Store> = None;

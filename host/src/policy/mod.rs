@@ -155,6 +155,25 @@ impl Policy {
         &self.plugins
     }
 
+    /// Judges the plugins loaded under a trust file again by the trust file at `trust` as it
+    /// is now (a reload calls it, whatever then becomes of the reload): a revoked key stops a
+    /// plugin already serving. Returns the plugins withdrawn and why.
+    pub fn rejudge_plugins(&self, trust: Option<&std::path::Path>) -> Vec<(String, String)> {
+        let Some(path) = trust else {
+            return Vec::new();
+        };
+        if self.plugins.is_empty() {
+            return Vec::new();
+        }
+        let trust = crate::trust::Trust::read(path)
+            .map(Arc::new)
+            .map_err(|e| e.to_string());
+        self.plugins
+            .iter()
+            .filter_map(|p| p.rejudge(&trust).map(|why| (p.name().to_owned(), why)))
+            .collect()
+    }
+
     /// The policy's `name`, if it has one.
     pub fn name(&self) -> Option<&str> {
         self.name.as_deref()

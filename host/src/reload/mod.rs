@@ -118,11 +118,15 @@ fn load_set(loader: &Loader, path: &Path) -> Result<(Policy, String), ReloadErro
     Ok((policy, digest))
 }
 
-/// sha256 over the policy's text and its plugins' digests.
+/// sha256 over the policy's text, its plugins' digests and, under a trust file, the
+/// signatures they were judged by (a new signature is a new set: it may carry an expiry).
 fn digest(text: &str, policy: &Policy) -> String {
     let mut whole = text.as_bytes().to_vec();
     for plugin in policy.plugins() {
         whole.extend_from_slice(plugin.digest().as_bytes());
+        if let Some(signatures) = plugin.signatures_digest() {
+            whole.extend_from_slice(signatures.as_bytes());
+        }
     }
     crate::digest::sha256_hex(&whole)
 }
@@ -190,10 +194,19 @@ impl Reloadable for LivePolicy {
             status.reloads += 1;
             status.digest.clone()
         };
+        // The running plugins first, by the trust file as it is now: if the reload fails (a
+        // plugin no longer trusted fails it too), the old set keeps serving, but not a plugin
+        // whose key was just revoked.
+        let withdrawn = self.current().rejudge_plugins(self.loader.trust());
+        for (plugin, why) in &withdrawn {
+            tracing::error!(trigger, plugin, reason = %why, "plugin withdrawn: every call through it is denied until a load replaces it");
+        }
         let (policy, digest) = load_set(&self.loader, &self.path)?;
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         status.last_error = None;
-        if digest == old {
+        // The same bytes are no change, unless a plugin of the set was withdrawn: a load that
+        // now satisfies the trust file brings it back.
+        if digest == old && withdrawn.is_empty() {
             tracing::debug!(trigger, "reload: no change");
             return Ok(false);
         }
