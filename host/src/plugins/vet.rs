@@ -79,10 +79,19 @@ pub(crate) fn vet(
             if let Some(missing) = imported.iter().find(|c| !grants.contains(c)) {
                 let mut wanted = grants.clone();
                 wanted.extend(imported.iter().copied());
+                // The import as the component names it (its version may not be ours).
+                let import = crate::capability::component_interface(bytes)
+                    .ok()
+                    .and_then(|(imports, _)| {
+                        imports
+                            .into_iter()
+                            .find(|i| Capability::from_import(i) == Some(*missing))
+                    })
+                    .unwrap_or_else(|| missing.import());
                 return Err(PluginError::Ungranted {
                     path: path.to_owned(),
                     plugin: name.to_owned(),
-                    import: missing.import(),
+                    import,
                     line: format!("\"grants\": {}", json_list(&wanted)),
                 });
             }

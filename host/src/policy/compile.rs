@@ -56,11 +56,14 @@ impl Loader {
         Self::default()
     }
 
-    /// A loader whose policies load their plugins into `runtime`.
+    /// A loader whose policies load their plugins into `runtime`, under the trust file named
+    /// by `$TOOLGATE_TRUST` if it is set (as every loader: an embedder that configured trust
+    /// in the environment never gets a loader without it; [`Loader::with_trust`] replaces it).
     pub fn with_plugins(runtime: Arc<PluginRuntime>) -> Self {
         Self {
             plugins: Ok(runtime),
-            ..Self::default()
+            trust: Self::trust_from_env(),
+            store: None,
         }
     }
 

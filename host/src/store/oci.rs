@@ -221,6 +221,46 @@ pub fn pull(
     store.add(&component, Some(&target.to_string()), &signatures)
 }
 
+/// A blob's bytes as they arrive, refused past the size its descriptor gave.
+struct Bounded {
+    bytes: Vec<u8>,
+    max: usize,
+}
+
+impl tokio::io::AsyncWrite for Bounded {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.bytes.len() + buf.len() > self.max {
+            return std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "the registry sent more than the {} bytes its descriptor says",
+                    self.max
+                ),
+            )));
+        }
+        self.bytes.extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
@@ -414,13 +454,18 @@ impl<'t> Remote<'t> {
             });
         }
         let image = self.target.tagged(&self.target.tag);
-        let mut bytes = Vec::with_capacity(descriptor.size as usize);
+        // The registry may send more than the descriptor says: stop at its size, not at the
+        // end of whatever arrives.
+        let mut bounded = Bounded {
+            bytes: Vec::with_capacity(descriptor.size as usize),
+            max: descriptor.size as usize,
+        };
         self.client
-            .pull_blob(&image, descriptor.digest.as_str(), &mut bytes)
+            .pull_blob(&image, descriptor.digest.as_str(), &mut bounded)
             .await
             .map_err(|e| self.error(e))?;
-        self.verify(what, &descriptor.digest, &bytes)?;
-        Ok(bytes)
+        self.verify(what, &descriptor.digest, &bounded.bytes)?;
+        Ok(bounded.bytes)
     }
 
     fn verify(&self, what: &str, digest: &str, bytes: &[u8]) -> Result<(), StoreError> {
@@ -452,7 +497,7 @@ impl<'t> Remote<'t> {
             if entry.artifact_type.as_deref() != Some(layout::SIGNATURE_ARTIFACT) {
                 continue;
             }
-            if entry.size > MAX_MANIFEST as i64 {
+            if entry.size < 0 || entry.size > MAX_MANIFEST as i64 {
                 continue;
             }
             let (body, _) = self
