@@ -21,8 +21,10 @@
 //!    restores the client's id, and refunds the counter units only if the reply is an error
 //!    that means the tool never ran.
 
+pub mod approvals;
 pub mod bounded;
 pub mod call;
+pub mod canonical;
 pub mod capability;
 pub mod child;
 pub mod clock;

@@ -204,7 +204,7 @@ impl Manifest {
     pub fn to_canonical_json(&self) -> Vec<u8> {
         let value = serde_json::to_value(self).expect("a manifest is always JSON");
         let mut out = Vec::new();
-        write_canonical(&value, &mut out);
+        crate::canonical::write(&value, &mut out);
         out
     }
 
@@ -415,37 +415,6 @@ fn walk(component: &[u8]) -> Result<Walk, ManifestError> {
         }
     }
     Ok(walk)
-}
-
-/// JSON with keys sorted by their bytes and no whitespace.
-fn write_canonical(value: &Value, out: &mut Vec<u8>) {
-    match value {
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(b']');
-        }
-        Value::Object(map) => {
-            let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            out.push(b'{');
-            for (i, (key, item)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                serde_json::to_writer(&mut *out, key).expect("writing to a Vec");
-                out.push(b':');
-                write_canonical(item, out);
-            }
-            out.push(b'}');
-        }
-        scalar => serde_json::to_writer(&mut *out, scalar).expect("writing to a Vec"),
-    }
 }
 
 /// JSON that refuses duplicate keys (serde_json keeps the last one silently): how a manifest

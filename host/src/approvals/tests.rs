@@ -1,0 +1,270 @@
+use super::*;
+use crate::clock::ManualClock;
+use serde_json::json;
+
+fn registry() -> (Arc<Approvals>, Arc<ManualClock>) {
+    let clock = ManualClock::starting_at(1_700_000_000_000);
+    (Arc::new(Approvals::new(clock.clone())), clock)
+}
+
+fn call<'a>(args: &'a Value, session: &'a str) -> ToolCall<'a> {
+    ToolCall {
+        tool: "session_delete",
+        args,
+        grant: "agent",
+        session,
+        server: "",
+        annotations: None,
+    }
+}
+
+fn pending(ticket: Ticket) -> String {
+    match ticket {
+        Ticket::Pending { id, .. } => id,
+        other => panic!("expected pending, got {other:?}"),
+    }
+}
+
+const RULE: &str = "tools.session_delete";
+
+#[test]
+fn an_approval_lets_its_held_call_through_once() {
+    let (approvals, _) = registry();
+    let args = json!({"session_id": "s1"});
+    let settings = ApprovalSettings::default();
+    let id =
+        pending(approvals.request(&call(&args, "c1"), RULE, "needs a person", "p1", &settings));
+    let waiter = {
+        let (approvals, id) = (approvals.clone(), id.clone());
+        std::thread::spawn(move || approvals.hold(&id, Duration::from_secs(10)))
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    approvals.approve(&id, "ops", "cli").unwrap();
+    assert_eq!(waiter.join().unwrap(), Held::Approved { by: "ops".into() });
+    assert_eq!(approvals.get(&id).unwrap().state, State::Consumed);
+    // Once: the identical call asks again, and approving twice changes nothing.
+    let again = pending(approvals.request(&call(&args, "c1"), RULE, "r", "p1", &settings));
+    assert_ne!(again, id);
+    assert!(approvals.approve(&id, "ops", "cli").is_ok());
+}
+
+#[test]
+fn a_deny_carries_the_approvers_name_and_reason_and_cannot_be_turned_into_an_approval() {
+    let (approvals, _) = registry();
+    let args = json!({});
+    let id = pending(approvals.request(
+        &call(&args, "c1"),
+        RULE,
+        "r",
+        "p1",
+        &ApprovalSettings::default(),
+    ));
+    approvals.deny(&id, "ops", "page", "not today").unwrap();
+    assert_eq!(
+        approvals.hold(&id, Duration::ZERO),
+        Held::Denied {
+            by: "ops".into(),
+            reason: "not today".into()
+        }
+    );
+    let err = approvals.approve(&id, "other", "cli").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("approval request `{id}` is denied, not pending")
+    );
+    assert!(matches!(
+        approvals.approve("nope", "ops", "cli"),
+        Err(ApprovalError::Unknown(_))
+    ));
+}
+
+#[test]
+fn a_hold_that_ends_leaves_the_request_pending_and_the_identical_retry_passes_after_approval() {
+    let (approvals, _) = registry();
+    let settings = ApprovalSettings::default();
+    let args = json!({"session_id": "s1", "force": true});
+    let id = pending(approvals.request(&call(&args, "c1"), RULE, "r", "p1", &settings));
+    assert!(matches!(
+        approvals.hold(&id, Duration::from_millis(20)),
+        Held::Undecided {
+            state: State::Pending,
+            ..
+        }
+    ));
+    // The identical call shares the pending request; once approved, its retry passes once.
+    let same = pending(approvals.request(&call(&args, "c1"), RULE, "r", "p1", &settings));
+    assert_eq!(same, id);
+    approvals.approve(&id, "ops", "cli").unwrap();
+    // Same arguments written in another key order are the same call.
+    let reordered: Value = serde_json::from_str(r#"{"force": true, "session_id": "s1"}"#).unwrap();
+    assert_eq!(
+        approvals.request(&call(&reordered, "c1"), RULE, "r", "p1", &settings),
+        Ticket::Approved { id: id.clone() }
+    );
+    assert_ne!(
+        approvals.request(&call(&reordered, "c1"), RULE, "r", "p1", &settings),
+        Ticket::Approved { id: id.clone() },
+        "a once approval let two calls through"
+    );
+}
+
+#[test]
+fn an_approval_is_bound_to_the_arguments_the_grant_and_the_policy() {
+    let (approvals, _) = registry();
+    let settings = ApprovalSettings {
+        reuse: Reuse::For(Duration::from_secs(3600)),
+        ..ApprovalSettings::default()
+    };
+    let args = json!({"session_id": "s1"});
+    let id = pending(approvals.request(&call(&args, "c1"), RULE, "r", "p1", &settings));
+    approvals.approve(&id, "ops", "cli").unwrap();
+    assert!(matches!(
+        approvals.request(&call(&args, "c2"), RULE, "r", "p1", &settings),
+        Ticket::Approved { .. }
+    ));
+    let other = json!({"session_id": "s2"});
+    let number = json!({"session_id": "s1", "n": 1});
+    let number_float = json!({"session_id": "s1", "n": 1.0});
+    for (args, digest) in [
+        (&other, "p1"),
+        (&args, "p2"),
+        (&number, "p1"),
+        (&number_float, "p1"),
+    ] {
+        assert!(matches!(
+            approvals.request(&call(args, "c1"), RULE, "r", digest, &settings),
+            Ticket::Pending { .. }
+        ));
+    }
+    let mut other_grant = call(&args, "c1");
+    other_grant.grant = "someone-else";
+    assert!(matches!(
+        approvals.request(&other_grant, RULE, "r", "p1", &settings),
+        Ticket::Pending { .. }
+    ));
+}
+
+#[test]
+fn reuse_windows_end_and_session_reuse_stays_in_its_session() {
+    let (approvals, clock) = registry();
+    let args = json!({});
+    let session = ApprovalSettings {
+        reuse: Reuse::Session,
+        ..ApprovalSettings::default()
+    };
+    let id = pending(approvals.request(&call(&args, "c1"), RULE, "r", "p1", &session));
+    approvals.approve(&id, "ops", "cli").unwrap();
+    for _ in 0..3 {
+        assert!(matches!(
+            approvals.request(&call(&args, "c1"), RULE, "r", "p1", &session),
+            Ticket::Approved { .. }
+        ));
+    }
+    assert!(matches!(
+        approvals.request(&call(&args, "c2"), RULE, "r", "p1", &session),
+        Ticket::Pending { .. }
+    ));
+    let hour = ApprovalSettings {
+        reuse: Reuse::For(Duration::from_secs(3600)),
+        bind: Bind::Tool,
+        ..ApprovalSettings::default()
+    };
+    let id = pending(approvals.request(&call(&args, "c1"), RULE, "r", "p9", &hour));
+    approvals.approve(&id, "ops", "cli").unwrap();
+    let any = json!({"anything": 1});
+    assert!(matches!(
+        approvals.request(&call(&any, "c3"), RULE, "r", "p9", &hour),
+        Ticket::Approved { .. }
+    ));
+    clock.advance(Duration::from_millis(3_600_001));
+    assert!(matches!(
+        approvals.request(&call(&any, "c3"), RULE, "r", "p9", &hour),
+        Ticket::Pending { .. }
+    ));
+}
+
+#[test]
+fn undecided_requests_expire_and_cancelled_ones_stay_cancelled() {
+    let (approvals, clock) = registry();
+    let args = json!({});
+    let settings = ApprovalSettings::default();
+    let id = pending(approvals.request(&call(&args, "c1"), RULE, "r", "p1", &settings));
+    clock.advance(Duration::from_millis(600_000));
+    assert_eq!(approvals.get(&id).unwrap().state, State::Expired);
+    assert!(matches!(
+        approvals.approve(&id, "ops", "cli"),
+        Err(ApprovalError::NotPending {
+            state: "expired",
+            ..
+        })
+    ));
+    let id = pending(approvals.request(&call(&args, "c1"), RULE, "r", "p1", &settings));
+    approvals.cancel(&id);
+    assert!(matches!(
+        approvals.hold(&id, Duration::from_secs(5)),
+        Held::Undecided {
+            state: State::Cancelled,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn secrets_are_masked_at_every_depth_whatever_their_spelling() {
+    let args = json!({"apiKey": "k", "nested": [{"API-KEY": "k", "password": {"x": 1}}],
+        "session_id": "s1", "tokens": "kept"});
+    assert_eq!(
+        mask(&args),
+        json!({"apiKey": "***", "nested": [{"API-KEY": "***", "password": "***"}],
+            "session_id": "s1", "tokens": "kept"})
+    );
+}
+
+/// Held calls decided in random order, from many threads: each gets its own outcome, and an
+/// approval lets exactly one call through.
+#[test]
+fn many_held_calls_decided_in_any_order_get_their_own_outcome_once() {
+    let (approvals, _) = registry();
+    let settings = ApprovalSettings::default();
+    let mut held = Vec::new();
+    for i in 0..50 {
+        let args = json!({"n": i});
+        let session = format!("c{}", i % 5);
+        let id = pending(approvals.request(&call(&args, &session), RULE, "r", "p1", &settings));
+        let approvals = approvals.clone();
+        let waiter = {
+            let id = id.clone();
+            std::thread::spawn(move || approvals.hold(&id, Duration::from_secs(20)))
+        };
+        held.push((i, id, waiter));
+    }
+    // A fixed shuffle: odd ones denied, even ones approved, in a scrambled order.
+    let mut order: Vec<usize> = (0..50).collect();
+    order.sort_by_key(|i| (i * 37) % 50);
+    for i in order {
+        let id = &held[i].1;
+        if i % 2 == 0 {
+            approvals.approve(id, "ops", "cli").unwrap();
+        } else {
+            approvals
+                .deny(id, "ops", "cli", &format!("no {i}"))
+                .unwrap();
+        }
+    }
+    for (i, id, waiter) in held {
+        let outcome = waiter.join().unwrap();
+        if i % 2 == 0 {
+            assert_eq!(outcome, Held::Approved { by: "ops".into() }, "{i}");
+            assert_eq!(approvals.get(&id).unwrap().state, State::Consumed);
+        } else {
+            assert_eq!(
+                outcome,
+                Held::Denied {
+                    by: "ops".into(),
+                    reason: format!("no {i}")
+                },
+                "{i}"
+            );
+        }
+    }
+}
