@@ -1067,6 +1067,8 @@ impl World {
             }
             ClientLine::Answer(reply) => self.deliver_to_client(&reply, true),
             ClientLine::Drop => Ok(()),
+            // The harness's sessions have no approvals: nothing is ever held.
+            ClientLine::Hold(held) => panic!("a session without approvals held a call: {held:?}"),
         })
     }
 

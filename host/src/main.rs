@@ -149,6 +149,15 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         socket: PathBuf,
     },
+    /// Calls held for approval by a running `toolgate run --admin-socket PATH`: list them,
+    /// show one, approve or deny it.
+    Approvals {
+        /// The gateway's `--admin-socket`.
+        #[arg(long, value_name = "PATH")]
+        socket: PathBuf,
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+    },
     /// See toolgate work: a scripted agent calls an LLM CLI Gateway stand-in through the gateway.
     Demo,
     /// Work with plugins (WebAssembly components).
@@ -164,6 +173,30 @@ enum Command {
         /// With --echo: serve Streamable HTTP on this address (`/mcp`) instead of stdio.
         #[arg(long, value_name = "ADDR", requires = "echo")]
         http: Option<std::net::SocketAddr>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCommand {
+    /// Every request, newest first (pending, then decided, expired and consumed ones).
+    List,
+    /// One request, with its masked arguments.
+    Show {
+        /// The request's id.
+        id: String,
+    },
+    /// Approve a request: its held call goes upstream once (or its identical retry does).
+    Approve {
+        /// The request's id.
+        id: String,
+    },
+    /// Deny a request: the agent gets a deny naming you and the reason.
+    Deny {
+        /// The request's id.
+        id: String,
+        /// Why (the agent sees it).
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -258,13 +291,20 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            // Calls that need approval are held only where someone can approve them: with an
+            // admin socket, `toolgate approvals` decides; without one they are refused at once.
+            let approvals = admin_socket.as_ref().map(|_| {
+                Arc::new(toolgate::approvals::Approvals::new(Arc::new(
+                    SystemClock::new(),
+                )))
+            });
             let triggers = || -> anyhow::Result<()> {
                 if !no_watch {
                     reload::watch("policy-watch", live.clone())?;
                 }
                 reload::reload_on_sighup("policy-sighup", live.clone())?;
                 if let Some(socket) = &admin_socket {
-                    reload::serve_admin(live.clone(), socket)?;
+                    reload::serve_admin(live.clone(), approvals.clone(), socket)?;
                 }
                 Ok(())
             };
@@ -278,7 +318,7 @@ fn main() -> ExitCode {
                 ..StdioLimits::default()
             };
             let schemas = SchemaChecks::skipping(skip_schema);
-            match run(&live, grant, &limits, schemas, &upstream) {
+            match run(&live, grant, &limits, schemas, approvals, &upstream) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("toolgate: {e:#}");
@@ -350,6 +390,20 @@ fn main() -> ExitCode {
         } => eval(&policy, &call, exit_code),
         Command::Reload { socket } => admin(&socket, "reload"),
         Command::Status { socket } => admin(&socket, "status"),
+        Command::Approvals { socket, command } => {
+            // Who decided, as the log and the agent see it: this user.
+            let by = std::env::var("USER").unwrap_or_else(|_| "operator".into());
+            let by: String = by.split_whitespace().collect::<Vec<_>>().join("_");
+            let line = match command {
+                ApprovalsCommand::List => "approvals list".to_owned(),
+                ApprovalsCommand::Show { id } => format!("approvals show {id}"),
+                ApprovalsCommand::Approve { id } => format!("approvals approve {id} {by}"),
+                ApprovalsCommand::Deny { id, reason } => {
+                    format!("approvals deny {id} {by} {}", reason.replace('\n', " "))
+                }
+            };
+            admin(&socket, &line)
+        }
         Command::Demo => match toolgate::demo::run(&mut std::io::stdout()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -388,6 +442,7 @@ fn run(
     grant: String,
     limits: &StdioLimits,
     schemas: SchemaChecks,
+    approvals: Option<Arc<toolgate::approvals::Approvals>>,
     upstream: &[String],
 ) -> anyhow::Result<ExitCode> {
     let counters = Arc::new(MemoryCounterStore::new(Arc::new(SystemClock::new())));
@@ -396,8 +451,11 @@ fn run(
         session: uuid::Uuid::new_v4().to_string(),
     };
     tracing::info!(policy = live.current().name().unwrap_or("(unnamed)"), grant = %identity.grant, session = %identity.session, upstream = ?upstream, "starting");
-    let session =
-        Arc::new(Session::live(live.cell(), counters, identity).with_schema_checks(schemas));
+    let mut session = Session::live(live.cell(), counters, identity).with_schema_checks(schemas);
+    if let Some(approvals) = approvals {
+        session = session.with_approvals(approvals);
+    }
+    let session = Arc::new(session);
     let child = toolgate::child::spawn_upstream(upstream)
         .with_context(|| format!("cannot start upstream `{}`", upstream.join(" ")))?;
     let (ending, status) = stdio::run(session, child, limits);

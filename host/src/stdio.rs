@@ -10,7 +10,7 @@
 //! to its newline and answered with an error, so one bad message costs one message.
 
 use crate::framing::{read_line_capped, Frame};
-use crate::session::{ClientLine, Session};
+use crate::session::{ClientLine, Forward, HeldCall, Session};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::process::{Child, ExitStatus};
 use std::sync::mpsc;
@@ -72,6 +72,76 @@ enum Event {
     UpstreamClosed,
 }
 
+/// Writes a forwarded line to the upstream. On failure the request is abandoned and its
+/// client answered; `false` when the client cannot be written to either.
+fn send_upstream<W: Write>(
+    session: &Session,
+    upstream: &Mutex<Option<BufWriter<W>>>,
+    client_out: &Mutex<impl Write>,
+    forward: &Forward<'_>,
+) -> bool {
+    let written = {
+        let mut upstream = upstream.lock().unwrap_or_else(|e| e.into_inner());
+        match upstream.as_mut() {
+            Some(upstream) => upstream
+                .write_all(&forward.line)
+                .and_then(|_| upstream.write_all(b"\n"))
+                .and_then(|_| upstream.flush()),
+            None => Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the client closed, and with it the upstream's input",
+            )),
+        }
+    };
+    if let Err(e) = written {
+        // Part of it may have reached the upstream: its units stay spent. The upstream's
+        // reader will see it exit.
+        tracing::warn!(error = %e, "cannot write to upstream");
+        let failed = forward
+            .upstream_id
+            .and_then(|id| session.abandon(id, true, "cannot write to the upstream MCP server"));
+        if let Some(reply) = failed {
+            return write_line(client_out, &reply).is_ok();
+        }
+    }
+    true
+}
+
+/// Holds a call on its own thread until a person decides or its hold ends, while the
+/// session's other lines keep flowing; then forwards it (approved) or answers the client.
+fn hold<W: Write + Send + 'static, C: Write + Send + 'static>(
+    session: &Arc<Session>,
+    held: HeldCall,
+    upstream: &Upstream<W>,
+    client_out: &Arc<Mutex<C>>,
+) {
+    let Some(approvals) = session.approvals().cloned() else {
+        return;
+    };
+    let (session, upstream, client_out) = (session.clone(), upstream.clone(), client_out.clone());
+    let spawned = thread::Builder::new()
+        .name("held-call".into())
+        .spawn(move || {
+            let outcome = approvals.hold(&held.approval, held.hold);
+            match session.release(&held, outcome) {
+                ClientLine::Forward(forward) => {
+                    send_upstream(&session, &upstream, &client_out, &forward);
+                }
+                ClientLine::Answer(reply) => {
+                    let _ = write_line(&client_out, &reply);
+                }
+                ClientLine::Drop | ClientLine::Hold(_) => {}
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot hold a call: no thread");
+    }
+}
+
+/// The upstream's stdin, shared by the client reader and held calls; `None` once the client
+/// has closed (dropping it closes the pipe: the upstream's signal to shut down).
+type Upstream<W> = Arc<Mutex<Option<BufWriter<W>>>>;
+
 fn write_line(out: &Mutex<impl Write>, line: &[u8]) -> io::Result<()> {
     let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
     out.write_all(line)?;
@@ -106,37 +176,27 @@ pub fn serve(
             .name("client-reader".into())
             .spawn(move || {
                 let mut reader = BufReader::with_capacity(64 << 10, client_in);
-                let mut upstream = BufWriter::with_capacity(64 << 10, upstream_in);
+                // Shared with the threads of held calls, which forward once approved.
+                let upstream: Upstream<_> = Arc::new(Mutex::new(Some(BufWriter::with_capacity(
+                    64 << 10,
+                    upstream_in,
+                ))));
                 let mut line = Vec::new();
                 loop {
                     let answer = match read_line_capped(&mut reader, &mut line, max) {
                         Ok(Frame::Line) => match session.from_client(&line) {
                             ClientLine::Forward(forward) => {
-                                let written = upstream
-                                    .write_all(&forward.line)
-                                    .and_then(|_| upstream.write_all(b"\n"))
-                                    .and_then(|_| upstream.flush());
-                                if let Err(e) = written {
-                                    // Part of it may have reached the upstream: its units stay
-                                    // spent. The upstream's reader will see it exit.
-                                    tracing::warn!(error = %e, "cannot write to upstream");
-                                    let failed = forward.upstream_id.and_then(|id| {
-                                        session.abandon(
-                                            id,
-                                            true,
-                                            "cannot write to the upstream MCP server",
-                                        )
-                                    });
-                                    if let Some(reply) = failed {
-                                        if write_line(&client_out, &reply).is_err() {
-                                            break;
-                                        }
-                                    }
+                                if !send_upstream(&session, &upstream, &client_out, &forward) {
+                                    break;
                                 }
                                 continue;
                             }
                             ClientLine::Drop => continue,
                             ClientLine::Answer(reply) => reply,
+                            ClientLine::Hold(held) => {
+                                hold(&session, held, &upstream, &client_out);
+                                continue;
+                            }
                         },
                         Ok(Frame::Oversized(length)) => session.oversized_client_line(length, max),
                         Ok(Frame::Eof) => break,
@@ -153,7 +213,9 @@ pub fn serve(
                 // other way round, a fast upstream's exit could be reported before the client's
                 // close, and a clean shutdown would look like a crash.
                 let _ = events.send(Event::ClientClosed);
-                drop(upstream);
+                // Close the upstream's stdin now, even while held calls keep a handle on it:
+                // they find it closed and answer their clients with an error.
+                drop(upstream.lock().unwrap_or_else(|e| e.into_inner()).take());
             })
             .expect("spawn client reader");
     }

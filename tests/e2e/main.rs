@@ -6,6 +6,7 @@
 //! the house rules of ARCHITECTURE.md (`house.rs`). The counters' guarantees and the session
 //! core are unit tests beside their code.
 
+mod approvals;
 mod bad_input;
 mod fuzz_smoke;
 mod hot_swap;

@@ -193,6 +193,19 @@ fn to_forward(line: ClientLine<'_>) -> Result<Forward<'_>, Box<Response>> {
         // Nothing to forward and nothing to answer (a `tools/call` sent as a notification, a
         // reply to no pending request): accepted, as a notification is.
         ClientLine::Drop => Err(Box::new(StatusCode::ACCEPTED.into_response())),
+        // HTTP sessions hold no calls yet (no approvals are given to them): never reached, and
+        // refused rather than forwarded if it were.
+        ClientLine::Hold(held) => Err(Box::new(json_response(
+            StatusCode::OK,
+            crate::jsonrpc::error_line(
+                None,
+                crate::jsonrpc::INTERNAL_ERROR,
+                &format!(
+                    "[toolgate] approval {} cannot be held over HTTP",
+                    held.approval
+                ),
+            ),
+        ))),
     }
 }
 

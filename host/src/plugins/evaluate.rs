@@ -286,7 +286,7 @@ impl Plugin {
             wit::Decision::RequireApproval(reason) => Decision {
                 verdict: Verdict::RequireApproval,
                 rule,
-                reason: format!("{reason} (approval not configured: this gateway has no approvers, so calls that need approval are refused)"),
+                reason,
                 retry_after_ms: None,
             },
             wit::Decision::RateLimited(r) => Decision {

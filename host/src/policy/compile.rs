@@ -246,6 +246,7 @@ impl Policy {
         );
         Ok(Self {
             argument_keys,
+            digest: crate::digest::sha256_hex(text.as_bytes()),
             name: doc.name,
             default: doc.default,
             hide,
@@ -395,6 +396,12 @@ impl Compiler<'_> {
                 &format!("rate:{pattern}"),
             )?,
             uses: self.uses(&spec.uses, &location)?,
+            approval: spec
+                .approval
+                .as_ref()
+                .map(|a| a.settings())
+                .transpose()
+                .map_err(|e| self.invalid(format!("{location}.approval"), Problem::Approval(e)))?,
             id: location,
             action: spec.action,
             reason: spec.reason,

@@ -27,7 +27,18 @@ impl Tracer<'_> {
 impl Policy {
     /// Decides one call, consuming counter units if it is allowed.
     pub fn decide(&self, call: &ToolCall<'_>, counters: &Arc<dyn CounterStore>) -> Outcome {
-        self.decide_inner(call, counters, Tracer(None))
+        self.decide_inner(call, counters, Tracer(None), false)
+    }
+
+    /// Decides a call a person approved: as [`Policy::decide`], except that the rule's
+    /// `require_approval` and a plugin's `require-approval` are met. Every other check runs
+    /// again, now, and counter units are consumed now, not when the call was held.
+    pub fn decide_approved(
+        &self,
+        call: &ToolCall<'_>,
+        counters: &Arc<dyn CounterStore>,
+    ) -> Outcome {
+        self.decide_inner(call, counters, Tracer(None), true)
     }
 
     /// Decides one call like [`Policy::decide`], and records each step in `steps`: which rule
@@ -38,7 +49,7 @@ impl Policy {
         counters: &Arc<dyn CounterStore>,
         steps: &mut Vec<Step>,
     ) -> Outcome {
-        self.decide_inner(call, counters, Tracer(Some(steps)))
+        self.decide_inner(call, counters, Tracer(Some(steps)), false)
     }
 
     fn decide_inner(
@@ -46,6 +57,7 @@ impl Policy {
         call: &ToolCall<'_>,
         counters: &Arc<dyn CounterStore>,
         mut trace: Tracer<'_>,
+        approved: bool,
     ) -> Outcome {
         let refuse = |decision| Outcome {
             decision,
@@ -132,8 +144,8 @@ impl Policy {
                     }
                 }
             }
-            if rule.action == Action::RequireApproval {
-                let detail = "approval not configured: this gateway has no approvers, so calls that need approval are refused".to_owned();
+            if rule.action == Action::RequireApproval && !approved {
+                let detail = "a person must approve this call".to_owned();
                 return refuse(Decision {
                     verdict: Verdict::RequireApproval,
                     rule: rule_id.to_owned(),
@@ -175,9 +187,15 @@ impl Policy {
             );
         }
         match consumed {
-            Ok(reservations) => {
-                self.run_plugins(call, &uses, counters, rule_id, reservations, &mut trace)
-            }
+            Ok(reservations) => self.run_plugins(
+                call,
+                &uses,
+                counters,
+                rule_id,
+                reservations,
+                &mut trace,
+                approved,
+            ),
             Err(exhausted) => {
                 let limit = limits[exhausted.index];
                 let retry_s = exhausted.retry_after_ms.div_ceil(1000);
@@ -199,7 +217,10 @@ impl Policy {
     }
 
     /// Runs the plugins in order after the declarative checks passed. The first refusal wins,
-    /// and every unit the call took (declarative and plugin) is refunded with it.
+    /// and every unit the call took (declarative and plugin) is refunded with it; with
+    /// `approved`, a plugin's `require-approval` is met, not a refusal.
+    // The decision's whole context, each piece used once: a struct for it would only rename them.
+    #[allow(clippy::too_many_arguments)]
     fn run_plugins(
         &self,
         call: &ToolCall<'_>,
@@ -208,6 +229,7 @@ impl Policy {
         rule_id: &str,
         mut reservations: Vec<crate::counters::Reservation>,
         trace: &mut Tracer<'_>,
+        approved: bool,
     ) -> Outcome {
         let (mut instructions, mut peak_memory) = (0, 0);
         if !uses.is_empty() {
@@ -234,7 +256,8 @@ impl Policy {
                         logs: outcome.logs,
                     });
                 }
-                if !outcome.decision.is_allow() {
+                let met = approved && outcome.decision.verdict == Verdict::RequireApproval;
+                if !outcome.decision.is_allow() && !met {
                     counters.refund(&reservations);
                     return Outcome {
                         decision: outcome.decision,

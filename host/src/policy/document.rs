@@ -180,6 +180,10 @@ pub struct ToolRule {
     /// Plugins the call must also pass, in order, after the declarative checks.
     #[serde(default, rename = "use")]
     pub uses: Vec<UseSpec>,
+    /// How a call this rule sends for approval is held (`hold`, `timeout`, `reuse`, `bind`,
+    /// `via`; defaults when absent).
+    #[serde(default)]
+    pub approval: Option<crate::approvals::ApprovalSpec>,
     /// A note for people.
     #[serde(default)]
     pub description: Option<String>,

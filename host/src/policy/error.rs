@@ -205,6 +205,12 @@ pub enum Problem {
         "the trust file is the operator's (`--trust`, `[plugins] trust` or `$TOOLGATE_TRUST`); `toolgate plugin verify --trust FILE` checks it on its own"
     ))]
     Trust(String),
+    /// A rule's `approval` object cannot work as written.
+    #[error("{0}")]
+    #[diagnostic(help(
+        "`approval` is `{{\"hold\": \"45s\", \"timeout\": \"10m\", \"reuse\": \"once\" | \"session\" | \"1h\", \"bind\": \"args\" | \"tool\", \"via\": \"client\" | \"operator\" | \"both\"}}`, each optional"
+    ))]
+    Approval(String),
     /// A plugin refused the `config` a rule gives it.
     #[error("plugin `{name}` rejects its config: {error}")]
     #[diagnostic(help("the plugin's documentation says which config it takes"))]

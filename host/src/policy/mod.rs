@@ -65,6 +65,8 @@ pub struct Policy {
     plugins: Vec<Arc<Plugin>>,
     /// Every key of `args` that a condition reads, at any depth.
     argument_keys: crate::jsonrpc::Spellings,
+    /// sha256 of the document's text: an approval is bound to the policy that asked for it.
+    digest: String,
 }
 
 /// A rule's use of a plugin, with its config as JSON text.
@@ -86,6 +88,8 @@ struct Rule {
     deny_if: Vec<Condition>,
     limits: Vec<Limit>,
     uses: Vec<PluginUse>,
+    /// How a call it sends for approval is held (`None`: the defaults).
+    approval: Option<crate::approvals::ApprovalSettings>,
 }
 
 #[derive(Debug)]
@@ -148,6 +152,19 @@ impl Policy {
     /// budget: an async caller moves such a decision off its worker.
     pub(crate) fn may_block(&self) -> bool {
         !self.plugins.is_empty()
+    }
+
+    /// sha256 of the document's text.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// How a call of `tool` that needs approval is held: its rule's `approval`, or the
+    /// defaults.
+    pub fn approval_for(&self, tool: &str) -> crate::approvals::ApprovalSettings {
+        self.rule_for(tool)
+            .and_then(|r| r.approval.clone())
+            .unwrap_or_default()
     }
 
     /// The plugins this policy loaded, for status and logs.

@@ -184,14 +184,14 @@ fn require_deny_if_and_evaluation_errors() {
 }
 
 #[test]
-fn require_approval_refuses_until_approvals_exist() {
+fn require_approval_is_its_own_refusal_until_a_person_approves() {
     let p = policy(
         json!({"version": "1", "default": "allow", "tools": {"session_delete": {"action": "require_approval"}}}),
     );
     let (_, store) = store();
     let d = decide_as(&p, &store, "g", "session_delete", json!({}));
     assert_eq!(d.verdict, Verdict::RequireApproval);
-    assert!(d.reason.contains("approval not configured"));
+    assert!(d.reason.contains("a person must approve"), "{}", d.reason);
 }
 
 #[test]

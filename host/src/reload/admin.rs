@@ -1,6 +1,7 @@
 //! The admin socket: `toolgate status` and `toolgate reload` talk to a running gateway through it.
 
 use super::{LivePolicy, Reloadable};
+use crate::approvals::Approvals;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -83,14 +84,18 @@ pub enum AdminError {
 /// The admin socket: a local Unix socket (mode 0600) that takes one command per line,
 /// `status` or `reload`, and answers each with one line of JSON. `toolgate reload` and
 /// `toolgate status` are its clients. See [`bind_admin_socket`] for how `path` is claimed.
-pub fn serve_admin(live: Arc<LivePolicy>, path: &Path) -> Result<(), AdminError> {
+pub fn serve_admin(
+    live: Arc<LivePolicy>,
+    approvals: Option<Arc<Approvals>>,
+    path: &Path,
+) -> Result<(), AdminError> {
     use std::io::{BufRead, BufReader, Write};
     let listener = bind_admin_socket(path)?;
     std::thread::Builder::new()
         .name("admin".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                let live = live.clone();
+                let (live, approvals) = (live.clone(), approvals.clone());
                 std::thread::spawn(move || {
                     let mut lines = BufReader::new(&stream).lines();
                     while let Some(Ok(command)) = lines.next() {
@@ -100,7 +105,10 @@ pub fn serve_admin(live: Arc<LivePolicy>, path: &Path) -> Result<(), AdminError>
                                 Ok(changed) => serde_json::json!({"ok": true, "changed": changed, "status": live.status()}),
                                 Err(error) => serde_json::json!({"ok": false, "error": error.to_string(), "status": live.status()}),
                             },
-                            other => serde_json::json!({"ok": false, "error": format!("unknown command `{other}`: status or reload")}),
+                            other if other.starts_with("approvals ") => {
+                                approvals_command(approvals.as_deref(), &other["approvals ".len()..])
+                            }
+                            other => serde_json::json!({"ok": false, "error": format!("unknown command `{other}`: status, reload or approvals ...")}),
                         };
                         if writeln!(&stream, "{answer}").is_err() {
                             break;
@@ -110,6 +118,34 @@ pub fn serve_admin(live: Arc<LivePolicy>, path: &Path) -> Result<(), AdminError>
             }
         })?;
     Ok(())
+}
+
+/// `approvals list`, `approvals show ID`, `approvals approve ID BY`, `approvals deny ID BY
+/// REASON...`: the operator's channel of a `toolgate run` (the socket is this user's only).
+fn approvals_command(approvals: Option<&Approvals>, command: &str) -> serde_json::Value {
+    use serde_json::json;
+    let Some(approvals) = approvals else {
+        return json!({"ok": false, "error": "this gateway holds no calls for approval"});
+    };
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let decided = |r: Result<crate::approvals::Request, crate::approvals::ApprovalError>| match r {
+        Ok(request) => json!({"ok": true, "request": request}),
+        Err(e) => json!({"ok": false, "error": e.to_string()}),
+    };
+    match words.as_slice() {
+        ["list"] => json!({"ok": true, "requests": approvals.list()}),
+        ["show", id] => match approvals.get(id) {
+            Some(request) => json!({"ok": true, "request": request}),
+            None => json!({"ok": false, "error": format!("no approval request `{id}`")}),
+        },
+        ["approve", id, by] => decided(approvals.approve(id, by, "cli")),
+        ["deny", id, by, reason @ ..] if !reason.is_empty() => {
+            decided(approvals.deny(id, by, "cli", &reason.join(" ")))
+        }
+        _ => {
+            json!({"ok": false, "error": format!("unknown approvals command `{command}`: list, show ID, approve ID BY, deny ID BY REASON")})
+        }
+    }
 }
 
 /// Binds the admin socket at `path`, so that no other user can connect to it at any moment.

@@ -52,9 +52,11 @@
 //! - `catalogue.rs`: the upstream's tool listings: filtering hidden tools from every page,
 //!   the per-tool annotations and `inputSchema` checks ([`SchemaChecks`]), shadowed keys.
 
+mod approval;
 mod catalogue;
 mod ids;
 
+pub use approval::HeldCall;
 pub use catalogue::SchemaChecks;
 
 use crate::call::ToolCall;
@@ -62,6 +64,7 @@ use crate::counters::CounterStore;
 use crate::decision::{Decision, Verdict};
 use crate::jsonrpc::{self, Envelope, Fault, IdKind};
 use crate::policy::{Outcome, Policy, UNKNOWN_RULE};
+use approval::Refused;
 use arc_swap::ArcSwap;
 use catalogue::{has_cursor, listing, schema_problem, unreadable_list, Catalogue, Listing};
 use ids::{reused, Kind, Pending};
@@ -82,6 +85,9 @@ pub enum ClientLine<'l> {
     /// Send nothing anywhere (logged): a `tools/call` notification, or a reply or
     /// cancellation for a request that is not pending.
     Drop,
+    /// A `tools/call` waiting for a person: hold it on the session's approvals (without
+    /// stopping other lines), then pass the outcome to [`Session::release`].
+    Hold(HeldCall),
 }
 
 /// A client line on its way upstream.
@@ -129,6 +135,9 @@ pub struct Session {
     identity: Identity,
     schemas: SchemaChecks,
     state: Mutex<State>,
+    /// Where calls that need approval are held; `None`: nobody can approve, and they are
+    /// refused at once.
+    approvals: Option<Arc<crate::approvals::Approvals>>,
 }
 
 #[derive(Deserialize)]
@@ -157,7 +166,20 @@ impl Session {
             identity,
             schemas: SchemaChecks::default(),
             state: Mutex::new(State::default()),
+            approvals: None,
         }
+    }
+
+    /// Calls that need approval are held on `approvals` (an operator or the client can
+    /// decide), instead of being refused at once.
+    pub fn with_approvals(mut self, approvals: Arc<crate::approvals::Approvals>) -> Self {
+        self.approvals = Some(approvals);
+        self
+    }
+
+    /// The approvals calls are held on, if any.
+    pub fn approvals(&self) -> Option<&Arc<crate::approvals::Approvals>> {
+        self.approvals.as_ref()
     }
 
     /// Which tools' arguments are checked against their `inputSchema` (all, by default).
@@ -242,9 +264,12 @@ impl Session {
             return ClientLine::Answer(reused(id));
         }
         let kind = match method {
-            "tools/call" => match self.decide_call(params, id) {
+            "tools/call" => match self.decide_call(params, id, false) {
                 Ok(kind) => kind,
-                Err(answer) => return ClientLine::Answer(answer),
+                Err(Refused::Answer(answer)) => return ClientLine::Answer(answer),
+                Err(Refused::Hold { approval, hold }) => {
+                    return ClientLine::Hold(HeldCall::new(approval, hold, line))
+                }
             },
             "tools/list" => Kind::ToolsList {
                 first_page: !has_cursor(params),
@@ -274,19 +299,26 @@ impl Session {
         }
     }
 
-    /// Decides a `tools/call`. `Err` holds the reply to send instead of forwarding.
-    fn decide_call(&self, params: Option<&RawValue>, id: &RawValue) -> Result<Kind, Vec<u8>> {
+    /// Decides a `tools/call` (`approved`: a person approved it, see
+    /// [`crate::policy::Policy::decide_approved`]). `Err` is the reply to send instead of
+    /// forwarding, or the approval to hold it on.
+    fn decide_call(
+        &self,
+        params: Option<&RawValue>,
+        id: &RawValue,
+        approved: bool,
+    ) -> Result<Kind, Refused> {
         let raw_params = params.map_or("null", RawValue::get);
         let params: CallParams = match serde_json::from_str(raw_params) {
             Ok(params) => params,
             Err(e) => {
                 let message = format!("invalid tools/call params: {e}");
                 tracing::warn!(%message, "bad tools/call from client");
-                return Err(jsonrpc::error_line(
+                return Err(Refused::Answer(jsonrpc::error_line(
                     Some(id),
                     jsonrpc::INVALID_PARAMS,
                     &message,
-                ));
+                )));
             }
         };
         let empty = Value::Object(Default::default());
@@ -304,11 +336,11 @@ impl Session {
         };
         if let Some(problem) = self.ambiguous_call(raw_params, args, info.as_deref()) {
             tracing::warn!(%problem, "tools/call refused");
-            return Err(jsonrpc::error_line(
+            return Err(Refused::Answer(jsonrpc::error_line(
                 Some(id),
                 jsonrpc::INVALID_REQUEST,
                 &format!("invalid request: {problem}"),
-            ));
+            )));
         }
         let call = ToolCall {
             tool: &params.name,
@@ -328,14 +360,36 @@ impl Session {
             refusal(Decision::deny("inputSchema", problem))
         } else {
             // The decision. Last, so that every refusal above costs no counter unit.
-            self.policy.load().decide(&call, &self.counters)
+            let policy = self.policy.load();
+            let outcome = if approved {
+                policy.decide_approved(&call, &self.counters)
+            } else {
+                policy.decide(&call, &self.counters)
+            };
+            if outcome.decision.verdict == Verdict::RequireApproval && !approved {
+                // Held, let through by an approval already given, or refused as before.
+                match self.ask_approval(&policy, &call, &outcome.decision) {
+                    None => {
+                        let mut outcome = outcome;
+                        outcome.decision.reason += " (approval not configured: this gateway has no approvers, so calls that need approval are refused; `toolgate run --admin-socket` holds them for `toolgate approvals`)";
+                        outcome
+                    }
+                    Some(Ok(approved)) => approved,
+                    Some(Err(held)) => return Err(held),
+                }
+            } else {
+                outcome
+            }
         };
         let d = &outcome.decision;
         tracing::info!(tool = call.tool, grant = call.grant, decision = d.verdict.as_str(), rule = %d.rule, reason = %d.reason, "tools/call");
         if d.verdict == Verdict::Allow {
             return Ok(Kind::ToolsCall(outcome.reservations));
         }
-        Err(jsonrpc::result_line(id, &d.to_tool_result()))
+        Err(Refused::Answer(jsonrpc::result_line(
+            id,
+            &d.to_tool_result(),
+        )))
     }
 
     /// Handles one line from the upstream (without its newline): the bytes to send to the

@@ -464,7 +464,7 @@ fn hidden_tools_are_dropped_from_every_page_and_a_complete_listing_knows_the_res
             assert_eq!(meta["rule"], UNKNOWN_RULE, "{meta}");
             assert_eq!(meta["reason"], "unknown tool", "{meta}");
         }
-        ClientLine::Drop => panic!("dropped"),
+        ClientLine::Drop | ClientLine::Hold(_) => panic!("dropped or held"),
     }
 }
 
@@ -572,7 +572,7 @@ fn how_a_call_ends_decides_its_refund(#[case] end: End, #[case] refunded: bool) 
             assert_eq!(id, 2);
             assert_eq!(meta["decision"], "rate_limited", "{meta}");
         }
-        ClientLine::Drop => panic!("dropped"),
+        ClientLine::Drop | ClientLine::Hold(_) => panic!("dropped or held"),
     }
 }
 

@@ -1,0 +1,177 @@
+//! Require approval, for real, over stdio: `toolgate run --admin-socket` holds a call that
+//! needs a person while the session's other calls flow, and `toolgate approvals` (another
+//! process, on the admin socket) approves or denies it. The upstream is the LLM CLI Gateway
+//! stand-in, whose `session_delete` says whether the session existed: a call that ran twice
+//! would say "not found" the second time.
+
+use crate::support::{refusal, standin, Client, TOOLGATE};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// `session_delete` waits for a person up to 20 s; `session_get` only 1 s (the agent gets
+/// `pending` and retries); the rest is allowed.
+const POLICY: &str = r#"{"version": "1", "default": "allow",
+  "tools": {
+    "session_delete": {"action": "require_approval", "reason": "deleting needs a person",
+                       "approval": {"hold": "20s"}},
+    "session_get": {"action": "require_approval", "approval": {"hold": "1s"}}
+  }}"#;
+
+fn approvals(socket: &Path, args: &[&str]) -> Value {
+    let out = Command::new(TOOLGATE)
+        .arg("approvals")
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "toolgate approvals {args:?}: {e}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Waits (10 s at most) for a pending request of `tool` and returns its id.
+fn pending(socket: &Path, tool: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = approvals(socket, &["list"]);
+        if let Some(r) = list["requests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["tool"] == tool && r["state"] == "pending")
+        {
+            return r["id"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no pending {tool}: {list}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn gateway() -> (Client, tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("admin.sock");
+    let mut client = Client::start_with(
+        POLICY,
+        &standin(),
+        &["--admin-socket", socket.to_str().unwrap(), "--no-watch"],
+    );
+    client.initialize();
+    (client, dir, socket)
+}
+
+fn created(client: &mut Client) -> String {
+    let result = client.call("session_create", json!({"cli": "codex"}));
+    let body: Value = serde_json::from_str(result["content"][0]["text"].as_str().unwrap()).unwrap();
+    body["session"]["id"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn a_held_call_runs_once_when_approved_and_is_refused_when_denied_while_others_flow() {
+    let (mut client, _dir, socket) = gateway();
+    let doomed = created(&mut client);
+    client.send(
+        &json!({"jsonrpc": "2.0", "id": "del-1", "method": "tools/call",
+        "params": {"name": "session_delete", "arguments": {"sessionId": doomed}}}),
+    );
+    let id = pending(&socket, "session_delete");
+    // While it is held, the session's other calls flow.
+    let listed = client.call("session_list", json!({}));
+    assert!(listed.get("isError").is_none(), "{listed}");
+    let shown = approvals(&socket, &["show", &id]);
+    assert_eq!(shown["request"]["arguments"]["sessionId"], doomed.as_str());
+    assert_eq!(
+        shown["request"]["reason"],
+        "deleting needs a person (a person must approve this call)"
+    );
+    let approved = approvals(&socket, &["approve", &id]);
+    assert_eq!(approved["ok"], true, "{approved}");
+    let reply = client.reply_to(&json!("del-1"));
+    let text = reply["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.contains(&format!("\"deleted\":\"{doomed}\"")),
+        "{reply}"
+    );
+    assert!(reply["result"].get("_meta").is_none(), "{reply}");
+    // Approving again changes nothing and runs nothing; the session is gone upstream.
+    assert_eq!(
+        approvals(&socket, &["approve", &id])["request"]["state"],
+        "consumed"
+    );
+
+    // A deny: the agent learns who and why; the upstream never sees the call.
+    let kept = created(&mut client);
+    client.send(
+        &json!({"jsonrpc": "2.0", "id": "del-2", "method": "tools/call",
+        "params": {"name": "session_delete", "arguments": {"sessionId": kept}}}),
+    );
+    let id = pending(&socket, "session_delete");
+    let denied = approvals(&socket, &["deny", &id, "--reason", "keep it for the audit"]);
+    assert_eq!(denied["ok"], true, "{denied}");
+    let reply = client.reply_to(&json!("del-2"));
+    let (text, meta) = refusal(&reply["result"]);
+    assert!(text.contains("keep it for the audit"), "{text}");
+    assert_eq!(meta["decision"], "deny", "{meta}");
+    let got = client.call("session_list", json!({}));
+    assert!(
+        got["content"][0]["text"].as_str().unwrap().contains(&kept),
+        "{got}"
+    );
+    // A decided request cannot be decided the other way.
+    let again = approvals(&socket, &["approve", &id]);
+    assert_eq!(again["ok"], false, "{again}");
+    assert!(
+        again["error"].as_str().unwrap().contains("denied"),
+        "{again}"
+    );
+}
+
+#[test]
+fn a_hold_that_ends_leaves_a_pending_request_whose_identical_retry_passes_once_approved() {
+    let (mut client, _dir, socket) = gateway();
+    let session = created(&mut client);
+    let args = json!({"sessionId": session});
+    let first = client.call("session_get", args.clone());
+    let (text, meta) = refusal(&first);
+    assert_eq!(meta["decision"], "require_approval", "{first}");
+    assert_eq!(meta["approval"]["state"], "pending", "{first}");
+    assert!(text.contains("retry the same call"), "{text}");
+    let id = meta["approval"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(approvals(&socket, &["approve", &id])["ok"], true);
+    // The identical retry passes, once.
+    let retry = client.call("session_get", args.clone());
+    assert!(retry.get("isError").is_none(), "{retry}");
+    assert!(retry["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .contains(&session));
+    let third = client.call("session_get", args);
+    let (_, meta) = refusal(&third);
+    assert_eq!(meta["approval"]["state"], "pending", "{third}");
+    assert_ne!(
+        meta["approval"]["id"],
+        id.as_str(),
+        "a once approval was used twice"
+    );
+    // Other arguments are another call: asked again.
+    let other = client.call("session_get", json!({"sessionId": "another"}));
+    let (_, meta) = refusal(&other);
+    assert_eq!(meta["decision"], "require_approval", "{other}");
+}
+
+#[test]
+fn without_an_approval_channel_a_call_that_needs_approval_is_refused_at_once() {
+    let mut client = Client::start(POLICY, &standin());
+    client.initialize();
+    let started = Instant::now();
+    let result = client.call("session_delete", json!({"sessionId": "x"}));
+    let (text, meta) = refusal(&result);
+    assert_eq!(meta["decision"], "require_approval");
+    assert!(text.contains("approval not configured"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
