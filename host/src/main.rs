@@ -291,20 +291,19 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            // Calls that need approval are held only where someone can approve them: with an
-            // admin socket, `toolgate approvals` decides; without one they are refused at once.
-            let approvals = admin_socket.as_ref().map(|_| {
-                Arc::new(toolgate::approvals::Approvals::new(Arc::new(
-                    SystemClock::new(),
-                )))
-            });
+            // Calls that need approval are held where someone can approve them: the operator
+            // through the admin socket (`toolgate approvals`), or the client's user if the
+            // client declares elicitation; otherwise they are refused at once.
+            let approvals = Arc::new(toolgate::approvals::Approvals::new(Arc::new(
+                SystemClock::new(),
+            )));
             let triggers = || -> anyhow::Result<()> {
                 if !no_watch {
                     reload::watch("policy-watch", live.clone())?;
                 }
                 reload::reload_on_sighup("policy-sighup", live.clone())?;
                 if let Some(socket) = &admin_socket {
-                    reload::serve_admin(live.clone(), approvals.clone(), socket)?;
+                    reload::serve_admin(live.clone(), Some(approvals.clone()), socket)?;
                 }
                 Ok(())
             };
@@ -318,7 +317,15 @@ fn main() -> ExitCode {
                 ..StdioLimits::default()
             };
             let schemas = SchemaChecks::skipping(skip_schema);
-            match run(&live, grant, &limits, schemas, approvals, &upstream) {
+            let operator = admin_socket.is_some();
+            match run(
+                &live,
+                grant,
+                &limits,
+                schemas,
+                (approvals, operator),
+                &upstream,
+            ) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("toolgate: {e:#}");
@@ -442,7 +449,7 @@ fn run(
     grant: String,
     limits: &StdioLimits,
     schemas: SchemaChecks,
-    approvals: Option<Arc<toolgate::approvals::Approvals>>,
+    (approvals, operator): (Arc<toolgate::approvals::Approvals>, bool),
     upstream: &[String],
 ) -> anyhow::Result<ExitCode> {
     let counters = Arc::new(MemoryCounterStore::new(Arc::new(SystemClock::new())));
@@ -451,11 +458,11 @@ fn run(
         session: uuid::Uuid::new_v4().to_string(),
     };
     tracing::info!(policy = live.current().name().unwrap_or("(unnamed)"), grant = %identity.grant, session = %identity.session, upstream = ?upstream, "starting");
-    let mut session = Session::live(live.cell(), counters, identity).with_schema_checks(schemas);
-    if let Some(approvals) = approvals {
-        session = session.with_approvals(approvals);
-    }
-    let session = Arc::new(session);
+    let session = Arc::new(
+        Session::live(live.cell(), counters, identity)
+            .with_schema_checks(schemas)
+            .with_approvals(approvals, operator),
+    );
     let child = toolgate::child::spawn_upstream(upstream)
         .with_context(|| format!("cannot start upstream `{}`", upstream.join(" ")))?;
     let (ending, status) = stdio::run(session, child, limits);

@@ -118,6 +118,13 @@ fn hold<W: Write + Send + 'static, C: Write + Send + 'static>(
     let Some(approvals) = session.approvals().cloned() else {
         return;
     };
+    // The agent's own client asks its user first, if it can (MCP elicitation); its answer
+    // comes back on the client's input and decides the request like an operator's would.
+    if let Some(question) = session.elicitation(&held) {
+        if write_line(client_out, &question).is_err() {
+            tracing::warn!(approval = %held.approval, "cannot ask the client; the operator decides");
+        }
+    }
     let (session, upstream, client_out) = (session.clone(), upstream.clone(), client_out.clone());
     let spawned = thread::Builder::new()
         .name("held-call".into())

@@ -175,3 +175,102 @@ fn without_an_approval_channel_a_call_that_needs_approval_is_refused_at_once() {
     assert!(text.contains("approval not configured"), "{text}");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// A client that declares elicitation is asked inside the held call, before its result.
+fn eliciting_gateway(extra: &[&str]) -> Client {
+    let mut client = Client::start_with(POLICY, &standin(), extra);
+    client.request(
+        "initialize",
+        json!({"protocolVersion": "2025-11-25", "capabilities": {"elicitation": {}},
+               "clientInfo": {"name": "e2e-eliciting", "version": "1"}}),
+    );
+    client.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    client
+}
+
+/// Sends `session_delete` and returns the `elicitation/create` request the gateway asks.
+fn asked(client: &mut Client, call_id: &str, session: &str) -> Value {
+    client.send(
+        &json!({"jsonrpc": "2.0", "id": call_id, "method": "tools/call",
+        "params": {"name": "session_delete", "arguments": {"sessionId": session}}}),
+    );
+    let question = client.recv();
+    assert_eq!(question["method"], "elicitation/create", "{question}");
+    let id = question["id"]
+        .as_str()
+        .expect("a string id of the gateway's own");
+    assert!(id.starts_with("toolgate-approval-"), "{question}");
+    let message = question["params"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("session_delete") && message.contains(session),
+        "{message}"
+    );
+    let schema = &question["params"]["requestedSchema"];
+    assert_eq!(
+        schema["properties"]["decision"]["enum"],
+        json!(["approve", "deny"])
+    );
+    question
+}
+
+fn answer(client: &mut Client, question: &Value, result: Value) {
+    client.send(&json!({"jsonrpc": "2.0", "id": question["id"], "result": result}));
+}
+
+#[test]
+fn the_agents_own_client_approves_or_declines_through_elicitation() {
+    let mut client = eliciting_gateway(&[]);
+    let doomed = created(&mut client);
+    let question = asked(&mut client, "e1", &doomed);
+    answer(
+        &mut client,
+        &question,
+        json!({"action": "accept", "content": {"decision": "approve"}}),
+    );
+    let reply = client.reply_to(&json!("e1"));
+    let text = reply["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.contains(&format!("\"deleted\":\"{doomed}\"")),
+        "{reply}"
+    );
+
+    let kept = created(&mut client);
+    let question = asked(&mut client, "e2", &kept);
+    answer(&mut client, &question, json!({"action": "decline"}));
+    let reply = client.reply_to(&json!("e2"));
+    let (text, meta) = refusal(&reply["result"]);
+    assert_eq!(meta["decision"], "deny", "{reply}");
+    assert!(text.contains("declined in the agent's client"), "{text}");
+    // A replayed (stale) answer changes nothing: the session is still there, nothing ran.
+    answer(
+        &mut client,
+        &question,
+        json!({"action": "accept", "content": {"decision": "approve"}}),
+    );
+    let listed = client.call("session_list", json!({}));
+    assert!(
+        listed["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains(&kept),
+        "{listed}"
+    );
+}
+
+#[test]
+fn a_cancelled_elicitation_leaves_the_call_to_the_operator() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("admin.sock");
+    let mut client = eliciting_gateway(&["--admin-socket", socket.to_str().unwrap(), "--no-watch"]);
+    let doomed = created(&mut client);
+    let question = asked(&mut client, "e3", &doomed);
+    answer(&mut client, &question, json!({"action": "cancel"}));
+    let id = pending(&socket, "session_delete");
+    assert_eq!(approvals(&socket, &["approve", &id])["ok"], true);
+    let reply = client.reply_to(&json!("e3"));
+    let text = reply["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.contains(&format!("\"deleted\":\"{doomed}\"")),
+        "{reply}"
+    );
+}

@@ -18,7 +18,11 @@ pub(super) enum Refused {
     /// Answer the client with this line.
     Answer(Vec<u8>),
     /// Hold the call on approval request `approval` for up to `hold`.
-    Hold { approval: String, hold: Duration },
+    Hold {
+        approval: String,
+        hold: Duration,
+        via_client: bool,
+    },
 }
 
 /// A call held until a person decides, or its hold ends.
@@ -28,21 +32,116 @@ pub struct HeldCall {
     pub approval: String,
     /// How long to hold it.
     pub hold: Duration,
+    /// Whether the agent's own client may decide it (the rule's `via`).
+    pub via_client: bool,
     /// The client's line, as it came.
     line: Vec<u8>,
 }
 
 impl HeldCall {
-    pub(super) fn new(approval: String, hold: Duration, line: &[u8]) -> Self {
+    pub(super) fn new(approval: String, hold: Duration, via_client: bool, line: &[u8]) -> Self {
         Self {
             approval,
             hold,
+            via_client,
             line: line.to_vec(),
         }
     }
 }
 
+/// The prefix of the ids of the gateway's own `elicitation/create` requests.
+const ELICIT_PREFIX: &str = "toolgate-approval-";
+
+/// Whether `initialize` params declare `capabilities.elicitation` (an object; `{}` means form
+/// mode, which is all the gateway asks for).
+pub(super) fn declares_elicitation(params: Option<&serde_json::value::RawValue>) -> bool {
+    params
+        .and_then(|p| serde_json::from_str::<serde_json::Value>(p.get()).ok())
+        .is_some_and(|p| p["capabilities"]["elicitation"].is_object())
+}
+
 impl Session {
+    /// The `elicitation/create` request asking the client's user about `held`, if the client
+    /// can show one and the rule lets the client decide. Its answer comes back as a reply line
+    /// the session recognises ([`Session::from_client`]).
+    pub fn elicitation(&self, held: &HeldCall) -> Option<Vec<u8>> {
+        if !held.via_client {
+            return None;
+        }
+        let approvals = self.approvals.as_ref()?;
+        let request = approvals.get(&held.approval)?;
+        let id = {
+            let mut state = self.state();
+            if !state.client_elicits {
+                return None;
+            }
+            let id = format!("{ELICIT_PREFIX}{}", uuid::Uuid::new_v4());
+            state.elicitations.insert(id.clone(), held.approval.clone());
+            id
+        };
+        let arguments = serde_json::to_string_pretty(&request.arguments).unwrap_or_default();
+        let message = format!(
+            "An agent (grant `{}`) wants to call `{}`.\nRule {}: {}\nArguments:\n{arguments}\n\nApprove this call?",
+            request.grant, request.tool, request.rule, request.reason
+        );
+        let line = json!({"jsonrpc": "2.0", "id": id, "method": "elicitation/create", "params": {
+            "message": message,
+            "requestedSchema": {
+                "type": "object",
+                "properties": {"decision": {
+                    "type": "string", "title": "Decision", "enum": ["approve", "deny"],
+                    "description": "Approve lets this one call run; deny refuses it."
+                }},
+                "required": ["decision"]
+            }
+        }});
+        Some(line.to_string().into_bytes())
+    }
+
+    /// A reply from the client to one of the gateway's own elicitations: approve on `accept`
+    /// with `approve`, deny on `decline` (or `accept` with `deny`); `cancel` or an error leaves
+    /// the request to the other channels. `None`: not an answer to one of ours.
+    pub(super) fn elicitation_answer(
+        &self,
+        line: &[u8],
+        id: &serde_json::value::RawValue,
+    ) -> Option<ClientLine<'static>> {
+        let key: String = serde_json::from_str(id.get()).ok()?;
+        if !key.starts_with(ELICIT_PREFIX) {
+            return None;
+        }
+        // One answer per elicitation: a replayed or stale one finds nothing.
+        let approval = self.state().elicitations.remove(&key);
+        let (Some(approval), Some(approvals)) = (approval, self.approvals.as_ref()) else {
+            tracing::warn!(id = %key, "dropped an answer to no pending approval question");
+            return Some(ClientLine::Drop);
+        };
+        let reply: serde_json::Value = serde_json::from_slice(line).unwrap_or_default();
+        let result = &reply["result"];
+        let by = format!("the user of grant {}", self.identity.grant);
+        let decided = match (
+            result["action"].as_str(),
+            result["content"]["decision"].as_str(),
+        ) {
+            (Some("accept"), Some("approve")) => Some(approvals.approve(&approval, &by, "client")),
+            (Some("accept"), Some("deny")) | (Some("decline"), _) => {
+                Some(approvals.deny(&approval, &by, "client", "declined in the agent's client"))
+            }
+            _ => None,
+        };
+        match decided {
+            Some(Err(e)) => {
+                tracing::warn!(approval, error = %e, "the client's answer came too late")
+            }
+            Some(Ok(_)) => {}
+            None => tracing::info!(
+                approval,
+                "the client did not decide; the request stays with the other channels"
+            ),
+        }
+        Some(ClientLine::Drop)
+    }
+
     /// Asks the approvals for a call the policy sends for approval. `None`: nobody can approve
     /// here (no approvals, or the rule wants the client's own prompt, which this transport
     /// does not have yet), and the refusal stands. `Ok`: an approval already covers it, and
@@ -55,7 +154,9 @@ impl Session {
     ) -> Option<Result<Outcome, Refused>> {
         let approvals = self.approvals.as_ref()?;
         let settings = policy.approval_for(call.tool);
-        if settings.via == Via::Client {
+        let via_client = settings.via != Via::Operator && self.state().client_elicits;
+        let via_operator = settings.via != Via::Client && self.operator_channel;
+        if !via_client && !via_operator {
             return None;
         }
         match approvals.request(
@@ -69,6 +170,7 @@ impl Session {
             Ticket::Pending { id, .. } => Some(Err(Refused::Hold {
                 approval: id,
                 hold: settings.hold,
+                via_client,
             })),
         }
     }

@@ -64,7 +64,7 @@ use crate::counters::CounterStore;
 use crate::decision::{Decision, Verdict};
 use crate::jsonrpc::{self, Envelope, Fault, IdKind};
 use crate::policy::{Outcome, Policy, UNKNOWN_RULE};
-use approval::Refused;
+use approval::{declares_elicitation, Refused};
 use arc_swap::ArcSwap;
 use catalogue::{has_cursor, listing, schema_problem, unreadable_list, Catalogue, Listing};
 use ids::{reused, Kind, Pending};
@@ -123,6 +123,12 @@ struct State {
     catalogue: Catalogue,
     /// The upstream's `serverInfo.name`, once its `initialize` reply has passed.
     server: Arc<str>,
+    /// Whether the client declared `capabilities.elicitation` in its `initialize`.
+    client_elicits: bool,
+    /// The gateway's own `elicitation/create` requests to the client, waiting for its answer:
+    /// the approval request each asks about, by the request's id (a string: the ids of
+    /// server→client requests the gateway forwards are integers, so they cannot collide).
+    elicitations: HashMap<String, String>,
     /// Set when the upstream is gone: later requests are answered with an error at once.
     upstream_gone: bool,
 }
@@ -138,6 +144,9 @@ pub struct Session {
     /// Where calls that need approval are held; `None`: nobody can approve, and they are
     /// refused at once.
     approvals: Option<Arc<crate::approvals::Approvals>>,
+    /// Whether an operator can decide on `approvals` (an admin socket): otherwise only the
+    /// client's own user can, through elicitation.
+    operator_channel: bool,
 }
 
 #[derive(Deserialize)]
@@ -167,13 +176,20 @@ impl Session {
             schemas: SchemaChecks::default(),
             state: Mutex::new(State::default()),
             approvals: None,
+            operator_channel: false,
         }
     }
 
-    /// Calls that need approval are held on `approvals` (an operator or the client can
-    /// decide), instead of being refused at once.
-    pub fn with_approvals(mut self, approvals: Arc<crate::approvals::Approvals>) -> Self {
+    /// Calls that need approval are held on `approvals` when someone can decide: an operator
+    /// (`operator_channel`: an admin socket) or the client's user (if the client declared
+    /// elicitation). Otherwise they are refused at once.
+    pub fn with_approvals(
+        mut self,
+        approvals: Arc<crate::approvals::Approvals>,
+        operator_channel: bool,
+    ) -> Self {
         self.approvals = Some(approvals);
+        self.operator_channel = operator_channel;
         self
     }
 
@@ -227,7 +243,10 @@ impl Session {
         match (envelope.method.as_deref(), envelope.id) {
             (Some(method), Some(id)) => self.request(line, method, id, envelope.params),
             (Some(method), None) => self.client_notification(line, method, envelope.params),
-            (None, Some(id)) => self.reply_to_server(line, id),
+            (None, Some(id)) => match self.elicitation_answer(line, id) {
+                Some(answered) => answered,
+                None => self.reply_to_server(line, id),
+            },
             (None, None) => ClientLine::Answer(jsonrpc::error_line(
                 None,
                 jsonrpc::INVALID_REQUEST,
@@ -267,14 +286,19 @@ impl Session {
             "tools/call" => match self.decide_call(params, id, false) {
                 Ok(kind) => kind,
                 Err(Refused::Answer(answer)) => return ClientLine::Answer(answer),
-                Err(Refused::Hold { approval, hold }) => {
-                    return ClientLine::Hold(HeldCall::new(approval, hold, line))
-                }
+                Err(Refused::Hold {
+                    approval,
+                    hold,
+                    via_client,
+                }) => return ClientLine::Hold(HeldCall::new(approval, hold, via_client, line)),
             },
             "tools/list" => Kind::ToolsList {
                 first_page: !has_cursor(params),
             },
-            "initialize" => Kind::Initialize,
+            "initialize" => {
+                self.state().client_elicits = declares_elicitation(params);
+                Kind::Initialize
+            }
             _ => Kind::Other,
         };
         self.admit(line, id, client_key, kind)
