@@ -461,7 +461,7 @@ fn run(
     let session = Arc::new(
         Session::live(live.cell(), counters, identity)
             .with_schema_checks(schemas)
-            .with_approvals(approvals, operator),
+            .with_approvals(approvals, operator, true),
     );
     let child = toolgate::child::spawn_upstream(upstream)
         .with_context(|| format!("cannot start upstream `{}`", upstream.join(" ")))?;

@@ -3,14 +3,16 @@
 //! `GET /healthz` needs no token (for load balancers and supervisors). `GET /status` and
 //! `POST /reload` need `Authorization: Bearer <admin token>`, checked against
 //! `admin_token_sha256` in constant time; without that key in the config they are shut.
+//! `/approvals/api` (list, `/{id}`, `/{id}/approve`, `/{id}/deny` with `{"reason"}`) needs
+//! an approver's token (`[[approvers]]`), and shows and decides only the grants it names.
 //! A reload reads every grant's policy and the listeners' `[tls]` certificate again.
 
 use super::config::parse_sha256;
 use super::error::GatewayError;
-use super::gateway::Gateway;
+use super::gateway::{Approver, Gateway};
 use super::tls::ListenerCert;
 use crate::reload::Reloadable;
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -43,7 +45,123 @@ pub(crate) fn router(
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/status", get(status))
         .route("/reload", post(reload))
+        .route("/approvals/api", get(approvals_list))
+        .route("/approvals/api/{id}", get(approvals_show))
+        .route("/approvals/api/{id}/approve", post(approvals_approve))
+        .route("/approvals/api/{id}/deny", post(approvals_deny))
         .with_state(admin))
+}
+
+/// The approver whose token the request carries (compared in constant time with every one).
+fn approver<'a>(admin: &'a Admin, request: &Request) -> Result<&'a Approver, GatewayError> {
+    let presented: Option<[u8; 32]> = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .map(|token| Sha256::digest(token.trim_ascii()).into());
+    let presented = presented.ok_or(GatewayError::ApproverUnauthorized)?;
+    let mut found = None;
+    for a in &admin.gateway.approvers {
+        if bool::from(a.token_sha256.ct_eq(&presented)) {
+            found = Some(a);
+        }
+    }
+    found.ok_or(GatewayError::ApproverUnauthorized)
+}
+
+/// The request `id`, if `approver` may see and decide it.
+fn request_for(
+    admin: &Admin,
+    approver: &Approver,
+    id: &str,
+) -> Result<crate::approvals::Request, GatewayError> {
+    let request = admin
+        .gateway
+        .approvals
+        .get(id)
+        .ok_or_else(|| GatewayError::ApprovalNotFound(id.to_owned()))?;
+    if !approver.grants.contains(&request.grant) {
+        return Err(GatewayError::ApprovalForbidden {
+            approver: approver.name.clone(),
+            grant: request.grant,
+        });
+    }
+    Ok(request)
+}
+
+async fn approvals_list(State(admin): State<Arc<Admin>>, request: Request) -> Response {
+    let approver = match approver(&admin, &request) {
+        Ok(a) => a,
+        Err(refused) => return refused.into_response(),
+    };
+    let requests: Vec<_> = admin
+        .gateway
+        .approvals
+        .list()
+        .into_iter()
+        .filter(|r| approver.grants.contains(&r.grant))
+        .collect();
+    Json(json!({"ok": true, "requests": requests})).into_response()
+}
+
+async fn approvals_show(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    match approver(&admin, &request).and_then(|a| request_for(&admin, a, &id)) {
+        Ok(found) => Json(json!({"ok": true, "request": found})).into_response(),
+        Err(refused) => refused.into_response(),
+    }
+}
+
+async fn approvals_approve(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    let decided = approver(&admin, &request).and_then(|a| decide_as(&admin, &id, a, None));
+    decided.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn approvals_deny(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    let approver = match approver(&admin, &request) {
+        Ok(a) => a,
+        Err(refused) => return refused.into_response(),
+    };
+    let body = axum::body::to_bytes(request.into_body(), 64 << 10)
+        .await
+        .unwrap_or_default();
+    let reason = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["reason"].as_str().map(str::to_owned))
+        .filter(|r| !r.trim().is_empty());
+    let Some(reason) = reason else {
+        return GatewayError::ApprovalNeedsReason.into_response();
+    };
+    decide_as(&admin, &id, approver, Some(&reason)).unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Records `approver`'s decision on `id` (idempotent: the same decision again changes
+/// nothing; the other one is refused).
+fn decide_as(
+    admin: &Admin,
+    id: &str,
+    approver: &Approver,
+    deny: Option<&str>,
+) -> Result<Response, GatewayError> {
+    request_for(admin, approver, id)?;
+    let approvals = &admin.gateway.approvals;
+    let decided = match deny {
+        None => approvals.approve(id, &approver.name, "http"),
+        Some(reason) => approvals.deny(id, &approver.name, "http", reason),
+    };
+    let request = decided.map_err(|e| GatewayError::ApprovalConflict(e.to_string()))?;
+    Ok(Json(json!({"ok": true, "request": request})).into_response())
 }
 
 fn authorized(admin: &Admin, request: &Request) -> Result<(), GatewayError> {

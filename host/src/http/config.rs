@@ -57,6 +57,21 @@ pub(crate) struct Config {
     /// Where plugins come from and whom they must satisfy.
     #[serde(default)]
     pub(crate) plugins: PluginsConfig,
+    /// The people who may approve held calls, each with a token of their own (never a
+    /// grant's) and the grants whose calls they may decide.
+    #[serde(default)]
+    pub(crate) approvers: Vec<ApproverConfig>,
+}
+
+/// `[[approvers]]`: `name`, `token_sha256`, `grants = ["ci-agent"]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ApproverConfig {
+    pub(crate) name: String,
+    /// sha256 (hex) of the approver's bearer token (on the admin listener).
+    pub(crate) token_sha256: String,
+    /// The grants whose held calls this approver may decide.
+    pub(crate) grants: Vec<String>,
 }
 
 /// `[plugins]`: the operator's side of running other people's plugins. Never in a policy.
@@ -263,6 +278,48 @@ impl Config {
         {
             *path = base.join(&*path);
         }
+        let grant_tokens: Vec<[u8; 32]> = config
+            .grants
+            .iter()
+            .filter_map(|g| g.token_sha256.as_deref())
+            .filter_map(|h| parse_sha256(h).ok())
+            .collect();
+        let mut approver_names = std::collections::HashSet::new();
+        for approver in &config.approvers {
+            if !approver_names.insert(approver.name.as_str()) {
+                bail!(
+                    "config `{}`: approver `{}` is listed twice",
+                    path.display(),
+                    approver.name
+                );
+            }
+            let token = parse_sha256(&approver.token_sha256)
+                .with_context(|| format!("approver `{}`", approver.name))?;
+            // A grant's token can never approve: the agent would approve its own calls.
+            if grant_tokens.contains(&token) {
+                bail!(
+                    "config `{}`: approver `{}` has a grant's token; an approver needs a token of their own",
+                    path.display(),
+                    approver.name
+                );
+            }
+            if approver.grants.is_empty() {
+                bail!(
+                    "config `{}`: approver `{}` may decide for no grant (`grants = [...]`)",
+                    path.display(),
+                    approver.name
+                );
+            }
+            for grant in &approver.grants {
+                if !names.contains(grant) {
+                    bail!(
+                        "config `{}`: approver `{}` names grant `{grant}`, which is not a grant",
+                        path.display(),
+                        approver.name
+                    );
+                }
+            }
+        }
         if let Some(anonymous) = &config.anonymous_grant {
             if !names.contains(anonymous) {
                 bail!(
@@ -356,6 +413,36 @@ mod tests {
         let path = dir.path().join("toolgate.toml");
         std::fs::write(&path, text).unwrap();
         Config::load(&path)
+    }
+
+    #[test]
+    fn an_approver_needs_a_token_of_their_own_and_real_grants() {
+        let hash = |c: char| c.to_string().repeat(64);
+        let base = format!(
+            "[upstream]\nurl = \"http://127.0.0.1:1/mcp\"\n[[grants]]\nname = \"a\"\ntoken_sha256 = \"{}\"\n",
+            hash('a')
+        );
+        let approver = |token: &str, grants: &str| {
+            format!("{base}[[approvers]]\nname = \"ops\"\ntoken_sha256 = \"{token}\"\ngrants = {grants}\n")
+        };
+        assert_eq!(
+            load(&approver(&hash('b'), r#"["a"]"#))
+                .unwrap()
+                .approvers
+                .len(),
+            1
+        );
+        for (text, needle) in [
+            (approver(&hash('a'), r#"["a"]"#), "has a grant's token"),
+            (
+                approver(&hash('b'), r#"["z"]"#),
+                "grant `z`, which is not a grant",
+            ),
+            (approver(&hash('b'), "[]"), "may decide for no grant"),
+        ] {
+            let err = load(&text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        }
     }
 
     #[test]

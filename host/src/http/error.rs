@@ -111,6 +111,26 @@ pub(crate) enum GatewayError {
     /// The admin endpoints without the admin token.
     #[error("unauthorized: send the admin bearer token")]
     AdminUnauthorized,
+    /// The approvals API without an approver's token.
+    #[error("an approver's token is required (`[[approvers]]`); a grant's token never approves")]
+    ApproverUnauthorized,
+    /// No approval request has this id.
+    #[error("no approval request `{0}`")]
+    ApprovalNotFound(String),
+    /// The approver may not decide for the request's grant.
+    #[error("approver `{approver}` may not decide for grant `{grant}`")]
+    ApprovalForbidden {
+        /// The approver.
+        approver: String,
+        /// The request's grant.
+        grant: String,
+    },
+    /// The request was decided otherwise, or expired.
+    #[error("{0}")]
+    ApprovalConflict(String),
+    /// A deny without a reason.
+    #[error("a deny needs a reason: {{\"reason\": \"...\"}}")]
+    ApprovalNeedsReason,
 }
 
 /// How a refusal's body is shaped.
@@ -199,6 +219,11 @@ impl GatewayError {
             | E::ChildExited(_)
             | E::ChildSpawn(_) => (StatusCode::BAD_GATEWAY, Body::JsonRpc(UPSTREAM_GONE)),
             E::AdminOff => (StatusCode::FORBIDDEN, Body::Admin),
+            E::ApproverUnauthorized => (StatusCode::UNAUTHORIZED, Body::Admin),
+            E::ApprovalNotFound(_) => (StatusCode::NOT_FOUND, Body::Admin),
+            E::ApprovalForbidden { .. } => (StatusCode::FORBIDDEN, Body::Admin),
+            E::ApprovalConflict(_) => (StatusCode::CONFLICT, Body::Admin),
+            E::ApprovalNeedsReason => (StatusCode::BAD_REQUEST, Body::Admin),
             E::AdminUnauthorized => {
                 return Wire {
                     status: StatusCode::UNAUTHORIZED,

@@ -42,6 +42,17 @@ pub(crate) struct Gateway {
     schemas: SchemaChecks,
     /// Becomes true when the gateway stops: the listeners close, GET streams end.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Calls held for a person, over every grant and session.
+    pub(crate) approvals: Arc<crate::approvals::Approvals>,
+    /// Who may decide them (`[[approvers]]`); none: calls that need approval are refused.
+    pub(crate) approvers: Vec<Approver>,
+}
+
+/// One `[[approvers]]` entry, its token as a digest.
+pub(crate) struct Approver {
+    pub(crate) name: String,
+    pub(crate) token_sha256: [u8; 32],
+    pub(crate) grants: Vec<String>,
 }
 
 impl Gateway {
@@ -67,7 +78,17 @@ impl Gateway {
             stopping: tokio::sync::watch::Sender::new(false),
             stats: Stats::default(),
             schemas: SchemaChecks::default(),
+            approvals: Arc::new(crate::approvals::Approvals::new(Arc::new(
+                crate::clock::SystemClock::new(),
+            ))),
+            approvers: Vec::new(),
         })
+    }
+
+    /// Held calls may be decided by these approvers (on the admin listener).
+    pub(crate) fn with_approvers(mut self, approvers: Vec<Approver>) -> Self {
+        self.approvers = approvers;
+        self
     }
 
     /// Which tools' arguments are checked against their `inputSchema` (all, by default).
@@ -132,6 +153,9 @@ impl Gateway {
             },
         )
         .with_schema_checks(self.schemas.clone())
+        // Over HTTP only an approver decides for now: the client channel (elicitation on the
+        // held POST's stream) is not built yet.
+        .with_approvals(self.approvals.clone(), !self.approvers.is_empty(), false)
     }
 
     /// The headers for an upstream request: the MCP headers the client sent, the upstream

@@ -22,8 +22,9 @@ use super::grants::{Grant, Remembered};
 use super::headers::{accepts, media_type, SESSION_ID};
 use super::relay::{relay, response_head, stream_lines, upstream_failed};
 use super::sessions::{GwSession, Link, STATELESS_SESSION};
+use crate::approvals::{Held, State};
 use crate::jsonrpc::Envelope;
-use crate::session::{ClientLine, Forward, Session};
+use crate::session::{ClientLine, Forward, HeldCall, Session};
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -193,20 +194,35 @@ fn to_forward(line: ClientLine<'_>) -> Result<Forward<'_>, Box<Response>> {
         // Nothing to forward and nothing to answer (a `tools/call` sent as a notification, a
         // reply to no pending request): accepted, as a notification is.
         ClientLine::Drop => Err(Box::new(StatusCode::ACCEPTED.into_response())),
-        // HTTP sessions hold no calls yet (no approvals are given to them): never reached, and
-        // refused rather than forwarded if it were.
+        // `forward` holds calls before it gets here; anywhere else, refused, never forwarded.
         ClientLine::Hold(held) => Err(Box::new(json_response(
             StatusCode::OK,
             crate::jsonrpc::error_line(
                 None,
                 crate::jsonrpc::INTERNAL_ERROR,
-                &format!(
-                    "[toolgate] approval {} cannot be held over HTTP",
-                    held.approval
-                ),
+                &format!("[toolgate] approval {} cannot be held here", held.approval),
             ),
         ))),
     }
+}
+
+/// Waits, off the async workers, for a held call's request to be decided or its hold to end.
+async fn hold(core: &Session, held: HeldCall) -> ClientLine<'static> {
+    let outcome = match core.approvals().cloned() {
+        Some(approvals) => {
+            let (id, wait) = (held.approval.clone(), held.hold);
+            tokio::task::spawn_blocking(move || approvals.hold(&id, wait)).await
+        }
+        None => Ok(Held::Undecided {
+            state: State::Expired,
+            expires_ms: 0,
+        }),
+    };
+    let outcome = outcome.unwrap_or(Held::Undecided {
+        state: State::Pending,
+        expires_ms: 0,
+    });
+    core.release(&held, outcome)
 }
 
 /// A message in an open session (or a stateless request): decided, then sent upstream.
@@ -217,7 +233,13 @@ async fn forward(
     body: &[u8],
     posted: &Posted<'_>,
 ) -> Response {
-    let forward = match to_forward(decide(&session.core, &session.grant, body, posted)) {
+    let decided = match decide(&session.core, &session.grant, body, posted) {
+        // Held for a person: the POST waits (other requests of the session go on), then the
+        // call goes upstream once, or the client gets the deny or the pending answer.
+        ClientLine::Hold(held) => hold(&session.core, held).await,
+        decided => decided,
+    };
+    let forward = match to_forward(decided) {
         Ok(forward) => forward,
         Err(response) => return *response,
     };

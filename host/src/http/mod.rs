@@ -94,7 +94,18 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
         )?
         .with_schema_checks(crate::session::SchemaChecks::skipping(
             config.upstream.skip_schema.iter().cloned(),
-        )),
+        ))
+        .with_approvers(
+            config
+                .approvers
+                .iter()
+                .map(|a| gateway::Approver {
+                    name: a.name.clone(),
+                    token_sha256: config::parse_sha256(&a.token_sha256).expect("checked at load"),
+                    grants: a.grants.clone(),
+                })
+                .collect(),
+        ),
     );
     if config.anonymous_grant.is_some() && !config.listen.ip().is_loopback() {
         tracing::warn!(listen = %config.listen, "anonymous_grant on a non-loopback listener: anyone who can reach it gets that grant");

@@ -154,7 +154,8 @@ impl Session {
     ) -> Option<Result<Outcome, Refused>> {
         let approvals = self.approvals.as_ref()?;
         let settings = policy.approval_for(call.tool);
-        let via_client = settings.via != Via::Operator && self.state().client_elicits;
+        let via_client =
+            settings.via != Via::Operator && self.client_channel && self.state().client_elicits;
         let via_operator = settings.via != Via::Client && self.operator_channel;
         if !via_client && !via_operator {
             return None;

@@ -144,9 +144,10 @@ pub struct Session {
     /// Where calls that need approval are held; `None`: nobody can approve, and they are
     /// refused at once.
     approvals: Option<Arc<crate::approvals::Approvals>>,
-    /// Whether an operator can decide on `approvals` (an admin socket): otherwise only the
-    /// client's own user can, through elicitation.
+    /// Whether an operator can decide on `approvals` (an admin socket, approvers).
     operator_channel: bool,
+    /// Whether this transport can ask the client's user (elicitation).
+    client_channel: bool,
 }
 
 #[derive(Deserialize)]
@@ -177,19 +178,23 @@ impl Session {
             state: Mutex::new(State::default()),
             approvals: None,
             operator_channel: false,
+            client_channel: false,
         }
     }
 
     /// Calls that need approval are held on `approvals` when someone can decide: an operator
-    /// (`operator_channel`: an admin socket) or the client's user (if the client declared
-    /// elicitation). Otherwise they are refused at once.
+    /// (`operator_channel`: an admin socket, approvers) or the client's user (`client_channel`:
+    /// the transport can ask, and the client declared elicitation). Otherwise they are
+    /// refused at once.
     pub fn with_approvals(
         mut self,
         approvals: Arc<crate::approvals::Approvals>,
         operator_channel: bool,
+        client_channel: bool,
     ) -> Self {
         self.approvals = Some(approvals);
         self.operator_channel = operator_channel;
+        self.client_channel = client_channel;
         self
     }
 
