@@ -189,3 +189,100 @@ async fn an_approver_decides_a_held_post_and_nobody_else_can() {
         "a denied request cannot be approved"
     );
 }
+
+/// 50 held calls over 5 MCP sessions, decided through the API in a scrambled order: each gets
+/// its own outcome, and the upstream sees exactly the approved ones, once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_held_calls_across_five_sessions_each_get_their_own_outcome_once() {
+    let serve = serve();
+    let mut sessions = Vec::new();
+    for _ in 0..5 {
+        let mut mcp = Mcp::new(&serve.url, Some("token-a"));
+        mcp.initialize().await;
+        sessions.push(mcp);
+    }
+    // Each MCP session has its own stand-in child: 10 records in each.
+    let mut records = Vec::new();
+    for i in 0..50 {
+        records.push((i, created(&mut sessions[i % 5]).await));
+    }
+    let mut calls = Vec::new();
+    for (i, record) in &records {
+        let mut held = Mcp::new(&serve.url, Some("token-a"));
+        held.session = sessions[i % 5].session.clone();
+        let record = record.clone();
+        calls.push(tokio::spawn(async move {
+            held.call("session_delete", json!({"sessionId": record}))
+                .await
+        }));
+    }
+    // Every one pending, each known by the record it would delete.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let by_record = loop {
+        let (_, list) = api(&serve, "ops-token", "GET", "", Value::Null).await;
+        let pending: Vec<(String, String)> = list["requests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["state"] == "pending")
+            .map(|r| {
+                (
+                    r["arguments"]["sessionId"].as_str().unwrap().to_owned(),
+                    r["id"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        if pending.len() == 50 {
+            break pending
+                .into_iter()
+                .collect::<std::collections::HashMap<_, _>>();
+        }
+        assert!(Instant::now() < deadline, "{} pending of 50", pending.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut order: Vec<usize> = (0..50).collect();
+    order.sort_by_key(|i| (i * 37) % 50);
+    for i in order {
+        let id = &by_record[&records[i].1];
+        let (status, body) = if i % 2 == 0 {
+            api(
+                &serve,
+                "ops-token",
+                "POST",
+                &format!("/{id}/approve"),
+                json!({}),
+            )
+            .await
+        } else {
+            let reason = json!({"reason": format!("keep {i}")});
+            api(&serve, "ops-token", "POST", &format!("/{id}/deny"), reason).await
+        };
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    for (i, call) in calls.into_iter().enumerate() {
+        let result = call.await.unwrap();
+        let text = result["content"][0]["text"].as_str().unwrap();
+        if i % 2 == 0 {
+            assert!(result.get("isError").is_none(), "{i}: {result}");
+            assert!(
+                text.contains(&format!("\"deleted\":\"{}\"", records[i].1)),
+                "{i}: {text}"
+            );
+        } else {
+            assert_eq!(result["isError"], true, "{i}: {result}");
+            assert!(text.contains(&format!("keep {i}")), "{i}: {text}");
+        }
+    }
+    // Upstream: exactly the denied records are left, in every session.
+    for (s, mcp) in sessions.iter_mut().enumerate() {
+        let listed = mcp.call("session_list", json!({})).await;
+        let text = listed["content"][0]["text"].as_str().unwrap().to_owned();
+        for (i, record) in records.iter().filter(|(i, _)| i % 5 == s) {
+            assert_eq!(
+                text.contains(record.as_str()),
+                i % 2 == 1,
+                "session {s}, record {i}: {text}"
+            );
+        }
+    }
+}
