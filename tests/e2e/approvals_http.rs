@@ -17,6 +17,10 @@ fn hash(token: &str) -> String {
 }
 
 fn serve() -> Serve {
+    serve_with("", &[])
+}
+
+fn serve_with(extra: &str, files: &[(&str, &str)]) -> Serve {
     let command = serde_json::to_string(&standin()).unwrap();
     let config = format!(
         "[upstream]\ncommand = {command}\n\
@@ -28,8 +32,10 @@ fn serve() -> Serve {
         hash("token-b"),
         hash("ops-token"),
         hash("b-ops-token")
-    );
-    Serve::start(&config, &[("p.json", POLICY)])
+    ) + extra;
+    let mut all = vec![("p.json", POLICY)];
+    all.extend_from_slice(files);
+    Serve::start(&config, &all)
 }
 
 async fn api(
@@ -285,4 +291,80 @@ async fn fifty_held_calls_across_five_sessions_each_get_their_own_outcome_once()
             );
         }
     }
+}
+
+/// A new request is announced to the webhook: signed with HMAC-SHA256 over the body, with the
+/// id, grant, tool, rule and a link, and never the arguments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_request_is_announced_to_the_webhook_signed_and_without_arguments() {
+    use axum::{routing::post, Router};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+    let app = Router::new().route(
+        "/hook",
+        post(move |headers: axum::http::HeaderMap, body: String| {
+            let tx = tx.clone();
+            async move {
+                let signature = headers["x-toolgate-signature"].to_str().unwrap().to_owned();
+                let _ = tx.send((signature, body));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let key = "a-webhook-secret-of-some-length";
+    let serve = serve_with(
+        &format!("[approvals_webhook]\nurl = \"{hook}\"\nsecret_file = \"hook.key\"\nlink = \"https://admin.example/approvals\"\n"),
+        &[("hook.key", key)],
+    );
+    let mut mcp = Mcp::new(&serve.url, Some("token-a"));
+    mcp.initialize().await;
+    let secret_session = created(&mut mcp).await;
+    let mut held = Mcp::new(&serve.url, Some("token-a"));
+    held.session = mcp.session.clone();
+    let arg = secret_session.clone();
+    let call = tokio::spawn(async move {
+        held.call(
+            "session_delete",
+            json!({"sessionId": arg, "apiKey": "sk-live-123"}),
+        )
+        .await
+    });
+    let (signature, body) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("the webhook was called within 10 s")
+        .unwrap();
+    let expected = {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
+        mac.update(body.as_bytes());
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    };
+    assert_eq!(signature, expected, "{body}");
+    let announced: Value = serde_json::from_str(&body).unwrap();
+    let id = pending(&serve).await;
+    assert_eq!(announced["id"], id.as_str());
+    assert_eq!(announced["grant"], "a");
+    assert_eq!(announced["tool"], "session_delete");
+    assert_eq!(
+        announced["link"],
+        format!("https://admin.example/approvals#{id}").as_str()
+    );
+    assert!(
+        !body.contains(&secret_session) && !body.contains("sk-live"),
+        "{body}"
+    );
+    assert!(announced.get("arguments").is_none(), "{body}");
+    let (status, _) = api(
+        &serve,
+        "ops-token",
+        "POST",
+        &format!("/{id}/deny"),
+        json!({"reason": "no"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let result = call.await.unwrap();
+    assert_eq!(result["isError"], true);
 }

@@ -173,6 +173,8 @@ pub struct Approvals {
     inner: Mutex<Inner>,
     changed: Condvar,
     clock: Arc<dyn Clock>,
+    /// Told of every new request (a webhook), outside the registry's lock.
+    announce: Option<Box<dyn Fn(&Request) + Send + Sync>>,
 }
 
 #[derive(Default)]
@@ -187,7 +189,14 @@ impl Approvals {
             inner: Mutex::new(Inner::default()),
             changed: Condvar::new(),
             clock,
+            announce: None,
         }
+    }
+
+    /// `announce` is told of every new request (it must not block: a webhook spawns its POST).
+    pub fn with_announce(mut self, announce: impl Fn(&Request) + Send + Sync + 'static) -> Self {
+        self.announce = Some(Box::new(announce));
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -259,8 +268,13 @@ impl Approvals {
             reusable_until_ms: 0,
         };
         tracing::info!(approval = %id, tool = call.tool, grant = call.grant, session = call.session, rule, reason, "approval: requested");
+        let announced = self.announce.is_some().then(|| request.clone());
         inner.requests.insert(id.clone(), request);
+        drop(inner);
         self.changed.notify_all();
+        if let (Some(announce), Some(request)) = (&self.announce, announced) {
+            announce(&request);
+        }
         Ticket::Pending { id, expires_ms }
     }
 

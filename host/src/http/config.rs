@@ -61,6 +61,20 @@ pub(crate) struct Config {
     /// grant's) and the grants whose calls they may decide.
     #[serde(default)]
     pub(crate) approvers: Vec<ApproverConfig>,
+    /// Where new approval requests are announced (an HMAC-signed POST, never the arguments).
+    #[serde(default)]
+    pub(crate) approvals_webhook: Option<WebhookConfig>,
+}
+
+/// `[approvals_webhook]`: `url`, `secret_file` (the HMAC-SHA256 key, relative to this file),
+/// and `link` (the approvals page's address, for the link in each POST).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WebhookConfig {
+    pub(crate) url: String,
+    pub(crate) secret_file: PathBuf,
+    #[serde(default)]
+    pub(crate) link: Option<String>,
 }
 
 /// `[[approvers]]`: `name`, `token_sha256`, `grants = ["ci-agent"]`.
@@ -270,6 +284,16 @@ impl Config {
             }
             if let Some(policy) = &mut grant.policy {
                 *policy = base.join(&*policy);
+            }
+        }
+        if let Some(webhook) = &mut config.approvals_webhook {
+            webhook.secret_file = base.join(&webhook.secret_file);
+            let scheme = url::Url::parse(&webhook.url).map(|u| u.scheme().to_owned());
+            if !matches!(scheme.as_deref(), Ok("http" | "https")) {
+                bail!(
+                    "config `{}`: approvals_webhook.url must be an http or https URL",
+                    path.display()
+                );
             }
         }
         for path in [&mut config.plugins.trust, &mut config.plugins.store]

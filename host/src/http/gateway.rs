@@ -85,6 +85,18 @@ impl Gateway {
         })
     }
 
+    /// New approval requests are announced by `announce` (the webhook). Before any session.
+    pub(crate) fn with_announce(
+        mut self,
+        announce: impl Fn(&crate::approvals::Request) + Send + Sync + 'static,
+    ) -> Self {
+        self.approvals = Arc::new(
+            crate::approvals::Approvals::new(Arc::new(crate::clock::SystemClock::new()))
+                .with_announce(announce),
+        );
+        self
+    }
+
     /// Held calls may be decided by these approvers (on the admin listener).
     pub(crate) fn with_approvers(mut self, approvers: Vec<Approver>) -> Self {
         self.approvers = approvers;

@@ -42,6 +42,7 @@ pub(crate) mod sessions;
 pub(crate) mod sse;
 pub(crate) mod tls;
 pub(crate) mod upstream;
+pub(crate) mod webhook;
 
 use config::Config;
 use gateway::Gateway;
@@ -84,29 +85,33 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
         }
         crate::reload::reload_on_sighup("policy-sighup", live).map_err(anyhow::Error::msg)?;
     }
-    let gateway = Arc::new(
-        Gateway::new(
-            grants,
-            config.upstream()?,
-            config.limits,
-            config.allowed_hosts.clone(),
-            config.allowed_origins.clone(),
-        )?
-        .with_schema_checks(crate::session::SchemaChecks::skipping(
-            config.upstream.skip_schema.iter().cloned(),
-        ))
-        .with_approvers(
-            config
-                .approvers
-                .iter()
-                .map(|a| gateway::Approver {
-                    name: a.name.clone(),
-                    token_sha256: config::parse_sha256(&a.token_sha256).expect("checked at load"),
-                    grants: a.grants.clone(),
-                })
-                .collect(),
-        ),
+    let mut gateway = Gateway::new(
+        grants,
+        config.upstream()?,
+        config.limits,
+        config.allowed_hosts.clone(),
+        config.allowed_origins.clone(),
+    )?
+    .with_schema_checks(crate::session::SchemaChecks::skipping(
+        config.upstream.skip_schema.iter().cloned(),
+    ))
+    .with_approvers(
+        config
+            .approvers
+            .iter()
+            .map(|a| gateway::Approver {
+                name: a.name.clone(),
+                token_sha256: config::parse_sha256(&a.token_sha256).expect("checked at load"),
+                grants: a.grants.clone(),
+            })
+            .collect(),
     );
+    if let Some(webhook) = &config.approvals_webhook {
+        // reqwest takes the process's TLS provider; the listeners pass theirs explicitly.
+        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+        gateway = gateway.with_announce(webhook::announcer(webhook)?);
+    }
+    let gateway = Arc::new(gateway);
     if config.anonymous_grant.is_some() && !config.listen.ip().is_loopback() {
         tracing::warn!(listen = %config.listen, "anonymous_grant on a non-loopback listener: anyone who can reach it gets that grant");
     }
