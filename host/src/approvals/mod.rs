@@ -174,8 +174,11 @@ pub struct Approvals {
     changed: Condvar,
     clock: Arc<dyn Clock>,
     /// Told of every new request (a webhook), outside the registry's lock.
-    announce: Option<Box<dyn Fn(&Request) + Send + Sync>>,
+    announce: Option<Announce>,
 }
+
+/// What is told of every new request.
+type Announce = Box<dyn Fn(&Request) + Send + Sync>;
 
 #[derive(Default)]
 struct Inner {
