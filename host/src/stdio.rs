@@ -9,6 +9,7 @@
 //! Framing is MCP's: one JSON-RPC message per line. A line longer than the cap is skipped up
 //! to its newline and answered with an error, so one bad message costs one message.
 
+use crate::approvals::{Held, State};
 use crate::framing::{read_line_capped, Frame};
 use crate::session::{ClientLine, Forward, HeldCall, Session};
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -129,7 +130,39 @@ fn hold<W: Write + Send + 'static, C: Write + Send + 'static>(
     let spawned = thread::Builder::new()
         .name("held-call".into())
         .spawn(move || {
-            let outcome = approvals.hold(&held.approval, held.hold);
+            // In slices, with a progress notification between them when the client asked for
+            // progress: clients reset their request timeout on it.
+            let token = held.progress_token();
+            let deadline = std::time::Instant::now() + held.hold;
+            let mut step = 0u64;
+            let outcome = loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                let slice = if token.is_some() {
+                    left.min(PROGRESS_EVERY)
+                } else {
+                    left
+                };
+                let outcome = approvals.hold(&held.approval, slice);
+                let pending = matches!(
+                    outcome,
+                    Held::Undecided {
+                        state: State::Pending,
+                        ..
+                    }
+                );
+                match &token {
+                    Some(token) if pending && left > slice => {
+                        step += 1;
+                        let progress = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/progress",
+                            "params": {"progressToken": token, "progress": step,
+                                       "message": format!("waiting for a person to approve (request {})", held.approval)}});
+                        if write_line(&client_out, progress.to_string().as_bytes()).is_err() {
+                            break outcome;
+                        }
+                    }
+                    _ => break outcome,
+                }
+            };
             match session.release(&held, outcome) {
                 ClientLine::Forward(forward) => {
                     send_upstream(&session, &upstream, &client_out, &forward);
@@ -144,6 +177,9 @@ fn hold<W: Write + Send + 'static, C: Write + Send + 'static>(
         tracing::error!(error = %e, "cannot hold a call: no thread");
     }
 }
+
+/// How often a held call tells a client that asked for progress that it is still waiting.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// The upstream's stdin, shared by the client reader and held calls; `None` once the client
 /// has closed (dropping it closes the pipe: the upstream's signal to shut down).

@@ -274,3 +274,62 @@ fn a_cancelled_elicitation_leaves_the_call_to_the_operator() {
         "{reply}"
     );
 }
+
+/// While held, a call whose client asked for progress gets progress notifications (clients
+/// reset their timeout on them); a cancelled held call is withdrawn and never runs; a held
+/// call's id cannot be reused meanwhile.
+#[test]
+fn held_calls_report_progress_and_a_cancel_withdraws_them() {
+    let (mut client, _dir, socket) = gateway();
+    let doomed = created(&mut client);
+    client.send(
+        &json!({"jsonrpc": "2.0", "id": "p1", "method": "tools/call",
+        "params": {"name": "session_delete", "arguments": {"sessionId": doomed},
+                   "_meta": {"progressToken": "tok-1"}}}),
+    );
+    let id = pending(&socket, "session_delete");
+    // Reusing the held call's id is refused, and costs nothing.
+    let reused = client.request("tools/list", json!({}));
+    assert!(reused.get("result").is_some());
+    client.send(
+        &json!({"jsonrpc": "2.0", "id": "p1", "method": "tools/call",
+        "params": {"name": "session_list", "arguments": {}}}),
+    );
+    let refused = client.recv();
+    assert_eq!(refused["id"], "p1");
+    assert!(
+        refused["error"]["message"].as_str().unwrap().contains("p1"),
+        "{refused}"
+    );
+    // A progress notification within the 10 s interval (+ slack).
+    let progress = client
+        .recv_within(Duration::from_secs(15))
+        .expect("a progress notification");
+    assert_eq!(progress["method"], "notifications/progress", "{progress}");
+    assert_eq!(progress["params"]["progressToken"], "tok-1");
+    // The client gives up: the request is withdrawn, and no reply comes.
+    client.send(
+        &json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+        "params": {"requestId": "p1", "reason": "user gave up"}}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let shown = approvals(&socket, &["show", &id]);
+        if shown["request"]["state"] == "cancelled" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{shown}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let late = approvals(&socket, &["approve", &id]);
+    assert_eq!(late["ok"], false, "{late}");
+    assert!(client.recv_within(Duration::from_millis(500)).is_none());
+    let listed = client.call("session_list", json!({}));
+    assert!(
+        listed["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains(&doomed),
+        "{listed}"
+    );
+}

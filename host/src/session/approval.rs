@@ -47,6 +47,14 @@ impl HeldCall {
             line: line.to_vec(),
         }
     }
+
+    /// The client's `_meta.progressToken` for the call, if it sent one: progress
+    /// notifications under it keep the client from timing out while the call is held.
+    pub fn progress_token(&self) -> Option<serde_json::Value> {
+        let message: serde_json::Value = serde_json::from_slice(&self.line).ok()?;
+        let token = message["params"]["_meta"]["progressToken"].clone();
+        (token.is_string() || token.is_number()).then_some(token)
+    }
 }
 
 /// The prefix of the ids of the gateway's own `elicitation/create` requests.
@@ -184,6 +192,24 @@ impl Session {
         let Some(id) = envelope.id else {
             return ClientLine::Drop;
         };
+        // No longer cancellable by the client: it is decided, or about to be answered.
+        let withdrawn = self
+            .state()
+            .held
+            .remove(&jsonrpc::id_key(id.get()))
+            .is_none();
+        if withdrawn
+            && matches!(
+                outcome,
+                Held::Undecided {
+                    state: State::Cancelled,
+                    ..
+                }
+            )
+        {
+            // The client cancelled it: a cancelled request gets no reply.
+            return ClientLine::Drop;
+        }
         let refusal =
             |d: Decision| ClientLine::Answer(jsonrpc::result_line(id, &d.to_tool_result()));
         match outcome {

@@ -49,7 +49,8 @@ struct CancelledParams<'a> {
 impl Session {
     /// Whether a request under the client's canonical id `client_key` awaits its reply.
     pub(super) fn is_pending(&self, client_key: &str) -> bool {
-        self.state().client_ids.contains_key(client_key)
+        let state = self.state();
+        state.client_ids.contains_key(client_key) || state.held.contains_key(client_key)
     }
 
     /// Sends a decided request upstream under a fresh id of the gateway's, and remembers it
@@ -124,6 +125,13 @@ impl Session {
             return ClientLine::Drop;
         };
         let key = jsonrpc::id_key(params.request_id.get());
+        // A call held for approval: its request is withdrawn, and the call never runs.
+        if let Some(approval) = self.state().held.remove(&key) {
+            if let Some(approvals) = &self.approvals {
+                approvals.cancel(&approval);
+            }
+            return ClientLine::Drop;
+        }
         // The request will get no reply: forget it. Its counter units stay spent,
         // because the tool may already have run. A late reply is dropped.
         let upstream_id = {

@@ -129,6 +129,9 @@ struct State {
     /// the approval request each asks about, by the request's id (a string: the ids of
     /// server→client requests the gateway forwards are integers, so they cannot collide).
     elicitations: HashMap<String, String>,
+    /// Calls held for approval: the approval request, by the client's canonical id (a
+    /// cancellation withdraws it).
+    held: HashMap<String, String>,
     /// Set when the upstream is gone: later requests are answered with an error at once.
     upstream_gone: bool,
 }
@@ -295,7 +298,10 @@ impl Session {
                     approval,
                     hold,
                     via_client,
-                }) => return ClientLine::Hold(HeldCall::new(approval, hold, via_client, line)),
+                }) => {
+                    self.state().held.insert(client_key, approval.clone());
+                    return ClientLine::Hold(HeldCall::new(approval, hold, via_client, line));
+                }
             },
             "tools/list" => Kind::ToolsList {
                 first_page: !has_cursor(params),
