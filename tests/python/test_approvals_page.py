@@ -36,6 +36,7 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 GRANT_TOKEN = "tg_page_agent_token"
 APPROVER_TOKEN = "tg_page_approver_token"
+OTHER_APPROVER = "tg_other_grants_approver"
 POLICY = {
     "version": "1",
     "default": "allow",
@@ -60,6 +61,8 @@ def serve_with_approver(tmp_path: Path):
         f"[upstream]\ncommand = {json.dumps([toolgate_bin(), 'standin'])}\n"
         f'[[grants]]\nname = "agent"\ntoken_sha256 = "{sha256_hex(GRANT_TOKEN)}"\npolicy = "agent.policy.json"\n'
         f'[[approvers]]\nname = "alice"\ntoken_sha256 = "{sha256_hex(APPROVER_TOKEN)}"\ngrants = ["agent"]\n'
+        f'[[grants]]\nname = "other"\ntoken_sha256 = "{sha256_hex("tg_other_token")}"\npolicy = "agent.policy.json"\n'
+        f'[[approvers]]\nname = "bob"\ntoken_sha256 = "{sha256_hex(OTHER_APPROVER)}"\ngrants = ["other"]\n'
     )
     log = tmp_path / "toolgate.log"
     with open(log, "wb") as err:
@@ -207,6 +210,14 @@ def test_an_approver_approves_a_held_call_on_the_page(tmp_path, browser):
         assert httpx2.post(approve_url, data={"csrf": csrf}).status_code == 401  # no session
         bearer = httpx2.post(approve_url, data={"csrf": csrf}, headers={"Authorization": f"Bearer {APPROVER_TOKEN}"})
         assert bearer.status_code == 401  # the page takes no bearer token
+        # Another grant's approver, logged in (without a browser), may not decide it.
+        with httpx2.Client() as bob:
+            assert bob.post(f"{admin}/approvals/login", data={"token": OTHER_APPROVER}).status_code == 303
+            page = bob.get(f"{admin}/approvals").text
+            bob_csrf = page.split('name="csrf-token" content="')[1].split('"')[0]
+            assert bob.get(f"{admin}/approvals/poll").json()["pending"] == []
+            forbidden = bob.post(approve_url, data={"csrf": bob_csrf})
+            assert forbidden.status_code == 403 and "bob" in forbidden.text, forbidden.text
         assert held.is_alive()
 
         # Approve on the page: the held call completes in the client.
