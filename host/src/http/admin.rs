@@ -6,7 +6,13 @@
 //! `/approvals/api` (list, `/{id}`, `/{id}/approve`, `/{id}/deny` with `{"reason"}`) needs
 //! an approver's token (`[[approvers]]`), and shows and decides only the grants it names.
 //! A reload reads every grant's policy and the listeners' `[tls]` certificate again.
+//!
+//! The approvers' web page (`approvals_page.rs`): `GET /approvals` (login form or the page),
+//! `POST /approvals/login` and `/approvals/logout`, `GET /approvals/poll` (the page's JSON),
+//! `POST /approvals/{id}/approve` and `/approvals/{id}/deny`; a session cookie, a CSRF token
+//! and an Origin check instead of a bearer token.
 
+use super::approvals_page::{self, Page};
 use super::config::parse_sha256;
 use super::error::GatewayError;
 use super::gateway::{Approver, Gateway};
@@ -36,6 +42,7 @@ pub(crate) fn router(
     cert: Option<Arc<ListenerCert>>,
     token_sha256: Option<&str>,
 ) -> anyhow::Result<Router> {
+    let page = Arc::new(Page::new(gateway.clone(), cert.is_some()));
     let admin = Arc::new(Admin {
         gateway,
         cert,
@@ -49,7 +56,17 @@ pub(crate) fn router(
         .route("/approvals/api/{id}", get(approvals_show))
         .route("/approvals/api/{id}/approve", post(approvals_approve))
         .route("/approvals/api/{id}/deny", post(approvals_deny))
-        .with_state(admin))
+        .with_state(admin)
+        .merge(
+            Router::new()
+                .route("/approvals", get(approvals_page::show))
+                .route("/approvals/login", post(approvals_page::login))
+                .route("/approvals/logout", post(approvals_page::logout))
+                .route("/approvals/poll", get(approvals_page::poll))
+                .route("/approvals/{id}/approve", post(approvals_page::approve))
+                .route("/approvals/{id}/deny", post(approvals_page::deny))
+                .with_state(page),
+        ))
 }
 
 /// The approver whose token the request carries (compared in constant time with every one).

@@ -131,6 +131,24 @@ pub(crate) enum GatewayError {
     /// A deny without a reason.
     #[error("a deny needs a reason: {{\"reason\": \"...\"}}")]
     ApprovalNeedsReason,
+    /// The approvals page's login with a token no approver has.
+    #[error("that is not an approver's token")]
+    PageLoginFailed,
+    /// The approvals page without a live session cookie.
+    #[error("not logged in, or the session expired: log in again at /approvals")]
+    PageNoSession,
+    /// A POST to the approvals page from another site (`Origin` or `Sec-Fetch-Site`).
+    #[error("cross-site request refused: the Origin is not this admin listener")]
+    PageCrossSite,
+    /// A POST to the approvals page without the session's CSRF token.
+    #[error("the CSRF token is missing or wrong: reload /approvals")]
+    PageCsrf,
+    /// A deny from the page without a reason.
+    #[error("a deny needs a reason")]
+    PageNeedsReason,
+    /// The OS gave no random bytes for a session id.
+    #[error("cannot make a session id: {0}")]
+    PageRandom(String),
 }
 
 /// How a refusal's body is shaped.
@@ -224,6 +242,10 @@ impl GatewayError {
             E::ApprovalForbidden { .. } => (StatusCode::FORBIDDEN, Body::Admin),
             E::ApprovalConflict(_) => (StatusCode::CONFLICT, Body::Admin),
             E::ApprovalNeedsReason => (StatusCode::BAD_REQUEST, Body::Admin),
+            E::PageLoginFailed | E::PageNoSession => (StatusCode::UNAUTHORIZED, Body::Admin),
+            E::PageCrossSite | E::PageCsrf => (StatusCode::FORBIDDEN, Body::Admin),
+            E::PageNeedsReason => (StatusCode::BAD_REQUEST, Body::Admin),
+            E::PageRandom(_) => (StatusCode::INTERNAL_SERVER_ERROR, Body::Admin),
             E::AdminUnauthorized => {
                 return Wire {
                     status: StatusCode::UNAUTHORIZED,
