@@ -2,11 +2,13 @@
 headless Chromium driven by selenium: log in with an approver's token, watch a held
 `session_delete` appear without reloading, approve it, and see the held call complete in the
 MCP client. Wrong tokens, cross-site POSTs and POSTs without the CSRF token are refused.
-The screenshot goes to the test's folder and to docs/approvals-page.png (for the README)."""
+The screenshot goes to the test's folder (and, with TOOLGATE_UPDATE_SCREENSHOT=1, to
+docs/approvals-page.png for the README)."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import threading
@@ -191,7 +193,9 @@ def test_an_approver_approves_a_held_call_on_the_page(tmp_path, browser):
         request_id = card.get_attribute("data-id")
         screenshot = tmp_path / "approvals-page.png"
         assert browser.save_screenshot(str(screenshot))
-        shutil.copyfile(screenshot, ROOT / "docs" / "approvals-page.png")
+        # The README's picture is refreshed only on request, so a test run leaves the tree clean.
+        if os.environ.get("TOOLGATE_UPDATE_SCREENSHOT"):
+            shutil.copyfile(screenshot, ROOT / "docs" / "approvals-page.png")
 
         # Cross-site and token-less POSTs are refused; the request stays pending.
         sid = cookie["value"]
