@@ -71,19 +71,19 @@ pub(crate) fn router(
 
 /// The approver whose token the request carries (compared in constant time with every one).
 fn approver<'a>(admin: &'a Admin, request: &Request) -> Result<&'a Approver, GatewayError> {
-    let presented: Option<[u8; 32]> = request
+    let gw = &admin.gateway;
+    bearer(request)
+        .and_then(|token| gw.approver_index(token))
+        .map(|index| &gw.approvers[index])
+        .ok_or(GatewayError::ApproverUnauthorized)
+}
+
+/// The bearer token of the request, if it carries one.
+fn bearer(request: &Request) -> Option<&[u8]> {
+    request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-        .map(|token| Sha256::digest(token.trim_ascii()).into());
-    let presented = presented.ok_or(GatewayError::ApproverUnauthorized)?;
-    let mut found = None;
-    for a in &admin.gateway.approvers {
-        if bool::from(a.token_sha256.ct_eq(&presented)) {
-            found = Some(a);
-        }
-    }
-    found.ok_or(GatewayError::ApproverUnauthorized)
 }
 
 /// The request `id`, if `approver` may see and decide it.
@@ -182,11 +182,8 @@ fn decide_as(
 }
 
 fn authorized(admin: &Admin, request: &Request) -> Result<(), GatewayError> {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-        .map(|token| -> [u8; 32] { Sha256::digest(token.trim_ascii()).into() });
+    let presented =
+        bearer(request).map(|token| -> [u8; 32] { Sha256::digest(token.trim_ascii()).into() });
     match (admin.token_sha256, presented) {
         (Some(expected), Some(presented)) if bool::from(expected.ct_eq(&presented)) => Ok(()),
         (None, _) => Err(GatewayError::AdminOff),

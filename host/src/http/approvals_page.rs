@@ -265,21 +265,8 @@ pub(crate) async fn login(State(page): State<Arc<Page>>, request: Request) -> Re
         return GatewayError::PageCrossSite.into_response();
     }
     let fields = form(request).await;
-    let presented: [u8; 32] = Sha256::digest(
-        fields
-            .get("token")
-            .map(|t| t.trim())
-            .unwrap_or_default()
-            .as_bytes(),
-    )
-    .into();
-    let mut found = None;
-    for (index, a) in page.gateway.approvers.iter().enumerate() {
-        if bool::from(a.token_sha256.ct_eq(&presented)) {
-            found = Some(index);
-        }
-    }
-    let Some(index) = found else {
+    let token = fields.get("token").map(|t| t.trim()).unwrap_or_default();
+    let Some(index) = page.gateway.approver_index(token.as_bytes()) else {
         let refused = GatewayError::PageLoginFailed;
         return login_page(refused.status(), &refused.to_string());
     };
