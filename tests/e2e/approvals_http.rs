@@ -217,9 +217,14 @@ async fn fifty_held_calls_across_five_sessions_each_get_their_own_outcome_once()
         let mut held = Mcp::new(&serve.url, Some("token-a"));
         held.session = sessions[i % 5].session.clone();
         let record = record.clone();
+        // Ids of their own: a held call's id is taken until it is answered.
+        let id = format!("held-{i}");
         calls.push(tokio::spawn(async move {
-            held.call("session_delete", json!({"sessionId": record}))
-                .await
+            let reply = held
+                .post(&json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                    "params": {"name": "session_delete", "arguments": {"sessionId": record}}}))
+                .await;
+            reply.result().clone()
         }));
     }
     // Every one pending, each known by the record it would delete.
