@@ -401,6 +401,18 @@ fn main() -> ExitCode {
             // Who decided, as the log and the agent see it: this user.
             let by = std::env::var("USER").unwrap_or_else(|_| "operator".into());
             let by: String = by.split_whitespace().collect::<Vec<_>>().join("_");
+            let id = match &command {
+                ApprovalsCommand::Show { id }
+                | ApprovalsCommand::Approve { id }
+                | ApprovalsCommand::Deny { id, .. } => Some(id),
+                ApprovalsCommand::List => None,
+            };
+            if let Some(id) = id.filter(|id| uuid::Uuid::parse_str(id).is_err()) {
+                eprintln!(
+                    "toolgate approvals: `{id}` is not a request id (a UUID, as `list` shows)"
+                );
+                return ExitCode::from(2);
+            }
             let line = match command {
                 ApprovalsCommand::List => "approvals list".to_owned(),
                 ApprovalsCommand::Show { id } => format!("approvals show {id}"),

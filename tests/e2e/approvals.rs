@@ -333,3 +333,55 @@ fn held_calls_report_progress_and_a_cancel_withdraws_them() {
         "{listed}"
     );
 }
+
+/// From review: an approval covers the call under the policy that asked. If the policy is
+/// swapped while the call is held, an approval given afterwards does not let it through: the
+/// call is decided again under the new policy (and asks again if it still needs a person).
+#[test]
+fn a_call_held_across_a_policy_swap_is_decided_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("admin.sock");
+    let policy = dir.path().join("policy.json");
+    std::fs::write(&policy, POLICY).unwrap();
+    let mut client = Client::start_at(
+        &policy,
+        &standin(),
+        &["--admin-socket", socket.to_str().unwrap(), "--no-watch"],
+    );
+    client.initialize();
+    let doomed = created(&mut client);
+    client.send(
+        &json!({"jsonrpc": "2.0", "id": "s1", "method": "tools/call",
+        "params": {"name": "session_delete", "arguments": {"sessionId": doomed}}}),
+    );
+    let id = pending(&socket, "session_delete");
+    // The new policy still wants a person, with another reason: another digest.
+    std::fs::write(
+        &policy,
+        POLICY.replace("deleting needs a person", "still needs a person"),
+    )
+    .unwrap();
+    let out = Command::new(TOOLGATE)
+        .args(["reload", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(approvals(&socket, &["approve", &id])["ok"], true);
+    let reply = client.reply_to(&json!("s1"));
+    let (_, meta) = refusal(&reply["result"]);
+    assert_eq!(meta["decision"], "require_approval", "{reply}");
+    assert_ne!(meta["approval"]["id"], id.as_str(), "{reply}");
+    let listed = client.call("session_list", json!({}));
+    assert!(
+        listed["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains(&doomed),
+        "{listed}"
+    );
+}

@@ -100,6 +100,9 @@ pub struct Request {
     pub channel: Option<String>,
     /// See `decided_by`.
     pub note: Option<String>,
+    /// The digest of the policy that asked: a held call released under another policy is
+    /// decided again, not let through on this approval.
+    pub policy_digest: String,
     /// What the approval is bound to (sha256 hex), and how far it reaches.
     #[serde(skip)]
     binding: String,
@@ -158,6 +161,15 @@ pub enum ApprovalError {
     /// No request has this id.
     #[error("no approval request `{0}`")]
     Unknown(String),
+    /// The grant has [`MAX_PENDING_PER_GRANT`] requests open already.
+    #[error("grant `{grant}` has {MAX_PENDING_PER_GRANT} approval requests open already; wait for them to be decided")]
+    TooMany {
+        /// The grant.
+        grant: String,
+    },
+    /// The arguments hold a number an approver could not be shown exactly.
+    #[error("the arguments hold the number {0}, which cannot be shown to an approver exactly (past 2^53): send it as a string")]
+    InexactNumber(String),
     /// It was already decided otherwise, or it expired.
     #[error("approval request `{id}` is {state}, not pending")]
     NotPending {
@@ -208,16 +220,22 @@ impl Approvals {
 
     /// A call `rule` says needs approval (`reason`) under the policy whose digest is
     /// `policy_digest`: let through if an approval covers it, else pending on a request (an
-    /// identical call already pending shares its request).
+    /// identical call already pending shares its request). `extra` is what else of the call
+    /// reaches the upstream besides its name and arguments (the other `params` members,
+    /// `_meta` but its `progressToken`): bound too, so a retry cannot carry more.
     pub fn request(
         &self,
         call: &ToolCall<'_>,
+        extra: &Value,
         rule: &str,
         reason: &str,
         policy_digest: &str,
         settings: &ApprovalSettings,
-    ) -> Ticket {
-        let binding = binding(call, policy_digest, settings.bind);
+    ) -> Result<Ticket, ApprovalError> {
+        if let Some(number) = inexact_number(call.args) {
+            return Err(ApprovalError::InexactNumber(number));
+        }
+        let binding = binding(call, extra, policy_digest, settings.bind);
         let now = self.clock.now_ms();
         let mut inner = self.lock();
         expire(&mut inner, now);
@@ -226,7 +244,7 @@ impl Approvals {
             r.binding == binding
                 && match r.state {
                     State::Approved => match r.reuse {
-                        Reuse::Once => true,
+                        Reuse::Once => now < r.reusable_until_ms,
                         Reuse::Session => r.session == call.session && now < r.reusable_until_ms,
                         Reuse::For(_) => now < r.reusable_until_ms,
                     },
@@ -238,18 +256,29 @@ impl Approvals {
                 r.state = State::Consumed;
             }
             tracing::info!(approval = %r.id, tool = call.tool, grant = call.grant, "approval: a call covered by an approval goes through");
-            return Ticket::Approved { id: r.id.clone() };
+            return Ok(Ticket::Approved { id: r.id.clone() });
         }
         if let Some(r) = inner
             .requests
             .values()
             .find(|r| r.binding == binding && r.state == State::Pending)
         {
-            return Ticket::Pending {
+            return Ok(Ticket::Pending {
                 id: r.id.clone(),
                 expires_ms: r.expires_ms,
-            };
+            });
         }
+        let open = inner
+            .requests
+            .values()
+            .filter(|r| r.grant == call.grant && r.state == State::Pending)
+            .count();
+        if open >= MAX_PENDING_PER_GRANT {
+            return Err(ApprovalError::TooMany {
+                grant: call.grant.to_owned(),
+            });
+        }
+        prune(&mut inner, now);
         let id = uuid::Uuid::new_v4().to_string();
         let expires_ms = now + settings.timeout.as_millis() as u64;
         let request = Request {
@@ -266,6 +295,7 @@ impl Approvals {
             decided_by: None,
             channel: None,
             note: None,
+            policy_digest: policy_digest.to_owned(),
             binding,
             reuse: settings.reuse,
             reusable_until_ms: 0,
@@ -278,7 +308,7 @@ impl Approvals {
         if let (Some(announce), Some(request)) = (&self.announce, announced) {
             announce(&request);
         }
-        Ticket::Pending { id, expires_ms }
+        Ok(Ticket::Pending { id, expires_ms })
     }
 
     /// Waits up to `hold` for request `id` to be decided. An approval is consumed here (for
@@ -372,7 +402,10 @@ impl Approvals {
         if repeat {
             return Ok(r.clone());
         }
-        if r.state != State::Pending {
+        // A deny revokes an approval that has not let its call through yet (or whose reuse
+        // window still lets identical calls through): a mistake can be taken back.
+        let revoking = wanted == State::Denied && r.state == State::Approved;
+        if r.state != State::Pending && !revoking {
             return Err(ApprovalError::NotPending {
                 id: id.to_owned(),
                 state: r.state.as_str(),
@@ -383,7 +416,8 @@ impl Approvals {
         r.channel = Some(channel.to_owned());
         r.note = deny.map(str::to_owned);
         r.reusable_until_ms = match r.reuse {
-            Reuse::Once => 0,
+            // The held call, or its identical retry until the request's timeout.
+            Reuse::Once => r.expires_ms,
             Reuse::Session => r.expires_ms,
             Reuse::For(window) => now + window.as_millis() as u64,
         };
@@ -424,6 +458,37 @@ impl Approvals {
     }
 }
 
+/// Pending requests one grant may have at once: past it, a call that needs approval is
+/// refused, so that an agent varying its arguments cannot flood approvers and memory.
+pub const MAX_PENDING_PER_GRANT: usize = 100;
+
+/// How long a decided request stays listed (and, for reuse, usable) before it is forgotten.
+const KEEP_DECIDED_MS: u64 = 24 * 3600 * 1000;
+
+/// Forgets requests decided (or expired) long ago whose reuse window is over.
+fn prune(inner: &mut Inner, now: u64) {
+    inner.requests.retain(|_, r| {
+        r.state == State::Pending
+            || r.reusable_until_ms > now
+            || now < r.created_ms.saturating_add(KEEP_DECIDED_MS)
+    });
+}
+
+/// The first number in `args` that a person could not be shown exactly: an integer past
+/// 2^53 read as a float (serde_json keeps what overflows u64/i64 only approximately), so the
+/// approver would see `1e+20` while the upstream reads every digit.
+fn inexact_number(args: &Value) -> Option<String> {
+    match args {
+        Value::Number(n) => n
+            .as_f64()
+            .filter(|f| n.is_f64() && f.fract() == 0.0 && f.abs() >= 9_007_199_254_740_992.0)
+            .map(|_| n.to_string()),
+        Value::Array(items) => items.iter().find_map(inexact_number),
+        Value::Object(map) => map.values().find_map(inexact_number),
+        _ => None,
+    }
+}
+
 /// Pending requests past their timeout become expired.
 fn expire(inner: &mut Inner, now: u64) {
     for r in inner.requests.values_mut() {
@@ -436,16 +501,18 @@ fn expire(inner: &mut Inner, now: u64) {
 
 /// What an approval of `call` is bound to: sha256 over the grant, the tool, the canonical
 /// arguments (unless `bind` is `tool`) and the policy's digest, each length-prefixed.
-fn binding(call: &ToolCall<'_>, policy_digest: &str, bind: Bind) -> String {
+fn binding(call: &ToolCall<'_>, extra: &Value, policy_digest: &str, bind: Bind) -> String {
     let args = match bind {
         Bind::Args => crate::canonical::to_vec(call.args),
         Bind::Tool => Vec::new(),
     };
+    let extra = crate::canonical::to_vec(extra);
     let mut whole = Vec::new();
     for part in [
         call.grant.as_bytes(),
         call.tool.as_bytes(),
         &args,
+        &extra,
         policy_digest.as_bytes(),
     ] {
         whole.extend_from_slice(&(part.len() as u64).to_be_bytes());

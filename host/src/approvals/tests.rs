@@ -32,8 +32,18 @@ fn an_approval_lets_its_held_call_through_once() {
     let (approvals, _) = registry();
     let args = json!({"session_id": "s1"});
     let settings = ApprovalSettings::default();
-    let id =
-        pending(approvals.request(&call(&args, "c1"), RULE, "needs a person", "p1", &settings));
+    let id = pending(
+        approvals
+            .request(
+                &call(&args, "c1"),
+                &Value::Null,
+                RULE,
+                "needs a person",
+                "p1",
+                &settings,
+            )
+            .unwrap(),
+    );
     let waiter = {
         let (approvals, id) = (approvals.clone(), id.clone());
         std::thread::spawn(move || approvals.hold(&id, Duration::from_secs(10)))
@@ -43,7 +53,11 @@ fn an_approval_lets_its_held_call_through_once() {
     assert_eq!(waiter.join().unwrap(), Held::Approved { by: "ops".into() });
     assert_eq!(approvals.get(&id).unwrap().state, State::Consumed);
     // Once: the identical call asks again, and approving twice changes nothing.
-    let again = pending(approvals.request(&call(&args, "c1"), RULE, "r", "p1", &settings));
+    let again = pending(
+        approvals
+            .request(&call(&args, "c1"), &Value::Null, RULE, "r", "p1", &settings)
+            .unwrap(),
+    );
     assert_ne!(again, id);
     assert!(approvals.approve(&id, "ops", "cli").is_ok());
 }
@@ -52,13 +66,18 @@ fn an_approval_lets_its_held_call_through_once() {
 fn a_deny_carries_the_approvers_name_and_reason_and_cannot_be_turned_into_an_approval() {
     let (approvals, _) = registry();
     let args = json!({});
-    let id = pending(approvals.request(
-        &call(&args, "c1"),
-        RULE,
-        "r",
-        "p1",
-        &ApprovalSettings::default(),
-    ));
+    let id = pending(
+        approvals
+            .request(
+                &call(&args, "c1"),
+                &Value::Null,
+                RULE,
+                "r",
+                "p1",
+                &ApprovalSettings::default(),
+            )
+            .unwrap(),
+    );
     approvals.deny(&id, "ops", "page", "not today").unwrap();
     assert_eq!(
         approvals.hold(&id, Duration::ZERO),
@@ -83,7 +102,11 @@ fn a_hold_that_ends_leaves_the_request_pending_and_the_identical_retry_passes_af
     let (approvals, _) = registry();
     let settings = ApprovalSettings::default();
     let args = json!({"session_id": "s1", "force": true});
-    let id = pending(approvals.request(&call(&args, "c1"), RULE, "r", "p1", &settings));
+    let id = pending(
+        approvals
+            .request(&call(&args, "c1"), &Value::Null, RULE, "r", "p1", &settings)
+            .unwrap(),
+    );
     assert!(matches!(
         approvals.hold(&id, Duration::from_millis(20)),
         Held::Undecided {
@@ -92,17 +115,39 @@ fn a_hold_that_ends_leaves_the_request_pending_and_the_identical_retry_passes_af
         }
     ));
     // The identical call shares the pending request; once approved, its retry passes once.
-    let same = pending(approvals.request(&call(&args, "c1"), RULE, "r", "p1", &settings));
+    let same = pending(
+        approvals
+            .request(&call(&args, "c1"), &Value::Null, RULE, "r", "p1", &settings)
+            .unwrap(),
+    );
     assert_eq!(same, id);
     approvals.approve(&id, "ops", "cli").unwrap();
     // Same arguments written in another key order are the same call.
     let reordered: Value = serde_json::from_str(r#"{"force": true, "session_id": "s1"}"#).unwrap();
     assert_eq!(
-        approvals.request(&call(&reordered, "c1"), RULE, "r", "p1", &settings),
+        approvals
+            .request(
+                &call(&reordered, "c1"),
+                &Value::Null,
+                RULE,
+                "r",
+                "p1",
+                &settings
+            )
+            .unwrap(),
         Ticket::Approved { id: id.clone() }
     );
     assert_ne!(
-        approvals.request(&call(&reordered, "c1"), RULE, "r", "p1", &settings),
+        approvals
+            .request(
+                &call(&reordered, "c1"),
+                &Value::Null,
+                RULE,
+                "r",
+                "p1",
+                &settings
+            )
+            .unwrap(),
         Ticket::Approved { id: id.clone() },
         "a once approval let two calls through"
     );
@@ -116,10 +161,16 @@ fn an_approval_is_bound_to_the_arguments_the_grant_and_the_policy() {
         ..ApprovalSettings::default()
     };
     let args = json!({"session_id": "s1"});
-    let id = pending(approvals.request(&call(&args, "c1"), RULE, "r", "p1", &settings));
+    let id = pending(
+        approvals
+            .request(&call(&args, "c1"), &Value::Null, RULE, "r", "p1", &settings)
+            .unwrap(),
+    );
     approvals.approve(&id, "ops", "cli").unwrap();
     assert!(matches!(
-        approvals.request(&call(&args, "c2"), RULE, "r", "p1", &settings),
+        approvals
+            .request(&call(&args, "c2"), &Value::Null, RULE, "r", "p1", &settings)
+            .unwrap(),
         Ticket::Approved { .. }
     ));
     let other = json!({"session_id": "s2"});
@@ -132,14 +183,25 @@ fn an_approval_is_bound_to_the_arguments_the_grant_and_the_policy() {
         (&number_float, "p1"),
     ] {
         assert!(matches!(
-            approvals.request(&call(args, "c1"), RULE, "r", digest, &settings),
+            approvals
+                .request(
+                    &call(args, "c1"),
+                    &Value::Null,
+                    RULE,
+                    "r",
+                    digest,
+                    &settings
+                )
+                .unwrap(),
             Ticket::Pending { .. }
         ));
     }
     let mut other_grant = call(&args, "c1");
     other_grant.grant = "someone-else";
     assert!(matches!(
-        approvals.request(&other_grant, RULE, "r", "p1", &settings),
+        approvals
+            .request(&other_grant, &Value::Null, RULE, "r", "p1", &settings)
+            .unwrap(),
         Ticket::Pending { .. }
     ));
 }
@@ -152,16 +214,24 @@ fn reuse_windows_end_and_session_reuse_stays_in_its_session() {
         reuse: Reuse::Session,
         ..ApprovalSettings::default()
     };
-    let id = pending(approvals.request(&call(&args, "c1"), RULE, "r", "p1", &session));
+    let id = pending(
+        approvals
+            .request(&call(&args, "c1"), &Value::Null, RULE, "r", "p1", &session)
+            .unwrap(),
+    );
     approvals.approve(&id, "ops", "cli").unwrap();
     for _ in 0..3 {
         assert!(matches!(
-            approvals.request(&call(&args, "c1"), RULE, "r", "p1", &session),
+            approvals
+                .request(&call(&args, "c1"), &Value::Null, RULE, "r", "p1", &session)
+                .unwrap(),
             Ticket::Approved { .. }
         ));
     }
     assert!(matches!(
-        approvals.request(&call(&args, "c2"), RULE, "r", "p1", &session),
+        approvals
+            .request(&call(&args, "c2"), &Value::Null, RULE, "r", "p1", &session)
+            .unwrap(),
         Ticket::Pending { .. }
     ));
     let hour = ApprovalSettings {
@@ -169,16 +239,24 @@ fn reuse_windows_end_and_session_reuse_stays_in_its_session() {
         bind: Bind::Tool,
         ..ApprovalSettings::default()
     };
-    let id = pending(approvals.request(&call(&args, "c1"), RULE, "r", "p9", &hour));
+    let id = pending(
+        approvals
+            .request(&call(&args, "c1"), &Value::Null, RULE, "r", "p9", &hour)
+            .unwrap(),
+    );
     approvals.approve(&id, "ops", "cli").unwrap();
     let any = json!({"anything": 1});
     assert!(matches!(
-        approvals.request(&call(&any, "c3"), RULE, "r", "p9", &hour),
+        approvals
+            .request(&call(&any, "c3"), &Value::Null, RULE, "r", "p9", &hour)
+            .unwrap(),
         Ticket::Approved { .. }
     ));
     clock.advance(Duration::from_millis(3_600_001));
     assert!(matches!(
-        approvals.request(&call(&any, "c3"), RULE, "r", "p9", &hour),
+        approvals
+            .request(&call(&any, "c3"), &Value::Null, RULE, "r", "p9", &hour)
+            .unwrap(),
         Ticket::Pending { .. }
     ));
 }
@@ -188,7 +266,11 @@ fn undecided_requests_expire_and_cancelled_ones_stay_cancelled() {
     let (approvals, clock) = registry();
     let args = json!({});
     let settings = ApprovalSettings::default();
-    let id = pending(approvals.request(&call(&args, "c1"), RULE, "r", "p1", &settings));
+    let id = pending(
+        approvals
+            .request(&call(&args, "c1"), &Value::Null, RULE, "r", "p1", &settings)
+            .unwrap(),
+    );
     clock.advance(Duration::from_millis(600_000));
     assert_eq!(approvals.get(&id).unwrap().state, State::Expired);
     assert!(matches!(
@@ -198,7 +280,11 @@ fn undecided_requests_expire_and_cancelled_ones_stay_cancelled() {
             ..
         })
     ));
-    let id = pending(approvals.request(&call(&args, "c1"), RULE, "r", "p1", &settings));
+    let id = pending(
+        approvals
+            .request(&call(&args, "c1"), &Value::Null, RULE, "r", "p1", &settings)
+            .unwrap(),
+    );
     approvals.cancel(&id);
     assert!(matches!(
         approvals.hold(&id, Duration::from_secs(5)),
@@ -230,7 +316,18 @@ fn many_held_calls_decided_in_any_order_get_their_own_outcome_once() {
     for i in 0..50 {
         let args = json!({"n": i});
         let session = format!("c{}", i % 5);
-        let id = pending(approvals.request(&call(&args, &session), RULE, "r", "p1", &settings));
+        let id = pending(
+            approvals
+                .request(
+                    &call(&args, &session),
+                    &Value::Null,
+                    RULE,
+                    "r",
+                    "p1",
+                    &settings,
+                )
+                .unwrap(),
+        );
         let approvals = approvals.clone();
         let waiter = {
             let id = id.clone();
@@ -267,4 +364,77 @@ fn many_held_calls_decided_in_any_order_get_their_own_outcome_once() {
             );
         }
     }
+}
+
+/// From review: a `once` approval lasts only until the request's timeout; a mistaken
+/// approval can be revoked; the other `params` members are bound too; numbers an approver
+/// could not see exactly are refused; a grant cannot open requests without bound.
+#[test]
+fn approvals_expire_can_be_revoked_bind_the_whole_call_and_are_bounded() {
+    let (approvals, clock) = registry();
+    let settings = ApprovalSettings::default();
+    let args = json!({"session_id": "s1"});
+    let id = pending(
+        approvals
+            .request(&call(&args, "c1"), &Value::Null, RULE, "r", "p1", &settings)
+            .unwrap(),
+    );
+    approvals.approve(&id, "ops", "cli").unwrap();
+    clock.advance(Duration::from_millis(600_001));
+    assert!(matches!(
+        approvals
+            .request(&call(&args, "c1"), &Value::Null, RULE, "r", "p1", &settings)
+            .unwrap(),
+        Ticket::Pending { .. }
+    ));
+
+    let window = ApprovalSettings {
+        reuse: Reuse::For(Duration::from_secs(3600)),
+        ..ApprovalSettings::default()
+    };
+    let id = pending(
+        approvals
+            .request(&call(&args, "c1"), &Value::Null, RULE, "r", "p2", &window)
+            .unwrap(),
+    );
+    approvals.approve(&id, "ops", "cli").unwrap();
+    approvals
+        .deny(&id, "ops", "cli", "approved by mistake")
+        .unwrap();
+    assert!(matches!(
+        approvals
+            .request(&call(&args, "c1"), &Value::Null, RULE, "r", "p2", &window)
+            .unwrap(),
+        Ticket::Pending { .. }
+    ));
+
+    let id = pending(
+        approvals
+            .request(&call(&args, "c1"), &json!({}), RULE, "r", "p3", &window)
+            .unwrap(),
+    );
+    approvals.approve(&id, "ops", "cli").unwrap();
+    let more = json!({"_meta": {"note": "x"}});
+    assert!(matches!(
+        approvals
+            .request(&call(&args, "c1"), &more, RULE, "r", "p3", &window)
+            .unwrap(),
+        Ticket::Pending { .. }
+    ));
+
+    let big: Value = serde_json::from_str(r#"{"amount": 100000000000000000001}"#).unwrap();
+    let err = approvals
+        .request(&call(&big, "c1"), &Value::Null, RULE, "r", "p1", &settings)
+        .unwrap_err();
+    assert!(matches!(err, ApprovalError::InexactNumber(_)), "{err}");
+
+    for i in 0..MAX_PENDING_PER_GRANT {
+        let args = json!({"n": i});
+        let _ = approvals.request(&call(&args, "c1"), &Value::Null, RULE, "r", "p9", &settings);
+    }
+    let args = json!({"n": "one more"});
+    let err = approvals
+        .request(&call(&args, "c1"), &Value::Null, RULE, "r", "p9", &settings)
+        .unwrap_err();
+    assert!(matches!(err, ApprovalError::TooMany { .. }), "{err}");
 }

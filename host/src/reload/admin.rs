@@ -105,9 +105,11 @@ pub fn serve_admin(
                                 Ok(changed) => serde_json::json!({"ok": true, "changed": changed, "status": live.status()}),
                                 Err(error) => serde_json::json!({"ok": false, "error": error.to_string(), "status": live.status()}),
                             },
-                            other if other.starts_with("approvals ") => {
-                                approvals_command(approvals.as_deref(), &other["approvals ".len()..])
-                            }
+                            other if other.starts_with("approvals ") => approvals_command(
+                                approvals.as_deref(),
+                                &other["approvals ".len()..],
+                                peer_uid(&stream),
+                            ),
                             other => serde_json::json!({"ok": false, "error": format!("unknown command `{other}`: status, reload or approvals ...")}),
                         };
                         if writeln!(&stream, "{answer}").is_err() {
@@ -122,12 +124,46 @@ pub fn serve_admin(
 
 /// `approvals list`, `approvals show ID`, `approvals approve ID BY`, `approvals deny ID BY
 /// REASON...`: the operator's channel of a `toolgate run` (the socket is this user's only).
-fn approvals_command(approvals: Option<&Approvals>, command: &str) -> serde_json::Value {
+/// The uid of the process at the other end of the socket (`SO_PEERCRED`): who decided, as
+/// the kernel says, recorded beside the name the CLI sent.
+fn peer_uid(stream: &std::os::unix::net::UnixStream) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the size passed; the fd is the open
+    // stream's.
+    let done = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (done == 0).then_some(cred.uid)
+}
+
+fn approvals_command(
+    approvals: Option<&Approvals>,
+    command: &str,
+    uid: Option<u32>,
+) -> serde_json::Value {
     use serde_json::json;
     let Some(approvals) = approvals else {
         return json!({"ok": false, "error": "this gateway holds no calls for approval"});
     };
     let words: Vec<&str> = command.split_whitespace().collect();
+    // The name is the CLI's word; the uid is the kernel's. Anyone who can open the socket
+    // (mode 0600: this user) can decide, so run agents as another user.
+    let who = |by: &str| match uid {
+        Some(uid) => format!("{by} (uid {uid})"),
+        None => by.to_owned(),
+    };
     let decided = |r: Result<crate::approvals::Request, crate::approvals::ApprovalError>| match r {
         Ok(request) => json!({"ok": true, "request": request}),
         Err(e) => json!({"ok": false, "error": e.to_string()}),
@@ -138,9 +174,9 @@ fn approvals_command(approvals: Option<&Approvals>, command: &str) -> serde_json
             Some(request) => json!({"ok": true, "request": request}),
             None => json!({"ok": false, "error": format!("no approval request `{id}`")}),
         },
-        ["approve", id, by] => decided(approvals.approve(id, by, "cli")),
+        ["approve", id, by] => decided(approvals.approve(id, &who(by), "cli")),
         ["deny", id, by, reason @ ..] if !reason.is_empty() => {
-            decided(approvals.deny(id, by, "cli", &reason.join(" ")))
+            decided(approvals.deny(id, &who(by), "cli", &reason.join(" ")))
         }
         _ => {
             json!({"ok": false, "error": format!("unknown approvals command `{command}`: list, show ID, approve ID BY, deny ID BY REASON")})

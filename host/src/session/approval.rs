@@ -57,6 +57,18 @@ impl HeldCall {
     }
 }
 
+/// A line that outlives the held call's buffer.
+fn owned(line: ClientLine<'_>) -> ClientLine<'static> {
+    match line {
+        ClientLine::Forward(f) => ClientLine::Forward(Forward {
+            line: Cow::Owned(f.line.into_owned()),
+            upstream_id: f.upstream_id,
+        }),
+        ClientLine::Answer(a) => ClientLine::Answer(a),
+        _ => ClientLine::Drop,
+    }
+}
+
 /// The prefix of the ids of the gateway's own `elicitation/create` requests.
 const ELICIT_PREFIX: &str = "toolgate-approval-";
 
@@ -89,7 +101,7 @@ impl Session {
         };
         let arguments = serde_json::to_string_pretty(&request.arguments).unwrap_or_default();
         let message = format!(
-            "An agent (grant `{}`) wants to call `{}`.\nRule {}: {}\nArguments:\n{arguments}\n\nApprove this call?",
+            "An agent (grant {:?}) wants to call {:?}.\nRule {:?}: {:?}\nArguments:\n{arguments}\n\nApprove this call?",
             request.grant, request.tool, request.rule, request.reason
         );
         let line = json!({"jsonrpc": "2.0", "id": id, "method": "elicitation/create", "params": {
@@ -159,6 +171,7 @@ impl Session {
         policy: &Policy,
         call: &ToolCall<'_>,
         decision: &Decision,
+        raw_params: &str,
     ) -> Option<Result<Outcome, Refused>> {
         let approvals = self.approvals.as_ref()?;
         let settings = policy.approval_for(call.tool);
@@ -168,18 +181,36 @@ impl Session {
         if !via_client && !via_operator {
             return None;
         }
-        match approvals.request(
+        // What else of the call reaches the upstream: bound with the arguments.
+        let mut extra: serde_json::Value = serde_json::from_str(raw_params).unwrap_or_default();
+        if let Some(params) = extra.as_object_mut() {
+            params.remove("name");
+            params.remove("arguments");
+            if let Some(meta) = params.get_mut("_meta").and_then(|m| m.as_object_mut()) {
+                meta.remove("progressToken");
+            }
+        }
+        let ticket = approvals.request(
             call,
+            &extra,
             &decision.rule,
             &decision.reason,
             policy.digest(),
             &settings,
-        ) {
-            Ticket::Approved { .. } => Some(Ok(policy.decide_approved(call, &self.counters))),
-            Ticket::Pending { id, .. } => Some(Err(Refused::Hold {
+        );
+        match ticket {
+            Ok(Ticket::Approved { .. }) => Some(Ok(policy.decide_approved(call, &self.counters))),
+            Ok(Ticket::Pending { id, .. }) => Some(Err(Refused::Hold {
                 approval: id,
                 hold: settings.hold,
                 via_client,
+            })),
+            // Fail closed: a request the registry will not take is a deny, saying why.
+            Err(e) => Some(Ok(Outcome {
+                decision: Decision::deny("approval", e.to_string()),
+                reservations: Vec::new(),
+                instructions: 0,
+                peak_memory: 0,
             })),
         }
     }
@@ -198,17 +229,44 @@ impl Session {
             .held
             .remove(&jsonrpc::id_key(id.get()))
             .is_none();
-        if withdrawn
-            && matches!(
-                outcome,
-                Held::Undecided {
-                    state: State::Cancelled,
-                    ..
-                }
-            )
-        {
-            // The client cancelled it: a cancelled request gets no reply.
+        if withdrawn {
+            // The client cancelled it: a cancelled request never runs and gets no reply,
+            // even if an approval arrived meanwhile.
             return ClientLine::Drop;
+        }
+        // Approved under another policy than the one now active: the approval covered the
+        // call under that policy only. Decided again, and asked again if it still needs it.
+        let policy_changed = self
+            .approvals
+            .as_ref()
+            .and_then(|a| a.get(&held.approval))
+            .is_some_and(|r| r.policy_digest != self.policy.load().digest());
+        if policy_changed && matches!(outcome, Held::Approved { .. }) {
+            tracing::info!(approval = %held.approval, "the policy changed while the call was held: it is decided again");
+            return match self.decide_call(envelope.params, id, false) {
+                Ok(kind) => {
+                    let key = jsonrpc::id_key(id.get());
+                    owned(self.admit(&held.line, id, key, kind))
+                }
+                Err(Refused::Answer(answer)) => ClientLine::Answer(answer),
+                Err(Refused::Hold { approval, .. }) => {
+                    self.state().held.remove(&jsonrpc::id_key(id.get()));
+                    let again = HeldCall {
+                        approval,
+                        hold: Duration::ZERO,
+                        via_client: false,
+                        line: held.line.clone(),
+                    };
+                    let pending = Held::Undecided {
+                        state: State::Pending,
+                        expires_ms: 0,
+                    };
+                    self.state()
+                        .held
+                        .insert(jsonrpc::id_key(id.get()), again.approval.clone());
+                    self.release(&again, pending)
+                }
+            };
         }
         let refusal =
             |d: Decision| ClientLine::Answer(jsonrpc::result_line(id, &d.to_tool_result()));
@@ -218,14 +276,7 @@ impl Session {
                 match self.decide_call(envelope.params, id, true) {
                     Ok(kind) => {
                         let key = jsonrpc::id_key(id.get());
-                        match self.admit(&held.line, id, key, kind) {
-                            ClientLine::Forward(f) => ClientLine::Forward(Forward {
-                                line: Cow::Owned(f.line.into_owned()),
-                                upstream_id: f.upstream_id,
-                            }),
-                            ClientLine::Answer(a) => ClientLine::Answer(a),
-                            _ => ClientLine::Drop,
-                        }
+                        owned(self.admit(&held.line, id, key, kind))
                     }
                     Err(Refused::Answer(answer)) => ClientLine::Answer(answer),
                     Err(Refused::Hold { .. }) => ClientLine::Drop,

@@ -403,7 +403,7 @@ impl Session {
             };
             if outcome.decision.verdict == Verdict::RequireApproval && !approved {
                 // Held, let through by an approval already given, or refused as before.
-                match self.ask_approval(&policy, &call, &outcome.decision) {
+                match self.ask_approval(&policy, &call, &outcome.decision, raw_params) {
                     None => {
                         let mut outcome = outcome;
                         outcome.decision.reason += " (approval not configured: this gateway has no approvers, so calls that need approval are refused; `toolgate run --admin-socket` holds them for `toolgate approvals`)";
