@@ -36,6 +36,18 @@ use subtle::ConstantTimeEq;
 
 /// The session cookie's name.
 const COOKIE: &str = "toolgate_approvals";
+/// Over TLS the cookie is `__Host-` prefixed (so Secure, Path=/ and no Domain): a sibling
+/// host cannot plant (toss) a session of its own choosing.
+const HOST_COOKIE: &str = "__Host-toolgate_approvals";
+
+/// The cookie's name and path: `__Host-` over TLS.
+fn cookie_name_and_path(tls: bool) -> (&'static str, &'static str) {
+    if tls {
+        (HOST_COOKIE, "/")
+    } else {
+        (COOKIE, "/approvals")
+    }
+}
 /// How long a page session lasts after login.
 pub(crate) const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
 /// The most page sessions kept at once (the oldest goes first).
@@ -76,7 +88,7 @@ impl Page {
 
     /// The approver and CSRF token of the request's session cookie, if it is live.
     fn session(&self, headers: &HeaderMap) -> Option<(&Approver, String)> {
-        let sid = cookie(headers)?;
+        let sid = cookie(headers, cookie_name_and_path(self.tls).0)?;
         let key: [u8; 32] = Sha256::digest(sid.as_bytes()).into();
         let mut sessions = self.lock();
         let session = sessions.get(&key)?;
@@ -112,7 +124,7 @@ impl Page {
     }
 
     fn close(&self, headers: &HeaderMap) {
-        if let Some(sid) = cookie(headers) {
+        if let Some(sid) = cookie(headers, cookie_name_and_path(self.tls).0) {
             let key: [u8; 32] = Sha256::digest(sid.as_bytes()).into();
             self.lock().remove(&key);
         }
@@ -143,15 +155,15 @@ fn random_hex() -> Result<String, GatewayError> {
     Ok(hex::encode(bytes))
 }
 
-/// The session cookie's value.
-fn cookie(headers: &HeaderMap) -> Option<String> {
+/// The session cookie's value (`name` as [`cookie_name_and_path`] gives it).
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
+        .find(|(n, _)| *n == name)
         .map(|(_, value)| value.to_owned())
 }
 
@@ -275,8 +287,9 @@ pub(crate) async fn login(State(page): State<Arc<Page>>, request: Request) -> Re
         Err(refused) => return refused.into_response(),
     };
     let secure = if page.tls { "; Secure" } else { "" };
+    let (name, path) = cookie_name_and_path(page.tls);
     let cookie = format!(
-        "{COOKIE}={sid}; Path=/approvals; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+        "{name}={sid}; Path={path}; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
         SESSION_TTL.as_secs()
     );
     let mut response = redirect("/approvals");
@@ -316,7 +329,9 @@ pub(crate) async fn logout(State(page): State<Arc<Page>>, request: Request) -> R
     }
     page.close(&headers);
     let mut response = redirect("/approvals");
-    let gone = format!("{COOKIE}=; Path=/approvals; HttpOnly; SameSite=Strict; Max-Age=0");
+    let (name, path) = cookie_name_and_path(page.tls);
+    let secure = if page.tls { "; Secure" } else { "" };
+    let gone = format!("{name}=; Path={path}; HttpOnly; SameSite=Strict; Max-Age=0{secure}");
     if let Ok(value) = HeaderValue::from_str(&gone) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
@@ -578,6 +593,11 @@ mod tests {
         let mut headers = HeaderMap::new();
         let value = HeaderValue::from_static("a=1; toolgate_approvals=abc; b=2");
         headers.insert(header::COOKIE, value);
-        assert_eq!(cookie(&headers).as_deref(), Some("abc"));
+        assert_eq!(cookie(&headers, COOKIE).as_deref(), Some("abc"));
+        assert_eq!(cookie(&headers, HOST_COOKIE), None);
+        assert_eq!(
+            cookie_name_and_path(true),
+            ("__Host-toolgate_approvals", "/")
+        );
     }
 }
