@@ -240,7 +240,9 @@ impl Session {
             .approvals
             .as_ref()
             .and_then(|a| a.get(&held.approval))
-            .is_some_and(|r| r.policy_digest != self.policy.load().digest());
+            // A request no longer known (never, while a call holds it) is treated as changed:
+            // decided again, never let through unchecked.
+            .is_none_or(|r| r.policy_digest != self.policy.load().digest());
         if policy_changed && matches!(outcome, Held::Approved { .. }) {
             tracing::info!(approval = %held.approval, "the policy changed while the call was held: it is decided again");
             return match self.decide_call(envelope.params, id, false) {

@@ -210,12 +210,7 @@ pub fn load(store: &Store, bundle: &Path) -> Result<Vec<String>, StoreError> {
         let manifest = layout::parse_manifest(blob(&entry.digest)?)
             .map_err(|r| refuse(format!("`{}` is {r}", entry.digest)))?;
         if layout::is_signature(&manifest) {
-            let subject = manifest
-                .subject
-                .as_ref()
-                .map(|s| s.digest.clone())
-                .unwrap_or_default();
-            let layer = layout::signature_layer(&manifest, &subject)
+            let (subject, layer) = layout::signature_parts(&manifest)
                 .map_err(|r| refuse(format!("the signature `{}`: {r}", entry.digest)))?;
             let text = String::from_utf8(blob(&layer.digest)?.clone())
                 .map_err(|_| refuse(format!("the signature `{}` is not UTF-8", layer.digest)))?;

@@ -253,6 +253,18 @@ pub fn plugin_layer(manifest: &Manifest) -> Result<&Descriptor, String> {
     Ok(layer)
 }
 
+/// A signature manifest's own subject (the plugin manifest it signs) and its `.minisig`
+/// layer, or why it is not one.
+pub fn signature_parts(manifest: &Manifest) -> Result<(String, &Descriptor), String> {
+    let subject = manifest
+        .subject
+        .as_ref()
+        .map(|s| s.digest.clone())
+        .ok_or("it has no subject")?;
+    let layer = signature_layer(manifest, &subject)?;
+    Ok((subject, layer))
+}
+
 /// The `.minisig` layer of a signature manifest whose subject is `subject` (a manifest
 /// digest), or why it is not one.
 pub fn signature_layer<'m>(

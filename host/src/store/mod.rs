@@ -234,12 +234,7 @@ impl Store {
                 && e.annotation(COMPONENT) == Some(&digest)
         }) {
             let manifest = self.manifest(entry)?;
-            let subject = manifest
-                .subject
-                .as_ref()
-                .map(|s| s.digest.clone())
-                .unwrap_or_default();
-            let layer = layout::signature_layer(&manifest, &subject)
+            let (_, layer) = layout::signature_parts(&manifest)
                 .map_err(|reason| self.corrupt(&entry.digest, reason))?;
             let text = self.blob(&layer.digest, MAX_SIGNATURE)?;
             let text = String::from_utf8(text)
