@@ -385,3 +385,37 @@ fn a_call_held_across_a_policy_swap_is_decided_again() {
         "{listed}"
     );
 }
+
+/// A plugin's `require-approval` holds the call like a rule's: approved, the call is decided
+/// again with the plugin's question met, and goes upstream once.
+#[test]
+fn a_plugins_require_approval_is_held_and_met_by_an_approval() {
+    let probe = crate::plugins::plugins()["probe"].display().to_string();
+    let policy = json!({"version": "1", "default": "allow",
+        "plugins": {"probe": {"path": probe, "grants": ["log"]}},
+        "tools": {"session_delete": {"use": [{"plugin": "probe", "config": "ask"}],
+                                     "approval": {"hold": "20s"}}}});
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("admin.sock");
+    let mut client = Client::start_with(
+        &policy.to_string(),
+        &standin(),
+        &["--admin-socket", socket.to_str().unwrap(), "--no-watch"],
+    );
+    client.initialize();
+    let doomed = created(&mut client);
+    client.send(
+        &json!({"jsonrpc": "2.0", "id": "pl-1", "method": "tools/call",
+        "params": {"name": "session_delete", "arguments": {"sessionId": doomed}}}),
+    );
+    let id = pending(&socket, "session_delete");
+    let shown = approvals(&socket, &["show", &id]);
+    assert_eq!(shown["request"]["rule"], "plugins.probe", "{shown}");
+    assert_eq!(approvals(&socket, &["approve", &id])["ok"], true);
+    let reply = client.reply_to(&json!("pl-1"));
+    let text = reply["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.contains(&format!("\"deleted\":\"{doomed}\"")),
+        "{reply}"
+    );
+}

@@ -1,16 +1,24 @@
 //! Denies every call with a reason that quotes the call record the host passed in, so that a
 //! test can check each field end to end (tool, grant, session, server, annotations). It also
 //! logs one line per call, for the tests of traces (`toolgate eval`, `toolgate test --json`).
+//! With the config `"ask"` it returns `require-approval` instead.
 wit_bindgen::generate!({ path: "../../wit", world: "policy" });
 
 struct Probe;
 
 impl Guest for Probe {
-    fn evaluate(call: ToolCall, _config: String) -> Decision {
+    fn evaluate(call: ToolCall, config: String) -> Decision {
         toolgate::policy::log::log(
             toolgate::policy::log::Level::Info,
             &format!("probed {}", call.tool),
         );
+        // `"ask"`: send the call to a person instead (the tests of approvals).
+        if config == "\"ask\"" {
+            return Decision::RequireApproval(format!(
+                "the probe asks a person about {}",
+                call.tool
+            ));
+        }
         let annotations = call.annotations.map(|a| {
             format!(
                 "readOnly={:?} destructive={:?} idempotent={:?} openWorld={:?}",
