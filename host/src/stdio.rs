@@ -11,7 +11,7 @@
 
 use crate::approvals::{Held, State};
 use crate::framing::{read_line_capped, Frame};
-use crate::session::{ClientLine, Forward, HeldCall, Session};
+use crate::session::{ClientLine, Forward, HeldCall, Session, PROGRESS_EVERY};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::process::{Child, ExitStatus};
 use std::sync::mpsc;
@@ -153,10 +153,7 @@ fn hold<W: Write + Send + 'static, C: Write + Send + 'static>(
                 match &token {
                     Some(token) if pending && left > slice => {
                         step += 1;
-                        let progress = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/progress",
-                            "params": {"progressToken": token, "progress": step,
-                                       "message": format!("waiting for a person to approve (request {})", held.approval)}});
-                        if write_line(&client_out, progress.to_string().as_bytes()).is_err() {
+                        if write_line(&client_out, &held.progress(token, step)).is_err() {
                             break outcome;
                         }
                     }
@@ -177,9 +174,6 @@ fn hold<W: Write + Send + 'static, C: Write + Send + 'static>(
         tracing::error!(error = %e, "cannot hold a call: no thread");
     }
 }
-
-/// How often a held call tells a client that asked for progress that it is still waiting.
-const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// The upstream's stdin, shared by the client reader and held calls; `None` once the client
 /// has closed (dropping it closes the pipe: the upstream's signal to shut down).

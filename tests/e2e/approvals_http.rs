@@ -20,7 +20,7 @@ fn serve() -> Serve {
     serve_with("", &[])
 }
 
-fn serve_with(extra: &str, files: &[(&str, &str)]) -> Serve {
+pub(crate) fn serve_with(extra: &str, files: &[(&str, &str)]) -> Serve {
     let command = serde_json::to_string(&standin()).unwrap();
     let config = format!(
         "[upstream]\ncommand = {command}\n\
@@ -38,7 +38,7 @@ fn serve_with(extra: &str, files: &[(&str, &str)]) -> Serve {
     Serve::start(&config, &all)
 }
 
-async fn api(
+pub(crate) async fn api(
     serve: &Serve,
     token: &str,
     method: &str,
@@ -56,7 +56,7 @@ async fn api(
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-async fn pending(serve: &Serve) -> String {
+pub(crate) async fn pending(serve: &Serve) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (_, list) = api(serve, "ops-token", "GET", "", Value::Null).await;
@@ -73,7 +73,7 @@ async fn pending(serve: &Serve) -> String {
     }
 }
 
-async fn created(mcp: &mut Mcp) -> String {
+pub(crate) async fn created(mcp: &mut Mcp) -> String {
     let result = mcp.call("session_create", json!({"cli": "codex"})).await;
     let body: Value = serde_json::from_str(result["content"][0]["text"].as_str().unwrap()).unwrap();
     body["session"]["id"].as_str().unwrap().to_owned()

@@ -362,6 +362,21 @@ impl Approvals {
         }
     }
 
+    /// Gives back the approval a [`Approvals::hold`] consumed for a call that then did not
+    /// run (its client left first): the identical retry may still use it.
+    pub fn give_back(&self, id: &str) {
+        let mut inner = self.lock();
+        if let Some(r) = inner.requests.get_mut(id) {
+            if r.state == State::Consumed && r.reuse == Reuse::Once {
+                r.state = State::Approved;
+                tracing::info!(
+                    approval = id,
+                    "approval: given back unused (the held call's client left)"
+                );
+            }
+        }
+    }
+
     /// Approves request `id` (by `by`, through `channel`). Idempotent: approving an approved
     /// request again changes nothing.
     pub fn approve(&self, id: &str, by: &str, channel: &str) -> Result<Request, ApprovalError> {

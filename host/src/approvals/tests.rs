@@ -438,3 +438,45 @@ fn approvals_expire_can_be_revoked_bind_the_whole_call_and_are_bounded() {
         .unwrap_err();
     assert!(matches!(err, ApprovalError::TooMany { .. }), "{err}");
 }
+
+#[test]
+fn an_approval_given_back_unused_serves_the_identical_retry_once() {
+    let (approvals, _) = registry();
+    let args = json!({"session_id": "s1"});
+    let settings = ApprovalSettings::default();
+    let ask = || {
+        approvals
+            .request(&call(&args, "c1"), &Value::Null, RULE, "r", "p1", &settings)
+            .unwrap()
+    };
+    let id = pending(ask());
+    approvals.approve(&id, "ops", "cli").unwrap();
+    assert!(matches!(
+        approvals.hold(&id, Duration::ZERO),
+        Held::Approved { .. }
+    ));
+    assert_eq!(approvals.get(&id).unwrap().state, State::Consumed);
+    // The held call's client left before it ran: the approval goes back, once.
+    approvals.give_back(&id);
+    approvals.give_back(&id);
+    assert_eq!(approvals.get(&id).unwrap().state, State::Approved);
+    assert!(matches!(ask(), Ticket::Approved { .. }));
+    assert_eq!(approvals.get(&id).unwrap().state, State::Consumed);
+    assert!(matches!(ask(), Ticket::Pending { .. }));
+    // A denied request has nothing to give back.
+    let denied = pending(
+        approvals
+            .request(
+                &call(&json!({"session_id": "s2"}), "c1"),
+                &Value::Null,
+                RULE,
+                "r",
+                "p1",
+                &settings,
+            )
+            .unwrap(),
+    );
+    approvals.deny(&denied, "ops", "cli", "no").unwrap();
+    approvals.give_back(&denied);
+    assert_eq!(approvals.get(&denied).unwrap().state, State::Denied);
+}

@@ -180,9 +180,8 @@ impl Gateway {
             },
         )
         .with_schema_checks(self.schemas.clone())
-        // Over HTTP only an approver decides for now: the client channel (elicitation on the
-        // held POST's stream) is not built yet.
-        .with_approvals(self.approvals.clone(), !self.approvers.is_empty(), false)
+        // An approver decides, or the agent's own client, asked on the held POST's stream.
+        .with_approvals(self.approvals.clone(), !self.approvers.is_empty(), true)
     }
 
     /// The headers for an upstream request: the MCP headers the client sent, the upstream

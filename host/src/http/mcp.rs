@@ -9,7 +9,8 @@
 //!    grant opened it).
 //! 3. [`decide`]: the session core's `Session::from_client_parsed` decides, exactly as over
 //!    stdio. A refusal is answered here as JSON and never reaches the upstream.
-//! 4. [`forward`]: an allowed message goes upstream (an HTTP upstream session, or this
+//! 4. [`forward`]: a call held for a person becomes an SSE stream ([`super::held`]); an
+//!    allowed message goes upstream (an HTTP upstream session, or this
 //!    session's own stdio child), and the reply comes back through [`super::relay`].
 //!
 //! Every refusal the gateway answers itself is a [`GatewayError`].
@@ -20,11 +21,11 @@ use super::error::{closing, json_response, Failed, GatewayError};
 use super::gateway::{Gateway, SMALL_REPLY};
 use super::grants::{Grant, Remembered};
 use super::headers::{accepts, media_type, SESSION_ID};
+use super::held;
 use super::relay::{relay, response_head, stream_lines, upstream_failed};
 use super::sessions::{GwSession, Link, STATELESS_SESSION};
-use crate::approvals::{Held, State};
 use crate::jsonrpc::Envelope;
-use crate::session::{ClientLine, Forward, HeldCall, Session};
+use crate::session::{ClientLine, Forward, Session};
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -206,25 +207,6 @@ fn to_forward(line: ClientLine<'_>) -> Result<Forward<'_>, Box<Response>> {
     }
 }
 
-/// Waits, off the async workers, for a held call's request to be decided or its hold to end.
-async fn hold(core: &Session, held: HeldCall) -> ClientLine<'static> {
-    let outcome = match core.approvals().cloned() {
-        Some(approvals) => {
-            let (id, wait) = (held.approval.clone(), held.hold);
-            tokio::task::spawn_blocking(move || approvals.hold(&id, wait)).await
-        }
-        None => Ok(Held::Undecided {
-            state: State::Expired,
-            expires_ms: 0,
-        }),
-    };
-    let outcome = outcome.unwrap_or(Held::Undecided {
-        state: State::Pending,
-        expires_ms: 0,
-    });
-    core.release(&held, outcome)
-}
-
 /// A message in an open session (or a stateless request): decided, then sent upstream.
 async fn forward(
     gw: &Arc<Gateway>,
@@ -233,16 +215,32 @@ async fn forward(
     body: &[u8],
     posted: &Posted<'_>,
 ) -> Response {
-    let decided = match decide(&session.core, &session.grant, body, posted) {
-        // Held for a person: the POST waits (other requests of the session go on), then the
-        // call goes upstream once, or the client gets the deny or the pending answer.
-        ClientLine::Hold(held) => hold(&session.core, held).await,
-        decided => decided,
+    let forward = match decide(&session.core, &session.grant, body, posted) {
+        // Held for a person: the POST becomes a stream (other requests of the session go
+        // on), and the call goes upstream once, or the client gets the deny or the pending
+        // answer.
+        ClientLine::Hold(held) => {
+            let (gw, headers, core) = (gw.clone(), headers.clone(), session.clone());
+            return held::stream(session, held, move |forward| async move {
+                send(&gw, core, &headers, forward).await
+            });
+        }
+        decided => match to_forward(decided) {
+            Ok(forward) => forward,
+            Err(response) => return *response,
+        },
     };
-    let forward = match to_forward(decided) {
-        Ok(forward) => forward,
-        Err(response) => return *response,
-    };
+    send(gw, session, headers, forward).await
+}
+
+/// An allowed message, upstream: an HTTP upstream session, or this session's own stdio
+/// child. The reply comes back through [`super::relay`].
+async fn send(
+    gw: &Arc<Gateway>,
+    session: Arc<GwSession>,
+    headers: &HeaderMap,
+    forward: Forward<'_>,
+) -> Response {
     let (line, upstream_id) = (&forward.line[..], forward.upstream_id);
     let max = gw.limits.max_upstream_message_bytes;
     match &session.link {

@@ -37,6 +37,7 @@ pub(crate) mod error;
 pub(crate) mod gateway;
 pub mod grants;
 pub(crate) mod headers;
+mod held;
 pub(crate) mod mcp;
 pub(crate) mod relay;
 pub(crate) mod sessions;

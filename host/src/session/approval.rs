@@ -55,7 +55,21 @@ impl HeldCall {
         let token = message["params"]["_meta"]["progressToken"].clone();
         (token.is_string() || token.is_number()).then_some(token)
     }
+
+    /// The `step`th progress notification for a held call whose client sent `token`.
+    pub fn progress(&self, token: &serde_json::Value, step: u64) -> Vec<u8> {
+        json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {
+            "progressToken": token, "progress": step,
+            "message": format!("waiting for a person to approve (request {})", self.approval),
+        }})
+        .to_string()
+        .into_bytes()
+    }
 }
+
+/// How often a held call tells a client that asked for progress that it is still waiting
+/// (clients reset their request timeout on it).
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// A line that outlives the held call's buffer.
 fn owned(line: ClientLine<'_>) -> ClientLine<'static> {
@@ -212,6 +226,15 @@ impl Session {
                 instructions: 0,
                 peak_memory: 0,
             })),
+        }
+    }
+
+    /// Forgets `held` without answering it: its client has gone (an HTTP client closed the
+    /// held POST). The call never runs; its approval request stays for the other channels,
+    /// so that an identical retry passes once it is approved.
+    pub fn abandon_held(&self, held: &HeldCall) {
+        if let Ok(Some(id)) = Envelope::parse(&held.line).map(|e| e.id) {
+            self.state().held.remove(&jsonrpc::id_key(id.get()));
         }
     }
 

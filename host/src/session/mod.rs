@@ -56,7 +56,7 @@ mod approval;
 mod catalogue;
 mod ids;
 
-pub use approval::HeldCall;
+pub use approval::{HeldCall, PROGRESS_EVERY};
 pub use catalogue::SchemaChecks;
 
 use crate::call::ToolCall;
