@@ -1,15 +1,21 @@
 """Require approval through the agent's own client: the official Python SDK, with an
-elicitation callback, talks to `toolgate run` in front of the LLM CLI Gateway stand-in. The
-gateway holds `session_delete` and asks the SDK's user inside the call (MCP elicitation)."""
+elicitation callback, talks to the gateway in front of the LLM CLI Gateway stand-in, over
+stdio (`toolgate run`) and over Streamable HTTP (`toolgate serve`). The gateway holds
+`session_delete` and asks the SDK's user inside the call (MCP elicitation): over stdio
+interleaved before the result, over HTTP on the held POST's SSE stream, answered by the SDK's
+own POST."""
 
 from __future__ import annotations
 
 import json
+from contextlib import asynccontextmanager
 
+import httpx2
 import pytest
-from mcp import types
+from mcp import ClientSession, types
+from mcp.client.streamable_http import streamable_http_client
 
-from conftest import connect, gateway_cmd, toolgate_bin, write_policy
+from conftest import connect, gateway_cmd, serve, toolgate_bin, write_policy
 
 pytestmark = pytest.mark.anyio
 
@@ -45,10 +51,35 @@ async def created(session) -> str:
     return json.loads(result.content[0].text)["session"]["id"]
 
 
-async def test_the_sdk_user_approves_and_the_call_runs_once(tmp_path):
+TOKEN = "tg_approvals_sdk_token"
+
+
+@pytest.fixture(params=["stdio", "http"])
+def gateway(request, tmp_path):
+    """Opens an SDK session to the gateway (with these ClientSession arguments) over the
+    transport of the parameter."""
+    if request.param == "stdio":
+        cmd = gateway_cmd(write_policy(tmp_path, POLICY), standin_cmd())
+        yield lambda **kwargs: connect(cmd, **kwargs)
+        return
+    grants = [{"name": "sdk", "token": TOKEN, "policy": POLICY}]
+    with serve(tmp_path, {"command": standin_cmd()}, grants) as url:
+
+        @asynccontextmanager
+        async def over_http(**kwargs):
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
+                async with streamable_http_client(url, http_client=http) as (read, write):
+                    async with ClientSession(read, write, read_timeout_seconds=30, **kwargs) as session:
+                        await session.initialize()
+                        yield session
+
+        yield over_http
+
+
+async def test_the_sdk_user_approves_and_the_call_runs_once(gateway):
     seen: list = []
-    cmd = gateway_cmd(write_policy(tmp_path, POLICY), standin_cmd())
-    async with connect(cmd, elicitation_callback=answering("approve", seen)) as gw:
+    async with gateway(elicitation_callback=answering("approve", seen)) as gw:
         doomed = await created(gw)
         result = await gw.call_tool("session_delete", {"sessionId": doomed})
         assert not result.is_error, result
@@ -61,13 +92,13 @@ async def test_the_sdk_user_approves_and_the_call_runs_once(tmp_path):
         assert again.is_error and "not found" in again.content[0].text
 
 
-async def test_the_sdk_user_declines_and_the_call_is_denied(tmp_path):
+async def test_the_sdk_user_declines_and_the_call_is_denied(gateway):
     seen: list = []
-    cmd = gateway_cmd(write_policy(tmp_path, POLICY), standin_cmd())
-    async with connect(cmd, elicitation_callback=answering(None, seen)) as gw:
+    async with gateway(elicitation_callback=answering(None, seen)) as gw:
         kept = await created(gw)
         result = await gw.call_tool("session_delete", {"sessionId": kept})
         assert result.is_error
+        assert len(seen) == 1
         assert "declined in the agent's client" in result.content[0].text
         meta = (result.meta or {}).get("toolgate", {})
         assert meta.get("decision") == "deny", result
