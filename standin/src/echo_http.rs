@@ -94,6 +94,15 @@ async fn message(State(echo): State<Arc<Echo>>, headers: HeaderMap, body: Bytes)
             "description": "Returns its message",
             "inputSchema": {"type": "object", "properties": {"message": {"type": "string"}}}
         }]}),
+        // Like a server of the 2026-07-28 round trip, it refuses a state it never issued:
+        // a gateway must not pass its own on.
+        "tools/call"
+            if message["params"].get("requestState").is_some()
+                || message["params"].get("inputResponses").is_some() =>
+        {
+            let error = json!({"code": -32602, "message": "invalid params: this server issued no requestState"});
+            return Json(json!({"jsonrpc": "2.0", "id": id, "error": error})).into_response();
+        }
         "tools/call" => {
             let text = message["params"]["arguments"]["message"]
                 .as_str()

@@ -233,3 +233,149 @@ async fn a_client_that_leaves_a_held_post_never_has_its_call_run() {
     let listed = mcp.call("session_list", json!({})).await;
     assert!(!listed.to_string().contains(&doomed), "{listed}");
 }
+
+/// A stateless 2026-07-28 `tools/call` of `echo` by `token`, from a client that can be asked.
+async fn call_2026(url: &str, token: &str, message: &str, retry: Option<(&str, Value)>) -> Value {
+    let mut params = json!({"name": "echo", "arguments": {"message": message},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                  "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}}}});
+    if let Some((state, answer)) = retry {
+        params["requestState"] = json!(state);
+        params["inputResponses"] = json!({"toolgate-approval": answer});
+    }
+    let response = crate::support::http_client()
+        .post(url)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .bearer_auth(token)
+        .json(&json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": params}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body = response.bytes().await.unwrap();
+    let messages = crate::http::parse_body(&content_type, &body);
+    messages.into_iter().next().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2026_client_is_asked_in_the_result_and_answers_in_its_protected_retry() {
+    let upstream = crate::http::EchoUpstream::start();
+    let policy = r#"{"version": "1", "default": "allow", "tools": {
+      "echo": {"action": "require_approval", "approval": {"hold": "5s"}}}}"#;
+    let config = format!(
+        "[upstream]\nurl = \"{}\"\n\
+         [[grants]]\nname = \"a\"\ntoken_sha256 = \"{}\"\npolicy = \"p.json\"\n\
+         [[grants]]\nname = \"b\"\ntoken_sha256 = \"{}\"\npolicy = \"p.json\"\n",
+        upstream.url,
+        crate::approvals_http::hash("token-a"),
+        crate::approvals_http::hash("token-b"),
+    );
+    let serve = crate::http::Serve::start(&config, &[("p.json", policy)]);
+    let approve = json!({"action": "accept", "content": {"decision": "approve"}});
+
+    let asked = call_2026(&serve.url, "token-a", "hi", None).await;
+    let result = &asked["result"];
+    assert_eq!(result["resultType"], "input_required", "{asked}");
+    let question = &result["inputRequests"]["toolgate-approval"];
+    assert_eq!(question["method"], "elicitation/create", "{asked}");
+    assert!(question["params"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("echo"));
+    let state = result["requestState"].as_str().unwrap().to_owned();
+    assert_eq!(upstream.stats().await["requests"], 0, "nothing ran yet");
+
+    // A tampered state, and the genuine one from another grant, are refused.
+    let mut tampered = state.clone().into_bytes();
+    tampered[6] = if tampered[6] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    for (token, state, why) in [
+        ("token-a", tampered.as_str(), "altered"),
+        ("token-b", state.as_str(), "another grant"),
+    ] {
+        let refused = call_2026(&serve.url, token, "hi", Some((state, approve.clone()))).await;
+        assert_eq!(refused["error"]["code"], -32602, "{refused}");
+        let message = refused["error"]["message"].as_str().unwrap();
+        assert!(message.contains(why), "{message}");
+    }
+
+    // The genuine retry approves; the call runs once, without the gateway's parts (the
+    // upstream refuses any requestState it did not issue).
+    let done = call_2026(&serve.url, "token-a", "hi", Some((&state, approve.clone()))).await;
+    assert_eq!(done["result"]["content"][0]["text"], "hi", "{done}");
+    assert!(done["result"].get("isError").is_none(), "{done}");
+    // The same retry again: the state was single-use.
+    let replayed = call_2026(&serve.url, "token-a", "hi", Some((&state, approve.clone()))).await;
+    assert_eq!(replayed["error"]["code"], -32602, "{replayed}");
+    assert!(replayed["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("already used"));
+
+    // A decline denies, and nothing runs.
+    let before = upstream.stats().await["requests"].clone();
+    let asked = call_2026(&serve.url, "token-a", "bye", None).await;
+    let state = asked["result"]["requestState"].as_str().unwrap().to_owned();
+    let declined = call_2026(
+        &serve.url,
+        "token-a",
+        "bye",
+        Some((&state, json!({"action": "decline"}))),
+    )
+    .await;
+    assert_eq!(declined["result"]["isError"], true, "{declined}");
+    // The gateway's own results to a 2026-07-28 request say so, as its clients require.
+    assert_eq!(declined["result"]["resultType"], "complete", "{declined}");
+    assert!(declined["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .contains("declined"));
+    assert_eq!(upstream.stats().await["requests"], before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_headers_that_disagree_with_the_body_are_refused() {
+    let upstream = crate::http::EchoUpstream::start();
+    let config = format!(
+        "anonymous_grant = \"a\"\n[upstream]\nurl = \"{}\"\n[[grants]]\nname = \"a\"\npolicy = \"p.json\"\n",
+        upstream.url
+    );
+    let policy = r#"{"version": "1", "default": "allow", "tools": {"echo": {"action": "deny"}}}"#;
+    let serve = crate::http::Serve::start(&config, &[("p.json", policy)]);
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                      "params": {"name": "echo", "arguments": {"message": "x"}}});
+    // `=?base64?ZWNobw==?=` is "echo": it agrees; "other" and a tools/list method do not.
+    for (method, name, agrees) in [
+        ("tools/call", "=?base64?ZWNobw==?=", true),
+        ("tools/call", "other", false),
+        ("tools/list", "echo", false),
+    ] {
+        let response = crate::support::http_client()
+            .post(&serve.url)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-method", method)
+            .header("mcp-name", name)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let reply: Value = response.json().await.unwrap();
+        if agrees {
+            assert_eq!(status, StatusCode::OK, "{reply}");
+            assert_eq!(
+                reply["result"]["isError"], true,
+                "the policy decided: {reply}"
+            );
+        } else {
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {name}: {reply}");
+            assert_eq!(reply["error"]["code"], -32600, "{reply}");
+        }
+    }
+    assert_eq!(upstream.stats().await["requests"], 0);
+}

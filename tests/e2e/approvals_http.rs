@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 const POLICY: &str = r#"{"version": "1", "default": "allow", "tools": {
   "session_delete": {"action": "require_approval", "approval": {"hold": "20s"}}}}"#;
 
-fn hash(token: &str) -> String {
+pub(crate) fn hash(token: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(token.as_bytes()))
 }

@@ -8,14 +8,17 @@ own POST."""
 from __future__ import annotations
 
 import json
-from contextlib import asynccontextmanager
+import subprocess
+import sys
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 
 import httpx2
 import pytest
 from mcp import ClientSession, types
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import connect, gateway_cmd, serve, toolgate_bin, write_policy
+from conftest import connect, free_port, gateway_cmd, serve, toolgate_bin, wait_for_port, write_policy
 
 pytestmark = pytest.mark.anyio
 
@@ -104,3 +107,49 @@ async def test_the_sdk_user_declines_and_the_call_is_denied(gateway):
         assert meta.get("decision") == "deny", result
         listed = await gw.call_tool("session_list", {})
         assert kept in listed.content[0].text
+
+
+@contextmanager
+def upstream_2026():
+    """The Python SDK's own 2026-07-28 server (stateless HTTP); yields its /mcp URL."""
+    port = free_port()
+    script = Path(__file__).with_name("upstream_2026.py")
+    proc = subprocess.Popen([sys.executable, str(script), str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, proc, "the 2026 upstream")
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+async def test_a_2026_client_is_asked_in_the_result_and_its_retry_runs_the_call(tmp_path):
+    """`mcp.Client` on the 2026-07-28 protocol (no server-to-client requests), stateless
+    through `toolgate serve` to the SDK's own 2026 server: the gateway answers
+    `input_required` with its question and a protected `requestState`; the SDK asks its user
+    through the same elicitation callback and retries; the gateway takes its parts out before
+    the upstream (which would refuse a state it did not issue)."""
+    from mcp import Client
+
+    policy = {
+        "version": "1",
+        "default": "allow",
+        "tools": {"echo": {"action": "require_approval", "reason": "echo needs a person"}},
+    }
+    with upstream_2026() as upstream:
+        for decision, approved in (("approve", True), ("deny", False)):
+            seen: list = []
+            with serve(tmp_path, {"url": upstream}, [{"name": "local", "policy": policy}], anonymous_grant="local") as url:
+                async with Client(url, elicitation_callback=answering(decision, seen)) as client:
+                    result = await client.call_tool("echo", {"message": "held for a person"})
+                # Asked the 2026 way (in the result), not on a stream of a 2025 session.
+                log = (tmp_path / "toolgate.log").read_text(errors="replace")
+                assert "asked in the call's result (input_required)" in log, log
+                assert "session opened" not in log, log
+            assert len(seen) == 1 and "echo" in seen[0].message, seen
+            if approved:
+                assert not result.is_error, result
+                assert result.content[0].text == "Echo: held for a person"
+            else:
+                assert result.is_error
+                assert "declined in the agent's client" in result.content[0].text

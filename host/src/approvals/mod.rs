@@ -13,8 +13,10 @@
 //! (their calls are answered with an error by the transport that held them), so a held call
 //! is never run by a process that did not hold it.
 
+mod request_state;
 mod settings;
 
+pub use request_state::{StateError, STATE_PREFIX};
 pub use settings::{ApprovalSettings, ApprovalSpec, Bind, Reuse, Via, MAX_REUSE};
 
 use crate::call::ToolCall;
@@ -187,6 +189,8 @@ pub struct Approvals {
     clock: Arc<dyn Clock>,
     /// Told of every new request (a webhook), outside the registry's lock.
     announce: Option<Announce>,
+    /// The `requestState`s issued to 2026-07-28 clients.
+    states: request_state::RequestStates,
 }
 
 /// What is told of every new request.
@@ -205,6 +209,7 @@ impl Approvals {
             changed: Condvar::new(),
             clock,
             announce: None,
+            states: request_state::RequestStates::new(),
         }
     }
 

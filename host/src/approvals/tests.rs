@@ -480,3 +480,47 @@ fn an_approval_given_back_unused_serves_the_identical_retry_once() {
     approvals.give_back(&denied);
     assert_eq!(approvals.get(&denied).unwrap().state, State::Denied);
 }
+
+#[test]
+fn a_request_state_is_accepted_once_from_its_grant_before_it_expires_and_never_altered() {
+    let (approvals, clock) = registry();
+    let expires = clock.now_ms() + 60_000;
+    let state = approvals.seal_state("req-1", "agent", expires).unwrap();
+    assert!(state.starts_with(STATE_PREFIX));
+    // Altered anywhere: refused.
+    let mut bytes = state.clone().into_bytes();
+    let at = bytes.len() / 2;
+    bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+    let altered = String::from_utf8(bytes).unwrap();
+    assert!(matches!(
+        approvals.open_state(&altered, "agent"),
+        Err(StateError::Tampered | StateError::Malformed)
+    ));
+    assert_eq!(
+        approvals.open_state("tg1.abc", "agent"),
+        Err(StateError::Malformed)
+    );
+    assert_eq!(
+        approvals.open_state(&state, "other"),
+        Err(StateError::OtherGrant)
+    );
+    assert_eq!(
+        approvals.open_state(&state, "agent").as_deref(),
+        Ok("req-1")
+    );
+    assert_eq!(approvals.open_state(&state, "agent"), Err(StateError::Used));
+    // Another gateway process (another key) issued it: refused.
+    let (elsewhere, _) = registry();
+    let foreign = elsewhere.seal_state("req-1", "agent", expires).unwrap();
+    assert_eq!(
+        approvals.open_state(&foreign, "agent"),
+        Err(StateError::Tampered)
+    );
+    // Expired: refused.
+    let state = approvals.seal_state("req-2", "agent", expires).unwrap();
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(
+        approvals.open_state(&state, "agent"),
+        Err(StateError::Expired)
+    );
+}

@@ -6,7 +6,7 @@ use super::admission::Admission;
 use super::config::{Limits, Upstream};
 use super::error::{Failed, GatewayError};
 use super::grants::{Grant, Grants, Remembered};
-use super::headers::{LAST_EVENT_ID, PROTOCOL_VERSION, SESSION_ID};
+use super::headers::{LAST_EVENT_ID, MCP_METHOD, MCP_NAME, PROTOCOL_VERSION, SESSION_ID};
 use super::sessions::{GwSession, Link, Sessions};
 use super::upstream::{Pool, Response as UpstreamResponse, SendError};
 use crate::session::{Identity, SchemaChecks, Session};
@@ -197,6 +197,8 @@ impl Gateway {
             &header::CONTENT_TYPE,
             &LAST_EVENT_ID,
             &PROTOCOL_VERSION,
+            &MCP_METHOD,
+            &MCP_NAME,
         ] {
             if let Some(value) = client.get(name) {
                 headers.push((name.as_str(), value));

@@ -9,6 +9,11 @@ pub(crate) static SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-
 pub(crate) static PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
 /// Where a resumed SSE stream picks up.
 pub(crate) static LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+/// The 2026-07-28 routing headers: the request's method, and the name it acts on (a tool's,
+/// for `tools/call`). Servers of that protocol refuse a request without them.
+pub(crate) static MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
+/// See [`MCP_METHOD`].
+pub(crate) static MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
 
 /// The media type of `Content-Type`, without its parameters (`""` if none).
 pub(crate) fn media_type(headers: &HeaderMap) -> &str {

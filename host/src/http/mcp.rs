@@ -20,7 +20,7 @@ use super::config::Upstream;
 use super::error::{closing, json_response, Failed, GatewayError};
 use super::gateway::{Gateway, SMALL_REPLY};
 use super::grants::{Grant, Remembered};
-use super::headers::{accepts, media_type, SESSION_ID};
+use super::headers::{accepts, media_type, MCP_METHOD, MCP_NAME, SESSION_ID};
 use super::held;
 use super::relay::{relay, response_head, stream_lines, upstream_failed};
 use super::sessions::{GwSession, Link, STATELESS_SESSION};
@@ -139,6 +139,9 @@ async fn post_mcp(
     if posted.method().is_none() && posted.raw_id().is_none() {
         return GatewayError::NotAMessage.into_response();
     }
+    if let Err(refused) = routing_headers_agree(&parts.headers, &posted) {
+        return refused.reply(posted.raw_id());
+    }
     if parts.headers.contains_key(&SESSION_ID) {
         let session = match gw.find(&parts.headers, &grant) {
             Ok(session) => session,
@@ -150,6 +153,49 @@ async fn post_mcp(
         return initialize(&gw, grant, &parts.headers, &body, &posted).await;
     }
     stateless(&gw, grant, &parts.headers, &body, &posted).await
+}
+
+/// The 2026-07-28 routing headers (`Mcp-Method`, and `Mcp-Name` for a `tools/call`), when
+/// sent, must say what the body says: they pass upstream with it, and nothing between may
+/// route or read another method or tool than the one the gateway decides on.
+fn routing_headers_agree(headers: &HeaderMap, posted: &Posted<'_>) -> Result<(), GatewayError> {
+    let mismatch = |header: &str| GatewayError::Malformed {
+        code: crate::jsonrpc::INVALID_REQUEST,
+        message: format!("invalid request: the {header} header does not match the body"),
+    };
+    if let Some(method) = headers.get(&MCP_METHOD) {
+        if Some(method.as_bytes()) != posted.method().map(str::as_bytes) {
+            return Err(mismatch("Mcp-Method"));
+        }
+    }
+    if let (Some(name), Some("tools/call")) = (headers.get(&MCP_NAME), posted.method()) {
+        let said = name.to_str().ok().and_then(decode_header_value);
+        let body = posted
+            .envelope
+            .params
+            .and_then(|p| serde_json::from_str::<serde_json::Value>(p.get()).ok())
+            .and_then(|p| p["name"].as_str().map(str::to_owned));
+        if said.is_none() || said != body {
+            return Err(mismatch("Mcp-Name"));
+        }
+    }
+    Ok(())
+}
+
+/// A header value as 2026-07-28 clients write it: as it is, or `=?base64?…?=` (UTF-8).
+fn decode_header_value(value: &str) -> Option<String> {
+    use base64::Engine;
+    let Some(payload) = value
+        .strip_prefix("=?base64?")
+        .and_then(|v| v.strip_suffix("?="))
+    else {
+        return Some(value.to_owned());
+    };
+    let engine = base64::engine::general_purpose::STANDARD;
+    let decoded = engine.decode(payload).ok()?;
+    // Canonical only, as the SDKs require: one spelling per name.
+    (engine.encode(&decoded) == payload).then_some(())?;
+    String::from_utf8(decoded).ok()
 }
 
 /// The checks a POST passes before its body is read: `Host`/`Origin`, the token, the

@@ -3,13 +3,14 @@
 //! approver's reason; undecided: `require_approval` with the request's id, so that the
 //! identical retry passes once someone approves).
 
-use super::{ClientLine, Forward, Session};
-use crate::approvals::{Held, State, Ticket, Via};
+use super::{input_required, ClientLine, Forward, Session};
+use crate::approvals::{Held, Request, State, Ticket, Via};
 use crate::call::ToolCall;
 use crate::decision::{Decision, Verdict};
 use crate::jsonrpc::{self, Envelope};
 use crate::policy::{Outcome, Policy};
 use serde_json::json;
+use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::time::Duration;
 
@@ -71,15 +72,16 @@ impl HeldCall {
 /// (clients reset their request timeout on it).
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
-/// A line that outlives the held call's buffer.
-fn owned(line: ClientLine<'_>) -> ClientLine<'static> {
+/// A line that outlives the buffer it was decided from.
+pub(super) fn owned(line: ClientLine<'_>) -> ClientLine<'static> {
     match line {
         ClientLine::Forward(f) => ClientLine::Forward(Forward {
             line: Cow::Owned(f.line.into_owned()),
             upstream_id: f.upstream_id,
         }),
         ClientLine::Answer(a) => ClientLine::Answer(a),
-        _ => ClientLine::Drop,
+        ClientLine::Hold(h) => ClientLine::Hold(h),
+        ClientLine::Drop => ClientLine::Drop,
     }
 }
 
@@ -113,23 +115,40 @@ impl Session {
             state.elicitations.insert(id.clone(), held.approval.clone());
             id
         };
-        let arguments = serde_json::to_string_pretty(&request.arguments).unwrap_or_default();
-        let message = format!(
-            "An agent (grant {:?}) wants to call {:?}.\nRule {:?}: {:?}\nArguments:\n{arguments}\n\nApprove this call?",
-            request.grant, request.tool, request.rule, request.reason
-        );
-        let line = json!({"jsonrpc": "2.0", "id": id, "method": "elicitation/create", "params": {
-            "message": message,
-            "requestedSchema": {
-                "type": "object",
-                "properties": {"decision": {
-                    "type": "string", "title": "Decision", "enum": ["approve", "deny"],
-                    "description": "Approve lets this one call run; deny refuses it."
-                }},
-                "required": ["decision"]
-            }
-        }});
+        let line = json!({"jsonrpc": "2.0", "id": id, "method": "elicitation/create",
+                          "params": question(&request)});
         Some(line.to_string().into_bytes())
+    }
+
+    /// Decides `approval` on the client's answer to the gateway's question (an
+    /// `elicitation/create` result): approve on `accept` with `approve`, deny on `decline` (or
+    /// `accept` with `deny`); anything else (`cancel`, an error) leaves it to the other
+    /// channels.
+    pub(super) fn answered(&self, approval: &str, result: &serde_json::Value) {
+        let Some(approvals) = self.approvals.as_ref() else {
+            return;
+        };
+        let by = format!("the user of grant {}", self.identity.grant);
+        let decided = match (
+            result["action"].as_str(),
+            result["content"]["decision"].as_str(),
+        ) {
+            (Some("accept"), Some("approve")) => Some(approvals.approve(approval, &by, "client")),
+            (Some("accept"), Some("deny")) | (Some("decline"), _) => {
+                Some(approvals.deny(approval, &by, "client", "declined in the agent's client"))
+            }
+            _ => None,
+        };
+        match decided {
+            Some(Err(e)) => {
+                tracing::warn!(approval, error = %e, "the client's answer came too late")
+            }
+            Some(Ok(_)) => {}
+            None => tracing::info!(
+                approval,
+                "the client did not decide; the request stays with the other channels"
+            ),
+        }
     }
 
     /// A reply from the client to one of the gateway's own elicitations: approve on `accept`
@@ -145,34 +164,12 @@ impl Session {
             return None;
         }
         // One answer per elicitation: a replayed or stale one finds nothing.
-        let approval = self.state().elicitations.remove(&key);
-        let (Some(approval), Some(approvals)) = (approval, self.approvals.as_ref()) else {
+        let Some(approval) = self.state().elicitations.remove(&key) else {
             tracing::warn!(id = %key, "dropped an answer to no pending approval question");
             return Some(ClientLine::Drop);
         };
         let reply: serde_json::Value = serde_json::from_slice(line).unwrap_or_default();
-        let result = &reply["result"];
-        let by = format!("the user of grant {}", self.identity.grant);
-        let decided = match (
-            result["action"].as_str(),
-            result["content"]["decision"].as_str(),
-        ) {
-            (Some("accept"), Some("approve")) => Some(approvals.approve(&approval, &by, "client")),
-            (Some("accept"), Some("deny")) | (Some("decline"), _) => {
-                Some(approvals.deny(&approval, &by, "client", "declined in the agent's client"))
-            }
-            _ => None,
-        };
-        match decided {
-            Some(Err(e)) => {
-                tracing::warn!(approval, error = %e, "the client's answer came too late")
-            }
-            Some(Ok(_)) => {}
-            None => tracing::info!(
-                approval,
-                "the client did not decide; the request stays with the other channels"
-            ),
-        }
+        self.answered(&approval, &reply["result"]);
         Some(ClientLine::Drop)
     }
 
@@ -185,12 +182,15 @@ impl Session {
         policy: &Policy,
         call: &ToolCall<'_>,
         decision: &Decision,
-        raw_params: &str,
+        (id, raw_params): (&RawValue, &str),
     ) -> Option<Result<Outcome, Refused>> {
         let approvals = self.approvals.as_ref()?;
         let settings = policy.approval_for(call.tool);
-        let via_client =
-            settings.via != Via::Operator && self.client_channel && self.state().client_elicits;
+        let client = settings.via != Via::Operator && self.client_channel;
+        // A 2026-07-28 client takes no requests from the server: it is asked in the call's
+        // result instead (`input_required`), and answers in its retry.
+        let round_trip = client && input_required::elicits(raw_params);
+        let via_client = client && (round_trip || self.state().client_elicits);
         let via_operator = settings.via != Via::Client && self.operator_channel;
         if !via_client && !via_operator {
             return None;
@@ -214,6 +214,10 @@ impl Session {
         );
         match ticket {
             Ok(Ticket::Approved { .. }) => Some(Ok(policy.decide_approved(call, &self.counters))),
+            Ok(Ticket::Pending { id: approval, .. }) if round_trip => {
+                let request = approvals.get(&approval)?;
+                Some(Err(Refused::Answer(self.input_required(id, &request))))
+            }
             Ok(Ticket::Pending { id, .. }) => Some(Err(Refused::Hold {
                 approval: id,
                 hold: settings.hold,
@@ -243,6 +247,15 @@ impl Session {
         let Ok(envelope) = Envelope::parse(&held.line) else {
             return ClientLine::Drop;
         };
+        match self.released(held, &envelope, outcome) {
+            ClientLine::Answer(answer) => {
+                ClientLine::Answer(input_required::for_protocol(answer, envelope.params))
+            }
+            line => line,
+        }
+    }
+
+    fn released(&self, held: &HeldCall, envelope: &Envelope, outcome: Held) -> ClientLine<'static> {
         let Some(id) = envelope.id else {
             return ClientLine::Drop;
         };
@@ -311,27 +324,54 @@ impl Session {
                 "approval",
                 format!("denied by {by}: {reason}"),
             )),
-            Held::Undecided { state, expires_ms } => {
-                let mut result = Decision {
-                    verdict: Verdict::RequireApproval,
-                    rule: "approval".into(),
-                    reason: match state {
-                        State::Pending => format!(
-                            "waiting for approval (request {}); retry the same call once it is approved",
-                            held.approval
-                        ),
-                        other => format!("approval request {} {}", held.approval, other.as_str()),
-                    },
-                    retry_after_ms: None,
-                }
-                .to_tool_result();
-                result["_meta"]["toolgate"]["approval"] = json!({
-                    "id": held.approval,
-                    "state": state.as_str(),
-                    "expires_at_ms": expires_ms,
-                });
-                ClientLine::Answer(jsonrpc::result_line(id, &result))
-            }
+            Held::Undecided { state, expires_ms } => ClientLine::Answer(jsonrpc::result_line(
+                id,
+                &undecided(&held.approval, state, expires_ms),
+            )),
         }
     }
+}
+
+/// The `elicitation/create` params asking a person about `request`: what is called, by whom,
+/// under which rule, with the masked arguments, and a choice of approve or deny.
+pub(super) fn question(request: &Request) -> serde_json::Value {
+    let arguments = serde_json::to_string_pretty(&request.arguments).unwrap_or_default();
+    let message = format!(
+        "An agent (grant {:?}) wants to call {:?}.\nRule {:?}: {:?}\nArguments:\n{arguments}\n\nApprove this call?",
+        request.grant, request.tool, request.rule, request.reason
+    );
+    json!({
+        "message": message,
+        "requestedSchema": {
+            "type": "object",
+            "properties": {"decision": {
+                "type": "string", "title": "Decision", "enum": ["approve", "deny"],
+                "description": "Approve lets this one call run; deny refuses it."
+            }},
+            "required": ["decision"]
+        }
+    })
+}
+
+/// The result for a call whose approval request `approval` is still undecided (`pending`:
+/// the identical retry passes once someone approves) or ended undecided.
+pub(super) fn undecided(approval: &str, state: State, expires_ms: u64) -> serde_json::Value {
+    let mut result = Decision {
+        verdict: Verdict::RequireApproval,
+        rule: "approval".into(),
+        reason: match state {
+            State::Pending => format!(
+                "waiting for approval (request {approval}); retry the same call once it is approved"
+            ),
+            other => format!("approval request {approval} {}", other.as_str()),
+        },
+        retry_after_ms: None,
+    }
+    .to_tool_result();
+    result["_meta"]["toolgate"]["approval"] = json!({
+        "id": approval,
+        "state": state.as_str(),
+        "expires_at_ms": expires_ms,
+    });
+    result
 }

@@ -55,6 +55,7 @@
 mod approval;
 mod catalogue;
 mod ids;
+mod input_required;
 
 pub use approval::{HeldCall, PROGRESS_EVERY};
 pub use catalogue::SchemaChecks;
@@ -249,7 +250,12 @@ impl Session {
             ));
         }
         match (envelope.method.as_deref(), envelope.id) {
-            (Some(method), Some(id)) => self.request(line, method, id, envelope.params),
+            (Some(method), Some(id)) => match self.request(line, method, id, envelope.params) {
+                ClientLine::Answer(answer) => {
+                    ClientLine::Answer(input_required::for_protocol(answer, envelope.params))
+                }
+                line => line,
+            },
             (Some(method), None) => self.client_notification(line, method, envelope.params),
             (None, Some(id)) => match self.elicitation_answer(line, id) {
                 Some(answered) => answered,
@@ -289,6 +295,13 @@ impl Session {
         // A reused id is refused before the policy runs: it must not cost a counter unit.
         if self.is_pending(&client_key) {
             return ClientLine::Answer(reused(id));
+        }
+        // A 2026-07-28 retry answering the gateway's own question: decided on, then the call
+        // goes on without the gateway's parts.
+        if method == "tools/call" {
+            if let Some(retried) = self.answered_retry(line, id) {
+                return retried;
+            }
         }
         let kind = match method {
             "tools/call" => match self.decide_call(params, id, false) {
@@ -403,7 +416,7 @@ impl Session {
             };
             if outcome.decision.verdict == Verdict::RequireApproval && !approved {
                 // Held, let through by an approval already given, or refused as before.
-                match self.ask_approval(&policy, &call, &outcome.decision, raw_params) {
+                match self.ask_approval(&policy, &call, &outcome.decision, (id, raw_params)) {
                     None => {
                         let mut outcome = outcome;
                         outcome.decision.reason += " (approval not configured: this gateway has no approvers, so calls that need approval are refused; `toolgate run --admin-socket` holds them for `toolgate approvals`)";
