@@ -19,6 +19,7 @@ use toolgate::session::{Identity, SchemaChecks, Session};
 use toolgate::stdio::{self, Ending, StdioLimits};
 use toolgate::testing;
 
+mod approvals_cli;
 mod plugin_cli;
 
 #[derive(Parser)]
@@ -149,15 +150,9 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         socket: PathBuf,
     },
-    /// Calls held for approval by a running `toolgate run --admin-socket PATH`: list them,
-    /// show one, approve or deny it.
-    Approvals {
-        /// The gateway's `--admin-socket`.
-        #[arg(long, value_name = "PATH")]
-        socket: PathBuf,
-        #[command(subcommand)]
-        command: ApprovalsCommand,
-    },
+    /// Calls held for approval by a running gateway (`toolgate run --admin-socket`, or
+    /// `toolgate serve`'s admin listener): list them, show one, approve or deny it.
+    Approvals(approvals_cli::ApprovalsArgs),
     /// See toolgate work: a scripted agent calls an LLM CLI Gateway stand-in through the gateway.
     Demo,
     /// Work with plugins (WebAssembly components).
@@ -173,30 +168,6 @@ enum Command {
         /// With --echo: serve Streamable HTTP on this address (`/mcp`) instead of stdio.
         #[arg(long, value_name = "ADDR", requires = "echo")]
         http: Option<std::net::SocketAddr>,
-    },
-}
-
-#[derive(Subcommand)]
-enum ApprovalsCommand {
-    /// Every request, newest first (pending, then decided, expired and consumed ones).
-    List,
-    /// One request, with its masked arguments.
-    Show {
-        /// The request's id.
-        id: String,
-    },
-    /// Approve a request: its held call goes upstream once (or its identical retry does).
-    Approve {
-        /// The request's id.
-        id: String,
-    },
-    /// Deny a request: the agent gets a deny naming you and the reason.
-    Deny {
-        /// The request's id.
-        id: String,
-        /// Why (the agent sees it).
-        #[arg(long)]
-        reason: String,
     },
 }
 
@@ -397,32 +368,7 @@ fn main() -> ExitCode {
         } => eval(&policy, &call, exit_code),
         Command::Reload { socket } => admin(&socket, "reload"),
         Command::Status { socket } => admin(&socket, "status"),
-        Command::Approvals { socket, command } => {
-            // Who decided, as the log and the agent see it: this user.
-            let by = std::env::var("USER").unwrap_or_else(|_| "operator".into());
-            let by: String = by.split_whitespace().collect::<Vec<_>>().join("_");
-            let id = match &command {
-                ApprovalsCommand::Show { id }
-                | ApprovalsCommand::Approve { id }
-                | ApprovalsCommand::Deny { id, .. } => Some(id),
-                ApprovalsCommand::List => None,
-            };
-            if let Some(id) = id.filter(|id| uuid::Uuid::parse_str(id).is_err()) {
-                eprintln!(
-                    "toolgate approvals: `{id}` is not a request id (a UUID, as `list` shows)"
-                );
-                return ExitCode::from(2);
-            }
-            let line = match command {
-                ApprovalsCommand::List => "approvals list".to_owned(),
-                ApprovalsCommand::Show { id } => format!("approvals show {id}"),
-                ApprovalsCommand::Approve { id } => format!("approvals approve {id} {by}"),
-                ApprovalsCommand::Deny { id, reason } => {
-                    format!("approvals deny {id} {by} {}", reason.replace('\n', " "))
-                }
-            };
-            admin(&socket, &line)
-        }
+        Command::Approvals(args) => approvals_cli::run(args),
         Command::Demo => match toolgate::demo::run(&mut std::io::stdout()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

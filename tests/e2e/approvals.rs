@@ -39,7 +39,7 @@ fn approvals(socket: &Path, args: &[&str]) -> Value {
 fn pending(socket: &Path, tool: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let list = approvals(socket, &["list"]);
+        let list = approvals(socket, &["list", "--json"]);
         if let Some(r) = list["requests"]
             .as_array()
             .into_iter()

@@ -7,6 +7,7 @@
 //! core are unit tests beside their code.
 
 mod approvals;
+mod approvals_cli;
 mod approvals_client_http;
 mod approvals_http;
 mod bad_input;

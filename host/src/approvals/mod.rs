@@ -385,7 +385,19 @@ impl Approvals {
     /// Approves request `id` (by `by`, through `channel`). Idempotent: approving an approved
     /// request again changes nothing.
     pub fn approve(&self, id: &str, by: &str, channel: &str) -> Result<Request, ApprovalError> {
-        self.decide(id, by, channel, None)
+        self.decide(id, by, channel, None, None)
+    }
+
+    /// [`Approvals::approve`], with the approver choosing how far the approval reaches
+    /// instead of the rule (`toolgate approvals approve ID --reuse 1h`).
+    pub fn approve_reusing(
+        &self,
+        id: &str,
+        by: &str,
+        channel: &str,
+        reuse: Reuse,
+    ) -> Result<Request, ApprovalError> {
+        self.decide(id, by, channel, None, Some(reuse))
     }
 
     /// Denies request `id` with `reason`. Idempotent like [`Approvals::approve`].
@@ -396,7 +408,7 @@ impl Approvals {
         channel: &str,
         reason: &str,
     ) -> Result<Request, ApprovalError> {
-        self.decide(id, by, channel, Some(reason))
+        self.decide(id, by, channel, Some(reason), None)
     }
 
     fn decide(
@@ -405,6 +417,7 @@ impl Approvals {
         by: &str,
         channel: &str,
         deny: Option<&str>,
+        reuse: Option<Reuse>,
     ) -> Result<Request, ApprovalError> {
         let now = self.clock.now_ms();
         let mut inner = self.lock();
@@ -435,6 +448,9 @@ impl Approvals {
         r.decided_by = Some(by.to_owned());
         r.channel = Some(channel.to_owned());
         r.note = deny.map(str::to_owned);
+        if let Some(reuse) = reuse {
+            r.reuse = reuse;
+        }
         r.reusable_until_ms = match r.reuse {
             // The held call, or its identical retry until the request's timeout.
             Reuse::Once => r.expires_ms,

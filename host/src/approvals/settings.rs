@@ -102,26 +102,37 @@ impl ApprovalSpec {
             ));
         }
         if let Some(reuse) = &self.reuse {
-            s.reuse = match reuse.as_str() {
-                "once" => Reuse::Once,
-                "session" => Reuse::Session,
-                other => {
-                    let window = duration("reuse", other).map_err(|_| {
-                        format!("`reuse` is `once`, `session` or a duration up to 24h (`1h`), not `{other}`")
-                    })?;
-                    if window > MAX_REUSE {
-                        return Err(format!(
-                            "`reuse` of {} is over the 24h maximum",
-                            show(window)
-                        ));
-                    }
-                    Reuse::For(window)
-                }
-            };
+            s.reuse = reuse.parse()?;
         }
         s.bind = self.bind.unwrap_or(Bind::Args);
         s.via = self.via.unwrap_or(Via::Both);
         Ok(s)
+    }
+}
+
+impl std::str::FromStr for Reuse {
+    type Err = String;
+
+    /// `once`, `session`, or a duration up to 24 h (`1h`), as a rule or an approver writes it.
+    fn from_str(text: &str) -> Result<Self, String> {
+        Ok(match text {
+            "once" => Reuse::Once,
+            "session" => Reuse::Session,
+            other => {
+                let window = duration("reuse", other).map_err(|_| {
+                    format!(
+                        "`reuse` is `once`, `session` or a duration up to 24h (`1h`), not `{other}`"
+                    )
+                })?;
+                if window > MAX_REUSE {
+                    return Err(format!(
+                        "`reuse` of {} is over the 24h maximum",
+                        show(window)
+                    ));
+                }
+                Reuse::For(window)
+            }
+        })
     }
 }
 

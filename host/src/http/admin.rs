@@ -17,6 +17,7 @@ use super::config::parse_sha256;
 use super::error::GatewayError;
 use super::gateway::{Approver, Gateway};
 use super::tls::ListenerCert;
+use crate::approvals::Reuse;
 use crate::reload::Reloadable;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
@@ -137,8 +138,29 @@ async fn approvals_approve(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let decided = approver(&admin, &request).and_then(|a| decide_as(&admin, &id, a, None));
-    decided.unwrap_or_else(IntoResponse::into_response)
+    let approver = match approver(&admin, &request) {
+        Ok(a) => a,
+        Err(refused) => return refused.into_response(),
+    };
+    // `{"reuse": "1h"}`: the approver chooses how far the approval reaches.
+    let body = axum::body::to_bytes(request.into_body(), 64 << 10)
+        .await
+        .unwrap_or_default();
+    let reuse = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["reuse"].as_str().map(str::parse::<Reuse>));
+    let reuse = match reuse.transpose() {
+        Ok(reuse) => reuse,
+        Err(e) => return GatewayError::ApprovalBadReuse(e).into_response(),
+    };
+    decide_as(&admin, &id, approver, Decision::Approve(reuse))
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// What an approver decides.
+enum Decision<'a> {
+    Approve(Option<Reuse>),
+    Deny(&'a str),
 }
 
 async fn approvals_deny(
@@ -160,7 +182,8 @@ async fn approvals_deny(
     let Some(reason) = reason else {
         return GatewayError::ApprovalNeedsReason.into_response();
     };
-    decide_as(&admin, &id, approver, Some(&reason)).unwrap_or_else(IntoResponse::into_response)
+    decide_as(&admin, &id, approver, Decision::Deny(&reason))
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 /// Records `approver`'s decision on `id` (idempotent: the same decision again changes
@@ -169,13 +192,16 @@ fn decide_as(
     admin: &Admin,
     id: &str,
     approver: &Approver,
-    deny: Option<&str>,
+    decision: Decision<'_>,
 ) -> Result<Response, GatewayError> {
     request_for(admin, approver, id)?;
     let approvals = &admin.gateway.approvals;
-    let decided = match deny {
-        None => approvals.approve(id, &approver.name, "http"),
-        Some(reason) => approvals.deny(id, &approver.name, "http", reason),
+    let decided = match decision {
+        Decision::Approve(None) => approvals.approve(id, &approver.name, "http"),
+        Decision::Approve(Some(reuse)) => {
+            approvals.approve_reusing(id, &approver.name, "http", reuse)
+        }
+        Decision::Deny(reason) => approvals.deny(id, &approver.name, "http", reason),
     };
     let request = decided.map_err(|e| GatewayError::ApprovalConflict(e.to_string()))?;
     Ok(Json(json!({"ok": true, "request": request})).into_response())

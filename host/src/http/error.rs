@@ -131,6 +131,9 @@ pub(crate) enum GatewayError {
     /// A deny without a reason.
     #[error("a deny needs a reason: {{\"reason\": \"...\"}}")]
     ApprovalNeedsReason,
+    /// An approval's `reuse` that cannot be.
+    #[error("{0}")]
+    ApprovalBadReuse(String),
     /// The approvals page's login with a token no approver has.
     #[error("that is not an approver's token")]
     PageLoginFailed,
@@ -241,7 +244,9 @@ impl GatewayError {
             E::ApprovalNotFound(_) => (StatusCode::NOT_FOUND, Body::Admin),
             E::ApprovalForbidden { .. } => (StatusCode::FORBIDDEN, Body::Admin),
             E::ApprovalConflict(_) => (StatusCode::CONFLICT, Body::Admin),
-            E::ApprovalNeedsReason => (StatusCode::BAD_REQUEST, Body::Admin),
+            E::ApprovalNeedsReason | E::ApprovalBadReuse(_) => {
+                (StatusCode::BAD_REQUEST, Body::Admin)
+            }
             E::PageLoginFailed | E::PageNoSession => (StatusCode::UNAUTHORIZED, Body::Admin),
             E::PageCrossSite | E::PageCsrf => (StatusCode::FORBIDDEN, Body::Admin),
             E::PageNeedsReason => (StatusCode::BAD_REQUEST, Body::Admin),

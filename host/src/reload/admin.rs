@@ -122,8 +122,8 @@ pub fn serve_admin(
     Ok(())
 }
 
-/// `approvals list`, `approvals show ID`, `approvals approve ID BY`, `approvals deny ID BY
-/// REASON...`: the operator's channel of a `toolgate run` (the socket is this user's only).
+/// `approvals list`, `approvals show ID`, `approvals approve ID BY [REUSE]`, `approvals deny
+/// ID BY REASON...`: the operator's channel of a `toolgate run` (the socket is this user's only).
 /// The uid of the process at the other end of the socket (`SO_PEERCRED`): who decided, as
 /// the kernel says, recorded beside the name the CLI sent.
 fn peer_uid(stream: &std::os::unix::net::UnixStream) -> Option<u32> {
@@ -175,6 +175,10 @@ fn approvals_command(
             None => json!({"ok": false, "error": format!("no approval request `{id}`")}),
         },
         ["approve", id, by] => decided(approvals.approve(id, &who(by), "cli")),
+        ["approve", id, by, reuse] => match reuse.parse() {
+            Ok(reuse) => decided(approvals.approve_reusing(id, &who(by), "cli", reuse)),
+            Err(e) => json!({"ok": false, "error": e}),
+        },
         ["deny", id, by, reason @ ..] if !reason.is_empty() => {
             decided(approvals.deny(id, &who(by), "cli", &reason.join(" ")))
         }
