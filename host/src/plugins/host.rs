@@ -18,7 +18,7 @@ use super::limits::{
     IMPORT_CALLS_PER_EVALUATION, LOG_BYTES_PER_EVALUATION, MAX_COUNTER_NAME_BYTES,
 };
 use crate::counters::MAX_WINDOW_MS;
-use crate::counters::{CounterKey, CounterStore, Reservation, Scope, Window};
+use crate::counters::{CounterKey, CounterStore, Refusal, Reservation, Scope, Window};
 use std::sync::Arc;
 
 /// What one evaluation may touch. Lives in the wasmtime `Store`.
@@ -293,7 +293,11 @@ impl counters::Host for EvalState {
                 self.reservations.append(&mut taken);
                 Ok(())
             }
-            Err(exhausted) => Err(exhausted.retry_after_ms),
+            Err(Refusal::Exhausted(exhausted)) => Err(exhausted.retry_after_ms),
+            // Fail closed: the plugin's evaluation traps, and the call is denied.
+            Err(Refusal::Unavailable(why)) => {
+                return Err(wasmtime::Error::msg(format!("counters: {why}")))
+            }
         })
     }
 }

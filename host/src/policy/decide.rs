@@ -3,7 +3,7 @@
 
 use super::{Action, DefaultAction, Limit, Outcome, PluginUse, Policy, Rule, Step, UNKNOWN_RULE};
 use crate::call::ToolCall;
-use crate::counters::{CounterKey, CounterStore, Window};
+use crate::counters::{CounterKey, CounterStore, Refusal, Window};
 use crate::decision::{Decision, Verdict};
 use crate::plugins::PluginCall;
 use std::sync::Arc;
@@ -182,7 +182,10 @@ impl Policy {
                 || "limits".into(),
                 || match &consumed {
                     Ok(_) => "consumed".into(),
-                    Err(e) => format!("exhausted: counter {}", limits[e.index].counter),
+                    Err(Refusal::Exhausted(e)) => {
+                        format!("exhausted: counter {}", limits[e.index].counter)
+                    }
+                    Err(Refusal::Unavailable(why)) => format!("not counted: {why}"),
                 },
             );
         }
@@ -196,7 +199,14 @@ impl Policy {
                 &mut trace,
                 approved,
             ),
-            Err(exhausted) => {
+            // Fail closed: a store that cannot count refuses every limited call, saying why.
+            Err(Refusal::Unavailable(why)) => refuse(Decision {
+                verdict: Verdict::RateLimited,
+                rule: "counters".into(),
+                reason: format!("the call could not be counted, so it is refused: {why}"),
+                retry_after_ms: Some(1000),
+            }),
+            Err(Refusal::Exhausted(exhausted)) => {
                 let limit = limits[exhausted.index];
                 let retry_s = exhausted.retry_after_ms.div_ceil(1000);
                 refuse(Decision {

@@ -13,6 +13,7 @@ use crate::clock::{Clock, ManualClock};
 use crate::policy::Policy;
 use proptest::prelude::*;
 use serde_json::json;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The most units admitted in any half-open interval `[t, t + window)`. The busiest interval
@@ -55,6 +56,7 @@ proptest! {
                     admitted.push(r[0].at_ms());
                 }
                 Err(e) => {
+                    let e = e.exhausted().cloned().unwrap();
                     prop_assert_eq!(in_window, max, "refused with room in the window");
                     // Retrying exactly when told must succeed, and a millisecond earlier must not.
                     let oldest = admitted[admitted.len() - max as usize];

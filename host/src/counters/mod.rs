@@ -1,0 +1,164 @@
+//! Named counters over sliding windows: the state behind every rate limit.
+//!
+//! A counter is identified by its name and a scope value (the grant, the MCP session, or
+//! nothing for a global counter). [`CounterStore::consume`] is the only way in: it checks every
+//! requested counter and takes one unit from each **atomically, all or nothing**, so two
+//! callers racing for the last unit can never both win, and a call limited by its second counter
+//! does not spend its first. A backend that lives elsewhere (Redis) implements the same two
+//! calls with a script; nothing else about counters leaks into the policy engine.
+//!
+//! A call takes **one unit per distinct counter** (name and scope value), however many of its
+//! limits name it: a counter in both `all_tools.limits` and the rule's limits, or with a
+//! minute and an hour window, takes one unit, which every window naming it must admit. So a
+//! cap of `max` admits exactly `max` calls, whichever limits spell it.
+//!
+//! ## Why an exact sliding window
+//! The store keeps the timestamp of every unit consumed within the window (a sliding log) and
+//! admits a call only while fewer than `max` timestamps lie in `(now - window, now]`. So **no
+//! interval of the window's length ever admits more than `max`**. A fixed window (reset every
+//! minute on the minute) is cheaper, but admits `max` calls at 00:59 and `max` more at 01:00:
+//! twice the limit inside two seconds, which is exactly the burst a rate cap exists to stop.
+//! The cost is memory: up to `max` timestamps (8 bytes each) per live counter.
+
+mod memory;
+
+pub use memory::MemoryCounterStore;
+
+/// Who shares a counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// One count per grant (agent identity): every session of the agent shares it.
+    Grant,
+    /// One count per MCP session (one client connection).
+    Session,
+    /// One count for everybody.
+    Global,
+}
+
+impl Scope {
+    /// The scope's name as policies write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Grant => "grant",
+            Scope::Session => "session",
+            Scope::Global => "global",
+        }
+    }
+}
+
+/// The identity of one counter: its owner and name plus the scope value it is kept for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CounterKey {
+    /// `None` for the policy's own counters (its limits, and those it grants a plugin by
+    /// name); a plugin's name for the counters that plugin keeps for itself. A plugin's own
+    /// counters can never be the policy's or another plugin's, whatever their names.
+    pub owner: Option<std::sync::Arc<str>>,
+    /// The counter's name from the policy (or the plugin).
+    pub counter: String,
+    /// `grant:<name>`, `session:<id>` or `global`.
+    pub scope_value: String,
+}
+
+impl CounterKey {
+    /// The key of `counter` as seen by a call from `grant` in `session`.
+    pub fn new(counter: &str, scope: Scope, grant: &str, session: &str) -> Self {
+        let scope_value = match scope {
+            Scope::Grant => format!("grant:{grant}"),
+            Scope::Session => format!("session:{session}"),
+            Scope::Global => "global".to_owned(),
+        };
+        Self {
+            owner: None,
+            counter: counter.to_owned(),
+            scope_value,
+        }
+    }
+
+    /// The same counter, kept apart as `plugin`'s own.
+    pub fn owned_by(self, plugin: std::sync::Arc<str>) -> Self {
+        Self {
+            owner: Some(plugin),
+            ..self
+        }
+    }
+}
+
+/// The longest window a counter may have: a week. Every unit is kept (as a timestamp) for its
+/// window, so a longer window holds memory for longer; policies and plugins are held to it.
+pub const MAX_WINDOW_MS: u64 = 7 * 86_400_000;
+
+/// How many units a window admits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// Units admitted per window; at least 1.
+    pub max: u64,
+    /// The window's length in milliseconds; at least 1.
+    pub length_ms: u64,
+}
+
+/// One unit taken from one counter, returned by [`CounterStore::consume`] so it can be refunded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reservation {
+    key: CounterKey,
+    at_ms: u64,
+}
+
+impl Reservation {
+    /// When the unit was taken, in the store's clock's milliseconds.
+    pub fn at_ms(&self) -> u64 {
+        self.at_ms
+    }
+}
+
+/// A request that [`CounterStore::consume`] refused: the window that is full and when the call
+/// would be admitted. When several are full, it is the one that frees up last: a retry any
+/// earlier would be refused by it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exhausted {
+    /// Index into the requests of the window that refused (the one full the longest).
+    pub index: usize,
+    /// Milliseconds until every requested window has room for one more unit.
+    pub retry_after_ms: u64,
+}
+
+/// Why [`CounterStore::consume`] took nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A window is full.
+    Exhausted(Exhausted),
+    /// The store could not be asked (a server that does not answer in time): nothing is
+    /// counted, so a limited call is refused (fail closed). The text names the store.
+    Unavailable(String),
+}
+
+impl Refusal {
+    /// The full window, if that is why.
+    pub fn exhausted(&self) -> Option<&Exhausted> {
+        match self {
+            Refusal::Exhausted(e) => Some(e),
+            Refusal::Unavailable(_) => None,
+        }
+    }
+}
+
+impl From<Exhausted> for Refusal {
+    fn from(e: Exhausted) -> Self {
+        Refusal::Exhausted(e)
+    }
+}
+
+/// Storage for counters. Implementations must make `consume` atomic across all its requests.
+pub trait CounterStore: Send + Sync {
+    /// Takes one unit from every distinct key in `requests`, or from none of them. A key that
+    /// appears several times (with the same or different windows) takes one unit, admitted
+    /// only if each of its windows has room for it; one [`Reservation`] is returned per key.
+    fn consume(&self, requests: &[(CounterKey, Window)]) -> Result<Vec<Reservation>, Refusal>;
+    /// Gives back units taken by `consume` (the call never ran upstream).
+    fn refund(&self, reservations: &[Reservation]);
+    /// The store's clock, in milliseconds: what plugins see as "now".
+    fn now_ms(&self) -> u64;
+}
+
+#[cfg(test)]
+mod tests;
