@@ -71,6 +71,11 @@ enum Command {
         /// under the user's data folder).
         #[arg(long, value_name = "DIR")]
         store: Option<PathBuf>,
+        /// Where the policy's counters are kept: `memory` (this process only: a new process
+        /// starts from zero), or `sqlite:PATH` (a file that every `toolgate run` on this
+        /// machine naming it shares, kept across restarts).
+        #[arg(long, value_name = "STORE", default_value = "memory")]
+        counters: String,
         /// The upstream MCP server's command and arguments (after `--`, or simply last: every
         /// word from the first positional one on belongs to the upstream).
         #[arg(
@@ -251,9 +256,17 @@ fn main() -> ExitCode {
             skip_schema,
             trust,
             store,
+            counters,
             upstream,
         } => {
             init_logging();
+            let counters = match toolgate::counters::open(&counters, Arc::new(SystemClock::new())) {
+                Ok(counters) => counters,
+                Err(e) => {
+                    eprintln!("toolgate: --counters: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let loader = operator_loader(trust, store);
             let live = match LivePolicy::load(&policy, loader) {
                 Ok(live) => live,
@@ -291,7 +304,7 @@ fn main() -> ExitCode {
             let operator = admin_socket.is_some();
             match run(
                 &live,
-                grant,
+                (grant, counters),
                 &limits,
                 schemas,
                 (approvals, operator),
@@ -404,13 +417,12 @@ fn main() -> ExitCode {
 
 fn run(
     live: &LivePolicy,
-    grant: String,
+    (grant, counters): (String, Arc<dyn toolgate::counters::CounterStore>),
     limits: &StdioLimits,
     schemas: SchemaChecks,
     (approvals, operator): (Arc<toolgate::approvals::Approvals>, bool),
     upstream: &[String],
 ) -> anyhow::Result<ExitCode> {
-    let counters = Arc::new(MemoryCounterStore::new(Arc::new(SystemClock::new())));
     let identity = Identity {
         grant,
         session: uuid::Uuid::new_v4().to_string(),

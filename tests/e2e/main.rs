@@ -11,6 +11,7 @@ mod approvals_cli;
 mod approvals_client_http;
 mod approvals_http;
 mod bad_input;
+mod counters;
 mod fuzz_smoke;
 mod hot_swap;
 mod house;

@@ -19,11 +19,13 @@ pub struct MemoryCounterStore {
 struct State {
     logs: HashMap<CounterKey, Log>,
     consumes_since_sweep: u32,
+    /// The last unit id handed out.
+    next_unit: u64,
 }
 
-/// The timestamps of the units taken within the longest window seen for the key.
+/// The units taken within the longest window seen for the key: (timestamp, unit id), sorted.
 struct Log {
-    stamps: VecDeque<u64>,
+    stamps: VecDeque<(u64, u64)>,
     longest_window_ms: u64,
 }
 
@@ -50,7 +52,7 @@ impl MemoryCounterStore {
             .map(|log| {
                 log.stamps
                     .iter()
-                    .filter(|&&t| expires(t, window) > now)
+                    .filter(|&&(t, _)| expires(t, window) > now)
                     .count() as u64
             })
             .unwrap_or(0)
@@ -72,19 +74,20 @@ impl MemoryCounterStore {
 }
 
 /// Units in `(now - window, now]` and, when the window is full, ms until the oldest leaves it.
-fn check(stamps: &VecDeque<u64>, window: Window, now: u64) -> Result<(), u64> {
+fn check(stamps: &VecDeque<(u64, u64)>, window: Window, now: u64) -> Result<(), u64> {
     if window.max == 0 {
         // Admits nothing (the policy loader and the plugin host refuse such limits already).
         return Err(window.length_ms.max(1));
     }
     // Stamps are sorted: binary-search the first one inside the window (O(log n), so a
     // counter with a large `max` costs no more per call than a small one).
-    let inside = (stamps.len() - stamps.partition_point(|&t| expires(t, window) <= now)) as u64;
+    let inside =
+        (stamps.len() - stamps.partition_point(|&(t, _)| expires(t, window) <= now)) as u64;
     if inside < window.max {
         return Ok(());
     }
     // The window is full: the oldest of the newest `max` stamps must leave it first.
-    let oldest_blocking = stamps[stamps.len() - window.max as usize];
+    let (oldest_blocking, _) = stamps[stamps.len() - window.max as usize];
     Err(expires(oldest_blocking, window).saturating_sub(now).max(1))
 }
 
@@ -144,14 +147,20 @@ impl CounterStore for MemoryCounterStore {
             while log
                 .stamps
                 .front()
-                .is_some_and(|&t| expires(t, longest) <= now)
+                .is_some_and(|&(t, _)| expires(t, longest) <= now)
             {
                 log.stamps.pop_front();
             }
-            log.stamps.push_back(now);
+            state.next_unit += 1;
+            let unit = state.next_unit;
+            let Some(log) = state.logs.get_mut(key) else {
+                continue;
+            };
+            log.stamps.push_back((now, unit));
             reservations.push(Reservation {
                 key: key.clone(),
                 at_ms: now,
+                unit,
             });
         }
         state.consumes_since_sweep += 1;
@@ -164,7 +173,7 @@ impl CounterStore for MemoryCounterStore {
                 };
                 log.stamps
                     .back()
-                    .is_some_and(|&t| expires(t, longest) > now)
+                    .is_some_and(|&(t, _)| expires(t, longest) > now)
             });
         }
         Ok(reservations)
@@ -178,8 +187,12 @@ impl CounterStore for MemoryCounterStore {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         for reservation in reservations {
             if let Some(log) = state.logs.get_mut(&reservation.key) {
-                // Remove the newest stamp with this time: stamps are sorted, search from the back.
-                if let Some(pos) = log.stamps.iter().rposition(|&t| t == reservation.at_ms) {
+                // Exactly that unit, once: a second refund of it finds nothing.
+                if let Some(pos) = log
+                    .stamps
+                    .iter()
+                    .rposition(|&u| u == (reservation.at_ms, reservation.unit))
+                {
                     log.stamps.remove(pos);
                 }
             }
@@ -189,172 +202,18 @@ impl CounterStore for MemoryCounterStore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::conformance::{self, Counting};
     use super::super::Scope;
     use super::*;
     use crate::clock::ManualClock;
     use std::time::Duration;
 
+    conformance::suite!(|clock: Arc<ManualClock>| -> Box<dyn Counting> {
+        Box::new(MemoryCounterStore::new(clock))
+    });
+
     fn key(name: &str) -> CounterKey {
         CounterKey::new(name, Scope::Grant, "g", "s")
-    }
-
-    #[test]
-    fn admits_max_then_reports_when_the_oldest_unit_leaves() {
-        let clock = ManualClock::starting_at(1_000_000);
-        let store = MemoryCounterStore::new(clock.clone());
-        let w = Window {
-            max: 3,
-            length_ms: 60_000,
-        };
-        for _ in 0..3 {
-            store.consume(&[(key("c"), w)]).unwrap();
-            clock.advance(Duration::from_secs(10));
-        }
-        // now = +30 s; the first unit (at +0) leaves the window at +60 s.
-        let err = store
-            .consume(&[(key("c"), w)])
-            .unwrap_err()
-            .exhausted()
-            .cloned()
-            .unwrap();
-        assert_eq!(err.retry_after_ms, 30_000);
-        clock.advance(Duration::from_millis(29_999));
-        assert!(store.consume(&[(key("c"), w)]).is_err());
-        clock.advance(Duration::from_millis(1));
-        assert!(store.consume(&[(key("c"), w)]).is_ok());
-    }
-
-    #[test]
-    fn consume_is_all_or_nothing_and_refund_gives_back() {
-        let clock = ManualClock::starting_at(0);
-        let store = MemoryCounterStore::new(clock.clone());
-        let roomy = Window {
-            max: 10,
-            length_ms: 1000,
-        };
-        let full = Window {
-            max: 1,
-            length_ms: 1000,
-        };
-        store.consume(&[(key("b"), full)]).unwrap();
-        let err = store
-            .consume(&[(key("a"), roomy), (key("b"), full)])
-            .unwrap_err()
-            .exhausted()
-            .cloned()
-            .unwrap();
-        assert_eq!(err.index, 1);
-        assert_eq!(
-            store.count(&key("a"), roomy),
-            0,
-            "a refused call spends nothing"
-        );
-        let r = store.consume(&[(key("a"), roomy)]).unwrap();
-        assert_eq!(store.count(&key("a"), roomy), 1);
-        store.refund(&r);
-        assert_eq!(store.count(&key("a"), roomy), 0);
-    }
-
-    #[test]
-    fn a_key_named_twice_takes_one_unit_that_every_window_must_admit() {
-        let clock = ManualClock::starting_at(0);
-        let store = MemoryCounterStore::new(clock.clone());
-        let minute = Window {
-            max: 5,
-            length_ms: 60_000,
-        };
-        let hour = Window {
-            max: 7,
-            length_ms: 3_600_000,
-        };
-        // The same window twice: a cap of 5 admits exactly 5 calls, one unit each.
-        for i in 0..5 {
-            let r = store.consume(&[(key("same"), minute), (key("same"), minute)]);
-            assert_eq!(r.map(|r| r.len()), Ok(1), "call {i}");
-        }
-        assert_eq!(store.count(&key("same"), minute), 5);
-        assert!(store
-            .consume(&[(key("same"), minute), (key("same"), minute)])
-            .is_err());
-        // Two windows: 5 a minute, 7 an hour; each call is one unit in both.
-        for _ in 0..5 {
-            store
-                .consume(&[(key("two"), minute), (key("two"), hour)])
-                .unwrap();
-        }
-        let full = store
-            .consume(&[(key("two"), minute), (key("two"), hour)])
-            .unwrap_err()
-            .exhausted()
-            .cloned()
-            .unwrap();
-        assert_eq!((full.index, full.retry_after_ms), (0, 60_000));
-        clock.advance(Duration::from_secs(60));
-        for _ in 0..2 {
-            store
-                .consume(&[(key("two"), minute), (key("two"), hour)])
-                .unwrap();
-        }
-        let full = store
-            .consume(&[(key("two"), minute), (key("two"), hour)])
-            .unwrap_err()
-            .exhausted()
-            .cloned()
-            .unwrap();
-        assert_eq!(full.index, 1, "the hour is full: 7 units");
-        assert_eq!(store.count(&key("two"), hour), 7);
-    }
-
-    #[test]
-    fn a_clock_at_the_end_of_time_does_not_wrap_a_window_open() {
-        let clock = ManualClock::starting_at(u64::MAX - 10);
-        let store = MemoryCounterStore::new(clock.clone());
-        let w = Window {
-            max: 1,
-            length_ms: 60_000,
-        };
-        store.consume(&[(key("c"), w)]).unwrap();
-        assert!(store.consume(&[(key("c"), w)]).is_err());
-        assert!(store
-            .consume(&[(
-                key("zero"),
-                Window {
-                    max: 0,
-                    length_ms: 1
-                }
-            )])
-            .is_err());
-    }
-
-    #[test]
-    fn the_retry_time_is_when_the_last_full_window_frees_up() {
-        let clock = ManualClock::starting_at(0);
-        let store = MemoryCounterStore::new(clock.clone());
-        let minute = Window {
-            max: 1,
-            length_ms: 60_000,
-        };
-        let hour = Window {
-            max: 1,
-            length_ms: 3_600_000,
-        };
-        store
-            .consume(&[(key("m"), minute), (key("h"), hour)])
-            .unwrap();
-        clock.advance(Duration::from_secs(1));
-        // Both full: the minute frees up in 59 s, the hour in 3599 s; a retry at 59 s would be
-        // refused by the hour.
-        let err = store
-            .consume(&[(key("m"), minute), (key("h"), hour)])
-            .unwrap_err()
-            .exhausted()
-            .cloned()
-            .unwrap();
-        assert_eq!((err.index, err.retry_after_ms), (1, 3_599_000));
-        clock.advance(Duration::from_millis(err.retry_after_ms));
-        assert!(store
-            .consume(&[(key("m"), minute), (key("h"), hour)])
-            .is_ok());
     }
 
     #[test]

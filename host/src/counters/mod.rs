@@ -20,9 +20,41 @@
 //! twice the limit inside two seconds, which is exactly the burst a rate cap exists to stop.
 //! The cost is memory: up to `max` timestamps (8 bytes each) per live counter.
 
+use crate::clock::Clock;
+use std::sync::Arc;
+
+#[cfg(test)]
+mod conformance;
 mod memory;
+mod sqlite;
 
 pub use memory::MemoryCounterStore;
+pub use sqlite::SqliteCounterStore;
+
+/// The store a spec names: `memory` (the default: this process only), or `sqlite:PATH` (a
+/// file several processes on one machine share, kept across restarts).
+pub fn open(spec: &str, clock: Arc<dyn Clock>) -> Result<Arc<dyn CounterStore>, String> {
+    if spec == "memory" {
+        return Ok(Arc::new(MemoryCounterStore::new(clock)));
+    }
+    if let Some(path) = spec.strip_prefix("sqlite:") {
+        if path.is_empty() {
+            return Err(
+                "`sqlite:` needs a file path: `sqlite:/var/lib/toolgate/counters.sqlite`".into(),
+            );
+        }
+        let store = SqliteCounterStore::open(
+            std::path::Path::new(path),
+            clock,
+            sqlite::DEFAULT_BUSY_TIMEOUT,
+        )
+        .map_err(|e| format!("cannot open the SQLite counter store `{path}`: {e}"))?;
+        return Ok(Arc::new(store));
+    }
+    Err(format!(
+        "unknown counter store `{spec}`: `memory` or `sqlite:PATH`"
+    ))
+}
 
 /// Who shares a counter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
@@ -102,6 +134,9 @@ pub struct Window {
 pub struct Reservation {
     key: CounterKey,
     at_ms: u64,
+    /// Which unit, where a store tells units apart (the SQLite row, the Redis member): a
+    /// refund removes exactly that one, once.
+    unit: u64,
 }
 
 impl Reservation {

@@ -32,6 +32,49 @@ fn busiest_interval(admitted: &[u64], window_ms: u64) -> usize {
         .unwrap_or(0)
 }
 
+/// Sequential callers on `store` (whose clock is `clock`): never more than `max` in any
+/// interval of the window, refused only when the window is full, and the retry time exact.
+fn sequential(
+    store: &dyn CounterStore,
+    clock: &ManualClock,
+    gaps: Vec<u64>,
+    window_ms: u64,
+    max: u64,
+) -> Result<(), TestCaseError> {
+    let key = CounterKey::new("c", Scope::Grant, "g", "s");
+    let window = Window {
+        max,
+        length_ms: window_ms,
+    };
+    let mut admitted = Vec::new();
+    for gap in gaps {
+        clock.advance(Duration::from_millis(gap));
+        let now = clock.now_ms();
+        let in_window = admitted.iter().filter(|&&t| t + window_ms > now).count() as u64;
+        match store.consume(&[(key.clone(), window)]) {
+            Ok(r) => {
+                prop_assert!(in_window < max, "admitted with a full window");
+                admitted.push(r[0].at_ms());
+            }
+            Err(e) => {
+                let e = e.exhausted().cloned().unwrap();
+                prop_assert_eq!(in_window, max, "refused with room in the window");
+                // Retrying exactly when told must succeed, and a millisecond earlier must not.
+                let oldest = admitted[admitted.len() - max as usize];
+                prop_assert_eq!(now + e.retry_after_ms, oldest + window_ms);
+            }
+        }
+    }
+    prop_assert!(busiest_interval(&admitted, window_ms) as u64 <= max);
+    Ok(())
+}
+
+/// A SQLite store in a new file of its own.
+fn sqlite(clock: Arc<ManualClock>) -> SqliteCounterStore {
+    let dir = tempfile::tempdir().unwrap().keep();
+    SqliteCounterStore::open(&dir.join("c.sqlite"), clock, sqlite::DEFAULT_BUSY_TIMEOUT).unwrap()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -42,29 +85,21 @@ proptest! {
         max in 1u64..20,
     ) {
         let clock = ManualClock::starting_at(1_000_000);
-        let store = MemoryCounterStore::new(clock.clone());
-        let key = CounterKey::new("c", Scope::Grant, "g", "s");
-        let window = Window { max, length_ms: window_ms };
-        let mut admitted = Vec::new();
-        for gap in gaps {
-            clock.advance(Duration::from_millis(gap));
-            let now = clock.now_ms();
-            let in_window = admitted.iter().filter(|&&t| t + window_ms > now).count() as u64;
-            match store.consume(&[(key.clone(), window)]) {
-                Ok(r) => {
-                    prop_assert!(in_window < max, "admitted with a full window");
-                    admitted.push(r[0].at_ms());
-                }
-                Err(e) => {
-                    let e = e.exhausted().cloned().unwrap();
-                    prop_assert_eq!(in_window, max, "refused with room in the window");
-                    // Retrying exactly when told must succeed, and a millisecond earlier must not.
-                    let oldest = admitted[admitted.len() - max as usize];
-                    prop_assert_eq!(now + e.retry_after_ms, oldest + window_ms);
-                }
-            }
-        }
-        prop_assert!(busiest_interval(&admitted, window_ms) as u64 <= max);
+        sequential(&MemoryCounterStore::new(clock.clone()), &clock, gaps, window_ms, max)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn sequential_callers_on_sqlite_never_exceed_max_and_are_refused_only_when_full(
+        gaps in prop::collection::vec(0u64..2_500, 1..200),
+        window_ms in 1u64..10_000,
+        max in 1u64..20,
+    ) {
+        let clock = ManualClock::starting_at(1_000_000);
+        sequential(&sqlite(clock.clone()), &clock, gaps, window_ms, max)?;
     }
 }
 
@@ -78,16 +113,49 @@ proptest! {
         ticks in prop::collection::vec(0u64..4, 64),
     ) {
         let clock = ManualClock::starting_at(0);
-        let store = Arc::new(MemoryCounterStore::new(clock.clone()));
+        let store: Arc<dyn CounterStore> = Arc::new(MemoryCounterStore::new(clock.clone()));
+        concurrent(store, clock, window_ms, max, ticks, 200)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4))]
+
+    #[test]
+    fn sixty_four_concurrent_callers_on_sqlite_never_exceed_max(
+        window_ms in 5u64..200,
+        max in 1u64..16,
+        ticks in prop::collection::vec(0u64..4, 64),
+    ) {
+        let clock = ManualClock::starting_at(0);
+        let store: Arc<dyn CounterStore> = Arc::new(sqlite(clock.clone()));
+        concurrent(store, clock, window_ms, max, ticks, 20)?;
+    }
+}
+
+/// 64 threads (one per tick) taking from one counter of `store`, `calls` times each, moving
+/// the clock on by their tick after each: never more than `max` in any interval.
+fn concurrent(
+    store: Arc<dyn CounterStore>,
+    clock: Arc<ManualClock>,
+    window_ms: u64,
+    max: u64,
+    ticks: Vec<u64>,
+    calls: usize,
+) -> Result<(), TestCaseError> {
+    {
         let key = CounterKey::new("shared", Scope::Global, "g", "s");
-        let window = Window { max, length_ms: window_ms };
+        let window = Window {
+            max,
+            length_ms: window_ms,
+        };
         let threads: Vec<_> = ticks
             .into_iter()
             .map(|tick| {
                 let (store, clock, key) = (store.clone(), clock.clone(), key.clone());
                 std::thread::spawn(move || {
                     let mut admitted = Vec::new();
-                    for _ in 0..200 {
+                    for _ in 0..calls {
                         if let Ok(r) = store.consume(&[(key.clone(), window)]) {
                             admitted.push(r[0].at_ms());
                         }
@@ -97,11 +165,20 @@ proptest! {
                 })
             })
             .collect();
-        let admitted: Vec<u64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        let admitted: Vec<u64> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
         prop_assert!(!admitted.is_empty());
-        prop_assert!(busiest_interval(&admitted, window_ms) as u64 <= max,
-            "an interval of {} ms admitted {} > {}", window_ms, busiest_interval(&admitted, window_ms), max);
+        prop_assert!(
+            busiest_interval(&admitted, window_ms) as u64 <= max,
+            "an interval of {} ms admitted {} > {}",
+            window_ms,
+            busiest_interval(&admitted, window_ms),
+            max
+        );
     }
+    Ok(())
 }
 
 proptest! {

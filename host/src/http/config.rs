@@ -64,6 +64,35 @@ pub(crate) struct Config {
     /// Where new approval requests are announced (an HMAC-signed POST, never the arguments).
     #[serde(default)]
     pub(crate) approvals_webhook: Option<WebhookConfig>,
+    /// `[counters]`: where every grant's counters are kept.
+    #[serde(default)]
+    pub(crate) counters: CountersConfig,
+}
+
+/// `[counters]`: `store = "memory"` (the default: this process only) or `store = "sqlite"`
+/// with `path` (relative to this file).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CountersConfig {
+    #[serde(default)]
+    pub(crate) store: Option<String>,
+    #[serde(default)]
+    pub(crate) path: Option<PathBuf>,
+}
+
+impl CountersConfig {
+    /// The store spec for [`crate::counters::open`].
+    pub(crate) fn spec(&self) -> anyhow::Result<String> {
+        match (self.store.as_deref().unwrap_or("memory"), &self.path) {
+            ("memory", None) => Ok("memory".into()),
+            ("sqlite", Some(path)) => Ok(format!("sqlite:{}", path.display())),
+            ("sqlite", None) => anyhow::bail!("[counters] store = \"sqlite\" needs a `path`"),
+            ("memory", Some(_)) => anyhow::bail!("[counters] `path` is for store = \"sqlite\""),
+            (other, _) => {
+                anyhow::bail!("[counters] store is \"memory\" or \"sqlite\", not {other:?}")
+            }
+        }
+    }
 }
 
 /// `[approvals_webhook]`: `url`, `secret_file` (the HMAC-SHA256 key, relative to this file),
@@ -286,6 +315,10 @@ impl Config {
                 *policy = base.join(&*policy);
             }
         }
+        if let Some(counters) = &mut config.counters.path {
+            *counters = base.join(&*counters);
+        }
+        config.counters.spec()?;
         if let Some(webhook) = &mut config.approvals_webhook {
             webhook.secret_file = base.join(&webhook.secret_file);
             let scheme = url::Url::parse(&webhook.url).map(|u| u.scheme().to_owned());

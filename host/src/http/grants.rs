@@ -13,7 +13,7 @@
 
 use super::config::{parse_sha256, Config, GrantConfig};
 use crate::clock::SystemClock;
-use crate::counters::{CounterStore, MemoryCounterStore};
+use crate::counters::CounterStore;
 use crate::policy::{Loader, Policy};
 use crate::reload::{LivePolicy, Status};
 use arc_swap::ArcSwap;
@@ -63,6 +63,11 @@ pub(crate) struct Grants {
 impl Grants {
     /// Loads every grant's policy (one load per distinct policy file).
     pub(crate) fn load(config: &Config, loader: &Loader) -> anyhow::Result<Self> {
+        // One store for every grant: a `grant` counter is the grant's, a `global` one
+        // everybody's.
+        let counters =
+            crate::counters::open(&config.counters.spec()?, Arc::new(SystemClock::new()))
+                .map_err(|e| anyhow::anyhow!("[counters]: {e}"))?;
         let mut policies: HashMap<PathBuf, Arc<LivePolicy>> = HashMap::new();
         let mut by_hash = Vec::new();
         let mut all = Vec::new();
@@ -97,7 +102,7 @@ impl Grants {
                 name: name.clone(),
                 live,
                 policy,
-                counters: Arc::new(MemoryCounterStore::new(Arc::new(SystemClock::new()))),
+                counters: counters.clone(),
             });
             if let Some(hash) = token_sha256 {
                 by_hash.push((parse_sha256(hash)?, grant.clone()));
