@@ -20,6 +20,7 @@ mod integrity;
 mod manifest;
 mod plugins;
 mod registry;
+mod replicas;
 mod sharing;
 mod signing;
 mod standin;

@@ -26,8 +26,10 @@ use std::sync::Arc;
 #[cfg(test)]
 mod conformance;
 mod memory;
+mod redis;
 mod sqlite;
 
+pub use self::redis::{ClockSource, OnError, RedisCounterStore, RedisOptions};
 pub use memory::MemoryCounterStore;
 pub use sqlite::SqliteCounterStore;
 
@@ -51,9 +53,64 @@ pub fn open(spec: &str, clock: Arc<dyn Clock>) -> Result<Arc<dyn CounterStore>, 
         .map_err(|e| format!("cannot open the SQLite counter store `{path}`: {e}"))?;
         return Ok(Arc::new(store));
     }
+    if spec.starts_with("redis://")
+        || spec.starts_with("rediss://")
+        || spec.starts_with("redis+unix://")
+        || spec.starts_with("unix://")
+    {
+        let (url, options) = redis_options(spec)?;
+        return Ok(Arc::new(RedisCounterStore::connect(&url, options, clock)?));
+    }
     Err(format!(
-        "unknown counter store `{spec}`: `memory` or `sqlite:PATH`"
+        "unknown counter store `{spec}`: `memory`, `sqlite:PATH` or `redis://HOST:PORT/DB`"
     ))
+}
+
+/// The Redis URL without toolgate's own query parameters (`key_prefix`, `timeout_ms`,
+/// `on_error`, `clock`), and the options they give.
+fn redis_options(spec: &str) -> Result<(String, RedisOptions), String> {
+    let mut url = url::Url::parse(spec).map_err(|e| format!("bad Redis URL `{spec}`: {e}"))?;
+    let mut options = RedisOptions::default();
+    let mut kept = Vec::new();
+    for (name, value) in url.query_pairs() {
+        match &*name {
+            "key_prefix" => options.key_prefix = value.into_owned(),
+            "timeout_ms" => {
+                let ms: u64 = value
+                    .parse()
+                    .ok()
+                    .filter(|ms| (1..=10_000).contains(ms))
+                    .ok_or_else(|| format!("`timeout_ms` is 1..=10000 ms, not `{value}`"))?;
+                options.timeout = std::time::Duration::from_millis(ms);
+            }
+            "on_error" => {
+                options.on_error = match &*value {
+                    "closed" => OnError::Closed,
+                    "open" => OnError::Open,
+                    "local" => OnError::Local,
+                    other => {
+                        return Err(format!(
+                            "`on_error` is `closed`, `open` or `local`, not `{other}`"
+                        ))
+                    }
+                }
+            }
+            "clock" => {
+                options.clock = match &*value {
+                    "redis" => ClockSource::Redis,
+                    "gateway" => ClockSource::Gateway,
+                    other => return Err(format!("`clock` is `redis` or `gateway`, not `{other}`")),
+                }
+            }
+            _ => kept.push((name.into_owned(), value.into_owned())),
+        }
+    }
+    if kept.is_empty() {
+        url.set_query(None);
+    } else {
+        url.query_pairs_mut().clear().extend_pairs(kept);
+    }
+    Ok((url.to_string(), options))
 }
 
 /// Who shares a counter.
@@ -193,6 +250,14 @@ pub trait CounterStore: Send + Sync {
     fn refund(&self, reservations: &[Reservation]);
     /// The store's clock, in milliseconds: what plugins see as "now".
     fn now_ms(&self) -> u64;
+    /// Whether `consume` may wait on another machine (an async worker then steps aside).
+    fn may_block(&self) -> bool {
+        false
+    }
+    /// How the store is doing, for `/status` (a remote store: reachable or degraded).
+    fn status(&self) -> serde_json::Value {
+        serde_json::json!({"state": "ok"})
+    }
 }
 
 #[cfg(test)]

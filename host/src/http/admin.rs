@@ -238,6 +238,7 @@ async fn status(State(admin): State<Arc<Admin>>, request: Request) -> Response {
         "refused_auth": stats.refused_auth.load(Ordering::Relaxed),
         "refused_host": stats.refused_host.load(Ordering::Relaxed),
         "tls": admin.cert.as_ref().map(|cert| cert.status()),
+        "counters": gw.grants.all().first().map(|g| g.counters.status()),
     }))
     .into_response()
 }

@@ -76,20 +76,70 @@ pub(crate) struct Config {
 pub(crate) struct CountersConfig {
     #[serde(default)]
     pub(crate) store: Option<String>,
+    /// `store = "sqlite"`: the file.
     #[serde(default)]
     pub(crate) path: Option<PathBuf>,
+    /// `store = "redis"`: `redis://HOST:PORT/DB`, `rediss://...` or `redis+unix:///PATH`.
+    #[serde(default)]
+    pub(crate) url: Option<String>,
+    #[serde(default)]
+    pub(crate) key_prefix: Option<String>,
+    #[serde(default)]
+    pub(crate) timeout_ms: Option<u64>,
+    /// `closed` (the default), `open` or `local`.
+    #[serde(default)]
+    pub(crate) on_error: Option<String>,
+    /// `redis` (the default) or `gateway`.
+    #[serde(default)]
+    pub(crate) clock: Option<String>,
 }
 
 impl CountersConfig {
     /// The store spec for [`crate::counters::open`].
     pub(crate) fn spec(&self) -> anyhow::Result<String> {
-        match (self.store.as_deref().unwrap_or("memory"), &self.path) {
-            ("memory", None) => Ok("memory".into()),
-            ("sqlite", Some(path)) => Ok(format!("sqlite:{}", path.display())),
-            ("sqlite", None) => anyhow::bail!("[counters] store = \"sqlite\" needs a `path`"),
-            ("memory", Some(_)) => anyhow::bail!("[counters] `path` is for store = \"sqlite\""),
-            (other, _) => {
-                anyhow::bail!("[counters] store is \"memory\" or \"sqlite\", not {other:?}")
+        use anyhow::bail;
+        let store = self.store.as_deref().unwrap_or("memory");
+        let redis_only = self.url.is_some()
+            || self.key_prefix.is_some()
+            || self.timeout_ms.is_some()
+            || self.on_error.is_some()
+            || self.clock.is_some();
+        if store != "redis" && redis_only {
+            bail!("[counters] `url`, `key_prefix`, `timeout_ms`, `on_error` and `clock` are for store = \"redis\"");
+        }
+        if store != "sqlite" && self.path.is_some() {
+            bail!("[counters] `path` is for store = \"sqlite\"");
+        }
+        match store {
+            "memory" => Ok("memory".into()),
+            "sqlite" => match &self.path {
+                Some(path) => Ok(format!("sqlite:{}", path.display())),
+                None => bail!("[counters] store = \"sqlite\" needs a `path`"),
+            },
+            "redis" => {
+                let Some(url) = &self.url else {
+                    bail!("[counters] store = \"redis\" needs a `url`");
+                };
+                let mut url =
+                    url::Url::parse(url).map_err(|e| anyhow::anyhow!("[counters] url: {e}"))?;
+                let options = [
+                    ("key_prefix", self.key_prefix.clone()),
+                    ("timeout_ms", self.timeout_ms.map(|t| t.to_string())),
+                    ("on_error", self.on_error.clone()),
+                    ("clock", self.clock.clone()),
+                ];
+                if options.iter().any(|(_, v)| v.is_some()) {
+                    let mut query = url.query_pairs_mut();
+                    for (name, value) in &options {
+                        if let Some(value) = value {
+                            query.append_pair(name, value);
+                        }
+                    }
+                }
+                Ok(url.to_string())
+            }
+            other => {
+                bail!("[counters] store is \"memory\", \"sqlite\" or \"redis\", not {other:?}")
             }
         }
     }

@@ -225,7 +225,8 @@ fn decide<'b>(
     body: &'b [u8],
     posted: &Posted<'_>,
 ) -> ClientLine<'b> {
-    if posted.method() == Some("tools/call") && grant.policy.load().may_block() {
+    let may_block = grant.policy.load().may_block() || grant.counters.may_block();
+    if posted.method() == Some("tools/call") && may_block {
         tokio::task::block_in_place(|| core.from_client_parsed(body, &posted.envelope))
     } else {
         core.from_client_parsed(body, &posted.envelope)
