@@ -15,6 +15,7 @@ mod house;
 mod http;
 mod integrity;
 mod manifest;
+mod plugin_versions;
 mod plugins;
 mod registry;
 mod sharing;
