@@ -106,5 +106,61 @@ fn session_round_trip(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, decisions, session_round_trip);
+/// What a counted call costs in each store, and one Redis round trip (`PING` through the same
+/// connection and hand-off) as the floor for the Redis store. A 1 ms window keeps every log
+/// short. The Redis server is started here, on a free loopback port.
+fn counter_stores(c: &mut Criterion) {
+    use std::time::Duration;
+    use toolgate::counters::{CounterKey, RedisCounterStore, RedisOptions, Scope, SqliteCounterStore, Window};
+    let clock = Arc::new(SystemClock::new());
+    let key = CounterKey::new("bench", Scope::Grant, "g", "s");
+    let window = Window {
+        max: 1_000_000_000,
+        length_ms: 1,
+    };
+    let mut group = c.benchmark_group("counter_stores");
+    let memory = MemoryCounterStore::new(clock.clone());
+    group.bench_function("memory consume", |b| {
+        b.iter(|| black_box(memory.consume(&[(key.clone(), window)]).unwrap()))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite =
+        SqliteCounterStore::open(&dir.path().join("c.sqlite"), clock.clone(), Duration::from_secs(2))
+            .unwrap();
+    group.bench_function("sqlite consume", |b| {
+        b.iter(|| black_box(sqlite.consume(&[(key.clone(), window)]).unwrap()))
+    });
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = std::process::Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let options = RedisOptions {
+        timeout: Duration::from_secs(1),
+        ..RedisOptions::default()
+    };
+    let redis =
+        RedisCounterStore::connect(&format!("redis://127.0.0.1:{port}/0"), options, clock).unwrap();
+    group.bench_function("redis PING (same connection)", |b| {
+        b.iter(|| redis.ping().unwrap())
+    });
+    group.bench_function("redis consume", |b| {
+        b.iter(|| black_box(redis.consume(&[(key.clone(), window)]).unwrap()))
+    });
+    group.finish();
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+criterion_group!(benches, decisions, session_round_trip, counter_stores);
 criterion_main!(benches);

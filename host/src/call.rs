@@ -23,6 +23,19 @@ pub struct ToolCall<'a> {
     pub annotations: Option<ToolAnnotations>,
 }
 
+/// The approval that covers a call being decided again because a person approved it (see
+/// `Policy::decide_approved`): what a plugin of `toolgate:policy@0.2.0` sees as the call's
+/// `approval`. Made by the approvals registry from the request it decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Approval {
+    /// The approval request's id (a UUID).
+    pub id: String,
+    /// Who approved it, as the channel recorded them (`alice (uid 1000)`).
+    pub approver: String,
+    /// The channel it came through: `cli`, `http`, `page` or `client`.
+    pub channel: String,
+}
+
 /// A tool's MCP annotations: hints the upstream gives about it (never guarantees).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -7,10 +7,109 @@
 
 use std::collections::BTreeSet;
 
-/// The WIT package every capability belongs to, with the version this host implements.
+/// The WIT package every capability belongs to.
 pub const PACKAGE: &str = "toolgate:policy";
-/// The version of [`PACKAGE`] this host implements.
-pub const PACKAGE_VERSION: &str = "0.1.0";
+
+/// A version of the `policy` world this host implements. A component implements exactly one,
+/// named by the version of the `toolgate:policy` interfaces it imports (every policy
+/// component imports at least `types`); its manifest must name the same one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum World {
+    /// `toolgate:policy/policy@0.1.0`: the first contract.
+    V0_1,
+    /// `toolgate:policy/policy@0.2.0`: 0.1.0 with the approval that covers a call.
+    V0_2,
+}
+
+impl World {
+    /// Every world this host implements, oldest first.
+    pub const ALL: [World; 2] = [World::V0_1, World::V0_2];
+    /// The newest: what `toolgate plugin wit` prints and `plugin new` starts from.
+    pub const LATEST: World = World::V0_2;
+
+    /// Its package version (`0.2.0`).
+    pub fn version(self) -> &'static str {
+        match self {
+            World::V0_1 => "0.1.0",
+            World::V0_2 => "0.2.0",
+        }
+    }
+
+    /// Its full name, as a manifest writes it: `toolgate:policy/policy@0.2.0`.
+    pub fn name(self) -> String {
+        format!("{PACKAGE}/policy@{}", self.version())
+    }
+
+    /// The world a manifest's `world` names, if this host implements it.
+    pub fn from_name(name: &str) -> Option<World> {
+        World::ALL.into_iter().find(|w| w.name() == name)
+    }
+
+    /// The world whose package version is `version` (`0.1.0`), if this host implements it.
+    pub fn from_version(version: &str) -> Option<World> {
+        World::ALL.into_iter().find(|w| w.version() == version)
+    }
+
+    /// Its WIT package, as this binary was built against it.
+    pub fn wit(self) -> &'static str {
+        match self {
+            World::V0_1 => include_str!("../../wit/v0.1.0/policy.wit"),
+            World::V0_2 => include_str!("../../wit/v0.2.0/policy.wit"),
+        }
+    }
+
+    /// The names of every world this host implements, for messages (`toolgate:policy/policy@0.1.0`,
+    /// `toolgate:policy/policy@0.2.0`).
+    pub fn all_names() -> String {
+        let names: Vec<String> = World::ALL
+            .iter()
+            .map(|w| format!("`{}`", w.name()))
+            .collect();
+        names.join(", ")
+    }
+}
+
+impl std::fmt::Display for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+/// The world a component's imports name: the one version of the `toolgate:policy` interfaces
+/// it imports. `Ok(None)`: it imports none of them, so it names no world (it cannot be a
+/// policy plugin, and fails to link as one). `Err`: it names several versions, or one this
+/// host does not implement.
+pub fn world_of_imports(imports: &[String]) -> Result<Option<World>, String> {
+    let mut versions: BTreeSet<&str> = BTreeSet::new();
+    for import in imports {
+        if let Some(rest) = import
+            .strip_prefix(PACKAGE)
+            .and_then(|r| r.strip_prefix('/'))
+        {
+            versions.insert(rest.split_once('@').map_or("", |(_, v)| v));
+        }
+    }
+    let mut found = versions.iter();
+    match (found.next(), found.next()) {
+        (None, _) => Ok(None),
+        (Some(version), None) => World::from_version(version).map(Some).ok_or_else(|| {
+            format!(
+                "it imports `{PACKAGE}@{version}`, a version this host does not implement (it implements {})",
+                World::all_names()
+            )
+        }),
+        (Some(_), Some(_)) => Err(format!(
+            "it imports `{PACKAGE}` interfaces of several versions ({}); a plugin implements one",
+            versions.iter().map(|v| format!("`{v}`")).collect::<Vec<_>>().join(", ")
+        )),
+    }
+}
+
+/// [`world_of_imports`] of a component's bytes.
+pub fn world_of(bytes: &[u8]) -> Result<Option<World>, String> {
+    let (imports, _) = component_interface(bytes)?;
+    world_of_imports(&imports)
+}
 
 /// One host interface a plugin may import.
 #[derive(
@@ -52,9 +151,9 @@ impl Capability {
         Capability::from_name(interface)
     }
 
-    /// The import name of this capability's interface, at this host's version.
-    pub fn import(self) -> String {
-        format!("{PACKAGE}/{}@{PACKAGE_VERSION}", self.name())
+    /// The import name of this capability's interface in `world`.
+    pub fn import(self, world: World) -> String {
+        format!("{PACKAGE}/{}@{}", self.name(), world.version())
     }
 }
 
@@ -137,8 +236,50 @@ mod tests {
         );
         assert_eq!(Capability::from_import("toolgate:policy/types@0.1.0"), None);
         assert_eq!(Capability::from_import("wasi:cli/environment@0.2.0"), None);
-        assert_eq!(Capability::Clock.import(), "toolgate:policy/clock@0.1.0");
+        assert_eq!(
+            Capability::Clock.import(World::V0_1),
+            "toolgate:policy/clock@0.1.0"
+        );
+        assert_eq!(
+            Capability::Log.import(World::V0_2),
+            "toolgate:policy/log@0.2.0"
+        );
         let set: BTreeSet<_> = [Capability::Log, Capability::Counters].into();
         assert_eq!(json_list(&set), r#"["counters","log"]"#);
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_component_names_its_world_by_the_version_of_its_toolgate_imports() {
+        // What a 0.1.0 reference plugin really imports (gw-id-check: `types` and WASI only).
+        let v1 = names(&["toolgate:policy/types@0.1.0", "wasi:cli/environment@0.2.12"]);
+        assert_eq!(world_of_imports(&v1), Ok(Some(World::V0_1)));
+        let v2 = names(&["toolgate:policy/log@0.2.0", "toolgate:policy/types@0.2.0"]);
+        assert_eq!(world_of_imports(&v2), Ok(Some(World::V0_2)));
+        // Another world altogether: nothing of ours imported.
+        assert_eq!(
+            world_of_imports(&names(&["wasi:io/error@0.2.12"])),
+            Ok(None)
+        );
+        let mixed = names(&["toolgate:policy/types@0.1.0", "toolgate:policy/log@0.2.0"]);
+        let err = world_of_imports(&mixed).unwrap_err();
+        assert!(err.contains("`0.1.0`, `0.2.0`"), "{err}");
+        let future = names(&["toolgate:policy/types@0.9.0"]);
+        let err = world_of_imports(&future).unwrap_err();
+        assert!(
+            err.contains("`toolgate:policy@0.9.0`")
+                && err.contains("`toolgate:policy/policy@0.2.0`"),
+            "{err}"
+        );
+        for world in World::ALL {
+            assert_eq!(World::from_name(&world.name()), Some(world));
+            assert!(world
+                .wit()
+                .contains(&format!("package toolgate:policy@{};", world.version())));
+        }
+        assert_eq!(World::from_name("toolgate:policy/policy@0.3.0"), None);
     }
 }

@@ -19,7 +19,7 @@ const POLICY: &str = r#"{"version": "1", "default": "allow",
     "session_get": {"action": "require_approval", "approval": {"hold": "1s"}}
   }}"#;
 
-fn approvals(socket: &Path, args: &[&str]) -> Value {
+pub(crate) fn approvals(socket: &Path, args: &[&str]) -> Value {
     let out = Command::new(TOOLGATE)
         .arg("approvals")
         .arg("--socket")
@@ -36,7 +36,7 @@ fn approvals(socket: &Path, args: &[&str]) -> Value {
 }
 
 /// Waits (10 s at most) for a pending request of `tool` and returns its id.
-fn pending(socket: &Path, tool: &str) -> String {
+pub(crate) fn pending(socket: &Path, tool: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let list = approvals(socket, &["list", "--json"]);
@@ -65,7 +65,7 @@ fn gateway() -> (Client, tempfile::TempDir, PathBuf) {
     (client, dir, socket)
 }
 
-fn created(client: &mut Client) -> String {
+pub(crate) fn created(client: &mut Client) -> String {
     let result = client.call("session_create", json!({"cli": "codex"}));
     let body: Value = serde_json::from_str(result["content"][0]["text"].as_str().unwrap()).unwrap();
     body["session"]["id"].as_str().unwrap().to_owned()

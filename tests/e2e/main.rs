@@ -18,6 +18,7 @@ mod house;
 mod http;
 mod integrity;
 mod manifest;
+mod plugin_versions;
 mod plugins;
 mod registry;
 mod replicas;

@@ -7,7 +7,7 @@ use crate::support::{workspace, TOOLGATE};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
-use toolgate::capability::Capability;
+use toolgate::capability::{Capability, World};
 use toolgate::manifest::{self, Manifest};
 
 /// Runs `toolgate` with `args` (and `env`); returns stdout, stderr and whether it succeeded.
@@ -145,7 +145,8 @@ fn plugin_pack_embeds_a_manifest_from_flags_or_a_file_and_replaces_the_old_one()
         license: Some("MIT".into()),
         source: Some("https://example.com/capped".into()),
         revision: Some("abc123".into()),
-        world: manifest::supported_world(),
+        // The packed component's own world (0.1.0: rate-cap), not the newest.
+        world: World::V0_1.name(),
         capabilities: [Capability::Counters].into(),
         config_schema: None,
         outcomes: None,
@@ -228,10 +229,11 @@ fn a_crate_declaring_capabilities_it_does_not_import_fails_to_build_with_the_lin
     // builds in the guests' target folder so that its dependencies are already compiled.
     let dir = tempfile::tempdir().unwrap();
     let root = workspace();
-    std::fs::create_dir_all(dir.path().join("wit")).unwrap();
+    // The probe implements 0.2.0: its `wit/v0.2.0`, at the same place relative to the crate.
+    std::fs::create_dir_all(dir.path().join("wit/v0.2.0")).unwrap();
     std::fs::copy(
-        root.join("wit/policy.wit"),
-        dir.path().join("wit/policy.wit"),
+        root.join("wit/v0.2.0/policy.wit"),
+        dir.path().join("wit/v0.2.0/policy.wit"),
     )
     .unwrap();
     let crate_dir = dir.path().join("guests/manifest-probe");

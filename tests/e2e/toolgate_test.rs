@@ -338,14 +338,24 @@ fn eval_exit_code_tells_a_refusal_from_an_allowed_call() {
 }
 
 /// Someone with only the binary has the contract: `plugin wit` prints the WIT it was built
-/// with, byte for byte.
+/// with, byte for byte: the newest, or an older version it still loads.
 #[test]
 fn plugin_wit_prints_the_contract_the_binary_was_built_with() {
+    let wit = |version: &str| {
+        std::fs::read_to_string(
+            crate::support::workspace().join(format!("wit/v{version}/policy.wit")),
+        )
+        .unwrap()
+    };
     let (out, code) = toolgate(&["plugin", "wit"]);
     assert_eq!(code, 0, "{out}");
-    let wit = std::fs::read_to_string(crate::support::workspace().join("wit/policy.wit")).unwrap();
-    assert_eq!(out, wit);
+    assert_eq!(out, wit("0.2.0"));
     assert!(out.contains("world policy"), "{out}");
+    let (out, code) = toolgate(&["plugin", "wit", "--version", "0.1.0"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out, wit("0.1.0"));
+    let (out, code) = toolgate(&["plugin", "wit", "--version", "0.9.0"]);
+    assert_eq!(code, 2, "{out}");
 }
 
 #[test]

@@ -17,7 +17,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-wit_bindgen::generate!({ path: "../../wit", world: "policy" });
+wit_bindgen::generate!({ path: "../../wit/v0.1.0", world: "policy" });
 
 /// The plugin's configuration (all keys optional).
 #[derive(Deserialize)]

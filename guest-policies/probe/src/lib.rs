@@ -1,8 +1,15 @@
 //! Denies every call with a reason that quotes the call record the host passed in, so that a
 //! test can check each field end to end (tool, grant, session, server, annotations). It also
 //! logs one line per call, for the tests of traces (`toolgate eval`, `toolgate test --json`).
-//! With the config `"ask"` it returns `require-approval` instead.
-wit_bindgen::generate!({ path: "../../wit", world: "policy" });
+//!
+//! It implements `toolgate:policy@0.2.0` (the reference plugins stay on 0.1.0), and its
+//! config picks what it does about approvals:
+//! - `"ask"`: `require-approval`, always (met once a person approves);
+//! - `"ask-then-allow-cli"`: `require-approval` while the call has no `approval`; with one,
+//!   allow it if it came through the `cli` channel, else deny it quoting the approval;
+//! - `"ask-then-deny"`: `require-approval` without an approval, and with one a deny quoting
+//!   it (`approved by <approver> via <channel> as <id>`): a plugin may refuse an approved call.
+wit_bindgen::generate!({ path: "../../wit/v0.2.0", world: "policy" });
 
 struct Probe;
 
@@ -12,12 +19,20 @@ impl Guest for Probe {
             toolgate::policy::log::Level::Info,
             &format!("probed {}", call.tool),
         );
-        // `"ask"`: send the call to a person instead (the tests of approvals).
-        if config == "\"ask\"" {
-            return Decision::RequireApproval(format!(
-                "the probe asks a person about {}",
-                call.tool
-            ));
+        // The tests of approvals: send the call to a person, and judge the approval.
+        let ask =
+            || Decision::RequireApproval(format!("the probe asks a person about {}", call.tool));
+        let quoted = |a: &toolgate::policy::types::Approval| {
+            format!("approved by {} via {} as {}", a.approver, a.channel, a.id)
+        };
+        match (config.as_str(), &call.approval) {
+            ("\"ask\"", _) => return ask(),
+            ("\"ask-then-allow-cli\"" | "\"ask-then-deny\"", None) => return ask(),
+            ("\"ask-then-allow-cli\"", Some(a)) if a.channel == "cli" => return Decision::Allow,
+            ("\"ask-then-allow-cli\"" | "\"ask-then-deny\"", Some(a)) => {
+                return Decision::Deny(format!("the probe refuses a call {}", quoted(a)))
+            }
+            _ => {}
         }
         let annotations = call.annotations.map(|a| {
             format!(

@@ -7,7 +7,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-wit_bindgen::generate!({ path: "../../wit", world: "policy" });
+wit_bindgen::generate!({ path: "../../wit/v0.1.0", world: "policy" });
 
 use toolgate::policy::counters::{self, Scope, Window};
 use toolgate::policy::types::RateLimit;

@@ -19,7 +19,7 @@ mod settings;
 pub use request_state::{StateError, STATE_PREFIX};
 pub use settings::{ApprovalSettings, ApprovalSpec, Bind, Reuse, Via, MAX_REUSE};
 
-use crate::call::ToolCall;
+use crate::call::{Approval, ToolCall};
 use crate::clock::Clock;
 use serde::Serialize;
 use serde_json::Value;
@@ -115,14 +115,23 @@ pub struct Request {
     reusable_until_ms: u64,
 }
 
+impl Request {
+    /// The approval it records: its id, who decided it and through which channel.
+    fn approval(&self) -> Approval {
+        Approval {
+            id: self.id.clone(),
+            approver: self.decided_by.clone().unwrap_or_default(),
+            channel: self.channel.clone().unwrap_or_default(),
+        }
+    }
+}
+
 /// What a call that needs approval gets from [`Approvals::request`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ticket {
-    /// An approval already covers it (and was consumed, for `once`): let it through.
-    Approved {
-        /// The request that approved it.
-        id: String,
-    },
+    /// An approval already covers it (and was consumed, for `once`): decide it again as
+    /// approved by this (the request, who approved it and through which channel).
+    Approved(Approval),
     /// A request is pending for it (a new one, or the one an identical call already opened).
     Pending {
         /// The request's id.
@@ -135,11 +144,9 @@ pub enum Ticket {
 /// How a hold ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Held {
-    /// Approved: the call may run (the approval was consumed, for `once`).
-    Approved {
-        /// Who approved it.
-        by: String,
-    },
+    /// Approved: the call may run (the approval was consumed, for `once`), decided again as
+    /// approved by this.
+    Approved(Approval),
     /// Denied: the agent gets a deny with the approver's name and reason.
     Denied {
         /// Who denied it.
@@ -261,7 +268,7 @@ impl Approvals {
                 r.state = State::Consumed;
             }
             tracing::info!(approval = %r.id, tool = call.tool, grant = call.grant, "approval: a call covered by an approval goes through");
-            return Ok(Ticket::Approved { id: r.id.clone() });
+            return Ok(Ticket::Approved(r.approval()));
         }
         if let Some(r) = inner
             .requests
@@ -334,9 +341,7 @@ impl Approvals {
                     if r.reuse == Reuse::Once {
                         r.state = State::Consumed;
                     }
-                    return Held::Approved {
-                        by: r.decided_by.clone().unwrap_or_default(),
-                    };
+                    return Held::Approved(r.approval());
                 }
                 State::Denied => {
                     return Held::Denied {

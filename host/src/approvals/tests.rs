@@ -50,7 +50,7 @@ fn an_approval_lets_its_held_call_through_once() {
     };
     std::thread::sleep(Duration::from_millis(50));
     approvals.approve(&id, "ops", "cli").unwrap();
-    assert_eq!(waiter.join().unwrap(), Held::Approved { by: "ops".into() });
+    assert_eq!(waiter.join().unwrap(), Held::Approved(by_ops(&id)));
     assert_eq!(approvals.get(&id).unwrap().state, State::Consumed);
     // Once: the identical call asks again, and approving twice changes nothing.
     let again = pending(
@@ -135,7 +135,7 @@ fn a_hold_that_ends_leaves_the_request_pending_and_the_identical_retry_passes_af
                 &settings
             )
             .unwrap(),
-        Ticket::Approved { id: id.clone() }
+        Ticket::Approved(by_ops(&id))
     );
     assert_ne!(
         approvals
@@ -148,7 +148,7 @@ fn a_hold_that_ends_leaves_the_request_pending_and_the_identical_retry_passes_af
                 &settings
             )
             .unwrap(),
-        Ticket::Approved { id: id.clone() },
+        Ticket::Approved(by_ops(&id)),
         "a once approval let two calls through"
     );
 }
@@ -351,7 +351,7 @@ fn many_held_calls_decided_in_any_order_get_their_own_outcome_once() {
     for (i, id, waiter) in held {
         let outcome = waiter.join().unwrap();
         if i % 2 == 0 {
-            assert_eq!(outcome, Held::Approved { by: "ops".into() }, "{i}");
+            assert_eq!(outcome, Held::Approved(by_ops(&id)), "{i}");
             assert_eq!(approvals.get(&id).unwrap().state, State::Consumed);
         } else {
             assert_eq!(
@@ -523,4 +523,13 @@ fn a_request_state_is_accepted_once_from_its_grant_before_it_expires_and_never_a
         approvals.open_state(&state, "agent"),
         Err(StateError::Expired)
     );
+}
+
+/// What a call approved with `approve(id, "ops", "cli")` is decided again with.
+fn by_ops(id: &str) -> crate::call::Approval {
+    crate::call::Approval {
+        id: id.to_owned(),
+        approver: "ops".into(),
+        channel: "cli".into(),
+    }
 }

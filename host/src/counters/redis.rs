@@ -160,6 +160,18 @@ impl RedisCounterStore {
         })
     }
 
+    /// One `PING` through the same connection and hand-off as a call's script: the floor a
+    /// counted call's cost is measured against.
+    pub fn ping(&self) -> Result<(), String> {
+        let mut connection = self.connection.clone();
+        self.ask(async move {
+            redis::cmd("PING")
+                .query_async::<String>(&mut connection)
+                .await
+        })
+        .map(drop)
+    }
+
     /// The Redis key of a counter's units (and, with `:longest`, of its longest window).
     fn key(&self, key: &CounterKey) -> String {
         let encoded =

@@ -5,11 +5,13 @@ use super::*;
 
 impl Manifest {
     /// Crate metadata → manifest (build uses it): `[package]` and `[package.metadata.toolgate]`
-    /// of `crate_dir/Cargo.toml` (the module doc lists the keys), for a component that imports
-    /// `imported`. Declared capabilities that differ from `imported` are refused; none declared
-    /// become `imported`, with a warning that gives the line to add.
+    /// of `crate_dir/Cargo.toml` (the module doc lists the keys), for a component of `world`
+    /// (the one its imports name) that imports `imported`. Declared capabilities that differ
+    /// from `imported` are refused; none declared become `imported`, with a warning that gives
+    /// the line to add.
     pub fn from_cargo_toml(
         crate_dir: &Path,
+        world: World,
         imported: &BTreeSet<Capability>,
     ) -> Result<(Manifest, Vec<String>), ManifestError> {
         let path = crate_dir.join("Cargo.toml");
@@ -59,7 +61,7 @@ impl Manifest {
             license: string("license")?,
             source: string("repository")?,
             revision: None,
-            world: supported_world(),
+            world: world.name(),
             capabilities: imported.clone(),
             config_schema: None,
             outcomes: None,

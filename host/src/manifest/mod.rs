@@ -6,8 +6,10 @@
 //! code. A manifest only counts if it is the one [`SECTION`] at the component's top level (a
 //! section inside a nested component or module is someone else's), its bytes are the
 //! canonical form of what they say (so one manifest has one encoding, and a signature over the
-//! component covers exactly one reading of it), its world is the one this host implements, and
-//! the capabilities it declares are exactly the component's real `toolgate:policy/*` imports.
+//! component covers exactly one reading of it), its world is one this host implements and the
+//! one the component's imports name (`toolgate:policy/*@0.1.0` or `@0.2.0`, see
+//! [`capability::World`]), and the capabilities it declares are exactly the component's real
+//! `toolgate:policy/*` imports.
 //!
 //! `toolgate plugin build` writes it from the crate's `Cargo.toml` ([`Manifest::from_cargo_toml`]);
 //! `toolgate plugin pack` embeds one into a component built elsewhere ([`embed`]). Both also
@@ -33,7 +35,7 @@
 
 mod cargo;
 
-use crate::capability::{self, Capability};
+use crate::capability::{self, Capability, World};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
@@ -42,15 +44,6 @@ use std::path::{Path, PathBuf};
 
 /// The custom section's name.
 pub const SECTION: &str = "toolgate.manifest.v1";
-
-/// The world this host implements: `toolgate:policy/policy@0.1.0`.
-pub fn supported_world() -> String {
-    format!(
-        "{}/policy@{}",
-        capability::PACKAGE,
-        capability::PACKAGE_VERSION
-    )
-}
 
 /// What a plugin says it is. Its canonical JSON ([`Manifest::to_canonical_json`]) has sorted
 /// keys, no insignificant whitespace, no `null` fields and the capabilities in name order.
@@ -74,7 +67,7 @@ pub struct Manifest {
     /// The source revision it was built from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
-    /// The WIT world it implements ([`supported_world`]).
+    /// The WIT world it implements (one of [`World::ALL`], by its [`World::name`]).
     pub world: String,
     /// The host interfaces it imports.
     #[serde(serialize_with = "names_in_order")]
@@ -147,13 +140,24 @@ pub enum ManifestError {
     #[error("the `{SECTION}` section is not a valid manifest: {0}")]
     Json(String),
     /// A world this host does not implement.
-    #[error("the plugin implements `{found}`, but this host supports only `{supported}`: rebuild it against the WIT that `toolgate plugin wit` prints")]
+    #[error("the plugin implements `{found}`, but this host supports only {supported}: rebuild it against the WIT that `toolgate plugin wit` prints")]
     UnsupportedWorld {
         /// The manifest's world.
         found: String,
-        /// [`supported_world`].
+        /// Every world this host implements, for the message.
         supported: String,
     },
+    /// The manifest names another world than the component's imports do.
+    #[error("the manifest says the plugin implements `{declared}` but the component imports the interfaces of `{imported}`: embed a manifest naming `{imported}` (`toolgate plugin build` or `plugin pack` write the component's own)")]
+    WorldsDiffer {
+        /// What the manifest says.
+        declared: World,
+        /// What the component's imports name.
+        imported: World,
+    },
+    /// The component's imports name no world this host implements, or several.
+    #[error("the component's imports name no world toolgate implements: {0}")]
+    UnknownWorld(String),
     /// The declared capabilities are not the real imports.
     #[error("the manifest declares the capabilities `{}` but the component imports `{}`: declare exactly its imports, `capabilities = {}` under `[package.metadata.toolgate]` in the plugin's Cargo.toml (or `--capability` for each with `toolgate plugin pack`)", names(declared), names(imported), names(imported))]
     CapabilitiesDiffer {
@@ -226,7 +230,18 @@ impl Manifest {
             (Some(section), None) => section,
         };
         let manifest = Manifest::from_canonical_json(&component[section.data.clone()])?;
-        manifest.check_world()?;
+        let declared = manifest.world()?;
+        // A component that imports nothing of toolgate's names no world: nothing contradicts
+        // the manifest here, and it fails to link as a policy when it loads.
+        let (imports, _) =
+            capability::component_interface(component).map_err(ManifestError::NotAComponent)?;
+        if let Some(imported) =
+            capability::world_of_imports(&imports).map_err(ManifestError::UnknownWorld)?
+        {
+            if imported != declared {
+                return Err(ManifestError::WorldsDiffer { declared, imported });
+            }
+        }
         let imported = capability::imported(component).map_err(ManifestError::NotAComponent)?;
         if manifest.capabilities != imported {
             return Err(ManifestError::CapabilitiesDiffer {
@@ -258,16 +273,12 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// Whether its world is the one this host implements.
-    pub fn check_world(&self) -> Result<(), ManifestError> {
-        let supported = supported_world();
-        if self.world != supported {
-            return Err(ManifestError::UnsupportedWorld {
-                found: self.world.clone(),
-                supported,
-            });
-        }
-        Ok(())
+    /// The world it names, if this host implements it.
+    pub fn world(&self) -> Result<World, ManifestError> {
+        World::from_name(&self.world).ok_or_else(|| ManifestError::UnsupportedWorld {
+            found: self.world.clone(),
+            supported: World::all_names(),
+        })
     }
 }
 

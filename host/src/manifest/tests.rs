@@ -20,7 +20,7 @@ fn manifest(capabilities: &[Capability]) -> Manifest {
         license: Some("Apache-2.0".into()),
         source: Some("https://example.com/rate-cap".into()),
         revision: None,
-        world: supported_world(),
+        world: World::V0_1.name(),
         capabilities: capabilities.iter().copied().collect(),
         config_schema: Some(serde_json::json!({"type": "object", "required": ["cap"]})),
         outcomes: Some([Outcome::RateLimited, Outcome::Allow].into()),
@@ -160,7 +160,7 @@ fn a_manifest_inside_a_nested_component_does_not_count() {
 #[test]
 fn an_unsupported_world_is_refused_naming_both() {
     let mut m = manifest(&[]);
-    m.world = "toolgate:policy/policy@0.2.0".into();
+    m.world = "toolgate:policy/policy@0.3.0".into();
     let err = Manifest::read(&embed(&component(&[]), &m).unwrap()).unwrap_err();
     assert!(
         matches!(err, ManifestError::UnsupportedWorld { .. }),
@@ -168,10 +168,50 @@ fn an_unsupported_world_is_refused_naming_both() {
     );
     let text = err.to_string();
     assert!(
-        text.contains("`toolgate:policy/policy@0.2.0`")
-            && text.contains("`toolgate:policy/policy@0.1.0`"),
+        text.contains("`toolgate:policy/policy@0.3.0`")
+            && text.contains("`toolgate:policy/policy@0.1.0`, `toolgate:policy/policy@0.2.0`"),
         "{text}"
     );
+}
+
+#[test]
+fn the_manifest_world_must_be_the_one_the_component_imports() {
+    const TYPES_1: &str = "toolgate:policy/types@0.1.0";
+    const TYPES_2: &str = "toolgate:policy/types@0.2.0";
+    const LOG_2: &str = "toolgate:policy/log@0.2.0";
+    let on = |world: World, capabilities: &[Capability]| Manifest {
+        world: world.name(),
+        ..manifest(capabilities)
+    };
+    // Each world's component with its own manifest loads, capabilities counted in either.
+    let v1 = embed(
+        &component(&[TYPES_1, LOG]),
+        &on(World::V0_1, &[Capability::Log]),
+    )
+    .unwrap();
+    assert_eq!(Manifest::read(&v1).unwrap().world().unwrap(), World::V0_1);
+    let v2 = embed(
+        &component(&[TYPES_2, LOG_2]),
+        &on(World::V0_2, &[Capability::Log]),
+    )
+    .unwrap();
+    assert_eq!(Manifest::read(&v2).unwrap().world().unwrap(), World::V0_2);
+    // A 0.1.0 component claiming 0.2.0, and the other way round: refused, naming both.
+    for (imports, claimed) in [(&[TYPES_1][..], World::V0_2), (&[TYPES_2][..], World::V0_1)] {
+        let err =
+            Manifest::read(&embed(&component(imports), &on(claimed, &[])).unwrap()).unwrap_err();
+        assert!(
+            matches!(err, ManifestError::WorldsDiffer { declared, .. } if declared == claimed),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&format!("`{claimed}`")), "{err}");
+    }
+    // Interfaces of two versions, or of one this host does not implement: no world.
+    for imports in [&[TYPES_1, LOG_2][..], &["toolgate:policy/types@0.9.0"][..]] {
+        let err = Manifest::read(&embed(&component(imports), &on(World::V0_1, &[])).unwrap())
+            .unwrap_err();
+        assert!(matches!(err, ManifestError::UnknownWorld(_)), "{err}");
+    }
 }
 
 #[test]
@@ -230,7 +270,7 @@ fn cargo_metadata_becomes_the_manifest_with_workspace_inheritance() {
     };
     let imported: BTreeSet<_> = [Capability::Log, Capability::Counters].into();
     toml("capabilities = [\"log\", \"counters\"]\n");
-    let (m, warnings) = Manifest::from_cargo_toml(&crate_dir, &imported).unwrap();
+    let (m, warnings) = Manifest::from_cargo_toml(&crate_dir, World::V0_1, &imported).unwrap();
     assert!(warnings.is_empty(), "{warnings:?}");
     assert_eq!(
         (m.name.as_str(), m.version.as_str(), m.license.as_deref()),
@@ -244,14 +284,14 @@ fn cargo_metadata_becomes_the_manifest_with_workspace_inheritance() {
     assert_eq!(m.outcomes(), [Outcome::Allow, Outcome::Deny].into());
 
     toml("outcomes = [\"rate_limited\", \"allow\"]\n");
-    let (m, _) = Manifest::from_cargo_toml(&crate_dir, &imported).unwrap();
+    let (m, _) = Manifest::from_cargo_toml(&crate_dir, World::V0_1, &imported).unwrap();
     assert_eq!(m.outcomes(), [Outcome::Allow, Outcome::RateLimited].into());
     toml("outcomes = [\"maybe\"]\n");
-    let err = Manifest::from_cargo_toml(&crate_dir, &imported).unwrap_err();
+    let err = Manifest::from_cargo_toml(&crate_dir, World::V0_1, &imported).unwrap_err();
     assert!(err.to_string().contains("rate_limited"), "{err}");
 
     toml("capabilities = [\"log\"]\n");
-    let err = Manifest::from_cargo_toml(&crate_dir, &imported).unwrap_err();
+    let err = Manifest::from_cargo_toml(&crate_dir, World::V0_1, &imported).unwrap_err();
     assert!(
         err.to_string()
             .contains(r#"`capabilities = ["counters","log"]`"#),
@@ -259,7 +299,7 @@ fn cargo_metadata_becomes_the_manifest_with_workspace_inheritance() {
     );
 
     toml("");
-    let (m, warnings) = Manifest::from_cargo_toml(&crate_dir, &imported).unwrap();
+    let (m, warnings) = Manifest::from_cargo_toml(&crate_dir, World::V0_1, &imported).unwrap();
     assert_eq!(m.capabilities, imported);
     assert!(
         warnings[0].contains(r#"add `capabilities = ["counters","log"]`"#),
@@ -267,6 +307,6 @@ fn cargo_metadata_becomes_the_manifest_with_workspace_inheritance() {
     );
 
     toml("capabilites = []\n");
-    let err = Manifest::from_cargo_toml(&crate_dir, &imported).unwrap_err();
+    let err = Manifest::from_cargo_toml(&crate_dir, World::V0_1, &imported).unwrap_err();
     assert!(err.to_string().contains("capabilites"), "{err}");
 }

@@ -27,8 +27,8 @@ pub struct BuildArgs {
 pub struct PackArgs {
     /// The component.
     component: PathBuf,
-    /// The manifest as a JSON file (any layout; `world` defaults to this host's, and
-    /// `capabilities` to the component's imports). Instead of the flags below.
+    /// The manifest as a JSON file (any layout; `world` defaults to the one the component's
+    /// imports name, and `capabilities` to its imports). Instead of the flags below.
     #[arg(long, value_name = "FILE.json", conflicts_with_all = ["name", "version", "description", "author", "license", "source", "revision", "capability", "config_schema"])]
     manifest: Option<PathBuf>,
     /// The plugin's name (required without --manifest).
@@ -90,8 +90,29 @@ pub fn new(NewArgs { name, dir }: NewArgs) -> ExitCode {
     }
 }
 
-pub fn wit() -> ExitCode {
-    print!("{}", toolgate::plugins::WIT);
+#[derive(Args)]
+pub struct WitArgs {
+    /// The package version to print (`0.1.0`, `0.2.0`; default: the newest).
+    #[arg(long = "version", value_name = "VERSION")]
+    package_version: Option<String>,
+}
+
+pub fn wit(WitArgs { package_version }: WitArgs) -> ExitCode {
+    use toolgate::capability::World;
+    let world = match package_version.as_deref() {
+        None => World::LATEST,
+        Some(version) => match World::from_version(version) {
+            Some(world) => world,
+            None => {
+                eprintln!(
+                    "toolgate plugin wit: this binary implements no `toolgate:policy@{version}`; it implements {}",
+                    World::all_names()
+                );
+                return ExitCode::from(2);
+            }
+        },
+    };
+    print!("{}", world.wit());
     ExitCode::SUCCESS
 }
 
@@ -170,7 +191,8 @@ fn pack_component(args: PackArgs) -> anyhow::Result<(PathBuf, Manifest, Vec<Stri
         .with_context(|| format!("cannot read `{}`", args.component.display()))?;
     let imported = toolgate::capability::imported(&component)
         .map_err(|e| anyhow::anyhow!("`{}` is not a component: {e}", args.component.display()))?;
-    let mut warnings = Vec::new();
+    let (world, unnamed) = toolgate::plugins::build::world_of(&component)?;
+    let mut warnings: Vec<String> = unnamed.into_iter().collect();
     let mut derived = || {
         warnings.push(format!(
             "no capabilities declared; taking `{}` from the component's imports",
@@ -185,7 +207,7 @@ fn pack_component(args: PackArgs) -> anyhow::Result<(PathBuf, Manifest, Vec<Stri
                     manifest::parse_json(&std::fs::read(file)?).map_err(anyhow::Error::msg)?;
                 if let Some(object) = value.as_object_mut() {
                     if !object.contains_key("world") {
-                        object.insert("world".into(), manifest::supported_world().into());
+                        object.insert("world".into(), world.name().into());
                     }
                     if !object.contains_key("capabilities") {
                         object.insert("capabilities".into(), derived()?);
@@ -233,7 +255,7 @@ fn pack_component(args: PackArgs) -> anyhow::Result<(PathBuf, Manifest, Vec<Stri
                 license: args.license,
                 source: args.source,
                 revision: args.revision,
-                world: manifest::supported_world(),
+                world: world.name(),
                 capabilities,
                 config_schema,
                 outcomes: None,

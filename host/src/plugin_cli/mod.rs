@@ -23,8 +23,9 @@ pub enum PluginCommand {
     Build(author::BuildArgs),
     /// Embed a manifest into a component built elsewhere.
     Pack(author::PackArgs),
-    /// Print the WIT package plugins implement (the contract this binary was built with).
-    Wit,
+    /// Print the WIT package plugins implement (the contract this binary was built with; the
+    /// newest unless `--version` names an older one it still loads).
+    Wit(author::WitArgs),
     /// Create a plugin crate that builds as it is: the WIT, one example rule, a policy that
     /// uses it, a case file and a README. Prints the crate's folder as the last line.
     New(author::NewArgs),
@@ -59,7 +60,7 @@ pub fn run(command: PluginCommand) -> ExitCode {
     match command {
         PluginCommand::Build(args) => author::build(args),
         PluginCommand::Pack(args) => author::pack(args),
-        PluginCommand::Wit => author::wit(),
+        PluginCommand::Wit(args) => author::wit(args),
         PluginCommand::New(args) => author::new(args),
         PluginCommand::Keygen(args) => sign::keygen(args),
         PluginCommand::Sign(args) => sign::sign(args),

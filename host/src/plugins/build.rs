@@ -9,7 +9,7 @@
 //! the crate's `Cargo.toml` and the component's real imports, and reads it back: every
 //! component this writes carries a manifest a gateway accepts.
 
-use crate::capability;
+use crate::capability::{self, World};
 use crate::manifest::{self, Manifest, ManifestError};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -116,6 +116,23 @@ fn componentize(module: &[u8]) -> anyhow::Result<Vec<u8>> {
         .and_then(|e| e.encode())
 }
 
+/// The world a component's imports name (written into its manifest). One that imports
+/// nothing of toolgate's names none: it gets the newest, with a warning, and will not load as
+/// a policy (the test plugins of a wrong world are built this way on purpose).
+pub fn world_of(component: &[u8]) -> Result<(World, Option<String>), ManifestError> {
+    match capability::world_of(component).map_err(ManifestError::UnknownWorld)? {
+        Some(world) => Ok((world, None)),
+        None => Ok((
+            World::LATEST,
+            Some(format!(
+                "the component imports no `{}` interface, so it implements none of toolgate's worlds ({}) and will not load as a plugin; is it built with wit-bindgen against `toolgate plugin wit`?",
+                capability::PACKAGE,
+                World::all_names()
+            )),
+        )),
+    }
+}
+
 /// A built plugin.
 #[derive(Debug)]
 pub struct Built {
@@ -213,8 +230,10 @@ pub fn build_plugin(
     };
     let imported = capability::imported(&component)
         .map_err(|e| manifested(ManifestError::NotAComponent(e)))?;
-    let (manifest, warnings) =
-        Manifest::from_cargo_toml(crate_dir, &imported).map_err(manifested)?;
+    let (world, unnamed) = world_of(&component).map_err(manifested)?;
+    let (manifest, mut warnings) =
+        Manifest::from_cargo_toml(crate_dir, world, &imported).map_err(manifested)?;
+    warnings.extend(unnamed);
     let component = manifest::embed(&component, &manifest).map_err(manifested)?;
     // Read back as a gateway will: what this writes, a gateway loads.
     let manifest = Manifest::read(&component).map_err(manifested)?;

@@ -1,10 +1,9 @@
 //! The last step of the lifecycle: a loaded [`Plugin`] evaluates one call, under a permit, on
 //! an instance, and what the plugin returned (or how it failed) becomes a [`Decision`].
 
-use super::bindings::toolgate::policy::types as wit;
+use super::bindings::{refill, PluginDecision, PluginMetadata};
 use super::error::{ConfigRejected, EvalFailure};
-use super::instances::{refill, Instances, Warm};
-use super::load::PluginMetadata;
+use super::instances::{Instances, Warm};
 use super::permits::Permits;
 use super::vouch::Vouched;
 use crate::counters::{CounterStore, Reservation};
@@ -49,6 +48,10 @@ pub struct PluginCall<'a> {
     pub call: &'a crate::call::ToolCall<'a>,
     /// `call.args` as JSON text.
     pub arguments: &'a str,
+    /// The approval that covers the call, when it is decided again because a person approved
+    /// it (`Policy::decide_approved`); `None` otherwise. Only a plugin of a world that has the
+    /// field (`toolgate:policy@0.2.0` on) sees it.
+    pub approval: Option<&'a crate::call::Approval>,
     /// Keep what the plugin logs for [`PluginOutcome::logs`] (a traced decision); otherwise
     /// its lines only go to the log, and a call costs no copy of them.
     pub keep_logs: bool,
@@ -131,6 +134,11 @@ impl Plugin {
         self.vouched.as_ref().map(Vouched::signatures_digest)
     }
 
+    /// The world it implements (`toolgate:policy/policy@0.2.0`).
+    pub fn world(&self) -> crate::capability::World {
+        self.instances.pre.world
+    }
+
     /// What the component's manifest says it is.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
@@ -207,9 +215,7 @@ impl Plugin {
             Err(failure) => return self.failed(failure, Vec::new(), 0, 0),
         };
         fill(&mut warm, call, counters);
-        let result = warm
-            .instance
-            .call_evaluate(&mut warm.store, &warm.call, config);
+        let result = warm.instance.evaluate(&mut warm.store, config);
         let instructions = pre.fuel_used(&warm.store);
         let (reservations, peak_memory, logs) = {
             let state = warm.store.data_mut();
@@ -236,11 +242,7 @@ impl Plugin {
         };
         self.instances.release(warm, true);
         let max = limits.max_reason_bytes;
-        let len = match &decision {
-            wit::Decision::Allow => 0,
-            wit::Decision::Deny(reason) | wit::Decision::RequireApproval(reason) => reason.len(),
-            wit::Decision::RateLimited(r) => r.reason.len(),
-        };
+        let len = decision.reason_len();
         if len > max {
             let failure = EvalFailure::MalformedReason { len, max };
             return PluginOutcome {
@@ -278,22 +280,25 @@ impl Plugin {
     }
 
     /// The plugin's decision as the gateway's, reported under `plugins.<name>`.
-    fn decision(&self, decision: wit::Decision) -> Decision {
+    fn decision(&self, decision: PluginDecision) -> Decision {
         let rule = self.rule.clone();
         match decision {
-            wit::Decision::Allow => Decision::allow(rule),
-            wit::Decision::Deny(reason) => Decision::deny(rule, reason),
-            wit::Decision::RequireApproval(reason) => Decision {
+            PluginDecision::Allow => Decision::allow(rule),
+            PluginDecision::Deny(reason) => Decision::deny(rule, reason),
+            PluginDecision::RequireApproval(reason) => Decision {
                 verdict: Verdict::RequireApproval,
                 rule,
                 reason,
                 retry_after_ms: None,
             },
-            wit::Decision::RateLimited(r) => Decision {
+            PluginDecision::RateLimited {
+                reason,
+                retry_after_ms,
+            } => Decision {
                 verdict: Verdict::RateLimited,
                 rule,
-                reason: r.reason,
-                retry_after_ms: Some(r.retry_after_ms),
+                reason,
+                retry_after_ms: Some(retry_after_ms),
             },
         }
     }
@@ -308,16 +313,6 @@ fn fill(warm: &mut Warm, plugin_call: &PluginCall<'_>, counters: &Arc<dyn Counte
     refill(&mut state.session, call.session);
     state.keep_logs = plugin_call.keep_logs;
     state.start_evaluation();
-    let record = &mut warm.call;
-    refill(&mut record.tool, call.tool);
-    refill(&mut record.arguments, plugin_call.arguments);
-    refill(&mut record.grant, call.grant);
-    refill(&mut record.session, call.session);
-    refill(&mut record.server, call.server);
-    record.annotations = call.annotations.map(|a| wit::Annotations {
-        read_only_hint: a.read_only_hint,
-        destructive_hint: a.destructive_hint,
-        idempotent_hint: a.idempotent_hint,
-        open_world_hint: a.open_world_hint,
-    });
+    warm.instance
+        .fill(call, plugin_call.arguments, plugin_call.approval);
 }

@@ -13,7 +13,7 @@
 //! [`MAX_COUNTER_NAME_BYTES`], windows within the declarative policy's bounds. Past a bound
 //! the import traps with [`ImportRefused`], and the evaluation is a deny naming the bound.
 
-use super::bindings::toolgate::policy::{clock, counters, log, types};
+use super::bindings::{v0_1, v0_2};
 use super::limits::{
     IMPORT_CALLS_PER_EVALUATION, LOG_BYTES_PER_EVALUATION, MAX_COUNTER_NAME_BYTES,
 };
@@ -236,14 +236,22 @@ impl wasmtime::ResourceLimiter for MemoryBudget {
     }
 }
 
-impl types::Host for EvalState {}
+/// The level of a `log.log` line, whatever the plugin's world.
+#[derive(Clone, Copy)]
+enum Level {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
 
-impl counters::Host for EvalState {
+impl EvalState {
+    /// `counters.consume`, for every world: the bounds, then the store.
     fn consume(
         &mut self,
         counter: String,
-        scope: counters::Scope,
-        window: counters::Window,
+        scope: Scope,
+        window: Window,
     ) -> wasmtime::Result<Result<(), u64>> {
         self.count_call(CONSUME)?;
         let Some(store) = &self.counters else {
@@ -273,20 +281,11 @@ impl counters::Host for EvalState {
         if let Some(reason) = refused {
             return Err(ImportRefused(reason).into());
         }
-        let scope = match scope {
-            counters::Scope::Grant => Scope::Grant,
-            counters::Scope::Session => Scope::Session,
-            counters::Scope::Global => Scope::Global,
-        };
         let key = CounterKey::new(&counter, scope, &self.grant, &self.session);
         let key = if self.shared_counters.contains(&counter) {
             key
         } else {
             key.owned_by(self.plugin.clone())
-        };
-        let window = Window {
-            max: window.max,
-            length_ms: window.length_ms,
         };
         Ok(match store.consume(&[(key, window)]) {
             Ok(mut taken) => {
@@ -300,9 +299,8 @@ impl counters::Host for EvalState {
             }
         })
     }
-}
 
-impl clock::Host for EvalState {
+    /// `clock.now-ms`, for every world.
     fn now_ms(&mut self) -> wasmtime::Result<u64> {
         self.count_call(NOW_MS)?;
         match &self.counters {
@@ -310,10 +308,9 @@ impl clock::Host for EvalState {
             None => wasmtime::bail!("the clock is only available during an evaluation"),
         }
     }
-}
 
-impl log::Host for EvalState {
-    fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+    /// `log.log`, for every world.
+    fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
         self.count_call(LOG)?;
         if message.len() > self.log_budget {
             self.log_budget = 0;
@@ -322,19 +319,19 @@ impl log::Host for EvalState {
         self.log_budget -= message.len();
         let plugin = &*self.plugin;
         let level = match level {
-            log::Level::Debug => {
+            Level::Debug => {
                 tracing::debug!(plugin, "{message}");
                 "debug"
             }
-            log::Level::Info => {
+            Level::Info => {
                 tracing::info!(plugin, "{message}");
                 "info"
             }
-            log::Level::Warn => {
+            Level::Warn => {
                 tracing::warn!(plugin, "{message}");
                 "warn"
             }
-            log::Level::Error => {
+            Level::Error => {
                 tracing::error!(plugin, "{message}");
                 "error"
             }
@@ -345,6 +342,59 @@ impl log::Host for EvalState {
         Ok(())
     }
 }
+
+/// Each world's import traits, over the one implementation above: the interfaces are the
+/// same in every version, only their generated types are distinct.
+macro_rules! host_imports {
+    ($($v:ident),*) => {$(
+        impl $v::toolgate::policy::types::Host for EvalState {}
+
+        impl $v::toolgate::policy::counters::Host for EvalState {
+            fn consume(
+                &mut self,
+                counter: String,
+                scope: $v::toolgate::policy::counters::Scope,
+                window: $v::toolgate::policy::counters::Window,
+            ) -> wasmtime::Result<Result<(), u64>> {
+                use $v::toolgate::policy::counters::Scope as S;
+                let scope = match scope {
+                    S::Grant => Scope::Grant,
+                    S::Session => Scope::Session,
+                    S::Global => Scope::Global,
+                };
+                let window = Window {
+                    max: window.max,
+                    length_ms: window.length_ms,
+                };
+                EvalState::consume(self, counter, scope, window)
+            }
+        }
+
+        impl $v::toolgate::policy::clock::Host for EvalState {
+            fn now_ms(&mut self) -> wasmtime::Result<u64> {
+                EvalState::now_ms(self)
+            }
+        }
+
+        impl $v::toolgate::policy::log::Host for EvalState {
+            fn log(
+                &mut self,
+                level: $v::toolgate::policy::log::Level,
+                message: String,
+            ) -> wasmtime::Result<()> {
+                use $v::toolgate::policy::log::Level as L;
+                let level = match level {
+                    L::Debug => Level::Debug,
+                    L::Info => Level::Info,
+                    L::Warn => Level::Warn,
+                    L::Error => Level::Error,
+                };
+                EvalState::log(self, level, message)
+            }
+        }
+    )*};
+}
+host_imports!(v0_1, v0_2);
 
 #[cfg(test)]
 mod tests {

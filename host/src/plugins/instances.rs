@@ -6,8 +6,7 @@
 //! (instantiating, and resetting a used memory slot on drop), so that a call waits only for
 //! the evaluation itself unless calls outrun it.
 
-use super::bindings;
-use super::bindings::toolgate::policy::types as wit;
+use super::bindings::WorldInstance;
 use super::error::{EvalFailure, PluginError};
 use super::host::EvalState;
 use super::limits::Isolation;
@@ -34,12 +33,11 @@ const DISCARDS_QUEUED: usize = 16;
 /// An instance with its store: ready (never used) for a fresh plugin, warm for a pooled one.
 pub(crate) struct Warm {
     pub(crate) store: Store<EvalState>,
-    pub(crate) instance: bindings::Policy,
+    /// The instance, with its world's call record (its strings reused from call to call).
+    pub(crate) instance: WorldInstance,
     pub(crate) calls: u32,
     /// The grant it serves: set by its first call, `None` until then. It never serves another.
     pub(crate) grant: Option<String>,
-    /// The call record, its strings reused from call to call.
-    pub(crate) call: wit::ToolCall,
 }
 
 /// The queue to the background thread, and how many discards it holds.
@@ -100,13 +98,6 @@ fn do_chores(chores: Receiver<Chore>, discards: Arc<AtomicUsize>) {
     }
 }
 
-/// Replaces `buf`'s text without allocating, unless it grows (a huge call's buffer shrinks back).
-pub(crate) fn refill(buf: &mut String, text: &str) {
-    buf.clear();
-    buf.shrink_to(64 << 10);
-    buf.push_str(text);
-}
-
 impl PluginPre {
     /// Rehydrates the pre-instantiated component into a new instance in its own store, with
     /// nothing from any earlier evaluation: the step every evaluation of a `fresh` plugin
@@ -121,14 +112,6 @@ impl PluginPre {
             instance,
             calls: 0,
             grant: None,
-            call: wit::ToolCall {
-                tool: String::new(),
-                arguments: String::new(),
-                grant: String::new(),
-                session: String::new(),
-                server: String::new(),
-                annotations: None,
-            },
         })
     }
 }

@@ -6,12 +6,13 @@
 //! Everything that can be wrong with a plugin file is found here, at load time, and fails
 //! the policy load with a [`PluginError`]; nothing here runs on a request's path.
 
-use super::bindings;
+use super::bindings::{PluginMetadata, WorldInstance, WorldPre};
 use super::cache::CompileCache;
 use super::error::{ConfigRejected, EvalFailure, PluginError};
 use super::host::{EvalState, MemoryBudget, UngrantedImport};
 use super::limits::{PluginLimits, EPOCH_TICK, LOAD_TIMEOUT};
 use super::vet::Candidate;
+use crate::capability::World;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -24,21 +25,13 @@ use wasmtime::{Engine, Store};
 /// `instances`): the pre-instantiated component with the engine it belongs to and the limits
 /// every instance of it runs under.
 pub(crate) struct PluginPre {
-    pre: bindings::PolicyPre<EvalState>,
+    pre: WorldPre,
+    /// The world it implements (its manifest's, which its imports name).
+    pub(crate) world: World,
     engine: Engine,
     /// The plugin's name, for its instances' logs.
     pub(crate) name: Arc<str>,
     pub(crate) limits: PluginLimits,
-}
-
-/// The plugin's name and version, as it reports them.
-pub struct PluginMetadata {
-    /// Its name.
-    pub name: String,
-    /// Its version.
-    pub version: String,
-    /// What it does.
-    pub description: String,
 }
 
 /// The largest component file read (the store's cap too): a plugin is a few hundred KB.
@@ -189,10 +182,12 @@ impl Compiler {
 }
 
 /// Step 4, pre-instantiate: links the component against the granted imports once, and checks
-/// that it exports toolgate's `policy` world. A plugin that imports anything else fails here:
-/// `linker` holds only the interfaces the policy grants, and only WASI imports are stubbed.
+/// that it exports toolgate's `policy` world of version `world`. A plugin that imports
+/// anything else fails here: `linker` holds only the interfaces of `world` the policy grants,
+/// and only WASI imports are stubbed.
 pub(crate) fn pre_instantiate(
     engine: &Engine,
+    world: World,
     linker: &Linker<EvalState>,
     name: &str,
     path: &str,
@@ -215,14 +210,15 @@ pub(crate) fn pre_instantiate(
     let instance_pre = linker
         .instantiate_pre(component)
         .map_err(|e| invalid(path, format!("{e:#}")))?;
-    let pre = bindings::PolicyPre::new(instance_pre).map_err(|e| {
+    let pre = WorldPre::new(world, instance_pre).map_err(|e| {
         invalid(
             path,
-            format!("it does not implement toolgate's `policy` world: {e:#}"),
+            format!("it does not implement toolgate's `policy` world (`{world}`, as its manifest says): {e:#}"),
         )
     })?;
     Ok(PluginPre {
         pre,
+        world,
         engine: engine.clone(),
         name: Arc::from(name),
         limits,
@@ -329,7 +325,7 @@ impl PluginPre {
     pub(crate) fn instantiate(
         &self,
         store: &mut Store<EvalState>,
-    ) -> Result<bindings::Policy, EvalFailure> {
+    ) -> Result<WorldInstance, EvalFailure> {
         self.pre
             .instantiate(store)
             .map_err(|e| EvalFailure::Instantiate(format!("{e:#}")))
@@ -342,7 +338,7 @@ impl PluginPre {
     }
 
     /// An instance in a store armed for a load-time call ([`Self::arm_for_load`]).
-    fn instantiate_for_load(&self) -> Result<(Store<EvalState>, bindings::Policy), EvalFailure> {
+    fn instantiate_for_load(&self) -> Result<(Store<EvalState>, WorldInstance), EvalFailure> {
         let mut store = self.new_store();
         self.arm_for_load(&mut store)?;
         let instance = self.instantiate(&mut store)?;
@@ -364,14 +360,9 @@ impl PluginPre {
     /// Calls `metadata` on a fresh instance (the last check of loading).
     pub(crate) fn metadata(&self) -> Result<PluginMetadata, EvalFailure> {
         let (mut store, instance) = self.instantiate_for_load()?;
-        let m = instance
-            .call_metadata(&mut store)
-            .map_err(|e| self.failure(&e, &store))?;
-        Ok(PluginMetadata {
-            name: m.name,
-            version: m.version,
-            description: m.description,
-        })
+        instance
+            .metadata(&mut store)
+            .map_err(|e| self.failure(&e, &store))
     }
 
     /// Runs `validate-config` on `config` (JSON text), on a fresh instance.
@@ -384,7 +375,7 @@ impl PluginPre {
             });
         }
         let (mut store, instance) = self.instantiate_for_load()?;
-        match instance.call_validate_config(&mut store, config) {
+        match instance.validate_config(&mut store, config) {
             Ok(result) => result.map_err(|reason| {
                 ConfigRejected::Rejected(truncate(&reason, limits.max_reason_bytes))
             }),

@@ -1,7 +1,10 @@
 //! Plugins: rules as sandboxed WebAssembly components.
 //!
-//! A plugin is a component implementing the `policy` world of `wit/policy.wit`. Its
-//! lifecycle has five steps, named the same in types, logs and docs:
+//! A plugin is a component implementing one version of the `policy` world: `wit/v0.1.0/` or
+//! `wit/v0.2.0/` (which adds the approval covering a call). The version is the one its
+//! imports name and its manifest says ([`crate::capability::World`]); `bindings.rs` holds
+//! one set of bindings per version and the types the rest of this module uses for any of
+//! them. Its lifecycle has five steps, named the same in types, logs and docs:
 //!
 //! 1. **load**: read the file;
 //! 2. **verify**: check its sha256 against the policy's `sha256` (when given), that it is a
@@ -49,17 +52,14 @@ pub mod scaffold;
 mod vet;
 mod vouch;
 
-/// The WIT package a plugin implements (`wit/policy.wit`), as this binary was built against
-/// it: `toolgate plugin wit` prints it, so an author with only the binary has the contract.
-pub const WIT: &str = include_str!("../../../wit/policy.wit");
-
+pub use bindings::PluginMetadata;
 pub use error::{ConfigRejected, EvalFailure, PluginError};
 pub use evaluate::{Plugin, PluginCall, PluginOutcome};
 pub use limits::{
     Isolation, PluginLimits, IMPORT_CALLS_PER_EVALUATION, LOG_BYTES_PER_EVALUATION,
     MAX_COUNTER_NAME_BYTES,
 };
-pub use load::{PluginMetadata, Source};
+pub use load::Source;
 pub use permits::DEFAULT_MAX_CONCURRENT_EVALUATIONS;
 pub use runtime::PluginRuntime;
 pub use vet::{Candidate, Vetting};

@@ -16,7 +16,7 @@ use super::limits::{Isolation, PluginLimits, EPOCH_TICK};
 use super::load::{self, Compiler, Source};
 use super::permits::{Permits, DEFAULT_MAX_CONCURRENT_EVALUATIONS};
 use super::vet::{self, Vetting};
-use crate::capability::{json_list, Capability};
+use crate::capability::{json_list, Capability, World};
 use std::collections::BTreeSet;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
@@ -115,13 +115,22 @@ impl PluginRuntime {
             .compile(&self.engine, &digest, &candidate.bytes, &shown)?;
         let file = candidate.file.clone();
         drop(candidate);
-        let linker = linker(&self.engine, &vetted.linked)?;
-        let pre = load::pre_instantiate(&self.engine, &linker, name, &shown, &component, limits)?;
+        let world = vetted.world;
+        let linker = linker(&self.engine, world, &vetted.linked)?;
+        let pre = load::pre_instantiate(
+            &self.engine,
+            world,
+            &linker,
+            name,
+            &shown,
+            &component,
+            limits,
+        )?;
         let metadata = pre.metadata().map_err(|e| PluginError::Invalid {
             path: shown.clone(),
             reason: e.to_string(),
         })?;
-        tracing::info!(plugin = name, sha256 = %digest, metadata.name, metadata.version, manifest = %vetted.manifest.name, capabilities = %json_list(&vetted.linked), ?isolation, "pre-instantiated plugin");
+        tracing::info!(plugin = name, sha256 = %digest, metadata.name, metadata.version, %world, manifest = %vetted.manifest.name, capabilities = %json_list(&vetted.linked), ?isolation, "pre-instantiated plugin");
         let config_schema = match &vetted.manifest.config_schema {
             Some(schema) => {
                 Some(
@@ -186,25 +195,38 @@ fn engine_config() -> wasmtime::Config {
     config
 }
 
-/// A linker holding the `types` interface and only the `granted` capabilities: an import of
-/// anything else is undefined, and the plugin fails to pre-instantiate (WASI imports are
-/// linked to traps per plugin, in `load`). Built per load: microseconds, next to a compile.
+/// A linker holding `world`'s `types` interface and only its `granted` capabilities: an
+/// import of anything else (another world's interfaces included) is undefined, and the plugin
+/// fails to pre-instantiate (WASI imports are linked to traps per plugin, in `load`). Built
+/// per load: microseconds, next to a compile.
 fn linker(
     engine: &Engine,
+    world: World,
     granted: &BTreeSet<Capability>,
 ) -> Result<Linker<EvalState>, PluginError> {
-    use bindings::toolgate::policy as wit;
     let mut linker = Linker::new(engine);
-    wit::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(engine_error)?;
-    for capability in granted {
-        match capability {
-            Capability::Counters => {
-                wit::counters::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+    // The same lines for every world: its bindings' `add_to_linker` of each interface.
+    macro_rules! link {
+        ($v:ident) => {{
+            use bindings::$v::toolgate::policy as wit;
+            wit::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(engine_error)?;
+            for capability in granted {
+                match capability {
+                    Capability::Counters => {
+                        wit::counters::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+                    }
+                    Capability::Clock => {
+                        wit::clock::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+                    }
+                    Capability::Log => wit::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s),
+                }
+                .map_err(engine_error)?;
             }
-            Capability::Clock => wit::clock::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s),
-            Capability::Log => wit::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s),
-        }
-        .map_err(engine_error)?;
+        }};
+    }
+    match world {
+        World::V0_1 => link!(v0_1),
+        World::V0_2 => link!(v0_2),
     }
     Ok(linker)
 }

@@ -3,6 +3,7 @@
 //! workspace above it is not inherited), one example rule, a policy that uses it and a case
 //! file for `toolgate test`.
 
+use crate::capability::World;
 use std::path::{Path, PathBuf};
 
 /// Why a plugin crate was not created.
@@ -150,7 +151,7 @@ pub fn new_plugin(parent: &Path, name: &str) -> Result<PathBuf, ScaffoldError> {
     let files = [
         ("Cargo.toml", fill(CARGO_TOML)),
         ("src/lib.rs", fill(LIB_RS)),
-        ("wit/policy.wit", super::WIT.to_owned()),
+        ("wit/policy.wit", World::LATEST.wit().to_owned()),
         ("policy.json", fill(POLICY)),
         (cases.as_str(), fill(CASES)),
         ("README.md", fill(README)),
@@ -185,8 +186,12 @@ mod tests {
         let made = new_plugin(dir.path(), "no-deletes").unwrap();
         assert!(made.join("wit/policy.wit").is_file());
         // The manifest comes from Cargo.toml, capabilities declared (none, as the rule uses none).
-        let (manifest, warnings) =
-            crate::manifest::Manifest::from_cargo_toml(&made, &Default::default()).unwrap();
+        let (manifest, warnings) = crate::manifest::Manifest::from_cargo_toml(
+            &made,
+            crate::capability::World::LATEST,
+            &Default::default(),
+        )
+        .unwrap();
         assert_eq!((manifest.name.as_str(), warnings.len()), ("no-deletes", 0));
         let policy = std::fs::read_to_string(made.join("policy.json")).unwrap();
         assert!(

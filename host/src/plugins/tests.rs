@@ -50,6 +50,7 @@ fn call(arguments: &str) -> PluginCall<'_> {
         call: &ECHO,
         arguments,
         keep_logs: true,
+        approval: None,
     }
 }
 

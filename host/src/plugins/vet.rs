@@ -4,7 +4,8 @@
 //! 1. the content has the sha256 the policy pins (a warning when it pins none);
 //! 2. it is a component, not a core module or another file;
 //! 3. it carries exactly one toolgate manifest at its top level, for a world this host
-//!    implements, whose capabilities are the component's real imports (`crate::manifest`);
+//!    implements and the one the component's imports name (0.1.0 or 0.2.0), whose
+//!    capabilities are the component's real imports (`crate::manifest`);
 //! 4. the policy grants every capability it imports (`"grants"`; a policy without `grants`
 //!    grants all three, with a warning that prints the line to add);
 //! 5. when the operator configured a trust file, its signatures satisfy the trust rule,
@@ -15,7 +16,7 @@
 use super::build;
 use super::error::PluginError;
 use super::vouch::Vouched;
-use crate::capability::{json_list, Capability};
+use crate::capability::{json_list, Capability, World};
 use crate::manifest::{Manifest, ManifestError};
 use crate::trust::{Signature, Trust};
 use std::collections::BTreeSet;
@@ -44,10 +45,12 @@ pub struct Vetting<'a> {
     pub trust: Option<&'a Arc<Trust>>,
 }
 
-/// A plugin that passed: its digest, manifest, and the capabilities its linker holds.
+/// A plugin that passed: its digest, manifest, world, and the capabilities its linker holds.
 pub(crate) struct Vetted {
     pub(crate) digest: String,
     pub(crate) manifest: Manifest,
+    /// The world its manifest says and its imports name (the two agree, or it failed here).
+    pub(crate) world: World,
     pub(crate) linked: BTreeSet<Capability>,
     /// What its trust rests on, to judge it again while it runs (`None`: no trust file).
     pub(crate) vouched: Option<Vouched>,
@@ -73,6 +76,10 @@ pub(crate) fn vet(
             reason: e.to_string(),
         },
     })?;
+    let world = manifest.world().map_err(|e| PluginError::Manifest {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
     let imported = &manifest.capabilities;
     let linked = match vetting.grants {
         Some(grants) => {
@@ -87,7 +94,7 @@ pub(crate) fn vet(
                             .into_iter()
                             .find(|i| Capability::from_import(i) == Some(*missing))
                     })
-                    .unwrap_or_else(|| missing.import());
+                    .unwrap_or_else(|| missing.import(world));
                 return Err(PluginError::Ungranted {
                     path: path.to_owned(),
                     plugin: name.to_owned(),
@@ -130,6 +137,7 @@ pub(crate) fn vet(
     Ok(Vetted {
         digest,
         manifest,
+        world,
         linked,
         vouched,
     })

@@ -2,7 +2,7 @@
 //! that order, and [`Policy::decide_traced`] records each one.
 
 use super::{Action, DefaultAction, Limit, Outcome, PluginUse, Policy, Rule, Step, UNKNOWN_RULE};
-use crate::call::ToolCall;
+use crate::call::{Approval, ToolCall};
 use crate::counters::{CounterKey, CounterStore, Refusal, Window};
 use crate::decision::{Decision, Verdict};
 use crate::plugins::PluginCall;
@@ -27,18 +27,21 @@ impl Tracer<'_> {
 impl Policy {
     /// Decides one call, consuming counter units if it is allowed.
     pub fn decide(&self, call: &ToolCall<'_>, counters: &Arc<dyn CounterStore>) -> Outcome {
-        self.decide_inner(call, counters, Tracer(None), false)
+        self.decide_inner(call, counters, Tracer(None), None)
     }
 
-    /// Decides a call a person approved: as [`Policy::decide`], except that the rule's
-    /// `require_approval` and a plugin's `require-approval` are met. Every other check runs
-    /// again, now, and counter units are consumed now, not when the call was held.
+    /// Decides a call a person approved (`approval`): as [`Policy::decide`], except that the
+    /// rule's `require_approval` and a plugin's `require-approval` are met. Every other check
+    /// runs again, now, and counter units are consumed now, not when the call was held.
+    /// Plugins of `toolgate:policy@0.2.0` see `approval` (and may still deny the call); 0.1.0
+    /// plugins are called as for any call.
     pub fn decide_approved(
         &self,
         call: &ToolCall<'_>,
         counters: &Arc<dyn CounterStore>,
+        approval: &Approval,
     ) -> Outcome {
-        self.decide_inner(call, counters, Tracer(None), true)
+        self.decide_inner(call, counters, Tracer(None), Some(approval))
     }
 
     /// Decides one call like [`Policy::decide`], and records each step in `steps`: which rule
@@ -49,15 +52,16 @@ impl Policy {
         counters: &Arc<dyn CounterStore>,
         steps: &mut Vec<Step>,
     ) -> Outcome {
-        self.decide_inner(call, counters, Tracer(Some(steps)), false)
+        self.decide_inner(call, counters, Tracer(Some(steps)), None)
     }
 
+    /// `approval`: the call is decided again because a person approved it.
     fn decide_inner(
         &self,
         call: &ToolCall<'_>,
         counters: &Arc<dyn CounterStore>,
         mut trace: Tracer<'_>,
-        approved: bool,
+        approval: Option<&Approval>,
     ) -> Outcome {
         let refuse = |decision| Outcome {
             decision,
@@ -144,7 +148,7 @@ impl Policy {
                     }
                 }
             }
-            if rule.action == Action::RequireApproval && !approved {
+            if rule.action == Action::RequireApproval && approval.is_none() {
                 let detail = "a person must approve this call".to_owned();
                 return refuse(Decision {
                     verdict: Verdict::RequireApproval,
@@ -197,7 +201,7 @@ impl Policy {
                 rule_id,
                 reservations,
                 &mut trace,
-                approved,
+                approval,
             ),
             // Fail closed: a store that cannot count refuses every limited call, saying why.
             Err(Refusal::Unavailable(why)) => refuse(Decision {
@@ -227,8 +231,8 @@ impl Policy {
     }
 
     /// Runs the plugins in order after the declarative checks passed. The first refusal wins,
-    /// and every unit the call took (declarative and plugin) is refunded with it; with
-    /// `approved`, a plugin's `require-approval` is met, not a refusal.
+    /// and every unit the call took (declarative and plugin) is refunded with it; with an
+    /// `approval`, a plugin's `require-approval` is met, not a refusal.
     // The decision's whole context, each piece used once: a struct for it would only rename them.
     #[allow(clippy::too_many_arguments)]
     fn run_plugins(
@@ -239,7 +243,7 @@ impl Policy {
         rule_id: &str,
         mut reservations: Vec<crate::counters::Reservation>,
         trace: &mut Tracer<'_>,
-        approved: bool,
+        approval: Option<&Approval>,
     ) -> Outcome {
         let (mut instructions, mut peak_memory) = (0, 0);
         if !uses.is_empty() {
@@ -248,6 +252,7 @@ impl Policy {
                 call,
                 arguments: &arguments,
                 keep_logs: trace.0.is_some(),
+                approval,
             };
             for u in uses {
                 let outcome = u.plugin.evaluate(&plugin_call, &u.config, counters);
@@ -266,7 +271,8 @@ impl Policy {
                         logs: outcome.logs,
                     });
                 }
-                let met = approved && outcome.decision.verdict == Verdict::RequireApproval;
+                let met =
+                    approval.is_some() && outcome.decision.verdict == Verdict::RequireApproval;
                 if !outcome.decision.is_allow() && !met {
                     counters.refund(&reservations);
                     return Outcome {

@@ -213,7 +213,9 @@ impl Session {
             &settings,
         );
         match ticket {
-            Ok(Ticket::Approved { .. }) => Some(Ok(policy.decide_approved(call, &self.counters))),
+            Ok(Ticket::Approved(approval)) => {
+                Some(Ok(policy.decide_approved(call, &self.counters, &approval)))
+            }
             Ok(Ticket::Pending { id: approval, .. }) if round_trip => {
                 let request = approvals.get(&approval)?;
                 Some(Err(Refused::Answer(self.input_required(id, &request))))
@@ -281,7 +283,7 @@ impl Session {
             .is_none_or(|r| r.policy_digest != self.policy.load().digest());
         if policy_changed && matches!(outcome, Held::Approved { .. }) {
             tracing::info!(approval = %held.approval, "the policy changed while the call was held: it is decided again");
-            return match self.decide_call(envelope.params, id, false) {
+            return match self.decide_call(envelope.params, id, None) {
                 Ok(kind) => {
                     let key = jsonrpc::id_key(id.get());
                     owned(self.admit(&held.line, id, key, kind))
@@ -309,9 +311,9 @@ impl Session {
         let refusal =
             |d: Decision| ClientLine::Answer(jsonrpc::result_line(id, &d.to_tool_result()));
         match outcome {
-            Held::Approved { by } => {
-                tracing::info!(approval = %held.approval, by, "approval: the held call is decided again and forwarded");
-                match self.decide_call(envelope.params, id, true) {
+            Held::Approved(approval) => {
+                tracing::info!(approval = %held.approval, by = %approval.approver, "approval: the held call is decided again and forwarded");
+                match self.decide_call(envelope.params, id, Some(&approval)) {
                     Ok(kind) => {
                         let key = jsonrpc::id_key(id.get());
                         owned(self.admit(&held.line, id, key, kind))

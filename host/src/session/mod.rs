@@ -304,7 +304,7 @@ impl Session {
             }
         }
         let kind = match method {
-            "tools/call" => match self.decide_call(params, id, false) {
+            "tools/call" => match self.decide_call(params, id, None) {
                 Ok(kind) => kind,
                 Err(Refused::Answer(answer)) => return ClientLine::Answer(answer),
                 Err(Refused::Hold {
@@ -354,7 +354,7 @@ impl Session {
         &self,
         params: Option<&RawValue>,
         id: &RawValue,
-        approved: bool,
+        approved: Option<&crate::call::Approval>,
     ) -> Result<Kind, Refused> {
         let raw_params = params.map_or("null", RawValue::get);
         let params: CallParams = match serde_json::from_str(raw_params) {
@@ -409,12 +409,11 @@ impl Session {
         } else {
             // The decision. Last, so that every refusal above costs no counter unit.
             let policy = self.policy.load();
-            let outcome = if approved {
-                policy.decide_approved(&call, &self.counters)
-            } else {
-                policy.decide(&call, &self.counters)
+            let outcome = match approved {
+                Some(approval) => policy.decide_approved(&call, &self.counters, approval),
+                None => policy.decide(&call, &self.counters),
             };
-            if outcome.decision.verdict == Verdict::RequireApproval && !approved {
+            if outcome.decision.verdict == Verdict::RequireApproval && approved.is_none() {
                 // Held, let through by an approval already given, or refused as before.
                 match self.ask_approval(&policy, &call, &outcome.decision, (id, raw_params)) {
                     None => {

@@ -11,7 +11,7 @@ wit_bindgen::generate!({
             import socket;
         }
     ",
-    path: "../../../wit",
+    path: "../../../wit/v0.1.0",
     world: "hostile:foreign-import/policy-with-network",
     generate_all,
 });

@@ -1,5 +1,5 @@
 //! Denies with a 10 MB reason: the host must refuse to pass it on.
-wit_bindgen::generate!({ path: "../../../wit", world: "policy" });
+wit_bindgen::generate!({ path: "../../../wit/v0.1.0", world: "policy" });
 
 struct Hostile;
 

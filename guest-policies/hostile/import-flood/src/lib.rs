@@ -7,7 +7,7 @@
 //! - `window N`: one `counters.consume` with a window of N ms;
 //! - `now N`: N calls of `clock.now-ms`;
 //! - `log N`: N empty log messages (no bytes, so only the call cap can stop them).
-wit_bindgen::generate!({ path: "../../../wit", world: "policy" });
+wit_bindgen::generate!({ path: "../../../wit/v0.1.0", world: "policy" });
 
 use toolgate::policy::counters::{self, Scope, Window};
 

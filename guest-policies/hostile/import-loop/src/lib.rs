@@ -1,7 +1,7 @@
 //! Loops calling a host import. Fuel counts only guest instructions, so fuel alone would let
 //! it run long; the host's cap on calls per import stops it first (the epoch deadline is the
 //! backstop).
-wit_bindgen::generate!({ path: "../../../wit", world: "policy" });
+wit_bindgen::generate!({ path: "../../../wit/v0.1.0", world: "policy" });
 
 struct Hostile;
 

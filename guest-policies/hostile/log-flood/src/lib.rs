@@ -1,6 +1,6 @@
 //! Logs without end, in messages long enough that the byte cap (4 KiB) trips before the cap
 //! on import calls: the host's log cap must stop it.
-wit_bindgen::generate!({ path: "../../../wit", world: "policy" });
+wit_bindgen::generate!({ path: "../../../wit/v0.1.0", world: "policy" });
 
 struct Hostile;
 

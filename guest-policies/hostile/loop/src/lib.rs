@@ -1,5 +1,5 @@
 //! Spins forever without calling the host: only fuel (or the epoch deadline) stops it.
-wit_bindgen::generate!({ path: "../../../wit", world: "policy" });
+wit_bindgen::generate!({ path: "../../../wit/v0.1.0", world: "policy" });
 
 struct Hostile;
 

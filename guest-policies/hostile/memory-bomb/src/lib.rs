@@ -1,5 +1,5 @@
 //! Allocates 1 MiB blocks until the memory cap stops it.
-wit_bindgen::generate!({ path: "../../../wit", world: "policy" });
+wit_bindgen::generate!({ path: "../../../wit/v0.1.0", world: "policy" });
 
 struct Hostile;
 

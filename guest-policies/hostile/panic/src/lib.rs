@@ -1,5 +1,5 @@
 //! Panics (with `panic = "abort"`, a trap).
-wit_bindgen::generate!({ path: "../../../wit", world: "policy" });
+wit_bindgen::generate!({ path: "../../../wit/v0.1.0", world: "policy" });
 
 struct Hostile;
 

@@ -1,6 +1,6 @@
 //! Keeps the grant of every call it evaluated in a static, and denies with that list: a
 //! pooled instance must never carry one grant's state into another grant's call.
-wit_bindgen::generate!({ path: "../../../wit", world: "policy" });
+wit_bindgen::generate!({ path: "../../../wit/v0.1.0", world: "policy" });
 
 use std::sync::Mutex;
 

@@ -1,5 +1,5 @@
 //! Reads a file through WASI (std::fs). toolgate grants no WASI: the call must trap.
-wit_bindgen::generate!({ path: "../../../wit", world: "policy" });
+wit_bindgen::generate!({ path: "../../../wit/v0.1.0", world: "policy" });
 
 struct Hostile;
 
