@@ -13,8 +13,10 @@
 //! (their calls are answered with an error by the transport that held them), so a held call
 //! is never run by a process that did not hold it.
 
+mod feed;
 mod settings;
 
+pub use feed::{Change, Watch, FEED_CAPACITY};
 pub use settings::{ApprovalSettings, ApprovalSpec, Bind, Reuse, Via, MAX_REUSE};
 
 use crate::call::ToolCall;
@@ -187,6 +189,8 @@ pub struct Approvals {
     clock: Arc<dyn Clock>,
     /// Told of every new request (a webhook), outside the registry's lock.
     announce: Option<Announce>,
+    /// Told of every new request and change of state, under the registry's lock.
+    feed: feed::Feed,
 }
 
 /// What is told of every new request.
@@ -205,6 +209,7 @@ impl Approvals {
             changed: Condvar::new(),
             clock,
             announce: None,
+            feed: feed::Feed::new(),
         }
     }
 
@@ -238,7 +243,7 @@ impl Approvals {
         let binding = binding(call, extra, policy_digest, settings.bind);
         let now = self.clock.now_ms();
         let mut inner = self.lock();
-        expire(&mut inner, now);
+        expire(&mut inner, now, &self.feed);
         // An approval that reaches this call.
         let covering = inner.requests.values_mut().find(|r| {
             r.binding == binding
@@ -254,6 +259,7 @@ impl Approvals {
         if let Some(r) = covering {
             if r.reuse == Reuse::Once {
                 r.state = State::Consumed;
+                self.feed.changed(r);
             }
             tracing::info!(approval = %r.id, tool = call.tool, grant = call.grant, "approval: a call covered by an approval goes through");
             return Ok(Ticket::Approved { id: r.id.clone() });
@@ -302,6 +308,7 @@ impl Approvals {
         };
         tracing::info!(approval = %id, tool = call.tool, grant = call.grant, session = call.session, rule, reason, "approval: requested");
         let announced = self.announce.is_some().then(|| request.clone());
+        self.feed.requested(&request);
         inner.requests.insert(id.clone(), request);
         drop(inner);
         self.changed.notify_all();
@@ -317,7 +324,7 @@ impl Approvals {
         let deadline = Instant::now() + hold;
         let mut inner = self.lock();
         loop {
-            expire(&mut inner, self.clock.now_ms());
+            expire(&mut inner, self.clock.now_ms(), &self.feed);
             let Some(r) = inner.requests.get_mut(id) else {
                 return Held::Undecided {
                     state: State::Expired,
@@ -328,6 +335,7 @@ impl Approvals {
                 State::Approved => {
                     if r.reuse == Reuse::Once {
                         r.state = State::Consumed;
+                        self.feed.changed(r);
                     }
                     return Held::Approved {
                         by: r.decided_by.clone().unwrap_or_default(),
@@ -388,7 +396,7 @@ impl Approvals {
     ) -> Result<Request, ApprovalError> {
         let now = self.clock.now_ms();
         let mut inner = self.lock();
-        expire(&mut inner, now);
+        expire(&mut inner, now, &self.feed);
         let r = inner
             .requests
             .get_mut(id)
@@ -423,6 +431,7 @@ impl Approvals {
         };
         tracing::info!(approval = id, state = r.state.as_str(), by, channel, note = deny.unwrap_or(""), tool = %r.tool, grant = %r.grant, "approval: decided");
         let decided = r.clone();
+        self.feed.changed(&decided);
         drop(inner);
         self.changed.notify_all();
         Ok(decided)
@@ -435,6 +444,7 @@ impl Approvals {
             if r.state == State::Pending {
                 r.state = State::Cancelled;
                 tracing::info!(approval = id, "approval: cancelled by the client");
+                self.feed.changed(r);
             }
         }
         drop(inner);
@@ -444,7 +454,7 @@ impl Approvals {
     /// Every request, newest first.
     pub fn list(&self) -> Vec<Request> {
         let mut inner = self.lock();
-        expire(&mut inner, self.clock.now_ms());
+        expire(&mut inner, self.clock.now_ms(), &self.feed);
         let mut all: Vec<Request> = inner.requests.values().cloned().collect();
         all.sort_by_key(|r| std::cmp::Reverse(r.created_ms));
         all
@@ -453,7 +463,7 @@ impl Approvals {
     /// Request `id`.
     pub fn get(&self, id: &str) -> Option<Request> {
         let mut inner = self.lock();
-        expire(&mut inner, self.clock.now_ms());
+        expire(&mut inner, self.clock.now_ms(), &self.feed);
         inner.requests.get(id).cloned()
     }
 }
@@ -489,12 +499,13 @@ fn inexact_number(args: &Value) -> Option<String> {
     }
 }
 
-/// Pending requests past their timeout become expired.
-fn expire(inner: &mut Inner, now: u64) {
+/// Pending requests past their timeout become expired (and `feed` is told).
+fn expire(inner: &mut Inner, now: u64, feed: &feed::Feed) {
     for r in inner.requests.values_mut() {
         if r.state == State::Pending && now >= r.expires_ms {
             r.state = State::Expired;
             tracing::info!(approval = %r.id, tool = %r.tool, grant = %r.grant, "approval: expired undecided");
+            feed.changed(r);
         }
     }
 }
