@@ -1,6 +1,8 @@
 //! Require approval over `toolgate serve`: a held POST waits while an approver decides on the
 //! admin listener's API with a token of their own; grant tokens and other grants' approvers
-//! are refused; a decision cannot be replayed into a second call.
+//! are refused; a decision cannot be replayed into a second call. Its helpers (a gateway with
+//! two grants and an approver for each, the API, a held call's record) serve
+//! `approvals_events.rs` too.
 
 use crate::http::{Mcp, Serve};
 use crate::support::standin;
@@ -11,16 +13,16 @@ use std::time::{Duration, Instant};
 const POLICY: &str = r#"{"version": "1", "default": "allow", "tools": {
   "session_delete": {"action": "require_approval", "approval": {"hold": "20s"}}}}"#;
 
-fn hash(token: &str) -> String {
+pub(crate) fn hash(token: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(token.as_bytes()))
 }
 
-fn serve() -> Serve {
+pub(crate) fn serve() -> Serve {
     serve_with("", &[])
 }
 
-fn serve_with(extra: &str, files: &[(&str, &str)]) -> Serve {
+pub(crate) fn serve_with(extra: &str, files: &[(&str, &str)]) -> Serve {
     let command = serde_json::to_string(&standin()).unwrap();
     let config = format!(
         "[upstream]\ncommand = {command}\n\
@@ -38,7 +40,7 @@ fn serve_with(extra: &str, files: &[(&str, &str)]) -> Serve {
     Serve::start(&config, &all)
 }
 
-async fn api(
+pub(crate) async fn api(
     serve: &Serve,
     token: &str,
     method: &str,
@@ -56,7 +58,7 @@ async fn api(
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-async fn pending(serve: &Serve) -> String {
+pub(crate) async fn pending(serve: &Serve) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (_, list) = api(serve, "ops-token", "GET", "", Value::Null).await;
@@ -73,7 +75,7 @@ async fn pending(serve: &Serve) -> String {
     }
 }
 
-async fn created(mcp: &mut Mcp) -> String {
+pub(crate) async fn created(mcp: &mut Mcp) -> String {
     let result = mcp.call("session_create", json!({"cli": "codex"})).await;
     let body: Value = serde_json::from_str(result["content"][0]["text"].as_str().unwrap()).unwrap();
     body["session"]["id"].as_str().unwrap().to_owned()

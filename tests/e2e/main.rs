@@ -7,6 +7,7 @@
 //! core are unit tests beside their code.
 
 mod approvals;
+mod approvals_events;
 mod approvals_http;
 mod bad_input;
 mod fuzz_smoke;
