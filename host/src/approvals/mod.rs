@@ -9,6 +9,9 @@
 //! policy asks again. It reaches as far as the rule's `reuse` says: the one call, once (the
 //! default); identical calls in the same session; or identical calls of the grant for a while.
 //!
+//! Every new request and change of state is told on a feed (`feed.rs`) for approvers'
+//! screens to watch.
+//!
 //! Nothing here runs a call: it says whether one may run. A restart loses pending requests
 //! (their calls are answered with an error by the transport that held them), so a held call
 //! is never run by a process that did not hold it.

@@ -21,12 +21,12 @@
 //! A stream costs one connection of the admin listener and a cursor in the feed's ring: a
 //! reader that falls [`FEED_CAPACITY`](crate::approvals::FEED_CAPACITY) changes behind gets a
 //! fresh `pending` instead of the changes it missed, so a slow reader never grows memory. At
-//! most [`MAX_STREAMS`] are open at once (503 past it), so that streams cannot take every
+//! most [`MAX_APPROVAL_STREAMS`] are open at once (503 past it), so that streams cannot take every
 //! connection from `/status` and the decisions. A stream ends when the gateway stops, and
 //! the page's when its session ends (checked before each event).
 
 use super::error::GatewayError;
-use super::gateway::{ends_when_stopping, Approver, Gateway};
+use super::gateway::{ends_when_stopping, Approver, Gateway, MAX_APPROVAL_STREAMS};
 use crate::approvals::{Approvals, Change, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -36,9 +36,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::{error::RecvError, Receiver};
 
-/// Event streams open at once, over every approver: half of the admin listener's 64
-/// connections, so that watching can never lock out `/status`, `/healthz` and the decisions.
-pub(crate) const MAX_STREAMS: usize = 32;
 /// How often an idle stream sends a comment: under the 30 to 60 s after which proxies and
 /// load balancers commonly drop a silent connection.
 pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -53,7 +50,8 @@ pub(crate) fn stream(
     alive: impl Fn() -> bool + Send + 'static,
 ) -> Response {
     let Ok(permit) = gateway.approval_streams.clone().try_acquire_owned() else {
-        return GatewayError::ApprovalStreamsFull { max: MAX_STREAMS }.into_response();
+        let max = MAX_APPROVAL_STREAMS;
+        return GatewayError::ApprovalStreamsFull { max }.into_response();
     };
     let watcher = Watcher {
         approvals: gateway.approvals.clone(),

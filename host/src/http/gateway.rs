@@ -20,6 +20,10 @@ use std::time::Duration;
 /// The most read of an upstream reply to a DELETE (which carries no message).
 pub(crate) const SMALL_REPLY: usize = 64 * 1024;
 
+/// Approvals event streams open at once, over every approver: half of the admin listener's 64
+/// connections, so that watching can never lock out `/status`, `/healthz` and the decisions.
+pub(crate) const MAX_APPROVAL_STREAMS: usize = 32;
+
 /// Counts for the admin status.
 #[derive(Default)]
 pub(crate) struct Stats {
@@ -86,9 +90,7 @@ impl Gateway {
                 crate::clock::SystemClock::new(),
             ))),
             approvers: Vec::new(),
-            approval_streams: Arc::new(tokio::sync::Semaphore::new(
-                super::approval_events::MAX_STREAMS,
-            )),
+            approval_streams: Arc::new(tokio::sync::Semaphore::new(MAX_APPROVAL_STREAMS)),
         })
     }
 
