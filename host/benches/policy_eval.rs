@@ -111,7 +111,9 @@ fn session_round_trip(c: &mut Criterion) {
 /// short. The Redis server is started here, on a free loopback port.
 fn counter_stores(c: &mut Criterion) {
     use std::time::Duration;
-    use toolgate::counters::{CounterKey, RedisCounterStore, RedisOptions, Scope, SqliteCounterStore, Window};
+    use toolgate::counters::{
+        CounterKey, RedisCounterStore, RedisOptions, Scope, SqliteCounterStore, Window,
+    };
     let clock = Arc::new(SystemClock::new());
     let key = CounterKey::new("bench", Scope::Grant, "g", "s");
     let window = Window {
@@ -124,9 +126,12 @@ fn counter_stores(c: &mut Criterion) {
         b.iter(|| black_box(memory.consume(&[(key.clone(), window)]).unwrap()))
     });
     let dir = tempfile::tempdir().unwrap();
-    let sqlite =
-        SqliteCounterStore::open(&dir.path().join("c.sqlite"), clock.clone(), Duration::from_secs(2))
-            .unwrap();
+    let sqlite = SqliteCounterStore::open(
+        &dir.path().join("c.sqlite"),
+        clock.clone(),
+        Duration::from_secs(2),
+    )
+    .unwrap();
     group.bench_function("sqlite consume", |b| {
         b.iter(|| black_box(sqlite.consume(&[(key.clone(), window)]).unwrap()))
     });
@@ -136,7 +141,16 @@ fn counter_stores(c: &mut Criterion) {
         .unwrap()
         .port();
     let mut server = std::process::Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .arg("--dir")
         .arg(dir.path())
         .stdout(std::process::Stdio::null())

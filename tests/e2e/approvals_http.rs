@@ -1,6 +1,8 @@
 //! Require approval over `toolgate serve`: a held POST waits while an approver decides on the
 //! admin listener's API with a token of their own; grant tokens and other grants' approvers
-//! are refused; a decision cannot be replayed into a second call.
+//! are refused; a decision cannot be replayed into a second call. Its helpers (a gateway with
+//! two grants and an approver for each, the API, a held call's record) serve
+//! `approvals_events.rs` too.
 
 use crate::http::{Mcp, Serve};
 use crate::support::standin;
@@ -16,7 +18,7 @@ pub(crate) fn hash(token: &str) -> String {
     hex::encode(sha2::Sha256::digest(token.as_bytes()))
 }
 
-fn serve() -> Serve {
+pub(crate) fn serve() -> Serve {
     serve_with("", &[])
 }
 

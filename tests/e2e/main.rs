@@ -9,6 +9,7 @@
 mod approvals;
 mod approvals_cli;
 mod approvals_client_http;
+mod approvals_events;
 mod approvals_http;
 mod bad_input;
 mod counters;

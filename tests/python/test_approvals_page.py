@@ -1,6 +1,6 @@
 """The approvers' web page (`/approvals` on the admin listener of `toolgate serve`) in a real
 headless Chromium driven by selenium: log in with an approver's token, watch a held
-`session_delete` appear without reloading, approve it, and see the held call complete in the
+`session_delete` appear without reloading (pushed on the page's event stream, not polled), approve it, and see the held call complete in the
 MCP client. Wrong tokens, cross-site POSTs and POSTs without the CSRF token are refused.
 The screenshot goes to the test's folder (and, with TOOLGATE_UPDATE_SCREENSHOT=1, to
 docs/approvals-page.png for the README)."""
@@ -187,6 +187,8 @@ def test_an_approver_approves_a_held_call_on_the_page(tmp_path, browser):
         # It appears without a reload, with its tool, grant, rule, reason, arguments, countdown.
         card = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#pending .card")))
         assert browser.execute_script("return window.__notReloaded === true"), "the page reloaded"
+        fetched = browser.execute_script("return performance.getEntriesByType('resource').map((e) => e.name)")
+        assert not [u for u in fetched if "/approvals/poll" in u], f"the page polled: {fetched}"
         text = card.text
         for expected in ("session_delete", "agent", "deleting a session needs a person", doomed, "expires in"):
             assert expected in text, (expected, text)
@@ -211,6 +213,15 @@ def test_an_approver_approves_a_held_call_on_the_page(tmp_path, browser):
             wrong_csrf = http.post(approve_url, data={"csrf": "0" * 64})
             assert wrong_csrf.status_code == 403
             assert http.get(f"{admin}/approvals/poll").json()["pending"][0]["id"] == request_id
+            # The page's event stream, with the cookie: it starts with what is pending.
+            with http.stream("GET", f"{admin}/approvals/events") as events:
+                assert events.status_code == 200
+                assert events.headers["content-type"].startswith("text/event-stream")
+                lines = events.iter_lines()
+                assert next(lines) == "event: pending"
+                first = json.loads(next(lines).removeprefix("data: "))
+                assert [r["id"] for r in first["pending"]] == [request_id], first
+        assert httpx2.get(f"{admin}/approvals/events").status_code == 401  # no session
         assert httpx2.post(approve_url, data={"csrf": csrf}).status_code == 401  # no session
         bearer = httpx2.post(approve_url, data={"csrf": csrf}, headers={"Authorization": f"Bearer {APPROVER_TOKEN}"})
         assert bearer.status_code == 401  # the page takes no bearer token

@@ -9,13 +9,18 @@
 //! policy asks again. It reaches as far as the rule's `reuse` says: the one call, once (the
 //! default); identical calls in the same session; or identical calls of the grant for a while.
 //!
+//! Every new request and change of state is told on a feed (`feed.rs`) for approvers'
+//! screens to watch.
+//!
 //! Nothing here runs a call: it says whether one may run. A restart loses pending requests
 //! (their calls are answered with an error by the transport that held them), so a held call
 //! is never run by a process that did not hold it.
 
+mod feed;
 mod request_state;
 mod settings;
 
+pub use feed::{Change, Watch, FEED_CAPACITY};
 pub use request_state::{StateError, STATE_PREFIX};
 pub use settings::{ApprovalSettings, ApprovalSpec, Bind, Reuse, Via, MAX_REUSE};
 
@@ -198,6 +203,8 @@ pub struct Approvals {
     announce: Option<Announce>,
     /// The `requestState`s issued to 2026-07-28 clients.
     states: request_state::RequestStates,
+    /// Told of every new request and change of state, under the registry's lock.
+    feed: feed::Feed,
 }
 
 /// What is told of every new request.
@@ -217,6 +224,7 @@ impl Approvals {
             clock,
             announce: None,
             states: request_state::RequestStates::new(),
+            feed: feed::Feed::new(),
         }
     }
 
@@ -250,7 +258,7 @@ impl Approvals {
         let binding = binding(call, extra, policy_digest, settings.bind);
         let now = self.clock.now_ms();
         let mut inner = self.lock();
-        expire(&mut inner, now);
+        expire(&mut inner, now, &self.feed);
         // An approval that reaches this call.
         let covering = inner.requests.values_mut().find(|r| {
             r.binding == binding
@@ -266,6 +274,7 @@ impl Approvals {
         if let Some(r) = covering {
             if r.reuse == Reuse::Once {
                 r.state = State::Consumed;
+                self.feed.changed(r);
             }
             tracing::info!(approval = %r.id, tool = call.tool, grant = call.grant, "approval: a call covered by an approval goes through");
             return Ok(Ticket::Approved(r.approval()));
@@ -314,6 +323,7 @@ impl Approvals {
         };
         tracing::info!(approval = %id, tool = call.tool, grant = call.grant, session = call.session, rule, reason, "approval: requested");
         let announced = self.announce.is_some().then(|| request.clone());
+        self.feed.requested(&request);
         inner.requests.insert(id.clone(), request);
         drop(inner);
         self.changed.notify_all();
@@ -329,7 +339,7 @@ impl Approvals {
         let deadline = Instant::now() + hold;
         let mut inner = self.lock();
         loop {
-            expire(&mut inner, self.clock.now_ms());
+            expire(&mut inner, self.clock.now_ms(), &self.feed);
             let Some(r) = inner.requests.get_mut(id) else {
                 return Held::Undecided {
                     state: State::Expired,
@@ -340,6 +350,7 @@ impl Approvals {
                 State::Approved => {
                     if r.reuse == Reuse::Once {
                         r.state = State::Consumed;
+                        self.feed.changed(r);
                     }
                     return Held::Approved(r.approval());
                 }
@@ -383,6 +394,7 @@ impl Approvals {
                     approval = id,
                     "approval: given back unused (the held call's client left)"
                 );
+                self.feed.changed(r);
             }
         }
     }
@@ -426,7 +438,7 @@ impl Approvals {
     ) -> Result<Request, ApprovalError> {
         let now = self.clock.now_ms();
         let mut inner = self.lock();
-        expire(&mut inner, now);
+        expire(&mut inner, now, &self.feed);
         let r = inner
             .requests
             .get_mut(id)
@@ -464,6 +476,7 @@ impl Approvals {
         };
         tracing::info!(approval = id, state = r.state.as_str(), by, channel, note = deny.unwrap_or(""), tool = %r.tool, grant = %r.grant, "approval: decided");
         let decided = r.clone();
+        self.feed.changed(&decided);
         drop(inner);
         self.changed.notify_all();
         Ok(decided)
@@ -476,6 +489,7 @@ impl Approvals {
             if r.state == State::Pending {
                 r.state = State::Cancelled;
                 tracing::info!(approval = id, "approval: cancelled by the client");
+                self.feed.changed(r);
             }
         }
         drop(inner);
@@ -485,7 +499,7 @@ impl Approvals {
     /// Every request, newest first.
     pub fn list(&self) -> Vec<Request> {
         let mut inner = self.lock();
-        expire(&mut inner, self.clock.now_ms());
+        expire(&mut inner, self.clock.now_ms(), &self.feed);
         let mut all: Vec<Request> = inner.requests.values().cloned().collect();
         all.sort_by_key(|r| std::cmp::Reverse(r.created_ms));
         all
@@ -494,7 +508,7 @@ impl Approvals {
     /// Request `id`.
     pub fn get(&self, id: &str) -> Option<Request> {
         let mut inner = self.lock();
-        expire(&mut inner, self.clock.now_ms());
+        expire(&mut inner, self.clock.now_ms(), &self.feed);
         inner.requests.get(id).cloned()
     }
 }
@@ -530,12 +544,13 @@ fn inexact_number(args: &Value) -> Option<String> {
     }
 }
 
-/// Pending requests past their timeout become expired.
-fn expire(inner: &mut Inner, now: u64) {
+/// Pending requests past their timeout become expired (and `feed` is told).
+fn expire(inner: &mut Inner, now: u64, feed: &feed::Feed) {
     for r in inner.requests.values_mut() {
         if r.state == State::Pending && now >= r.expires_ms {
             r.state = State::Expired;
             tracing::info!(approval = %r.id, tool = %r.tool, grant = %r.grant, "approval: expired undecided");
+            feed.changed(r);
         }
     }
 }

@@ -4,14 +4,17 @@
 //! `POST /reload` need `Authorization: Bearer <admin token>`, checked against
 //! `admin_token_sha256` in constant time; without that key in the config they are shut.
 //! `/approvals/api` (list, `/{id}`, `/{id}/approve`, `/{id}/deny` with `{"reason"}`) needs
-//! an approver's token (`[[approvers]]`), and shows and decides only the grants it names.
+//! an approver's token (`[[approvers]]`), and shows and decides only the grants it names;
+//! `/approvals/api/events` is the same as server-sent events (`approval_events.rs`).
 //! A reload reads every grant's policy and the listeners' `[tls]` certificate again.
 //!
 //! The approvers' web page (`approvals_page.rs`): `GET /approvals` (login form or the page),
-//! `POST /approvals/login` and `/approvals/logout`, `GET /approvals/poll` (the page's JSON),
+//! `POST /approvals/login` and `/approvals/logout`, `GET /approvals/events` (the page's live
+//! feed) and `GET /approvals/poll` (the same as one JSON answer),
 //! `POST /approvals/{id}/approve` and `/approvals/{id}/deny`; a session cookie, a CSRF token
 //! and an Origin check instead of a bearer token.
 
+use super::approval_events;
 use super::approvals_page::{self, Page};
 use super::config::parse_sha256;
 use super::error::GatewayError;
@@ -54,6 +57,7 @@ pub(crate) fn router(
         .route("/status", get(status))
         .route("/reload", post(reload))
         .route("/approvals/api", get(approvals_list))
+        .route("/approvals/api/events", get(approvals_events))
         .route("/approvals/api/{id}", get(approvals_show))
         .route("/approvals/api/{id}/approve", post(approvals_approve))
         .route("/approvals/api/{id}/deny", post(approvals_deny))
@@ -63,6 +67,7 @@ pub(crate) fn router(
                 .route("/approvals", get(approvals_page::show))
                 .route("/approvals/login", post(approvals_page::login))
                 .route("/approvals/logout", post(approvals_page::logout))
+                .route("/approvals/events", get(approvals_page::events))
                 .route("/approvals/poll", get(approvals_page::poll))
                 .route("/approvals/{id}/approve", post(approvals_page::approve))
                 .route("/approvals/{id}/deny", post(approvals_page::deny))
@@ -120,6 +125,13 @@ async fn approvals_list(State(admin): State<Arc<Admin>>, request: Request) -> Re
         .filter(|r| approver.grants.contains(&r.grant))
         .collect();
     Json(json!({"ok": true, "requests": requests})).into_response()
+}
+
+async fn approvals_events(State(admin): State<Arc<Admin>>, request: Request) -> Response {
+    match approver(&admin, &request) {
+        Ok(approver) => approval_events::stream(&admin.gateway, approver, || true),
+        Err(refused) => refused.into_response(),
+    }
 }
 
 async fn approvals_show(

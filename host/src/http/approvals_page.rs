@@ -6,10 +6,14 @@
 //!   scoped to `/approvals`, mapped server-side to the approver and a CSRF token of its own.
 //!   The token itself is never stored in the browser. Sessions end after [`SESSION_TTL`], on
 //!   logout, or when the gateway stops (they live in memory only).
-//! - **Live.** The page polls `GET /approvals/poll` (JSON, cookie-authenticated) every second.
-//!   Polling, not SSE: the registry has no change feed to push from (SSE would poll it inside
-//!   the gateway anyway), a one-second GET keeps no long-lived connection on the admin
-//!   listener, and an expired session shows up as one 401 that sends the page to the login.
+//! - **Live.** The page listens to `GET /approvals/events` (cookie-authenticated) with an
+//!   `EventSource`: the approvals event stream of `approval_events.rs`, which the registry's
+//!   change feed pushes, so a request shows the moment it is made and nothing is asked while
+//!   nothing happens. The stream ends with the session; the browser's reconnect is then
+//!   refused (401), and one `GET /approvals/poll` (the same state as one JSON answer) tells
+//!   the page to go to the login. When the stream is refused otherwise (503: too many open),
+//!   the page shows that poll's answer and tries the stream again after 5 s. The countdowns
+//!   run in the page, against the gateway's clock (`now_ms`).
 //! - **Every POST** (login, logout, approve, deny) must come from the page itself: an `Origin`
 //!   other than the listener's own (`scheme://Host`) or a `Sec-Fetch-Site` other than
 //!   `same-origin` is refused with 403. Logout, approve and deny also carry the session's CSRF
@@ -21,6 +25,7 @@
 //! Every dynamic value in the HTML goes through [`escape`]; the script writes only with
 //! `textContent` and DOM nodes, and runs under a nonce'd Content-Security-Policy.
 
+use super::approval_events::{self, RECENT};
 use super::error::GatewayError;
 use super::gateway::{Approver, Gateway};
 use axum::extract::{Path, Request, State};
@@ -54,8 +59,6 @@ pub(crate) const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
 const MAX_SESSIONS: usize = 1024;
 /// The most of a form body read.
 const MAX_FORM: usize = 16 << 10;
-/// How many decided requests the page shows.
-const RECENT: usize = 20;
 
 /// One logged-in browser.
 struct PageSession {
@@ -265,6 +268,7 @@ pub(crate) async fn show(State(page): State<Arc<Page>>, headers: HeaderMap) -> R
                     ("approver", &approver.name),
                     ("grants", &grants),
                     ("csrf", &csrf),
+                    ("recent", &RECENT.to_string()),
                 ],
             )
         }
@@ -336,6 +340,17 @@ pub(crate) async fn logout(State(page): State<Arc<Page>>, request: Request) -> R
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
     response
+}
+
+/// `GET /approvals/events`: the approvals event stream of the session's approver; it ends
+/// when the session does (logout, or [`SESSION_TTL`]).
+pub(crate) async fn events(State(page): State<Arc<Page>>, headers: HeaderMap) -> Response {
+    let Some((approver, _)) = page.session(&headers) else {
+        return GatewayError::PageNoSession.into_response();
+    };
+    let watching = page.clone();
+    let alive = move || watching.session(&headers).is_some();
+    approval_events::stream(&page.gateway, approver, alive)
 }
 
 /// `GET /approvals/poll`: the approver's pending requests and recent decisions.
@@ -509,7 +524,6 @@ function decisionForm(r, kind) {
         body: new URLSearchParams(new FormData(f))});
       const body = await res.json().catch(() => ({}));
       say(res.ok ? "" : (body.error || ("HTTP " + res.status)));
-      poll();
     } finally { b.disabled = false; }
   });
   return f;
@@ -536,18 +550,19 @@ function tick() {
     c.querySelector(".countdown").textContent = left > 0 ? ("expires in " + Math.floor(left / 60) + ":" + String(left % 60).padStart(2, "0")) : "expired";
   }
 }
-function show(data) {
-  skew = data.now_ms - Date.now();
-  const list = document.getElementById("pending");
-  const ids = new Set(data.pending.map((r) => r.id));
-  for (const [id, c] of rows) if (!ids.has(id)) { c.remove(); rows.delete(id); }
-  for (const r of data.pending) if (!rows.has(r.id)) { const c = card(r); rows.set(r.id, c); list.appendChild(c); }
-  const empty = list.querySelector(".empty");
+function counts() {
+  const empty = document.getElementById("pending").querySelector(".empty");
   if (empty) empty.hidden = rows.size > 0;
   document.getElementById("pending-count").textContent = "(" + rows.size + ")";
   document.title = (rows.size ? "(" + rows.size + ") " : "") + "toolgate approvals";
-  const tbody = document.getElementById("recent");
-  tbody.replaceChildren(...data.recent.map((r) => {
+}
+function add(r) {
+  if (!rows.has(r.id)) { const c = card(r); rows.set(r.id, c); document.getElementById("pending").appendChild(c); }
+}
+function remove(id) { const c = rows.get(id); if (c) { c.remove(); rows.delete(id); } }
+let recent = [];
+function showRecent() {
+  document.getElementById("recent").replaceChildren(...recent.map((r) => {
     const tr = el("tr");
     tr.appendChild(el("td", "", new Date(r.created_ms).toLocaleTimeString()));
     tr.appendChild(el("td", "", r.tool)); tr.appendChild(el("td", "", r.grant));
@@ -556,17 +571,43 @@ function show(data) {
     tr.appendChild(el("td", "", r.note || ""));
     return tr;
   }));
-  tick();
 }
-async function poll() {
+// A whole state: the stream's `pending` event, or /approvals/poll's answer.
+function show(data) {
+  skew = data.now_ms - Date.now();
+  const ids = new Set(data.pending.map((r) => r.id));
+  for (const id of [...rows.keys()]) if (!ids.has(id)) remove(id);
+  for (const r of data.pending) add(r);
+  recent = data.recent;
+  showRecent(); counts(); tick();
+}
+function decided(r) {
+  remove(r.id);
+  recent = [r, ...recent.filter((x) => x.id !== r.id)];
+  recent.sort((a, b) => b.created_ms - a.created_ms);
+  recent.length = Math.min(recent.length, {{recent}});
+  showRecent(); counts();
+}
+function watch() {
+  const events = new EventSource("/approvals/events");
+  events.addEventListener("pending", (e) => { say(""); show(JSON.parse(e.data)); });
+  events.addEventListener("request", (e) => { add(JSON.parse(e.data)); counts(); tick(); });
+  events.addEventListener("decided", (e) => decided(JSON.parse(e.data)));
+  events.onerror = () => {
+    if (events.readyState === EventSource.CLOSED) fallback();
+    else say("the gateway is unreachable; reconnecting");
+  };
+}
+// The stream was refused: one poll says why (401: the session ended) and shows the state.
+async function fallback() {
   try {
     const res = await fetch("/approvals/poll", {credentials: "same-origin", cache: "no-store"});
     if (res.status === 401) { location.reload(); return; }
-    if (res.ok) show(await res.json());
+    if (res.ok) { show(await res.json()); say("live updates paused; retrying"); }
   } catch (e) { say("the gateway is unreachable; retrying"); }
+  setTimeout(watch, 5000);
 }
-poll();
-setInterval(poll, 1000);
+watch();
 setInterval(tick, 250);
 </script></body></html>
 "#;

@@ -134,6 +134,14 @@ pub(crate) enum GatewayError {
     /// An approval's `reuse` that cannot be.
     #[error("{0}")]
     ApprovalBadReuse(String),
+    /// As many approvals event streams are open as the admin listener keeps for them.
+    #[error(
+        "{max} approvals event streams are open already; try again later, or poll `/approvals/api`"
+    )]
+    ApprovalStreamsFull {
+        /// The most open at once.
+        max: usize,
+    },
     /// The approvals page's login with a token no approver has.
     #[error("that is not an approver's token")]
     PageLoginFailed,
@@ -247,6 +255,7 @@ impl GatewayError {
             E::ApprovalNeedsReason | E::ApprovalBadReuse(_) => {
                 (StatusCode::BAD_REQUEST, Body::Admin)
             }
+            E::ApprovalStreamsFull { .. } => (StatusCode::SERVICE_UNAVAILABLE, Body::Admin),
             E::PageLoginFailed | E::PageNoSession => (StatusCode::UNAUTHORIZED, Body::Admin),
             E::PageCrossSite | E::PageCsrf => (StatusCode::FORBIDDEN, Body::Admin),
             E::PageNeedsReason => (StatusCode::BAD_REQUEST, Body::Admin),

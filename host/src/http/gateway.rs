@@ -10,13 +10,19 @@ use super::headers::{LAST_EVENT_ID, MCP_METHOD, MCP_NAME, PROTOCOL_VERSION, SESS
 use super::sessions::{GwSession, Link, Sessions};
 use super::upstream::{Pool, Response as UpstreamResponse, SendError};
 use crate::session::{Identity, SchemaChecks, Session};
+use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, Method};
+use axum::response::Response;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// The most read of an upstream reply to a DELETE (which carries no message).
 pub(crate) const SMALL_REPLY: usize = 64 * 1024;
+
+/// Approvals event streams open at once, over every approver: half of the admin listener's 64
+/// connections, so that watching can never lock out `/status`, `/healthz` and the decisions.
+pub(crate) const MAX_APPROVAL_STREAMS: usize = 32;
 
 /// Counts for the admin status.
 #[derive(Default)]
@@ -46,6 +52,8 @@ pub(crate) struct Gateway {
     pub(crate) approvals: Arc<crate::approvals::Approvals>,
     /// Who may decide them (`[[approvers]]`); none: calls that need approval are refused.
     pub(crate) approvers: Vec<Approver>,
+    /// The approvals event streams that may be open at once (`approval_events.rs`).
+    pub(crate) approval_streams: Arc<tokio::sync::Semaphore>,
 }
 
 /// One `[[approvers]]` entry, its token as a digest.
@@ -82,6 +90,7 @@ impl Gateway {
                 crate::clock::SystemClock::new(),
             ))),
             approvers: Vec::new(),
+            approval_streams: Arc::new(tokio::sync::Semaphore::new(MAX_APPROVAL_STREAMS)),
         })
     }
 
@@ -296,4 +305,18 @@ impl Gateway {
             let _ = response.into_body().read_all(SMALL_REPLY).await;
         }
     }
+}
+
+/// A stream that carries only what happens later (an MCP GET stream, the approvals events)
+/// never ends by itself. When the gateway stops, it ends at once (the client reconnects, to
+/// the next gateway) instead of holding the stop for the whole grace period. POST replies are
+/// requests in flight: they keep the grace period to finish.
+pub(crate) fn ends_when_stopping(gw: &Gateway, response: Response) -> Response {
+    use futures_util::StreamExt;
+    let mut stopping = gw.stopping();
+    let stopped = async move {
+        // An error means the gateway is gone: the stream ends then too.
+        let _ = stopping.wait_for(|stopping| *stopping).await;
+    };
+    response.map(|body| Body::from_stream(body.into_data_stream().take_until(stopped)))
 }

@@ -18,7 +18,7 @@
 use super::children::Child;
 use super::config::Upstream;
 use super::error::{closing, json_response, Failed, GatewayError};
-use super::gateway::{Gateway, SMALL_REPLY};
+use super::gateway::{ends_when_stopping, Gateway, SMALL_REPLY};
 use super::grants::{Grant, Remembered};
 use super::headers::{accepts, media_type, MCP_METHOD, MCP_NAME, SESSION_ID};
 use super::held;
@@ -450,20 +450,6 @@ async fn get_mcp(
         }
     };
     Ok(ends_when_stopping(&gw, stream))
-}
-
-/// A GET stream carries only what the server sends unasked, and it never ends by itself. When
-/// the gateway stops, the stream ends at once (the client reconnects, to the next gateway)
-/// instead of holding the stop for the whole grace period. POST replies are requests in
-/// flight: they keep the grace period to finish.
-fn ends_when_stopping(gw: &Gateway, response: Response) -> Response {
-    use futures_util::StreamExt;
-    let mut stopping = gw.stopping();
-    let stopped = async move {
-        // An error means the gateway is gone: the stream ends then too.
-        let _ = stopping.wait_for(|stopping| *stopping).await;
-    };
-    response.map(|body| Body::from_stream(body.into_data_stream().take_until(stopped)))
 }
 
 /// A DELETE: the session ends here, then upstream.

@@ -30,6 +30,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod admission;
+mod approval_events;
 mod approvals_page;
 pub(crate) mod children;
 pub(crate) mod config;
