@@ -14,7 +14,8 @@ const SEED: &str = include_str!("../../examples/seed/policy.json");
 pub struct Redis {
     child: Child,
     pub url: String,
-    _dir: tempfile::TempDir,
+    port: u16,
+    dir: tempfile::TempDir,
 }
 
 impl Redis {
@@ -25,6 +26,23 @@ impl Redis {
             .local_addr()
             .unwrap()
             .port();
+        let child = Self::spawn(&dir, port);
+        Self {
+            child,
+            url: format!("redis://127.0.0.1:{port}/0"),
+            port,
+            dir,
+        }
+    }
+
+    /// Killed and started again on the same port, without persistence: empty.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(&self.dir, self.port);
+    }
+
+    fn spawn(dir: &tempfile::TempDir, port: u16) -> Child {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--dir"])
@@ -37,11 +55,7 @@ impl Redis {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(10));
         }
-        Self {
-            child,
-            url: format!("redis://127.0.0.1:{port}/0"),
-            _dir: dir,
-        }
+        child
     }
 
     pub fn signal(&self, signal: &str) {
@@ -195,5 +209,45 @@ async fn a_frozen_redis_refuses_limited_calls_quickly_while_unlimited_ones_flow(
         (26..=27).contains(&admitted),
         "3 before the freeze, 30 in all (the refused call may stay counted): {admitted}"
     );
+    assert_eq!(serve.status().await["counters"]["state"], "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restarted_without_persistence_shows_and_forgets_only_the_current_window() {
+    let mut redis = Redis::start();
+    let serve = replica(&redis, 200);
+    let mut mcp = Mcp::new(&serve.url, Some("token-a"));
+    mcp.initialize().await;
+    for _ in 0..10 {
+        assert!(passed(
+            &mcp.call("session_create", json!({"cli": "codex"})).await
+        ));
+    }
+    redis.restart();
+    // The first calls meet the broken connection: refused, and the status says so.
+    let mut refused = 0;
+    let mut degraded_seen = false;
+    let mut admitted = 0;
+    for _ in 0..100 {
+        let result = mcp.call("session_create", json!({"cli": "codex"})).await;
+        if passed(&result) {
+            admitted += 1;
+        } else if result["_meta"]["toolgate"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("Redis"))
+        {
+            refused += 1;
+            degraded_seen |= serve.status().await["counters"]["state"] == "degraded";
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        } else {
+            break; // the cap
+        }
+    }
+    // The documented loss: the restarted Redis forgot the 10 units of this window, so the
+    // cap admits 30 more in it; nothing beyond that.
+    assert_eq!(admitted, 30, "refused while reconnecting: {refused}");
+    if refused > 0 {
+        assert!(degraded_seen, "the status showed the outage");
+    }
     assert_eq!(serve.status().await["counters"]["state"], "ok");
 }

@@ -155,18 +155,24 @@ async fn approvals_approve(
         Err(refused) => return refused.into_response(),
     };
     // `{"reuse": "1h"}`: the approver chooses how far the approval reaches.
-    let body = axum::body::to_bytes(request.into_body(), 64 << 10)
+    let reuse = body_field(request, "reuse")
         .await
-        .unwrap_or_default();
-    let reuse = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v["reuse"].as_str().map(str::parse::<Reuse>));
+        .map(|r| r.parse::<Reuse>());
     let reuse = match reuse.transpose() {
         Ok(reuse) => reuse,
         Err(e) => return GatewayError::ApprovalBadReuse(e).into_response(),
     };
     decide_as(&admin, &id, approver, Decision::Approve(reuse))
         .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The string member `name` of a decision's JSON body (at most 64 KiB), if it has one.
+async fn body_field(request: Request, name: &str) -> Option<String> {
+    let body = axum::body::to_bytes(request.into_body(), 64 << 10)
+        .await
+        .ok()?;
+    let body: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    body[name].as_str().map(str::to_owned)
 }
 
 /// What an approver decides.
@@ -184,12 +190,8 @@ async fn approvals_deny(
         Ok(a) => a,
         Err(refused) => return refused.into_response(),
     };
-    let body = axum::body::to_bytes(request.into_body(), 64 << 10)
+    let reason = body_field(request, "reason")
         .await
-        .unwrap_or_default();
-    let reason = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v["reason"].as_str().map(str::to_owned))
         .filter(|r| !r.trim().is_empty());
     let Some(reason) = reason else {
         return GatewayError::ApprovalNeedsReason.into_response();
