@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 const SEED: &str = include_str!("../../examples/seed/policy.json");
 
 /// A `redis-server` of the test's own on a free loopback port, without persistence.
-pub struct Redis {
+pub(crate) struct Redis {
     child: Child,
-    pub url: String,
+    pub(crate) url: String,
     _dir: tempfile::TempDir,
 }
 
 impl Redis {
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -44,7 +44,7 @@ impl Redis {
         }
     }
 
-    pub fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill")
             .args([signal, &pid])
@@ -62,7 +62,7 @@ impl Drop for Redis {
     }
 }
 
-fn hash(token: &str) -> String {
+pub(crate) fn hash(token: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(token.as_bytes()))
 }
