@@ -266,3 +266,46 @@ async fn a_session_id_answers_only_its_grant_and_only_unaltered() {
     let mut same = on(&a, &replicas[1].url);
     assert!(passed(&same.call("echo", json!({"message": "x"})).await));
 }
+
+/// `toolgate serve` with `config` (and `files` beside it) must not start; its stderr.
+fn refused_at_start(config: &str, files: &[(&str, &str, u32)]) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text, mode) in files {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode)).unwrap();
+    }
+    let path = dir.path().join("toolgate.toml");
+    std::fs::write(
+        &path,
+        format!("listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{config}"),
+    )
+    .unwrap();
+    let out = Command::new(crate::support::TOOLGATE)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "it started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_bad_or_exposed_key_or_a_stdio_upstream_stops_the_gateway_at_start() {
+    let upstream = "[upstream]\nurl = \"http://127.0.0.1:9/mcp\"\n";
+    let config = format!("session_key_file = \"k\"\n{upstream}");
+    let good = "5f".repeat(32);
+    let short = refused_at_start(&config, &[("k", &"5f".repeat(16), 0o600)]);
+    assert!(short.contains("64 hex characters"), "{short}");
+    let exposed = refused_at_start(&config, &[("k", &good, 0o644)]);
+    assert!(exposed.contains("mode 644"), "{exposed}");
+    let command = serde_json::to_string(&crate::support::standin()).unwrap();
+    let stdio = format!("session_key_file = \"k\"\n[upstream]\ncommand = {command}\n");
+    let stdio = refused_at_start(&stdio, &[("k", &good, 0o600)]);
+    assert!(
+        stdio.contains("session affinity") && stdio.contains("hash $http_mcp_session_id"),
+        "{stdio}"
+    );
+}
