@@ -309,3 +309,22 @@ fn a_bad_or_exposed_key_or_a_stdio_upstream_stops_the_gateway_at_start() {
         "{stdio}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_replica_leaves_its_sessions_to_the_others() {
+    let (upstream, redis) = (EchoUpstream::start(), Redis::start());
+    let (mut replicas, _key) = replicas(&upstream, &redis);
+    let mut opened = Mcp::new(&replicas[0].url, Some("token-a"));
+    opened.initialize().await;
+    assert!(passed(
+        &opened.call("echo", json!({"message": "before"})).await
+    ));
+    // Without a key a stopping gateway DELETEs its upstream sessions; with one, they are the
+    // other replicas' too, and live on.
+    let stopped = replicas[0].terminate(Duration::from_secs(15));
+    assert!(stopped.is_some_and(|s| s.success()), "{stopped:?}");
+    assert_eq!(upstream.stats().await["sessions"], 1);
+    let mut after = on(&opened, &replicas[1].url);
+    let result = after.call("echo", json!({"message": "after"})).await;
+    assert_eq!(result["content"][0]["text"], "after", "{result}");
+}

@@ -314,9 +314,14 @@ impl Gateway {
     /// Ends every session when the gateway stops, after the connections have finished: the
     /// HTTP upstream's sessions get their DELETEs, all at once and for at most `within`, so
     /// that the upstream frees them now instead of at its own idle expiry; stdio children are
-    /// stopped as their sessions drop. Returns how many sessions there were.
+    /// stopped as their sessions drop. Returns how many sessions there were. With a session
+    /// key, no DELETE: the sessions live on, served by the other replicas.
     pub(crate) async fn close_all(self: &Arc<Self>, within: Duration) -> usize {
         let closed = self.sessions.take_all();
+        if self.session_key.is_some() {
+            // Other replicas serve these sessions: they live on upstream.
+            return closed.len();
+        }
         let mut deletes = tokio::task::JoinSet::new();
         for session in &closed {
             if let Link::Http(Some(upstream_id)) = &session.link {
@@ -335,7 +340,13 @@ impl Gateway {
 
     /// Ends the upstream side of a session that is gone: DELETE for HTTP (in the
     /// background), the child is killed when the last reference drops.
+    /// With a session key, other replicas may be serving the session right now (this copy is
+    /// idle because they are): only this replica forgets it, and the upstream session ends by
+    /// the client's DELETE or the upstream's own expiry.
     fn close_upstream(self: &Arc<Self>, session: &GwSession) {
+        if self.session_key.is_some() {
+            return;
+        }
         if let Link::Http(Some(upstream_id)) = &session.link {
             tokio::spawn(self.clone().delete_upstream(upstream_id.clone()));
         }
