@@ -22,6 +22,7 @@ mod manifest;
 mod plugin_versions;
 mod plugins;
 mod registry;
+mod replica_sessions;
 mod replicas;
 mod sharing;
 mod signing;

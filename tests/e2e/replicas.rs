@@ -11,15 +11,15 @@ use std::time::{Duration, Instant};
 const SEED: &str = include_str!("../../examples/seed/policy.json");
 
 /// A `redis-server` of the test's own on a free loopback port, without persistence.
-pub struct Redis {
+pub(crate) struct Redis {
     child: Child,
-    pub url: String,
+    pub(crate) url: String,
     port: u16,
     dir: tempfile::TempDir,
 }
 
 impl Redis {
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -36,7 +36,7 @@ impl Redis {
     }
 
     /// Killed and started again on the same port, without persistence: empty.
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.child = Self::spawn(&self.dir, self.port);
@@ -58,7 +58,7 @@ impl Redis {
         child
     }
 
-    pub fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill")
             .args([signal, &pid])
@@ -76,7 +76,7 @@ impl Drop for Redis {
     }
 }
 
-fn hash(token: &str) -> String {
+pub(crate) fn hash(token: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(token.as_bytes()))
 }

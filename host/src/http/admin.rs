@@ -249,6 +249,7 @@ async fn status(State(admin): State<Arc<Admin>>, request: Request) -> Response {
         "sessions_opened": stats.sessions_opened.load(Ordering::Relaxed),
         "sessions_expired": stats.sessions_expired.load(Ordering::Relaxed),
         "sessions_deleted": stats.sessions_deleted.load(Ordering::Relaxed),
+        "sessions_adopted": stats.sessions_adopted.load(Ordering::Relaxed),
         "refused_auth": stats.refused_auth.load(Ordering::Relaxed),
         "refused_host": stats.refused_host.load(Ordering::Relaxed),
         "tls": admin.cert.as_ref().map(|cert| cert.status()),

@@ -67,6 +67,12 @@ pub(crate) struct Config {
     /// `[counters]`: where every grant's counters are kept.
     #[serde(default)]
     pub(crate) counters: CountersConfig,
+    /// The key the replicas share (64 hex characters, relative to this file, private to the
+    /// gateway's user): with it, session ids are sealed (`http/sealed.rs`) and any replica
+    /// holding the same key serves any session of an HTTP upstream. Refused with a stdio
+    /// upstream, whose sessions live in one replica's child processes.
+    #[serde(default)]
+    pub(crate) session_key_file: Option<PathBuf>,
 }
 
 /// `[counters]`: `store = "memory"` (the default: this process only) or `store = "sqlite"`
@@ -369,6 +375,15 @@ impl Config {
             *counters = base.join(&*counters);
         }
         config.counters.spec()?;
+        if let Some(key) = &mut config.session_key_file {
+            *key = base.join(&*key);
+            if config.upstream.command.is_some() {
+                bail!(
+                    "config `{}`: session_key_file is for an HTTP upstream: a stdio upstream's sessions are child processes of one replica, so put replicas behind a load balancer with session affinity on the `Mcp-Session-Id` header instead (nginx: `hash $http_mcp_session_id consistent;`)",
+                    path.display()
+                );
+            }
+        }
         if let Some(webhook) = &mut config.approvals_webhook {
             webhook.secret_file = base.join(&webhook.secret_file);
             let scheme = url::Url::parse(&webhook.url).map(|u| u.scheme().to_owned());

@@ -30,6 +30,8 @@ pub(crate) struct Stats {
     pub(crate) sessions_opened: AtomicU64,
     pub(crate) sessions_expired: AtomicU64,
     pub(crate) sessions_deleted: AtomicU64,
+    /// Sessions another replica opened, served here since.
+    pub(crate) sessions_adopted: AtomicU64,
     pub(crate) refused_auth: AtomicU64,
     pub(crate) refused_host: AtomicU64,
 }
@@ -54,6 +56,9 @@ pub(crate) struct Gateway {
     pub(crate) approvers: Vec<Approver>,
     /// The approvals event streams that may be open at once (`approval_events.rs`).
     pub(crate) approval_streams: Arc<tokio::sync::Semaphore>,
+    /// The replicas' shared key (`session_key_file`): session ids are sealed with it, and a
+    /// session another replica opened is adopted here.
+    pub(crate) session_key: Option<super::sealed::SessionKey>,
 }
 
 /// One `[[approvers]]` entry, its token as a digest.
@@ -91,7 +96,15 @@ impl Gateway {
             ))),
             approvers: Vec::new(),
             approval_streams: Arc::new(tokio::sync::Semaphore::new(MAX_APPROVAL_STREAMS)),
+            session_key: None,
         })
+    }
+
+    /// Session ids are sealed under `key`, and any replica with the same key serves them
+    /// (HTTP upstreams only: the config refuses a key with a stdio upstream).
+    pub(crate) fn with_session_key(mut self, key: super::sealed::SessionKey) -> Self {
+        self.session_key = Some(key);
+        self
     }
 
     /// New approval requests are announced by `announce` (the webhook). Before any session.
@@ -173,9 +186,40 @@ impl Gateway {
         let Some(id) = headers.get(&SESSION_ID).and_then(|v| v.to_str().ok()) else {
             return Err(GatewayError::SessionIdMissing);
         };
-        self.sessions
-            .find(id, grant)
-            .ok_or(GatewayError::SessionNotFound)
+        match self.sessions.find(id, grant) {
+            Some(session) => Ok(session),
+            None => self.adopt(id, grant),
+        }
+    }
+
+    /// A session this replica does not know, opened by another that shares the session key:
+    /// adopted if its id opens under the key and was sealed for `grant`; anything else is a
+    /// session that does not exist, whatever the reason. Its core learns the upstream's tools
+    /// before it decides anything (`super::adopted::catch_up`).
+    fn adopt(&self, id: &str, grant: &Arc<Grant>) -> Result<Arc<GwSession>, GatewayError> {
+        let sealed = self
+            .session_key
+            .as_ref()
+            .and_then(|key| key.open(id))
+            .filter(|sealed| sealed.grant == grant.name)
+            .ok_or(GatewayError::SessionNotFound)?;
+        let upstream = match sealed.upstream.as_deref().map(HeaderValue::from_str) {
+            None => None,
+            Some(Ok(value)) => Some(value),
+            Some(Err(_)) => return Err(GatewayError::SessionNotFound),
+        };
+        let Some(slot) = self.sessions.take_slot() else {
+            let max = self.sessions.max();
+            return Err(GatewayError::TooManySessions { max });
+        };
+        let core = self
+            .session_core(grant, &sealed.session)
+            .resumed(sealed.client_elicits);
+        let session = GwSession::adopted(id.to_owned(), grant.clone(), core, Link::Http(upstream));
+        let session = self.sessions.open_or_existing(slot, session);
+        self.stats.sessions_adopted.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(grant = %grant.name, "session adopted from another replica");
+        Ok(session)
     }
 
     /// A new session core: the grant's policy and counters, counting as session `id`.
@@ -270,9 +314,14 @@ impl Gateway {
     /// Ends every session when the gateway stops, after the connections have finished: the
     /// HTTP upstream's sessions get their DELETEs, all at once and for at most `within`, so
     /// that the upstream frees them now instead of at its own idle expiry; stdio children are
-    /// stopped as their sessions drop. Returns how many sessions there were.
+    /// stopped as their sessions drop. Returns how many sessions there were. With a session
+    /// key, no DELETE: the sessions live on, served by the other replicas.
     pub(crate) async fn close_all(self: &Arc<Self>, within: Duration) -> usize {
         let closed = self.sessions.take_all();
+        if self.session_key.is_some() {
+            // Other replicas serve these sessions: they live on upstream.
+            return closed.len();
+        }
         let mut deletes = tokio::task::JoinSet::new();
         for session in &closed {
             if let Link::Http(Some(upstream_id)) = &session.link {
@@ -291,7 +340,13 @@ impl Gateway {
 
     /// Ends the upstream side of a session that is gone: DELETE for HTTP (in the
     /// background), the child is killed when the last reference drops.
+    /// With a session key, other replicas may be serving the session right now (this copy is
+    /// idle because they are): only this replica forgets it, and the upstream session ends by
+    /// the client's DELETE or the upstream's own expiry.
     fn close_upstream(self: &Arc<Self>, session: &GwSession) {
+        if self.session_key.is_some() {
+            return;
+        }
         if let Link::Http(Some(upstream_id)) = &session.link {
             tokio::spawn(self.clone().delete_upstream(upstream_id.clone()));
         }

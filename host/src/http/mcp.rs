@@ -262,6 +262,14 @@ async fn forward(
     body: &[u8],
     posted: &Posted<'_>,
 ) -> Response {
+    // Adopted from another replica: first what its opener knew of the upstream's tools.
+    if let Err(refused) = super::adopted::catch_up(gw, &session, headers).await {
+        if let GatewayError::SessionNotFound = refused {
+            gw.sessions.remove(&session.id);
+            return refused.into_response();
+        }
+        return refused.reply(posted.raw_id());
+    }
     let forward = match decide(&session.core, &session.grant, body, posted) {
         // Held for a person: the POST becomes a stream (other requests of the session go
         // on), and the call goes upstream once, or the client gets the deny or the pending
@@ -296,6 +304,20 @@ async fn send(
                 .send_upstream(Method::POST, upstream_session.as_ref(), headers, line)
                 .await
             {
+                // The upstream no longer has the session (deleted through another replica,
+                // expired, restarted): neither does the gateway, and the client hears so.
+                Ok(response)
+                    if response.status() == StatusCode::NOT_FOUND && upstream_session.is_some() =>
+                {
+                    if let Some(id) = upstream_id {
+                        session
+                            .core
+                            .abandon(id, true, "the upstream session is gone");
+                    }
+                    gw.sessions.remove(&session.id);
+                    tracing::info!(session = %session.id, "the upstream no longer has the session");
+                    GatewayError::SessionNotFound.into_response()
+                }
                 Ok(response) => relay(max, session, response, None, upstream_id).await,
                 Err(failed) => upstream_failed(&session, upstream_id, failed),
             }
@@ -344,7 +366,6 @@ async fn initialize(
         Err(response) => return *response,
     };
     let (line, upstream_id) = (forward.line.into_owned(), forward.upstream_id);
-    let new_session = |link| GwSession::new(id.clone(), grant.clone(), core, link);
     let max = gw.limits.max_upstream_message_bytes;
     let (session, response) = match &gw.upstream {
         Upstream::Http { .. } => {
@@ -354,11 +375,29 @@ async fn initialize(
             };
             if !response.status().is_success() {
                 // No session upstream, so none here either: relay the refusal as it is.
-                let throwaway = new_session(Link::Http(None));
+                let throwaway = GwSession::new(id, grant, core, Link::Http(None));
                 return relay(max, throwaway, response, None, upstream_id).await;
             }
             let upstream_session = response.headers().get(&SESSION_ID).cloned();
-            let session = new_session(Link::Http(upstream_session));
+            // With a shared key, the id the client gets is sealed, so that every replica can
+            // serve it; the core keeps counting under `id`, as every replica will.
+            let id = match sealed_id(gw, &grant.name, upstream_session.as_ref(), &core, &id) {
+                Ok(id) => id,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot seal a session id");
+                    return GatewayError::Malformed {
+                        code: crate::jsonrpc::INTERNAL_ERROR,
+                        message: "[toolgate] cannot seal a session id".into(),
+                    }
+                    .reply(posted.raw_id());
+                }
+            };
+            let session = GwSession::new(
+                id.clone(),
+                grant.clone(),
+                core,
+                Link::Http(upstream_session),
+            );
             let relayed = relay(max, session.clone(), response, Some(&id), upstream_id).await;
             (session, relayed)
         }
@@ -370,7 +409,7 @@ async fn initialize(
                     return GatewayError::ChildSpawn(e).reply(posted.raw_id());
                 }
             };
-            let session = new_session(Link::Stdio(child));
+            let session = GwSession::new(id.clone(), grant.clone(), core, Link::Stdio(child));
             let Link::Stdio(child) = &session.link else {
                 unreachable!()
             };
@@ -393,6 +432,30 @@ async fn initialize(
     gw.stats.sessions_opened.fetch_add(1, Ordering::Relaxed);
     tracing::info!(session = %id, grant = %grant.name, "session opened");
     response
+}
+
+/// The session id the client gets: `id` itself, or with a session key, a sealed token that
+/// carries what another replica needs to serve the session (`super::sealed`).
+fn sealed_id(
+    gw: &Gateway,
+    grant: &str,
+    upstream_session: Option<&axum::http::HeaderValue>,
+    core: &Session,
+    id: &str,
+) -> anyhow::Result<String> {
+    let Some(key) = &gw.session_key else {
+        return Ok(id.to_owned());
+    };
+    let upstream = match upstream_session {
+        Some(value) => Some(value.to_str()?.to_owned()),
+        None => None,
+    };
+    key.seal(&super::sealed::Sealed {
+        grant: grant.to_owned(),
+        upstream,
+        session: id.to_owned(),
+        client_elicits: core.client_elicits(),
+    })
 }
 
 /// A request sent without a session (the 2026-07-28 stateless protocol, `server/discover`):

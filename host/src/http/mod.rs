@@ -6,7 +6,9 @@
 //! 2. `admission`: `Host`/`Origin` (403) and the bearer token (401), which names a grant
 //!    ([`grants`]); the request's headers are read with `headers`.
 //! 3. `mcp`: the POST handler reads the body and finds the session in the registry
-//!    (`sessions`, held by the shared state in `gateway`).
+//!    (`sessions`, held by the shared state in `gateway`). With a shared key
+//!    (`session_key_file`), session ids are sealed (`sealed`), and a session another replica
+//!    opened is adopted, its core learning the upstream's tools first (`adopted`).
 //! 4. **The decision**: `mcp::decide` (in `http/mcp.rs`) calls the session core's
 //!    [`Session::from_client_parsed`](crate::session::Session::from_client_parsed), exactly as
 //!    the stdio transport does. A refusal is answered there and never reaches the upstream.
@@ -30,6 +32,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod admission;
+mod adopted;
 mod approval_events;
 mod approvals_page;
 pub(crate) mod children;
@@ -41,6 +44,7 @@ pub(crate) mod headers;
 mod held;
 pub(crate) mod mcp;
 pub(crate) mod relay;
+pub(crate) mod sealed;
 pub(crate) mod sessions;
 pub(crate) mod sse;
 pub(crate) mod tls;
@@ -109,6 +113,9 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
             })
             .collect(),
     );
+    if let Some(path) = &config.session_key_file {
+        gateway = gateway.with_session_key(sealed::SessionKey::load(path)?);
+    }
     if let Some(webhook) = &config.approvals_webhook {
         // reqwest takes the process's TLS provider; the listeners pass theirs explicitly.
         let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();

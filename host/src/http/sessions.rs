@@ -41,11 +41,37 @@ pub(crate) struct GwSession {
     last_active: Mutex<Instant>,
     /// Response streams open right now: a session with an open stream is not idle.
     streams: AtomicUsize,
+    /// Set once the core knows what the session's opener knew of the upstream's tools: at
+    /// once for a session opened here, after a `tools/list` of its own for one adopted from
+    /// another replica (`super::adopted`).
+    pub(crate) caught_up: tokio::sync::OnceCell<()>,
 }
 
 impl GwSession {
     /// A session, active as of now.
     pub(crate) fn new(id: String, grant: Arc<Grant>, core: Session, link: Link) -> Arc<Self> {
+        Self::with_catalogue(
+            id,
+            grant,
+            core,
+            link,
+            tokio::sync::OnceCell::new_with(Some(())),
+        )
+    }
+
+    /// A session another replica opened, whose upstream tool catalogue this core has yet to
+    /// learn.
+    pub(crate) fn adopted(id: String, grant: Arc<Grant>, core: Session, link: Link) -> Arc<Self> {
+        Self::with_catalogue(id, grant, core, link, tokio::sync::OnceCell::new())
+    }
+
+    fn with_catalogue(
+        id: String,
+        grant: Arc<Grant>,
+        core: Session,
+        link: Link,
+        caught_up: tokio::sync::OnceCell<()>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             id,
             grant,
@@ -53,6 +79,7 @@ impl GwSession {
             link,
             last_active: Mutex::new(Instant::now()),
             streams: AtomicUsize::new(0),
+            caught_up,
         })
     }
 
@@ -123,6 +150,22 @@ impl Sessions {
     pub(crate) fn open(&self, slot: Slot<'_>, session: Arc<GwSession>) {
         std::mem::forget(slot);
         self.map().insert(session.id.clone(), session);
+    }
+
+    /// Opens an adopted session, unless a request that came at the same time already did:
+    /// then that one is the session, and `slot` is given back.
+    pub(crate) fn open_or_existing(
+        &self,
+        slot: Slot<'_>,
+        session: Arc<GwSession>,
+    ) -> Arc<GwSession> {
+        let mut map = self.map();
+        if let Some(existing) = map.get(&session.id) {
+            return existing.clone();
+        }
+        std::mem::forget(slot);
+        map.insert(session.id.clone(), session.clone());
+        session
     }
 
     /// The session `id`, if it exists and belongs to `grant`; it is active as of now.

@@ -202,6 +202,20 @@ impl Session {
         self
     }
 
+    /// A session another gateway replica opened (its id sealed what it knew, see
+    /// `http/sealed.rs`): whether its client declared elicitation in the `initialize` this
+    /// core never saw. The upstream's tool catalogue is re-learned by a `tools/list` through
+    /// [`Session::from_client`] and [`Session::from_upstream`], like any other.
+    pub fn resumed(self, client_elicits: bool) -> Self {
+        self.state().client_elicits = client_elicits;
+        self
+    }
+
+    /// Whether the client declared `capabilities.elicitation` in its `initialize`.
+    pub fn client_elicits(&self) -> bool {
+        self.state().client_elicits
+    }
+
     /// The approvals calls are held on, if any.
     pub fn approvals(&self) -> Option<&Arc<crate::approvals::Approvals>> {
         self.approvals.as_ref()
