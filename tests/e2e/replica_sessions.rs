@@ -138,33 +138,47 @@ async fn behind_round_robin_eight_sessions_share_one_exact_cap() {
     let (upstream, redis) = (EchoUpstream::start(), Redis::start());
     let (replicas, _key) = replicas(&upstream, &redis);
     let nginx = Nginx::start(&replicas.iter().collect::<Vec<_>>());
-    let mut tasks = Vec::new();
-    for i in 0..8 {
-        let url = nginx.url.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut mcp = Mcp::new(&url, Some("token-a"));
-            mcp.initialize().await;
-            let mut admitted = 0;
-            for n in 0..8 {
-                let result = mcp
-                    .call("echo", json!({"message": format!("{i}-{n}")}))
-                    .await;
-                if passed(&result) {
-                    assert_eq!(result["content"][0]["text"], format!("{i}-{n}"));
-                    admitted += 1;
-                } else {
-                    let decision = &result["_meta"]["toolgate"]["decision"];
-                    assert_eq!(decision, "rate_limited", "{result}");
-                }
+    // Two rounds (a fresh window each: Redis flushed between), two grants, 8 sessions per
+    // grant at once: each grant gets exactly its 30 of 64.
+    for round in 0..2 {
+        let mut tasks = Vec::new();
+        for token in ["token-a", "token-b"] {
+            for i in 0..8 {
+                let url = nginx.url.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut mcp = Mcp::new(&url, Some(token));
+                    mcp.initialize().await;
+                    let mut admitted = 0;
+                    for n in 0..8 {
+                        let message = format!("{round}-{i}-{n}");
+                        let result = mcp.call("echo", json!({"message": message})).await;
+                        if passed(&result) {
+                            assert_eq!(result["content"][0]["text"], message);
+                            admitted += 1;
+                        } else {
+                            let decision = &result["_meta"]["toolgate"]["decision"];
+                            assert_eq!(decision, "rate_limited", "{result}");
+                        }
+                    }
+                    (token, admitted)
+                }));
             }
-            admitted
-        }));
+        }
+        let mut per_grant = std::collections::HashMap::new();
+        for task in tasks {
+            let (token, admitted) = task.await.unwrap();
+            *per_grant.entry(token).or_insert(0) += admitted;
+        }
+        assert_eq!(
+            per_grant["token-a"], 30,
+            "round {round}: 64 calls of grant a, cap 30"
+        );
+        assert_eq!(
+            per_grant["token-b"], 30,
+            "round {round}: 64 calls of grant b, cap 30"
+        );
+        assert_eq!(crate::replicas::redis_flush(&redis.url).await, "OK");
     }
-    let mut admitted = 0;
-    for task in tasks {
-        admitted += task.await.unwrap();
-    }
-    assert_eq!(admitted, 30, "64 calls over 8 sessions against a cap of 30");
     // Every replica served sessions it had not opened.
     for replica in &replicas {
         let status = replica.status().await;

@@ -144,7 +144,7 @@ async fn three_replicas_on_one_redis_hold_each_grants_cap_exactly() {
     }
 }
 
-async fn redis_flush(url: &str) -> String {
+pub(crate) async fn redis_flush(url: &str) -> String {
     let url = url.to_owned();
     tokio::task::spawn_blocking(move || {
         let port = url.rsplit(':').next().unwrap().trim_end_matches("/0");
