@@ -319,7 +319,8 @@ fn a_bad_or_exposed_key_or_a_stdio_upstream_stops_the_gateway_at_start() {
     let stdio = format!("session_key_file = \"k\"\n[upstream]\ncommand = {command}\n");
     let stdio = refused_at_start(&stdio, &[("k", &good, 0o600)]);
     assert!(
-        stdio.contains("session affinity") && stdio.contains("hash $http_mcp_session_id"),
+        stdio.contains("keeps each session on the replica that opened it")
+            && stdio.contains("stick tables"),
         "{stdio}"
     );
 }

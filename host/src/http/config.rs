@@ -379,7 +379,7 @@ impl Config {
             *key = base.join(&*key);
             if config.upstream.command.is_some() {
                 bail!(
-                    "config `{}`: session_key_file is for an HTTP upstream: a stdio upstream's sessions are child processes of one replica, so put replicas behind a load balancer with session affinity on the `Mcp-Session-Id` header instead (nginx: `hash $http_mcp_session_id consistent;`)",
+                    "config `{}`: session_key_file is for an HTTP upstream: a stdio upstream's sessions are child processes of one replica, so put replicas behind a load balancer that keeps each session on the replica that opened it (one that learns the `Mcp-Session-Id` from the response, such as HAProxy's stick tables; see the README)",
                     path.display()
                 );
             }
