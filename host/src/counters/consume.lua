@@ -19,6 +19,16 @@ else
 end
 local n = tonumber(ARGV[2])
 local m = #KEYS / 2
+-- Time never runs backwards for a counter: a call stamped earlier than a unit already taken
+-- (a gateway clock read before another replica's, or a clock stepped back) counts as taken at
+-- that unit's time. Otherwise trimming by the later time could drop units the earlier call
+-- still needs to see, and admit more than max in a window.
+for j = 1, m do
+  local last = redis.call('ZRANGE', KEYS[2 * j - 1], -1, -1, 'WITHSCORES')
+  if last[2] ~= nil and tonumber(last[2]) > now then
+    now = tonumber(last[2])
+  end
+end
 local worst, worst_retry = -1, -1
 local longest = {}
 for i = 0, n - 1 do

@@ -103,6 +103,48 @@ proptest! {
     }
 }
 
+/// A Redis store on the manual clock (the gateway-clock mode), on a server of its own.
+fn redis(clock: Arc<ManualClock>) -> (RedisCounterStore, super::redis::tests::Server) {
+    let server = super::redis::tests::Server::start();
+    let options = RedisOptions {
+        clock: ClockSource::Gateway,
+        timeout: Duration::from_secs(2),
+        ..RedisOptions::default()
+    };
+    let store = RedisCounterStore::connect(&server.url, options, clock).unwrap();
+    (store, server)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    #[test]
+    fn sequential_callers_on_redis_never_exceed_max_and_are_refused_only_when_full(
+        gaps in prop::collection::vec(0u64..2_500, 1..200),
+        window_ms in 1u64..10_000,
+        max in 1u64..20,
+    ) {
+        let clock = ManualClock::starting_at(1_000_000);
+        let (store, _server) = redis(clock.clone());
+        sequential(&store, &clock, gaps, window_ms, max)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4))]
+
+    #[test]
+    fn sixty_four_concurrent_callers_on_redis_never_exceed_max(
+        window_ms in 5u64..200,
+        max in 1u64..16,
+        ticks in prop::collection::vec(0u64..4, 64),
+    ) {
+        let clock = ManualClock::starting_at(0);
+        let (store, _server) = redis(clock.clone());
+        concurrent(Arc::new(store), clock, window_ms, max, ticks, 20)?;
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
