@@ -84,7 +84,18 @@ impl Session {
     /// A `tools/call` retried with the gateway's `requestState`: the answer decides the
     /// request, then the call without the gateway's parts is decided as any other. `None`:
     /// not a retry of the gateway's (no `requestState`, or the upstream's own).
-    pub(super) fn answered_retry(&self, line: &[u8], id: &RawValue) -> Option<ClientLine<'static>> {
+    pub(super) fn answered_retry(
+        &self,
+        line: &[u8],
+        id: &RawValue,
+        params: Option<&RawValue>,
+    ) -> Option<ClientLine<'static>> {
+        // Every `tools/call` passes here: only one whose params may hold a `requestState`
+        // (spelled plainly, or with an escape that could spell it) is parsed whole.
+        let raw = params?.get();
+        if !raw.contains("requestState") && !raw.contains('\\') {
+            return None;
+        }
         let mut message: Value = serde_json::from_slice(line).ok()?;
         let params = message.get_mut("params")?.as_object_mut()?;
         let state = params.get("requestState")?.as_str()?;

@@ -313,7 +313,7 @@ impl Session {
         // A 2026-07-28 retry answering the gateway's own question: decided on, then the call
         // goes on without the gateway's parts.
         if method == "tools/call" {
-            if let Some(retried) = self.answered_retry(line, id) {
+            if let Some(retried) = self.answered_retry(line, id, params) {
                 return retried;
             }
         }
