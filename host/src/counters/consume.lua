@@ -63,9 +63,12 @@ local ids = 3 + 3 * n
 for j = 1, m do
   local units, meta = KEYS[2 * j - 1], KEYS[2 * j]
   local keep = math.max(longest[j] or 1, tonumber(redis.call('GET', meta) or '0'))
-  redis.call('SET', meta, keep, 'PX', keep)
+  -- Keys expire on Redis's own clock, which the windows may not use (clock = "gateway"): a
+  -- minute's margin keeps a key until its window has surely passed on the gateway's clock too.
+  local ttl = keep + 60000
+  redis.call('SET', meta, keep, 'PX', ttl)
   redis.call('ZREMRANGEBYSCORE', units, '-inf', now - keep)
   redis.call('ZADD', units, now, ARGV[ids + j - 1])
-  redis.call('PEXPIRE', units, keep)
+  redis.call('PEXPIRE', units, ttl)
 end
 return {1, now}
