@@ -44,3 +44,4 @@ pub mod stdio;
 pub mod store;
 pub mod testing;
 pub mod trust;
+pub mod upstreams;
