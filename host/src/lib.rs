@@ -40,6 +40,7 @@ pub mod plugins;
 pub mod policy;
 pub mod reload;
 pub mod session;
+pub mod sse;
 pub mod stdio;
 pub mod store;
 pub mod testing;

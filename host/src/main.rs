@@ -18,6 +18,7 @@ use toolgate::reload::{self, LivePolicy};
 use toolgate::session::{Identity, SchemaChecks, Session};
 use toolgate::stdio::{self, Ending, StdioLimits};
 use toolgate::testing;
+use toolgate::upstreams::UpstreamSet;
 
 mod approvals_cli;
 mod plugin_cli;
@@ -76,12 +77,24 @@ enum Command {
         /// machine naming it shares, kept across restarts).
         #[arg(long, value_name = "STORE", default_value = "memory")]
         counters: String,
+        /// Several upstream servers behind one gateway, each `NAME=COMMAND` (split like a
+        /// shell would) or `NAME=URL` (Streamable HTTP); repeat for each. Their tools are
+        /// `NAME__TOOL` (see `--separator`). Instead of UPSTREAM_CMD.
+        #[arg(
+            long = "upstream",
+            value_name = "NAME=CMD|URL",
+            conflicts_with = "upstream"
+        )]
+        upstreams: Vec<String>,
+        /// With `--upstream`: what joins an upstream's name and its tool's name.
+        #[arg(long, default_value = "__", requires = "upstreams")]
+        separator: String,
         /// The upstream MCP server's command and arguments (after `--`, or simply last: every
         /// word from the first positional one on belongs to the upstream).
         #[arg(
             trailing_var_arg = true,
             allow_hyphen_values = true,
-            required = true,
+            required_unless_present = "upstreams",
             value_name = "UPSTREAM_CMD"
         )]
         upstream: Vec<String>,
@@ -257,6 +270,8 @@ fn main() -> ExitCode {
             trust,
             store,
             counters,
+            upstreams,
+            separator,
             upstream,
         } => {
             init_logging();
@@ -308,7 +323,7 @@ fn main() -> ExitCode {
                 &limits,
                 schemas,
                 (approvals, operator),
-                &upstream,
+                (&upstream, &upstreams, separator),
             ) {
                 Ok(code) => code,
                 Err(e) => {
@@ -421,7 +436,7 @@ fn run(
     limits: &StdioLimits,
     schemas: SchemaChecks,
     (approvals, operator): (Arc<toolgate::approvals::Approvals>, bool),
-    upstream: &[String],
+    (upstream, set, separator): (&[String], &[String], String),
 ) -> anyhow::Result<ExitCode> {
     let identity = Identity {
         grant,
@@ -433,10 +448,23 @@ fn run(
             .with_schema_checks(schemas)
             .with_approvals(approvals, operator, true),
     );
-    let child = toolgate::child::spawn_upstream(upstream)
-        .with_context(|| format!("cannot start upstream `{}`", upstream.join(" ")))?;
-    let (ending, status) = stdio::run(session, child, limits);
-    let status = status.context("cannot wait for the upstream")?;
+    let (ending, status) = if set.is_empty() {
+        let child = toolgate::child::spawn_upstream(upstream)
+            .with_context(|| format!("cannot start upstream `{}`", upstream.join(" ")))?;
+        let (ending, status) = stdio::run(session, child, limits);
+        let status = status.context("cannot wait for the upstream")?;
+        (ending, status.to_string())
+    } else {
+        let specs = set.iter().map(|f| UpstreamSet::parse_flag(f));
+        let mut set = UpstreamSet::new(
+            specs
+                .collect::<Result<_, _>>()
+                .map_err(anyhow::Error::msg)?,
+        );
+        set.separator = separator;
+        let ending = stdio::run_set(session, &set, limits).context("cannot start the upstreams")?;
+        (ending, "every upstream server had gone".to_owned())
+    };
     match ending {
         Ending::ClientClosed { .. } => {
             tracing::info!(%status, "client closed; upstream stopped");

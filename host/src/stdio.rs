@@ -379,3 +379,23 @@ pub fn run(
     let status = child.wait();
     (ending, status)
 }
+
+/// Runs `session` on this process's stdin/stdout in front of a set of upstream servers
+/// ([`crate::upstreams`]): the set is one upstream to [`serve`]. It ends when the client
+/// closes or every upstream is gone.
+pub fn run_set(
+    session: Arc<Session>,
+    set: &crate::upstreams::UpstreamSet,
+    limits: &StdioLimits,
+) -> io::Result<Ending> {
+    let board = crate::upstreams::Board::default();
+    let connected = crate::upstreams::connect(set, None, board)?;
+    Ok(serve(
+        session,
+        io::stdin(),
+        io::stdout(),
+        connected.output,
+        connected.input,
+        limits,
+    ))
+}

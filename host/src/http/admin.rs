@@ -254,6 +254,8 @@ async fn status(State(admin): State<Arc<Admin>>, request: Request) -> Response {
         "refused_host": stats.refused_host.load(Ordering::Relaxed),
         "tls": admin.cert.as_ref().map(|cert| cert.status()),
         "counters": gw.grants.all().first().map(|g| g.counters.status()),
+        // With `[[upstreams]]`: each upstream's sessions by state and its last failure.
+        "upstreams": gw.upstreams.snapshot(),
     }))
     .into_response()
 }

@@ -22,8 +22,8 @@ use super::error::GatewayError;
 use super::gateway::Gateway;
 use super::headers::{MCP_METHOD, PROTOCOL_VERSION};
 use super::sessions::{GwSession, Link};
-use super::sse;
 use crate::session::ClientLine;
+use crate::sse;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use serde_json::Value;
 

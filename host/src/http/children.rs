@@ -47,12 +47,14 @@ pub(crate) struct RequestError {
     pub(crate) written: bool,
 }
 
-/// One child process serving one session.
+/// One child process serving one session, or one session's set of upstreams
+/// ([`crate::upstreams`]), which speaks on a pipe pair as a child does.
 pub(crate) struct Child {
-    stdin: tokio::sync::Mutex<tokio::process::ChildStdin>,
+    stdin: tokio::sync::Mutex<Box<dyn tokio::io::AsyncWrite + Send + Unpin>>,
     routes: Arc<Mutex<Routes>>,
-    /// The child's pid, to kill it when the session ends.
-    pid: u32,
+    /// The child's pid, to kill it when the session ends (`None` for a set: closing its
+    /// input, when this is dropped, stops it).
+    pid: Option<u32>,
 }
 
 impl Drop for Child {
@@ -61,10 +63,10 @@ impl Drop for Child {
         // `exited` is false (checked under the lock the thread sets it under) the process has
         // not been reaped, so the pid is still ours and cannot name another process.
         let routes = lock(&self.routes);
-        if !routes.exited {
+        if let (false, Some(pid)) = (routes.exited, self.pid) {
             // SAFETY: kill(2) takes no memory; the pid is our unreaped child (see above).
             unsafe {
-                libc::kill(self.pid as i32, libc::SIGKILL);
+                libc::kill(pid as i32, libc::SIGKILL);
             }
         }
     }
@@ -91,9 +93,32 @@ impl Child {
                 let _ = process.wait();
             })?;
         Ok(Self {
-            stdin: tokio::sync::Mutex::new(stdin),
+            stdin: tokio::sync::Mutex::new(Box::new(stdin)),
             routes,
-            pid,
+            pid: Some(pid),
+        })
+    }
+
+    /// Starts a session's set of upstreams (one router thread, its children and HTTP
+    /// sessions), reporting their states on `board`.
+    pub(crate) fn connect(
+        set: &crate::upstreams::UpstreamSet,
+        board: crate::upstreams::Board,
+        max_line: usize,
+    ) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Handle::current();
+        let connected = crate::upstreams::connect(set, Some(runtime), board)?;
+        let stdin = tokio::net::unix::pipe::Sender::from_owned_fd(connected.input.into())?;
+        let routes = Arc::new(Mutex::new(Routes::default()));
+        let thread_routes = routes.clone();
+        let output = connected.output;
+        std::thread::Builder::new()
+            .name("upstreams-out".into())
+            .spawn(move || route_output(output, &thread_routes, max_line))?;
+        Ok(Self {
+            stdin: tokio::sync::Mutex::new(Box::new(stdin)),
+            routes,
+            pid: None,
         })
     }
 
@@ -147,7 +172,7 @@ impl Child {
     }
 }
 
-fn route_output(stdout: std::process::ChildStdout, routes: &Mutex<Routes>, max: usize) {
+fn route_output(stdout: impl std::io::Read, routes: &Mutex<Routes>, max: usize) {
     let mut reader = BufReader::with_capacity(64 << 10, stdout);
     let mut line = Vec::new();
     loop {

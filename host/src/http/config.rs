@@ -45,7 +45,15 @@ pub(crate) struct Config {
     /// thread (`block_in_place`) either way.
     #[serde(default)]
     pub(crate) worker_threads: Option<usize>,
-    pub(crate) upstream: UpstreamConfig,
+    /// The one upstream; or, instead, `[[upstreams]]`.
+    #[serde(default)]
+    pub(crate) upstream: Option<UpstreamConfig>,
+    /// Several upstreams behind one endpoint ([`crate::upstreams::config`]).
+    #[serde(default)]
+    pub(crate) upstreams: Vec<crate::upstreams::config::UpstreamEntry>,
+    /// With `[[upstreams]]`: what joins an upstream's prefix and a tool's name (default `__`).
+    #[serde(default)]
+    pub(crate) namespace_separator: Option<String>,
     /// TLS on both listeners (`/mcp` and admin). Without it they speak plain HTTP: keep them
     /// on loopback, or put a TLS terminator in front, since bearer tokens cross them.
     #[serde(default)]
@@ -329,6 +337,8 @@ pub(crate) enum Upstream {
         tls: UpstreamTls,
     },
     Stdio(Vec<String>),
+    /// `[[upstreams]]`: a set per session, on a pipe pair like a stdio child.
+    Set(std::sync::Arc<crate::upstreams::UpstreamSet>),
 }
 
 /// The TLS settings of an `https://` upstream, paths absolute.
@@ -377,7 +387,7 @@ impl Config {
         config.counters.spec()?;
         if let Some(key) = &mut config.session_key_file {
             *key = base.join(&*key);
-            if config.upstream.command.is_some() {
+            if config.upstream.as_ref().is_none_or(|u| u.command.is_some()) {
                 bail!(
                     "config `{}`: session_key_file is for an HTTP upstream: a stdio upstream's sessions are child processes of one replica, so put replicas behind a load balancer that keeps each session on the replica that opened it (one that learns the `Mcp-Session-Id` from the response, such as HAProxy's stick tables; see the README)",
                     path.display()
@@ -450,15 +460,17 @@ impl Config {
                 );
             }
         }
-        for file in [
-            &mut config.upstream.ca_file,
-            &mut config.upstream.client_cert_file,
-            &mut config.upstream.client_key_file,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            *file = base.join(&*file);
+        if let Some(up) = &mut config.upstream {
+            for file in [
+                &mut up.ca_file,
+                &mut up.client_cert_file,
+                &mut up.client_key_file,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                *file = base.join(&*file);
+            }
         }
         if let Some(tls) = &mut config.tls {
             tls.cert_file = base.join(&tls.cert_file);
@@ -473,7 +485,18 @@ impl Config {
 
     /// The upstream, checked.
     pub(crate) fn upstream(&self) -> anyhow::Result<Upstream> {
-        let up = &self.upstream;
+        let up = match (&self.upstream, self.upstreams.is_empty()) {
+            (Some(up), true) => up,
+            (None, false) => {
+                let set = crate::upstreams::config::set_of(
+                    &self.upstreams,
+                    self.namespace_separator.as_deref(),
+                )
+                .map_err(anyhow::Error::msg)?;
+                return Ok(Upstream::Set(std::sync::Arc::new(set)));
+            }
+            _ => anyhow::bail!("the config needs exactly one of `[upstream]` and `[[upstreams]]`"),
+        };
         let tls = UpstreamTls {
             ca_file: up.ca_file.clone(),
             client: match (&up.client_cert_file, &up.client_key_file) {
@@ -484,15 +507,14 @@ impl Config {
                 ),
             },
         };
-        match (&self.upstream.url, &self.upstream.command) {
+        match (&up.url, &up.command) {
             (None, Some(_)) if tls.is_set() => {
                 anyhow::bail!("[upstream] ca_file and client certificates are for an https:// url, not a command")
             }
             (Some(url), None) => Ok(Upstream::Http {
                 url: url.clone(),
                 tls,
-                headers: self
-                    .upstream
+                headers: up
                     .headers
                     .iter()
                     .map(|(name, value)| {

@@ -59,6 +59,8 @@ pub(crate) struct Gateway {
     /// The replicas' shared key (`session_key_file`): session ids are sealed with it, and a
     /// session another replica opened is adopted here.
     pub(crate) session_key: Option<super::sealed::SessionKey>,
+    /// With `[[upstreams]]`: how each upstream is doing across the sessions (`/status`).
+    pub(crate) upstreams: crate::upstreams::Board,
 }
 
 /// One `[[approvers]]` entry, its token as a digest.
@@ -79,7 +81,7 @@ impl Gateway {
     ) -> anyhow::Result<Self> {
         let pool = match &upstream {
             Upstream::Http { url, tls, .. } => Some(Arc::new(Pool::new(url, tls)?)),
-            Upstream::Stdio(_) => None,
+            Upstream::Stdio(_) | Upstream::Set(_) => None,
         };
         Ok(Self {
             grants,
@@ -97,6 +99,7 @@ impl Gateway {
             approvers: Vec::new(),
             approval_streams: Arc::new(tokio::sync::Semaphore::new(MAX_APPROVAL_STREAMS)),
             session_key: None,
+            upstreams: crate::upstreams::Board::default(),
         })
     }
 

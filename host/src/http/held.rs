@@ -17,9 +17,9 @@
 //! came during the hold) stays for an identical retry.
 
 use super::sessions::{GwSession, StreamGuard};
-use super::sse;
 use crate::approvals::{Held, State};
 use crate::session::{ClientLine, Forward, HeldCall, PROGRESS_EVERY};
+use crate::sse;
 use axum::body::{Body, Bytes};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};

@@ -401,8 +401,13 @@ async fn initialize(
             let relayed = relay(max, session.clone(), response, Some(&id), upstream_id).await;
             (session, relayed)
         }
-        Upstream::Stdio(command) => {
-            let child = match Child::spawn(command, max) {
+        Upstream::Stdio(_) | Upstream::Set(_) => {
+            let started = match &gw.upstream {
+                Upstream::Set(set) => Child::connect(set, gw.upstreams.clone(), max),
+                Upstream::Stdio(command) => Child::spawn(command, max),
+                Upstream::Http { .. } => unreachable!("matched above"),
+            };
+            let child = match started {
                 Ok(child) => child,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot start the upstream command");
@@ -467,7 +472,7 @@ async fn stateless(
     body: &[u8],
     posted: &Posted<'_>,
 ) -> Response {
-    if let Upstream::Stdio(_) = gw.upstream {
+    if let Upstream::Stdio(_) | Upstream::Set(_) = gw.upstream {
         // A stdio child speaks only the session protocol: answer as such a server would.
         let refused = if posted.method() == Some("server/discover") {
             GatewayError::DiscoverUnsupported

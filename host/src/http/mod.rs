@@ -46,7 +46,6 @@ pub(crate) mod mcp;
 pub(crate) mod relay;
 pub(crate) mod sealed;
 pub(crate) mod sessions;
-pub(crate) mod sse;
 pub(crate) mod tls;
 pub(crate) mod upstream;
 pub(crate) mod webhook;
@@ -100,7 +99,10 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
         config.allowed_origins.clone(),
     )?
     .with_schema_checks(crate::session::SchemaChecks::skipping(
-        config.upstream.skip_schema.iter().cloned(),
+        config
+            .upstream
+            .iter()
+            .flat_map(|u| u.skip_schema.iter().cloned()),
     ))
     .with_approvers(
         config

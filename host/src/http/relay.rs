@@ -7,8 +7,8 @@
 use super::error::{json_response, Failed, GatewayError};
 use super::headers::{PROTOCOL_VERSION, SESSION_ID};
 use super::sessions::{GwSession, StreamGuard};
-use super::sse;
 use super::upstream::{Body as UpstreamBody, Response as UpstreamResponse};
+use crate::sse;
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};

@@ -6,19 +6,19 @@
 
 /// One event.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Event {
-    pub(crate) id: Option<String>,
-    pub(crate) event: Option<String>,
-    pub(crate) retry: Option<String>,
+pub struct Event {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub retry: Option<String>,
     /// The data lines joined with `\n`.
-    pub(crate) data: String,
+    pub data: String,
     /// Whether any `data` field was present.
-    pub(crate) has_data: bool,
+    pub has_data: bool,
 }
 
 impl Event {
     /// An event carrying one message.
-    pub(crate) fn message(data: &[u8]) -> Self {
+    pub fn message(data: &[u8]) -> Self {
         Self {
             event: Some("message".into()),
             data: String::from_utf8_lossy(data.trim_ascii_end()).into_owned(),
@@ -28,12 +28,12 @@ impl Event {
     }
 
     /// The event on the wire, ending with its blank line.
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Vec<u8> {
         self.encode_with(&self.data)
     }
 
     /// The event on the wire with `data` in place of its own.
-    pub(crate) fn encode_with(&self, data: &str) -> Vec<u8> {
+    pub fn encode_with(&self, data: &str) -> Vec<u8> {
         let mut out = Vec::with_capacity(data.len() + 32);
         if let Some(id) = &self.id {
             out.extend_from_slice(b"id: ");
@@ -64,7 +64,7 @@ impl Event {
 
 /// Splits a byte stream into events. Memory is bounded: an event longer than `max` bytes is
 /// an error (the stream is then closed; a message cut in half cannot be forwarded).
-pub(crate) struct Parser {
+pub struct Parser {
     buf: Vec<u8>,
     /// Where the scan for a line end resumes.
     scanned: usize,
@@ -74,10 +74,10 @@ pub(crate) struct Parser {
 
 /// An event over the size cap.
 #[derive(Debug)]
-pub(crate) struct Oversized(pub(crate) usize);
+pub struct Oversized(pub usize);
 
 impl Parser {
-    pub(crate) fn new(max: usize) -> Self {
+    pub fn new(max: usize) -> Self {
         Self {
             buf: Vec::new(),
             scanned: 0,
@@ -87,7 +87,7 @@ impl Parser {
     }
 
     /// Feeds bytes; returns the events they complete.
-    pub(crate) fn push(&mut self, chunk: &[u8]) -> Result<Vec<Event>, Oversized> {
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Event>, Oversized> {
         // Taken out while its lines are read, so that they are borrowed rather than copied.
         let mut buf = std::mem::take(&mut self.buf);
         buf.extend_from_slice(chunk);
