@@ -51,6 +51,9 @@ impl SchemaChecks {
 #[derive(Default)]
 pub(super) struct ToolInfo {
     pub(super) annotations: Option<ToolAnnotations>,
+    /// The upstream server it belongs to, when a set of upstreams listed it
+    /// (`_meta.toolgate.upstream`, written by [`crate::upstreams`]).
+    pub(super) upstream: Option<Arc<str>>,
     input_schema: Option<Value>,
     /// The property names of `input_schema`, at any depth.
     schema_keys: jsonrpc::Spellings,
@@ -263,6 +266,10 @@ impl Session {
                 property_names(schema, &mut names);
             }
             let info = ToolInfo {
+                upstream: t
+                    .pointer("/_meta/toolgate/upstream")
+                    .and_then(Value::as_str)
+                    .map(Arc::from),
                 annotations: t
                     .get("annotations")
                     .and_then(|a| ToolAnnotations::deserialize(a).ok()),

@@ -394,7 +394,8 @@ impl Session {
                 },
                 _ => (true, None),
             };
-            (listed, info, state.server.clone())
+            let server = info.as_ref().and_then(|i| i.upstream.clone());
+            (listed, info, server.unwrap_or_else(|| state.server.clone()))
         };
         if let Some(problem) = self.ambiguous_call(raw_params, args, info.as_deref()) {
             tracing::warn!(%problem, "tools/call refused");
@@ -443,14 +444,15 @@ impl Session {
             }
         };
         let d = &outcome.decision;
-        tracing::info!(tool = call.tool, grant = call.grant, decision = d.verdict.as_str(), rule = %d.rule, reason = %d.reason, "tools/call");
+        tracing::info!(tool = call.tool, server = call.server, grant = call.grant, decision = d.verdict.as_str(), rule = %d.rule, reason = %d.reason, "tools/call");
         if d.verdict == Verdict::Allow {
             return Ok(Kind::ToolsCall(outcome.reservations));
         }
-        Err(Refused::Answer(jsonrpc::result_line(
-            id,
-            &d.to_tool_result(),
-        )))
+        let mut result = d.to_tool_result();
+        if let Some(upstream) = info.as_ref().and_then(|i| i.upstream.as_deref()) {
+            result["_meta"]["toolgate"]["upstream"] = Value::from(upstream);
+        }
+        Err(Refused::Answer(jsonrpc::result_line(id, &result)))
     }
 
     /// Handles one line from the upstream (without its newline): the bytes to send to the

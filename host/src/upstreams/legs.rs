@@ -192,6 +192,9 @@ fn http(
     Ok(Leg::Http(tx))
 }
 
+/// An HTTP upstream's `Mcp-Session-Id` (if it gave one) and protocol version.
+type UpstreamSession = (Option<String>, String);
+
 /// One client session with a Streamable HTTP upstream.
 #[derive(Clone)]
 struct HttpLeg {
@@ -201,7 +204,7 @@ struct HttpLeg {
     events: mpsc::Sender<Event>,
     max: usize,
     /// `Mcp-Session-Id` and the protocol version, once `initialize` has been answered.
-    session: std::sync::Arc<std::sync::Mutex<Option<(Option<String>, String)>>>,
+    session: std::sync::Arc<std::sync::Mutex<Option<UpstreamSession>>>,
 }
 
 impl HttpLeg {
@@ -242,7 +245,7 @@ impl HttpLeg {
         }
     }
 
-    fn session(&self) -> Option<(Option<String>, String)> {
+    fn session(&self) -> Option<UpstreamSession> {
         self.session
             .lock()
             .unwrap_or_else(|e| e.into_inner())

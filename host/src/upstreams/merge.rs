@@ -165,6 +165,17 @@ pub fn list_page(names: &Names, items: &str, answers: &[(usize, Answer)]) -> Val
                 names.tool(*upstream, own)
             };
             item[field] = Value::String(renamed);
+            if items == "tools" {
+                // The session core names the server in the call record, logs and refusals.
+                if !item.get("_meta").is_some_and(Value::is_object) {
+                    item["_meta"] = json!({});
+                }
+                let meta = &mut item["_meta"];
+                if !meta.get("toolgate").is_some_and(Value::is_object) {
+                    meta["toolgate"] = json!({});
+                }
+                meta["toolgate"]["upstream"] = Value::from(names.name(*upstream));
+            }
             all.push(item);
         }
         if let Some(next) = result.get("nextCursor").and_then(Value::as_str) {

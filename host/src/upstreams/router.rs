@@ -541,10 +541,10 @@ impl Router {
             return self.finish_if_done(number);
         }
         let request = key(id);
-        if !self
+        if self
             .routed
             .get(&request)
-            .is_some_and(|r| r.upstream == upstream)
+            .is_none_or(|r| r.upstream != upstream)
         {
             tracing::debug!(
                 upstream = self.names.name(upstream),
