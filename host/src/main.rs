@@ -442,7 +442,7 @@ fn run(
         grant,
         session: uuid::Uuid::new_v4().to_string(),
     };
-    tracing::info!(policy = live.current().name().unwrap_or("(unnamed)"), grant = %identity.grant, session = %identity.session, upstream = ?upstream, "starting");
+    tracing::info!(policy = live.current().name().unwrap_or("(unnamed)"), grant = %identity.grant, session = %identity.session, upstream = ?if set.is_empty() { upstream } else { set }, "starting");
     let session = Arc::new(
         Session::live(live.cell(), counters, identity)
             .with_schema_checks(schemas)

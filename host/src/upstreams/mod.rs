@@ -17,7 +17,8 @@
 //!
 //! ## Files
 //! - `names.rs`: namespacing and the cross-server cursor.
-//! - `router.rs`: the sans-IO router; `merge.rs`: merged `initialize` and listing replies.
+//! - `router/`: the sans-IO router (`mod.rs` the session side, `replies.rs` the upstreams');
+//!   `merge.rs`: merged `initialize` and listing replies.
 //! - `legs.rs`: stdio and Streamable HTTP upstreams; `driver.rs`: the thread and the pipes.
 
 pub mod config;
