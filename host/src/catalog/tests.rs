@@ -288,3 +288,22 @@ fn the_table_names_every_tool_with_its_class_and_why() {
         "{table}"
     );
 }
+
+#[test]
+fn the_recorded_catalog_is_as_strict_as_the_rest_of_the_policy() {
+    let with = |catalog: &str| {
+        Policy::from_json(
+            &format!(r#"{{"version": "1", "catalog": {catalog}}}"#),
+            "p.json",
+        )
+    };
+    assert!(with(r#"{"tools": {"t": {"class": "write", "open_world": false}}}"#).is_ok());
+    for bad in [
+        r#"{"tools": {"t": {"class": "wrte", "open_world": false}}}"#,
+        r#"{"tools": {"t": {"class": "write"}}}"#,
+        r#"{"tool": {}}"#,
+        r#"{"tools": {"t": {"class": "read", "open_world": true, "annotation": {}}}}"#,
+    ] {
+        assert!(with(bad).is_err(), "{bad}");
+    }
+}
