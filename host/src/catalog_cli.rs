@@ -254,18 +254,24 @@ pub fn check_against(loader: &Loader, files: &[PathBuf], args: &AgainstArgs) -> 
         Ok(catalog) => catalog,
         Err(e) => return failed("check", e),
     };
-    let mut code = ExitCode::SUCCESS;
+    // 2 (a policy that does not load) outranks 1 (drift under --strict); every file is checked.
+    let mut code = 0u8;
     for file in files {
         let (policy, text) = match loader.load_with_text(file) {
             Ok(loaded) => loaded,
             Err(e) => {
                 eprintln!("{:?}", miette::Report::new(e));
-                return ExitCode::from(2);
+                code = 2;
+                continue;
             }
         };
         let recorded = match recorded_catalog(&text) {
             Ok(recorded) => recorded,
-            Err(e) => return failed("check", e.context(file.display().to_string())),
+            Err(e) => {
+                eprintln!("toolgate check: {}: {e:#}", file.display());
+                code = 2;
+                continue;
+            }
         };
         let found = drift(&policy, recorded.as_ref(), &catalog);
         emit(&format!(
@@ -275,10 +281,10 @@ pub fn check_against(loader: &Loader, files: &[PathBuf], args: &AgainstArgs) -> 
             found.report()
         ));
         if args.strict && !found.is_empty() {
-            code = ExitCode::FAILURE;
+            code = code.max(1);
         }
     }
-    code
+    ExitCode::from(code)
 }
 
 /// The policy's `catalog` key (the loader has already checked its shape).

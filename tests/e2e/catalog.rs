@@ -122,6 +122,33 @@ fn check_against_gates_ci_only_on_drift() {
     assert_eq!(lenient.status.code(), Some(0));
     assert_eq!(text(&lenient.stdout), report);
 
+    // A policy that does not load outranks drift, and the other files are still checked.
+    let broken = dir.path().join("broken.json");
+    std::fs::write(
+        &broken,
+        r#"{"version": "1", "tools": {"x": {"action": "perhaps"}}}"#,
+    )
+    .unwrap();
+    let both = toolgate(&[
+        "check",
+        broken.to_str().unwrap(),
+        policy,
+        "--against-tools",
+        newer.to_str().unwrap(),
+        "--strict",
+    ]);
+    assert_eq!(both.status.code(), Some(2));
+    assert_eq!(text(&both.stdout), report);
+
+    // A serve config's upstreams are not readable yet: said so, not guessed.
+    let config = toolgate(&["catalog", "--config", "toolgate.toml"]);
+    assert_eq!(config.status.code(), Some(2));
+    assert!(
+        text(&config.stderr).contains("not supported yet"),
+        "{}",
+        text(&config.stderr)
+    );
+
     // --strict with nothing to compare with is a usage error, not a silent pass.
     let nothing = toolgate(&["check", policy, "--strict"]);
     assert_eq!(nothing.status.code(), Some(2));
