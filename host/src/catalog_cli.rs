@@ -26,6 +26,9 @@ pub struct SourceArgs {
     /// A Streamable HTTP MCP server's endpoint.
     #[arg(long, value_name = "URL")]
     url: Option<String>,
+    /// With `--url`: a header to send it (`'Authorization: Bearer ...'`); repeat for several.
+    #[arg(long, value_name = "NAME: VALUE", requires = "url", value_parser = header)]
+    header: Vec<(String, String)>,
     /// A `toolgate serve` config: every one of its `[[upstreams]]`, tools named as the gateway
     /// exposes them (`{prefix}__{tool}`).
     #[arg(long, value_name = "SERVE_TOML")]
@@ -70,6 +73,9 @@ pub struct AgainstArgs {
     /// Compare the policy with a Streamable HTTP server's tools.
     #[arg(long, value_name = "URL")]
     against_url: Option<String>,
+    /// With `--against-url`: a header to send it; repeat for several.
+    #[arg(long, value_name = "NAME: VALUE", requires = "against_url", value_parser = header)]
+    against_header: Vec<(String, String)>,
     /// Compare the policy with the tools of a `serve` config's `[[upstreams]]`.
     #[arg(long, value_name = "SERVE_TOML")]
     against_config: Option<PathBuf>,
@@ -117,10 +123,21 @@ impl AgainstArgs {
         Ok(SourceArgs {
             tools: self.against_tools.clone(),
             url: self.against_url.clone(),
+            header: self.against_header.clone(),
             config: self.against_config.clone(),
             timeout_s: self.against_timeout_s,
             command: self.against_command.clone(),
         })
+    }
+}
+
+/// `NAME: VALUE` (or `NAME:VALUE`) as a header.
+fn header(text: &str) -> Result<(String, String), String> {
+    match text.split_once(':') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => Err(format!("`{text}` is not a header: write `NAME: VALUE`")),
     }
 }
 
@@ -158,7 +175,7 @@ impl SourceArgs {
         let (specs, source) = if let Some(url) = &self.url {
             let target = Target::Url {
                 url: url.clone(),
-                headers: Vec::new(),
+                headers: self.header.clone(),
             };
             (vec![single(target)], format!("url {url}"))
         } else if let Some(config) = &self.config {
