@@ -26,6 +26,7 @@ pub mod bounded;
 pub mod call;
 pub mod canonical;
 pub mod capability;
+pub mod catalog;
 pub mod child;
 pub mod clock;
 pub mod counters;

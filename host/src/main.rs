@@ -21,6 +21,7 @@ use toolgate::testing;
 use toolgate::upstreams::UpstreamSet;
 
 mod approvals_cli;
+mod catalog_cli;
 mod plugin_cli;
 
 #[derive(Parser)]
@@ -113,7 +114,8 @@ enum Command {
         #[command(subcommand)]
         command: GrantCommand,
     },
-    /// Validate policy files; prints each problem with its line, column and a hint.
+    /// Validate policy files; prints each problem with its line, column and a hint. With
+    /// `--against-*`, also what differs between each policy and a server's tools.
     Check {
         /// Policy files to check.
         #[arg(required = true)]
@@ -124,7 +126,15 @@ enum Command {
         /// The plugin store `ref` entries are read from (default: `$TOOLGATE_STORE`).
         #[arg(long, value_name = "DIR")]
         store: Option<PathBuf>,
+        #[command(flatten)]
+        against: catalog_cli::AgainstArgs,
     },
+    /// List a server's tools with their risk class (read, write, destructive), the open-world
+    /// flag, and the annotations each came from.
+    Catalog(catalog_cli::CatalogArgs),
+    /// Write a starter policy from a server's tools: reads allowed, writes rate-limited per
+    /// grant, destructive tools behind approval, everything else denied.
+    Init(catalog_cli::InitArgs),
     /// Run case files (`*.cases.json`) against their policies: no upstream, a simulated clock,
     /// the production engine and limits. Prints PASS/FAIL per case and `N passed, N failed`.
     Test {
@@ -367,9 +377,13 @@ fn main() -> ExitCode {
             files,
             trust,
             store,
+            against,
         } => {
             let mut failed = false;
             let loader = operator_loader(trust, store);
+            if against.given() {
+                return catalog_cli::check_against(&loader, &files, &against);
+            }
             for file in &files {
                 match load_policy(&loader, file) {
                     Ok(_) => println!("{}: ok", file.display()),
@@ -382,6 +396,8 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
+        Command::Catalog(args) => catalog_cli::catalog(args),
+        Command::Init(args) => catalog_cli::init(args),
         Command::Test {
             paths,
             json,

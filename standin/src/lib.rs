@@ -1,6 +1,7 @@
 //! Stand-in MCP peers for toolgate's demo, tests and benchmarks.
 //!
-//! - [`llm_cli_gateway`] replays the LLM CLI Gateway 2.10.0 catalogue and implements its
+//! - [`llm_cli_gateway`] replays the LLM CLI Gateway 2.10.0 catalogue (or a saved one named by
+//!   `STANDIN_CATALOGUE`, such as 3.1.0-rc.8's) and implements its
 //!   `session_*` tools and request tools the way that server does (UUID v4 session records,
 //!   `gw-` tracking ids, errors as `isError` results).
 //! - [`echo`] is the smallest useful MCP server: the fast upstream the latency benchmark needs.

@@ -1,6 +1,9 @@
 //! A stand-in for the MCP server "LLM CLI Gateway" 2.10.0, faithful where toolgate's rules look.
 //!
-//! - `tools/list` replays the real server's catalogue (`fixtures/llm-cli-gateway-2.10.0.tools.json`).
+//! - `tools/list` replays the real server's catalogue (`fixtures/llm-cli-gateway-2.10.0.tools.json`),
+//!   or another saved `tools/list` reply named by `STANDIN_CATALOGUE` (or the binary's
+//!   `--catalogue FILE`): `fixtures/llm-cli-gateway-3.1.0-rc.8.tools.json` has the 3.1.0-rc.8
+//!   server's 64 tools. Only the listing changes; the simulated tools stay those of 2.10.0.
 //! - `session_create {cli, description?, setAsActive? = true}` returns one text item holding
 //!   `{"success": true, "session": {id, cli, description, createdAt, isActive}}`, `id` a UUID v4.
 //! - Request tools (`claude_request`, `codex_request_async`, ...) mint a `gw-<uuid v4>` tracking id
@@ -52,6 +55,33 @@ impl Session {
 pub struct Gateway {
     sessions: Vec<Session>,
     active: Option<String>,
+    /// A catalogue in place of the compiled-in one, with the version `initialize` reports.
+    catalogue: Option<(Value, String)>,
+}
+
+/// The environment variable naming a `tools/list` file to serve instead of 2.10.0's.
+pub const CATALOGUE_ENV: &str = "STANDIN_CATALOGUE";
+
+/// Reads a saved `tools/list` result (`{"tools": [...]}`) or whole reply
+/// (`{"result": {"tools": [...]}}`). The version `initialize` reports is taken from a file
+/// named `llm-cli-gateway-<version>.tools.json`, else `custom`.
+pub fn read_catalogue(path: &std::path::Path) -> std::io::Result<(Value, String)> {
+    let bad = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
+    let text = std::fs::read_to_string(path)?;
+    let doc: Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+    let tools = doc
+        .get("tools")
+        .or_else(|| doc.pointer("/result/tools"))
+        .filter(|t| t.is_array())
+        .ok_or_else(|| bad(format!("{}: no `tools` array", path.display())))?;
+    let version = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("llm-cli-gateway-"))
+        .and_then(|n| n.strip_suffix(".tools.json"))
+        .unwrap_or("custom");
+    Ok((json!({"tools": tools}), version.to_owned()))
 }
 
 fn invalid(message: impl std::fmt::Display) -> Value {
@@ -87,6 +117,14 @@ fn now_iso8601() -> String {
 }
 
 impl Gateway {
+    /// A server that lists `tools` (a `tools/list` result) and reports `version`.
+    pub fn with_catalogue(tools: Value, version: String) -> Self {
+        Gateway {
+            catalogue: Some((tools, version)),
+            ..Gateway::default()
+        }
+    }
+
     /// Answers one `tools/call` by tool name and arguments.
     pub fn call_tool(&mut self, name: &str, args: &Value) -> Value {
         let str_arg = |key: &str| args.get(key).and_then(Value::as_str);
@@ -199,9 +237,18 @@ impl Gateway {
             return vec![]; // notifications and replies need no answer
         };
         let result = match method {
-            "initialize" => initialize_result(message, "llm-cli-gateway", "2.10.0"),
+            "initialize" => {
+                let version = self
+                    .catalogue
+                    .as_ref()
+                    .map_or("2.10.0", |(_, v)| v.as_str());
+                initialize_result(message, "llm-cli-gateway", version)
+            }
             "ping" => json!({}),
-            "tools/list" => catalogue().clone(),
+            "tools/list" => match &self.catalogue {
+                Some((tools, _)) => tools.clone(),
+                None => catalogue().clone(),
+            },
             "tools/call" => {
                 let name = message
                     .pointer("/params/name")
@@ -225,9 +272,25 @@ impl Gateway {
     }
 }
 
-/// Serves the stand-in on a reader/writer pair until the reader closes.
+/// Serves the stand-in on a reader/writer pair until the reader closes, listing the
+/// catalogue `STANDIN_CATALOGUE` names if it is set.
 pub fn serve(input: impl BufRead, output: impl Write) -> std::io::Result<()> {
-    let mut gateway = Gateway::default();
+    let gateway = match std::env::var_os(CATALOGUE_ENV) {
+        Some(path) => {
+            let (tools, version) = read_catalogue(std::path::Path::new(&path))?;
+            Gateway::with_catalogue(tools, version)
+        }
+        None => Gateway::default(),
+    };
+    serve_gateway(input, output, gateway)
+}
+
+/// Serves `gateway` on a reader/writer pair until the reader closes.
+pub fn serve_gateway(
+    input: impl BufRead,
+    output: impl Write,
+    mut gateway: Gateway,
+) -> std::io::Result<()> {
     serve_lines(input, output, |message| gateway.handle(message))
 }
 
@@ -264,6 +327,21 @@ mod tests {
             gw.call_tool("session_create", &json!({"cli": "vim"}))["isError"],
             true
         );
+    }
+
+    #[test]
+    fn another_catalogue_is_listed_with_its_version() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/llm-cli-gateway-3.1.0-rc.8.tools.json");
+        let (tools, version) = read_catalogue(&path).unwrap();
+        let mut gw = Gateway::with_catalogue(tools, version);
+        let init = gw.handle(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize"}));
+        assert_eq!(init[0]["result"]["serverInfo"]["version"], "3.1.0-rc.8");
+        let listed = gw.handle(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}));
+        assert_eq!(listed[0]["result"]["tools"].as_array().unwrap().len(), 64);
+        let default =
+            Gateway::default().handle(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}));
+        assert_eq!(default[0]["result"]["tools"].as_array().unwrap().len(), 46);
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod approvals_client_http;
 mod approvals_events;
 mod approvals_http;
 mod bad_input;
+mod catalog;
 mod counters;
 mod fuzz_smoke;
 mod hot_swap;

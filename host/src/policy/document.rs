@@ -38,6 +38,64 @@ pub struct PolicyDocument {
     /// A description for people.
     #[serde(default)]
     pub description: Option<String>,
+    /// What `toolgate init` saw when it wrote the policy: the server and each tool's risk class
+    /// and annotations. The engine ignores it; `toolgate check --against` compares it with
+    /// what a server lists now, to report the tools added, removed and reclassified since.
+    #[serde(default)]
+    pub catalog: Option<RecordedCatalog>,
+}
+
+/// `catalog`: a server's tool list as `toolgate init` classified it.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordedCatalog {
+    /// Where the list came from (a file, a URL, a command), for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Each upstream's `serverInfo` (`name`, `version`), by upstream name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub servers: BTreeMap<String, Value>,
+    /// Every tool listed, by the name the policy calls it.
+    #[serde(default)]
+    pub tools: BTreeMap<String, RecordedTool>,
+}
+
+/// One tool of a [`RecordedCatalog`].
+#[derive(Clone, Debug, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordedTool {
+    /// Its risk class.
+    pub class: RiskClass,
+    /// Whether it reaches outside the server (`openWorldHint`, true when absent).
+    pub open_world: bool,
+    /// Its behaviour hints exactly as the server declared them; an absent hint is absent here.
+    #[serde(default)]
+    pub annotations: serde_json::Map<String, Value>,
+}
+
+/// A tool's risk class, from its MCP annotations (see `toolgate catalog`).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum RiskClass {
+    /// `readOnlyHint: true`: does not modify its environment.
+    Read,
+    /// Modifies its environment, only additively (`destructiveHint: false`).
+    Write,
+    /// May destroy or overwrite (`destructiveHint: true`, or absent: the spec's default).
+    Destructive,
+}
+
+impl RiskClass {
+    /// The class's name as written: `read`, `write`, `destructive`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RiskClass::Read => "read",
+            RiskClass::Write => "write",
+            RiskClass::Destructive => "destructive",
+        }
+    }
 }
 
 /// The format version; only "1" exists.

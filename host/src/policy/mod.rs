@@ -39,7 +39,9 @@ mod unique_keys;
 
 pub use compile::Loader;
 pub use condition::{Condition, Path as ConditionPath};
-pub use document::{Action, DefaultAction, PolicyDocument};
+pub use document::{
+    Action, DefaultAction, PolicyDocument, RecordedCatalog, RecordedTool, RiskClass,
+};
 pub use error::{InvalidPolicy, PolicyError, Problem};
 pub use pin::{pin_plugin, PinError};
 
@@ -205,9 +207,38 @@ impl Policy {
         })
     }
 
+    /// The rule a call of `tool` is decided by, as a decision names it (`tools.<name or
+    /// glob>`), found exactly as a call finds it; `None` when no rule matches (the default
+    /// applies).
+    pub fn rule_id_for(&self, tool: &str) -> Option<&str> {
+        self.rule_for(tool).map(|r| r.id.as_str())
+    }
+
+    /// The tool names and globs the rules are written for (the keys of `tools`), sorted.
+    pub fn rule_patterns(&self) -> Vec<&str> {
+        let mut patterns: Vec<&str> = self
+            .exact
+            .values()
+            .chain(self.globs.iter().map(|(_, rule)| rule))
+            .map(|rule| rule.id.strip_prefix("tools.").unwrap_or(&rule.id))
+            .collect();
+        patterns.sort_unstable();
+        patterns
+    }
+
+    /// Whether `hide` names `tool`.
+    pub fn is_hidden(&self, tool: &str) -> bool {
+        self.hide.iter().any(|h| h.matches(tool))
+    }
+
+    /// What happens to a tool no rule names.
+    pub fn default_action(&self) -> DefaultAction {
+        self.default
+    }
+
     /// Whether `tool` appears in `tools/list` (and can be called at all).
     pub fn is_visible(&self, tool: &str) -> bool {
-        !self.hide.iter().any(|h| h.matches(tool))
+        !self.is_hidden(tool)
             && (self.default == DefaultAction::Allow || self.rule_for(tool).is_some())
     }
 }
