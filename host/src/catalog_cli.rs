@@ -142,12 +142,17 @@ fn header(text: &str) -> Result<(String, String), String> {
 }
 
 /// The `[[upstreams]]` of a `serve` config.
-// TODO(issue 20): the multi-upstream gateway's config reader; wire it in here.
 fn upstreams_from_config(path: &Path) -> anyhow::Result<Vec<UpstreamSpec>> {
-    anyhow::bail!(
-        "reading `[[upstreams]]` from `{}` is not supported yet (it comes with the multi-upstream gateway); use `--url` or `-- CMD` per upstream",
-        path.display()
-    )
+    let set = upstreams::config::from_config_file(path)?;
+    if set.separator != toolgate::catalog::SEPARATOR {
+        anyhow::bail!(
+            "`{}` sets namespace_separator `{}`: the catalogue and the policies `init` writes name tools with `{}`",
+            path.display(),
+            set.separator,
+            toolgate::catalog::SEPARATOR
+        );
+    }
+    Ok(set.upstreams)
 }
 
 impl SourceArgs {

@@ -140,11 +140,11 @@ fn check_against_gates_ci_only_on_drift() {
     assert_eq!(both.status.code(), Some(2));
     assert_eq!(text(&both.stdout), report);
 
-    // A serve config's upstreams are not readable yet: said so, not guessed.
-    let config = toolgate(&["catalog", "--config", "toolgate.toml"]);
+    // A serve config that cannot be read is an error that names it, not an empty catalogue.
+    let config = toolgate(&["catalog", "--config", "no-such-toolgate.toml"]);
     assert_eq!(config.status.code(), Some(2));
     assert!(
-        text(&config.stderr).contains("not supported yet"),
+        text(&config.stderr).contains("no-such-toolgate.toml"),
         "{}",
         text(&config.stderr)
     );
@@ -205,7 +205,6 @@ fn the_init_policy_in_front_of_the_server_limits_the_31st_session_create(
 }
 
 #[test]
-#[ignore = "needs upstreams::list_tools"]
 fn a_live_server_is_catalogued_initialised_and_checked() {
     let upstream = standin_serving(V3_1);
     let live = |args: &[&str]| {
@@ -234,4 +233,48 @@ fn a_live_server_is_catalogued_initialised_and_checked() {
     let old = init(V2_10, dir.path());
     let drifted = live(&["check", old.to_str().unwrap(), "--strict", "--against"]);
     assert_eq!(drifted.status.code(), Some(1), "{}", text(&drifted.stderr));
+}
+
+/// A `serve` config's `[[upstreams]]`: every server listed, each tool under its namespaced name.
+#[test]
+fn a_serve_configs_whole_stack_is_catalogued() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("toolgate.toml");
+    let words = |cmd: Vec<String>| serde_json::to_string(&cmd).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[[upstreams]]\nname = \"llmgw\"\ncommand = {}\n\n[[upstreams]]\nname = \"echo\"\nprefix = \"e\"\ncommand = {}\n",
+            words(standin_serving(V2_10)),
+            words(crate::support::echo()),
+        ),
+    )
+    .unwrap();
+    let listed = toolgate(&["catalog", "--json", "--config", config.to_str().unwrap()]);
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    let catalog: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let names: Vec<&str> = catalog["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names.iter().filter(|n| n.starts_with("llmgw__")).count(),
+        46
+    );
+    assert!(names.contains(&"e__echo"), "{names:?}");
+    assert_eq!(
+        names.len(),
+        46 + 3,
+        "the echo server has echo, crash and fail"
+    );
+    let made = toolgate(&["init", "--config", config.to_str().unwrap()]);
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let policy: serde_json::Value = serde_json::from_slice(&made.stdout).unwrap();
+    assert_eq!(
+        policy["tools"]["llmgw__session_create"]["limits"][0]["max"], 30,
+        "{}",
+        policy["tools"]["llmgw__session_create"]
+    );
 }
