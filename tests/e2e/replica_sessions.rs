@@ -19,11 +19,14 @@ const POLICY_A: &str = r#"{"version": "1", "default": "deny", "tools": {
 const POLICY_H: &str = r#"{"version": "1", "default": "deny"}"#;
 
 /// One replica: grants `a`, `b` (both under [`POLICY_A`]) and `h`, the shared key, Redis.
+/// Redis gets a second to answer, not the default 50 ms: these tests count exact caps, and on
+/// a loaded 2-core machine a 50 ms miss refuses a call (fail closed) that the cap would admit
+/// (`replicas.rs` tests the timeout itself).
 fn replica(upstream: &EchoUpstream, redis: &Redis, key: &std::path::Path) -> Serve {
     let config = format!(
         "session_key_file = \"{}\"\n\
          [upstream]\nurl = \"{}\"\n\
-         [counters]\nstore = \"redis\"\nurl = \"{}\"\n\
+         [counters]\nstore = \"redis\"\nurl = \"{}\"\ntimeout_ms = 1000\n\
          [[grants]]\nname = \"a\"\ntoken_sha256 = \"{}\"\npolicy = \"a.json\"\n\
          [[grants]]\nname = \"b\"\ntoken_sha256 = \"{}\"\npolicy = \"a.json\"\n\
          [[grants]]\nname = \"h\"\ntoken_sha256 = \"{}\"\npolicy = \"h.json\"\n",
