@@ -173,8 +173,26 @@ fn the_init_policy_in_front_of_the_server_limits_the_31st_session_create(
     #[case] tools: usize,
 ) {
     let dir = tempfile::tempdir().unwrap();
-    let policy = init(fixture_name, dir.path());
-    let mut client = Client::start_at(&policy, &standin_serving(fixture_name), &[]);
+    // `init` from the live server, as a user would run it: the same policy as from the
+    // saved listing, plus what it learnt of the server.
+    let policy = dir.path().join("live.json");
+    let mut args = vec!["init", "--out", policy.to_str().unwrap(), "--"];
+    let upstream = standin_serving(fixture_name);
+    args.extend(upstream.iter().map(String::as_str));
+    let made = toolgate(&args);
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let read = |path: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let (live, saved) = (read(&policy), read(&init(fixture_name, dir.path())));
+    assert_eq!(live["tools"], saved["tools"]);
+    assert_eq!(
+        live["tools"]["session_clear_all"]["action"],
+        "require_approval"
+    );
+    let checked = toolgate(&["check", policy.to_str().unwrap()]);
+    assert!(checked.status.success(), "{}", text(&checked.stderr));
+    let mut client = Client::start_at(&policy, &upstream, &[]);
     client.initialize();
     let listed = client.request("tools/list", json!({}));
     assert_eq!(
