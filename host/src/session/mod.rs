@@ -397,6 +397,12 @@ impl Session {
             let server = info.as_ref().and_then(|i| i.upstream.clone());
             (listed, info, server.unwrap_or_else(|| state.server.clone()))
         };
+        // A hidden tool is a missing one, for every check below: its schema must not tell the
+        // client it exists.
+        let (listed, info) = match self.policy.load().is_visible(&params.name) {
+            true => (listed, info),
+            false => (false, None),
+        };
         if let Some(problem) = self.ambiguous_call(raw_params, args, info.as_deref()) {
             tracing::warn!(%problem, "tools/call refused");
             return Err(Refused::Answer(jsonrpc::error_line(

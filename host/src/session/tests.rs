@@ -699,6 +699,35 @@ fn every_tool_list_is_filtered_and_an_unreadable_one_never_passes(
     assert_eq!(upstream(&s, replayed), None);
 }
 
+/// A hidden tool's schema must not give it away: with arguments its schema refuses, it gets
+/// the answer a tool that does not exist gets, byte for byte.
+#[test]
+fn a_hidden_tool_with_bad_arguments_is_as_unknown_as_a_missing_one() {
+    let s = session();
+    let (_, id) = forwarded(&s, r#"{"jsonrpc":"2.0","id":"l","method":"tools/list"}"#);
+    let tools = json!([{"name": "secret", "inputSchema": {"type": "object",
+        "properties": {"cli": {"type": "string"}}, "required": ["cli"]}}]);
+    upstream(
+        &s,
+        &json!({"jsonrpc": "2.0", "id": id.unwrap(), "result": {"tools": tools}}).to_string(),
+    )
+    .unwrap();
+    // A key its schema names in another case; a required property missing.
+    for args in [json!({"Cli": 1}), json!({})] {
+        let ask = |tool: &str| {
+            answer(
+                &s,
+                &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                    "params": {"name": tool, "arguments": args}})
+                .to_string(),
+            )
+        };
+        let missing = ask("nothing");
+        assert!(missing.contains("unknown tool"), "{missing}");
+        assert_eq!(ask("secret"), missing, "{args}");
+    }
+}
+
 #[test]
 fn arguments_are_checked_against_the_advertised_schema_before_a_unit_is_spent() {
     let s = session();
