@@ -22,6 +22,7 @@
 //!    that means the tool never ran.
 
 pub mod approvals;
+pub mod audit;
 pub mod bounded;
 pub mod call;
 pub mod canonical;

@@ -1,0 +1,234 @@
+//! The JSON-lines writer. The call's thread only hands the event to a bounded channel; a writer
+//! thread serializes and writes it. When the channel is full (a sink that cannot keep up, a
+//! pipe nobody reads) the event is dropped and counted: a decision is never delayed by its log.
+
+use super::{DecisionEvent, Event, Line, Observer, OutcomeEvent, SCHEMA};
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+
+/// Where the lines go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogSink {
+    /// A file, rotated by size: at `max_bytes` it becomes `FILE.1` (the older ones `FILE.2`,
+    /// ... up to `keep`) and a new `FILE` starts.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Size at which it is rotated. Default 100 MiB.
+        max_bytes: u64,
+        /// Rotated files kept. Default 5.
+        keep: usize,
+    },
+    /// Standard error (`toolgate run`: stdout is the protocol).
+    Stderr,
+    /// Standard output (`serve`).
+    Stdout,
+}
+
+impl LogSink {
+    /// `-` for standard error or output (as `stdout` says), else a file with the default
+    /// rotation.
+    pub fn parse(text: &str, stdout: bool) -> Self {
+        match (text, stdout) {
+            ("-", true) => LogSink::Stdout,
+            ("-", false) => LogSink::Stderr,
+            (path, _) => LogSink::File {
+                path: PathBuf::from(path),
+                max_bytes: 100 << 20,
+                keep: 5,
+            },
+        }
+    }
+}
+
+/// Events written and dropped so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LogStats {
+    /// Lines written.
+    pub written: u64,
+    /// Events dropped because the writer could not keep up.
+    pub dropped: u64,
+}
+
+#[derive(Default)]
+struct Counts {
+    written: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// The decision log: an [`Observer`] that writes JSON lines.
+pub struct DecisionLog {
+    tx: SyncSender<Event>,
+    counts: Arc<Counts>,
+}
+
+/// Events the channel holds before new ones are dropped. Each is a few hundred bytes.
+pub const DEFAULT_CAPACITY: usize = 4096;
+
+impl DecisionLog {
+    /// Opens the sink (creating a file, appending to one that exists) and starts the writer.
+    pub fn open(sink: LogSink, capacity: usize) -> io::Result<Self> {
+        Self::start(Output::open(sink)?, capacity)
+    }
+
+    /// A log written to `out` (a pipe, a socket): no rotation.
+    pub fn to_writer(out: Box<dyn Write + Send>, capacity: usize) -> io::Result<Self> {
+        Self::start(Output::Stream(out), capacity)
+    }
+
+    fn start(out: Output, capacity: usize) -> io::Result<Self> {
+        let (tx, rx) = sync_channel(capacity.max(1));
+        let counts = Arc::new(Counts::default());
+        let thread_counts = counts.clone();
+        std::thread::Builder::new()
+            .name("decision-log".into())
+            .spawn(move || write_all(rx, out, &thread_counts))?;
+        Ok(Self { tx, counts })
+    }
+
+    /// Lines written and events dropped so far.
+    pub fn stats(&self) -> LogStats {
+        LogStats {
+            written: self.counts.written.load(Ordering::Relaxed),
+            dropped: self.counts.dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    fn push(&self, event: Event) {
+        match self.tx.try_send(event) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Observer for DecisionLog {
+    fn decision(&self, event: &DecisionEvent) {
+        self.push(Event::Decision(event.clone()));
+    }
+    fn outcome(&self, event: &OutcomeEvent) {
+        self.push(Event::Outcome(event.clone()));
+    }
+}
+
+enum Output {
+    File {
+        path: PathBuf,
+        file: BufWriter<File>,
+        size: u64,
+        max_bytes: u64,
+        keep: usize,
+    },
+    Stream(Box<dyn Write + Send>),
+}
+
+impl Output {
+    fn open(sink: LogSink) -> io::Result<Self> {
+        Ok(match sink {
+            LogSink::File {
+                path,
+                max_bytes,
+                keep,
+            } => {
+                let file = OpenOptions::new().create(true).append(true).open(&path)?;
+                let size = file.metadata()?.len();
+                Output::File {
+                    path,
+                    file: BufWriter::with_capacity(64 << 10, file),
+                    size,
+                    max_bytes,
+                    keep,
+                }
+            }
+            LogSink::Stderr => Output::Stream(Box::new(io::stderr())),
+            LogSink::Stdout => Output::Stream(Box::new(io::stdout())),
+        })
+    }
+
+    fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
+        match self {
+            Output::Stream(out) => out.write_all(line),
+            Output::File {
+                path,
+                file,
+                size,
+                max_bytes,
+                keep,
+            } => {
+                if *size > 0 && *size + line.len() as u64 > *max_bytes {
+                    file.flush()?;
+                    rotate(path, *keep)?;
+                    *file = BufWriter::with_capacity(
+                        64 << 10,
+                        OpenOptions::new().create(true).append(true).open(&*path)?,
+                    );
+                    *size = 0;
+                }
+                file.write_all(line)?;
+                *size += line.len() as u64;
+                Ok(())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Output::Stream(out) => out.flush(),
+            Output::File { file, .. } => file.flush(),
+        }
+    }
+}
+
+/// `FILE` → `FILE.1`, `FILE.1` → `FILE.2`, ...; the oldest beyond `keep` is removed.
+fn rotate(path: &std::path::Path, keep: usize) -> io::Result<()> {
+    let numbered = |n: usize| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{n}"));
+        PathBuf::from(name)
+    };
+    if keep == 0 {
+        return std::fs::remove_file(path);
+    }
+    let _ = std::fs::remove_file(numbered(keep));
+    for n in (1..keep).rev() {
+        let _ = std::fs::rename(numbered(n), numbered(n + 1));
+    }
+    std::fs::rename(path, numbered(1))
+}
+
+fn write_all(rx: Receiver<Event>, mut out: Output, counts: &Counts) {
+    let mut buf = Vec::with_capacity(1024);
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        // Everything already waiting goes out before one flush.
+        while let Some(event) = next.take().or_else(|| rx.try_recv().ok()) {
+            buf.clear();
+            let line = Line {
+                schema: SCHEMA.into(),
+                event,
+            };
+            if serde_json::to_writer(&mut buf, &line).is_err() {
+                continue;
+            }
+            buf.push(b'\n');
+            match out.write_line(&buf) {
+                Ok(()) => {
+                    counts.written.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    counts.dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "cannot write the decision log");
+                }
+            }
+        }
+        if let Err(e) = out.flush() {
+            tracing::warn!(error = %e, "cannot write the decision log");
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! The decision log: one JSON line per decision, one per outcome of a call that went upstream.
+//!
+//! "Allowed" and "executed" are different facts, so they are different events:
+//! - a `decision` event for every `tools/call` the gateway decided: who asked (grant,
+//!   session, request id), what (server, tool, the arguments' sha256), what the policy said
+//!   (verdict, rule, reason, retry-after), which policy said it (name and digest, the
+//!   plugins' digests) and what it cost (evaluation time, plugin instructions);
+//! - an `outcome` event for every call that went upstream, when its fate is known: `ran` (a
+//!   result), `tool_error` (a result with `isError`), `jsonrpc_error`, `gone` (the upstream went
+//!   away first), `cancelled` (by the client), `timeout`; with the upstream's duration.
+//!
+//! The two share a `decision_id`. Arguments are never logged unless the tool's rule opts in
+//! (`log_args`), and then with the JSON pointers it names erased (removed) or masked (replaced
+//! by `"***"`); the event lists what was erased and masked, as OPA's decision logs do.
+//!
+//! Events are handed to an [`Observer`]. The one that writes JSON lines ([`DecisionLog`]) never
+//! blocks a call: events go through a bounded channel to a writer thread, and when the channel
+//! is full an event is dropped and counted instead.
+//!
+//! ## Files
+//! - `mod.rs`: the events (the log's schema) and the [`Observer`] hook the session calls.
+//! - `log.rs`: the JSON-lines writer: sinks, size rotation, the drop counter.
+//! - `args.rs`: the arguments' digest, and erasing and masking by JSON pointer.
+
+mod args;
+mod log;
+
+pub use args::{args_sha256, ArgsLogging, LoggedArgs};
+pub use log::{DecisionLog, LogSink, LogStats, DEFAULT_CAPACITY};
+
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// The schema of every line; a reader refuses lines of another major version.
+pub const SCHEMA: &str = "toolgate.decision-log/v1";
+
+/// What the policy said, as the log records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// `allow`, `deny`, `require_approval` or `rate_limited`.
+    pub verdict: String,
+    /// The rule that decided (`tools.session_create`, `default`, `unknown_tool`, ...).
+    pub rule: String,
+    /// Why, as the agent was told.
+    pub reason: String,
+    /// For `rate_limited`: when a retry can succeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+/// A plugin that took part, by name and digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginRef {
+    /// Its name in the policy.
+    pub name: String,
+    /// The sha256 of its component.
+    pub digest: String,
+}
+
+/// One decided `tools/call`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DecisionEvent {
+    /// When, RFC 3339 with milliseconds, UTC.
+    pub time: String,
+    /// This decision's id; its outcome event carries the same.
+    pub decision_id: String,
+    /// The gateway process (`hostname:pid`).
+    pub instance: String,
+    /// `stdio` or `http`.
+    pub transport: String,
+    /// The policy's `name`, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// The sha256 of the policy that decided.
+    pub policy_digest: String,
+    /// Its plugins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<PluginRef>,
+    /// The grant (agent identity).
+    pub grant: String,
+    /// The session.
+    pub session: String,
+    /// The MCP method (`tools/call`).
+    pub method: String,
+    /// The client's request id, as JSON text (`7`, `"a"`).
+    pub request_id: String,
+    /// The upstream server (its `serverInfo.name`, or the upstream's name in a set).
+    pub server: String,
+    /// The tool, as the client named it.
+    pub tool: String,
+    /// The sha256 of the arguments' canonical JSON: calls can be matched without their
+    /// contents being logged.
+    pub args_sha256: String,
+    /// The arguments, when the tool's rule opts in (`log_args`), erased and masked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<LoggedArgs>,
+    /// What the policy said.
+    pub decision: Verdict,
+    /// How long the decision took, in microseconds.
+    pub eval_us: u64,
+    /// Instructions (fuel) its plugins consumed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub plugin_instructions: u64,
+    /// The W3C trace id of the call's span, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// The span id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// How a call that went upstream ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fate {
+    /// A result without `isError`.
+    Ran,
+    /// A result with `isError: true`: the tool ran and reported a failure.
+    ToolError,
+    /// A JSON-RPC error reply.
+    JsonrpcError,
+    /// The upstream went away (or could not be written to) before answering.
+    Gone,
+    /// The client cancelled it.
+    Cancelled,
+    /// No reply within the reply timeout.
+    Timeout,
+}
+
+/// The outcome of one forwarded call.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeEvent {
+    /// When, RFC 3339 with milliseconds, UTC.
+    pub time: String,
+    /// The decision that let it through.
+    pub decision_id: String,
+    /// The grant.
+    pub grant: String,
+    /// The session.
+    pub session: String,
+    /// The client's request id, as JSON text.
+    pub request_id: String,
+    /// The upstream server.
+    pub server: String,
+    /// The tool.
+    pub tool: String,
+    /// How it ended.
+    pub outcome: Fate,
+    /// For `jsonrpc_error`: the error's code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<i64>,
+    /// From the request leaving the gateway to its fate, in milliseconds.
+    pub upstream_ms: f64,
+}
+
+/// One line of the log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A decision.
+    Decision(DecisionEvent),
+    /// An outcome.
+    Outcome(OutcomeEvent),
+}
+
+/// A line as written: the schema, then the event.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Line {
+    /// [`SCHEMA`].
+    pub schema: String,
+    /// The event.
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// Where the session reports decisions and outcomes. Implementations must not block: they
+/// run on the call's path.
+pub trait Observer: Send + Sync {
+    /// A `tools/call` was decided.
+    fn decision(&self, event: &DecisionEvent);
+    /// A call that went upstream ended.
+    fn outcome(&self, event: &OutcomeEvent);
+}
+
+/// Several observers as one (the log and the metrics, say).
+pub struct Observers(pub Vec<Arc<dyn Observer>>);
+
+impl Observer for Observers {
+    fn decision(&self, event: &DecisionEvent) {
+        for o in &self.0 {
+            o.decision(event);
+        }
+    }
+    fn outcome(&self, event: &OutcomeEvent) {
+        for o in &self.0 {
+            o.outcome(event);
+        }
+    }
+}
+
+/// The current time as the log writes it.
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// This process, as `instance` names it: `hostname:pid`.
+pub fn instance() -> String {
+    let mut name = [0u8; 256];
+    // SAFETY: gethostname writes at most `len` bytes into the buffer we own.
+    let host = if unsafe { libc::gethostname(name.as_mut_ptr().cast(), name.len()) } == 0 {
+        let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+        String::from_utf8_lossy(&name[..end]).into_owned()
+    } else {
+        "unknown".into()
+    };
+    format!("{host}:{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests;
