@@ -11,11 +11,12 @@ use plugin_cli::PluginCommand;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use toolgate::audit::{DecisionLog, LogSink};
 use toolgate::clock::SystemClock;
 use toolgate::counters::MemoryCounterStore;
 use toolgate::policy::{Loader, Policy};
 use toolgate::reload::{self, LivePolicy};
-use toolgate::session::{Identity, SchemaChecks, Session};
+use toolgate::session::{Audit, Identity, SchemaChecks, Session};
 use toolgate::stdio::{self, Ending, StdioLimits};
 use toolgate::testing;
 use toolgate::upstreams::UpstreamSet;
@@ -78,6 +79,10 @@ enum Command {
         /// machine naming it shares, kept across restarts).
         #[arg(long, value_name = "STORE", default_value = "memory")]
         counters: String,
+        /// Write the decision log (JSON lines: every decision, every forwarded call's outcome)
+        /// to this file (rotated at 100 MiB, five kept), or `-` for stderr.
+        #[arg(long, value_name = "FILE")]
+        decision_log: Option<String>,
         /// Several upstream servers behind one gateway, each `NAME=COMMAND` (split like a
         /// shell would) or `NAME=URL` (Streamable HTTP); repeat for each. Their tools are
         /// `NAME__TOOL` (see `--separator`). Instead of UPSTREAM_CMD.
@@ -280,6 +285,7 @@ fn main() -> ExitCode {
             trust,
             store,
             counters,
+            decision_log,
             upstreams,
             separator,
             upstream,
@@ -325,7 +331,17 @@ fn main() -> ExitCode {
                 reply_timeout: std::time::Duration::from_secs(reply_timeout_s),
                 ..StdioLimits::default()
             };
-            let schemas = SchemaChecks::skipping(skip_schema);
+            let audit = match decision_log.map(|sink| LogSink::parse(&sink, false)) {
+                Some(sink) => match DecisionLog::open(sink, toolgate::audit::DEFAULT_CAPACITY) {
+                    Ok(log) => Some(Audit::new(Arc::new(log), "stdio")),
+                    Err(e) => {
+                        eprintln!("toolgate: --decision-log: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                None => None,
+            };
+            let schemas = (SchemaChecks::skipping(skip_schema), audit);
             let operator = admin_socket.is_some();
             match run(
                 &live,
@@ -450,7 +466,7 @@ fn run(
     live: &LivePolicy,
     (grant, counters): (String, Arc<dyn toolgate::counters::CounterStore>),
     limits: &StdioLimits,
-    schemas: SchemaChecks,
+    (schemas, audit): (SchemaChecks, Option<Arc<Audit>>),
     (approvals, operator): (Arc<toolgate::approvals::Approvals>, bool),
     (upstream, set, separator): (&[String], &[String], String),
 ) -> anyhow::Result<ExitCode> {
@@ -462,6 +478,7 @@ fn run(
     let session = Arc::new(
         Session::live(live.cell(), counters, identity)
             .with_schema_checks(schemas)
+            .with_audit(audit)
             .with_approvals(approvals, operator, true),
     );
     let (ending, status) = if set.is_empty() {

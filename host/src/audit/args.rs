@@ -107,7 +107,10 @@ mod tests {
         let logged = logging.apply(&args);
         let text = serde_json::to_string(&logged).unwrap();
         assert!(!text.contains("secret"), "{text}");
-        assert_eq!(logged.value, json!({"token": "***", "keep": 1, "nested": {"c": 2}, "list": ["***", "ok"]}));
+        assert_eq!(
+            logged.value,
+            json!({"token": "***", "keep": 1, "nested": {"c": 2}, "list": ["***", "ok"]})
+        );
         assert_eq!(logged.erased, ["/apiKey", "/nested/a~1b"]);
         assert_eq!(logged.masked, ["/token", "/list/0"]);
     }

@@ -110,7 +110,7 @@ impl DecisionLog {
 
 impl Observer for DecisionLog {
     fn decision(&self, event: &DecisionEvent) {
-        self.push(Event::Decision(event.clone()));
+        self.push(Event::Decision(Box::new(event.clone())));
     }
     fn outcome(&self, event: &OutcomeEvent) {
         self.push(Event::Outcome(event.clone()));

@@ -162,7 +162,7 @@ pub struct OutcomeEvent {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// A decision.
-    Decision(DecisionEvent),
+    Decision(Box<DecisionEvent>),
     /// An outcome.
     Outcome(OutcomeEvent),
 }

@@ -55,7 +55,13 @@ fn lines_parse_back_with_their_schema_and_files_rotate_by_size() {
         log.decision(&decision(n));
     }
     wait_for(&log, 40);
-    assert_eq!(log.stats(), LogStats { written: 40, dropped: 0 });
+    assert_eq!(
+        log.stats(),
+        LogStats {
+            written: 40,
+            dropped: 0
+        }
+    );
     drop(log);
     let read = |p: &std::path::Path| -> Vec<Line> {
         std::io::BufReader::new(std::fs::File::open(p).unwrap())

@@ -256,6 +256,7 @@ async fn status(State(admin): State<Arc<Admin>>, request: Request) -> Response {
         "counters": gw.grants.all().first().map(|g| g.counters.status()),
         // With `[[upstreams]]`: each upstream's sessions by state and its last failure.
         "upstreams": gw.upstreams.snapshot(),
+        "decision_log": gw.decision_log.as_ref().map(|log| log.stats()),
     }))
     .into_response()
 }

@@ -51,6 +51,10 @@ pub(crate) struct Config {
     /// Several upstreams behind one endpoint ([`crate::upstreams::config`]).
     #[serde(default)]
     pub(crate) upstreams: Vec<crate::upstreams::config::UpstreamEntry>,
+    /// The decision log: a file (relative to this file; rotated at 100 MiB, five kept) or `-`
+    /// for standard output. Off without it.
+    #[serde(default)]
+    pub(crate) decision_log: Option<String>,
     /// With `[[upstreams]]`: what joins an upstream's prefix and a tool's name (default `__`).
     #[serde(default)]
     pub(crate) namespace_separator: Option<String>,
@@ -385,6 +389,9 @@ impl Config {
             *counters = base.join(&*counters);
         }
         config.counters.spec()?;
+        if let Some(log) = config.decision_log.as_mut().filter(|l| *l != "-") {
+            *log = base.join(&*log).to_string_lossy().into_owned();
+        }
         if let Some(key) = &mut config.session_key_file {
             *key = base.join(&*key);
             if config.upstream.as_ref().is_none_or(|u| u.command.is_some()) {

@@ -61,6 +61,10 @@ pub(crate) struct Gateway {
     pub(crate) session_key: Option<super::sealed::SessionKey>,
     /// With `[[upstreams]]`: how each upstream is doing across the sessions (`/status`).
     pub(crate) upstreams: crate::upstreams::Board,
+    /// `decision_log`: where every session reports its decisions and outcomes.
+    pub(crate) audit: Option<Arc<crate::session::Audit>>,
+    /// The decision log itself, for its written and dropped counts (`/status`).
+    pub(crate) decision_log: Option<Arc<crate::audit::DecisionLog>>,
 }
 
 /// One `[[approvers]]` entry, its token as a digest.
@@ -100,6 +104,8 @@ impl Gateway {
             approval_streams: Arc::new(tokio::sync::Semaphore::new(MAX_APPROVAL_STREAMS)),
             session_key: None,
             upstreams: crate::upstreams::Board::default(),
+            audit: None,
+            decision_log: None,
         })
     }
 
@@ -238,6 +244,7 @@ impl Gateway {
         .with_schema_checks(self.schemas.clone())
         // An approver decides, or the agent's own client, asked on the held POST's stream.
         .with_approvals(self.approvals.clone(), !self.approvers.is_empty(), true)
+        .with_audit(self.audit.clone())
     }
 
     /// The headers for an upstream request: the MCP headers the client sent, the upstream

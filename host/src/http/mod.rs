@@ -118,6 +118,16 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
     if let Some(path) = &config.session_key_file {
         gateway = gateway.with_session_key(sealed::SessionKey::load(path)?);
     }
+    if let Some(sink) = &config.decision_log {
+        let log = crate::audit::DecisionLog::open(
+            crate::audit::LogSink::parse(sink, true),
+            crate::audit::DEFAULT_CAPACITY,
+        )
+        .with_context(|| format!("cannot open the decision log `{sink}`"))?;
+        let log = Arc::new(log);
+        gateway.audit = Some(crate::session::Audit::new(log.clone(), "http"));
+        gateway.decision_log = Some(log);
+    }
     if let Some(webhook) = &config.approvals_webhook {
         // reqwest takes the process's TLS provider; the listeners pass theirs explicitly.
         let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();

@@ -402,6 +402,11 @@ impl Compiler<'_> {
                 .map(|a| a.settings())
                 .transpose()
                 .map_err(|e| self.invalid(format!("{location}.approval"), Problem::Approval(e)))?,
+            log_args: spec
+                .log_args
+                .map(|l| l.check().map(|()| l))
+                .transpose()
+                .map_err(|e| self.invalid(format!("{location}.log_args"), Problem::LogArgs(e)))?,
             id: location,
             action: spec.action,
             reason: spec.reason,

@@ -242,6 +242,10 @@ pub struct ToolRule {
     /// `via`; defaults when absent).
     #[serde(default)]
     pub approval: Option<crate::approvals::ApprovalSpec>,
+    /// Log this tool's arguments in the decision log (off without it), without what the
+    /// JSON pointers in `erase` name and with what those in `mask` name replaced by `"***"`.
+    #[serde(default)]
+    pub log_args: Option<crate::audit::ArgsLogging>,
     /// A note for people.
     #[serde(default)]
     pub description: Option<String>,

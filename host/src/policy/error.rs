@@ -211,6 +211,12 @@ pub enum Problem {
         "`approval` is `{{\"hold\": \"45s\", \"timeout\": \"10m\", \"reuse\": \"once\" | \"session\" | \"1h\", \"bind\": \"args\" | \"tool\", \"via\": \"client\" | \"operator\" | \"both\"}}`, each optional"
     ))]
     Approval(String),
+    /// A rule's `log_args` names something that is not a JSON pointer.
+    #[error("{0}")]
+    #[diagnostic(help(
+        "`log_args` is `{{\"erase\": [\"/apiKey\"], \"mask\": [\"/token\"]}}`: the tool's arguments go into the decision log without what the erase pointers name and with what the mask pointers name replaced by \"***\""
+    ))]
+    LogArgs(String),
     /// A plugin refused the `config` a rule gives it.
     #[error("plugin `{name}` rejects its config: {error}")]
     #[diagnostic(help("the plugin's documentation says which config it takes"))]

@@ -92,6 +92,8 @@ struct Rule {
     uses: Vec<PluginUse>,
     /// How a call it sends for approval is held (`None`: the defaults).
     approval: Option<crate::approvals::ApprovalSettings>,
+    /// `log_args`: whether, and how, the decision log shows the arguments.
+    log_args: Option<crate::audit::ArgsLogging>,
 }
 
 #[derive(Debug)]
@@ -167,6 +169,11 @@ impl Policy {
         self.rule_for(tool)
             .and_then(|r| r.approval.clone())
             .unwrap_or_default()
+    }
+
+    /// The rule's `log_args` for `tool`: `None` keeps its arguments out of the decision log.
+    pub fn log_args_for(&self, tool: &str) -> Option<&crate::audit::ArgsLogging> {
+        self.rule_for(tool).and_then(|r| r.log_args.as_ref())
     }
 
     /// The plugins this policy loaded, for status and logs.

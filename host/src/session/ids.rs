@@ -9,6 +9,7 @@
 //! away ([`Session::upstream_gone`]). Refunds happen here only for a request never written.
 
 use super::{truncated, ClientLine, Forward, Session};
+use crate::audit::Fate;
 use crate::counters::Reservation;
 use crate::jsonrpc;
 use serde::Deserialize;
@@ -24,7 +25,7 @@ pub(super) struct Pending {
     /// The client's id, canonical: reuse of a pending id is refused.
     client_key: String,
     pub(super) kind: Kind,
-    sent: Instant,
+    pub(super) sent: Instant,
 }
 
 /// What a pending request was, for what its reply needs.
@@ -34,7 +35,8 @@ pub(super) enum Kind {
     ToolsList {
         first_page: bool,
     },
-    ToolsCall(Vec<Reservation>),
+    /// A call: the units it took, and its decision as the log knows it.
+    ToolsCall(Vec<Reservation>, Option<Box<super::audited::Audited>>),
     /// `initialize`: its reply names the server (`serverInfo.name`), which plugins see.
     Initialize,
     Other,
@@ -76,8 +78,9 @@ impl Session {
         };
         if let Some(answer) = refused {
             drop(state);
-            if let Kind::ToolsCall(reservations) = kind {
+            if let Kind::ToolsCall(reservations, audited) = kind {
                 self.counters.refund(&reservations);
+                self.audit_outcome(audited.as_deref(), Instant::now(), Fate::Gone, None);
             }
             return ClientLine::Answer(answer);
         }
@@ -134,14 +137,20 @@ impl Session {
         }
         // The request will get no reply: forget it. Its counter units stay spent,
         // because the tool may already have run. A late reply is dropped.
-        let upstream_id = {
+        let (upstream_id, pending) = {
             let mut state = self.state();
             let upstream_id = state.client_ids.remove(&key);
-            if let Some(upstream_id) = upstream_id {
-                state.pending.remove(&upstream_id);
-            }
-            upstream_id
+            let pending = upstream_id.and_then(|id| state.pending.remove(&id));
+            (upstream_id, pending)
         };
+        if let Some(Pending {
+            kind: Kind::ToolsCall(_, audited),
+            sent,
+            ..
+        }) = &pending
+        {
+            self.audit_outcome(audited.as_deref(), *sent, Fate::Cancelled, None);
+        }
         match upstream_id {
             Some(upstream_id) => ClientLine::Forward(Forward {
                 line: Cow::Owned(
@@ -213,8 +222,11 @@ impl Session {
     /// it may have reached the upstream: only if not are a call's counter units refunded.
     pub fn abandon(&self, upstream_id: u64, written: bool, why: &str) -> Option<Vec<u8>> {
         let pending = self.take_pending(upstream_id)?;
-        if let (false, Kind::ToolsCall(reservations)) = (written, &pending.kind) {
-            self.counters.refund(reservations);
+        if let Kind::ToolsCall(reservations, audited) = &pending.kind {
+            if !written {
+                self.counters.refund(reservations);
+            }
+            self.audit_outcome(audited.as_deref(), pending.sent, Fate::Gone, None);
         }
         Some(jsonrpc::error_line(
             Some(&pending.client_id),
@@ -250,6 +262,9 @@ impl Session {
             .iter()
             .map(|p| {
                 tracing::warn!(id = %truncated(p.client_id.get()), "request timed out upstream");
+                if let Kind::ToolsCall(_, audited) = &p.kind {
+                    self.audit_outcome(audited.as_deref(), p.sent, Fate::Timeout, None);
+                }
                 jsonrpc::error_line(Some(&p.client_id), jsonrpc::UPSTREAM_GONE, &message)
             })
             .collect()
@@ -268,7 +283,12 @@ impl Session {
         };
         drained
             .iter()
-            .map(|p| jsonrpc::error_line(Some(&p.client_id), jsonrpc::UPSTREAM_GONE, why))
+            .map(|p| {
+                if let Kind::ToolsCall(_, audited) = &p.kind {
+                    self.audit_outcome(audited.as_deref(), p.sent, Fate::Gone, None);
+                }
+                jsonrpc::error_line(Some(&p.client_id), jsonrpc::UPSTREAM_GONE, why)
+            })
             .collect()
     }
 

@@ -53,11 +53,13 @@
 //!   the per-tool annotations and `inputSchema` checks ([`SchemaChecks`]), shadowed keys.
 
 mod approval;
+mod audited;
 mod catalogue;
 mod ids;
 mod input_required;
 
 pub use approval::{HeldCall, PROGRESS_EVERY};
+pub use audited::Audit;
 pub use catalogue::SchemaChecks;
 
 use crate::call::ToolCall;
@@ -152,6 +154,8 @@ pub struct Session {
     operator_channel: bool,
     /// Whether this transport can ask the client's user (elicitation).
     client_channel: bool,
+    /// Where decisions and outcomes are reported (the decision log, metrics); `None`: nowhere.
+    audit: Option<Arc<Audit>>,
 }
 
 #[derive(Deserialize)]
@@ -183,7 +187,14 @@ impl Session {
             approvals: None,
             operator_channel: false,
             client_channel: false,
+            audit: None,
         }
+    }
+
+    /// Reports every decision and every forwarded call's outcome to `audit`.
+    pub fn with_audit(mut self, audit: Option<Arc<Audit>>) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// Calls that need approval are held on `approvals` when someone can decide: an operator
@@ -370,12 +381,30 @@ impl Session {
         id: &RawValue,
         approved: Option<&crate::call::Approval>,
     ) -> Result<Kind, Refused> {
+        let started = std::time::Instant::now();
+        let mut trail = audited::Trail::default();
+        let mut decided = self.decide_call_traced(params, id, approved, &mut trail);
+        if self.audit.is_some() {
+            self.audit_decision(trail, id, started, &mut decided.as_mut().ok());
+        }
+        decided
+    }
+
+    /// [`Session::decide_call`], noting in `trail` what the decision log reports.
+    fn decide_call_traced(
+        &self,
+        params: Option<&RawValue>,
+        id: &RawValue,
+        approved: Option<&crate::call::Approval>,
+        trail: &mut audited::Trail,
+    ) -> Result<Kind, Refused> {
         let raw_params = params.map_or("null", RawValue::get);
         let params: CallParams = match serde_json::from_str(raw_params) {
             Ok(params) => params,
             Err(e) => {
                 let message = format!("invalid tools/call params: {e}");
                 tracing::warn!(%message, "bad tools/call from client");
+                trail.decision = Some(Decision::deny("invalid_request", &message));
                 return Err(Refused::Answer(jsonrpc::error_line(
                     Some(id),
                     jsonrpc::INVALID_PARAMS,
@@ -385,6 +414,10 @@ impl Session {
         };
         let empty = Value::Object(Default::default());
         let args = params.arguments.as_ref().unwrap_or(&empty);
+        trail.tool = params.name.to_string();
+        if self.audit.is_some() {
+            trail.args = Some(args.clone());
+        }
         let (listed, info, server) = {
             let state = self.state();
             let (listed, info) = match &state.catalogue {
@@ -403,8 +436,10 @@ impl Session {
             true => (listed, info),
             false => (false, None),
         };
+        trail.server = server.clone();
         if let Some(problem) = self.ambiguous_call(raw_params, args, info.as_deref()) {
             tracing::warn!(%problem, "tools/call refused");
+            trail.decision = Some(Decision::deny("invalid_request", &problem));
             return Err(Refused::Answer(jsonrpc::error_line(
                 Some(id),
                 jsonrpc::INVALID_REQUEST,
@@ -449,10 +484,15 @@ impl Session {
                 outcome
             }
         };
+        trail.decision = Some(outcome.decision.clone());
+        trail.instructions = outcome.instructions;
+        if self.audit.is_some() {
+            trail.log_args = self.policy.load().log_args_for(call.tool).cloned();
+        }
         let d = &outcome.decision;
         tracing::info!(tool = call.tool, server = call.server, grant = call.grant, decision = d.verdict.as_str(), rule = %d.rule, reason = %d.reason, "tools/call");
         if d.verdict == Verdict::Allow {
-            return Ok(Kind::ToolsCall(outcome.reservations));
+            return Ok(Kind::ToolsCall(outcome.reservations, None));
         }
         let mut result = d.to_tool_result();
         if let Some(upstream) = info.as_ref().and_then(|i| i.upstream.as_deref()) {
@@ -538,11 +578,14 @@ impl Session {
             tracing::warn!(id = %truncated(id.get()), "dropped a reply from the upstream to no pending request");
             return None;
         };
-        if let Some(code) = envelope.error_code() {
-            if let Kind::ToolsCall(reservations) = &pending.kind {
-                if jsonrpc::not_executed(code) {
-                    self.counters.refund(reservations);
-                }
+        let code = envelope.error_code();
+        if let Kind::ToolsCall(reservations, audited) = &pending.kind {
+            if code.is_some_and(jsonrpc::not_executed) {
+                self.counters.refund(reservations);
+            }
+            if audited.is_some() {
+                let fate = audited::fate_of(code, envelope.result);
+                self.audit_outcome(audited.as_deref(), pending.sent, fate, code);
             }
         }
         let restore = || jsonrpc::splice(line, id, pending.client_id.get().as_bytes());

@@ -1,0 +1,162 @@
+//! What the session tells the decision log ([`crate::audit`]): a decision event for every
+//! `tools/call` it decides, and an outcome event for every call it forwarded, when its fate
+//! is known. Nothing here changes a decision; with no observer it costs one branch.
+
+use super::ids::Kind;
+use super::Session;
+use crate::audit::{self, DecisionEvent, Fate, Observer, OutcomeEvent, Verdict};
+use crate::decision::Decision;
+use serde_json::value::RawValue;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Where a session's events go, and what every event of this process says.
+pub struct Audit {
+    /// The log, the metrics, or both.
+    pub observer: Arc<dyn Observer>,
+    /// `stdio` or `http`.
+    pub transport: &'static str,
+    /// `hostname:pid`.
+    pub instance: Arc<str>,
+}
+
+impl Audit {
+    /// Events from a session on `transport` go to `observer`.
+    pub fn new(observer: Arc<dyn Observer>, transport: &'static str) -> Arc<Self> {
+        Arc::new(Self {
+            observer,
+            transport,
+            instance: Arc::from(audit::instance()),
+        })
+    }
+}
+
+/// What a decision found out, filled in as it goes.
+#[derive(Default)]
+pub(super) struct Trail {
+    pub(super) tool: String,
+    pub(super) server: Arc<str>,
+    pub(super) args: Option<Value>,
+    /// The decision, when one was reached (the policy's, or an integrity refusal's).
+    pub(super) decision: Option<Decision>,
+    pub(super) instructions: u64,
+    /// The rule's `log_args`, if it opts in.
+    pub(super) log_args: Option<crate::audit::ArgsLogging>,
+}
+
+/// A forwarded call's decision, kept until its outcome.
+#[derive(Debug)]
+pub(super) struct Audited {
+    decision_id: String,
+    tool: String,
+    server: Arc<str>,
+    request_id: String,
+}
+
+impl Session {
+    /// Reports the decision `trail` reached on the request `id` (begun at `started`), and
+    /// attaches what the outcome event will need to a forwarded call.
+    pub(super) fn audit_decision(
+        &self,
+        trail: Trail,
+        id: &RawValue,
+        started: Instant,
+        kind: &mut Option<&mut Kind>,
+    ) {
+        let Some(audit) = &self.audit else {
+            return;
+        };
+        let eval_us = started.elapsed().as_micros() as u64;
+        let decision = trail
+            .decision
+            .unwrap_or_else(|| Decision::deny("invalid_request", "the call could not be read"));
+        let policy = self.policy.load();
+        let decision_id = uuid::Uuid::new_v4().to_string();
+        let args = trail.args.unwrap_or(Value::Null);
+        let event = DecisionEvent {
+            time: audit::now(),
+            decision_id: decision_id.clone(),
+            instance: audit.instance.to_string(),
+            transport: audit.transport.into(),
+            policy: policy.name().map(str::to_owned),
+            policy_digest: policy.digest().to_owned(),
+            plugins: policy
+                .plugins()
+                .iter()
+                .map(|p| audit::PluginRef {
+                    name: p.name().to_owned(),
+                    digest: p.digest().to_owned(),
+                })
+                .collect(),
+            grant: self.identity.grant.clone(),
+            session: self.identity.session.clone(),
+            method: "tools/call".into(),
+            request_id: id.get().to_owned(),
+            server: trail.server.to_string(),
+            tool: trail.tool.clone(),
+            args_sha256: audit::args_sha256(&args),
+            args: trail.log_args.map(|l| l.apply(&args)),
+            decision: Verdict {
+                verdict: decision.verdict.as_str().into(),
+                rule: decision.rule.clone(),
+                reason: decision.reason.clone(),
+                retry_after_ms: decision.retry_after_ms,
+            },
+            eval_us,
+            plugin_instructions: trail.instructions,
+            trace_id: None,
+            span_id: None,
+        };
+        audit.observer.decision(&event);
+        if let Some(Kind::ToolsCall(_, slot)) = kind {
+            *slot = Some(Box::new(Audited {
+                decision_id,
+                tool: trail.tool,
+                server: trail.server,
+                request_id: id.get().to_owned(),
+            }));
+        }
+    }
+
+    /// Reports how a forwarded call ended (`sent`: when it left).
+    pub(super) fn audit_outcome(
+        &self,
+        audited: Option<&Audited>,
+        sent: Instant,
+        outcome: Fate,
+        error_code: Option<i64>,
+    ) {
+        let (Some(audit), Some(audited)) = (&self.audit, audited) else {
+            return;
+        };
+        audit.observer.outcome(&OutcomeEvent {
+            time: audit::now(),
+            decision_id: audited.decision_id.clone(),
+            grant: self.identity.grant.clone(),
+            session: self.identity.session.clone(),
+            request_id: audited.request_id.clone(),
+            server: audited.server.to_string(),
+            tool: audited.tool.clone(),
+            outcome,
+            error_code,
+            upstream_ms: sent.elapsed().as_secs_f64() * 1000.0,
+        });
+    }
+}
+
+/// How a reply says a call ended: a JSON-RPC error, a result with `isError`, or a result.
+pub(super) fn fate_of(error_code: Option<i64>, result: Option<&RawValue>) -> Fate {
+    if error_code.is_some() {
+        return Fate::JsonrpcError;
+    }
+    #[derive(serde::Deserialize)]
+    struct Flag {
+        #[serde(rename = "isError", default)]
+        is_error: bool,
+    }
+    match result.and_then(|r| serde_json::from_str::<Flag>(r.get()).ok()) {
+        Some(Flag { is_error: true }) => Fate::ToolError,
+        _ => Fate::Ran,
+    }
+}
