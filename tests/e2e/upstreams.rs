@@ -1,0 +1,1093 @@
+//! Several upstream servers behind one gateway (issue 20), end to end: `toolgate run
+//! --upstream NAME=CMD|URL` in front of the LLM CLI Gateway stand-in, the echo server and
+//! server-everything; and `toolgate serve` with three `[[upstreams]]` (stdio, Streamable HTTP,
+//! stdio), talked to with raw HTTP. The Python SDK and the Inspector CLI against the same
+//! three are in tests/python/test_upstreams.py.
+
+use crate::http::{Mcp, Serve};
+use crate::support::{body, echo, everything, refusal, standin, Client};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The 46 tools of the LLM CLI Gateway stand-in (its 2.10.0 catalogue), in its order.
+fn standin_tools() -> Vec<String> {
+    let catalogue: Value =
+        serde_json::from_str(toolgate_standin::llm_cli_gateway::CATALOGUE_JSON).unwrap();
+    let tools = catalogue.get("tools").unwrap_or(&catalogue);
+    tools
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+const ECHO_TOOLS: [&str; 3] = ["echo", "crash", "fail"];
+
+/// `--upstream NAME=COMMAND` for a command given as words (each quoted for the shell split).
+fn flag(name: &str, command: &[String]) -> String {
+    let words: Vec<String> = command
+        .iter()
+        .map(|w| shlex::try_quote(w).unwrap().into_owned())
+        .collect();
+    format!("{name}={}", words.join(" "))
+}
+
+/// `toolgate run --policy POLICY --upstream ...` (no single upstream command).
+fn run(policy: &str, upstreams: &[String]) -> Client {
+    let mut extra: Vec<&str> = Vec::new();
+    for u in upstreams {
+        extra.push("--upstream");
+        extra.push(u);
+    }
+    Client::start_with(policy, &[], &extra)
+}
+
+/// `initialize` with these client capabilities, then `notifications/initialized`.
+fn initialize_with(client: &mut Client, capabilities: Value) -> Value {
+    let reply = client.request(
+        "initialize",
+        json!({"protocolVersion": "2025-11-25", "capabilities": capabilities,
+               "clientInfo": {"name": "e2e", "version": "1"}}),
+    );
+    assert!(reply.get("result").is_some(), "initialize failed: {reply}");
+    client.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    reply
+}
+
+/// Every tool name of every page of `tools/list`, in order.
+fn all_tools(client: &mut Client) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut params = json!({});
+    for _ in 0..100 {
+        let reply = client.request("tools/list", params);
+        let result = &reply["result"];
+        assert!(result.is_object(), "tools/list failed: {reply}");
+        for tool in result["tools"].as_array().unwrap() {
+            names.push(tool["name"].as_str().unwrap().to_owned());
+        }
+        match result.get("nextCursor").and_then(Value::as_str) {
+            Some(cursor) => params = json!({"cursor": cursor}),
+            None => return names,
+        }
+    }
+    panic!("tools/list did not end within 100 pages");
+}
+
+fn text(result: &Value) -> &str {
+    result["content"][0]["text"].as_str().unwrap_or("")
+}
+
+/// Waits for the reply with `id`, collecting every message that came before it.
+fn until_reply(client: &mut Client, id: &Value) -> (Value, Vec<Value>) {
+    let mut before = Vec::new();
+    loop {
+        let message = client.recv();
+        if message.get("method").is_none() && &message["id"] == id {
+            return (message, before);
+        }
+        before.push(message);
+    }
+}
+
+/// The processes whose parent is `pid`, with their command lines.
+fn children_of(pid: u32) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so read after the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            found.push((child, cmdline));
+        }
+    }
+    found
+}
+
+fn three_upstreams() -> Option<Vec<String>> {
+    let everything = everything()?;
+    Some(vec![
+        flag("llmgw", &standin()),
+        flag("echo", &echo()),
+        flag("everything", &everything),
+    ])
+}
+
+const ALLOW_ALL: &str = r#"{"version": "1", "default": "allow"}"#;
+
+#[test]
+fn the_merged_list_names_every_tool_of_every_upstream_under_its_prefix() {
+    let mut client = run(
+        ALLOW_ALL,
+        &[flag("llmgw", &standin()), flag("echo", &echo())],
+    );
+    initialize_with(&mut client, json!({}));
+    let names = all_tools(&mut client);
+    let mut expected: Vec<String> = standin_tools()
+        .iter()
+        .map(|t| format!("llmgw__{t}"))
+        .collect();
+    assert_eq!(expected.len(), 46);
+    expected.extend(ECHO_TOOLS.iter().map(|t| format!("echo__{t}")));
+    let (got, want): (BTreeSet<_>, BTreeSet<_>) =
+        (names.iter().collect(), expected.iter().collect());
+    assert_eq!(got, want);
+    assert_eq!(names.len(), 49, "no tool is listed twice: {names:?}");
+}
+
+#[test]
+fn calls_reach_the_server_that_owns_the_tool() {
+    let mut client = run(
+        ALLOW_ALL,
+        &[flag("llmgw", &standin()), flag("echo", &echo())],
+    );
+    initialize_with(&mut client, json!({}));
+    all_tools(&mut client);
+    // The stand-in's own answer: a session record with a fresh UUID.
+    let created = client.call("llmgw__session_create", json!({"cli": "claude"}));
+    let record = body(&created);
+    assert_eq!(record["success"], true, "{created}");
+    assert_eq!(record["session"]["cli"], "claude", "{created}");
+    // The echo server's own answer: the message, verbatim.
+    let echoed = client.call("echo__echo", json!({"message": "from echo"}));
+    assert_eq!(
+        echoed,
+        json!({"content": [{"type": "text", "text": "from echo"}]})
+    );
+    // Only the echo server has a `fail` tool answering with this JSON-RPC error (the
+    // stand-in would answer an unknown tool with an `isError` result).
+    let fail = client.request("tools/call", json!({"name": "echo__fail", "arguments": {}}));
+    assert_eq!(fail["error"]["code"], -32603, "{fail}");
+    assert!(
+        fail["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("fail: "),
+        "{fail}"
+    );
+}
+
+#[test]
+fn a_tool_under_an_unknown_prefix_is_refused_and_reaches_no_server() {
+    let mut client = run(
+        ALLOW_ALL,
+        &[flag("llmgw", &standin()), flag("echo", &echo())],
+    );
+    initialize_with(&mut client, json!({}));
+    // Before any listing the policy does not know the catalogue: the router refuses.
+    let early = client.request(
+        "tools/call",
+        json!({"name": "nope__echo", "arguments": {"message": "x"}}),
+    );
+    let early_refused = early["error"]["code"] == -32602 || early["result"]["isError"] == true;
+    assert!(early_refused, "{early}");
+    assert!(!early.to_string().contains("\"text\":\"x\""), "{early}");
+    // Nor does a name with no separator at all.
+    let bare = client.request(
+        "tools/call",
+        json!({"name": "echo", "arguments": {"message": "x"}}),
+    );
+    assert!(
+        bare["error"]["code"] == -32602 || bare["result"]["isError"] == true,
+        "{bare}"
+    );
+    assert!(!bare.to_string().contains("\"text\":\"x\""), "{bare}");
+    // After a listing: the same answer as any tool that does not exist.
+    all_tools(&mut client);
+    let late = client.call("nope__echo", json!({"message": "x"}));
+    let (text, meta) = refusal(&late);
+    assert_eq!(text, "[toolgate] deny: unknown tool");
+    assert_eq!(meta["rule"], "unknown_tool");
+}
+
+#[test]
+fn the_router_names_an_unknown_prefix_in_its_error() {
+    let mut client = run(
+        ALLOW_ALL,
+        &[flag("llmgw", &standin()), flag("echo", &echo())],
+    );
+    initialize_with(&mut client, json!({}));
+    let reply = client.request(
+        "tools/call",
+        json!({"name": "nope__echo", "arguments": {"message": "x"}}),
+    );
+    assert_eq!(reply["error"]["code"], -32602, "{reply}");
+    let message = reply["error"]["message"].as_str().unwrap();
+    assert!(message.contains("nope__echo"), "{message}");
+}
+
+#[test]
+fn a_glob_hides_exactly_the_namespaced_tools_it_names_and_a_deny_rule_holds() {
+    let policy = r#"{"version": "1", "default": "allow", "hide": ["llmgw__session_*"],
+        "tools": {"echo__echo": {"action": "deny", "reason": "echo is off"}}}"#;
+    let mut client = run(policy, &[flag("llmgw", &standin()), flag("echo", &echo())]);
+    initialize_with(&mut client, json!({}));
+    let names: BTreeSet<String> = all_tools(&mut client).into_iter().collect();
+    let all: BTreeSet<String> = standin_tools()
+        .iter()
+        .map(|t| format!("llmgw__{t}"))
+        .chain(ECHO_TOOLS.iter().map(|t| format!("echo__{t}")))
+        .collect();
+    let hidden: BTreeSet<String> = all.difference(&names).cloned().collect();
+    let expected: BTreeSet<String> = [
+        "session_create",
+        "session_list",
+        "session_set_active",
+        "session_delete",
+        "session_get",
+        "session_clear_all",
+    ]
+    .iter()
+    .map(|t| format!("llmgw__{t}"))
+    .collect();
+    assert_eq!(hidden, expected);
+    assert!(names.is_subset(&all), "{names:?}");
+    // A hidden tool is refused as unknown, and never created a session.
+    let (text, meta) = refusal(&client.call("llmgw__session_create", json!({"cli": "claude"})));
+    assert_eq!(text, "[toolgate] deny: unknown tool");
+    assert_eq!(meta["rule"], "unknown_tool");
+    let (text, meta) = refusal(&client.call("echo__echo", json!({"message": "x"})));
+    assert_eq!(text, "[toolgate] deny: echo is off");
+    assert_eq!(meta["rule"], "tools.echo__echo");
+    // The same tools of the other upstream are untouched.
+    let ok = client.call("llmgw__workspace_list", json!({}));
+    assert_ne!(ok["isError"], true, "{ok}");
+}
+
+#[test]
+fn an_upstream_that_crashes_takes_only_its_own_tools() {
+    let mut client = run(
+        ALLOW_ALL,
+        &[flag("llmgw", &standin()), flag("echo", &echo())],
+    );
+    initialize_with(&mut client, json!({}));
+    assert_eq!(all_tools(&mut client).len(), 49);
+    // The echo server exits mid-call: that call gets -32000.
+    client.send(
+        &json!({"jsonrpc": "2.0", "id": "crash", "method": "tools/call",
+                         "params": {"name": "echo__crash", "arguments": {}}}),
+    );
+    let (crashed, _) = until_reply(&mut client, &json!("crash"));
+    assert_eq!(crashed["error"]["code"], -32000, "{crashed}");
+    assert!(
+        crashed["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`echo`"),
+        "{crashed}"
+    );
+    // The client is told to re-list.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let message = client
+            .recv_within(left)
+            .expect("no notifications/tools/list_changed after the crash");
+        if message["method"] == "notifications/tools/list_changed" {
+            break;
+        }
+    }
+    // A call to one of its tools: a clear error naming it; it did not run.
+    let dead = client.request(
+        "tools/call",
+        json!({"name": "echo__echo", "arguments": {"message": "x"}}),
+    );
+    assert_eq!(dead["error"]["code"], -32602, "{dead}");
+    let message = dead["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("upstream server `echo` is not available"),
+        "{message}"
+    );
+    // The other keeps serving, and the list is now its tools alone.
+    let created = client.call("llmgw__session_create", json!({"cli": "codex"}));
+    assert_eq!(body(&created)["session"]["cli"], "codex", "{created}");
+    let names = all_tools(&mut client);
+    assert_eq!(names.len(), 46, "{names:?}");
+    assert!(names.iter().all(|n| n.starts_with("llmgw__")), "{names:?}");
+}
+
+#[test]
+fn an_upstream_killed_from_outside_takes_only_its_own_tools() {
+    let mut client = run(
+        ALLOW_ALL,
+        &[flag("llmgw", &standin()), flag("echo", &echo())],
+    );
+    initialize_with(&mut client, json!({}));
+    all_tools(&mut client);
+    let children = children_of(client.child.id());
+    let llmgw: Vec<u32> = children
+        .iter()
+        .filter(|(_, cmd)| cmd.contains("standin") && !cmd.contains("--echo"))
+        .map(|(pid, _)| *pid)
+        .collect();
+    assert_eq!(llmgw.len(), 1, "{children:?}");
+    let killed = Command::new("kill")
+        .args(["-KILL", &llmgw[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let message = client
+            .recv_within(left)
+            .expect("no notifications/tools/list_changed after the kill");
+        if message["method"] == "notifications/tools/list_changed" {
+            break;
+        }
+    }
+    let dead = client.request(
+        "tools/call",
+        json!({"name": "llmgw__session_create", "arguments": {"cli": "claude"}}),
+    );
+    assert_eq!(dead["error"]["code"], -32602, "{dead}");
+    assert!(
+        dead["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("upstream server `llmgw` is not available"),
+        "{dead}"
+    );
+    let echoed = client.call("echo__echo", json!({"message": "still here"}));
+    assert_eq!(text(&echoed), "still here");
+    let names: BTreeSet<String> = all_tools(&mut client).into_iter().collect();
+    let echo_only: BTreeSet<String> = ECHO_TOOLS.iter().map(|t| format!("echo__{t}")).collect();
+    assert_eq!(names, echo_only);
+}
+
+#[test]
+fn progress_from_server_everything_reaches_the_client() {
+    let Some(upstreams) = three_upstreams() else {
+        return;
+    };
+    let mut client = run(ALLOW_ALL, &upstreams);
+    initialize_with(&mut client, json!({}));
+    let names = all_tools(&mut client);
+    assert!(
+        names.contains(&"everything__trigger-long-running-operation".to_owned()),
+        "{names:?}"
+    );
+    client.send(
+        &json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+        "name": "everything__trigger-long-running-operation",
+        "arguments": {"duration": 1, "steps": 3},
+        "_meta": {"progressToken": "p-7"}}}),
+    );
+    let (reply, before) = until_reply(&mut client, &json!(7));
+    assert_eq!(
+        text(&reply["result"]),
+        "Long running operation completed. Duration: 1 seconds, Steps: 3.",
+        "{reply}"
+    );
+    let progress: Vec<(Value, Value)> = before
+        .iter()
+        .filter(|m| m["method"] == "notifications/progress")
+        .map(|m| {
+            (
+                m["params"]["progressToken"].clone(),
+                m["params"]["progress"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        progress,
+        vec![
+            (json!("p-7"), json!(1)),
+            (json!("p-7"), json!(2)),
+            (json!("p-7"), json!(3))
+        ]
+    );
+}
+
+/// Answers server→client requests until the reply to `id` comes; `answer` gets each
+/// request and returns the result to send back.
+fn serve_requests_until(
+    client: &mut Client,
+    id: &Value,
+    mut answer: impl FnMut(&Value) -> Value,
+) -> (Value, Vec<Value>) {
+    let mut requests = Vec::new();
+    loop {
+        let message = client.recv();
+        if message.get("method").is_none() && &message["id"] == id {
+            return (message, requests);
+        }
+        if message.get("method").is_some() && message.get("id").is_some() {
+            let result = answer(&message);
+            client.send(&json!({"jsonrpc": "2.0", "id": message["id"], "result": result}));
+            requests.push(message);
+        }
+    }
+}
+
+#[test]
+fn an_elicitation_from_server_everything_reaches_the_client_and_the_answer_goes_back() {
+    let Some(upstreams) = three_upstreams() else {
+        return;
+    };
+    let mut client = run(ALLOW_ALL, &upstreams);
+    initialize_with(&mut client, json!({"elicitation": {}}));
+    let names = all_tools(&mut client);
+    assert!(
+        names.contains(&"everything__trigger-elicitation-request".to_owned()),
+        "{names:?}"
+    );
+    client.send(&json!({"jsonrpc": "2.0", "id": 8, "method": "tools/call",
+        "params": {"name": "everything__trigger-elicitation-request", "arguments": {}}}));
+    let (reply, requests) = serve_requests_until(&mut client, &json!(8), |request| {
+        assert_eq!(request["method"], "elicitation/create", "{request}");
+        json!({"action": "accept", "content": {"name": "Ada Through-The-Gateway"}})
+    });
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    let all = serde_json::to_string(&reply["result"]["content"]).unwrap();
+    assert!(all.contains("- Name: Ada Through-The-Gateway"), "{reply}");
+}
+
+#[test]
+fn a_sampling_request_from_server_everything_reaches_the_client_and_the_answer_goes_back() {
+    let Some(upstreams) = three_upstreams() else {
+        return;
+    };
+    let mut client = run(ALLOW_ALL, &upstreams);
+    initialize_with(&mut client, json!({"sampling": {}}));
+    client.send(&json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+        "params": {"name": "everything__trigger-sampling-request",
+                   "arguments": {"prompt": "say hi", "maxTokens": 20}}}));
+    let (reply, requests) = serve_requests_until(&mut client, &json!(9), |request| {
+        assert_eq!(request["method"], "sampling/createMessage", "{request}");
+        json!({"role": "assistant", "model": "gateway-test-model",
+               "content": {"type": "text", "text": "sampled-through-toolgate"}})
+    });
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    let text = text(&reply["result"]);
+    assert!(text.contains("sampled-through-toolgate"), "{reply}");
+    assert!(text.contains("gateway-test-model"), "{reply}");
+}
+
+/// Two copies of server-everything number their own requests alike; the gateway gives each
+/// request its own id, and each answer goes back to the server that asked (answered in the
+/// reverse order, so that a swap would show).
+#[test]
+fn two_servers_elicit_at_once_and_each_answer_goes_back_to_the_server_that_asked() {
+    let Some(everything) = everything() else {
+        return;
+    };
+    let mut client = run(
+        ALLOW_ALL,
+        &[flag("one", &everything), flag("two", &everything)],
+    );
+    initialize_with(&mut client, json!({"elicitation": {}}));
+    all_tools(&mut client);
+    // One asks first, then two: both wait, unanswered, so each question is known by
+    // which call caused it.
+    let mut asked = Vec::new();
+    for (id, upstream) in [(21, "one"), (22, "two")] {
+        client.send(&json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": format!("{upstream}__trigger-elicitation-request"),
+                       "arguments": {}}}));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let message = client
+                .recv_within(left)
+                .unwrap_or_else(|| panic!("{upstream} did not ask"));
+            assert!(
+                message.get("method").is_some(),
+                "a call ended early: {message}"
+            );
+            if message["method"] == "elicitation/create" {
+                asked.push(message);
+                break;
+            }
+        }
+    }
+    // Both servers number their own requests alike: the client sees two different ids.
+    assert_ne!(asked[0]["id"], asked[1]["id"], "{asked:?}");
+    // Answer in the reverse order, each with its own name.
+    for (request, name) in [(&asked[1], "For-Two"), (&asked[0], "For-One")] {
+        client.send(&json!({"jsonrpc": "2.0", "id": request["id"], "result":
+            {"action": "accept", "content": {"name": name}}}));
+    }
+    // Each call's result shows the answer given to the question it caused.
+    let mut results = std::collections::BTreeMap::new();
+    while results.len() < 2 {
+        let message = client.recv();
+        if message.get("method").is_none() {
+            let content = serde_json::to_string(&message["result"]["content"]).unwrap();
+            results.insert(message["id"].as_i64().unwrap(), content);
+        }
+    }
+    assert!(results[&21].contains("- Name: For-One"), "{results:?}");
+    assert!(results[&22].contains("- Name: For-Two"), "{results:?}");
+}
+
+/// The session core drops a late reply to a cancelled call by itself, so this shows only that
+/// server-everything's cancelled call ends quietly and everything keeps serving; that the
+/// cancellation reaches the right server under its own id is
+/// `a_cancellation_goes_to_the_server_running_the_call_under_its_id_and_nowhere_else`.
+#[test]
+fn a_cancelled_call_to_server_everything_gets_no_reply_and_the_rest_keeps_serving() {
+    let Some(upstreams) = three_upstreams() else {
+        return;
+    };
+    let mut client = run(ALLOW_ALL, &upstreams);
+    initialize_with(&mut client, json!({}));
+    all_tools(&mut client);
+    client.send(
+        &json!({"jsonrpc": "2.0", "id": 31, "method": "tools/call", "params": {
+        "name": "everything__trigger-long-running-operation",
+        "arguments": {"duration": 3, "steps": 3},
+        "_meta": {"progressToken": "c-31"}}}),
+    );
+    // Wait for the first progress: the server is working on it.
+    loop {
+        let message = client.recv();
+        assert_ne!(
+            message["id"], 31,
+            "the call ended before it was cancelled: {message}"
+        );
+        if message["method"] == "notifications/progress" {
+            break;
+        }
+    }
+    client.send(
+        &json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+        "params": {"requestId": 31, "reason": "the user gave up"}}),
+    );
+    // server-everything stops answering a cancelled request: no result comes, and no more
+    // than one further progress step (one may have been on its way).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut late_progress = 0;
+    while let Some(message) = client.recv_within(deadline.saturating_duration_since(Instant::now()))
+    {
+        assert!(
+            !(message.get("method").is_none()
+                && message["id"] == 31
+                && message.get("result").is_some()),
+            "the cancelled call still answered: {message}"
+        );
+        if message["method"] == "notifications/progress" {
+            late_progress += 1;
+        }
+    }
+    assert!(
+        late_progress <= 2,
+        "{late_progress} progress steps after the cancel"
+    );
+    // Everyone keeps serving.
+    let echoed = client.call("everything__echo", json!({"message": "after cancel"}));
+    assert_eq!(text(&echoed), "Echo: after cancel");
+    let echoed = client.call("echo__echo", json!({"message": "after cancel"}));
+    assert_eq!(text(&echoed), "after cancel");
+}
+
+/// A scripted Streamable HTTP upstream: `tools/list` comes in three pages (cursors `page-2`,
+/// `page-3`); `tools/call` of `slow` is never answered (the connection is held open); any
+/// other call is answered with `{name}: {upstream's label}`. It records every message it was
+/// sent, in order.
+fn scripted_upstream(label: &'static str) -> (String, Arc<Mutex<Vec<Value>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let log = log.clone();
+            std::thread::spawn(move || scripted_exchange(stream, label, &log));
+        }
+    });
+    (url, seen)
+}
+
+fn scripted_exchange(mut stream: std::net::TcpStream, label: &str, log: &Mutex<Vec<Value>>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut length = 0;
+    let mut method = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        if method.is_empty() {
+            method = line.split_whitespace().next().unwrap_or("").to_owned();
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    if method != "POST" {
+        let _ = stream.write_all(
+            b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        );
+        return;
+    }
+    let mut body = vec![0; length];
+    if reader.read_exact(&mut body).is_err() {
+        return;
+    }
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return;
+    };
+    log.lock().unwrap().push(request.clone());
+    let id = request["id"].clone();
+    let tool = |n: &str| json!({"name": n, "inputSchema": {"type": "object"}});
+    let result = match request["method"].as_str() {
+        _ if id.is_null() => None,
+        Some("initialize") => Some(json!({"protocolVersion": "2025-11-25",
+            "capabilities": {"tools": {}}, "serverInfo": {"name": label, "version": "1"}})),
+        Some("tools/list") => Some(match request["params"]["cursor"].as_str() {
+            None => {
+                json!({"tools": [tool("p1a"), tool("p1b"), tool("slow")], "nextCursor": "page-2"})
+            }
+            Some("page-2") => json!({"tools": [tool("p2a")], "nextCursor": "page-3"}),
+            Some("page-3") => json!({"tools": [tool("p3a"), tool("p3b")]}),
+            Some(_) => json!({"tools": []}),
+        }),
+        Some("tools/call") if request["params"]["name"] == "slow" => {
+            // Held open, never answered: the test ends first.
+            std::thread::sleep(Duration::from_secs(120));
+            return;
+        }
+        Some("tools/call") => {
+            let name = request["params"]["name"].as_str().unwrap_or("?");
+            Some(json!({"content": [{"type": "text", "text": format!("{name}: {label}")}]}))
+        }
+        _ => Some(json!({})),
+    };
+    let response = match result {
+        None => {
+            "HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_owned()
+        }
+        Some(result) => {
+            let body = json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string();
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                 content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        }
+    };
+    let _ = stream.write_all(response.as_bytes());
+}
+
+/// The `cursor` of each `tools/list` an upstream was sent.
+fn cursors_asked(seen: &Mutex<Vec<Value>>) -> Vec<Value> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .filter(|m| m["method"] == "tools/list")
+        .map(|m| m["params"]["cursor"].clone())
+        .collect()
+}
+
+#[test]
+fn a_cancellation_goes_to_the_server_running_the_call_under_its_id_and_nowhere_else() {
+    let (url_a, seen_a) = scripted_upstream("a");
+    let (url_b, seen_b) = scripted_upstream("b");
+    let mut client = run(
+        ALLOW_ALL,
+        &[
+            format!("a={url_a}"),
+            format!("b={url_b}"),
+            flag("echo", &echo()),
+        ],
+    );
+    initialize_with(&mut client, json!({}));
+    all_tools(&mut client);
+    // b's tool answers under b's own name: calls reach the right one.
+    assert_eq!(text(&client.call("b__p2a", json!({}))), "p2a: b");
+    client.send(
+        &json!({"jsonrpc": "2.0", "id": "slow-1", "method": "tools/call",
+        "params": {"name": "a__slow", "arguments": {}}}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let call_id = loop {
+        let call = seen_a
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|m| m["method"] == "tools/call" && m["params"]["name"] == "slow")
+            .cloned();
+        if let Some(call) = call {
+            break call["id"].clone();
+        }
+        assert!(Instant::now() < deadline, "a never got the call");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    client.send(
+        &json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+        "params": {"requestId": "slow-1", "reason": "changed my mind"}}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let cancel = loop {
+        let cancel = seen_a
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|m| m["method"] == "notifications/cancelled")
+            .cloned();
+        if let Some(cancel) = cancel {
+            break cancel;
+        }
+        assert!(Instant::now() < deadline, "a never got the cancellation");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Under the id a saw on the call (not the client's), with the reason kept.
+    assert_eq!(cancel["params"]["requestId"], call_id, "{cancel}");
+    assert_eq!(cancel["params"]["reason"], "changed my mind", "{cancel}");
+    // Nothing reached b, and the gateway goes on serving both and echo.
+    std::thread::sleep(Duration::from_millis(300));
+    let to_b: Vec<Value> = seen_b
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|m| m["method"] == "notifications/cancelled")
+        .cloned()
+        .collect();
+    assert!(to_b.is_empty(), "{to_b:?}");
+    assert_eq!(text(&client.call("a__p1a", json!({}))), "p1a: a");
+    assert_eq!(
+        text(&client.call("echo__echo", json!({"message": "e"}))),
+        "e"
+    );
+}
+
+#[test]
+fn tools_list_pages_across_servers_with_one_cursor() {
+    let (url, seen) = scripted_upstream("pager");
+    let mut client = run(ALLOW_ALL, &[format!("pager={url}"), flag("echo", &echo())]);
+    initialize_with(&mut client, json!({}));
+    let mut pages = Vec::new();
+    let mut params = json!({});
+    loop {
+        let reply = client.request("tools/list", params);
+        let result = reply["result"].clone();
+        assert!(result.is_object(), "{reply}");
+        let names: Vec<String> = result["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect();
+        pages.push(names);
+        match result.get("nextCursor").and_then(Value::as_str) {
+            Some(cursor) => {
+                assert!(cursor.starts_with("tgc1."), "{cursor}");
+                assert!(!cursor.contains("page-"), "the cursor is opaque: {cursor}");
+                params = json!({"cursor": cursor});
+            }
+            None => break,
+        }
+        assert!(pages.len() < 10, "{pages:?}");
+    }
+    let all: Vec<&String> = pages.iter().flatten().collect();
+    let set: BTreeSet<&String> = all.iter().copied().collect();
+    assert_eq!(all.len(), set.len(), "a tool came twice: {pages:?}");
+    let want: BTreeSet<String> = ["p1a", "p1b", "slow", "p2a", "p3a", "p3b"]
+        .iter()
+        .map(|t| format!("pager__{t}"))
+        .chain(ECHO_TOOLS.iter().map(|t| format!("echo__{t}")))
+        .collect();
+    assert_eq!(set, want.iter().collect(), "{pages:?}");
+    assert_eq!(pages.len(), 3, "{pages:?}");
+    // The upstream got its own cursors back, in order.
+    assert_eq!(
+        cursors_asked(&seen),
+        vec![Value::Null, json!("page-2"), json!("page-3")]
+    );
+    // A cursor the gateway did not write is refused.
+    for bad in [json!("garbage"), json!("tgc1.garbage"), json!("page-2")] {
+        let reply = client.request("tools/list", json!({"cursor": bad}));
+        assert_eq!(reply["error"]["code"], -32602, "{bad}: {reply}");
+    }
+    // The gateway still serves after the bad cursors.
+    assert_eq!(
+        text(&client.call("echo__echo", json!({"message": "ok"}))),
+        "ok"
+    );
+}
+
+#[test]
+fn with_the_three_real_upstreams_a_bad_cursor_is_invalid_params() {
+    let Some(upstreams) = three_upstreams() else {
+        return;
+    };
+    let mut client = run(ALLOW_ALL, &upstreams);
+    initialize_with(&mut client, json!({}));
+    let first = all_tools(&mut client);
+    let unique: BTreeSet<&String> = first.iter().collect();
+    assert_eq!(unique.len(), first.len(), "a tool came twice: {first:?}");
+    assert_eq!(
+        first.iter().filter(|n| n.starts_with("llmgw__")).count(),
+        46
+    );
+    assert_eq!(first.iter().filter(|n| n.starts_with("echo__")).count(), 3);
+    assert!(
+        first.contains(&"everything__get-sum".to_owned()),
+        "{first:?}"
+    );
+    for bad in [json!("garbage"), json!("tgc1."), json!(17)] {
+        let reply = client.request("tools/list", json!({"cursor": bad}));
+        assert_eq!(reply["error"]["code"], -32602, "{bad}: {reply}");
+    }
+}
+
+// --- toolgate serve with three [[upstreams]] --------------------------------------------------
+
+fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// server-everything serving Streamable HTTP on a free port.
+struct EverythingHttp {
+    child: Child,
+    url: String,
+}
+
+impl EverythingHttp {
+    fn start() -> Option<Self> {
+        let bin =
+            crate::support::workspace().join("tests/peers/node_modules/.bin/mcp-server-everything");
+        if !bin.exists() {
+            crate::support::missing_peer("server-everything", "cd tests/peers && npm ci");
+            return None;
+        }
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let child = Command::new(bin)
+            .arg("streamableHttp")
+            .env("PORT", port.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "server-everything did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(Self {
+            child,
+            url: format!("http://127.0.0.1:{port}/mcp"),
+        })
+    }
+}
+
+impl Drop for EverythingHttp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve_three(everything: &EverythingHttp, policy: &str) -> Serve {
+    let config = format!(
+        "[[upstreams]]\nname = \"llmgw\"\ncommand = {}\n\n\
+         [[upstreams]]\nname = \"everything\"\nurl = \"{}\"\n\n\
+         [[upstreams]]\nname = \"echo\"\ncommand = {}\n\n\
+         [[grants]]\nname = \"a\"\ntoken_sha256 = \"{}\"\npolicy = \"a.json\"\n",
+        serde_json::to_string(&standin()).unwrap(),
+        everything.url,
+        serde_json::to_string(&echo()).unwrap(),
+        sha256_hex("token-a"),
+    );
+    Serve::start(&config, &[("a.json", policy)])
+}
+
+async fn all_tools_http(client: &mut Mcp) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut params = json!({});
+    for _ in 0..100 {
+        let reply = client.request("tools/list", params).await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.messages);
+        let result = reply.result().clone();
+        for tool in result["tools"].as_array().unwrap() {
+            names.push(tool["name"].as_str().unwrap().to_owned());
+        }
+        match result.get("nextCursor").and_then(Value::as_str) {
+            Some(cursor) => params = json!({"cursor": cursor}),
+            None => return names,
+        }
+    }
+    panic!("tools/list did not end within 100 pages");
+}
+
+async fn wait_for_status(serve: &Serve, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = serve.status().await;
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never got there: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_merges_three_upstreams_and_survives_losing_one() {
+    let Some(everything) = EverythingHttp::start() else {
+        return;
+    };
+    let policy = r#"{"version": "1", "default": "allow",
+        "hide": ["llmgw__session_*", "everything__get-env", "echo__fail"]}"#;
+    let serve = serve_three(&everything, policy);
+    let mut client = Mcp::new(&serve.url, Some("token-a"));
+    let init = client.initialize().await;
+    assert!(
+        init.result()["capabilities"]["tools"].is_object(),
+        "{:?}",
+        init.messages
+    );
+    let names = all_tools_http(&mut client).await;
+    let set: BTreeSet<&String> = names.iter().collect();
+    assert_eq!(set.len(), names.len(), "a tool came twice: {names:?}");
+    let llmgw: Vec<&String> = names.iter().filter(|n| n.starts_with("llmgw__")).collect();
+    assert_eq!(llmgw.len(), 46 - 6, "{llmgw:?}");
+    assert!(
+        !names.iter().any(|n| n.starts_with("llmgw__session_")),
+        "{names:?}"
+    );
+    let echo_tools: BTreeSet<&str> = names
+        .iter()
+        .filter_map(|n| n.strip_prefix("echo__"))
+        .collect();
+    assert_eq!(echo_tools, BTreeSet::from(["echo", "crash"]));
+    let everything_tools: BTreeSet<&str> = names
+        .iter()
+        .filter_map(|n| n.strip_prefix("everything__"))
+        .collect();
+    assert!(everything_tools.contains("echo"), "{everything_tools:?}");
+    assert!(
+        everything_tools.contains("trigger-long-running-operation"),
+        "{everything_tools:?}"
+    );
+    assert!(
+        !everything_tools.contains("get-env"),
+        "{everything_tools:?}"
+    );
+    assert_eq!(
+        names.len(),
+        llmgw.len() + echo_tools.len() + everything_tools.len(),
+        "every tool is under one of the three prefixes: {names:?}"
+    );
+
+    // Each call reaches its own server.
+    let echoed = client
+        .call("echo__echo", json!({"message": "to echo"}))
+        .await;
+    assert_eq!(echoed["content"][0]["text"], "to echo", "{echoed}");
+    let echoed = client
+        .call("everything__echo", json!({"message": "to everything"}))
+        .await;
+    assert_eq!(
+        echoed["content"][0]["text"], "Echo: to everything",
+        "{echoed}"
+    );
+    let listed = client.call("llmgw__workspace_list", json!({})).await;
+    assert_ne!(listed["isError"], true, "{listed}");
+    let hidden = client
+        .call("llmgw__session_create", json!({"cli": "claude"}))
+        .await;
+    assert_eq!(
+        hidden["content"][0]["text"], "[toolgate] deny: unknown tool",
+        "{hidden}"
+    );
+
+    let status = wait_for_status(&serve, |s| {
+        ["llmgw", "everything", "echo"]
+            .iter()
+            .all(|n| s["upstreams"][n]["ready"] == 1)
+    })
+    .await;
+    assert_eq!(status["upstreams"]["echo"]["down"], 0, "{status}");
+
+    // The echo server exits mid-call.
+    let crashed = client
+        .request(
+            "tools/call",
+            json!({"name": "echo__crash", "arguments": {}}),
+        )
+        .await;
+    assert_eq!(crashed.status, StatusCode::OK);
+    let reply = crashed
+        .messages
+        .iter()
+        .find(|m| m.get("method").is_none())
+        .unwrap_or_else(|| panic!("no reply: {:?}", crashed.messages));
+    assert_eq!(reply["error"]["code"], -32000, "{reply}");
+
+    let status = wait_for_status(&serve, |s| s["upstreams"]["echo"]["down"] == 1).await;
+    let echo_health = &status["upstreams"]["echo"];
+    assert_eq!(echo_health["ready"], 0, "{status}");
+    let why = echo_health["last_error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(why.contains("exit"), "{why}");
+    assert_eq!(status["upstreams"]["llmgw"]["ready"], 1, "{status}");
+    assert_eq!(status["upstreams"]["everything"]["ready"], 1, "{status}");
+    assert_eq!(status["upstreams"]["llmgw"]["down"], 0, "{status}");
+
+    // Its tools are gone and refused; the others keep serving.
+    let dead = client
+        .request(
+            "tools/call",
+            json!({"name": "echo__echo", "arguments": {"message": "x"}}),
+        )
+        .await;
+    let error = &dead.messages[0]["error"];
+    assert_eq!(error["code"], -32602, "{:?}", dead.messages);
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("upstream server `echo` is not available"),
+        "{error}"
+    );
+    let echoed = client
+        .call("everything__echo", json!({"message": "still"}))
+        .await;
+    assert_eq!(echoed["content"][0]["text"], "Echo: still", "{echoed}");
+    let listed = client.call("llmgw__workspace_list", json!({})).await;
+    assert_ne!(listed["isError"], true, "{listed}");
+    let after = all_tools_http(&mut client).await;
+    assert!(!after.iter().any(|n| n.starts_with("echo__")), "{after:?}");
+    assert_eq!(after.len(), names.len() - 2, "{after:?}");
+
+    // A new session gets all three again.
+    let mut fresh = Mcp::new(&serve.url, Some("token-a"));
+    fresh.initialize().await;
+    let again = all_tools_http(&mut fresh).await;
+    assert_eq!(again.len(), names.len(), "{again:?}");
+}
