@@ -1091,3 +1091,101 @@ async fn serve_merges_three_upstreams_and_survives_losing_one() {
     let again = all_tools_http(&mut fresh).await;
     assert_eq!(again.len(), names.len(), "{again:?}");
 }
+
+/// Waits (at most 10 s) for `notifications/tools/list_changed`.
+fn wait_for_list_changed(client: &mut Client, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let message = client
+            .recv_within(left)
+            .unwrap_or_else(|| panic!("no notifications/tools/list_changed after {what}"));
+        if message["method"] == "notifications/tools/list_changed" {
+            return;
+        }
+    }
+}
+
+#[test]
+fn an_http_upstream_that_goes_away_takes_only_its_own_tools() {
+    let Some(mut everything) = EverythingHttp::start() else {
+        return;
+    };
+    let mut client = run(
+        ALLOW_ALL,
+        &[
+            format!("everything={}", everything.url),
+            flag("echo", &echo()),
+        ],
+    );
+    initialize_with(&mut client, json!({}));
+    let before = all_tools(&mut client);
+    assert!(
+        before.contains(&"everything__echo".to_owned()),
+        "{before:?}"
+    );
+    let echoed = client.call("everything__echo", json!({"message": "up"}));
+    assert_eq!(text(&echoed), "Echo: up");
+    everything.child.kill().unwrap();
+    everything.child.wait().unwrap();
+    wait_for_list_changed(&mut client, "server-everything went away");
+    let dead = client.request(
+        "tools/call",
+        json!({"name": "everything__echo", "arguments": {"message": "x"}}),
+    );
+    assert_eq!(dead["error"]["code"], -32602, "{dead}");
+    assert!(
+        dead["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("upstream server `everything` is not available"),
+        "{dead}"
+    );
+    assert_eq!(
+        text(&client.call("echo__echo", json!({"message": "e"}))),
+        "e"
+    );
+    let after: BTreeSet<String> = all_tools(&mut client).into_iter().collect();
+    let echo_only: BTreeSet<String> = ECHO_TOOLS.iter().map(|t| format!("echo__{t}")).collect();
+    assert_eq!(after, echo_only);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_shows_an_http_upstream_that_went_away_as_down_and_keeps_the_others() {
+    let Some(mut everything) = EverythingHttp::start() else {
+        return;
+    };
+    let serve = serve_three(&everything, ALLOW_ALL);
+    let mut client = Mcp::new(&serve.url, Some("token-a"));
+    client.initialize().await;
+    let echoed = client
+        .call("everything__echo", json!({"message": "up"}))
+        .await;
+    assert_eq!(echoed["content"][0]["text"], "Echo: up", "{echoed}");
+    wait_for_status(&serve, |s| s["upstreams"]["everything"]["ready"] == 1).await;
+    everything.child.kill().unwrap();
+    everything.child.wait().unwrap();
+    let status = wait_for_status(&serve, |s| s["upstreams"]["everything"]["down"] == 1).await;
+    assert_eq!(status["upstreams"]["everything"]["ready"], 0, "{status}");
+    assert!(
+        status["upstreams"]["everything"]["last_error"].is_string(),
+        "{status}"
+    );
+    assert_eq!(status["upstreams"]["llmgw"]["ready"], 1, "{status}");
+    assert_eq!(status["upstreams"]["echo"]["ready"], 1, "{status}");
+    let dead = client
+        .request(
+            "tools/call",
+            json!({"name": "everything__echo", "arguments": {"message": "x"}}),
+        )
+        .await;
+    assert_eq!(
+        dead.messages[0]["error"]["code"], -32602,
+        "{:?}",
+        dead.messages
+    );
+    let echoed = client.call("echo__echo", json!({"message": "e"})).await;
+    assert_eq!(echoed["content"][0]["text"], "e", "{echoed}");
+    let listed = client.call("llmgw__workspace_list", json!({})).await;
+    assert_ne!(listed["isError"], true, "{listed}");
+}
