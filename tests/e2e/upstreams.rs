@@ -1189,3 +1189,110 @@ async fn serve_shows_an_http_upstream_that_went_away_as_down_and_keeps_the_other
     let listed = client.call("llmgw__workspace_list", json!({})).await;
     assert_ne!(listed["isError"], true, "{listed}");
 }
+
+/// A request whose reply is awaited while `roots/list` requests from upstreams are answered
+/// with one root, `file:///tmp/toolgate-root`; returns the reply and how many were answered.
+fn request_answering_roots(
+    client: &mut Client,
+    id: i64,
+    method: &str,
+    params: Value,
+) -> (Value, usize) {
+    client.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
+    let mut answered = 0;
+    let (reply, _) = serve_requests_until(client, &json!(id), |request| {
+        assert_eq!(request["method"], "roots/list", "{request}");
+        answered += 1;
+        json!({"roots": [{"uri": "file:///tmp/toolgate-root", "name": "gateway-root"}]})
+    });
+    (reply, answered)
+}
+
+#[test]
+fn resources_prompts_and_roots_are_namespaced_and_reach_their_server() {
+    let Some(upstreams) = three_upstreams() else {
+        return;
+    };
+    let mut client = run(ALLOW_ALL, &upstreams);
+    initialize_with(&mut client, json!({"roots": {"listChanged": true}}));
+    // server-everything asks for the roots shortly after `initialized`.
+    let mut roots_asked = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut id = 100;
+    while roots_asked == 0 && Instant::now() < deadline {
+        id += 1;
+        let (_, n) = request_answering_roots(&mut client, id, "ping", json!({}));
+        roots_asked += n;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        roots_asked, 1,
+        "server-everything never asked for the roots"
+    );
+    let (roots, _) = request_answering_roots(
+        &mut client,
+        200,
+        "tools/call",
+        json!({"name": "everything__get-roots-list", "arguments": {}}),
+    );
+    assert!(
+        text(&roots["result"]).contains("file:///tmp/toolgate-root"),
+        "{roots}"
+    );
+
+    let (resources, _) = request_answering_roots(&mut client, 201, "resources/list", json!({}));
+    let resources = resources["result"]["resources"].as_array().unwrap().clone();
+    assert!(!resources.is_empty());
+    for resource in &resources {
+        let uri = resource["uri"].as_str().unwrap();
+        assert!(uri.starts_with("everything+"), "{uri}");
+    }
+    let uri = resources[0]["uri"].clone();
+    let (read, _) =
+        request_answering_roots(&mut client, 202, "resources/read", json!({"uri": uri}));
+    let contents = &read["result"]["contents"];
+    assert_eq!(contents[0]["uri"], uri, "{read}");
+    assert!(
+        contents[0]["text"].as_str().is_some_and(|t| !t.is_empty())
+            || contents[0]["blob"].is_string(),
+        "{read}"
+    );
+    let (templates, _) =
+        request_answering_roots(&mut client, 203, "resources/templates/list", json!({}));
+    for template in templates["result"]["resourceTemplates"].as_array().unwrap() {
+        let uri = template["uriTemplate"].as_str().unwrap();
+        assert!(uri.starts_with("everything+"), "{uri}");
+    }
+
+    let (prompts, _) = request_answering_roots(&mut client, 204, "prompts/list", json!({}));
+    let names: Vec<&str> = prompts["result"]["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"everything__simple-prompt"), "{names:?}");
+    assert!(
+        names.iter().all(|n| n.starts_with("everything__")),
+        "{names:?}"
+    );
+    let (prompt, _) = request_answering_roots(
+        &mut client,
+        205,
+        "prompts/get",
+        json!({"name": "everything__simple-prompt", "arguments": {}}),
+    );
+    assert_eq!(
+        prompt["result"]["messages"][0]["content"]["text"],
+        "This is a simple prompt without arguments.",
+        "{prompt}"
+    );
+    // A URI under no upstream's name is refused.
+    let (unknown, _) = request_answering_roots(
+        &mut client,
+        206,
+        "resources/read",
+        json!({"uri": "demo://resource/static/document/architecture.md"}),
+    );
+    assert_eq!(unknown["error"]["code"], -32602, "{unknown}");
+}

@@ -8,6 +8,7 @@ Tools are exposed as `{name}__{tool}`; the policy names them so.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from contextlib import asynccontextmanager
 
@@ -18,7 +19,7 @@ from mcp import ClientSession, types
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from conftest import PEERS, dump, everything_http, serve_upstreams, toolgate_bin
+from conftest import PEERS, dump, everything_http, free_port, serve_upstreams, toolgate_bin, wait_for_port
 
 pytestmark = pytest.mark.anyio
 
@@ -249,3 +250,54 @@ async def test_killing_one_upstream_leaves_the_others_serving(three):
         echoed = await fresh.call_tool("echo__echo", {"message": "back"})
     assert set(again) == set(before)
     assert echoed.content[0].text == "back"
+
+
+async def test_an_http_upstream_that_dies_leaves_the_others_serving(tmp_path):
+    """server-everything (the Streamable HTTP upstream) is killed mid-session."""
+    port = free_port()
+    everything = subprocess.Popen(
+        ["node", str(PEERS / "mcp-server-everything"), "streamableHttp"],
+        env={**os.environ, "PORT": str(port)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.PIPE,
+    )
+    try:
+        wait_for_port(port, everything, "server-everything")
+        upstreams = [
+            {"name": "llmgw", "command": [toolgate_bin(), "standin"]},
+            {"name": "everything", "url": f"http://127.0.0.1:{port}/mcp"},
+            {"name": "echo", "command": [toolgate_bin(), "standin", "--echo"]},
+        ]
+        grants = [{"name": "python-sdk", "token": TOKEN, "policy": POLICY}]
+        list_changed = anyio.Event()
+
+        async def on_message(message) -> None:
+            if isinstance(message, types.ToolListChangedNotification):
+                list_changed.set()
+
+        with serve_upstreams(tmp_path, upstreams, grants) as url:
+            async with connect(url, message_handler=on_message) as gw:
+                before = await all_tools(gw)
+                up = await gw.call_tool("everything__echo", {"message": "up"})
+                assert up.content[0].text == "Echo: up"
+                list_changed = anyio.Event()  # forget any from the start-up
+                everything.kill()
+                everything.wait()
+                # The gateway notices without a call (its event stream to the upstream broke)
+                # and tells the client.
+                with anyio.fail_after(10):
+                    await list_changed.wait()
+                with pytest.raises(MCPError) as dead:
+                    await gw.call_tool("everything__echo", {"message": "anyone?"})
+                assert dead.value.error.code == -32602
+                assert "upstream server `everything` is not available" in dead.value.error.message
+                echoed = await gw.call_tool("echo__echo", {"message": "still here"})
+                workspaces = await gw.call_tool("llmgw__workspace_list", {})
+                after = await all_tools(gw)
+    finally:
+        everything.kill()
+        everything.wait()
+    assert echoed.content[0].text == "still here"
+    assert not workspaces.is_error, workspaces
+    assert set(after) == {n for n in before if not n.startswith("everything__")}

@@ -193,6 +193,9 @@ fn http(
     Ok(Leg::Http(tx))
 }
 
+/// `Mcp-Session-Id` (if the upstream gave one) and the protocol version, once known.
+type SessionSlot = std::sync::Arc<std::sync::Mutex<Option<(Option<String>, String)>>>;
+
 /// One client session with a Streamable HTTP upstream.
 #[derive(Clone)]
 struct HttpLeg {
@@ -202,7 +205,7 @@ struct HttpLeg {
     events: mpsc::Sender<Event>,
     max: usize,
     /// `Mcp-Session-Id` and the protocol version, once `initialize` has been answered.
-    session: std::sync::Arc<std::sync::Mutex<Option<(Option<String>, String)>>>,
+    session: SessionSlot,
     /// Set when the router lets go of the leg: the GET stream stops reconnecting.
     closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
