@@ -1296,3 +1296,80 @@ fn resources_prompts_and_roots_are_namespaced_and_reach_their_server() {
     );
     assert_eq!(unknown["error"]["code"], -32602, "{unknown}");
 }
+
+#[test]
+fn upstreams_that_fail_to_start_take_only_their_own_tools() {
+    let mut client = run(
+        ALLOW_ALL,
+        &[
+            "missing=/nonexistent/toolgate-test-server".to_owned(),
+            "unreachable=http://127.0.0.1:1/mcp".to_owned(),
+            flag("echo", &echo()),
+        ],
+    );
+    let init = initialize_with(&mut client, json!({}));
+    let servers = &init["result"]["_meta"]["toolgate"]["upstreams"];
+    assert!(servers.get("echo").is_some(), "{init}");
+    // Calls to their tools (before any listing: the router answers) get a clear error.
+    for (name, why) in [("missing", "failed to start"), ("unreachable", "")] {
+        let reply = client.request(
+            "tools/call",
+            json!({"name": format!("{name}__anything"), "arguments": {}}),
+        );
+        assert_eq!(reply["error"]["code"], -32602, "{reply}");
+        let message = reply["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("upstream server `{name}` is not available"))
+                && message.contains(why),
+            "{message}"
+        );
+    }
+    let names: BTreeSet<String> = all_tools(&mut client).into_iter().collect();
+    let echo_only: BTreeSet<String> = ECHO_TOOLS.iter().map(|t| format!("echo__{t}")).collect();
+    assert_eq!(names, echo_only);
+    assert_eq!(
+        text(&client.call("echo__echo", json!({"message": "ok"}))),
+        "ok"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_takes_a_prefix_and_a_separator_and_shows_an_upstream_that_failed_to_start() {
+    let config = format!(
+        "namespace_separator = \"_x_\"\n\
+         [[upstreams]]\nname = \"llmgw\"\nprefix = \"gw\"\ncommand = {}\n\n\
+         [[upstreams]]\nname = \"missing\"\ncommand = [\"/nonexistent/toolgate-test-server\"]\n\n\
+         [[upstreams]]\nname = \"echo\"\ncommand = {}\n\n\
+         [[grants]]\nname = \"a\"\ntoken_sha256 = \"{}\"\npolicy = \"a.json\"\n",
+        serde_json::to_string(&standin()).unwrap(),
+        serde_json::to_string(&echo()).unwrap(),
+        sha256_hex("token-a"),
+    );
+    let policy = r#"{"version": "1", "default": "allow", "hide": ["gw_x_session_*"],
+        "tools": {"echo_x_echo": {"action": "deny", "reason": "not today"}}}"#;
+    let serve = Serve::start(&config, &[("a.json", policy)]);
+    let mut client = Mcp::new(&serve.url, Some("token-a"));
+    client.initialize().await;
+    let names = all_tools_http(&mut client).await;
+    let want: BTreeSet<String> = standin_tools()
+        .iter()
+        .filter(|t| !t.starts_with("session_"))
+        .map(|t| format!("gw_x_{t}"))
+        .chain(ECHO_TOOLS.iter().map(|t| format!("echo_x_{t}")))
+        .collect();
+    assert_eq!(names.iter().cloned().collect::<BTreeSet<_>>(), want);
+    let listed = client.call("gw_x_workspace_list", json!({})).await;
+    assert_ne!(listed["isError"], true, "{listed}");
+    let denied = client.call("echo_x_echo", json!({"message": "x"})).await;
+    assert_eq!(
+        denied["content"][0]["text"], "[toolgate] deny: not today",
+        "{denied}"
+    );
+    let status = wait_for_status(&serve, |s| s["upstreams"]["missing"]["down"] == 1).await;
+    let why = status["upstreams"]["missing"]["last_error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(why.contains("failed to start"), "{why}");
+    assert_eq!(status["upstreams"]["llmgw"]["ready"], 1, "{status}");
+    assert_eq!(status["upstreams"]["echo"]["ready"], 1, "{status}");
+}
