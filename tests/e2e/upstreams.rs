@@ -599,24 +599,31 @@ fn a_cancelled_call_to_server_everything_gets_no_reply_and_the_rest_keeps_servin
 
 /// A scripted Streamable HTTP upstream: `tools/list` comes in three pages (cursors `page-2`,
 /// `page-3`); `tools/call` of `slow` is never answered (the connection is held open); any
-/// other call is answered with `{name}: {upstream's label}`. It records every message it was
-/// sent, in order.
+/// other call is answered with `{name}: {upstream's label}`. After a call of `forget` it
+/// answers every POST with 404, as a server does that ended the session. It records every
+/// message it was sent, in order.
 fn scripted_upstream(label: &'static str) -> (String, Arc<Mutex<Vec<Value>>>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
+    let forgotten = Arc::new(std::sync::atomic::AtomicBool::new(false));
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { return };
-            let log = log.clone();
-            std::thread::spawn(move || scripted_exchange(stream, label, &log));
+            let (log, forgotten) = (log.clone(), forgotten.clone());
+            std::thread::spawn(move || scripted_exchange(stream, label, &log, &forgotten));
         }
     });
     (url, seen)
 }
 
-fn scripted_exchange(mut stream: std::net::TcpStream, label: &str, log: &Mutex<Vec<Value>>) {
+fn scripted_exchange(
+    mut stream: std::net::TcpStream,
+    label: &str,
+    log: &Mutex<Vec<Value>>,
+    forgotten: &std::sync::atomic::AtomicBool,
+) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut length = 0;
     let mut method = String::new();
@@ -648,6 +655,11 @@ fn scripted_exchange(mut stream: std::net::TcpStream, label: &str, log: &Mutex<V
         return;
     };
     log.lock().unwrap().push(request.clone());
+    if forgotten.load(std::sync::atomic::Ordering::SeqCst) {
+        let _ = stream
+            .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        return;
+    }
     let id = request["id"].clone();
     let tool = |n: &str| json!({"name": n, "inputSchema": {"type": "object"}});
     let result = match request["method"].as_str() {
@@ -659,7 +671,7 @@ fn scripted_exchange(mut stream: std::net::TcpStream, label: &str, log: &Mutex<V
                 json!({"tools": [tool("p1a"), tool("p1b"), tool("slow")], "nextCursor": "page-2"})
             }
             Some("page-2") => json!({"tools": [tool("p2a")], "nextCursor": "page-3"}),
-            Some("page-3") => json!({"tools": [tool("p3a"), tool("p3b")]}),
+            Some("page-3") => json!({"tools": [tool("p3a"), tool("p3b"), tool("forget")]}),
             Some(_) => json!({"tools": []}),
         }),
         Some("tools/call") if request["params"]["name"] == "slow" => {
@@ -669,6 +681,9 @@ fn scripted_exchange(mut stream: std::net::TcpStream, label: &str, log: &Mutex<V
         }
         Some("tools/call") => {
             let name = request["params"]["name"].as_str().unwrap_or("?");
+            if name == "forget" {
+                forgotten.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
             Some(json!({"content": [{"type": "text", "text": format!("{name}: {label}")}]}))
         }
         _ => Some(json!({})),
@@ -681,6 +696,7 @@ fn scripted_exchange(mut stream: std::net::TcpStream, label: &str, log: &Mutex<V
             let body = json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string();
             format!(
                 "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                 mcp-session-id: session-of-{label}\r\n\
                  content-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
             )
@@ -802,7 +818,7 @@ fn tools_list_pages_across_servers_with_one_cursor() {
     let all: Vec<&String> = pages.iter().flatten().collect();
     let set: BTreeSet<&String> = all.iter().copied().collect();
     assert_eq!(all.len(), set.len(), "a tool came twice: {pages:?}");
-    let want: BTreeSet<String> = ["p1a", "p1b", "slow", "p2a", "p3a", "p3b"]
+    let want: BTreeSet<String> = ["p1a", "p1b", "slow", "p2a", "p3a", "p3b", "forget"]
         .iter()
         .map(|t| format!("pager__{t}"))
         .chain(ECHO_TOOLS.iter().map(|t| format!("echo__{t}")))
@@ -1372,4 +1388,42 @@ async fn serve_takes_a_prefix_and_a_separator_and_shows_an_upstream_that_failed_
     assert!(why.contains("failed to start"), "{why}");
     assert_eq!(status["upstreams"]["llmgw"]["ready"], 1, "{status}");
     assert_eq!(status["upstreams"]["echo"]["ready"], 1, "{status}");
+}
+
+#[test]
+fn an_http_upstream_that_ends_the_session_takes_only_its_own_tools() {
+    let (url_a, seen_a) = scripted_upstream("a");
+    let mut client = run(ALLOW_ALL, &[format!("a={url_a}"), flag("echo", &echo())]);
+    initialize_with(&mut client, json!({}));
+    all_tools(&mut client);
+    assert_eq!(text(&client.call("a__forget", json!({}))), "forget: a");
+    // The next request gets the 404 as an error, and a's tools go down.
+    let refused = client.request("tools/call", json!({"name": "a__p1a", "arguments": {}}));
+    assert_eq!(refused["error"]["code"], -32000, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("404"),
+        "{refused}"
+    );
+    wait_for_list_changed(&mut client, "the upstream ended the session");
+    let dead = client.request("tools/call", json!({"name": "a__p1a", "arguments": {}}));
+    assert_eq!(dead["error"]["code"], -32602, "{dead}");
+    assert!(
+        dead["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("upstream server `a` is not available"),
+        "{dead}"
+    );
+    // Every request after initialize carried a's session id (the 404 was for it).
+    assert!(seen_a.lock().unwrap().len() >= 3);
+    assert_eq!(
+        text(&client.call("echo__echo", json!({"message": "e"}))),
+        "e"
+    );
+    let names: BTreeSet<String> = all_tools(&mut client).into_iter().collect();
+    let echo_only: BTreeSet<String> = ECHO_TOOLS.iter().map(|t| format!("echo__{t}")).collect();
+    assert_eq!(names, echo_only);
 }
