@@ -1427,3 +1427,43 @@ fn an_http_upstream_that_ends_the_session_takes_only_its_own_tools() {
     let echo_only: BTreeSet<String> = ECHO_TOOLS.iter().map(|t| format!("echo__{t}")).collect();
     assert_eq!(names, echo_only);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BUG: after tools/list a hidden tool called with arguments that fail its inputSchema gets the schema error, not `unknown tool` (session core: schema check before hide)"]
+async fn serve_refuses_a_hidden_tool_with_bad_arguments_as_unknown() {
+    let config = format!(
+        "[[upstreams]]\nname = \"llmgw\"\ncommand = {}\n\n\
+         [[upstreams]]\nname = \"echo\"\ncommand = {}\n\n\
+         [[grants]]\nname = \"a\"\ntoken_sha256 = \"{}\"\npolicy = \"a.json\"\n",
+        serde_json::to_string(&standin()).unwrap(),
+        serde_json::to_string(&echo()).unwrap(),
+        sha256_hex("token-a"),
+    );
+    let policy = r#"{"version": "1", "default": "allow", "hide": ["llmgw__session_*"]}"#;
+    let serve = Serve::start(&config, &[("a.json", policy)]);
+    let mut client = Mcp::new(&serve.url, Some("token-a"));
+    client.initialize().await;
+    all_tools_http(&mut client).await;
+    // `cli` is required by session_create's inputSchema: a hidden tool must not say so.
+    let hidden = client.call("llmgw__session_create", json!({})).await;
+    let missing = client.call("llmgw__no_such_tool", json!({})).await;
+    assert_eq!(
+        missing["content"][0]["text"],
+        "[toolgate] deny: unknown tool"
+    );
+    assert_eq!(hidden, missing);
+}
+
+#[test]
+#[ignore = "BUG: after tools/list a hidden tool called with arguments that fail its inputSchema gets the schema error, not `unknown tool` (session core: schema check before hide)"]
+fn run_refuses_a_hidden_tool_with_bad_arguments_as_unknown() {
+    let policy = r#"{"version": "1", "default": "allow", "hide": ["llmgw__session_*"]}"#;
+    let mut client = run(policy, &[flag("llmgw", &standin()), flag("echo", &echo())]);
+    initialize_with(&mut client, json!({}));
+    all_tools(&mut client);
+    // `cli` is required by session_create's inputSchema: a hidden tool must not say so.
+    let hidden = client.call("llmgw__session_create", json!({}));
+    let missing = client.call("llmgw__no_such_tool", json!({}));
+    assert_eq!(text(&missing), "[toolgate] deny: unknown tool");
+    assert_eq!(hidden, missing);
+}
