@@ -1467,3 +1467,67 @@ fn run_refuses_a_hidden_tool_with_bad_arguments_as_unknown() {
     assert_eq!(text(&missing), "[toolgate] deny: unknown tool");
     assert_eq!(hidden, missing);
 }
+
+#[test]
+fn initialize_answers_for_the_whole_set() {
+    let Some(everything) = everything() else {
+        return;
+    };
+    // server-everything on its own, for its own instructions.
+    let mut direct = Command::new(&everything[0])
+        .args(&everything[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "e2e", "version": "1"}}});
+    writeln!(direct.stdin.as_mut().unwrap(), "{init}").unwrap();
+    let mut line = String::new();
+    BufReader::new(direct.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = direct.kill();
+    let _ = direct.wait();
+    let own: Value = serde_json::from_str(&line).unwrap();
+    let own_instructions = own["result"]["instructions"].as_str().unwrap().to_owned();
+    assert!(!own_instructions.is_empty());
+
+    let mut client = run(
+        ALLOW_ALL,
+        &[
+            flag("llmgw", &standin()),
+            flag("echo", &echo()),
+            flag("everything", &everything),
+        ],
+    );
+    let reply = initialize_with(&mut client, json!({}));
+    let result = &reply["result"];
+    assert_eq!(result["protocolVersion"], "2025-11-25", "{reply}");
+    let instructions = result["instructions"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{reply}"));
+    assert!(instructions.contains("## everything"), "{instructions}");
+    assert!(
+        instructions.contains(own_instructions.trim()),
+        "{instructions}"
+    );
+    // Every capability of each server is offered (tasks cannot be routed by name, so they
+    // may be left out).
+    let capabilities = &result["capabilities"];
+    for capability in ["tools", "prompts", "resources", "logging"] {
+        assert!(
+            capabilities[capability].is_object(),
+            "{capability}: {reply}"
+        );
+    }
+    let servers = &result["_meta"]["toolgate"]["upstreams"];
+    assert_eq!(servers["echo"]["name"], "mcp-echo", "{reply}");
+    assert_eq!(
+        servers["everything"]["name"], "mcp-servers/everything",
+        "{reply}"
+    );
+    assert!(servers["llmgw"].is_object(), "{reply}");
+}
