@@ -226,17 +226,17 @@ impl HttpLeg {
             match (method.as_deref(), id) {
                 // Everything else waits for the session id.
                 (Some("initialize"), Some(id)) => {
-                    self.clone().exchange(line, Some(id)).await;
+                    self.clone().exchange(line, Some(id), true).await;
                     if self.session().is_some() {
                         tokio::spawn(self.clone().listen());
                     }
                 }
                 // Requests run side by side, as over any HTTP client.
                 (Some(_), Some(id)) => {
-                    tokio::spawn(self.clone().exchange(line, Some(id)));
+                    tokio::spawn(self.clone().exchange(line, Some(id), false));
                 }
                 // Notifications and replies keep their order.
-                _ => self.clone().exchange(line, None).await,
+                _ => self.clone().exchange(line, None, false).await,
             }
         }
         // The router let go: end the upstream session.
@@ -285,8 +285,10 @@ impl HttpLeg {
 
     /// POSTs one message and relays what comes back. A request that gets no reply gets an
     /// error in its place, so that nothing waits forever.
-    async fn exchange(self, line: Vec<u8>, id: Option<String>) {
-        let is_initialize = id.is_some() && line.windows(12).any(|w| w == b"\"initialize\"");
+    ///
+    /// `is_initialize`: the request is `initialize` (by its method: the word may be anywhere
+    /// in another request's arguments), whose reply sets the session.
+    async fn exchange(self, line: Vec<u8>, id: Option<String>, is_initialize: bool) {
         let response = self
             .request(reqwest::Method::POST)
             .header("content-type", "application/json")
