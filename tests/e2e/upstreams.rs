@@ -627,6 +627,7 @@ fn scripted_exchange(
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut length = 0;
     let mut method = String::new();
+    let mut session = None;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
@@ -638,6 +639,9 @@ fn scripted_exchange(
         if let Some((k, v)) = line.split_once(':') {
             if k.eq_ignore_ascii_case("content-length") {
                 length = v.trim().parse().unwrap_or(0);
+            }
+            if k.eq_ignore_ascii_case("mcp-session-id") {
+                session = Some(v.trim().to_owned());
             }
         }
     }
@@ -658,6 +662,15 @@ fn scripted_exchange(
     if forgotten.load(std::sync::atomic::Ordering::SeqCst) {
         let _ = stream
             .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        return;
+    }
+    let is_initialize = request["method"] == "initialize";
+    // Like the SDKs' servers: the session id comes with the `initialize` reply only, and
+    // every later message must carry it.
+    if !is_initialize && session.as_deref() != Some(&format!("session-of-{label}")) {
+        let _ = stream.write_all(
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        );
         return;
     }
     let id = request["id"].clone();
@@ -694,9 +707,13 @@ fn scripted_exchange(
         }
         Some(result) => {
             let body = json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string();
+            let session = if is_initialize {
+                format!("mcp-session-id: session-of-{label}\r\n")
+            } else {
+                String::new()
+            };
             format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
-                 mcp-session-id: session-of-{label}\r\n\
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n{session}\
                  content-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
             )
@@ -1530,4 +1547,47 @@ fn initialize_answers_for_the_whole_set() {
         "{reply}"
     );
     assert!(servers["llmgw"].is_object(), "{reply}");
+}
+
+/// The HTTP leg must know `initialize` by its method, not by the word anywhere in the line:
+/// a call whose arguments say "initialize" must not reset the upstream session.
+#[test]
+fn a_call_that_mentions_initialize_keeps_the_http_upstream_session() {
+    let (url, seen) = scripted_upstream("a");
+    let mut client = run(ALLOW_ALL, &[format!("a={url}"), flag("echo", &echo())]);
+    initialize_with(&mut client, json!({}));
+    all_tools(&mut client);
+    for note in ["initialize", "still there"] {
+        let result = client.call("a__p1a", json!({"note": note}));
+        assert_eq!(text(&result), "p1a: a", "{result}");
+    }
+    assert_eq!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m["method"] == "initialize")
+            .count(),
+        1
+    );
+}
+
+/// The same with server-everything, which sends its session id on every reply.
+#[test]
+fn a_call_that_mentions_initialize_keeps_server_everythings_session() {
+    let Some(everything) = EverythingHttp::start() else {
+        return;
+    };
+    let mut client = run(
+        ALLOW_ALL,
+        &[
+            format!("everything={}", everything.url),
+            flag("echo", &echo()),
+        ],
+    );
+    initialize_with(&mut client, json!({}));
+    all_tools(&mut client);
+    for message in ["initialize", "after \"initialize\"", "still there"] {
+        let echoed = client.call("everything__echo", json!({"message": message}));
+        assert_eq!(text(&echoed), format!("Echo: {message}"), "{echoed}");
+    }
 }
