@@ -1591,3 +1591,43 @@ fn a_call_that_mentions_initialize_keeps_server_everythings_session() {
         assert_eq!(text(&echoed), format!("Echo: {message}"), "{echoed}");
     }
 }
+
+/// server-everything over Streamable HTTP asks for the roots on its GET stream (the request
+/// belongs to no call); the client's answer is POSTed back to it.
+#[test]
+fn a_roots_request_on_an_http_upstreams_get_stream_is_answered() {
+    let Some(everything) = EverythingHttp::start() else {
+        return;
+    };
+    let mut client = run(
+        ALLOW_ALL,
+        &[
+            format!("everything={}", everything.url),
+            flag("echo", &echo()),
+        ],
+    );
+    initialize_with(&mut client, json!({"roots": {"listChanged": true}}));
+    let mut roots_asked = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut id = 100;
+    while roots_asked == 0 && Instant::now() < deadline {
+        id += 1;
+        let (_, n) = request_answering_roots(&mut client, id, "ping", json!({}));
+        roots_asked += n;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        roots_asked, 1,
+        "server-everything never asked for the roots"
+    );
+    let (roots, _) = request_answering_roots(
+        &mut client,
+        200,
+        "tools/call",
+        json!({"name": "everything__get-roots-list", "arguments": {}}),
+    );
+    assert!(
+        text(&roots["result"]).contains("file:///tmp/toolgate-root"),
+        "{roots}"
+    );
+}
