@@ -31,3 +31,4 @@ mod standin;
 mod store;
 mod support;
 mod toolgate_test;
+mod upstreams;

@@ -131,10 +131,32 @@ def toml_value(value) -> str:
 def serve(tmp_path: Path, upstream: dict, grants: list[dict], **top):
     """`toolgate serve` with this upstream (`url` or `command`) and grants (`name`, `token`,
     `policy` as a dict); yields the /mcp URL. Tokens are written as their sha256."""
+    lines = ["[upstream]"] + [f"{k} = {toml_value(v)}" for k, v in upstream.items()]
+    with _serve(tmp_path, lines, grants, top) as url:
+        yield url
+
+
+@contextmanager
+def serve_upstreams(tmp_path: Path, upstreams: list[dict], grants: list[dict], **top):
+    """`serve` in front of several upstreams: each dict is one `[[upstreams]]` entry (`name`,
+    `url` or `command`, optional `prefix`; `headers` as a dict). Top-level keys (such as
+    `namespace_separator`) go in `top`, as for `serve`."""
+    lines = []
+    for upstream in upstreams:
+        lines.append("[[upstreams]]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in upstream.items() if k != "headers"]
+        if "headers" in upstream:
+            pairs = ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in upstream["headers"].items())
+            lines.append(f"headers = {{ {pairs} }}")
+    with _serve(tmp_path, lines, grants, top) as url:
+        yield url
+
+
+@contextmanager
+def _serve(tmp_path: Path, upstream_lines: list[str], grants: list[dict], top: dict):
     lines = ['listen = "127.0.0.1:0"', 'admin_listen = "127.0.0.1:0"']
     lines += [f"{k} = {toml_value(v)}" for k, v in top.items() if not isinstance(v, dict)]
-    lines.append("[upstream]")
-    lines += [f"{k} = {toml_value(v)}" for k, v in upstream.items()]
+    lines += upstream_lines
     for grant in grants:
         lines.append("[[grants]]")
         lines.append(f"name = {toml_value(grant['name'])}")

@@ -187,13 +187,14 @@ fn http(
         events,
         max,
         session: std::sync::Arc::new(std::sync::Mutex::new(None)),
+        closed: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
     runtime.spawn(leg.run(rx));
     Ok(Leg::Http(tx))
 }
 
-/// An HTTP upstream's `Mcp-Session-Id` (if it gave one) and protocol version.
-type UpstreamSession = (Option<String>, String);
+/// `Mcp-Session-Id` (if the upstream gave one) and the protocol version, once known.
+type SessionSlot = std::sync::Arc<std::sync::Mutex<Option<(Option<String>, String)>>>;
 
 /// One client session with a Streamable HTTP upstream.
 #[derive(Clone)]
@@ -204,8 +205,13 @@ struct HttpLeg {
     events: mpsc::Sender<Event>,
     max: usize,
     /// `Mcp-Session-Id` and the protocol version, once `initialize` has been answered.
-    session: std::sync::Arc<std::sync::Mutex<Option<UpstreamSession>>>,
+    session: SessionSlot,
+    /// Set when the router lets go of the leg: the GET stream stops reconnecting.
+    closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// How long the GET stream waits before it is opened again after it ended.
+const RELISTEN: Duration = Duration::from_secs(1);
 
 impl HttpLeg {
     async fn run(self, mut lines: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
@@ -234,6 +240,8 @@ impl HttpLeg {
             }
         }
         // The router let go: end the upstream session.
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some((Some(id), _)) = self.session() {
             let _ = self
                 .client
@@ -245,7 +253,7 @@ impl HttpLeg {
         }
     }
 
-    fn session(&self) -> Option<UpstreamSession> {
+    fn session(&self) -> Option<(Option<String>, String)> {
         self.session
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -254,6 +262,14 @@ impl HttpLeg {
 
     fn emit(&self, line: Vec<u8>) {
         let _ = self.events.send(Event::Upstream(self.index, line));
+    }
+
+    /// The upstream is gone (unreachable, or its session ended): the router takes its tools
+    /// down. Said at most once a leg matters; the router ignores repeats.
+    fn gone(&self, why: String) {
+        if !self.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = self.events.send(Event::Gone(self.index, why));
+        }
     }
 
     fn request(&self, method: reqwest::Method) -> reqwest::RequestBuilder {
@@ -269,6 +285,9 @@ impl HttpLeg {
 
     /// POSTs one message and relays what comes back. A request that gets no reply gets an
     /// error in its place, so that nothing waits forever.
+    ///
+    /// `is_initialize`: the request is `initialize` (by its method: the word may be anywhere
+    /// in another request's arguments), whose reply sets the session.
     async fn exchange(self, line: Vec<u8>, id: Option<String>, is_initialize: bool) {
         let response = self
             .request(reqwest::Method::POST)
@@ -287,13 +306,30 @@ impl HttpLeg {
         };
         let mut response = match response {
             Ok(r) => r,
-            Err(e) => return fail(format!("cannot reach the upstream: {e}")),
+            Err(e) => {
+                let why = format!("cannot reach the upstream: {e}");
+                fail(why.clone());
+                // Nothing listens there any more: its tools go down, not just this request.
+                if e.is_connect() {
+                    self.gone(why);
+                }
+                return;
+            }
         };
         let status = response.status();
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();
             let body: String = body.chars().take(300).collect();
-            return fail(format!("the upstream answered HTTP {status}: {body}"));
+            fail(format!("the upstream answered HTTP {status}: {body}"));
+            // A 404 to a request in a session: the upstream ended (or forgot) the session,
+            // and every later request would get the same.
+            if status == reqwest::StatusCode::NOT_FOUND
+                && !is_initialize
+                && self.session().is_some_and(|(id, _)| id.is_some())
+            {
+                self.gone(format!("the upstream ended the session (HTTP {status})"));
+            }
+            return;
         }
         if is_initialize {
             let session = response
@@ -403,19 +439,45 @@ impl HttpLeg {
         answered
     }
 
-    /// The session's GET stream: server→client messages that belong to no request.
+    /// The session's GET stream: server→client messages that belong to no request. When it
+    /// ends it is opened again (after [`RELISTEN`]); an upstream that can no longer be
+    /// reached, or that no longer knows the session, is gone: so a server that dies between
+    /// requests takes its tools down at once, not at the next call.
     async fn listen(self) {
-        let response = self
-            .request(reqwest::Method::GET)
-            .header("accept", "text/event-stream")
-            .send()
-            .await;
-        match response {
-            Ok(mut r) if r.status().is_success() => {
-                self.relay_sse(&mut r, None, false).await;
+        loop {
+            let response = self
+                .request(reqwest::Method::GET)
+                .header("accept", "text/event-stream")
+                .send()
+                .await;
+            if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
             }
-            Ok(r) => tracing::debug!(status = %r.status(), "HTTP upstream offers no GET stream"),
-            Err(e) => tracing::debug!(error = %e, "HTTP upstream's GET stream failed"),
+            match response {
+                Ok(mut r) if r.status().is_success() => {
+                    self.relay_sse(&mut r, None, false).await;
+                }
+                Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
+                    self.gone(format!(
+                        "the upstream ended the session (HTTP {})",
+                        r.status()
+                    ));
+                    return;
+                }
+                Ok(r) => {
+                    tracing::debug!(status = %r.status(), "HTTP upstream offers no GET stream");
+                    return;
+                }
+                Err(e) if e.is_connect() => {
+                    self.gone(format!("cannot reach the upstream: {e}"));
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, "HTTP upstream's GET stream failed"),
+            }
+            tokio::time::sleep(RELISTEN).await;
+            if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
         }
     }
 }
