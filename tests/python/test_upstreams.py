@@ -105,9 +105,11 @@ async def test_the_sdk_lists_the_merged_namespaced_tools_with_hidden_ones_left_o
     ev = {n.removeprefix("everything__"): t for n, t in tools.items() if n.startswith("everything__")}
     assert set(ev) == set(direct_tools) - {"get-env"}
     assert len(tools) == len(llmgw) + len(echo) + len(ev), "every tool is under one of the three prefixes"
-    # Nothing but the name changed on the way.
+    # Nothing but the name changed on the way, and the gateway's note of the upstream in `_meta`.
     for own, tool in ev.items():
-        assert {**tool, "name": own} == direct_tools[own], f"{own} changed on its way through the gateway"
+        meta = dict(tool.get("_meta") or {})
+        assert meta.pop("toolgate") == {"upstream": "everything"}, own
+        assert {**tool, "name": own, "_meta": meta or None} == direct_tools[own], f"{own} changed on its way through the gateway"
 
 
 def test_the_inspector_cli_lists_the_merged_tools_and_calls_each_server(three):
