@@ -119,6 +119,30 @@ impl Session {
         }
     }
 
+    /// Reports a `tools/call` refused before it could be read as one (keys some server would
+    /// read another way): the tool as far as a lenient reading names it.
+    pub(super) fn audit_refused(
+        &self,
+        envelope: &crate::jsonrpc::Envelope,
+        id: Option<&RawValue>,
+        why: &str,
+    ) {
+        if self.audit.is_none() || envelope.method.as_deref() != Some("tools/call") {
+            return;
+        }
+        let params: Value = envelope
+            .params
+            .and_then(|p| serde_json::from_str(p.get()).ok())
+            .unwrap_or(Value::Null);
+        let trail = Trail {
+            tool: params["name"].as_str().unwrap_or_default().to_owned(),
+            decision: Some(Decision::deny("invalid_request", why)),
+            ..Trail::default()
+        };
+        let null = RawValue::from_string("null".into()).expect("valid JSON");
+        self.audit_decision(trail, id.unwrap_or(&null), Instant::now(), &mut None);
+    }
+
     /// Reports how a forwarded call ended (`sent`: when it left).
     pub(super) fn audit_outcome(
         &self,

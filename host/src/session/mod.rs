@@ -262,16 +262,19 @@ impl Session {
             .filter(|id| jsonrpc::id_kind(id) != IdKind::Invalid);
         if let Err(Fault { code, message }) = jsonrpc::check_keys(line) {
             tracing::warn!(code, %message, "client message refused");
+            self.audit_refused(envelope, echo, &message);
             return ClientLine::Answer(jsonrpc::error_line(echo, code, &message));
         }
         if let Some(shadow) = &envelope.shadow {
+            let message = format!(
+                "invalid request: key `{}` differs only in case from a JSON-RPC member, which some servers would read it as",
+                truncated(shadow)
+            );
+            self.audit_refused(envelope, echo, &message);
             return ClientLine::Answer(jsonrpc::error_line(
                 echo,
                 jsonrpc::INVALID_REQUEST,
-                &format!(
-                    "invalid request: key `{}` differs only in case from a JSON-RPC member, which some servers would read it as",
-                    truncated(shadow)
-                ),
+                &message,
             ));
         }
         match (envelope.method.as_deref(), envelope.id) {
@@ -664,5 +667,7 @@ fn truncated(text: &str) -> Cow<'_, str> {
     Cow::Owned(format!("{}…", &text[..end]))
 }
 
+#[cfg(test)]
+mod audit_tests;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,198 @@
+//! The decision log as the session writes it: exactly one decision event per decided call,
+//! exactly one outcome event per forwarded call, with the right fields.
+
+use super::*;
+use crate::audit::{DecisionEvent, Fate, Observer, OutcomeEvent};
+use crate::clock::ManualClock;
+use crate::counters::MemoryCounterStore;
+use serde_json::json;
+use std::time::Duration;
+
+#[derive(Default)]
+struct Recorder {
+    decisions: Mutex<Vec<DecisionEvent>>,
+    outcomes: Mutex<Vec<OutcomeEvent>>,
+}
+
+impl Observer for Recorder {
+    fn decision(&self, event: &DecisionEvent) {
+        self.decisions.lock().unwrap().push(event.clone());
+    }
+    fn outcome(&self, event: &OutcomeEvent) {
+        self.outcomes.lock().unwrap().push(event.clone());
+    }
+}
+
+impl Recorder {
+    fn decisions(&self) -> Vec<DecisionEvent> {
+        std::mem::take(&mut *self.decisions.lock().unwrap())
+    }
+    fn outcomes(&self) -> Vec<OutcomeEvent> {
+        std::mem::take(&mut *self.outcomes.lock().unwrap())
+    }
+}
+
+const POLICY: &str = r#"{"version":"1","name":"audited","default":"deny","hide":["secret"],
+  "tools":{"create":{"limits":[{"counter":"c","window":"minute","max":1,"scope":"grant"}]},
+           "echo":{"log_args":{"erase":["/apiKey"],"mask":["/token"]}},
+           "quiet":{}}}"#;
+
+fn session() -> (Session, Arc<Recorder>) {
+    let recorder = Arc::new(Recorder::default());
+    let session = Session::new(
+        Arc::new(Policy::from_json(POLICY, "policy.json").unwrap()),
+        Arc::new(MemoryCounterStore::new(ManualClock::starting_at(0))),
+        Identity {
+            grant: "g".into(),
+            session: "s".into(),
+        },
+    )
+    .with_audit(Some(Audit::new(recorder.clone(), "stdio")));
+    (session, recorder)
+}
+
+fn call(id: u64, tool: &str, args: Value) -> Vec<u8> {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+        "params": {"name": tool, "arguments": args}})
+    .to_string()
+    .into_bytes()
+}
+
+/// Sends a call; the gateway's id if it was forwarded.
+fn send(session: &Session, line: &[u8]) -> Option<u64> {
+    match session.from_client(line) {
+        ClientLine::Forward(f) => f.upstream_id,
+        _ => None,
+    }
+}
+
+fn one(events: Vec<DecisionEvent>) -> DecisionEvent {
+    assert_eq!(events.len(), 1, "{events:#?}");
+    events.into_iter().next().unwrap()
+}
+
+#[test]
+fn every_decision_path_writes_exactly_one_event_with_its_verdict_and_rule() {
+    let (s, log) = session();
+    let cases: [(&[u8], &str, &str, &str); 5] = [
+        (&call(1, "create", json!({})), "allow", "tools.create", "create"),
+        (&call(2, "create", json!({})), "rate_limited", "tools.create", "create"),
+        (&call(3, "nothing", json!({})), "deny", "unknown_tool", "nothing"),
+        (&call(4, "secret", json!({})), "deny", "unknown_tool", "secret"),
+        // Refused by the integrity checks: a key some server would read as another.
+        (
+            br#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"echo","arguments":{},"Arguments":{"x":1}}}"#,
+            "deny",
+            "invalid_request",
+            "echo",
+        ),
+    ];
+    for (line, verdict, rule, tool) in cases {
+        s.from_client(line);
+        let event = one(log.decisions());
+        assert_eq!(
+            (
+                event.decision.verdict.as_str(),
+                event.decision.rule.as_str(),
+                event.tool.as_str()
+            ),
+            (verdict, rule, tool),
+            "{}",
+            String::from_utf8_lossy(line)
+        );
+        assert_eq!((event.grant.as_str(), event.session.as_str()), ("g", "s"));
+        assert_eq!(event.transport, "stdio");
+        assert_eq!(event.policy.as_deref(), Some("audited"));
+        assert_eq!(event.policy_digest.len(), 64);
+        assert_eq!(event.method, "tools/call");
+        assert!(event.args.is_none(), "arguments are off by default");
+    }
+}
+
+#[test]
+fn rate_limited_decisions_carry_their_retry_after() {
+    let (s, log) = session();
+    send(&s, &call(1, "create", json!({})));
+    send(&s, &call(2, "create", json!({})));
+    let events = log.decisions();
+    assert_eq!(events[1].decision.retry_after_ms, Some(60_000));
+}
+
+#[test]
+fn a_secret_in_the_arguments_is_never_logged_unless_opted_in_and_then_only_masked() {
+    let (s, log) = session();
+    let args = json!({"apiKey": "sk-SECRET-1", "token": "tk-SECRET-2", "text": "hello"});
+    send(&s, &call(1, "quiet", args.clone()));
+    let quiet = one(log.decisions());
+    let text = serde_json::to_string(&quiet).unwrap();
+    assert!(!text.contains("SECRET"), "{text}");
+    assert_eq!(quiet.args_sha256, crate::audit::args_sha256(&args));
+    send(&s, &call(2, "echo", args));
+    let echoed = one(log.decisions());
+    let text = serde_json::to_string(&echoed).unwrap();
+    assert!(!text.contains("SECRET"), "{text}");
+    let logged = echoed.args.unwrap();
+    assert_eq!(logged.value, json!({"token": "***", "text": "hello"}));
+    assert_eq!(
+        (logged.erased, logged.masked),
+        (vec!["/apiKey".to_string()], vec!["/token".to_string()])
+    );
+}
+
+#[test]
+fn every_forwarded_call_gets_one_outcome_by_how_it_ended() {
+    let (s, log) = session();
+    let reply = |id: u64, body: Value| {
+        let mut line = json!({"jsonrpc": "2.0", "id": id});
+        line.as_object_mut()
+            .unwrap()
+            .extend(body.as_object().unwrap().clone());
+        s.from_upstream(line.to_string().as_bytes());
+    };
+    let ran = send(&s, &call(1, "echo", json!({}))).unwrap();
+    reply(ran, json!({"result": {"content": []}}));
+    let failed = send(&s, &call(2, "echo", json!({}))).unwrap();
+    reply(failed, json!({"result": {"content": [], "isError": true}}));
+    let error = send(&s, &call(3, "echo", json!({}))).unwrap();
+    reply(error, json!({"error": {"code": -32603, "message": "boom"}}));
+    send(&s, &call(4, "echo", json!({}))).unwrap();
+    s.from_client(
+        br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":4}}"#,
+    );
+    send(&s, &call(5, "echo", json!({}))).unwrap();
+    assert_eq!(s.expire(Duration::ZERO).len(), 1);
+    send(&s, &call(6, "echo", json!({}))).unwrap();
+    assert_eq!(s.upstream_gone("exited").len(), 1);
+    let decisions = log.decisions();
+    let outcomes = log.outcomes();
+    let fates: Vec<(Fate, Option<i64>, &str)> = outcomes
+        .iter()
+        .map(|o| (o.outcome, o.error_code, o.request_id.as_str()))
+        .collect();
+    assert_eq!(
+        fates,
+        [
+            (Fate::Ran, None, "1"),
+            (Fate::ToolError, None, "2"),
+            (Fate::JsonrpcError, Some(-32603), "3"),
+            (Fate::Cancelled, None, "4"),
+            (Fate::Timeout, None, "5"),
+            (Fate::Gone, None, "6"),
+        ]
+    );
+    // Each outcome names its decision.
+    for (decision, outcome) in decisions.iter().zip(&outcomes) {
+        assert_eq!(decision.decision_id, outcome.decision_id);
+    }
+    // A late reply to the cancelled call adds nothing.
+    reply(ran + 3, json!({"result": {"content": []}}));
+    assert!(log.outcomes().is_empty());
+}
+
+#[test]
+fn refused_calls_have_no_outcome_and_no_observer_costs_nothing() {
+    let (s, log) = session();
+    send(&s, &call(1, "nothing", json!({})));
+    assert_eq!(log.decisions().len(), 1);
+    assert!(log.outcomes().is_empty());
+}
