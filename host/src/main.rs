@@ -11,19 +11,15 @@ use plugin_cli::PluginCommand;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use toolgate::audit::{DecisionLog, LogSink};
-use toolgate::clock::SystemClock;
 use toolgate::counters::MemoryCounterStore;
 use toolgate::policy::{Loader, Policy};
-use toolgate::reload::{self, LivePolicy};
-use toolgate::session::{Audit, Identity, SchemaChecks, Session};
-use toolgate::stdio::{self, Ending, StdioLimits};
+use toolgate::reload;
 use toolgate::testing;
-use toolgate::upstreams::UpstreamSet;
 
 mod approvals_cli;
 mod catalog_cli;
 mod plugin_cli;
+mod run_cli;
 
 #[derive(Parser)]
 #[command(
@@ -41,70 +37,7 @@ enum Command {
     /// Run as a stdio MCP server in front of UPSTREAM_CMD, enforcing the policy.
     ///
     /// Paste this command into an MCP client's config in place of the server's command.
-    Run {
-        /// The policy document (JSON).
-        #[arg(long)]
-        policy: PathBuf,
-        /// The grant (agent identity) this gateway's calls count against.
-        #[arg(long, default_value = "default")]
-        grant: String,
-        /// Longest message accepted from the client, in bytes.
-        #[arg(long, default_value_t = 4 << 20)]
-        max_message_bytes: usize,
-        /// Listen for admin commands (`toolgate reload`, `toolgate status`) on this Unix
-        /// socket (created with mode 0600).
-        #[arg(long, value_name = "PATH")]
-        admin_socket: Option<PathBuf>,
-        /// Do not reload when the policy or plugin files change (SIGHUP and the admin socket
-        /// still reload).
-        #[arg(long)]
-        no_watch: bool,
-        /// Seconds a forwarded request may wait for the upstream's reply; then the client gets
-        /// an error (the call's counter units stay spent: the tool may be running).
-        #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
-        reply_timeout_s: u64,
-        /// Do not check this tool's arguments against its advertised `inputSchema` (for a
-        /// server whose schema is known to be wrong); repeat for several; `*` for every tool.
-        #[arg(long, value_name = "TOOL")]
-        skip_schema: Vec<String>,
-        /// The operator's trust file: every plugin must satisfy it (default: `$TOOLGATE_TRUST`).
-        #[arg(long, value_name = "FILE")]
-        trust: Option<PathBuf>,
-        /// The plugin store `ref` entries are read from (default: `$TOOLGATE_STORE`, else
-        /// under the user's data folder).
-        #[arg(long, value_name = "DIR")]
-        store: Option<PathBuf>,
-        /// Where the policy's counters are kept: `memory` (this process only: a new process
-        /// starts from zero), or `sqlite:PATH` (a file that every `toolgate run` on this
-        /// machine naming it shares, kept across restarts).
-        #[arg(long, value_name = "STORE", default_value = "memory")]
-        counters: String,
-        /// Write the decision log (JSON lines: every decision, every forwarded call's outcome)
-        /// to this file (rotated at 100 MiB, five kept), or `-` for stderr.
-        #[arg(long, value_name = "FILE")]
-        decision_log: Option<String>,
-        /// Several upstream servers behind one gateway, each `NAME=COMMAND` (split like a
-        /// shell would) or `NAME=URL` (Streamable HTTP); repeat for each. Their tools are
-        /// `NAME__TOOL` (see `--separator`). Instead of UPSTREAM_CMD.
-        #[arg(
-            long = "upstream",
-            value_name = "NAME=CMD|URL",
-            conflicts_with = "upstream"
-        )]
-        upstreams: Vec<String>,
-        /// With `--upstream`: what joins an upstream's name and its tool's name.
-        #[arg(long, default_value = "__", requires = "upstreams")]
-        separator: String,
-        /// The upstream MCP server's command and arguments (after `--`, or simply last: every
-        /// word from the first positional one on belongs to the upstream).
-        #[arg(
-            trailing_var_arg = true,
-            allow_hyphen_values = true,
-            required_unless_present = "upstreams",
-            value_name = "UPSTREAM_CMD"
-        )]
-        upstream: Vec<String>,
-    },
+    Run(run_cli::RunArgs),
     /// Serve MCP over Streamable HTTP at `/mcp`, for many agents, each with its own grant.
     ///
     /// The config (TOML) names the listeners, the upstream (a URL or a stdio command), the
@@ -274,90 +207,7 @@ fn main() -> ExitCode {
         Box::new(miette::MietteHandlerOpts::new().wrap_lines(false).build())
     }));
     match cli.command {
-        Command::Run {
-            policy,
-            grant,
-            max_message_bytes,
-            admin_socket,
-            no_watch,
-            reply_timeout_s,
-            skip_schema,
-            trust,
-            store,
-            counters,
-            decision_log,
-            upstreams,
-            separator,
-            upstream,
-        } => {
-            init_logging();
-            let counters = match toolgate::counters::open(&counters, Arc::new(SystemClock::new())) {
-                Ok(counters) => counters,
-                Err(e) => {
-                    eprintln!("toolgate: --counters: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let loader = operator_loader(trust, store);
-            let live = match LivePolicy::load(&policy, loader) {
-                Ok(live) => live,
-                Err(e) => {
-                    eprintln!("{:?}", miette::Report::new(e));
-                    return ExitCode::from(2);
-                }
-            };
-            // Calls that need approval are held where someone can approve them: the operator
-            // through the admin socket (`toolgate approvals`), or the client's user if the
-            // client declares elicitation; otherwise they are refused at once.
-            let approvals = Arc::new(toolgate::approvals::Approvals::new(Arc::new(
-                SystemClock::new(),
-            )));
-            let triggers = || -> anyhow::Result<()> {
-                if !no_watch {
-                    reload::watch("policy-watch", live.clone())?;
-                }
-                reload::reload_on_sighup("policy-sighup", live.clone())?;
-                if let Some(socket) = &admin_socket {
-                    reload::serve_admin(live.clone(), Some(approvals.clone()), socket)?;
-                }
-                Ok(())
-            };
-            if let Err(e) = triggers() {
-                eprintln!("toolgate: {e}");
-                return ExitCode::FAILURE;
-            }
-            let limits = StdioLimits {
-                max_client_message: max_message_bytes,
-                reply_timeout: std::time::Duration::from_secs(reply_timeout_s),
-                ..StdioLimits::default()
-            };
-            let audit = match decision_log.map(|sink| LogSink::parse(&sink, false)) {
-                Some(sink) => match DecisionLog::open(sink, toolgate::audit::DEFAULT_CAPACITY) {
-                    Ok(log) => Some(Audit::new(Arc::new(log), "stdio")),
-                    Err(e) => {
-                        eprintln!("toolgate: --decision-log: {e}");
-                        return ExitCode::from(2);
-                    }
-                },
-                None => None,
-            };
-            let schemas = (SchemaChecks::skipping(skip_schema), audit);
-            let operator = admin_socket.is_some();
-            match run(
-                &live,
-                (grant, counters),
-                &limits,
-                schemas,
-                (approvals, operator),
-                (&upstream, &upstreams, separator),
-            ) {
-                Ok(code) => code,
-                Err(e) => {
-                    eprintln!("toolgate: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Run(args) => run_cli::run(args),
         Command::Serve { config } => {
             init_logging();
             match toolgate::http::serve(&config) {
@@ -458,56 +308,6 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(_) => ExitCode::FAILURE,
             }
-        }
-    }
-}
-
-fn run(
-    live: &LivePolicy,
-    (grant, counters): (String, Arc<dyn toolgate::counters::CounterStore>),
-    limits: &StdioLimits,
-    (schemas, audit): (SchemaChecks, Option<Arc<Audit>>),
-    (approvals, operator): (Arc<toolgate::approvals::Approvals>, bool),
-    (upstream, set, separator): (&[String], &[String], String),
-) -> anyhow::Result<ExitCode> {
-    let identity = Identity {
-        grant,
-        session: uuid::Uuid::new_v4().to_string(),
-    };
-    tracing::info!(policy = live.current().name().unwrap_or("(unnamed)"), grant = %identity.grant, session = %identity.session, upstream = ?if set.is_empty() { upstream } else { set }, "starting");
-    let session = Arc::new(
-        Session::live(live.cell(), counters, identity)
-            .with_schema_checks(schemas)
-            .with_audit(audit)
-            .with_approvals(approvals, operator, true),
-    );
-    let (ending, status) = if set.is_empty() {
-        let child = toolgate::child::spawn_upstream(upstream)
-            .with_context(|| format!("cannot start upstream `{}`", upstream.join(" ")))?;
-        let (ending, status) = stdio::run(session, child, limits);
-        let status = status.context("cannot wait for the upstream")?;
-        (ending, status.to_string())
-    } else {
-        let specs = set.iter().map(|f| UpstreamSet::parse_flag(f));
-        let mut set = UpstreamSet::new(
-            specs
-                .collect::<Result<_, _>>()
-                .map_err(anyhow::Error::msg)?,
-        );
-        set.separator = separator;
-        let ending = stdio::run_set(session, &set, limits).context("cannot start the upstreams")?;
-        (ending, "every upstream server had gone".to_owned())
-    };
-    match ending {
-        Ending::ClientClosed { .. } => {
-            tracing::info!(%status, "client closed; upstream stopped");
-            Ok(ExitCode::SUCCESS)
-        }
-        Ending::UpstreamClosed { pending } => {
-            anyhow::bail!(
-                "upstream `{}` exited ({status}) while the client was connected; {pending} pending request(s) were answered with errors",
-                upstream.join(" ")
-            )
         }
     }
 }
