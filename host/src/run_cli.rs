@@ -58,6 +58,10 @@ pub(crate) struct RunArgs {
     /// to this file (rotated at 100 MiB, five kept), or `-` for stderr.
     #[arg(long, value_name = "FILE")]
     pub(crate) decision_log: Option<String>,
+    /// Decide every call by this policy too, in shadow: what it would have decided goes to
+    /// the decision log (`shadow` events), never to the call. Reloaded like `--policy`.
+    #[arg(long, value_name = "FILE", requires = "decision_log")]
+    pub(crate) shadow_policy: Option<PathBuf>,
     /// Several upstream servers behind one gateway, each `NAME=COMMAND` (split like a
     /// shell would) or `NAME=URL` (Streamable HTTP); repeat for each. Their tools are
     /// `NAME__TOOL` (see `--separator`). Instead of UPSTREAM_CMD.
@@ -81,6 +85,9 @@ pub(crate) struct RunArgs {
     pub(crate) upstream: Vec<String>,
 }
 
+/// A shadow policy, as sessions read it.
+type ShadowCell = Arc<arc_swap::ArcSwap<toolgate::policy::Policy>>;
+
 /// Runs `toolgate run` until the client or the upstream closes.
 pub(crate) fn run(args: RunArgs) -> ExitCode {
     let RunArgs {
@@ -95,6 +102,7 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
         store,
         counters,
         decision_log,
+        shadow_policy,
         upstreams,
         separator,
         upstream,
@@ -108,8 +116,14 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
         }
     };
     let loader = operator_loader(trust, store);
-    let live = match LivePolicy::load(&policy, loader) {
-        Ok(live) => live,
+    let loaded = LivePolicy::load(&policy, loader.clone()).and_then(|live| {
+        let shadow = shadow_policy
+            .map(|p| LivePolicy::load(&p, loader))
+            .transpose()?;
+        Ok((live, shadow))
+    });
+    let (live, shadow) = match loaded {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("{:?}", miette::Report::new(e));
             return ExitCode::from(2);
@@ -122,10 +136,12 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
         SystemClock::new(),
     )));
     let triggers = || -> anyhow::Result<()> {
-        if !no_watch {
-            reload::watch("policy-watch", live.clone())?;
+        for live in std::iter::once(&live).chain(&shadow) {
+            if !no_watch {
+                reload::watch("policy-watch", live.clone())?;
+            }
+            reload::reload_on_sighup("policy-sighup", live.clone())?;
         }
-        reload::reload_on_sighup("policy-sighup", live.clone())?;
         if let Some(socket) = &admin_socket {
             reload::serve_admin(live.clone(), Some(approvals.clone()), socket)?;
         }
@@ -150,7 +166,11 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
         },
         None => None,
     };
-    let schemas = (SchemaChecks::skipping(skip_schema), audit);
+    let schemas = (
+        SchemaChecks::skipping(skip_schema),
+        audit,
+        shadow.map(|s| s.cell()),
+    );
     let operator = admin_socket.is_some();
     match serve(
         &live,
@@ -172,7 +192,7 @@ fn serve(
     live: &LivePolicy,
     (grant, counters): (String, Arc<dyn toolgate::counters::CounterStore>),
     limits: &StdioLimits,
-    (schemas, audit): (SchemaChecks, Option<Arc<Audit>>),
+    (schemas, audit, shadow): (SchemaChecks, Option<Arc<Audit>>, Option<ShadowCell>),
     (approvals, operator): (Arc<toolgate::approvals::Approvals>, bool),
     (upstream, set, separator): (&[String], &[String], String),
 ) -> anyhow::Result<ExitCode> {
@@ -185,6 +205,7 @@ fn serve(
         Session::live(live.cell(), counters, identity)
             .with_schema_checks(schemas)
             .with_audit(audit)
+            .with_shadow_policy(shadow)
             .with_approvals(approvals, operator, true),
     );
     let (ending, status) = if set.is_empty() {

@@ -434,14 +434,29 @@ fn ten_writes_in_a_burst_make_one_reload() {
     };
     let mut gw = Gateway::start(&serde_json::from_str(&policy(0)).unwrap(), &echo());
     let path = gw.policy_path();
+    // A burst is writes less than the debounce (20 ms) apart. On a loaded machine this thread
+    // can be descheduled between two writes for longer than that, which splits the burst:
+    // each such gap may add one reload, and nothing else may.
+    let mut gaps = 0;
+    let mut last = std::time::Instant::now();
     for n in 1..=10 {
         std::fs::write(&path, policy(n)).unwrap();
+        if n > 1 && last.elapsed() >= Duration::from_millis(20) {
+            gaps += 1;
+        }
+        last = std::time::Instant::now();
     }
-    wait_for(&gw.socket, "the reload", |s| s["version"] == 2);
-    // Several debounce periods later, still one reload, of the last write.
+    wait_for(&gw.socket, "the reload", |s| {
+        s["version"].as_u64() >= Some(2)
+    });
+    // Several debounce periods later, one reload per burst, the last of the last write.
     std::thread::sleep(Duration::from_millis(300));
     let s = status(&gw.socket);
-    assert_eq!(s["version"], 2, "{s:#}");
+    let reloads = s["reloads"].as_u64().unwrap();
+    assert!(
+        (1..=1 + gaps).contains(&reloads),
+        "{gaps} gaps over 20 ms: {s:#}"
+    );
     assert_eq!(s["failed_reloads"], 0, "{s:#}");
     let (text, _) = refusal(&gw.client.call("crash", json!({})));
     assert!(text.contains("write 10"), "{text}");

@@ -2,7 +2,7 @@
 //! thread serializes and writes it. When the channel is full (a sink that cannot keep up, a
 //! pipe nobody reads) the event is dropped and counted: a decision is never delayed by its log.
 
-use super::{DecisionEvent, Event, Line, Observer, OutcomeEvent, SCHEMA};
+use super::{DecisionEvent, Event, Line, Observer, OutcomeEvent, ShadowEvent, SCHEMA};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
@@ -114,6 +114,9 @@ impl Observer for DecisionLog {
     }
     fn outcome(&self, event: &OutcomeEvent) {
         self.push(Event::Outcome(event.clone()));
+    }
+    fn shadow(&self, event: &ShadowEvent) {
+        self.push(Event::Shadow(Box::new(event.clone())));
     }
 }
 

@@ -157,6 +157,36 @@ pub struct OutcomeEvent {
     pub upstream_ms: f64,
 }
 
+/// What a shadow rule or shadow policy would have decided about a call: logged beside the
+/// call's decision, never in its place.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShadowEvent {
+    /// When, RFC 3339 with milliseconds, UTC.
+    pub time: String,
+    /// The decision it shadows.
+    pub decision_id: String,
+    /// The grant.
+    pub grant: String,
+    /// The session.
+    pub session: String,
+    /// The tool.
+    pub tool: String,
+    /// `rule` (a rule with `enforce: false` in the policy) or `policy` (the grant's shadow
+    /// policy).
+    pub source: String,
+    /// The digest of the policy that decided in shadow.
+    pub policy_digest: String,
+    /// What was enforced: `allow`, `deny`, `require_approval` or `rate_limited`.
+    pub enforced: String,
+    /// What the shadow decided.
+    pub shadow: Verdict,
+    /// Whether the two differ.
+    pub differs: bool,
+    /// `would_deny` (the shadow refuses what was allowed), `would_allow` (the shadow allows
+    /// what was refused), `would_<verdict>` for another difference, or `same`.
+    pub would: String,
+}
+
 /// One line of the log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -165,6 +195,8 @@ pub enum Event {
     Decision(Box<DecisionEvent>),
     /// An outcome.
     Outcome(OutcomeEvent),
+    /// A shadow decision.
+    Shadow(Box<ShadowEvent>),
 }
 
 /// A line as written: the schema, then the event.
@@ -184,6 +216,10 @@ pub trait Observer: Send + Sync {
     fn decision(&self, event: &DecisionEvent);
     /// A call that went upstream ended.
     fn outcome(&self, event: &OutcomeEvent);
+    /// A shadow rule or policy decided a call (off the call's path, after its decision).
+    fn shadow(&self, event: &ShadowEvent) {
+        let _ = event;
+    }
 }
 
 /// Several observers as one (the log and the metrics, say).
@@ -198,6 +234,11 @@ impl Observer for Observers {
     fn outcome(&self, event: &OutcomeEvent) {
         for o in &self.0 {
             o.outcome(event);
+        }
+    }
+    fn shadow(&self, event: &ShadowEvent) {
+        for o in &self.0 {
+            o.shadow(event);
         }
     }
 }

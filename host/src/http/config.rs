@@ -253,6 +253,9 @@ pub(crate) struct GrantConfig {
     /// The policy file, relative to the config file. No policy: every call is denied.
     #[serde(default)]
     pub(crate) policy: Option<PathBuf>,
+    /// A policy decided beside `policy` on every call, logged, never enforced (relative).
+    #[serde(default)]
+    pub(crate) shadow_policy: Option<PathBuf>,
 }
 
 /// Limits on the listener. Each one answers with a clear HTTP status and JSON-RPC error.
@@ -381,7 +384,10 @@ impl Config {
             if let Some(hash) = &grant.token_sha256 {
                 parse_sha256(hash).with_context(|| format!("grant `{}`", grant.name))?;
             }
-            if let Some(policy) = &mut grant.policy {
+            for policy in [&mut grant.policy, &mut grant.shadow_policy]
+                .into_iter()
+                .flatten()
+            {
                 *policy = base.join(&*policy);
             }
         }

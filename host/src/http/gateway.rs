@@ -245,6 +245,7 @@ impl Gateway {
         // An approver decides, or the agent's own client, asked on the held POST's stream.
         .with_approvals(self.approvals.clone(), !self.approvers.is_empty(), true)
         .with_audit(self.audit.clone())
+        .with_shadow_policy(grant.shadow.as_ref().map(|live| live.cell()))
     }
 
     /// The headers for an upstream request: the MCP headers the client sent, the upstream

@@ -41,6 +41,8 @@ pub(crate) struct Grant {
     pub(crate) live: Option<Arc<LivePolicy>>,
     /// Where sessions read the active policy.
     pub(crate) policy: Arc<ArcSwap<Policy>>,
+    /// `shadow_policy`: decided beside `policy`, logged, never enforced; hot-swapped too.
+    pub(crate) shadow: Option<Arc<LivePolicy>>,
     pub(crate) counters: Arc<dyn CounterStore>,
 }
 
@@ -75,22 +77,25 @@ impl Grants {
             name,
             token_sha256,
             policy,
+            shadow_policy,
         } in &config.grants
         {
-            let live = match policy {
-                Some(path) => Some(match policies.get(path) {
-                    Some(live) => live.clone(),
-                    None => {
-                        let live = LivePolicy::load(path, loader.clone()).map_err(|e| {
-                            anyhow::anyhow!("{:?}", miette::Report::new(e))
-                                .context(format!("grant `{name}`: cannot load its policy"))
-                        })?;
-                        policies.insert(path.clone(), live.clone());
-                        live
-                    }
-                }),
-                None => None,
+            let mut load = |path: &PathBuf, what: &str| -> anyhow::Result<Arc<LivePolicy>> {
+                if let Some(live) = policies.get(path) {
+                    return Ok(live.clone());
+                }
+                let live = LivePolicy::load(path, loader.clone()).map_err(|e| {
+                    anyhow::anyhow!("{:?}", miette::Report::new(e))
+                        .context(format!("grant `{name}`: cannot load its {what}"))
+                })?;
+                policies.insert(path.clone(), live.clone());
+                Ok(live)
             };
+            let live = policy.as_ref().map(|p| load(p, "policy")).transpose()?;
+            let shadow = shadow_policy
+                .as_ref()
+                .map(|p| load(p, "shadow policy"))
+                .transpose()?;
             let policy = match &live {
                 Some(live) => live.cell(),
                 None => Arc::new(ArcSwap::from_pointee(
@@ -102,6 +107,7 @@ impl Grants {
                 name: name.clone(),
                 live,
                 policy,
+                shadow,
                 counters: counters.clone(),
             });
             if let Some(hash) = token_sha256 {
@@ -160,7 +166,8 @@ impl Grants {
     /// The distinct live policies (grants may share one).
     pub(crate) fn live_policies(&self) -> Vec<Arc<LivePolicy>> {
         let mut out: Vec<Arc<LivePolicy>> = Vec::new();
-        for live in self.all.iter().filter_map(|g| g.live.clone()) {
+        let lives = self.all.iter().flat_map(|g| g.live.iter().chain(&g.shadow));
+        for live in lives.cloned() {
             if !out.iter().any(|o| Arc::ptr_eq(o, &live)) {
                 out.push(live);
             }

@@ -407,6 +407,7 @@ impl Compiler<'_> {
                 .map(|l| l.check().map(|()| l))
                 .transpose()
                 .map_err(|e| self.invalid(format!("{location}.log_args"), Problem::LogArgs(e)))?,
+            enforce: spec.enforce,
             id: location,
             action: spec.action,
             reason: spec.reason,

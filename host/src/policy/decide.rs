@@ -30,6 +30,13 @@ impl Policy {
         self.decide_inner(call, counters, Tracer(None), None)
     }
 
+    /// What the policy would decide with its shadow rules in force (`enforce: false`
+    /// counts as true), for the decision log. `counters` must be the shadow's own: a shadow
+    /// decision never consumes a real unit.
+    pub fn decide_shadow(&self, call: &ToolCall<'_>, counters: &Arc<dyn CounterStore>) -> Outcome {
+        self.decide_mode(call, counters, Tracer(None), None, true)
+    }
+
     /// Decides a call a person approved (`approval`): as [`Policy::decide`], except that the
     /// rule's `require_approval` and a plugin's `require-approval` are met. Every other check
     /// runs again, now, and counter units are consumed now, not when the call was held.
@@ -60,8 +67,20 @@ impl Policy {
         &self,
         call: &ToolCall<'_>,
         counters: &Arc<dyn CounterStore>,
+        trace: Tracer<'_>,
+        approval: Option<&Approval>,
+    ) -> Outcome {
+        self.decide_mode(call, counters, trace, approval, false)
+    }
+
+    /// `shadow`: shadow rules decide too (see [`Policy::decide_shadow`]).
+    fn decide_mode(
+        &self,
+        call: &ToolCall<'_>,
+        counters: &Arc<dyn CounterStore>,
         mut trace: Tracer<'_>,
         approval: Option<&Approval>,
+        shadow: bool,
     ) -> Outcome {
         let refuse = |decision| Outcome {
             decision,
@@ -69,7 +88,11 @@ impl Policy {
             instructions: 0,
             peak_memory: 0,
         };
-        let rule = self.rule_for(call.tool);
+        let rule = if shadow {
+            self.rule_for(call.tool)
+        } else {
+            self.enforced_rule_for(call.tool)
+        };
         let unlisted = rule.is_none() && self.default == DefaultAction::Deny;
         let hidden = self.hide.iter().any(|h| h.matches(call.tool));
         if unlisted || hidden {

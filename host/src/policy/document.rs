@@ -246,9 +246,18 @@ pub struct ToolRule {
     /// JSON pointers in `erase` name and with what those in `mask` name replaced by `"***"`.
     #[serde(default)]
     pub log_args: Option<crate::audit::ArgsLogging>,
+    /// `false`: the rule is in shadow. It is evaluated beside the call (its own counters, off
+    /// the call's path) and what it would have decided is logged, but the call is decided as
+    /// if the rule were not there. So a shadow rule can never turn a deny into an allow.
+    #[serde(default = "enforced")]
+    pub enforce: bool,
     /// A note for people.
     #[serde(default)]
     pub description: Option<String>,
+}
+
+fn enforced() -> bool {
+    true
 }
 
 /// A named counter: `{"counter": "session_create_rate", "window": "minute", "max": 30, "scope": "grant"}`.

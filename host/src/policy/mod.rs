@@ -94,6 +94,8 @@ struct Rule {
     approval: Option<crate::approvals::ApprovalSettings>,
     /// `log_args`: whether, and how, the decision log shows the arguments.
     log_args: Option<crate::audit::ArgsLogging>,
+    /// `enforce: false`: a shadow rule, skipped by the enforced decision.
+    enforce: bool,
 }
 
 #[derive(Debug)]
@@ -212,6 +214,23 @@ impl Policy {
                 .find(|(g, _)| g.matches(tool))
                 .map(|(_, rule)| rule)
         })
+    }
+
+    /// The rule that decides `tool` for real: as [`Policy::rule_for`], passing over shadow
+    /// rules (`enforce: false`) to the next rule that matches, else the default.
+    fn enforced_rule_for(&self, tool: &str) -> Option<&Rule> {
+        self.exact.get(tool).filter(|r| r.enforce).or_else(|| {
+            self.globs
+                .iter()
+                .find(|(g, r)| r.enforce && g.matches(tool))
+                .map(|(_, rule)| rule)
+        })
+    }
+
+    /// Whether `tool`'s rule is a shadow rule (`enforce: false`), which the call must also be
+    /// decided by, in shadow.
+    pub fn has_shadow_rule_for(&self, tool: &str) -> bool {
+        self.rule_for(tool).is_some_and(|r| !r.enforce)
     }
 
     /// The rule a call of `tool` is decided by, as a decision names it (`tools.<name or

@@ -19,6 +19,8 @@ pub struct Audit {
     pub transport: &'static str,
     /// `hostname:pid`.
     pub instance: Arc<str>,
+    /// Where shadow rules and shadow policies are decided (`None`: they are not).
+    pub shadow: Option<Arc<super::ShadowRunner>>,
 }
 
 impl Audit {
@@ -28,6 +30,13 @@ impl Audit {
             observer,
             transport,
             instance: Arc::from(audit::instance()),
+            shadow: super::ShadowRunner::start(Arc::new(crate::counters::MemoryCounterStore::new(
+                Arc::new(crate::clock::SystemClock::new()),
+            )))
+            .inspect_err(
+                |e| tracing::error!(error = %e, "no thread for shadow decisions; they are off"),
+            )
+            .ok(),
         })
     }
 }
@@ -41,6 +50,8 @@ pub(super) struct Trail {
     /// The decision, when one was reached (the policy's, or an integrity refusal's).
     pub(super) decision: Option<Decision>,
     pub(super) instructions: u64,
+    /// The tool's annotations, for a shadow decision's conditions.
+    pub(super) annotations: Option<crate::call::ToolAnnotations>,
     /// The rule's `log_args`, if it opts in.
     pub(super) log_args: Option<crate::audit::ArgsLogging>,
 }
@@ -57,23 +68,22 @@ pub(super) struct Audited {
 impl Session {
     /// Reports the decision `trail` reached on the request `id` (begun at `started`), and
     /// attaches what the outcome event will need to a forwarded call.
+    /// Returns the decision's id.
     pub(super) fn audit_decision(
         &self,
-        trail: Trail,
+        trail: &Trail,
         id: &RawValue,
         started: Instant,
         kind: &mut Option<&mut Kind>,
-    ) {
-        let Some(audit) = &self.audit else {
-            return;
-        };
+    ) -> Option<String> {
+        let audit = self.audit.as_ref()?;
         let eval_us = started.elapsed().as_micros() as u64;
-        let decision = trail
-            .decision
-            .unwrap_or_else(|| Decision::deny("invalid_request", "the call could not be read"));
+        let unread = Decision::deny("invalid_request", "the call could not be read");
+        let decision = trail.decision.as_ref().unwrap_or(&unread);
         let policy = self.policy.load();
         let decision_id = uuid::Uuid::new_v4().to_string();
-        let args = trail.args.unwrap_or(Value::Null);
+        let null = Value::Null;
+        let args = trail.args.as_ref().unwrap_or(&null);
         let event = DecisionEvent {
             time: audit::now(),
             decision_id: decision_id.clone(),
@@ -95,8 +105,8 @@ impl Session {
             request_id: id.get().to_owned(),
             server: trail.server.to_string(),
             tool: trail.tool.clone(),
-            args_sha256: audit::args_sha256(&args),
-            args: trail.log_args.map(|l| l.apply(&args)),
+            args_sha256: audit::args_sha256(args),
+            args: trail.log_args.as_ref().map(|l| l.apply(args)),
             decision: Verdict {
                 verdict: decision.verdict.as_str().into(),
                 rule: decision.rule.clone(),
@@ -111,12 +121,13 @@ impl Session {
         audit.observer.decision(&event);
         if let Some(Kind::ToolsCall(_, slot)) = kind {
             *slot = Some(Box::new(Audited {
-                decision_id,
-                tool: trail.tool,
-                server: trail.server,
+                decision_id: decision_id.clone(),
+                tool: trail.tool.clone(),
+                server: trail.server.clone(),
                 request_id: id.get().to_owned(),
             }));
         }
+        Some(decision_id)
     }
 
     /// Reports a `tools/call` refused before it could be read as one (keys some server would
@@ -140,7 +151,7 @@ impl Session {
             ..Trail::default()
         };
         let null = RawValue::from_string("null".into()).expect("valid JSON");
-        self.audit_decision(trail, id.unwrap_or(&null), Instant::now(), &mut None);
+        self.audit_decision(&trail, id.unwrap_or(&null), Instant::now(), &mut None);
     }
 
     /// Reports how a forwarded call ended (`sent`: when it left).

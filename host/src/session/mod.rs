@@ -57,10 +57,12 @@ mod audited;
 mod catalogue;
 mod ids;
 mod input_required;
+mod shadow;
 
 pub use approval::{HeldCall, PROGRESS_EVERY};
 pub use audited::Audit;
 pub use catalogue::SchemaChecks;
+pub use shadow::ShadowRunner;
 
 use crate::call::ToolCall;
 use crate::counters::CounterStore;
@@ -156,6 +158,8 @@ pub struct Session {
     client_channel: bool,
     /// Where decisions and outcomes are reported (the decision log, metrics); `None`: nowhere.
     audit: Option<Arc<Audit>>,
+    /// The grant's shadow policy: decided beside every call, never enforced.
+    shadow_policy: Option<Arc<ArcSwap<Policy>>>,
 }
 
 #[derive(Deserialize)]
@@ -188,7 +192,14 @@ impl Session {
             operator_channel: false,
             client_channel: false,
             audit: None,
+            shadow_policy: None,
         }
+    }
+
+    /// Decides every call in shadow by `policy` too (logged, never enforced; needs an audit).
+    pub fn with_shadow_policy(mut self, policy: Option<Arc<ArcSwap<Policy>>>) -> Self {
+        self.shadow_policy = policy;
+        self
     }
 
     /// Reports every decision and every forwarded call's outcome to `audit`.
@@ -388,7 +399,8 @@ impl Session {
         let mut trail = audited::Trail::default();
         let mut decided = self.decide_call_traced(params, id, approved, &mut trail);
         if self.audit.is_some() {
-            self.audit_decision(trail, id, started, &mut decided.as_mut().ok());
+            let decision_id = self.audit_decision(&trail, id, started, &mut decided.as_mut().ok());
+            self.shadow(trail, decision_id);
         }
         decided
     }
@@ -440,6 +452,7 @@ impl Session {
             false => (false, None),
         };
         trail.server = server.clone();
+        trail.annotations = info.as_ref().and_then(|i| i.annotations);
         if let Some(problem) = self.ambiguous_call(raw_params, args, info.as_deref()) {
             tracing::warn!(%problem, "tools/call refused");
             trail.decision = Some(Decision::deny("invalid_request", &problem));

@@ -1,0 +1,143 @@
+//! Shadow decisions: what a shadow rule (`enforce: false`) or the grant's shadow policy would
+//! have decided about a call, worked out after the call's own decision, on a thread of their
+//! own, with counters of their own, and logged beside it ([`crate::audit::ShadowEvent`]).
+//!
+//! Nothing a shadow decides reaches the call: the job is queued only once the call's decision
+//! is made, a full queue drops the job (counted), and a shadow plugin that traps or runs out
+//! of time only makes the shadow's own verdict a deny.
+
+use super::audited::Trail;
+use super::Session;
+use crate::audit::{self, Observer, ShadowEvent, Verdict};
+use crate::call::ToolCall;
+use crate::counters::CounterStore;
+use crate::decision::Verdict as V;
+use crate::policy::Policy;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::Arc;
+
+/// Shadow jobs waiting before new ones are dropped.
+const QUEUE: usize = 1024;
+
+/// The thread shadow decisions run on, and their counters.
+pub struct ShadowRunner {
+    tx: SyncSender<Job>,
+    dropped: Arc<AtomicU64>,
+}
+
+struct Job {
+    trail: Trail,
+    decision_id: String,
+    grant: String,
+    session: String,
+    enforced: V,
+    policies: Vec<(&'static str, Arc<Policy>)>,
+    observer: Arc<dyn Observer>,
+}
+
+impl ShadowRunner {
+    /// Starts the shadow thread, with its own counters (`counters`: never the real ones).
+    pub fn start(counters: Arc<dyn CounterStore>) -> std::io::Result<Arc<Self>> {
+        let (tx, rx) = sync_channel::<Job>(QUEUE);
+        std::thread::Builder::new()
+            .name("shadow".into())
+            .spawn(move || {
+                for job in rx {
+                    run(job, &counters);
+                }
+            })?;
+        Ok(Arc::new(Self {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+        }))
+    }
+
+    /// Jobs dropped because the shadow thread could not keep up.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+fn run(job: Job, counters: &Arc<dyn CounterStore>) {
+    let null = serde_json::Value::Null;
+    let call = ToolCall {
+        tool: &job.trail.tool,
+        args: job.trail.args.as_ref().unwrap_or(&null),
+        grant: &job.grant,
+        session: &job.session,
+        server: &job.trail.server,
+        annotations: job.trail.annotations,
+    };
+    for (source, policy) in &job.policies {
+        let outcome = policy.decide_shadow(&call, counters);
+        let shadow = outcome.decision;
+        let differs = shadow.verdict != job.enforced;
+        let would = match (differs, job.enforced == V::Allow, shadow.verdict) {
+            (false, _, _) => "same".to_owned(),
+            (true, true, _) => "would_deny".to_owned(),
+            (true, false, V::Allow) => "would_allow".to_owned(),
+            (true, false, other) => format!("would_{}", other.as_str()),
+        };
+        job.observer.shadow(&ShadowEvent {
+            time: audit::now(),
+            decision_id: job.decision_id.clone(),
+            grant: job.grant.clone(),
+            session: job.session.clone(),
+            tool: job.trail.tool.clone(),
+            source: (*source).to_owned(),
+            policy_digest: policy.digest().to_owned(),
+            enforced: job.enforced.as_str().to_owned(),
+            shadow: Verdict {
+                verdict: shadow.verdict.as_str().into(),
+                rule: shadow.rule,
+                reason: shadow.reason,
+                retry_after_ms: shadow.retry_after_ms,
+            },
+            differs,
+            would,
+        });
+        // Units the shadow took are its own; an allowed shadow "call" never runs, so they
+        // stay spent in the shadow's counters, as the real ones would.
+    }
+}
+
+impl Session {
+    /// Queues the shadow decisions a call needs: its rule's, if the rule is a shadow rule,
+    /// and the grant's shadow policy's.
+    pub(super) fn shadow(&self, trail: Trail, decision_id: Option<String>) {
+        let (Some(audit), Some(decision_id), Some(enforced)) = (
+            &self.audit,
+            decision_id,
+            trail.decision.as_ref().map(|d| d.verdict),
+        ) else {
+            return;
+        };
+        let Some(runner) = &audit.shadow else {
+            return;
+        };
+        let policy = self.policy.load_full();
+        let mut policies = Vec::new();
+        if policy.has_shadow_rule_for(&trail.tool) {
+            policies.push(("rule", policy));
+        }
+        if let Some(shadow) = &self.shadow_policy {
+            policies.push(("policy", shadow.load_full()));
+        }
+        if policies.is_empty() || trail.args.is_none() {
+            return;
+        }
+        let job = Job {
+            trail,
+            decision_id,
+            grant: self.identity.grant.clone(),
+            session: self.identity.session.clone(),
+            enforced,
+            policies,
+            observer: audit.observer.clone(),
+        };
+        if runner.tx.try_send(job).is_err() {
+            runner.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
