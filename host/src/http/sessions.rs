@@ -249,6 +249,7 @@ mod tests {
         Arc::new(Grant {
             name: name.into(),
             live: None,
+            shadow: None,
             policy: Arc::new(arc_swap::ArcSwap::from_pointee(policy)),
             counters: Arc::new(MemoryCounterStore::new(Arc::new(SystemClock::new()))),
         })
