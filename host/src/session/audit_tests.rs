@@ -12,6 +12,7 @@ use std::time::Duration;
 struct Recorder {
     decisions: Mutex<Vec<DecisionEvent>>,
     outcomes: Mutex<Vec<OutcomeEvent>>,
+    shadows: Mutex<Vec<crate::audit::ShadowEvent>>,
 }
 
 impl Observer for Recorder {
@@ -20,6 +21,9 @@ impl Observer for Recorder {
     }
     fn outcome(&self, event: &OutcomeEvent) {
         self.outcomes.lock().unwrap().push(event.clone());
+    }
+    fn shadow(&self, event: &crate::audit::ShadowEvent) {
+        self.shadows.lock().unwrap().push(event.clone());
     }
 }
 
@@ -195,4 +199,107 @@ fn refused_calls_have_no_outcome_and_no_observer_costs_nothing() {
     send(&s, &call(1, "nothing", json!({})));
     assert_eq!(log.decisions().len(), 1);
     assert!(log.outcomes().is_empty());
+}
+
+/// Waits for `n` shadow events (they are decided on a thread of their own).
+fn shadows(log: &Recorder, n: usize) -> Vec<crate::audit::ShadowEvent> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = log.shadows.lock().unwrap().len();
+        if got >= n || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::mem::take(&mut *log.shadows.lock().unwrap())
+}
+
+fn shadowed(
+    policy: &str,
+    shadow_policy: Option<&str>,
+) -> (Session, Arc<Recorder>, Arc<dyn CounterStore>) {
+    let recorder = Arc::new(Recorder::default());
+    let counters: Arc<dyn CounterStore> =
+        Arc::new(MemoryCounterStore::new(ManualClock::starting_at(0)));
+    let shadow = shadow_policy.map(|p| {
+        Arc::new(ArcSwap::from_pointee(
+            Policy::from_json(p, "shadow.json").unwrap(),
+        ))
+    });
+    let session = Session::new(
+        Arc::new(Policy::from_json(policy, "policy.json").unwrap()),
+        counters.clone(),
+        Identity {
+            grant: "g".into(),
+            session: "s".into(),
+        },
+    )
+    .with_audit(Some(Audit::new(recorder.clone(), "stdio")))
+    .with_shadow_policy(shadow);
+    (session, recorder, counters)
+}
+
+#[test]
+fn a_shadow_rule_that_would_deny_leaves_the_call_allowed_and_logs_would_deny() {
+    let (s, log, _) = shadowed(
+        r#"{"version":"1","default":"allow","tools":{"echo":{"deny_if":[{"path":"args.cmd","op":"contains","value":"rm"}],"enforce":false}}}"#,
+        None,
+    );
+    assert!(
+        send(&s, &call(1, "echo", json!({"cmd": "rm -rf /"}))).is_some(),
+        "allowed"
+    );
+    let decision = one(log.decisions());
+    assert_eq!(
+        (
+            decision.decision.verdict.as_str(),
+            decision.decision.rule.as_str()
+        ),
+        ("allow", "default")
+    );
+    let shadow = shadows(&log, 1);
+    assert_eq!(shadow.len(), 1);
+    assert_eq!(shadow[0].decision_id, decision.decision_id);
+    assert_eq!(
+        (shadow[0].source.as_str(), shadow[0].would.as_str()),
+        ("rule", "would_deny")
+    );
+    assert_eq!(shadow[0].shadow.rule, "tools.echo");
+    assert!(shadow[0].differs);
+    // A call the rule has no objection to: the same.
+    send(&s, &call(2, "echo", json!({"cmd": "ls"})));
+    assert_eq!(shadows(&log, 1)[0].would, "same");
+}
+
+#[test]
+fn a_shadow_rule_can_never_turn_a_deny_into_an_allow() {
+    let (s, log, _) = shadowed(
+        r#"{"version":"1","default":"deny","tools":{"echo":{"enforce":false}}}"#,
+        None,
+    );
+    assert_eq!(send(&s, &call(1, "echo", json!({}))), None, "refused");
+    assert_eq!(one(log.decisions()).decision.verdict, "deny");
+    let shadow = shadows(&log, 1);
+    assert_eq!(
+        (shadow[0].enforced.as_str(), shadow[0].would.as_str()),
+        ("deny", "would_allow")
+    );
+}
+
+#[test]
+fn a_shadow_policys_limit_never_spends_a_real_unit() {
+    // The real policy and the shadow count under the same counter name, scope and grant.
+    let limited = r#"{"version":"1","default":"deny","tools":{"echo":{"limits":[{"counter":"c","window":"minute","max":2,"scope":"grant"}]}}}"#;
+    let (s, log, _) = shadowed(limited, Some(limited));
+    for n in 1..=2 {
+        assert!(send(&s, &call(n, "echo", json!({}))).is_some(), "call {n}");
+        // Each shadow decision is made before the next call, so that a shared counter would show.
+        assert_eq!(shadows(&log, 1)[0].would, "same");
+    }
+    assert_eq!(
+        send(&s, &call(3, "echo", json!({}))),
+        None,
+        "the third is limited"
+    );
+    assert_eq!(shadows(&log, 1)[0].shadow.verdict, "rate_limited");
 }
