@@ -543,3 +543,37 @@ fn the_admin_socket_never_replaces_a_file_and_only_its_owner_can_connect() {
         assert!(stderr.contains("Permission denied"), "{stderr}");
     }
 }
+
+/// A reload that weakens enforcement says so in the status (and the log), naming each change;
+/// the next reload that does not clears it.
+#[test]
+fn a_reload_that_weakens_enforcement_is_shown_in_the_status() {
+    let strict = json!({"version": "1", "default": "deny", "tools": {
+        "echo": {"limits": [{"counter": "e", "window": "minute", "max": 5, "scope": "grant"}]},
+        "crash": {"action": "deny"}}});
+    let gw = Gateway::start(&strict, &echo());
+    assert_eq!(status(&gw.socket)["weakened"], json!([]));
+    let weaker = json!({"version": "1", "default": "deny", "tools": {
+        "echo": {"limits": [{"counter": "e", "window": "minute", "max": 50, "scope": "grant"}]},
+        "crash": {"action": "deny", "enforce": false}}});
+    write_atomically(&gw.policy_path(), weaker.to_string().as_bytes());
+    let s = wait_for(&gw.socket, "the reload", |s| s["version"] == 2);
+    let mut weakened: Vec<&str> = s["weakened"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    weakened.sort_unstable();
+    assert_eq!(
+        weakened,
+        [
+            "`tools.echo` raised counter `e` from 5 per minute to 50 per minute",
+            "rule `tools.crash` is now in shadow (`enforce: false`)"
+        ],
+        "{s:#}"
+    );
+    write_atomically(&gw.policy_path(), strict.to_string().as_bytes());
+    let s = wait_for(&gw.socket, "the reload", |s| s["version"] == 3);
+    assert_eq!(s["weakened"], json!([]), "{s:#}");
+}

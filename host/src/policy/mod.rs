@@ -36,6 +36,7 @@ mod error;
 mod pin;
 mod spans;
 mod unique_keys;
+mod weaken;
 
 pub use compile::Loader;
 pub use condition::{Condition, Path as ConditionPath};

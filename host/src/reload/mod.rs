@@ -83,6 +83,9 @@ pub struct Status {
     pub failed_reloads: u64,
     /// The last failed reload's error, until a later reload succeeds.
     pub last_error: Option<String>,
+    /// How the last swap weakened enforcement (a rule put in shadow or removed, a deny made
+    /// an allow, a limit raised...), until a swap that does not.
+    pub weakened: Vec<String>,
 }
 
 /// The active policy and its status.
@@ -211,6 +214,10 @@ impl Reloadable for LivePolicy {
             return Ok(false);
         }
         status.plugins = plugin_digests(&policy);
+        status.weakened = self.current().weakened_by(&policy);
+        for change in &status.weakened {
+            tracing::warn!(trigger, policy = %self.path.display(), %change, "the reload weakens enforcement");
+        }
         self.active.store(Arc::new(policy));
         status.digest = digest.clone();
         status.version += 1;
