@@ -18,6 +18,7 @@ use toolgate::testing;
 
 mod approvals_cli;
 mod catalog_cli;
+mod log_cli;
 mod plugin_cli;
 mod run_cli;
 
@@ -70,6 +71,11 @@ enum Command {
     /// List a server's tools with their risk class (read, write, destructive), the open-world
     /// flag, and the annotations each came from.
     Catalog(catalog_cli::CatalogArgs),
+    /// Read a decision log: `tail` (recent decisions) and `stats` (per rule and tool).
+    Log {
+        #[command(subcommand)]
+        command: log_cli::LogCommand,
+    },
     /// Write a starter policy from a server's tools: reads allowed, writes rate-limited per
     /// grant, destructive tools behind approval, everything else denied.
     Init(catalog_cli::InitArgs),
@@ -263,6 +269,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Catalog(args) => catalog_cli::catalog(args),
+        Command::Log { command } => log_cli::log(command),
         Command::Init(args) => catalog_cli::init(args),
         Command::Test {
             paths,

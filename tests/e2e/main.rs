@@ -14,6 +14,7 @@ mod approvals_http;
 mod bad_input;
 mod catalog;
 mod counters;
+mod decision_log;
 mod fuzz_smoke;
 mod hot_swap;
 mod house;

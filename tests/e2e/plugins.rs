@@ -70,7 +70,7 @@ pub fn plugins() -> &'static HashMap<&'static str, PathBuf> {
     })
 }
 
-fn plugin_path(name: &str) -> String {
+pub fn plugin_path(name: &str) -> String {
     plugins()[name].display().to_string()
 }
 
