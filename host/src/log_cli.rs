@@ -105,12 +105,7 @@ fn tail(file: &Path, lines: usize, color: &str) -> anyhow::Result<()> {
                 "{}  {:<8} {} {:<28} {:.1} ms",
                 o.time,
                 o.grant,
-                paint(
-                    &serde_json::to_value(o.outcome)?
-                        .as_str()
-                        .unwrap_or("?")
-                        .to_owned()
-                ),
+                paint(serde_json::to_value(o.outcome)?.as_str().unwrap_or("?")),
                 o.tool,
                 o.upstream_ms
             ),
