@@ -45,6 +45,8 @@ pub mod session;
 pub mod sse;
 pub mod stdio;
 pub mod store;
+#[cfg(feature = "otel")]
+pub mod telemetry;
 pub mod testing;
 pub mod trust;
 pub mod upstreams;

@@ -263,3 +263,78 @@ pub fn instance() -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// A call's place in a distributed trace: the W3C trace context (`traceparent`) its client
+/// sent in `params._meta`, or a new trace when it sent none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceContext {
+    /// 32 lowercase hex digits.
+    pub trace_id: String,
+    /// The client's span (16 hex digits), when it sent one: the call's span's parent.
+    pub parent_span_id: Option<String>,
+    /// The call's own span: 16 hex digits.
+    pub span_id: String,
+}
+
+impl TraceContext {
+    /// The context of a call whose `_meta.traceparent` is `traceparent` (SEP-414); a missing
+    /// or malformed one (W3C: version `00`, ids not all zero) starts a new trace.
+    pub fn of(traceparent: Option<&str>) -> Self {
+        let random = uuid::Uuid::new_v4().as_u128();
+        let span_id = format!("{:016x}", random as u64);
+        let parsed = traceparent.and_then(|t| {
+            let mut parts = t.split('-');
+            let (version, trace, parent, flags) =
+                (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+            let hex = |s: &str, n: usize| {
+                s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            };
+            let zero = |s: &str| s.bytes().all(|b| b == b'0');
+            (parts.next().is_none()
+                && version == "00"
+                && hex(trace, 32)
+                && hex(parent, 16)
+                && hex(flags, 2)
+                && !zero(trace)
+                && !zero(parent))
+            .then(|| (trace.to_owned(), parent.to_owned()))
+        });
+        match parsed {
+            Some((trace_id, parent)) => Self {
+                trace_id,
+                parent_span_id: Some(parent),
+                span_id,
+            },
+            None => Self {
+                trace_id: format!("{:032x}", uuid::Uuid::new_v4().as_u128()),
+                parent_span_id: None,
+                span_id,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod trace_tests {
+    use super::TraceContext;
+
+    #[test]
+    fn a_valid_traceparent_is_the_parent_and_anything_else_starts_a_trace() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let ctx = TraceContext::of(Some(tp));
+        assert_eq!(ctx.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(ctx.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
+        assert_eq!(ctx.span_id.len(), 16);
+        for bad in [
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+            "garbage",
+        ] {
+            let ctx = TraceContext::of(Some(bad));
+            assert_eq!(ctx.parent_span_id, None, "{bad}");
+            assert_eq!(ctx.trace_id.len(), 32);
+        }
+    }
+}

@@ -50,6 +50,8 @@ pub(super) struct Trail {
     /// The decision, when one was reached (the policy's, or an integrity refusal's).
     pub(super) decision: Option<Decision>,
     pub(super) instructions: u64,
+    /// The call's trace context (from `_meta.traceparent`).
+    pub(super) trace: Option<audit::TraceContext>,
     /// The tool's annotations, for a shadow decision's conditions.
     pub(super) annotations: Option<crate::call::ToolAnnotations>,
     /// The rule's `log_args`, if it opts in.
@@ -115,8 +117,8 @@ impl Session {
             },
             eval_us,
             plugin_instructions: trail.instructions,
-            trace_id: None,
-            span_id: None,
+            trace_id: trail.trace.as_ref().map(|t| t.trace_id.clone()),
+            span_id: trail.trace.as_ref().map(|t| t.span_id.clone()),
         };
         audit.observer.decision(&event);
         if let Some(Kind::ToolsCall(_, slot)) = kind {
@@ -152,6 +154,55 @@ impl Session {
         };
         let null = RawValue::from_string("null".into()).expect("valid JSON");
         self.audit_decision(&trail, id.unwrap_or(&null), Instant::now(), &mut None);
+    }
+
+    /// The call's span, named and attributed by the OpenTelemetry semantic conventions for
+    /// MCP (`tools/call {tool}`, `mcp.method.name`, `gen_ai.tool.name`, `mcp.session.id`,
+    /// `jsonrpc.request.id`) plus `toolgate.*`, parented (with the `otel` feature) by the
+    /// client's `_meta.traceparent`. The trace context goes in `trail` for the log.
+    pub(super) fn call_span(&self, params: Option<&RawValue>, id: &RawValue, trail: &mut Trail) -> tracing::Span {
+        #[derive(serde::Deserialize)]
+        struct Params<'a> {
+            #[serde(borrow, default)]
+            name: Option<std::borrow::Cow<'a, str>>,
+            #[serde(borrow, default, rename = "_meta")]
+            meta: Option<Meta<'a>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Meta<'a> {
+            #[serde(borrow, default)]
+            traceparent: Option<std::borrow::Cow<'a, str>>,
+        }
+        let parsed = params.and_then(|p| serde_json::from_str::<Params>(p.get()).ok());
+        let tool = parsed.as_ref().and_then(|p| p.name.as_deref()).unwrap_or("");
+        let span = tracing::info_span!(
+            target: "toolgate::mcp",
+            "tools/call",
+            otel.name = %format_args!("tools/call {tool}"),
+            otel.kind = "server",
+            mcp.method.name = "tools/call",
+            gen_ai.tool.name = tool,
+            gen_ai.operation.name = "execute_tool",
+            mcp.session.id = %self.identity.session,
+            jsonrpc.request.id = %id.get(),
+            toolgate.grant = %self.identity.grant,
+            toolgate.decision = tracing::field::Empty,
+            toolgate.rule = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        if self.audit.is_none() && span.is_disabled() {
+            return span;
+        }
+        let traceparent = parsed
+            .as_ref()
+            .and_then(|p| p.meta.as_ref())
+            .and_then(|m| m.traceparent.as_deref());
+        #[cfg(feature = "otel")]
+        if let Some(traceparent) = traceparent {
+            crate::telemetry::set_parent(&span, traceparent);
+        }
+        trail.trace = Some(audit::TraceContext::of(traceparent));
+        span
     }
 
     /// Reports how a forwarded call ended (`sent`: when it left).
