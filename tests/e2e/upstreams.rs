@@ -1631,3 +1631,52 @@ fn a_roots_request_on_an_http_upstreams_get_stream_is_answered() {
         "{roots}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_ends_every_upstream_of_a_deleted_session() {
+    let Some(everything) = EverythingHttp::start() else {
+        return;
+    };
+    let serve = serve_three(&everything, ALLOW_ALL);
+    let mut client = Mcp::new(&serve.url, Some("token-a"));
+    client.initialize().await;
+    all_tools_http(&mut client).await;
+    let standins = || {
+        children_of(serve.pid())
+            .into_iter()
+            .filter(|(_, cmd)| cmd.contains("standin"))
+            .count()
+    };
+    assert_eq!(standins(), 2, "{:?}", children_of(serve.pid()));
+    wait_for_status(&serve, |s| {
+        ["llmgw", "everything", "echo"]
+            .iter()
+            .all(|n| s["upstreams"][n]["ready"] == 1)
+    })
+    .await;
+    let deleted = client
+        .http
+        .delete(&serve.url)
+        .bearer_auth("token-a")
+        .header("mcp-session-id", client.session.clone().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::OK);
+    let status = wait_for_status(&serve, |s| {
+        ["llmgw", "everything", "echo"].iter().all(|n| {
+            let h = &s["upstreams"][n];
+            h["ready"] == 0 && h["starting"] == 0
+        })
+    })
+    .await;
+    // Ending a session is not an upstream going down.
+    for name in ["llmgw", "everything", "echo"] {
+        assert_eq!(status["upstreams"][name]["down"], 0, "{status}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while standins() > 0 {
+        assert!(Instant::now() < deadline, "{:?}", children_of(serve.pid()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
