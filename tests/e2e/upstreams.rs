@@ -1680,3 +1680,51 @@ async fn serve_ends_every_upstream_of_a_deleted_session() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// An upstream that never answers `initialize` (here: a process that reads nothing) holds the
+/// set's `initialize` for the fan-out timeout (30 s) at most; then the others serve without it.
+#[test]
+fn an_upstream_that_never_answers_initialize_is_left_out_after_the_timeout() {
+    let mut client = run(
+        ALLOW_ALL,
+        &["silent=sleep 600".to_owned(), flag("echo", &echo())],
+    );
+    client.send(
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "e2e", "version": "1"}}}),
+    );
+    let started = Instant::now();
+    let init = loop {
+        let message = client
+            .recv_within(Duration::from_secs(45))
+            .expect("initialize was not answered within 45 s");
+        if message["id"] == 1 {
+            break message;
+        }
+    };
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(25), "{waited:?}");
+    let servers = &init["result"]["_meta"]["toolgate"]["upstreams"];
+    assert!(servers.get("echo").is_some(), "{init}");
+    client.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    let silent = client.request(
+        "tools/call",
+        json!({"name": "silent__anything", "arguments": {}}),
+    );
+    assert_eq!(silent["error"]["code"], -32602, "{silent}");
+    assert!(
+        silent["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("upstream server `silent` is not available"),
+        "{silent}"
+    );
+    let names: BTreeSet<String> = all_tools(&mut client).into_iter().collect();
+    let echo_only: BTreeSet<String> = ECHO_TOOLS.iter().map(|t| format!("echo__{t}")).collect();
+    assert_eq!(names, echo_only);
+    assert_eq!(
+        text(&client.call("echo__echo", json!({"message": "ok"}))),
+        "ok"
+    );
+}
