@@ -601,7 +601,8 @@ fn a_cancelled_call_to_server_everything_gets_no_reply_and_the_rest_keeps_servin
 /// `page-3`); `tools/call` of `slow` is never answered (the connection is held open); any
 /// other call is answered with `{name}: {upstream's label}`. After a call of `forget` it
 /// answers every POST with 404, as a server does that ended the session. It records every
-/// message it was sent, in order.
+/// message it was sent, in the order the connections came (each request is read whole before
+/// the next connection is accepted; each connection carries one request).
 fn scripted_upstream(label: &'static str) -> (String, Arc<Mutex<Vec<Value>>>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
@@ -610,20 +611,31 @@ fn scripted_upstream(label: &'static str) -> (String, Arc<Mutex<Vec<Value>>>) {
     let forgotten = Arc::new(std::sync::atomic::AtomicBool::new(false));
     std::thread::spawn(move || {
         for stream in listener.incoming() {
-            let Ok(stream) = stream else { return };
-            let (log, forgotten) = (log.clone(), forgotten.clone());
-            std::thread::spawn(move || scripted_exchange(stream, label, &log, &forgotten));
+            let Ok(mut stream) = stream else { return };
+            let Some((method, session, body)) = read_http_request(&stream) else {
+                continue;
+            };
+            if method != "POST" {
+                let _ = stream.write_all(
+                    b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+                continue;
+            }
+            let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+                continue;
+            };
+            log.lock().unwrap().push(request.clone());
+            let forgotten = forgotten.clone();
+            std::thread::spawn(move || {
+                scripted_exchange(stream, label, request, session, &forgotten)
+            });
         }
     });
     (url, seen)
 }
 
-fn scripted_exchange(
-    mut stream: std::net::TcpStream,
-    label: &str,
-    log: &Mutex<Vec<Value>>,
-    forgotten: &std::sync::atomic::AtomicBool,
-) {
+/// One HTTP request's method, `mcp-session-id` and body.
+fn read_http_request(stream: &std::net::TcpStream) -> Option<(String, Option<String>, Vec<u8>)> {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut length = 0;
     let mut method = String::new();
@@ -645,20 +657,18 @@ fn scripted_exchange(
             }
         }
     }
-    if method != "POST" {
-        let _ = stream.write_all(
-            b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-        );
-        return;
-    }
     let mut body = vec![0; length];
-    if reader.read_exact(&mut body).is_err() {
-        return;
-    }
-    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
-        return;
-    };
-    log.lock().unwrap().push(request.clone());
+    reader.read_exact(&mut body).ok()?;
+    Some((method, session, body))
+}
+
+fn scripted_exchange(
+    mut stream: std::net::TcpStream,
+    label: &str,
+    request: Value,
+    session: Option<String>,
+    forgotten: &std::sync::atomic::AtomicBool,
+) {
     if forgotten.load(std::sync::atomic::Ordering::SeqCst) {
         let _ = stream
             .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
@@ -1727,4 +1737,58 @@ fn an_upstream_that_never_answers_initialize_is_left_out_after_the_timeout() {
         text(&client.call("echo__echo", json!({"message": "ok"}))),
         "ok"
     );
+}
+
+/// A cancellation sent right behind its call reaches an HTTP upstream after the call, never
+/// before it (the upstream would not know the id, and the call would run on).
+#[test]
+#[ignore = "BUG: the HTTP leg POSTs a notifications/cancelled at once while its request's POST is spawned: the cancel can reach the upstream first"]
+fn a_cancellation_right_behind_its_call_reaches_the_http_upstream_after_the_call() {
+    let (url, seen) = scripted_upstream("a");
+    let mut client = run(ALLOW_ALL, &[format!("a={url}"), flag("echo", &echo())]);
+    initialize_with(&mut client, json!({}));
+    all_tools(&mut client);
+    for round in 0..20 {
+        let id = format!("slow-{round}");
+        client.send(&json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": "a__slow", "arguments": {"round": round}}}));
+        client.send(
+            &json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+            "params": {"requestId": id}}),
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = seen.lock().unwrap().clone();
+        let calls: Vec<&Value> = log
+            .iter()
+            .filter(|m| m["method"] == "tools/call" && m["params"]["name"] == "slow")
+            .collect();
+        let cancels: Vec<&Value> = log
+            .iter()
+            .filter(|m| m["method"] == "notifications/cancelled")
+            .collect();
+        if calls.len() == 20 && cancels.len() == 20 {
+            for cancel in cancels {
+                let target = &cancel["params"]["requestId"];
+                let call_at = log
+                    .iter()
+                    .position(|m| m["method"] == "tools/call" && &m["id"] == target);
+                let cancel_at = log.iter().position(|m| std::ptr::eq(m, cancel)).unwrap();
+                let call_at = call_at.unwrap_or_else(|| panic!("{cancel} names no call"));
+                assert!(
+                    call_at < cancel_at,
+                    "a cancellation came before its call: {log:?}"
+                );
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} calls, {} cancellations arrived",
+            calls.len(),
+            cancels.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
