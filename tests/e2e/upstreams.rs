@@ -1742,7 +1742,6 @@ fn an_upstream_that_never_answers_initialize_is_left_out_after_the_timeout() {
 /// A cancellation sent right behind its call reaches an HTTP upstream after the call, never
 /// before it (the upstream would not know the id, and the call would run on).
 #[test]
-#[ignore = "BUG: the HTTP leg POSTs a notifications/cancelled at once while its request's POST is spawned: the cancel can reach the upstream first"]
 fn a_cancellation_right_behind_its_call_reaches_the_http_upstream_after_the_call() {
     let (url, seen) = scripted_upstream("a");
     let mut client = run(ALLOW_ALL, &[format!("a={url}"), flag("echo", &echo())]);
