@@ -27,7 +27,7 @@ pub(crate) enum Event {
 /// the child killed if it does not exit within the grace), the HTTP session deleted.
 pub(crate) enum Leg {
     Stdio(mpsc::Sender<Vec<u8>>),
-    Http(tokio::sync::mpsc::UnboundedSender<Vec<u8>>),
+    Http(HttpHandle),
     /// The leg could not start.
     None,
 }
@@ -36,11 +36,33 @@ impl Leg {
     pub(crate) fn send(&self, line: Vec<u8>) {
         let _ = match self {
             Leg::Stdio(tx) => tx.send(line).map_err(|_| ()),
-            Leg::Http(tx) => tx.send(line).map_err(|_| ()),
+            Leg::Http(handle) => handle
+                .lines
+                .as_ref()
+                .map_or(Err(()), |tx| tx.send(line).map_err(|_| ())),
             Leg::None => Ok(()),
         };
     }
 }
+
+/// The router's end of an HTTP leg. Dropping it ends the upstream session and waits (at most
+/// [`END_WAIT`]) for the `DELETE` to have gone: a `toolgate run` that exits once its client
+/// has closed must not leave the upstream session behind.
+pub(crate) struct HttpHandle {
+    lines: Option<tokio::sync::mpsc::UnboundedSender<Vec<u8>>>,
+    ended: mpsc::Receiver<()>,
+}
+
+impl Drop for HttpHandle {
+    fn drop(&mut self) {
+        drop(self.lines.take());
+        // Ended, or its task is gone (the sender dropped): either way, nothing to wait for.
+        let _ = self.ended.recv_timeout(END_WAIT);
+    }
+}
+
+/// See [`HttpHandle`]: the `DELETE`'s own timeout, and a little more.
+const END_WAIT: Duration = Duration::from_secs(6);
 
 /// How long a stdio upstream may take to exit once its stdin is closed before it is killed.
 const GRACE: Duration = Duration::from_secs(5);
@@ -190,8 +212,12 @@ fn http(
         closed: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
         sending: Sending::default(),
     };
-    runtime.spawn(leg.run(rx));
-    Ok(Leg::Http(tx))
+    let (ended_tx, ended) = mpsc::channel();
+    runtime.spawn(leg.run(rx, ended_tx));
+    Ok(Leg::Http(HttpHandle {
+        lines: Some(tx),
+        ended,
+    }))
 }
 
 /// `Mcp-Session-Id` (if the upstream gave one) and the protocol version, once known.
@@ -242,7 +268,11 @@ fn signalled_body(line: Vec<u8>, sent: tokio::sync::watch::Sender<bool>) -> reqw
 const RELISTEN: Duration = Duration::from_secs(1);
 
 impl HttpLeg {
-    async fn run(self, mut lines: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+    async fn run(
+        self,
+        mut lines: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+        ended: mpsc::Sender<()>,
+    ) {
         while let Some(line) = lines.recv().await {
             let (method, id) = match Envelope::parse(&line) {
                 Ok(e) => (
@@ -294,6 +324,7 @@ impl HttpLeg {
                 .send()
                 .await;
         }
+        let _ = ended.send(());
     }
 
     fn session(&self) -> Option<(Option<String>, String)> {
