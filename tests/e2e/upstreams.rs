@@ -601,7 +601,8 @@ fn a_cancelled_call_to_server_everything_gets_no_reply_and_the_rest_keeps_servin
 /// `page-3`); `tools/call` of `slow` is never answered (the connection is held open); any
 /// other call is answered with `{name}: {upstream's label}`. After a call of `forget` it
 /// answers every POST with 404, as a server does that ended the session. It records every
-/// message it was sent, in the order the connections came (each request is read whole before
+/// message it was sent (and `{"http": "GET" | "DELETE", "session": ...}` for the other
+/// requests: its GET stream ends as soon as it is opened), in the order the connections came (each request is read whole before
 /// the next connection is accepted; each connection carries one request).
 fn scripted_upstream(label: &'static str) -> (String, Arc<Mutex<Vec<Value>>>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -616,9 +617,16 @@ fn scripted_upstream(label: &'static str) -> (String, Arc<Mutex<Vec<Value>>>) {
                 continue;
             };
             if method != "POST" {
-                let _ = stream.write_all(
-                    b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                );
+                // Logged as `{"http": METHOD}`. A GET stream is offered, and ends at once.
+                log.lock()
+                    .unwrap()
+                    .push(json!({"http": method, "session": session}));
+                let answer: &[u8] = if method == "GET" {
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                };
+                let _ = stream.write_all(answer);
                 continue;
             }
             let Ok(request) = serde_json::from_slice::<Value>(&body) else {
@@ -1790,4 +1798,52 @@ fn a_cancellation_right_behind_its_call_reaches_the_http_upstream_after_the_call
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The HTTP leg opens the GET stream again when it ends, and stops when the session ends: the
+/// upstream session is deleted, and no GET comes after.
+#[test]
+fn the_get_stream_is_reopened_while_the_session_lasts_and_the_session_is_deleted_after() {
+    let (url, seen) = scripted_upstream("a");
+    let mut client = run(ALLOW_ALL, &[format!("a={url}"), flag("echo", &echo())]);
+    initialize_with(&mut client, json!({}));
+    let gets = || {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m["http"] == "GET")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gets() < 2 {
+        assert!(Instant::now() < deadline, "the GET stream was not reopened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(text(&client.call("a__p1a", json!({}))), "p1a: a");
+    let (status, stderr) = client.finish();
+    assert!(status.success(), "{status}: {stderr}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let deleted_at = loop {
+        let at = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .position(|m| m["http"] == "DELETE");
+        if let Some(at) = at {
+            break at;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the upstream session was not deleted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = seen.lock().unwrap().clone();
+    assert_eq!(log[deleted_at]["session"], "session-of-a", "{log:?}");
+    for m in log.iter().filter(|m| m["http"] == "GET") {
+        assert_eq!(m["session"], "session-of-a", "{log:?}");
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    let after = seen.lock().unwrap()[deleted_at + 1..].to_vec();
+    assert!(after.is_empty(), "after the DELETE: {after:?}");
 }
