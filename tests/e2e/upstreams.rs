@@ -1847,3 +1847,51 @@ fn the_get_stream_is_reopened_while_the_session_lasts_and_the_session_is_deleted
     let after = seen.lock().unwrap()[deleted_at + 1..].to_vec();
     assert!(after.is_empty(), "after the DELETE: {after:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_gives_each_session_its_own_set_and_a_crash_stays_in_its_session() {
+    let Some(everything) = EverythingHttp::start() else {
+        return;
+    };
+    let serve = serve_three(&everything, ALLOW_ALL);
+    let (mut one, mut two) = (
+        Mcp::new(&serve.url, Some("token-a")),
+        Mcp::new(&serve.url, Some("token-a")),
+    );
+    one.initialize().await;
+    two.initialize().await;
+    let status = wait_for_status(&serve, |s| {
+        ["llmgw", "everything", "echo"]
+            .iter()
+            .all(|n| s["upstreams"][n]["ready"] == 2)
+    })
+    .await;
+    assert_eq!(status["upstreams"]["echo"]["down"], 0, "{status}");
+    let crashed = one
+        .request(
+            "tools/call",
+            json!({"name": "echo__crash", "arguments": {}}),
+        )
+        .await;
+    assert_eq!(
+        crashed.messages[0]["error"]["code"], -32000,
+        "{:?}",
+        crashed.messages
+    );
+    let status = wait_for_status(&serve, |s| s["upstreams"]["echo"]["down"] == 1).await;
+    assert_eq!(status["upstreams"]["echo"]["ready"], 1, "{status}");
+    // The other session's echo server is its own, and still serves.
+    let echoed = two.call("echo__echo", json!({"message": "mine"})).await;
+    assert_eq!(echoed["content"][0]["text"], "mine", "{echoed}");
+    let dead = one
+        .request(
+            "tools/call",
+            json!({"name": "echo__echo", "arguments": {"message": "x"}}),
+        )
+        .await;
+    assert_eq!(
+        dead.messages[0]["error"]["code"], -32602,
+        "{:?}",
+        dead.messages
+    );
+}
