@@ -1705,7 +1705,11 @@ async fn serve_ends_every_upstream_of_a_deleted_session() {
 fn an_upstream_that_never_answers_initialize_is_left_out_after_the_timeout() {
     let mut client = run(
         ALLOW_ALL,
-        &["silent=sleep 600".to_owned(), flag("echo", &echo())],
+        // Reads everything, says nothing, and ends with its stdin (with the gateway).
+        &[
+            "silent=sh -c 'cat >/dev/null'".to_owned(),
+            flag("echo", &echo()),
+        ],
     );
     client.send(
         &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
