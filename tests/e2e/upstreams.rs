@@ -601,7 +601,9 @@ fn a_cancelled_call_to_server_everything_gets_no_reply_and_the_rest_keeps_servin
 /// `page-3`); `tools/call` of `slow` is never answered (the connection is held open); any
 /// other call is answered with `{name}: {upstream's label}`. After a call of `forget` it
 /// answers every POST with 404, as a server does that ended the session. It records every
-/// message it was sent, in order.
+/// message it was sent (and `{"http": "GET" | "DELETE", "session": ...}` for the other
+/// requests: its GET stream ends as soon as it is opened), in the order the connections came (each request is read whole before
+/// the next connection is accepted; each connection carries one request).
 fn scripted_upstream(label: &'static str) -> (String, Arc<Mutex<Vec<Value>>>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
@@ -610,20 +612,38 @@ fn scripted_upstream(label: &'static str) -> (String, Arc<Mutex<Vec<Value>>>) {
     let forgotten = Arc::new(std::sync::atomic::AtomicBool::new(false));
     std::thread::spawn(move || {
         for stream in listener.incoming() {
-            let Ok(stream) = stream else { return };
-            let (log, forgotten) = (log.clone(), forgotten.clone());
-            std::thread::spawn(move || scripted_exchange(stream, label, &log, &forgotten));
+            let Ok(mut stream) = stream else { return };
+            let Some((method, session, body)) = read_http_request(&stream) else {
+                continue;
+            };
+            if method != "POST" {
+                // Logged as `{"http": METHOD}`. A GET stream is offered, and ends at once.
+                log.lock()
+                    .unwrap()
+                    .push(json!({"http": method, "session": session}));
+                let answer: &[u8] = if method == "GET" {
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                };
+                let _ = stream.write_all(answer);
+                continue;
+            }
+            let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+                continue;
+            };
+            log.lock().unwrap().push(request.clone());
+            let forgotten = forgotten.clone();
+            std::thread::spawn(move || {
+                scripted_exchange(stream, label, request, session, &forgotten)
+            });
         }
     });
     (url, seen)
 }
 
-fn scripted_exchange(
-    mut stream: std::net::TcpStream,
-    label: &str,
-    log: &Mutex<Vec<Value>>,
-    forgotten: &std::sync::atomic::AtomicBool,
-) {
+/// One HTTP request's method, `mcp-session-id` and body.
+fn read_http_request(stream: &std::net::TcpStream) -> Option<(String, Option<String>, Vec<u8>)> {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut length = 0;
     let mut method = String::new();
@@ -645,20 +665,18 @@ fn scripted_exchange(
             }
         }
     }
-    if method != "POST" {
-        let _ = stream.write_all(
-            b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-        );
-        return;
-    }
     let mut body = vec![0; length];
-    if reader.read_exact(&mut body).is_err() {
-        return;
-    }
-    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
-        return;
-    };
-    log.lock().unwrap().push(request.clone());
+    reader.read_exact(&mut body).ok()?;
+    Some((method, session, body))
+}
+
+fn scripted_exchange(
+    mut stream: std::net::TcpStream,
+    label: &str,
+    request: Value,
+    session: Option<String>,
+    forgotten: &std::sync::atomic::AtomicBool,
+) {
     if forgotten.load(std::sync::atomic::Ordering::SeqCst) {
         let _ = stream
             .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
@@ -1627,5 +1645,289 @@ fn a_roots_request_on_an_http_upstreams_get_stream_is_answered() {
     assert!(
         text(&roots["result"]).contains("file:///tmp/toolgate-root"),
         "{roots}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_ends_every_upstream_of_a_deleted_session() {
+    let Some(everything) = EverythingHttp::start() else {
+        return;
+    };
+    let serve = serve_three(&everything, ALLOW_ALL);
+    let mut client = Mcp::new(&serve.url, Some("token-a"));
+    client.initialize().await;
+    all_tools_http(&mut client).await;
+    let standins = || {
+        children_of(serve.pid())
+            .into_iter()
+            .filter(|(_, cmd)| cmd.contains("standin"))
+            .count()
+    };
+    assert_eq!(standins(), 2, "{:?}", children_of(serve.pid()));
+    wait_for_status(&serve, |s| {
+        ["llmgw", "everything", "echo"]
+            .iter()
+            .all(|n| s["upstreams"][n]["ready"] == 1)
+    })
+    .await;
+    let deleted = client
+        .http
+        .delete(&serve.url)
+        .bearer_auth("token-a")
+        .header("mcp-session-id", client.session.clone().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::OK);
+    let status = wait_for_status(&serve, |s| {
+        ["llmgw", "everything", "echo"].iter().all(|n| {
+            let h = &s["upstreams"][n];
+            h["ready"] == 0 && h["starting"] == 0
+        })
+    })
+    .await;
+    // Ending a session is not an upstream going down.
+    for name in ["llmgw", "everything", "echo"] {
+        assert_eq!(status["upstreams"][name]["down"], 0, "{status}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while standins() > 0 {
+        assert!(Instant::now() < deadline, "{:?}", children_of(serve.pid()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An upstream that never answers `initialize` (here: a process that reads nothing) holds the
+/// set's `initialize` for the fan-out timeout (30 s) at most; then the others serve without it.
+#[test]
+fn an_upstream_that_never_answers_initialize_is_left_out_after_the_timeout() {
+    let mut client = run(
+        ALLOW_ALL,
+        // Reads everything, says nothing, and ends with its stdin (with the gateway).
+        &[
+            "silent=sh -c 'cat >/dev/null'".to_owned(),
+            flag("echo", &echo()),
+        ],
+    );
+    client.send(
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "e2e", "version": "1"}}}),
+    );
+    let started = Instant::now();
+    let init = loop {
+        let message = client
+            .recv_within(Duration::from_secs(45))
+            .expect("initialize was not answered within 45 s");
+        if message["id"] == 1 {
+            break message;
+        }
+    };
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(25), "{waited:?}");
+    let servers = &init["result"]["_meta"]["toolgate"]["upstreams"];
+    assert!(servers.get("echo").is_some(), "{init}");
+    client.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    let silent = client.request(
+        "tools/call",
+        json!({"name": "silent__anything", "arguments": {}}),
+    );
+    assert_eq!(silent["error"]["code"], -32602, "{silent}");
+    assert!(
+        silent["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("upstream server `silent` is not available"),
+        "{silent}"
+    );
+    let names: BTreeSet<String> = all_tools(&mut client).into_iter().collect();
+    let echo_only: BTreeSet<String> = ECHO_TOOLS.iter().map(|t| format!("echo__{t}")).collect();
+    assert_eq!(names, echo_only);
+    assert_eq!(
+        text(&client.call("echo__echo", json!({"message": "ok"}))),
+        "ok"
+    );
+}
+
+/// A cancellation sent right behind its call reaches an HTTP upstream after the call, never
+/// before it (the upstream would not know the id, and the call would run on).
+#[test]
+fn a_cancellation_right_behind_its_call_reaches_the_http_upstream_after_the_call() {
+    let (url, seen) = scripted_upstream("a");
+    let mut client = run(ALLOW_ALL, &[format!("a={url}"), flag("echo", &echo())]);
+    initialize_with(&mut client, json!({}));
+    all_tools(&mut client);
+    for round in 0..20 {
+        let id = format!("slow-{round}");
+        client.send(&json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": "a__slow", "arguments": {"round": round}}}));
+        client.send(
+            &json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+            "params": {"requestId": id}}),
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = seen.lock().unwrap().clone();
+        let calls: Vec<&Value> = log
+            .iter()
+            .filter(|m| m["method"] == "tools/call" && m["params"]["name"] == "slow")
+            .collect();
+        let cancels: Vec<&Value> = log
+            .iter()
+            .filter(|m| m["method"] == "notifications/cancelled")
+            .collect();
+        if calls.len() == 20 && cancels.len() == 20 {
+            for cancel in cancels {
+                let target = &cancel["params"]["requestId"];
+                let call_at = log
+                    .iter()
+                    .position(|m| m["method"] == "tools/call" && &m["id"] == target);
+                let cancel_at = log.iter().position(|m| std::ptr::eq(m, cancel)).unwrap();
+                let call_at = call_at.unwrap_or_else(|| panic!("{cancel} names no call"));
+                assert!(
+                    call_at < cancel_at,
+                    "a cancellation came before its call: {log:?}"
+                );
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} calls, {} cancellations arrived",
+            calls.len(),
+            cancels.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The HTTP leg opens the GET stream again when it ends, and stops when the session ends: the
+/// upstream session is deleted, and no GET comes after.
+#[test]
+fn the_get_stream_is_reopened_while_the_session_lasts_and_the_session_is_deleted_after() {
+    let (url, seen) = scripted_upstream("a");
+    let mut client = run(ALLOW_ALL, &[format!("a={url}"), flag("echo", &echo())]);
+    initialize_with(&mut client, json!({}));
+    let gets = || {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m["http"] == "GET")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gets() < 2 {
+        assert!(Instant::now() < deadline, "the GET stream was not reopened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(text(&client.call("a__p1a", json!({}))), "p1a: a");
+    let (status, stderr) = client.finish();
+    assert!(status.success(), "{status}: {stderr}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let deleted_at = loop {
+        let at = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .position(|m| m["http"] == "DELETE");
+        if let Some(at) = at {
+            break at;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the upstream session was not deleted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = seen.lock().unwrap().clone();
+    assert_eq!(log[deleted_at]["session"], "session-of-a", "{log:?}");
+    for m in log.iter().filter(|m| m["http"] == "GET") {
+        assert_eq!(m["session"], "session-of-a", "{log:?}");
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    let after = seen.lock().unwrap()[deleted_at + 1..].to_vec();
+    assert!(after.is_empty(), "after the DELETE: {after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_gives_each_session_its_own_set_and_a_crash_stays_in_its_session() {
+    let Some(everything) = EverythingHttp::start() else {
+        return;
+    };
+    let serve = serve_three(&everything, ALLOW_ALL);
+    let (mut one, mut two) = (
+        Mcp::new(&serve.url, Some("token-a")),
+        Mcp::new(&serve.url, Some("token-a")),
+    );
+    one.initialize().await;
+    two.initialize().await;
+    let status = wait_for_status(&serve, |s| {
+        ["llmgw", "everything", "echo"]
+            .iter()
+            .all(|n| s["upstreams"][n]["ready"] == 2)
+    })
+    .await;
+    assert_eq!(status["upstreams"]["echo"]["down"], 0, "{status}");
+    let crashed = one
+        .request(
+            "tools/call",
+            json!({"name": "echo__crash", "arguments": {}}),
+        )
+        .await;
+    assert_eq!(
+        crashed.messages[0]["error"]["code"], -32000,
+        "{:?}",
+        crashed.messages
+    );
+    let status = wait_for_status(&serve, |s| s["upstreams"]["echo"]["down"] == 1).await;
+    assert_eq!(status["upstreams"]["echo"]["ready"], 1, "{status}");
+    // The other session's echo server is its own, and still serves.
+    let echoed = two.call("echo__echo", json!({"message": "mine"})).await;
+    assert_eq!(echoed["content"][0]["text"], "mine", "{echoed}");
+    let dead = one
+        .request(
+            "tools/call",
+            json!({"name": "echo__echo", "arguments": {"message": "x"}}),
+        )
+        .await;
+    assert_eq!(
+        dead.messages[0]["error"]["code"], -32602,
+        "{:?}",
+        dead.messages
+    );
+}
+
+/// Issue 20: "the decision log, metrics and `_meta.toolgate` name the upstream". The key
+/// `upstream` is this test's proposal; the issue names no key.
+#[test]
+#[ignore = "MISSING: _meta.toolgate and the decision log do not name the upstream of a namespaced tool (issue 20)"]
+fn a_decision_names_the_upstream() {
+    let policy = r#"{"version": "1", "default": "allow",
+        "tools": {"echo__echo": {"action": "deny", "reason": "no"}}}"#;
+    let mut client = run(policy, &[flag("llmgw", &standin()), flag("echo", &echo())]);
+    initialize_with(&mut client, json!({}));
+    all_tools(&mut client);
+    let (_, meta) = refusal(&client.call("echo__echo", json!({"message": "x"})));
+    assert_eq!(meta["upstream"], "echo", "{meta}");
+    let (_, stderr) = client.finish();
+    // The log may be coloured: its ANSI escapes go first.
+    let mut plain = String::new();
+    let mut escape = false;
+    for c in stderr.chars() {
+        match (escape, c) {
+            (false, '\u{1b}') => escape = true,
+            (true, 'm') => escape = false,
+            (true, _) => {}
+            (false, c) => plain.push(c),
+        }
+    }
+    let decision = plain
+        .lines()
+        .find(|l| l.contains("tools/call") && l.contains("echo__echo"))
+        .unwrap_or_else(|| panic!("no decision logged: {plain}"));
+    assert!(
+        decision.contains("upstream=\"echo\"") || decision.contains("upstream=echo"),
+        "{decision}"
     );
 }

@@ -27,7 +27,7 @@ pub(crate) enum Event {
 /// the child killed if it does not exit within the grace), the HTTP session deleted.
 pub(crate) enum Leg {
     Stdio(mpsc::Sender<Vec<u8>>),
-    Http(tokio::sync::mpsc::UnboundedSender<Vec<u8>>),
+    Http(HttpHandle),
     /// The leg could not start.
     None,
 }
@@ -36,11 +36,33 @@ impl Leg {
     pub(crate) fn send(&self, line: Vec<u8>) {
         let _ = match self {
             Leg::Stdio(tx) => tx.send(line).map_err(|_| ()),
-            Leg::Http(tx) => tx.send(line).map_err(|_| ()),
+            Leg::Http(handle) => handle
+                .lines
+                .as_ref()
+                .map_or(Err(()), |tx| tx.send(line).map_err(|_| ())),
             Leg::None => Ok(()),
         };
     }
 }
+
+/// The router's end of an HTTP leg. Dropping it ends the upstream session and waits (at most
+/// [`END_WAIT`]) for the `DELETE` to have gone: a `toolgate run` that exits once its client
+/// has closed must not leave the upstream session behind.
+pub(crate) struct HttpHandle {
+    lines: Option<tokio::sync::mpsc::UnboundedSender<Vec<u8>>>,
+    ended: mpsc::Receiver<()>,
+}
+
+impl Drop for HttpHandle {
+    fn drop(&mut self) {
+        drop(self.lines.take());
+        // Ended, or its task is gone (the sender dropped): either way, nothing to wait for.
+        let _ = self.ended.recv_timeout(END_WAIT);
+    }
+}
+
+/// See [`HttpHandle`]: the `DELETE`'s own timeout, and a little more.
+const END_WAIT: Duration = Duration::from_secs(6);
 
 /// How long a stdio upstream may take to exit once its stdin is closed before it is killed.
 const GRACE: Duration = Duration::from_secs(5);
@@ -188,9 +210,14 @@ fn http(
         max,
         session: std::sync::Arc::new(std::sync::Mutex::new(None)),
         closed: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        sending: Sending::default(),
     };
-    runtime.spawn(leg.run(rx));
-    Ok(Leg::Http(tx))
+    let (ended_tx, ended) = mpsc::channel();
+    runtime.spawn(leg.run(rx, ended_tx));
+    Ok(Leg::Http(HttpHandle {
+        lines: Some(tx),
+        ended,
+    }))
 }
 
 /// `Mcp-Session-Id` (if the upstream gave one) and the protocol version, once known.
@@ -208,13 +235,44 @@ struct HttpLeg {
     session: SessionSlot,
     /// Set when the router lets go of the leg: the GET stream stops reconnecting.
     closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Requests on their way, by id key: `true` once the body has gone to the connection.
+    sending: Sending,
+}
+
+/// See [`HttpLeg::sending`].
+type Sending = std::sync::Arc<
+    std::sync::Mutex<std::collections::HashMap<String, tokio::sync::watch::Receiver<bool>>>,
+>;
+
+/// How long a cancellation waits for the request it names to be sent before it goes anyway.
+const SEND_WAIT: Duration = Duration::from_secs(5);
+
+/// `line` as a request body that says (through `sent`) when the connection has taken all of it.
+/// Its length is given, so that it goes out as an ordinary `content-length` body.
+fn signalled_body(line: Vec<u8>, sent: tokio::sync::watch::Sender<bool>) -> reqwest::Body {
+    let chunks = futures_util::stream::unfold((Some(line), Some(sent)), |(line, sent)| async {
+        match line {
+            Some(line) => Some((Ok::<_, std::io::Error>(line), (None, sent))),
+            None => {
+                if let Some(sent) = sent {
+                    sent.send_replace(true);
+                }
+                None
+            }
+        }
+    });
+    reqwest::Body::wrap_stream(chunks)
 }
 
 /// How long the GET stream waits before it is opened again after it ended.
 const RELISTEN: Duration = Duration::from_secs(1);
 
 impl HttpLeg {
-    async fn run(self, mut lines: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+    async fn run(
+        self,
+        mut lines: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+        ended: mpsc::Sender<()>,
+    ) {
         while let Some(line) = lines.recv().await {
             let (method, id) = match Envelope::parse(&line) {
                 Ok(e) => (
@@ -233,10 +291,25 @@ impl HttpLeg {
                 }
                 // Requests run side by side, as over any HTTP client.
                 (Some(_), Some(id)) => {
-                    tokio::spawn(self.clone().exchange(line, Some(id), false));
+                    let key = jsonrpc::id_key(&id);
+                    let (sent, watch) = tokio::sync::watch::channel(false);
+                    self.lock_sending().insert(key.clone(), watch);
+                    let leg = self.clone();
+                    tokio::spawn(async move {
+                        leg.clone()
+                            .exchange_with(line, Some(id), false, Some(sent))
+                            .await;
+                        leg.lock_sending().remove(&key);
+                    });
                 }
-                // Notifications and replies keep their order.
-                _ => self.clone().exchange(line, None, false).await,
+                // Notifications and replies keep their order. A cancellation also waits for
+                // its request to have been sent: the upstream must hear of the request first.
+                _ => {
+                    if method.as_deref() == Some("notifications/cancelled") {
+                        self.wait_until_sent(&line).await;
+                    }
+                    self.clone().exchange(line, None, false).await
+                }
             }
         }
         // The router let go: end the upstream session.
@@ -251,6 +324,7 @@ impl HttpLeg {
                 .send()
                 .await;
         }
+        let _ = ended.send(());
     }
 
     fn session(&self) -> Option<(Option<String>, String)> {
@@ -258,6 +332,32 @@ impl HttpLeg {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    fn lock_sending(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<String, tokio::sync::watch::Receiver<bool>>,
+    > {
+        self.sending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits (at most [`SEND_WAIT`]) until the request a `notifications/cancelled` names has
+    /// been sent, if it is on its way.
+    async fn wait_until_sent(&self, line: &[u8]) {
+        let Ok(message) = serde_json::from_slice::<serde_json::Value>(line) else {
+            return;
+        };
+        let Some(request) = message.pointer("/params/requestId") else {
+            return;
+        };
+        let key = jsonrpc::id_key(&request.to_string());
+        let Some(mut watch) = self.lock_sending().get(&key).cloned() else {
+            return;
+        };
+        // An error (the request ended: its sender is gone) is as good as sent.
+        let _ = tokio::time::timeout(SEND_WAIT, watch.wait_for(|sent| *sent)).await;
     }
 
     fn emit(&self, line: Vec<u8>) {
@@ -289,11 +389,28 @@ impl HttpLeg {
     /// `is_initialize`: the request is `initialize` (by its method: the word may be anywhere
     /// in another request's arguments), whose reply sets the session.
     async fn exchange(self, line: Vec<u8>, id: Option<String>, is_initialize: bool) {
+        self.exchange_with(line, id, is_initialize, None).await
+    }
+
+    /// [`Self::exchange`], saying through `sent` when the body has gone to the connection.
+    async fn exchange_with(
+        self,
+        line: Vec<u8>,
+        id: Option<String>,
+        is_initialize: bool,
+        sent: Option<tokio::sync::watch::Sender<bool>>,
+    ) {
+        let length = line.len();
+        let body = match sent {
+            Some(sent) => signalled_body(line, sent),
+            None => reqwest::Body::from(line),
+        };
         let response = self
             .request(reqwest::Method::POST)
             .header("content-type", "application/json")
             .header("accept", "application/json, text/event-stream")
-            .body(line)
+            .header("content-length", length)
+            .body(body)
             .send()
             .await;
         let fail = |why: String| {
