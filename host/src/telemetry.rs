@@ -19,7 +19,9 @@ pub fn set_parent(span: &tracing::Span, traceparent: &str) {
 }
 
 /// The layer that turns `tracing` spans into OpenTelemetry spans of `provider`.
-pub fn layer<S>(provider: &opentelemetry_sdk::trace::SdkTracerProvider) -> impl tracing_subscriber::Layer<S>
+pub fn layer<S>(
+    provider: &opentelemetry_sdk::trace::SdkTracerProvider,
+) -> impl tracing_subscriber::Layer<S>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
@@ -48,7 +50,7 @@ mod tests {
     use crate::counters::MemoryCounterStore;
     use crate::policy::Policy;
     use crate::session::{ClientLine, Identity, Session};
-    use opentelemetry::trace::{SpanKind, TraceId, SpanId};
+    use opentelemetry::trace::{SpanId, SpanKind, TraceId};
     use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
     use std::sync::Arc;
     use tracing_subscriber::layer::SubscriberExt;
@@ -90,7 +92,10 @@ mod tests {
             span.span_context.trace_id(),
             TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap()
         );
-        assert_eq!(span.parent_span_id, SpanId::from_hex("00f067aa0ba902b7").unwrap());
+        assert_eq!(
+            span.parent_span_id,
+            SpanId::from_hex("00f067aa0ba902b7").unwrap()
+        );
         assert_eq!(span.span_kind, SpanKind::Server);
         let attribute = |key: &str| {
             span.attributes

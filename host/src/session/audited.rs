@@ -160,7 +160,12 @@ impl Session {
     /// MCP (`tools/call {tool}`, `mcp.method.name`, `gen_ai.tool.name`, `mcp.session.id`,
     /// `jsonrpc.request.id`) plus `toolgate.*`, parented (with the `otel` feature) by the
     /// client's `_meta.traceparent`. The trace context goes in `trail` for the log.
-    pub(super) fn call_span(&self, params: Option<&RawValue>, id: &RawValue, trail: &mut Trail) -> tracing::Span {
+    pub(super) fn call_span(
+        &self,
+        params: Option<&RawValue>,
+        id: &RawValue,
+        trail: &mut Trail,
+    ) -> tracing::Span {
         #[derive(serde::Deserialize)]
         struct Params<'a> {
             #[serde(borrow, default)]
@@ -174,7 +179,10 @@ impl Session {
             traceparent: Option<std::borrow::Cow<'a, str>>,
         }
         let parsed = params.and_then(|p| serde_json::from_str::<Params>(p.get()).ok());
-        let tool = parsed.as_ref().and_then(|p| p.name.as_deref()).unwrap_or("");
+        let tool = parsed
+            .as_ref()
+            .and_then(|p| p.name.as_deref())
+            .unwrap_or("");
         let span = tracing::info_span!(
             target: "toolgate::mcp",
             "tools/call",
