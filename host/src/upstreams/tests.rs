@@ -264,6 +264,11 @@ fn cancellations_reach_the_server_working_on_the_request() {
         r.from_client(cancel, Instant::now()),
         vec![Out::Upstream(1, cancel.to_vec())]
     );
+    // The call is forgotten: a late answer goes nowhere, and a second cancel too.
+    assert!(r
+        .from_upstream(1, br#"{"jsonrpc":"2.0","id":30,"result":{"content":[]}}"#)
+        .is_empty());
+    assert!(r.from_client(cancel, Instant::now()).is_empty());
     // Notifications that concern every server go to every server.
     let roots = br#"{"jsonrpc":"2.0","method":"notifications/roots/list_changed"}"#;
     assert_eq!(r.from_client(roots, Instant::now()).len(), 2);

@@ -457,7 +457,9 @@ impl Router {
             return Vec::new();
         };
         let request = key(cancelled.request_id);
-        if let Some(routed) = self.routed.get(&request) {
+        // Forgotten here as the session forgets it: a server that never answers a cancelled
+        // call must not leave it behind, and a late answer goes nowhere.
+        if let Some(routed) = self.routed.remove(&request) {
             return vec![Out::Upstream(routed.upstream, line.to_vec())];
         }
         // A merged request: each upstream still working on it is told, under its sub-id.
