@@ -204,3 +204,28 @@ def test_run_metrics_listen_serves_parseable_metrics(tmp_path):
     assert value(found, "toolgate_tool_call_outcomes_total", outcome="ran") == 1
     assert value(found, "toolgate_policy_info", grant=GRANT) == 1
     assert value(found, "toolgate_build_info") == 1
+
+
+def test_metrics_and_the_decision_log_both_see_every_call(tmp_path):
+    import time
+
+    with gateway(tmp_path, decision_log="decisions.jsonl") as url:
+        raw = Raw(url).open()
+        raw.request("tools/list", {})
+        raw.request("tools/call", {"name": "echo", "arguments": {"message": "both"}})
+        raw.request("tools/call", {"name": "get-sum", "arguments": {"a": 1, "b": 2}})
+        log = tmp_path / "decisions.jsonl"
+        deadline = time.monotonic() + 10
+        while True:
+            lines = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+            if len(lines) >= 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        decisions = [(e["tool"], e["decision"]["verdict"]) for e in lines if e["event"] == "decision"]
+        assert decisions == [("echo", "allow"), ("get-sum", "deny")], lines
+        assert [e["outcome"] for e in lines if e["event"] == "outcome"] == ["ran"]
+        found = metrics(tmp_path)
+        assert value(found, "toolgate_tool_calls_total", grant=GRANT, tool="echo", decision="allow") == 1
+        assert value(found, "toolgate_tool_calls_total", grant=GRANT, tool="get-sum", decision="deny") == 1
+        assert value(found, "toolgate_decision_log_written_total") == 3
+        assert value(found, "toolgate_decision_log_dropped_total") == 0
