@@ -143,6 +143,12 @@ def test_metrics_parse_and_count_allowed_and_denied_calls(tmp_path):
         assert value(after, "mcp_client_operation_duration_seconds_count", **upstream) == 3
         assert value(after, "toolgate_sessions_open") >= 1
         assert value(after, "toolgate_sessions_opened_total") >= 1
+        assert value(after, "toolgate_http_refusals_total", reason="auth") == 0
+        stranger = http.client.HTTPConnection(raw.host, timeout=10)
+        stranger.request("POST", raw.path, "{}", {"Authorization": "Bearer not-a-grant", "Content-Type": "application/json"})
+        assert stranger.getresponse().status == 401
+        refused = metrics(tmp_path)
+        assert value(refused, "toolgate_http_refusals_total", reason="auth") == 1
         assert "sums are off" not in json.dumps([s.labels for s in after]), "a reason is never a label"
 
 

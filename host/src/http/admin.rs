@@ -292,10 +292,7 @@ pub(crate) fn snapshot(gw: &Gateway) -> crate::metrics::Snapshot {
     crate::metrics::Snapshot {
         sessions_open: Some(gw.session_count() as u64),
         sessions_opened: Some(stats.sessions_opened.load(Ordering::Relaxed)),
-        refusals: vec![
-            ("auth", stats.refused_auth.load(Ordering::Relaxed)),
-            ("host", stats.refused_host.load(Ordering::Relaxed)),
-        ],
+        refusals: super::error::refusals::counts(),
         policies: policies.collect(),
         decision_log: gw.decision_log.as_ref().map(|log| log.stats()),
         counter_store_degraded: counters.map(|c| c["state"] == "degraded"),

@@ -29,8 +29,8 @@ pub struct Snapshot {
     pub sessions_open: Option<u64>,
     /// Sessions opened since the start (`serve`).
     pub sessions_opened: Option<u64>,
-    /// Requests the HTTP gateway refused before any session saw them, by reason (`auth`,
-    /// `host`).
+    /// Requests the HTTP gateway refused itself (with an HTTP status or a JSON-RPC error of
+    /// its own), by reason (`auth`, `host`, `session_not_found`, `too_many_sessions`, ...).
     pub refusals: Vec<(&'static str, u64)>,
     /// Each grant's policy.
     pub policies: Vec<PolicyState>,
@@ -125,7 +125,7 @@ impl prometheus_client::collector::Collector for Collector {
                 &mut encoder,
                 (
                     "toolgate_http_refusals",
-                    "HTTP requests refused before a session saw them, by reason (auth: no or a wrong token; host: Host or Origin not admitted)",
+                    "HTTP requests the gateway refused itself, by reason (auth: no or a wrong token; host: Host or Origin not admitted; session_not_found, too_many_sessions, upstream_failed, ...)",
                     Counter,
                 ),
                 snapshot
