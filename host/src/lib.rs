@@ -38,6 +38,7 @@ pub mod framing;
 pub mod http;
 pub mod jsonrpc;
 pub mod manifest;
+pub mod metrics;
 pub mod plugins;
 pub mod policy;
 pub mod reload;

@@ -5,8 +5,9 @@ use anyhow::Context;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use toolgate::audit::{DecisionLog, LogSink};
+use toolgate::audit::{DecisionLog, LogSink, Observer, Observers};
 use toolgate::clock::SystemClock;
+use toolgate::metrics::{Metrics, PolicyState, Snapshot};
 use toolgate::reload::{self, LivePolicy};
 use toolgate::session::{Audit, Identity, SchemaChecks, Session};
 use toolgate::stdio::{self, Ending, StdioLimits};
@@ -62,6 +63,10 @@ pub(crate) struct RunArgs {
     /// the decision log (`shadow` events), never to the call. Reloaded like `--policy`.
     #[arg(long, value_name = "FILE", requires = "decision_log")]
     pub(crate) shadow_policy: Option<PathBuf>,
+    /// Serve Prometheus metrics (`GET /metrics`, no token) on this address, e.g.
+    /// `127.0.0.1:9464`; keep it on loopback or behind a firewall.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics_listen: Option<std::net::SocketAddr>,
     /// Several upstream servers behind one gateway, each `NAME=COMMAND` (split like a
     /// shell would) or `NAME=URL` (Streamable HTTP); repeat for each. Their tools are
     /// `NAME__TOOL` (see `--separator`). Instead of UPSTREAM_CMD.
@@ -103,6 +108,7 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
         counters,
         decision_log,
         shadow_policy,
+        metrics_listen,
         upstreams,
         separator,
         upstream,
@@ -156,15 +162,34 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
         reply_timeout: std::time::Duration::from_secs(reply_timeout_s),
         ..StdioLimits::default()
     };
-    let audit = match decision_log.map(|sink| LogSink::parse(&sink, false)) {
+    let log = match decision_log.map(|sink| LogSink::parse(&sink, false)) {
         Some(sink) => match DecisionLog::open(sink, toolgate::audit::DEFAULT_CAPACITY) {
-            Ok(log) => Some(Audit::new(Arc::new(log), "stdio")),
+            Ok(log) => Some(Arc::new(log)),
             Err(e) => {
                 eprintln!("toolgate: --decision-log: {e}");
                 return ExitCode::from(2);
             }
         },
         None => None,
+    };
+    let metrics = match metrics_listen.map(|addr| listen_metrics(addr, &live, &grant, log.clone()))
+    {
+        Some(Ok(metrics)) => Some(metrics),
+        Some(Err(e)) => {
+            eprintln!("toolgate: --metrics-listen: {e}");
+            return ExitCode::from(2);
+        }
+        None => None,
+    };
+    let observers: Vec<Arc<dyn Observer>> = log
+        .map(|log| log as Arc<dyn Observer>)
+        .into_iter()
+        .chain(metrics.map(|m| m as Arc<dyn Observer>))
+        .collect();
+    let audit = match observers.len() {
+        0 => None,
+        1 => Some(Audit::new(observers[0].clone(), "stdio")),
+        _ => Some(Audit::new(Arc::new(Observers(observers)), "stdio")),
     };
     let schemas = (
         SchemaChecks::skipping(skip_schema),
@@ -186,6 +211,34 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--metrics-listen`: the metrics, read from this process's policy and log, served on `addr`.
+fn listen_metrics(
+    addr: std::net::SocketAddr,
+    live: &Arc<LivePolicy>,
+    grant: &str,
+    log: Option<Arc<DecisionLog>>,
+) -> std::io::Result<Arc<Metrics>> {
+    let metrics = Arc::new(Metrics::new());
+    let (live, grant) = (live.clone(), grant.to_owned());
+    metrics.read_from(move || {
+        let status = live.status();
+        Snapshot {
+            policies: vec![PolicyState {
+                grant: grant.clone(),
+                digest: status.digest,
+                reloads: status.reloads,
+                failed_reloads: status.failed_reloads,
+            }],
+            decision_log: log.as_ref().map(|log| log.stats()),
+            ..Snapshot::default()
+        }
+    });
+    let bound = toolgate::metrics::listen(addr, metrics.clone())?;
+    // The tests and scripts read the bound address from here (the port may be 0).
+    eprintln!("toolgate run: metrics on http://{bound}/metrics");
+    Ok(metrics)
 }
 
 fn serve(

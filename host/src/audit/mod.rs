@@ -220,6 +220,11 @@ pub trait Observer: Send + Sync {
     fn shadow(&self, event: &ShadowEvent) {
         let _ = event;
     }
+    /// Whether it reads a decision's `args_sha256` or `args`: if no observer does, the
+    /// session neither copies nor hashes a call's arguments (metrics alone cost less).
+    fn wants_args(&self) -> bool {
+        true
+    }
 }
 
 /// Several observers as one (the log and the metrics, say).
@@ -240,6 +245,9 @@ impl Observer for Observers {
         for o in &self.0 {
             o.shadow(event);
         }
+    }
+    fn wants_args(&self) -> bool {
+        self.0.iter().any(|o| o.wants_args())
     }
 }
 

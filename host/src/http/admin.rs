@@ -1,6 +1,7 @@
 //! The admin listener: health, status and reload, on its own address with its own token.
 //!
-//! `GET /healthz` needs no token (for load balancers and supervisors). `GET /status` and
+//! `GET /healthz` needs no token (for load balancers and supervisors). `GET /status`,
+//! `GET /metrics` (Prometheus text; no token with `metrics_public = true`) and
 //! `POST /reload` need `Authorization: Bearer <admin token>`, checked against
 //! `admin_token_sha256` in constant time; without that key in the config they are shut.
 //! `/approvals/api` (list, `/{id}`, `/{id}/approve`, `/{id}/deny` with `{"reason"}`) needs
@@ -38,6 +39,8 @@ struct Admin {
     /// The listeners' certificate, reloaded with the policies.
     cert: Option<Arc<ListenerCert>>,
     token_sha256: Option<[u8; 32]>,
+    /// `/metrics` without the token.
+    metrics_public: bool,
 }
 
 /// The admin listener's routes, sharing the gateway's state.
@@ -45,16 +48,19 @@ pub(crate) fn router(
     gateway: Arc<Gateway>,
     cert: Option<Arc<ListenerCert>>,
     token_sha256: Option<&str>,
+    metrics_public: bool,
 ) -> anyhow::Result<Router> {
     let page = Arc::new(Page::new(gateway.clone(), cert.is_some()));
     let admin = Arc::new(Admin {
         gateway,
         cert,
         token_sha256: token_sha256.map(parse_sha256).transpose()?,
+        metrics_public,
     });
     Ok(Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/status", get(status))
+        .route("/metrics", get(metrics))
         .route("/reload", post(reload))
         .route("/approvals/api", get(approvals_list))
         .route("/approvals/api/events", get(approvals_events))
@@ -259,6 +265,38 @@ async fn status(State(admin): State<Arc<Admin>>, request: Request) -> Response {
         "decision_log": gw.decision_log.as_ref().map(|log| log.stats()),
     }))
     .into_response()
+}
+
+async fn metrics(State(admin): State<Arc<Admin>>, request: Request) -> Response {
+    if !admin.metrics_public {
+        if let Err(refused) = authorized(&admin, &request) {
+            return refused.into_response();
+        }
+    }
+    let text = admin.gateway.metrics.encode();
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
+}
+
+/// What `/metrics` reads at each scrape: the counts `/status` shows.
+pub(crate) fn snapshot(gw: &Gateway) -> crate::metrics::Snapshot {
+    let stats = &gw.stats;
+    let policies = gw.grants.all().iter().filter_map(|g| {
+        g.status().map(|s| crate::metrics::PolicyState {
+            grant: g.name.clone(),
+            digest: s.digest,
+            reloads: s.reloads,
+            failed_reloads: s.failed_reloads,
+        })
+    });
+    let counters = gw.grants.all().first().map(|g| g.counters.status());
+    crate::metrics::Snapshot {
+        sessions_open: Some(gw.session_count() as u64),
+        sessions_opened: Some(stats.sessions_opened.load(Ordering::Relaxed)),
+        refusals: super::error::refusals::counts(),
+        policies: policies.collect(),
+        decision_log: gw.decision_log.as_ref().map(|log| log.stats()),
+        counter_store_degraded: counters.map(|c| c["state"] == "degraded"),
+    }
 }
 
 async fn reload(State(admin): State<Arc<Admin>>, request: Request) -> Response {

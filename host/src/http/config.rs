@@ -22,6 +22,9 @@ pub(crate) struct Config {
     /// `/healthz`: status and reload stay shut (fail closed).
     #[serde(default)]
     pub(crate) admin_token_sha256: Option<String>,
+    /// Serve `GET /metrics` on the admin listener without the admin token (for a scraper).
+    #[serde(default)]
+    pub(crate) metrics_public: bool,
     /// The grant for requests that carry no `Authorization` header. Off by default; meant for
     /// loopback use and for clients that cannot send headers (the Inspector CLI, the
     /// conformance suite). A request with a wrong token is refused all the same.

@@ -280,9 +280,45 @@ impl GatewayError {
         self.wire().status
     }
 
+    /// Why, in a word, for `toolgate_http_refusals_total{reason}`: a bounded set of values,
+    /// never the message. `None`: not counted (the approvals API's answers to approvers).
+    fn reason(&self) -> Option<&'static str> {
+        use GatewayError as E;
+        Some(match self {
+            E::Forbidden => "host",
+            E::TokenMissing | E::TokenInvalid => "auth",
+            E::NotMcpEndpoint => "not_found",
+            E::MethodNotAllowed => "method_not_allowed",
+            E::NotJson | E::PostNotAcceptable | E::GetNotAcceptable => "media_type",
+            E::BodyTooLarge { .. } => "body_too_large",
+            E::BodyUnreadable(_) | E::BodyTimeout { .. } => "body_unread",
+            E::Malformed { .. } | E::NotAMessage => "malformed",
+            E::SessionIdMissing | E::StdioNeedsSession => "session_missing",
+            E::SessionNotFound => "session_not_found",
+            E::TooManySessions { .. } => "too_many_sessions",
+            E::DiscoverUnsupported => "method_not_found",
+            E::UpstreamTimeout { .. } => "upstream_timeout",
+            E::UpstreamUnreachable(_)
+            | E::UpstreamBody(_)
+            | E::UpstreamContentType { .. }
+            | E::UpstreamNoReply { .. }
+            | E::ChildRequest(_)
+            | E::ChildGone(_)
+            | E::ChildExited(_)
+            | E::ChildSpawn(_) => "upstream_failed",
+            E::AdminOff | E::AdminUnauthorized | E::ApproverUnauthorized | E::PageLoginFailed => {
+                "admin_auth"
+            }
+            _ => return None,
+        })
+    }
+
     /// The response, as the reply to the request with `id` (`None`: the id is unknown or not
-    /// read yet, and the reply's id is `null`).
+    /// read yet, and the reply's id is `null`). Counted by [`GatewayError::reason`].
     pub(crate) fn reply(&self, id: Option<&RawValue>) -> Response {
+        if let Some(reason) = self.reason() {
+            refusals::count(reason);
+        }
         let Wire {
             status,
             body,
@@ -304,6 +340,48 @@ impl GatewayError {
                 .insert(name, HeaderValue::from_static(value));
         }
         response
+    }
+}
+
+/// Refusals answered since the process started, by reason (one gateway per process: the
+/// metrics read them at scrape time, as they read the plugin runtime's counts).
+pub(crate) mod refusals {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Every reason [`super::GatewayError::reason`] gives.
+    const REASONS: [&str; 16] = [
+        "host",
+        "auth",
+        "not_found",
+        "method_not_allowed",
+        "media_type",
+        "body_too_large",
+        "body_unread",
+        "malformed",
+        "session_missing",
+        "session_not_found",
+        "too_many_sessions",
+        "method_not_found",
+        "upstream_timeout",
+        "upstream_failed",
+        "admin_auth",
+        "other",
+    ];
+
+    static COUNTS: [AtomicU64; REASONS.len()] = [const { AtomicU64::new(0) }; REASONS.len()];
+
+    pub(super) fn count(reason: &str) {
+        let index = REASONS.iter().position(|r| *r == reason);
+        COUNTS[index.unwrap_or(REASONS.len() - 1)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Each reason and its count.
+    pub(crate) fn counts() -> Vec<(&'static str, u64)> {
+        REASONS
+            .iter()
+            .zip(&COUNTS)
+            .map(|(reason, n)| (*reason, n.load(Ordering::Relaxed)))
+            .collect()
     }
 }
 
@@ -353,6 +431,25 @@ mod tests {
     async fn body(response: Response) -> String {
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    /// Each refusal is counted once, under its reason (counts are process-wide and other
+    /// tests refuse too: only this test's too_many_sessions, so the count is exact).
+    #[test]
+    fn a_refusal_is_counted_by_its_reason() {
+        let count = |reason: &str| {
+            refusals::counts()
+                .into_iter()
+                .find(|(r, _)| *r == reason)
+                .map(|(_, n)| n)
+                .unwrap()
+        };
+        let before = count("too_many_sessions");
+        let _ = GatewayError::TooManySessions { max: 1 }.reply(None);
+        let _ = GatewayError::TooManySessions { max: 1 }.into_response();
+        assert_eq!(count("too_many_sessions"), before + 2);
+        assert!(refusals::counts().iter().all(|(r, _)| !r.contains(' ')));
+        assert_eq!(GatewayError::ApprovalNeedsReason.reason(), None);
     }
 
     #[tokio::test]

@@ -65,6 +65,8 @@ pub(crate) struct Gateway {
     pub(crate) audit: Option<Arc<crate::session::Audit>>,
     /// The decision log itself, for its written and dropped counts (`/status`).
     pub(crate) decision_log: Option<Arc<crate::audit::DecisionLog>>,
+    /// `/metrics` on the admin listener; always on, fed through [`Gateway::audit`].
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// One `[[approvers]]` entry, its token as a digest.
@@ -106,6 +108,7 @@ impl Gateway {
             upstreams: crate::upstreams::Board::default(),
             audit: None,
             decision_log: None,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         })
     }
 

@@ -22,13 +22,13 @@
 //! mapped to its status, JSON-RPC code and headers in one place.
 //!
 //! Beside the request path: `config` (the TOML file: listeners, upstream, grants, limits)
-//! and `admin` (health, status and reload on a separate listener).
+//! and `admin` (health, status, metrics and reload on a separate listener).
 //!
 //! Dependencies point one way (no cycles): `mcp` → `gateway` → `admission`/`sessions` →
 //! `grants`, and `mcp` → `relay` → `sessions`/`sse`/`upstream`; `error` (which names
 //! `upstream`'s body error) and `headers` sit below the handlers. Outside `http`, only lower
 //! modules are used (`session`, `policy`, `reload`, `jsonrpc`, `framing`, `child`, `counters`,
-//! `clock`, `digest`).
+//! `clock`, `digest`, `metrics`).
 
 pub(crate) mod admin;
 pub(crate) mod admission;
@@ -118,6 +118,8 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
     if let Some(path) = &config.session_key_file {
         gateway = gateway.with_session_key(sealed::SessionKey::load(path)?);
     }
+    // Every session reports to the metrics, and to the decision log when there is one.
+    let mut observer: Arc<dyn crate::audit::Observer> = gateway.metrics.clone();
     if let Some(sink) = &config.decision_log {
         let log = crate::audit::DecisionLog::open(
             crate::audit::LogSink::parse(sink, true),
@@ -125,15 +127,22 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
         )
         .with_context(|| format!("cannot open the decision log `{sink}`"))?;
         let log = Arc::new(log);
-        gateway.audit = Some(crate::session::Audit::new(log.clone(), "http"));
+        observer = Arc::new(crate::audit::Observers(vec![log.clone(), observer]));
         gateway.decision_log = Some(log);
     }
+    gateway.audit = Some(crate::session::Audit::new(observer, "http"));
     if let Some(webhook) = &config.approvals_webhook {
         // reqwest takes the process's TLS provider; the listeners pass theirs explicitly.
         let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
         gateway = gateway.with_announce(webhook::announcer(webhook)?);
     }
     let gateway = Arc::new(gateway);
+    let weak = Arc::downgrade(&gateway);
+    gateway.metrics.read_from(move || {
+        weak.upgrade()
+            .map(|gw| admin::snapshot(&gw))
+            .unwrap_or_default()
+    });
     if config.anonymous_grant.is_some() && !config.listen.ip().is_loopback() {
         tracing::warn!(listen = %config.listen, "anonymous_grant on a non-loopback listener: anyone who can reach it gets that grant");
     }
@@ -177,7 +186,8 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
             reaper.expire_idle();
         }
     });
-    let admin_router = admin::router(gateway.clone(), cert, config.admin_token_sha256.as_deref())?;
+    let token = config.admin_token_sha256.as_deref();
+    let admin_router = admin::router(gateway.clone(), cert, token, config.metrics_public)?;
     let stopping = gateway.stopping();
     let stop = gateway.clone();
     tokio::spawn(async move {

@@ -250,8 +250,10 @@ impl Plugin {
                 ..self.failed(failure, reservations, instructions, peak_memory)
             };
         }
+        let decision = self.decision(decision);
+        super::stats::answered(decision.verdict);
         PluginOutcome {
-            decision: self.decision(decision),
+            decision,
             reservations,
             instructions,
             peak_memory,
@@ -267,6 +269,7 @@ impl Plugin {
         instructions: u64,
         peak_memory: usize,
     ) -> PluginOutcome {
+        super::stats::failed(&failure);
         PluginOutcome {
             decision: Decision::deny(
                 self.rule.clone(),

@@ -30,7 +30,7 @@
 //! instances and the chores thread), `evaluate.rs` (a [`Plugin`] and its calls, under the
 //! `permits.rs`), `error.rs` (why a load or a call failed, told apart by type), and on top
 //! `runtime.rs` (the engine, its knobs and threads, and [`PluginRuntime::load`], which walks
-//! a file through the steps).
+//! a file through the steps). `stats.rs` counts how evaluations ended, for the metrics.
 //!
 //! The sandbox links the toolgate interfaces the policy grants (of counters, clock, log; all
 //! three when the entry says nothing) and nothing else:
@@ -49,6 +49,7 @@ mod load;
 mod permits;
 mod runtime;
 pub mod scaffold;
+mod stats;
 mod vet;
 mod vouch;
 
@@ -62,6 +63,7 @@ pub use limits::{
 pub use load::Source;
 pub use permits::DEFAULT_MAX_CONCURRENT_EVALUATIONS;
 pub use runtime::PluginRuntime;
+pub use stats::evaluations;
 pub use vet::{Candidate, Vetting};
 
 #[cfg(test)]

@@ -158,3 +158,39 @@ fn a_call_without_a_permit_within_its_timeout_is_denied() {
         ["info: probed echo"]
     );
 }
+
+/// Every evaluation is counted by how it ended, for `toolgate_plugin_evaluations_total`: a
+/// panic is a `trap`, a deadline a `timeout`, spent fuel `out_of_fuel`. (The counts are the
+/// process's, and other tests evaluate at the same time: each must at least move by ours.)
+#[test]
+fn evaluations_are_counted_by_how_they_ended() {
+    let runtime = PluginRuntime::new(None).unwrap();
+    let counters = counters();
+    let count = |outcome: &str| {
+        evaluations()
+            .into_iter()
+            .find(|(o, _)| *o == outcome)
+            .map(|(_, n)| n)
+            .unwrap()
+    };
+    let cases = [
+        ("hostile/panic", PluginLimits::default().fuel, 1000, "trap"),
+        ("hostile/loop", 1_000_000_000_000, 5, "timeout"),
+        ("hostile/loop", 2_000_000, 1000, "out_of_fuel"),
+    ];
+    for (name, fuel, timeout_ms, outcome) in cases {
+        let limits = PluginLimits {
+            fuel,
+            timeout: std::time::Duration::from_millis(timeout_ms),
+            ..PluginLimits::default()
+        };
+        let source = Source::Path(&built(name));
+        let plugin = runtime
+            .load(name, source, Vetting::default(), Isolation::Fresh, limits)
+            .unwrap();
+        let before = count(outcome);
+        let denied = plugin.evaluate(&call("{}"), "{}", &counters).decision;
+        assert_eq!(denied.verdict, Verdict::Deny, "{name}");
+        assert!(count(outcome) > before, "{name}: {outcome} did not move");
+    }
+}

@@ -21,12 +21,15 @@ pub struct Audit {
     pub instance: Arc<str>,
     /// Where shadow rules and shadow policies are decided (`None`: they are not).
     pub shadow: Option<Arc<super::ShadowRunner>>,
+    /// Whether the observer reads the arguments (their digest, their masked copy).
+    pub wants_args: bool,
 }
 
 impl Audit {
     /// Events from a session on `transport` go to `observer`.
     pub fn new(observer: Arc<dyn Observer>, transport: &'static str) -> Arc<Self> {
         Arc::new(Self {
+            wants_args: observer.wants_args(),
             observer,
             transport,
             instance: Arc::from(audit::instance()),
@@ -107,7 +110,11 @@ impl Session {
             request_id: id.get().to_owned(),
             server: trail.server.to_string(),
             tool: trail.tool.clone(),
-            args_sha256: audit::args_sha256(args),
+            args_sha256: if audit.wants_args {
+                audit::args_sha256(args)
+            } else {
+                String::new()
+            },
             args: trail.log_args.as_ref().map(|l| l.apply(args)),
             decision: Verdict {
                 verdict: decision.verdict.as_str().into(),

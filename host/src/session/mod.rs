@@ -440,8 +440,14 @@ impl Session {
         let empty = Value::Object(Default::default());
         let args = params.arguments.as_ref().unwrap_or(&empty);
         trail.tool = params.name.to_string();
-        if self.audit.is_some() {
-            trail.args = Some(args.clone());
+        // Copied only for an observer that reads them, or a shadow decision that needs them.
+        if let Some(audit) = &self.audit {
+            if audit.wants_args
+                || self.shadow_policy.is_some()
+                || self.policy.load().has_shadow_rule_for(&trail.tool)
+            {
+                trail.args = Some(args.clone());
+            }
         }
         let (listed, info, server) = {
             let state = self.state();

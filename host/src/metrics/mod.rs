@@ -1,0 +1,231 @@
+//! Prometheus metrics: one registry per gateway, fed by the same events as the decision log.
+//!
+//! [`Metrics`] is an [`audit::Observer`]: the session reports each decided `tools/call` and
+//! each forwarded call's outcome to it, as it does to the decision log, and it counts them.
+//! What is not an event (sessions, refusals, reloads, the policies' digests, plugin
+//! evaluations, dropped log lines) is read when `/metrics` is scraped: the transport hands
+//! over a [`Snapshot`] source ([`Metrics::read_from`]) and the plugin runtime keeps its own
+//! process-wide counts ([`crate::plugins::evaluations`]).
+//!
+//! Label values are bounded, so that no client can grow the series without limit: a tool is
+//! named only when its decision's rule is not `unknown_tool` (else `unknown_tool`), and at
+//! most [`TOOLS_PER_GRANT`] tools per grant are named (the rest are `other`); grants and rules
+//! come from the operator's config and policies; a reason is never a label.
+//!
+//! The crate is `prometheus-client`, the Prometheus project's own Rust client: typed
+//! families, no global registry, and the text format a Prometheus server or any of its
+//! parsers reads.
+//!
+//! ## Files
+//! - `mod.rs`: the registry and its families, and the observer that feeds them.
+//! - `labels.rs`: the bounded tool label.
+//! - `scrape.rs`: what is read at scrape time (the [`Snapshot`], plugin evaluations).
+//! - `listen.rs`: `toolgate run --metrics-listen`, a small HTTP listener for `/metrics`.
+
+mod labels;
+mod listen;
+mod scrape;
+
+pub use listen::listen;
+pub use scrape::{PolicyState, Snapshot};
+
+use crate::audit::{self, DecisionEvent, Fate, OutcomeEvent};
+use labels::ToolLabels;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+/// Distinct tool label values one grant may have; further tools are counted as `other`.
+/// 500 is more than any single MCP server lists, and 500 × grants × rules × decisions series
+/// stays in what a Prometheus server keeps without noticing.
+pub const TOOLS_PER_GRANT: usize = 500;
+
+/// The `Content-Type` of [`Metrics::encode`]'s text (the Prometheus text format 0.0.4).
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// The advisory buckets of the MCP semantic conventions' operation durations, in seconds.
+const MCP_DURATION_BUCKETS: [f64; 14] = [
+    0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// Labels as `(name, value)` pairs: the families below differ in which names they carry.
+type Labels = Vec<(&'static str, String)>;
+
+fn mcp_duration() -> Histogram {
+    Histogram::new(MCP_DURATION_BUCKETS)
+}
+
+/// The gateway's metrics: the registry and the families the events feed.
+pub struct Metrics {
+    registry: Registry,
+    tools: ToolLabels,
+    /// `toolgate_tool_calls_total{grant, tool, decision, rule}`.
+    calls: Family<Labels, Counter>,
+    /// `toolgate_policy_evaluation_duration_seconds`.
+    evaluation: Histogram,
+    /// `toolgate_tool_call_outcomes_total{outcome}`.
+    outcomes: Family<Labels, Counter>,
+    /// `mcp_client_operation_duration_seconds{mcp_method_name, gen_ai_tool_name, error_type}`:
+    /// the gateway is the upstream's MCP client.
+    upstream: Family<Labels, Histogram, fn() -> Histogram>,
+    /// `toolgate_shadow_decisions_total{source, would}`: shadow rules and policies, by how
+    /// their verdict compares with the enforced one.
+    shadows: Family<Labels, Counter>,
+    /// Where the scrape-time values come from, once the transport has set it.
+    source: Arc<scrape::Source>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every family, at zero.
+    pub fn new() -> Self {
+        Self::with_tool_cap(TOOLS_PER_GRANT)
+    }
+
+    /// The same, naming at most `cap` tools per grant.
+    pub fn with_tool_cap(cap: usize) -> Self {
+        let mut registry = Registry::default();
+        let calls = Family::<Labels, Counter>::default();
+        registry.register(
+            "toolgate_tool_calls",
+            "Decided tools/call requests, by grant, tool, decision and the rule that decided",
+            calls.clone(),
+        );
+        // 5 µs to about 0.66 s: a decision without plugins takes microseconds, one with
+        // plugins or a remote counter store up to its timeout.
+        let evaluation = Histogram::new(exponential_buckets(5e-6, 2.0, 18));
+        registry.register(
+            "toolgate_policy_evaluation_duration_seconds",
+            "Time to decide a tools/call (policy, plugins, counters)",
+            evaluation.clone(),
+        );
+        let outcomes = Family::<Labels, Counter>::default();
+        registry.register(
+            "toolgate_tool_call_outcomes",
+            "Forwarded tools/call requests by how they ended (ran, tool_error, jsonrpc_error, gone, cancelled, timeout)",
+            outcomes.clone(),
+        );
+        let upstream = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(
+            mcp_duration as fn() -> Histogram,
+        );
+        registry.register(
+            "mcp_client_operation_duration_seconds",
+            "MCP requests the gateway sent upstream, from sending to the reply (semconv mcp.client.operation.duration)",
+            upstream.clone(),
+        );
+        let shadows = Family::<Labels, Counter>::default();
+        registry.register(
+            "toolgate_shadow_decisions",
+            "Shadow decisions (rules with enforce: false, shadow policies) by source and by how they compare with the enforced one (same, would_deny, would_allow, ...)",
+            shadows.clone(),
+        );
+        registry.register(
+            "toolgate_build",
+            "The toolgate build",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION").to_owned())]),
+        );
+        let source = Arc::new(scrape::Source::default());
+        registry.register_collector(Box::new(scrape::Collector(source.clone())));
+        Self {
+            registry,
+            tools: ToolLabels::new(cap),
+            calls,
+            evaluation,
+            outcomes,
+            upstream,
+            shadows,
+            source,
+        }
+    }
+
+    /// Scrape-time values (sessions, refusals, policies, the log's drops) come from `read`;
+    /// set once, by the transport that owns them (a second call is ignored).
+    pub fn read_from(&self, read: impl Fn() -> Snapshot + Send + Sync + 'static) {
+        self.source.set(Box::new(read));
+    }
+
+    /// Everything, in the Prometheus text format ([`CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+impl audit::Observer for Metrics {
+    fn decision(&self, event: &DecisionEvent) {
+        let verdict = &event.decision;
+        let tool = self.tools.label(&event.grant, &verdict.rule, &event.tool);
+        self.calls
+            .get_or_create(&vec![
+                ("grant", event.grant.clone()),
+                ("tool", tool),
+                ("decision", verdict.verdict.clone()),
+                ("rule", verdict.rule.clone()),
+            ])
+            .inc();
+        self.evaluation.observe(event.eval_us as f64 / 1e6);
+    }
+
+    fn outcome(&self, event: &OutcomeEvent) {
+        let outcome = fate(event.outcome);
+        self.outcomes
+            .get_or_create(&vec![("outcome", outcome.to_owned())])
+            .inc();
+        // Only allowed calls have outcomes: their tool was not unknown.
+        let tool = self.tools.label(&event.grant, "", &event.tool);
+        let mut labels = vec![
+            ("mcp_method_name", "tools/call".to_owned()),
+            ("gen_ai_tool_name", tool),
+        ];
+        if event.outcome != Fate::Ran {
+            labels.push(("error_type", outcome.to_owned()));
+        }
+        self.upstream
+            .get_or_create(&labels)
+            .observe(event.upstream_ms / 1000.0);
+    }
+
+    fn shadow(&self, event: &audit::ShadowEvent) {
+        self.shadows
+            .get_or_create(&vec![
+                ("source", event.source.clone()),
+                ("would", event.would.clone()),
+            ])
+            .inc();
+    }
+
+    fn wants_args(&self) -> bool {
+        false
+    }
+}
+
+/// A fate's name, as the decision log writes it.
+fn fate(fate: Fate) -> &'static str {
+    match fate {
+        Fate::Ran => "ran",
+        Fate::ToolError => "tool_error",
+        Fate::JsonrpcError => "jsonrpc_error",
+        Fate::Gone => "gone",
+        Fate::Cancelled => "cancelled",
+        Fate::Timeout => "timeout",
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests;
