@@ -122,6 +122,8 @@ fn main() {
     let me = std::env::current_exe().unwrap();
     let me = me.to_str().unwrap();
     let policy = policy.to_str().unwrap();
+    let log = dir.path().join("decisions.jsonl");
+    let log = log.to_str().unwrap();
     let mut peers = [
         Peer::start("direct", TOOLGATE, &["standin", "--echo"]),
         Peer::start("relay", me, &["relay", TOOLGATE, "standin", "--echo"]),
@@ -135,6 +137,24 @@ fn main() {
             TOOLGATE,
             &[
                 "run", "--policy", policy, "--", TOOLGATE, "standin", "--echo",
+            ],
+        ),
+        // The same, observed at default settings: the decision log (a file) and metrics.
+        Peer::start(
+            "observed",
+            TOOLGATE,
+            &[
+                "run",
+                "--policy",
+                policy,
+                "--decision-log",
+                log,
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--",
+                TOOLGATE,
+                "standin",
+                "--echo",
             ],
         ),
     ];
@@ -175,6 +195,11 @@ fn main() {
     println!(
         "toolgate / relay added latency: {:.2}x (target <= 1.25x)",
         toolgate_added / relay_added
+    );
+    let observed_added = medians[4] - medians[0];
+    println!(
+        "decision log + metrics: {observed_added:.1} µs added, {:.3}x toolgate's (target <= 1.05x)",
+        observed_added / toolgate_added
     );
     for mut peer in peers {
         drop(peer.stdin);
