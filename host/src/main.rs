@@ -15,6 +15,9 @@ use toolgate::counters::MemoryCounterStore;
 use toolgate::policy::{Loader, Policy};
 use toolgate::reload;
 use toolgate::testing;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::Layer as _;
 
 mod approvals_cli;
 mod catalog_cli;
@@ -174,11 +177,29 @@ fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOOLGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("toolgate=info"));
     // stdout belongs to the protocol: logs go to stderr only.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
-        .init();
+        .with_filter(filter);
+    let registry = tracing_subscriber::registry().with(fmt);
+    // With `otlp`, and a collector named by OTEL_EXPORTER_OTLP_ENDPOINT: every call's span.
+    #[cfg(feature = "otlp")]
+    if let Some(provider) = toolgate::telemetry::otlp_from_env() {
+        match provider {
+            Ok(provider) => {
+                let spans = tracing_subscriber::filter::Targets::new()
+                    .with_target("toolgate::mcp", tracing::Level::DEBUG);
+                registry
+                    .with(toolgate::telemetry::layer(&provider).with_filter(spans))
+                    .init();
+                // Kept for the process's life (spans still in a batch at exit are lost).
+                std::mem::forget(provider);
+                return;
+            }
+            Err(e) => eprintln!("toolgate: {e}; spans are not exported"),
+        }
+    }
+    registry.init();
 }
 
 fn load_policy(loader: &Loader, path: &std::path::Path) -> Result<Policy, ExitCode> {

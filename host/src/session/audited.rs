@@ -2,6 +2,7 @@
 //! `tools/call` it decides, and an outcome event for every call it forwarded, when its fate
 //! is known. Nothing here changes a decision; with no observer it costs one branch.
 
+use super::approval::Refused;
 use super::ids::Kind;
 use super::Session;
 use crate::audit::{self, DecisionEvent, Fate, Observer, OutcomeEvent, Verdict};
@@ -71,6 +72,35 @@ pub(super) struct Audited {
 }
 
 impl Session {
+    /// Decides a `tools/call` (`approved`: a person approved it, see
+    /// [`crate::policy::Policy::decide_approved`]). `Err` is the reply to send instead of
+    /// forwarding, or the approval to hold it on.
+    pub(super) fn decide_call(
+        &self,
+        params: Option<&RawValue>,
+        id: &RawValue,
+        approved: Option<&crate::call::Approval>,
+    ) -> Result<Kind, Refused> {
+        let started = std::time::Instant::now();
+        let mut trail = Trail::default();
+        let span = self.call_span(params, id, &mut trail);
+        let entered = span.enter();
+        let mut decided = self.decide_call_traced(params, id, approved, &mut trail);
+        if let Some(decision) = &trail.decision {
+            span.record("toolgate.decision", decision.verdict.as_str());
+            span.record("toolgate.rule", decision.rule.as_str());
+            if !decision.is_allow() {
+                span.record("error.type", decision.verdict.as_str());
+            }
+        }
+        drop(entered);
+        if self.audit.is_some() {
+            let decision_id = self.audit_decision(&trail, id, started, &mut decided.as_mut().ok());
+            self.shadow(trail, decision_id);
+        }
+        decided
+    }
+
     /// Reports the decision `trail` reached on the request `id` (begun at `started`), and
     /// attaches what the outcome event will need to a forwarded call.
     /// Returns the decision's id.
@@ -190,7 +220,9 @@ impl Session {
             .as_ref()
             .and_then(|p| p.name.as_deref())
             .unwrap_or("");
-        let span = tracing::info_span!(
+        // At debug level: stderr's log (info by default) does not repeat the span on every
+        // line; the OpenTelemetry layer enables it for itself.
+        let span = tracing::debug_span!(
             target: "toolgate::mcp",
             "tools/call",
             otel.name = %format_args!("tools/call {tool}"),

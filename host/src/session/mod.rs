@@ -386,35 +386,6 @@ impl Session {
         }
     }
 
-    /// Decides a `tools/call` (`approved`: a person approved it, see
-    /// [`crate::policy::Policy::decide_approved`]). `Err` is the reply to send instead of
-    /// forwarding, or the approval to hold it on.
-    fn decide_call(
-        &self,
-        params: Option<&RawValue>,
-        id: &RawValue,
-        approved: Option<&crate::call::Approval>,
-    ) -> Result<Kind, Refused> {
-        let started = std::time::Instant::now();
-        let mut trail = audited::Trail::default();
-        let span = self.call_span(params, id, &mut trail);
-        let entered = span.enter();
-        let mut decided = self.decide_call_traced(params, id, approved, &mut trail);
-        if let Some(decision) = &trail.decision {
-            span.record("toolgate.decision", decision.verdict.as_str());
-            span.record("toolgate.rule", decision.rule.as_str());
-            if !decision.is_allow() {
-                span.record("error.type", decision.verdict.as_str());
-            }
-        }
-        drop(entered);
-        if self.audit.is_some() {
-            let decision_id = self.audit_decision(&trail, id, started, &mut decided.as_mut().ok());
-            self.shadow(trail, decision_id);
-        }
-        decided
-    }
-
     /// [`Session::decide_call`], noting in `trail` what the decision log reports.
     fn decide_call_traced(
         &self,
