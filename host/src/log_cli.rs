@@ -109,6 +109,14 @@ fn tail(file: &Path, lines: usize, color: &str) -> anyhow::Result<()> {
                 o.tool,
                 o.upstream_ms
             ),
+            Event::Approval(a) => format!(
+                "{}  {:<8} {} approval {} {}",
+                a.time,
+                a.grant,
+                paint(&a.outcome),
+                a.approval_id,
+                a.by.as_deref().unwrap_or("")
+            ),
             Event::Shadow(s) => format!(
                 "{}  {:<8} {} {:<28} shadow {}: {} ({})",
                 s.time,
@@ -170,6 +178,7 @@ struct Stats {
     by_tool: BTreeMap<String, Tally>,
     outcomes: BTreeMap<String, u64>,
     shadow: BTreeMap<String, u64>,
+    approvals: BTreeMap<String, u64>,
     skipped_lines: usize,
 }
 
@@ -203,6 +212,7 @@ fn stats(file: &Path, json: bool) -> anyhow::Result<()> {
                 *stats.outcomes.entry(name).or_default() += 1;
             }
             Event::Shadow(s) => *stats.shadow.entry(s.would.clone()).or_default() += 1,
+            Event::Approval(a) => *stats.approvals.entry(a.outcome.clone()).or_default() += 1,
         }
     }
     stats.total.finish();
@@ -255,6 +265,9 @@ fn stats(file: &Path, json: bool) -> anyhow::Result<()> {
     writeln!(out, "outcomes: {}", joined(&stats.outcomes))?;
     if !stats.shadow.is_empty() {
         writeln!(out, "shadow: {}", joined(&stats.shadow))?;
+    }
+    if !stats.approvals.is_empty() {
+        writeln!(out, "approvals: {}", joined(&stats.approvals))?;
     }
     if skipped > 0 {
         writeln!(out, "({skipped} line(s) not of schema {SCHEMA} skipped)")?;

@@ -118,6 +118,9 @@ impl Observer for DecisionLog {
     fn shadow(&self, event: &ShadowEvent) {
         self.push(Event::Shadow(Box::new(event.clone())));
     }
+    fn approval(&self, event: &super::ApprovalEvent) {
+        self.push(Event::Approval(Box::new(event.clone())));
+    }
 }
 
 enum Output {

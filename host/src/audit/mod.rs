@@ -187,6 +187,34 @@ pub struct ShadowEvent {
     pub would: String,
 }
 
+/// How a call held for a person's approval came out of its hold: logged between its
+/// `require_approval` decision and the decision that follows an approval.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalEvent {
+    /// When, RFC 3339 with milliseconds, UTC.
+    pub time: String,
+    /// The approval request's id.
+    pub approval_id: String,
+    /// The grant.
+    pub grant: String,
+    /// The session.
+    pub session: String,
+    /// The client's request id, as JSON text.
+    pub request_id: String,
+    /// `approved`, `denied`, or the state an undecided hold ended in (`pending`, `expired`,
+    /// `cancelled`).
+    pub outcome: String,
+    /// Who decided, as the channel recorded them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// The channel it came through (`cli`, `http`, `page`, `client`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// A denial's reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// One line of the log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -197,6 +225,8 @@ pub enum Event {
     Outcome(OutcomeEvent),
     /// A shadow decision.
     Shadow(Box<ShadowEvent>),
+    /// A held call's approval.
+    Approval(Box<ApprovalEvent>),
 }
 
 /// A line as written: the schema, then the event.
@@ -218,6 +248,10 @@ pub trait Observer: Send + Sync {
     fn outcome(&self, event: &OutcomeEvent);
     /// A shadow rule or policy decided a call (off the call's path, after its decision).
     fn shadow(&self, event: &ShadowEvent) {
+        let _ = event;
+    }
+    /// A call held for approval was approved, denied, or left its hold undecided.
+    fn approval(&self, event: &ApprovalEvent) {
         let _ = event;
     }
     /// Whether it reads a decision's `args_sha256` or `args`: if no observer does, the
@@ -244,6 +278,11 @@ impl Observer for Observers {
     fn shadow(&self, event: &ShadowEvent) {
         for o in &self.0 {
             o.shadow(event);
+        }
+    }
+    fn approval(&self, event: &ApprovalEvent) {
+        for o in &self.0 {
+            o.approval(event);
         }
     }
     fn wants_args(&self) -> bool {

@@ -310,6 +310,7 @@ impl Session {
         }
         let refusal =
             |d: Decision| ClientLine::Answer(jsonrpc::result_line(id, &d.to_tool_result()));
+        self.audit_approval(&held.approval, id, &outcome);
         match outcome {
             Held::Approved(approval) => {
                 tracing::info!(approval = %held.approval, by = %approval.approver, "approval: the held call is decided again and forwarded");

@@ -13,6 +13,7 @@ struct Recorder {
     decisions: Mutex<Vec<DecisionEvent>>,
     outcomes: Mutex<Vec<OutcomeEvent>>,
     shadows: Mutex<Vec<crate::audit::ShadowEvent>>,
+    approvals: Mutex<Vec<crate::audit::ApprovalEvent>>,
 }
 
 impl Observer for Recorder {
@@ -24,6 +25,9 @@ impl Observer for Recorder {
     }
     fn shadow(&self, event: &crate::audit::ShadowEvent) {
         self.shadows.lock().unwrap().push(event.clone());
+    }
+    fn approval(&self, event: &crate::audit::ApprovalEvent) {
+        self.approvals.lock().unwrap().push(event.clone());
     }
 }
 
@@ -302,4 +306,51 @@ fn a_shadow_policys_limit_never_spends_a_real_unit() {
         "the third is limited"
     );
     assert_eq!(shadows(&log, 1)[0].shadow.verdict, "rate_limited");
+}
+
+#[test]
+fn a_held_call_logs_its_hold_its_approval_and_the_decision_after_it() {
+    let recorder = Arc::new(Recorder::default());
+    let approvals = Arc::new(crate::approvals::Approvals::new(ManualClock::starting_at(
+        0,
+    )));
+    let s = Session::new(
+        Arc::new(
+            Policy::from_json(
+                r#"{"version":"1","default":"deny","tools":{"del":{"action":"require_approval"}}}"#,
+                "p.json",
+            )
+            .unwrap(),
+        ),
+        Arc::new(MemoryCounterStore::new(ManualClock::starting_at(0))),
+        Identity {
+            grant: "g".into(),
+            session: "s".into(),
+        },
+    )
+    .with_audit(Some(Audit::new(recorder.clone(), "stdio")))
+    .with_approvals(approvals.clone(), true, false);
+    let ClientLine::Hold(held) = s.from_client(&call(1, "del", json!({}))) else {
+        panic!("not held")
+    };
+    approvals.approve(&held.approval, "alice", "cli").unwrap();
+    let outcome = approvals.hold(&held.approval, Duration::ZERO);
+    assert!(matches!(s.release(&held, outcome), ClientLine::Forward(_)));
+    let verdicts: Vec<String> = recorder
+        .decisions()
+        .into_iter()
+        .map(|d| d.decision.verdict)
+        .collect();
+    assert_eq!(verdicts, ["require_approval", "allow"]);
+    let approved = std::mem::take(&mut *recorder.approvals.lock().unwrap());
+    assert_eq!(approved.len(), 1);
+    assert_eq!(
+        (
+            approved[0].outcome.as_str(),
+            approved[0].by.as_deref(),
+            approved[0].channel.as_deref()
+        ),
+        ("approved", Some("alice"), Some("cli"))
+    );
+    assert_eq!(approved[0].approval_id, held.approval);
 }

@@ -252,6 +252,45 @@ impl Session {
         span
     }
 
+    /// Reports how a held call came out of its hold.
+    pub(super) fn audit_approval(
+        &self,
+        approval: &str,
+        id: &RawValue,
+        outcome: &crate::approvals::Held,
+    ) {
+        use crate::approvals::Held;
+        let Some(audit) = &self.audit else {
+            return;
+        };
+        let (outcome, by, channel, reason) = match outcome {
+            Held::Approved(a) => (
+                "approved".to_owned(),
+                Some(a.approver.clone()),
+                Some(a.channel.clone()),
+                None,
+            ),
+            Held::Denied { by, reason } => (
+                "denied".to_owned(),
+                Some(by.clone()),
+                None,
+                Some(reason.clone()),
+            ),
+            Held::Undecided { state, .. } => (state.as_str().to_owned(), None, None, None),
+        };
+        audit.observer.approval(&audit::ApprovalEvent {
+            time: audit::now(),
+            approval_id: approval.to_owned(),
+            grant: self.identity.grant.clone(),
+            session: self.identity.session.clone(),
+            request_id: id.get().to_owned(),
+            outcome,
+            by,
+            channel,
+            reason,
+        });
+    }
+
     /// Reports how a forwarded call ended (`sent`: when it left).
     pub(super) fn audit_outcome(
         &self,

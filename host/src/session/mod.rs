@@ -472,6 +472,8 @@ impl Session {
                 Some(approval) => policy.decide_approved(&call, &self.counters, approval),
                 None => policy.decide(&call, &self.counters),
             };
+            // Noted before the call may be held: a held call's decision is require_approval.
+            trail.decision = Some(outcome.decision.clone());
             if outcome.decision.verdict == Verdict::RequireApproval && approved.is_none() {
                 // Held, let through by an approval already given, or refused as before.
                 match self.ask_approval(&policy, &call, &outcome.decision, (id, raw_params)) {
