@@ -112,6 +112,9 @@ enum Command {
         /// exits 0 and only a bad policy or call fails.
         #[arg(long)]
         exit_code: bool,
+        /// Print the decision as the decision log writes it (one JSON line) instead of the steps.
+        #[arg(long)]
+        log: bool,
     },
     /// Make a running gateway reload its policy now; prints the outcome and the status.
     Reload {
@@ -303,7 +306,8 @@ fn main() -> ExitCode {
             policy,
             call,
             exit_code,
-        } => eval(&policy, &call, exit_code),
+            log,
+        } => eval(&policy, &call, exit_code, log),
         Command::Reload { socket } => admin(&socket, "reload"),
         Command::Status { socket } => admin(&socket, "status"),
         Command::Approvals(args) => approvals_cli::run(args),
@@ -392,7 +396,7 @@ fn test(
     }
 }
 
-fn eval(policy: &std::path::Path, call: &str, exit_code: bool) -> ExitCode {
+fn eval(policy: &std::path::Path, call: &str, exit_code: bool, log: bool) -> ExitCode {
     let call: testing::CallSpec = match serde_json::from_str(call) {
         Ok(call) => call,
         Err(e) => {
@@ -408,7 +412,18 @@ fn eval(policy: &std::path::Path, call: &str, exit_code: bool) -> ExitCode {
     let counters: Arc<dyn toolgate::counters::CounterStore> =
         Arc::new(MemoryCounterStore::new(clock));
     let mut steps = Vec::new();
+    let started = std::time::Instant::now();
     let outcome = policy.decide_traced(&call.tool_call(), &counters, &mut steps);
+    let eval_us = started.elapsed().as_micros() as u64;
+    let steps = if log {
+        println!(
+            "{}",
+            testing::decision_line(&policy, &call.tool_call(), &outcome, eval_us)
+        );
+        Vec::new()
+    } else {
+        steps
+    };
     for (i, step) in steps.iter().enumerate() {
         match step.instructions {
             Some(n) => println!(
@@ -424,12 +439,14 @@ fn eval(policy: &std::path::Path, call: &str, exit_code: bool) -> ExitCode {
         }
     }
     let d = &outcome.decision;
-    println!(
-        "decision: {} (rule {}): {}",
-        d.verdict.as_str(),
-        d.rule,
-        d.reason
-    );
+    if !log {
+        println!(
+            "decision: {} (rule {}): {}",
+            d.verdict.as_str(),
+            d.rule,
+            d.reason
+        );
+    }
     if exit_code && d.verdict != toolgate::decision::Verdict::Allow {
         ExitCode::FAILURE
     } else {

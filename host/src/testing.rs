@@ -521,3 +521,54 @@ pub fn report(files: &[FileResult], options: ReportOptions) -> (String, bool) {
     let _ = writeln!(out, "{passed} passed, {failed} failed");
     (out, ok)
 }
+
+/// A decision made outside a gateway (`toolgate eval --log`), as the decision log writes it:
+/// the same schema, transport `eval`, request id `null`.
+pub fn decision_line(
+    policy: &crate::policy::Policy,
+    call: &ToolCall<'_>,
+    outcome: &crate::policy::Outcome,
+    eval_us: u64,
+) -> String {
+    use crate::audit;
+    let d = &outcome.decision;
+    let event = audit::DecisionEvent {
+        time: audit::now(),
+        decision_id: uuid::Uuid::new_v4().to_string(),
+        instance: audit::instance(),
+        transport: "eval".into(),
+        policy: policy.name().map(str::to_owned),
+        policy_digest: policy.digest().to_owned(),
+        plugins: policy
+            .plugins()
+            .iter()
+            .map(|p| audit::PluginRef {
+                name: p.name().to_owned(),
+                digest: p.digest().to_owned(),
+            })
+            .collect(),
+        grant: call.grant.to_owned(),
+        session: call.session.to_owned(),
+        method: "tools/call".into(),
+        request_id: "null".into(),
+        server: call.server.to_owned(),
+        tool: call.tool.to_owned(),
+        args_sha256: audit::args_sha256(call.args),
+        args: policy.log_args_for(call.tool).map(|l| l.apply(call.args)),
+        decision: audit::Verdict {
+            verdict: d.verdict.as_str().into(),
+            rule: d.rule.clone(),
+            reason: d.reason.clone(),
+            retry_after_ms: d.retry_after_ms,
+        },
+        eval_us,
+        plugin_instructions: outcome.instructions,
+        trace_id: None,
+        span_id: None,
+    };
+    serde_json::to_string(&audit::Line {
+        schema: audit::SCHEMA.into(),
+        event: audit::Event::Decision(Box::new(event)),
+    })
+    .expect("an event serializes")
+}

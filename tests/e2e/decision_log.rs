@@ -179,3 +179,43 @@ fn a_sink_nobody_reads_never_holds_a_call_up() {
 }
 
 use std::os::unix::fs::OpenOptionsExt;
+
+/// `toolgate eval --log` prints the decision in the log's own schema.
+#[test]
+fn eval_prints_a_decision_in_the_logs_schema() {
+    let out = Command::new(TOOLGATE)
+        .current_dir(crate::support::workspace())
+        .args([
+            "eval",
+            "--policy",
+            "examples/seed/policy.json",
+            "--call",
+            r#"{"tool": "session_list", "args": {"token": "x"}}"#,
+            "--log",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["schema"], "toolgate.decision-log/v1");
+    assert_eq!(line["event"], "decision");
+    assert_eq!(line["transport"], "eval");
+    assert_eq!(
+        (
+            &line["tool"],
+            &line["decision"]["verdict"],
+            &line["decision"]["rule"]
+        ),
+        (
+            &json!("session_list"),
+            &json!("deny"),
+            &json!("unknown_tool")
+        )
+    );
+    assert_eq!(line["args_sha256"].as_str().unwrap().len(), 64);
+    assert!(line.get("args").is_none());
+}
