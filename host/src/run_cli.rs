@@ -90,6 +90,26 @@ pub(crate) struct RunArgs {
     pub(crate) upstream: Vec<String>,
 }
 
+/// Waits for the shadow thread and the decision log's writer when `run` returns.
+struct FlushAtExit(
+    Option<Arc<toolgate::session::ShadowRunner>>,
+    Option<Arc<DecisionLog>>,
+);
+
+impl Drop for FlushAtExit {
+    fn drop(&mut self) {
+        let within = std::time::Duration::from_secs(2);
+        if let Some(shadow) = &self.0 {
+            shadow.flush(within);
+        }
+        if let Some(log) = &self.1 {
+            if !log.flush(within) {
+                eprintln!("toolgate: the decision log's last events could not all be written");
+            }
+        }
+    }
+}
+
 /// A shadow policy, as sessions read it.
 type ShadowCell = Arc<arc_swap::ArcSwap<toolgate::policy::Policy>>;
 
@@ -181,6 +201,7 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
         }
         None => None,
     };
+    let log_at_exit = log.clone();
     let observers: Vec<Arc<dyn Observer>> = log
         .map(|log| log as Arc<dyn Observer>)
         .into_iter()
@@ -191,12 +212,15 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
         1 => Some(Audit::new(observers[0].clone(), "stdio")),
         _ => Some(Audit::new(Arc::new(Observers(observers)), "stdio")),
     };
+    let shadow_at_exit = audit.as_ref().and_then(|a| a.shadow.clone());
     let schemas = (
         SchemaChecks::skipping(skip_schema),
         audit,
         shadow.map(|s| s.cell()),
     );
     let operator = admin_socket.is_some();
+    // The last decisions (and their shadows) are written before the process exits.
+    let _flush = FlushAtExit(shadow_at_exit, log_at_exit);
     match serve(
         &live,
         (grant, counters),

@@ -219,3 +219,52 @@ fn eval_prints_a_decision_in_the_logs_schema() {
     assert_eq!(line["args_sha256"].as_str().unwrap().len(), 64);
     assert!(line.get("args").is_none());
 }
+
+/// A shadow policy whose plugin traps: the call is decided and answered as if there were no
+/// shadow; only the shadow event says deny.
+#[test]
+fn a_trapping_shadow_plugin_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("decisions.jsonl");
+    let shadow = dir.path().join("shadow.json");
+    std::fs::write(
+        &shadow,
+        json!({"version": "1", "default": "allow",
+            "plugins": {"trap": {"path": crate::plugins::plugin_path("hostile/panic")}},
+            "tools": {"echo": {"use": [{"plugin": "trap"}]}}})
+        .to_string(),
+    )
+    .unwrap();
+    let mut client = Client::start_with(
+        r#"{"version": "1", "default": "allow"}"#,
+        &echo(),
+        &[
+            "--decision-log",
+            log.to_str().unwrap(),
+            "--shadow-policy",
+            shadow.to_str().unwrap(),
+        ],
+    );
+    client.initialize();
+    for i in 0..3 {
+        let result = client.call("echo", json!({"message": format!("m{i}")}));
+        assert_eq!(result["content"][0]["text"], format!("m{i}"), "{result}");
+    }
+    let (status, _) = client.finish();
+    assert!(status.success());
+    let lines = wait_lines(&log, 9);
+    let shadows: Vec<&Value> = lines.iter().filter(|l| l["event"] == "shadow").collect();
+    assert_eq!(shadows.len(), 3, "{lines:#?}");
+    for s in shadows {
+        assert_eq!(s["enforced"], "allow");
+        assert_eq!(s["shadow"]["verdict"], "deny");
+        assert_eq!(s["shadow"]["rule"], "plugins.trap");
+        assert_eq!(s["would"], "would_deny");
+        assert_eq!(s["source"], "policy");
+    }
+    let ran = lines
+        .iter()
+        .filter(|l| l["event"] == "outcome" && l["outcome"] == "ran")
+        .count();
+    assert_eq!(ran, 3);
+}

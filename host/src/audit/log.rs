@@ -56,6 +56,10 @@ pub struct LogStats {
 
 #[derive(Default)]
 struct Counts {
+    /// Events handed to the log.
+    pushed: AtomicU64,
+    /// Events whose line reached the sink's buffer and was flushed, or that were dropped.
+    settled: AtomicU64,
     written: AtomicU64,
     dropped: AtomicU64,
 }
@@ -99,11 +103,29 @@ impl DecisionLog {
     }
 
     fn push(&self, event: Event) {
+        self.counts.pushed.fetch_add(1, Ordering::Relaxed);
         match self.tx.try_send(event) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+                self.counts.settled.fetch_add(1, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// Waits (at most `within`) until every event handed over so far is written and flushed,
+    /// or dropped: before the process exits, so that its last decisions are not lost.
+    pub fn flush(&self, within: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let pushed = self.counts.pushed.load(Ordering::Relaxed);
+            if self.counts.settled.load(Ordering::Relaxed) >= pushed {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
         }
     }
 }
@@ -212,8 +234,10 @@ fn write_all(rx: Receiver<Event>, mut out: Output, counts: &Counts) {
     let mut buf = Vec::with_capacity(1024);
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
+        let mut taken = 0;
         // Everything already waiting goes out before one flush.
         while let Some(event) = next.take().or_else(|| rx.try_recv().ok()) {
+            taken += 1;
             buf.clear();
             let line = Line {
                 schema: SCHEMA.into(),
@@ -236,5 +260,6 @@ fn write_all(rx: Receiver<Event>, mut out: Output, counts: &Counts) {
         if let Err(e) = out.flush() {
             tracing::warn!(error = %e, "cannot write the decision log");
         }
+        counts.settled.fetch_add(taken, Ordering::Relaxed);
     }
 }

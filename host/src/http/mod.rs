@@ -137,6 +137,7 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
         gateway = gateway.with_announce(webhook::announcer(webhook)?);
     }
     let gateway = Arc::new(gateway);
+    let decision_log = gateway.decision_log.clone();
     let weak = Arc::downgrade(&gateway);
     gateway.metrics.read_from(move || {
         weak.upgrade()
@@ -223,6 +224,12 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
     accept(mcp, mcp_service, Options { max, ..options }).await;
     let _ = admin.await;
     let closed = sessions.close_all(SESSION_DELETES_WITHIN).await;
+    // The last decisions (and their shadows) are written before the process exits.
+    if let Some(log) = &decision_log {
+        let within = Duration::from_secs(2);
+        let log = log.clone();
+        let _ = tokio::task::spawn_blocking(move || log.flush(within)).await;
+    }
     tracing::info!(sessions = closed, "stopped");
     Ok(())
 }

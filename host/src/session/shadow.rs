@@ -24,6 +24,8 @@ const QUEUE: usize = 1024;
 pub struct ShadowRunner {
     tx: SyncSender<Job>,
     dropped: Arc<AtomicU64>,
+    /// Jobs queued and not yet decided.
+    pending: Arc<AtomicU64>,
 }
 
 struct Job {
@@ -40,17 +42,33 @@ impl ShadowRunner {
     /// Starts the shadow thread, with its own counters (`counters`: never the real ones).
     pub fn start(counters: Arc<dyn CounterStore>) -> std::io::Result<Arc<Self>> {
         let (tx, rx) = sync_channel::<Job>(QUEUE);
+        let pending = Arc::new(AtomicU64::new(0));
+        let done = pending.clone();
         std::thread::Builder::new()
             .name("shadow".into())
             .spawn(move || {
                 for job in rx {
                     run(job, &counters);
+                    done.fetch_sub(1, Ordering::Relaxed);
                 }
             })?;
         Ok(Arc::new(Self {
             tx,
             dropped: Arc::new(AtomicU64::new(0)),
+            pending,
         }))
+    }
+
+    /// Waits (at most `within`) until every queued shadow decision is made and reported.
+    pub fn flush(&self, within: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        while self.pending.load(Ordering::Relaxed) > 0 {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        true
     }
 
     /// Jobs dropped because the shadow thread could not keep up.
@@ -136,7 +154,9 @@ impl Session {
             policies,
             observer: audit.observer.clone(),
         };
+        runner.pending.fetch_add(1, Ordering::Relaxed);
         if runner.tx.try_send(job).is_err() {
+            runner.pending.fetch_sub(1, Ordering::Relaxed);
             runner.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
