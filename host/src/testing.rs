@@ -539,14 +539,7 @@ pub fn decision_line(
         transport: "eval".into(),
         policy: policy.name().map(str::to_owned),
         policy_digest: policy.digest().to_owned(),
-        plugins: policy
-            .plugins()
-            .iter()
-            .map(|p| audit::PluginRef {
-                name: p.name().to_owned(),
-                digest: p.digest().to_owned(),
-            })
-            .collect(),
+        plugins: policy.plugin_refs(),
         grant: call.grant.to_owned(),
         session: call.session.to_owned(),
         method: "tools/call".into(),

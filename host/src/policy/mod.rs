@@ -179,6 +179,17 @@ impl Policy {
         self.rule_for(tool).and_then(|r| r.log_args.as_ref())
     }
 
+    /// Its plugins by name and digest, as the decision log names them.
+    pub fn plugin_refs(&self) -> Vec<crate::audit::PluginRef> {
+        self.plugins
+            .iter()
+            .map(|p| crate::audit::PluginRef {
+                name: p.name().to_owned(),
+                digest: p.digest().to_owned(),
+            })
+            .collect()
+    }
+
     /// The plugins this policy loaded, for status and logs.
     pub fn plugins(&self) -> &[Arc<Plugin>] {
         &self.plugins

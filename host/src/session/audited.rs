@@ -126,14 +126,7 @@ impl Session {
             transport: audit.transport.into(),
             policy: policy.name().map(str::to_owned),
             policy_digest: policy.digest().to_owned(),
-            plugins: policy
-                .plugins()
-                .iter()
-                .map(|p| audit::PluginRef {
-                    name: p.name().to_owned(),
-                    digest: p.digest().to_owned(),
-                })
-                .collect(),
+            plugins: policy.plugin_refs(),
             grant: self.identity.grant.clone(),
             session: self.identity.session.clone(),
             method: "tools/call".into(),
