@@ -230,9 +230,20 @@ fn rotate(path: &std::path::Path, keep: usize) -> io::Result<()> {
     std::fs::rename(path, numbered(1))
 }
 
+/// How often the writer wakes to drain the queue. The writer never waits on the queue itself:
+/// a sender that found it waiting would have to wake it, a futex call and a thread switch on
+/// the call's path for every event. Polling costs one wake-up per period instead.
+const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+
 fn write_all(rx: Receiver<Event>, mut out: Output, counts: &Counts) {
     let mut buf = Vec::with_capacity(1024);
-    while let Ok(first) = rx.recv() {
+    loop {
+        std::thread::sleep(DRAIN_EVERY);
+        let first = match rx.try_recv() {
+            Ok(event) => event,
+            Err(std::sync::mpsc::TryRecvError::Empty) => continue,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+        };
         let mut next = Some(first);
         let mut taken = 0;
         // Everything already waiting goes out before one flush.

@@ -290,6 +290,26 @@ impl Observer for Observers {
     }
 }
 
+/// A fresh 64-bit id: unique in this process (a counter), and across processes with
+/// overwhelming odds (mixed with 64 random bits drawn once). Ids are made on every decision:
+/// a `getrandom` call each, as UUIDs v4 would cost, is a syscall on the call's path.
+pub fn fresh_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static SEED: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let seed = *SEED.get_or_init(|| uuid::Uuid::new_v4().as_u128() as u64);
+    // SplitMix64 of the seeded counter: a bijection, so distinct counters give distinct ids.
+    let mut z = seed.wrapping_add(
+        COUNTER
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15),
+    );
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// The current time as the log writes it.
 pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -327,8 +347,7 @@ impl TraceContext {
     /// The context of a call whose `_meta.traceparent` is `traceparent` (SEP-414); a missing
     /// or malformed one (W3C: version `00`, ids not all zero) starts a new trace.
     pub fn of(traceparent: Option<&str>) -> Self {
-        let random = uuid::Uuid::new_v4().as_u128();
-        let span_id = format!("{:016x}", random as u64);
+        let span_id = format!("{:016x}", fresh_id());
         let parsed = traceparent.and_then(|t| {
             let mut parts = t.split('-');
             let (version, trace, parent, flags) =
@@ -353,7 +372,7 @@ impl TraceContext {
                 span_id,
             },
             None => Self {
-                trace_id: format!("{:032x}", uuid::Uuid::new_v4().as_u128()),
+                trace_id: format!("{:016x}{:016x}", fresh_id(), fresh_id()),
                 parent_span_id: None,
                 span_id,
             },

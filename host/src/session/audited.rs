@@ -116,7 +116,7 @@ impl Session {
         let unread = Decision::deny("invalid_request", "the call could not be read");
         let decision = trail.decision.as_ref().unwrap_or(&unread);
         let policy = self.policy.load();
-        let decision_id = uuid::Uuid::new_v4().to_string();
+        let decision_id = format!("{:016x}{:016x}", audit::fresh_id(), audit::fresh_id());
         let null = Value::Null;
         let args = trail.args.as_ref().unwrap_or(&null);
         let event = DecisionEvent {
