@@ -145,6 +145,9 @@ pub struct CaseResult {
     pub wall_us: u64,
     /// The steps of the last repetition (or the failing one).
     pub trace: Vec<Step>,
+    /// That repetition's decision as the decision log writes it (`toolgate test --json`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<crate::audit::Line>,
 }
 
 /// One case file's results.
@@ -252,6 +255,7 @@ pub fn run_file(loader: &Loader, path: &Path) -> FileResult {
                         peak_memory: 0,
                         wall_us: 0,
                         trace: Vec::new(),
+                        decision: None,
                     });
                     break;
                 }
@@ -307,6 +311,7 @@ fn run_case(
         peak_memory: 0,
         wall_us: 0,
         trace: Vec::new(),
+        decision: None,
     };
     if !DECISIONS.contains(&expected.decision.as_str()) {
         case.passed = false;
@@ -321,7 +326,10 @@ fn run_case(
     let started = Instant::now();
     for repetition in 1..=step.repeat.max(1) {
         let mut trace = Vec::new();
+        let decided = Instant::now();
         let outcome = policy.decide_traced(&call, counters, &mut trace);
+        let eval_us = decided.elapsed().as_micros() as u64;
+        case.decision = Some(decision_event(policy, &call, &outcome, eval_us));
         for s in &trace {
             let point = match s.instructions {
                 // A plugin step: covered by the kind of its decision (`deny: <reason>`).
@@ -522,14 +530,25 @@ pub fn report(files: &[FileResult], options: ReportOptions) -> (String, bool) {
     (out, ok)
 }
 
-/// A decision made outside a gateway (`toolgate eval --log`), as the decision log writes it:
-/// the same schema, transport `eval`, request id `null`.
+/// A decision made outside a gateway (`toolgate eval --log`, `toolgate test --json`), as the
+/// decision log writes it: the same schema, transport `eval`, request id `null`.
 pub fn decision_line(
     policy: &crate::policy::Policy,
     call: &ToolCall<'_>,
     outcome: &crate::policy::Outcome,
     eval_us: u64,
 ) -> String {
+    serde_json::to_string(&decision_event(policy, call, outcome, eval_us))
+        .expect("an event serializes")
+}
+
+/// [`decision_line`], not yet written.
+pub fn decision_event(
+    policy: &crate::policy::Policy,
+    call: &ToolCall<'_>,
+    outcome: &crate::policy::Outcome,
+    eval_us: u64,
+) -> crate::audit::Line {
     use crate::audit;
     let d = &outcome.decision;
     let event = audit::DecisionEvent {
@@ -559,9 +578,8 @@ pub fn decision_line(
         trace_id: None,
         span_id: None,
     };
-    serde_json::to_string(&audit::Line {
+    audit::Line {
         schema: audit::SCHEMA.into(),
         event: audit::Event::Decision(Box::new(event)),
-    })
-    .expect("an event serializes")
+    }
 }

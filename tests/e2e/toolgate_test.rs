@@ -412,3 +412,22 @@ fn coverage_counts_each_outcome_a_plugin_declares() {
     assert!(!out.contains("(plugin rate-cap) deny"), "{out}");
     assert!(!out.contains("(plugin rate-cap) allow"), "{out}");
 }
+
+/// `toolgate test --json` gives each case's decision in the decision log's schema.
+#[test]
+fn json_results_carry_each_decision_in_the_logs_schema() {
+    let (out, code) = toolgate(&["test", "examples/seed", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let cases = doc["files"][0]["cases"].as_array().unwrap();
+    let limited = cases
+        .iter()
+        .find(|c| c["name"] == "the 31st is limited")
+        .unwrap();
+    let line = &limited["decision"];
+    assert_eq!(line["schema"], "toolgate.decision-log/v1");
+    assert_eq!(line["event"], "decision");
+    assert_eq!(line["tool"], "session_create");
+    assert_eq!(line["decision"]["verdict"], "rate_limited");
+    assert_eq!(line["decision"]["retry_after_ms"], 60000);
+}
