@@ -155,6 +155,10 @@ pub struct OutcomeEvent {
     pub error_code: Option<i64>,
     /// From the request leaving the gateway to its fate, in milliseconds.
     pub upstream_ms: f64,
+    /// From the request reaching the gateway (its decision included) to its fate: the
+    /// gateway's own time as the client's MCP server.
+    #[serde(default)]
+    pub server_ms: f64,
 }
 
 /// What a shadow rule or shadow policy would have decided about a call: logged beside the

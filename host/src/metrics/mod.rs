@@ -71,6 +71,10 @@ pub struct Metrics {
     /// `mcp_client_operation_duration_seconds{mcp_method_name, gen_ai_tool_name, error_type}`:
     /// the gateway is the upstream's MCP client.
     upstream: Family<Labels, Histogram, fn() -> Histogram>,
+    /// `mcp_server_operation_duration_seconds{mcp_method_name, gen_ai_tool_name, error_type}`:
+    /// the gateway as the client's MCP server, from a `tools/call`'s arrival to its answer
+    /// (a refusal's decision, or the forwarded call's fate).
+    server: Family<Labels, Histogram, fn() -> Histogram>,
     /// `toolgate_shadow_decisions_total{source, would}`: shadow rules and policies, by how
     /// their verdict compares with the enforced one.
     shadows: Family<Labels, Counter>,
@@ -121,6 +125,14 @@ impl Metrics {
             "MCP requests the gateway sent upstream, from sending to the reply (semconv mcp.client.operation.duration)",
             upstream.clone(),
         );
+        let server = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(
+            mcp_duration as fn() -> Histogram,
+        );
+        registry.register(
+            "mcp_server_operation_duration_seconds",
+            "tools/call requests the gateway served, from arrival to answer, its decision included (semconv mcp.server.operation.duration)",
+            server.clone(),
+        );
         let shadows = Family::<Labels, Counter>::default();
         registry.register(
             "toolgate_shadow_decisions",
@@ -141,6 +153,7 @@ impl Metrics {
             evaluation,
             outcomes,
             upstream,
+            server,
             shadows,
             source,
         }
@@ -174,6 +187,18 @@ impl audit::Observer for Metrics {
             ])
             .inc();
         self.evaluation.observe(event.eval_us as f64 / 1e6);
+        // A refusal is answered here: its decision is the whole of the server's time. An
+        // allowed call's time is observed with its outcome.
+        if verdict.verdict != "allow" {
+            let tool = self.tools.label(&event.grant, &verdict.rule, &event.tool);
+            self.server
+                .get_or_create(&vec![
+                    ("mcp_method_name", "tools/call".to_owned()),
+                    ("gen_ai_tool_name", tool),
+                    ("error_type", verdict.verdict.clone()),
+                ])
+                .observe(event.eval_us as f64 / 1e6);
+        }
     }
 
     fn outcome(&self, event: &OutcomeEvent) {
@@ -193,6 +218,9 @@ impl audit::Observer for Metrics {
         self.upstream
             .get_or_create(&labels)
             .observe(event.upstream_ms / 1000.0);
+        self.server
+            .get_or_create(&labels)
+            .observe(event.server_ms / 1000.0);
     }
 
     fn shadow(&self, event: &audit::ShadowEvent) {

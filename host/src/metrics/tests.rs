@@ -43,6 +43,7 @@ fn outcome(tool: &str, fate: Fate, ms: f64) -> OutcomeEvent {
         outcome: fate,
         error_code: None,
         upstream_ms: ms,
+        server_ms: ms,
     }
 }
 
@@ -193,4 +194,24 @@ fn a_snapshot_is_read_at_each_scrape() {
     );
     assert_eq!(value(&text, "toolgate_counter_store_degraded"), Some(0.0));
     assert!(text.contains("toolgate_plugin_evaluations_total{outcome=\"trap\"}"));
+}
+
+/// The gateway's own server time: a refusal's decision, an allowed call's arrival to its fate.
+#[test]
+fn the_server_side_duration_counts_refusals_and_forwarded_calls() {
+    let metrics = Metrics::new();
+    metrics.decision(&decision("alice", "echo", "allow", "tools.echo"));
+    metrics.decision(&decision("alice", "rm", "deny", "tools.rm"));
+    metrics.outcome(&outcome("echo", Fate::Ran, 12.0));
+    let text = metrics.encode();
+    let refused = r#"mcp_server_operation_duration_seconds_count{mcp_method_name="tools/call",gen_ai_tool_name="rm",error_type="deny"}"#;
+    assert_eq!(value(&text, refused), Some(1.0), "{text}");
+    let served = r#"mcp_server_operation_duration_seconds_count{mcp_method_name="tools/call",gen_ai_tool_name="echo"}"#;
+    assert_eq!(value(&text, served), Some(1.0), "{text}");
+    // The allowed decision alone is not a server operation: its outcome is.
+    assert_eq!(
+        series(&text, "mcp_server_operation_duration_seconds_count"),
+        2,
+        "{text}"
+    );
 }

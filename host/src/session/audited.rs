@@ -69,6 +69,8 @@ pub(super) struct Audited {
     tool: String,
     server: Arc<str>,
     request_id: String,
+    /// When the request reached the gateway.
+    started: Instant,
 }
 
 impl Session {
@@ -153,6 +155,7 @@ impl Session {
         audit.observer.decision(&event);
         if let Some(Kind::ToolsCall(_, slot)) = kind {
             *slot = Some(Box::new(Audited {
+                started,
                 decision_id: decision_id.clone(),
                 tool: trail.tool.clone(),
                 server: trail.server.clone(),
@@ -306,6 +309,7 @@ impl Session {
             outcome,
             error_code,
             upstream_ms: sent.elapsed().as_secs_f64() * 1000.0,
+            server_ms: audited.started.elapsed().as_secs_f64() * 1000.0,
         });
     }
 }
