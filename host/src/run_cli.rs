@@ -63,6 +63,10 @@ pub(crate) struct RunArgs {
     /// the decision log (`shadow` events), never to the call. Reloaded like `--policy`.
     #[arg(long, value_name = "FILE", requires = "decision_log")]
     pub(crate) shadow_policy: Option<PathBuf>,
+    /// Forward each allowed call with `params._meta.traceparent` set to its span, so that the
+    /// upstream's spans join the trace. A byte change: off by default.
+    #[arg(long)]
+    pub(crate) inject_trace_context: bool,
     /// Serve Prometheus metrics (`GET /metrics`, no token) on this address, e.g.
     /// `127.0.0.1:9464`; keep it on loopback or behind a firewall.
     #[arg(long, value_name = "ADDR")]
@@ -128,6 +132,7 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
         counters,
         decision_log,
         shadow_policy,
+        inject_trace_context,
         metrics_listen,
         upstreams,
         separator,
@@ -217,6 +222,7 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
         SchemaChecks::skipping(skip_schema),
         audit,
         shadow.map(|s| s.cell()),
+        inject_trace_context,
     );
     let operator = admin_socket.is_some();
     // The last decisions (and their shadows) are written before the process exits.
@@ -269,7 +275,7 @@ fn serve(
     live: &LivePolicy,
     (grant, counters): (String, Arc<dyn toolgate::counters::CounterStore>),
     limits: &StdioLimits,
-    (schemas, audit, shadow): (SchemaChecks, Option<Arc<Audit>>, Option<ShadowCell>),
+    (schemas, audit, shadow, inject): (SchemaChecks, Option<Arc<Audit>>, Option<ShadowCell>, bool),
     (approvals, operator): (Arc<toolgate::approvals::Approvals>, bool),
     (upstream, set, separator): (&[String], &[String], String),
 ) -> anyhow::Result<ExitCode> {
@@ -283,6 +289,7 @@ fn serve(
             .with_schema_checks(schemas)
             .with_audit(audit)
             .with_shadow_policy(shadow)
+            .with_trace_injection(inject)
             .with_approvals(approvals, operator, true),
     );
     let (ending, status) = if set.is_empty() {

@@ -58,6 +58,9 @@ pub(crate) struct Config {
     /// for standard output. Off without it.
     #[serde(default)]
     pub(crate) decision_log: Option<String>,
+    /// Forward calls with `params._meta.traceparent` set to their span (a byte change).
+    #[serde(default)]
+    pub(crate) inject_trace_context: bool,
     /// With `[[upstreams]]`: what joins an upstream's prefix and a tool's name (default `__`).
     #[serde(default)]
     pub(crate) namespace_separator: Option<String>,

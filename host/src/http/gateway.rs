@@ -63,6 +63,8 @@ pub(crate) struct Gateway {
     pub(crate) upstreams: crate::upstreams::Board,
     /// `decision_log`: where every session reports its decisions and outcomes.
     pub(crate) audit: Option<Arc<crate::session::Audit>>,
+    /// `inject_trace_context`: forwarded calls carry their span as `_meta.traceparent`.
+    pub(crate) inject_trace: bool,
     /// The decision log itself, for its written and dropped counts (`/status`).
     pub(crate) decision_log: Option<Arc<crate::audit::DecisionLog>>,
     /// `/metrics` on the admin listener; always on, fed through [`Gateway::audit`].
@@ -107,6 +109,7 @@ impl Gateway {
             session_key: None,
             upstreams: crate::upstreams::Board::default(),
             audit: None,
+            inject_trace: false,
             decision_log: None,
             metrics: Arc::new(crate::metrics::Metrics::new()),
         })
@@ -249,6 +252,7 @@ impl Gateway {
         .with_approvals(self.approvals.clone(), !self.approvers.is_empty(), true)
         .with_audit(self.audit.clone())
         .with_shadow_policy(grant.shadow.as_ref().map(|live| live.cell()))
+        .with_trace_injection(self.inject_trace)
     }
 
     /// The headers for an upstream request: the MCP headers the client sent, the upstream

@@ -136,6 +136,7 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
         let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
         gateway = gateway.with_announce(webhook::announcer(webhook)?);
     }
+    gateway.inject_trace = config.inject_trace_context;
     let gateway = Arc::new(gateway);
     let decision_log = gateway.decision_log.clone();
     let weak = Arc::downgrade(&gateway);

@@ -354,3 +354,40 @@ fn a_held_call_logs_its_hold_its_approval_and_the_decision_after_it() {
     );
     assert_eq!(approved[0].approval_id, held.approval);
 }
+
+/// Trace injection (opt-in): the forwarded call carries the call's own span as
+/// `_meta.traceparent`, in the client's trace; nothing else of the line changes. Off, the
+/// forwarded bytes are the client's (but for the id).
+#[test]
+fn trace_injection_writes_only_the_traceparent_and_only_when_asked() {
+    let line = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"quiet","arguments":{"n":123456789012345678901234567890},"_meta":{"progressToken":"p","traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}}}"#;
+    let forwarded = |s: &Session| match s.from_client(line) {
+        ClientLine::Forward(f) => String::from_utf8(f.line.into_owned()).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let (plain, _) = session();
+    let text = forwarded(&plain);
+    // The gateway's first id is 1, the client's too: the very same bytes.
+    assert_eq!(text, std::str::from_utf8(line).unwrap());
+    let (s, log) = session();
+    let s = s.with_trace_injection(true);
+    let text = forwarded(&s);
+    assert!(
+        text.contains(r#""arguments":{"n":123456789012345678901234567890}"#),
+        "{text}"
+    );
+    assert!(text.contains(r#""progressToken":"p""#), "{text}");
+    let sent: Value = serde_json::from_str(&text).unwrap();
+    let traceparent = sent["params"]["_meta"]["traceparent"].as_str().unwrap();
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(
+        parts[1], "4bf92f3577b34da6a3ce929d0e0e4736",
+        "the client's trace"
+    );
+    assert_ne!(
+        parts[2], "00f067aa0ba902b7",
+        "the gateway's span, not the client's"
+    );
+    let decision = one(log.decisions());
+    assert_eq!(decision.span_id.as_deref(), Some(parts[2]));
+}

@@ -71,6 +71,8 @@ pub(super) struct Audited {
     request_id: String,
     /// When the request reached the gateway.
     started: Instant,
+    /// The call's trace context, for `with_trace_injection`.
+    trace: Option<audit::TraceContext>,
 }
 
 impl Session {
@@ -99,6 +101,17 @@ impl Session {
         if self.audit.is_some() {
             let decision_id = self.audit_decision(&trail, id, started, &mut decided.as_mut().ok());
             self.shadow(trail, decision_id);
+        } else if let Ok(Kind::ToolsCall(_, slot @ None)) = &mut decided {
+            if self.inject_trace {
+                *slot = Some(Box::new(Audited {
+                    decision_id: String::new(),
+                    tool: trail.tool,
+                    server: trail.server,
+                    request_id: id.get().to_owned(),
+                    started,
+                    trace: trail.trace,
+                }));
+            }
         }
         decided
     }
@@ -156,6 +169,7 @@ impl Session {
         if let Some(Kind::ToolsCall(_, slot)) = kind {
             *slot = Some(Box::new(Audited {
                 started,
+                trace: trail.trace.clone(),
                 decision_id: decision_id.clone(),
                 tool: trail.tool.clone(),
                 server: trail.server.clone(),
@@ -233,7 +247,7 @@ impl Session {
             toolgate.rule = tracing::field::Empty,
             error.type = tracing::field::Empty,
         );
-        if self.audit.is_none() && span.is_disabled() {
+        if self.audit.is_none() && !self.inject_trace && span.is_disabled() {
             return span;
         }
         let traceparent = parsed
@@ -311,6 +325,45 @@ impl Session {
             upstream_ms: sent.elapsed().as_secs_f64() * 1000.0,
             server_ms: audited.started.elapsed().as_secs_f64() * 1000.0,
         });
+    }
+}
+
+impl Session {
+    /// The client's line with `params._meta.traceparent` set to the call's own span, when
+    /// trace injection is on and the call goes upstream. Only `_meta` is rewritten, member by
+    /// member from the raw bytes; every other member keeps its bytes.
+    pub(super) fn inject_trace(
+        &self,
+        line: &[u8],
+        params: Option<&RawValue>,
+        kind: &Kind,
+    ) -> Option<Vec<u8>> {
+        use std::collections::BTreeMap;
+        if !self.inject_trace {
+            return None;
+        }
+        let Kind::ToolsCall(_, Some(audited)) = kind else {
+            return None;
+        };
+        let trace = audited.trace.as_ref()?;
+        let params = params?;
+        let mut members: BTreeMap<String, Box<RawValue>> =
+            serde_json::from_str(params.get()).ok()?;
+        let mut meta: BTreeMap<String, Box<RawValue>> = match members.get("_meta") {
+            Some(meta) => serde_json::from_str(meta.get()).ok()?,
+            None => BTreeMap::new(),
+        };
+        let traceparent = format!("\"00-{}-{}-01\"", trace.trace_id, trace.span_id);
+        meta.insert(
+            "traceparent".into(),
+            RawValue::from_string(traceparent).ok()?,
+        );
+        members.insert(
+            "_meta".into(),
+            RawValue::from_string(serde_json::to_string(&meta).ok()?).ok()?,
+        );
+        let rewritten = serde_json::to_string(&members).ok()?;
+        crate::jsonrpc::splice(line, params, rewritten.as_bytes())
     }
 }
 
