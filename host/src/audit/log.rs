@@ -2,7 +2,7 @@
 //! thread serializes and writes it. When the channel is full (a sink that cannot keep up, a
 //! pipe nobody reads) the event is dropped and counted: a decision is never delayed by its log.
 
-use super::{DecisionEvent, Event, Line, Observer, OutcomeEvent, ShadowEvent, SCHEMA};
+use super::{ApprovalEvent, DecisionEvent, Observer, OutcomeEvent, ShadowEvent, SCHEMA};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
@@ -66,7 +66,7 @@ struct Counts {
 
 /// The decision log: an [`Observer`] that writes JSON lines.
 pub struct DecisionLog {
-    tx: SyncSender<Event>,
+    tx: SyncSender<Queued>,
     counts: Arc<Counts>,
 }
 
@@ -102,7 +102,7 @@ impl DecisionLog {
         }
     }
 
-    fn push(&self, event: Event) {
+    fn push(&self, event: Queued) {
         self.counts.pushed.fetch_add(1, Ordering::Relaxed);
         match self.tx.try_send(event) {
             Ok(()) => {}
@@ -131,17 +131,17 @@ impl DecisionLog {
 }
 
 impl Observer for DecisionLog {
-    fn decision(&self, event: &DecisionEvent) {
-        self.push(Event::Decision(Box::new(event.clone())));
+    fn decision(&self, event: &Arc<DecisionEvent>) {
+        self.push(Queued::Decision(event.clone()));
     }
-    fn outcome(&self, event: &OutcomeEvent) {
-        self.push(Event::Outcome(event.clone()));
+    fn outcome(&self, event: &Arc<OutcomeEvent>) {
+        self.push(Queued::Outcome(event.clone()));
     }
     fn shadow(&self, event: &ShadowEvent) {
-        self.push(Event::Shadow(Box::new(event.clone())));
+        self.push(Queued::Shadow(Box::new(event.clone())));
     }
-    fn approval(&self, event: &super::ApprovalEvent) {
-        self.push(Event::Approval(Box::new(event.clone())));
+    fn approval(&self, event: &ApprovalEvent) {
+        self.push(Queued::Approval(Box::new(event.clone())));
     }
 }
 
@@ -235,7 +235,47 @@ fn rotate(path: &std::path::Path, keep: usize) -> io::Result<()> {
 /// the call's path for every event. Polling costs one wake-up per period instead.
 const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
 
-fn write_all(rx: Receiver<Event>, mut out: Output, counts: &Counts) {
+/// An event waiting for the writer: decisions and outcomes shared with the other observers.
+enum Queued {
+    Decision(Arc<DecisionEvent>),
+    Outcome(Arc<OutcomeEvent>),
+    Shadow(Box<ShadowEvent>),
+    Approval(Box<ApprovalEvent>),
+}
+
+/// A line as written ([`super::Line`] when read back), borrowing its event.
+#[derive(serde::Serialize)]
+struct LineRef<'a> {
+    schema: &'a str,
+    #[serde(flatten)]
+    event: EventRef<'a>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum EventRef<'a> {
+    Decision(&'a DecisionEvent),
+    Outcome(&'a OutcomeEvent),
+    Shadow(&'a ShadowEvent),
+    Approval(&'a ApprovalEvent),
+}
+
+impl Queued {
+    fn line(&self) -> LineRef<'_> {
+        let event = match self {
+            Queued::Decision(e) => EventRef::Decision(e),
+            Queued::Outcome(e) => EventRef::Outcome(e),
+            Queued::Shadow(e) => EventRef::Shadow(e),
+            Queued::Approval(e) => EventRef::Approval(e),
+        };
+        LineRef {
+            schema: SCHEMA,
+            event,
+        }
+    }
+}
+
+fn write_all(rx: Receiver<Queued>, mut out: Output, counts: &Counts) {
     let mut buf = Vec::with_capacity(1024);
     loop {
         std::thread::sleep(DRAIN_EVERY);
@@ -250,11 +290,7 @@ fn write_all(rx: Receiver<Event>, mut out: Output, counts: &Counts) {
         while let Some(event) = next.take().or_else(|| rx.try_recv().ok()) {
             taken += 1;
             buf.clear();
-            let line = Line {
-                schema: SCHEMA.into(),
-                event,
-            };
-            if serde_json::to_writer(&mut buf, &line).is_err() {
+            if serde_json::to_writer(&mut buf, &event.line()).is_err() {
                 continue;
             }
             buf.push(b'\n');

@@ -246,10 +246,11 @@ pub struct Line {
 /// Where the session reports decisions and outcomes. Implementations must not block: they
 /// run on the call's path.
 pub trait Observer: Send + Sync {
-    /// A `tools/call` was decided.
-    fn decision(&self, event: &DecisionEvent);
+    /// A `tools/call` was decided. Shared, so that an observer that keeps it (the log's
+    /// queue) need not copy it.
+    fn decision(&self, event: &Arc<DecisionEvent>);
     /// A call that went upstream ended.
-    fn outcome(&self, event: &OutcomeEvent);
+    fn outcome(&self, event: &Arc<OutcomeEvent>);
     /// A shadow rule or policy decided a call (off the call's path, after its decision).
     fn shadow(&self, event: &ShadowEvent) {
         let _ = event;
@@ -269,12 +270,12 @@ pub trait Observer: Send + Sync {
 pub struct Observers(pub Vec<Arc<dyn Observer>>);
 
 impl Observer for Observers {
-    fn decision(&self, event: &DecisionEvent) {
+    fn decision(&self, event: &Arc<DecisionEvent>) {
         for o in &self.0 {
             o.decision(event);
         }
     }
-    fn outcome(&self, event: &OutcomeEvent) {
+    fn outcome(&self, event: &Arc<OutcomeEvent>) {
         for o in &self.0 {
             o.outcome(event);
         }

@@ -52,7 +52,7 @@ fn lines_parse_back_with_their_schema_and_files_rotate_by_size() {
     };
     let log = DecisionLog::open(sink, 1024).unwrap();
     for n in 0..40 {
-        log.decision(&decision(n));
+        log.decision(&Arc::new(decision(n)));
     }
     wait_for(&log, 40);
     assert_eq!(
@@ -89,7 +89,7 @@ fn a_sink_that_blocks_drops_events_and_never_blocks_the_caller() {
     let log = DecisionLog::to_writer(Box::new(writer), 16).unwrap();
     let started = Instant::now();
     for n in 0..20_000 {
-        log.decision(&decision(n));
+        log.decision(&Arc::new(decision(n)));
     }
     let took = started.elapsed();
     let stats = log.stats();

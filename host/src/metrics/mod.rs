@@ -175,7 +175,7 @@ impl Metrics {
 }
 
 impl audit::Observer for Metrics {
-    fn decision(&self, event: &DecisionEvent) {
+    fn decision(&self, event: &Arc<DecisionEvent>) {
         let verdict = &event.decision;
         let tool = self.tools.label(&event.grant, &verdict.rule, &event.tool);
         self.calls
@@ -201,7 +201,7 @@ impl audit::Observer for Metrics {
         }
     }
 
-    fn outcome(&self, event: &OutcomeEvent) {
+    fn outcome(&self, event: &Arc<OutcomeEvent>) {
         let outcome = fate(event.outcome);
         self.outcomes
             .get_or_create(&vec![("outcome", outcome.to_owned())])

@@ -1,8 +1,8 @@
 use super::*;
 use crate::audit::{Observer, Verdict};
 
-fn decision(grant: &str, tool: &str, verdict: &str, rule: &str) -> DecisionEvent {
-    DecisionEvent {
+fn decision(grant: &str, tool: &str, verdict: &str, rule: &str) -> Arc<DecisionEvent> {
+    Arc::new(DecisionEvent {
         time: audit::now(),
         decision_id: "d".into(),
         instance: "test:1".into(),
@@ -28,11 +28,11 @@ fn decision(grant: &str, tool: &str, verdict: &str, rule: &str) -> DecisionEvent
         plugin_instructions: 0,
         trace_id: None,
         span_id: None,
-    }
+    })
 }
 
-fn outcome(tool: &str, fate: Fate, ms: f64) -> OutcomeEvent {
-    OutcomeEvent {
+fn outcome(tool: &str, fate: Fate, ms: f64) -> Arc<OutcomeEvent> {
+    Arc::new(OutcomeEvent {
         time: audit::now(),
         decision_id: "d".into(),
         grant: "alice".into(),
@@ -44,7 +44,7 @@ fn outcome(tool: &str, fate: Fate, ms: f64) -> OutcomeEvent {
         error_code: None,
         upstream_ms: ms,
         server_ms: ms,
-    }
+    })
 }
 
 /// The value of the sample whose line starts with `prefix` (name and labels, as encoded).

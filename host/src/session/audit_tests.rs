@@ -17,11 +17,11 @@ struct Recorder {
 }
 
 impl Observer for Recorder {
-    fn decision(&self, event: &DecisionEvent) {
-        self.decisions.lock().unwrap().push(event.clone());
+    fn decision(&self, event: &Arc<DecisionEvent>) {
+        self.decisions.lock().unwrap().push((**event).clone());
     }
-    fn outcome(&self, event: &OutcomeEvent) {
-        self.outcomes.lock().unwrap().push(event.clone());
+    fn outcome(&self, event: &Arc<OutcomeEvent>) {
+        self.outcomes.lock().unwrap().push((**event).clone());
     }
     fn shadow(&self, event: &crate::audit::ShadowEvent) {
         self.shadows.lock().unwrap().push(event.clone());

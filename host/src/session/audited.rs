@@ -165,7 +165,7 @@ impl Session {
             trace_id: trail.trace.as_ref().map(|t| t.trace_id.clone()),
             span_id: trail.trace.as_ref().map(|t| t.span_id.clone()),
         };
-        audit.observer.decision(&event);
+        audit.observer.decision(&Arc::new(event));
         if let Some(Kind::ToolsCall(_, slot)) = kind {
             *slot = Some(Box::new(Audited {
                 started,
@@ -312,7 +312,7 @@ impl Session {
         let (Some(audit), Some(audited)) = (&self.audit, audited) else {
             return;
         };
-        audit.observer.outcome(&OutcomeEvent {
+        audit.observer.outcome(&Arc::new(OutcomeEvent {
             time: audit::now(),
             decision_id: audited.decision_id.clone(),
             grant: self.identity.grant.clone(),
@@ -324,7 +324,7 @@ impl Session {
             error_code,
             upstream_ms: sent.elapsed().as_secs_f64() * 1000.0,
             server_ms: audited.started.elapsed().as_secs_f64() * 1000.0,
-        });
+        }));
     }
 }
 
