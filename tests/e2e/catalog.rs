@@ -251,6 +251,22 @@ fn a_live_server_is_catalogued_initialised_and_checked() {
     let old = init(V2_10, dir.path());
     let drifted = live(&["check", old.to_str().unwrap(), "--strict", "--against"]);
     assert_eq!(drifted.status.code(), Some(1), "{}", text(&drifted.stderr));
+    // The live 3.1.0-rc.8 server drifts from the 2.10.0 policy exactly as its saved listing
+    // does (the lists the saved-listing test pins): all but the first line, which names the
+    // source.
+    let saved = toolgate(&[
+        "check",
+        old.to_str().unwrap(),
+        "--against-tools",
+        fixture(V3_1).to_str().unwrap(),
+    ]);
+    let body = |out: &std::process::Output| {
+        text(&out.stdout)
+            .split_once('\n')
+            .map(|(_, rest)| rest.to_owned())
+    };
+    assert_eq!(body(&drifted), body(&saved));
+    assert!(text(&drifted.stdout).contains("tools added since the policy's catalog (19):"));
 }
 
 /// A `serve` config's `[[upstreams]]`: every server listed, each tool under its namespaced name.

@@ -169,14 +169,16 @@ impl Policy {
     /// How a call of `tool` that needs approval is held: its rule's `approval`, or the
     /// defaults.
     pub fn approval_for(&self, tool: &str) -> crate::approvals::ApprovalSettings {
-        self.rule_for(tool)
+        // The rule that decides for real: a shadow rule's settings never hold a call.
+        self.enforced_rule_for(tool)
             .and_then(|r| r.approval.clone())
             .unwrap_or_default()
     }
 
     /// The rule's `log_args` for `tool`: `None` keeps its arguments out of the decision log.
     pub fn log_args_for(&self, tool: &str) -> Option<&crate::audit::ArgsLogging> {
-        self.rule_for(tool).and_then(|r| r.log_args.as_ref())
+        self.enforced_rule_for(tool)
+            .and_then(|r| r.log_args.as_ref())
     }
 
     /// Its plugins by name and digest, as the decision log names them.

@@ -553,3 +553,22 @@ fn a_rendered_compile_error_points_at_its_own_line() {
     assert!(rendered.contains("tools.b.rate_limit.max"), "{rendered}");
     assert!(rendered.contains("at least 1"), "{rendered}");
 }
+
+/// A shadow rule over an enforcing glob: the glob decides, and its settings (how a call is
+/// held, what is logged) are the ones that apply.
+#[test]
+fn a_shadow_rule_lends_none_of_its_settings_to_the_enforced_decision() {
+    let policy = Policy::from_json(
+        r#"{"version":"1","default":"deny","tools":{
+            "del":{"action":"require_approval","approval":{"hold":"1s"},"log_args":{"mask":["/x"]},"enforce":false},
+            "d*":{"action":"require_approval","approval":{"hold":"30s"}}}}"#,
+        "p.json",
+    )
+    .unwrap();
+    assert_eq!(
+        policy.approval_for("del").hold,
+        std::time::Duration::from_secs(30)
+    );
+    assert!(policy.log_args_for("del").is_none());
+    assert!(policy.has_shadow_rule_for("del"));
+}

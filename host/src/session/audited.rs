@@ -45,9 +45,12 @@ impl Audit {
     }
 }
 
-/// What a decision found out, filled in as it goes.
+/// What a decision found out, filled in as it goes (when `wanted`).
 #[derive(Default)]
 pub(super) struct Trail {
+    /// Whether anything reads the trail (a log or metrics, a traced span, trace injection):
+    /// without it a decision copies nothing for it.
+    pub(super) wanted: bool,
     pub(super) tool: String,
     pub(super) server: Arc<str>,
     pub(super) args: Option<Value>,
@@ -225,6 +228,12 @@ impl Session {
             #[serde(borrow, default)]
             traceparent: Option<std::borrow::Cow<'a, str>>,
         }
+        // Nothing wants the span or the trail: no second reading of the params.
+        let traced = tracing::enabled!(target: "toolgate::mcp", tracing::Level::DEBUG);
+        if !traced && self.audit.is_none() && !self.inject_trace {
+            return tracing::Span::none();
+        }
+        trail.wanted = true;
         let parsed = params.and_then(|p| serde_json::from_str::<Params>(p.get()).ok());
         let tool = parsed
             .as_ref()
@@ -250,6 +259,7 @@ impl Session {
         if self.audit.is_none() && !self.inject_trace && span.is_disabled() {
             return span;
         }
+
         let traceparent = parsed
             .as_ref()
             .and_then(|p| p.meta.as_ref())

@@ -427,7 +427,9 @@ impl Session {
         };
         let empty = Value::Object(Default::default());
         let args = params.arguments.as_ref().unwrap_or(&empty);
-        trail.tool = params.name.to_string();
+        if trail.wanted {
+            trail.tool = params.name.to_string();
+        }
         // Copied only for an observer that reads them, or a shadow decision that needs them.
         if let Some(audit) = &self.audit {
             if audit.wants_args
@@ -489,8 +491,6 @@ impl Session {
                 Some(approval) => policy.decide_approved(&call, &self.counters, approval),
                 None => policy.decide(&call, &self.counters),
             };
-            // Noted before the call may be held: a held call's decision is require_approval.
-            trail.decision = Some(outcome.decision.clone());
             if outcome.decision.verdict == Verdict::RequireApproval && approved.is_none() {
                 // Held, let through by an approval already given, or refused as before.
                 match self.ask_approval(&policy, &call, &outcome.decision, (id, raw_params)) {
@@ -500,14 +500,22 @@ impl Session {
                         outcome
                     }
                     Some(Ok(approved)) => approved,
-                    Some(Err(held)) => return Err(held),
+                    Some(Err(held)) => {
+                        // A held call's decision, for the log: require_approval.
+                        if trail.wanted {
+                            trail.decision = Some(outcome.decision);
+                        }
+                        return Err(held);
+                    }
                 }
             } else {
                 outcome
             }
         };
-        trail.decision = Some(outcome.decision.clone());
-        trail.instructions = outcome.instructions;
+        if trail.wanted {
+            trail.decision = Some(outcome.decision.clone());
+            trail.instructions = outcome.instructions;
+        }
         if self.audit.is_some() {
             trail.log_args = self.policy.load().log_args_for(call.tool).cloned();
         }

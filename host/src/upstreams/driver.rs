@@ -106,17 +106,17 @@ fn drive(
     board: Board,
 ) {
     let tick = Duration::from_millis(500);
-    let mut client_open = true;
+    // The states as last reported to the board: compared only when the router says they moved.
+    let mut reported: Vec<UpState> = router.states().map(|(_, s)| s.clone()).collect();
+    let mut generation = router.generation();
     loop {
-        let before: Vec<UpState> = router.states().map(|(_, s)| s.clone()).collect();
         let out = match heard.recv_timeout(tick) {
             Ok(Event::Client(line)) => router.from_client(&line, Instant::now()),
             Ok(Event::Upstream(i, line)) => router.from_upstream(i, &line),
             Ok(Event::Gone(i, why)) => router.upstream_gone(i, &why),
             Ok(Event::ClientClosed) => {
-                client_open = false;
-                // Dropping the legs closes them; the driver stays until they are all gone,
-                // so that the children's ends are reported, then lets the session go.
+                // Dropping the legs closes them: children get their stdin closed (and are
+                // killed after a grace), HTTP sessions are deleted.
                 legs.clear();
                 break;
             }
@@ -136,18 +136,20 @@ fn drive(
                 Out::Upstream(i, line) => legs[i].send(line),
             }
         }
-        let after: Vec<UpState> = router.states().map(|(_, s)| s.clone()).collect();
-        if before != after {
-            board.changed(router.states().map(|(n, _)| n), &before, &after);
+        if router.generation() == generation {
+            continue;
         }
+        generation = router.generation();
+        let now: Vec<UpState> = router.states().map(|(_, s)| s.clone()).collect();
+        board.changed(router.states().map(|(n, _)| n), &reported, &now);
+        reported = now;
         // With every upstream gone there is nothing left to route to: the session ends
         // the way it ends when its one upstream exits.
-        if after.iter().all(|s| matches!(s, UpState::Down(_))) {
+        if reported.iter().all(|s| matches!(s, UpState::Down(_))) {
             tracing::error!("every upstream server is gone");
             break;
         }
     }
-    let _ = client_open;
     board.left(router.states());
     drop(output);
 }

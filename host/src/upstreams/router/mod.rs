@@ -103,6 +103,8 @@ pub struct Router {
     /// How long a merged request waits for a slow upstream before answering without it.
     pub fanout_timeout: Duration,
     initialized: bool,
+    /// Bumped whenever an upstream's state changes: the driver looks at the states only then.
+    generation: u64,
 }
 
 /// The key of a request id the session gave (an integer, however the peer spells it back).
@@ -155,6 +157,7 @@ impl Router {
             next_server: 0,
             fanout_timeout: Duration::from_secs(30),
             initialized: false,
+            generation: 0,
         }
     }
 
@@ -164,6 +167,11 @@ impl Router {
             .iter()
             .enumerate()
             .map(|(i, s)| (self.names.name(i), s))
+    }
+
+    /// Changes with every change of an upstream's state.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     fn live(&self) -> Vec<usize> {
@@ -415,6 +423,7 @@ impl Router {
         let line = match fanout.kind {
             Kind::Initialize => {
                 for (upstream, answer) in &fanout.answers {
+                    self.generation += 1;
                     self.states[*upstream] = match answer {
                         Answer::Result(result) => {
                             self.capabilities[*upstream] = result["capabilities"].clone();

@@ -132,6 +132,7 @@ impl Router {
         }
         let was_ready = self.states[upstream] == UpState::Ready;
         self.states[upstream] = UpState::Down(why.to_owned());
+        self.generation += 1;
         let name = self.names.name(upstream).to_owned();
         tracing::warn!(upstream = %name, why, "upstream server gone");
         let mut out = Vec::new();
