@@ -43,6 +43,10 @@ use std::sync::Arc;
 /// stays in what a Prometheus server keeps without noticing.
 pub const TOOLS_PER_GRANT: usize = 500;
 
+/// Distinct `upstream` label values; further servers are `other`. A single upstream names
+/// itself (`serverInfo.name`), a set has its configured names: a handful either way.
+pub const UPSTREAMS: usize = 32;
+
 /// The `Content-Type` of [`Metrics::encode`]'s text (the Prometheus text format 0.0.4).
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
@@ -68,6 +72,11 @@ pub struct Metrics {
     evaluation: Histogram,
     /// `toolgate_tool_call_outcomes_total{outcome}`.
     outcomes: Family<Labels, Counter>,
+    /// `toolgate_upstream_calls_total{upstream, outcome}`: forwarded calls by the server
+    /// that ran them (in a set of upstreams, its name; else its `serverInfo.name`).
+    upstream_calls: Family<Labels, Counter>,
+    /// The upstream label, bounded like the tool label (at most 32 names, then `other`).
+    upstream_names: ToolLabels,
     /// `mcp_client_operation_duration_seconds{mcp_method_name, gen_ai_tool_name, error_type}`:
     /// the gateway is the upstream's MCP client.
     upstream: Family<Labels, Histogram, fn() -> Histogram>,
@@ -117,6 +126,12 @@ impl Metrics {
             "Forwarded tools/call requests by how they ended (ran, tool_error, jsonrpc_error, gone, cancelled, timeout)",
             outcomes.clone(),
         );
+        let upstream_calls = Family::<Labels, Counter>::default();
+        registry.register(
+            "toolgate_upstream_calls",
+            "Forwarded tools/call requests by the upstream server that got them and how they ended",
+            upstream_calls.clone(),
+        );
         let upstream = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(
             mcp_duration as fn() -> Histogram,
         );
@@ -152,6 +167,8 @@ impl Metrics {
             calls,
             evaluation,
             outcomes,
+            upstream_calls,
+            upstream_names: ToolLabels::new(UPSTREAMS),
             upstream,
             server,
             shadows,
@@ -205,6 +222,12 @@ impl audit::Observer for Metrics {
         let outcome = fate(event.outcome);
         self.outcomes
             .get_or_create(&vec![("outcome", outcome.to_owned())])
+            .inc();
+        self.upstream_calls
+            .get_or_create(&vec![
+                ("upstream", self.upstream_names.label("", "", &event.server)),
+                ("outcome", outcome.to_owned()),
+            ])
             .inc();
         // Only allowed calls have outcomes: their tool was not unknown.
         let tool = self.tools.label(&event.grant, "", &event.tool);

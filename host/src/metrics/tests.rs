@@ -215,3 +215,25 @@ fn the_server_side_duration_counts_refusals_and_forwarded_calls() {
         "{text}"
     );
 }
+
+/// Forwarded calls name the upstream that ran them, and the label is bounded.
+#[test]
+fn outcomes_name_their_upstream_and_the_names_are_bounded() {
+    let metrics = Metrics::new();
+    metrics.outcome(&outcome("llmgw__session_create", Fate::Ran, 1.0));
+    let text = metrics.encode();
+    let llmgw = r#"toolgate_upstream_calls_total{upstream="echo",outcome="ran"}"#;
+    assert_eq!(value(&text, llmgw), Some(1.0), "{text}");
+    for i in 0..100 {
+        let mut event = (*outcome("t", Fate::Ran, 1.0)).clone();
+        event.server = format!("server-{i}");
+        metrics.outcome(&Arc::new(event));
+    }
+    let text = metrics.encode();
+    assert_eq!(
+        series(&text, "toolgate_upstream_calls_total"),
+        UPSTREAMS + 1,
+        "{text}"
+    );
+    assert!(text.contains(r#"upstream="other""#));
+}
