@@ -347,3 +347,21 @@ fn no_server_initialized_is_an_error() {
     let message = client[0]["error"]["message"].as_str().unwrap();
     assert!(message.contains("`llmgw`: failed to start"), "{message}");
 }
+
+#[test]
+fn a_servers_notifications_reach_the_client_as_sent_and_resource_updates_get_its_prefix() {
+    let mut r = router();
+    ready(&mut r, tools_caps());
+    for line in [
+        &br#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"hi"}}"#[..],
+        br#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"p","progress":1}}"#,
+        br#"{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}"#,
+    ] {
+        assert_eq!(r.from_upstream(1, line), vec![Out::Client(line.to_vec())]);
+    }
+    let (_, client) = split(&r.from_upstream(
+        1,
+        br#"{"jsonrpc":"2.0","method":"notifications/resources/updated","params":{"uri":"test://a"}}"#,
+    ));
+    assert_eq!(client[0]["params"]["uri"], "ev+test://a");
+}
