@@ -28,10 +28,12 @@ mod conformance;
 mod memory;
 mod redis;
 mod sqlite;
+mod state;
 
 pub use self::redis::{ClockSource, OnError, RedisCounterStore, RedisOptions};
 pub use memory::MemoryCounterStore;
 pub use sqlite::SqliteCounterStore;
+pub use state::{StateError, StateLimits, StateSpace, MAX_STATE_KEY_BYTES};
 
 /// The store a spec names: `memory` (the default: this process only), or `sqlite:PATH` (a
 /// file several processes on one machine share, kept across restarts).
@@ -257,6 +259,32 @@ pub trait CounterStore: Send + Sync {
     /// How the store is doing, for `/status` (a remote store: reachable or degraded).
     fn status(&self) -> serde_json::Value {
         serde_json::json!({"state": "ok"})
+    }
+    /// The live value of `key` in `space` (see `state.rs`).
+    fn state_get(&self, _space: StateSpace<'_>, _key: &str) -> Result<Option<String>, StateError> {
+        Err(StateError::Unavailable(
+            "this counter store keeps no plugin state".into(),
+        ))
+    }
+    /// Stores `value` under `key` in `space` for `ttl`, replacing any value it had, or
+    /// nothing when that would break one of `limits`.
+    fn state_set(
+        &self,
+        _space: StateSpace<'_>,
+        _key: &str,
+        _value: &str,
+        _ttl: std::time::Duration,
+        _limits: &StateLimits,
+    ) -> Result<(), StateError> {
+        Err(StateError::Unavailable(
+            "this counter store keeps no plugin state".into(),
+        ))
+    }
+    /// Removes `key`'s entry in `space`, if any.
+    fn state_delete(&self, _space: StateSpace<'_>, _key: &str) -> Result<(), StateError> {
+        Err(StateError::Unavailable(
+            "this counter store keeps no plugin state".into(),
+        ))
     }
 }
 
