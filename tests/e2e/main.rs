@@ -26,6 +26,7 @@ mod plugins;
 mod registry;
 mod replica_sessions;
 mod replicas;
+mod result_hooks;
 mod sharing;
 mod signing;
 mod standin;
