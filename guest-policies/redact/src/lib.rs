@@ -18,8 +18,9 @@
 //!   and the word `Bearer` kept.
 //!
 //! `patterns` adds more: `{"prefix": "xoxb-", "charset": "A-Za-z0-9-", "min_len": 10}` (also
-//! `max_len`, `ignore_case`, `keep_prefix`, `name`) or `{"regex": "..."}` (the `regex`
-//! crate's syntax, with Unicode classes and `(?i)`; each non-empty match is replaced).
+//! `max_len`, `ignore_case`, `keep_prefix`, `name`). No regexes: the `regex` crate's compiler
+//! seeds its hash maps from the system's randomness, an import the sandbox does not grant
+//! (the plugin would trap on the first result).
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -30,12 +31,10 @@ wit_bindgen::generate!({ path: "../../wit/v0.3.0", world: "policy-with-results" 
 
 /// What a secret becomes, unless the config says otherwise.
 pub const DEFAULT_REPLACEMENT: &str = "[REDACTED]";
-/// The longest prefix, replacement or regex a config may give, in bytes.
+/// The longest prefix or replacement a config may give, in bytes.
 pub const MAX_PATTERN_BYTES: usize = 1024;
 /// The most patterns a config may add.
 pub const MAX_PATTERNS: usize = 64;
-/// The compiled size a regex may reach (the `regex` crate's `size_limit`).
-pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 /// The plugin's configuration (all keys optional).
 #[derive(Debug, Deserialize)]
@@ -62,14 +61,14 @@ impl Default for Config {
     }
 }
 
-/// One pattern of the config: a prefix and a run of characters, or a regex.
+/// One pattern of the config: a prefix and a run of characters.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PatternSpec {
     /// A label, for messages.
     pub name: Option<String>,
     /// The literal (ASCII) the secret starts with.
-    pub prefix: Option<String>,
+    pub prefix: String,
     /// The characters of the secret after its prefix, as ranges and single characters
     /// (`A-Za-z0-9_-`, a `-` first or last is itself). Default `A-Za-z0-9_-`.
     pub charset: Option<String>,
@@ -81,8 +80,6 @@ pub struct PatternSpec {
     pub ignore_case: bool,
     /// Whether the prefix stays and only what follows is replaced.
     pub keep_prefix: bool,
-    /// A regex instead of a prefix: each non-empty match is replaced whole.
-    pub regex: Option<String>,
 }
 
 /// A prefix and a run of token characters.
@@ -109,13 +106,18 @@ impl Prefix {
     }
 
     fn starts_at(&self, text: &[u8], at: usize) -> bool {
-        let end = at + self.prefix.len();
-        end <= text.len()
-            && if self.ignore_case {
-                text[at..end].eq_ignore_ascii_case(&self.prefix)
-            } else {
-                text[at..end] == self.prefix[..]
-            }
+        // Byte by byte, not `==` (a call to `memcmp`): prefixes are short, and this runs at
+        // every candidate position.
+        let Some(text) = text.get(at..at + self.prefix.len()) else {
+            return false;
+        };
+        if self.ignore_case {
+            text.iter()
+                .zip(&self.prefix)
+                .all(|(a, b)| a.eq_ignore_ascii_case(b))
+        } else {
+            text.iter().zip(&self.prefix).all(|(a, b)| a == b)
+        }
     }
 
     fn allows(&self, byte: u8) -> bool {
@@ -176,9 +178,13 @@ fn defaults() -> Vec<Prefix> {
 /// A config, compiled.
 pub struct Redactor {
     prefixes: Vec<Prefix>,
-    /// The bytes a prefix starts with: most bytes of a text start none, and cost one lookup.
-    starts: [bool; 256],
-    regexes: Vec<regex::Regex>,
+    /// The prefixes by their first byte (both cases for `ignore_case`), in config order: most
+    /// bytes of a text start none, and cost one lookup.
+    by_first: Vec<Vec<usize>>,
+    /// Whether a prefix starts with the two bytes (in either case for `ignore_case`), or they
+    /// are `\\u` (a JSON escape, which could hide a prefix in raw JSON text): the scans' one
+    /// lookup per byte.
+    pairs: Box<[bool; 1 << 16]>,
     replacement: String,
     structured_content: bool,
 }
@@ -202,82 +208,80 @@ pub fn compile(text: &str) -> Result<Redactor, String> {
     } else {
         Vec::new()
     };
-    let mut regexes = Vec::new();
     for (i, p) in config.patterns.iter().enumerate() {
         let label = match &p.name {
             Some(name) => format!("pattern {i} (`{name}`)"),
             None => format!("pattern {i}"),
         };
-        match (&p.prefix, &p.regex) {
-            (Some(prefix), None) => {
-                if prefix.is_empty() || !prefix.is_ascii() || prefix.len() > MAX_PATTERN_BYTES {
-                    return Err(bad(format!(
-                        "{label}: prefix must be 1 to {MAX_PATTERN_BYTES} ASCII bytes"
-                    )));
-                }
-                let charset = parse_charset(p.charset.as_deref().unwrap_or("A-Za-z0-9_-"))
-                    .map_err(|e| bad(format!("{label}: {e}")))?;
-                let min = p.min_len.unwrap_or(16);
-                let max = p.max_len.unwrap_or(usize::MAX);
-                if min == 0 || max < min {
-                    return Err(bad(format!(
-                        "{label}: min_len must be at least 1 and max_len at least min_len"
-                    )));
-                }
-                prefixes.push(Prefix {
-                    prefix: prefix.as_bytes().to_vec(),
-                    ignore_case: p.ignore_case,
-                    charset,
-                    min,
-                    max,
-                    keep_prefix: p.keep_prefix,
-                });
-            }
-            (None, Some(regex)) => {
-                if p.charset.is_some()
-                    || p.min_len.is_some()
-                    || p.max_len.is_some()
-                    || p.ignore_case
-                    || p.keep_prefix
-                {
-                    return Err(bad(format!(
-                        "{label}: a regex takes no charset, min_len, max_len, ignore_case or keep_prefix (write them into the regex)"
-                    )));
-                }
-                if regex.len() > MAX_PATTERN_BYTES {
-                    return Err(bad(format!(
-                        "{label}: regex is over {MAX_PATTERN_BYTES} bytes"
-                    )));
-                }
-                let compiled = regex::RegexBuilder::new(regex)
-                    .size_limit(REGEX_SIZE_LIMIT)
-                    .build()
-                    .map_err(|e| bad(format!("{label}: {e}")))?;
-                regexes.push(compiled);
-            }
-            _ => {
-                return Err(bad(format!(
-                    "{label}: give exactly one of prefix and regex"
-                )))
-            }
+        if p.prefix.is_empty() || !p.prefix.is_ascii() || p.prefix.len() > MAX_PATTERN_BYTES {
+            return Err(bad(format!(
+                "{label}: prefix must be 1 to {MAX_PATTERN_BYTES} ASCII bytes"
+            )));
+        }
+        let charset = parse_charset(p.charset.as_deref().unwrap_or("A-Za-z0-9_-"))
+            .map_err(|e| bad(format!("{label}: {e}")))?;
+        let min = p.min_len.unwrap_or(16);
+        let max = p.max_len.unwrap_or(usize::MAX);
+        if min == 0 || max < min {
+            return Err(bad(format!(
+                "{label}: min_len must be at least 1 and max_len at least min_len"
+            )));
+        }
+        prefixes.push(Prefix {
+            prefix: p.prefix.as_bytes().to_vec(),
+            ignore_case: p.ignore_case,
+            charset,
+            min,
+            max,
+            keep_prefix: p.keep_prefix,
+        });
+    }
+    let mut by_first = vec![Vec::new(); 256];
+    for (i, p) in prefixes.iter().enumerate() {
+        let first = p.prefix[0];
+        let mut firsts = vec![first];
+        if p.ignore_case {
+            firsts = vec![first.to_ascii_lowercase(), first.to_ascii_uppercase()];
+            firsts.dedup();
+        }
+        for b in firsts {
+            by_first[b as usize].push(i);
         }
     }
-    let mut starts = [false; 256];
+    let mut pairs = Box::new([false; 1 << 16]);
+    pairs[pair(b'\\', b'u')] = true;
     for p in &prefixes {
-        let first = p.prefix[0];
-        starts[first as usize] = true;
-        if p.ignore_case {
-            starts[first.to_ascii_lowercase() as usize] = true;
-            starts[first.to_ascii_uppercase() as usize] = true;
+        let cases = |b: u8| {
+            if p.ignore_case {
+                [b.to_ascii_lowercase(), b.to_ascii_uppercase()]
+            } else {
+                [b, b]
+            }
+        };
+        for first in cases(p.prefix[0]) {
+            match p.prefix.get(1) {
+                Some(&second) => {
+                    for second in cases(second) {
+                        pairs[pair(first, second)] = true;
+                    }
+                }
+                // A one-byte prefix: any byte may follow (it is the token's, or not).
+                None => (0..=255).for_each(|second| pairs[pair(first, second)] = true),
+            }
         }
     }
     Ok(Redactor {
         prefixes,
-        starts,
-        regexes,
+        by_first,
+        pairs,
         replacement: config.replacement,
         structured_content: config.structured_content,
     })
+}
+
+/// The index of two bytes in [`Redactor::pairs`].
+fn pair(first: u8, second: u8) -> usize {
+    usize::from(first) << 8 | usize::from(second)
 }
 
 fn is_word(byte: u8) -> bool {
@@ -285,15 +289,74 @@ fn is_word(byte: u8) -> bool {
 }
 
 impl Redactor {
+    /// The first position at or after `from` where a prefix (or `\\u`) may start. A prefix
+    /// of one byte at the very end starts no secret (no token follows), so pairs suffice.
+    fn candidate(&self, bytes: &[u8], from: usize) -> Option<usize> {
+        let rest = bytes.get(from..)?;
+        let hit = |a: u8, b: u8| self.pairs[pair(a, b)];
+        // Four positions a step while none is a hit (a loop's own cost is most of a scan's),
+        // then one at a time.
+        let mut i = 0;
+        while let Some(c) = rest.get(i..i + 5) {
+            if hit(c[0], c[1]) || hit(c[1], c[2]) || hit(c[2], c[3]) || hit(c[3], c[4]) {
+                break;
+            }
+            i += 4;
+        }
+        while let Some(c) = rest.get(i..i + 2) {
+            if hit(c[0], c[1]) {
+                return Some(from + i);
+            }
+            i += 1;
+        }
+        None
+    }
+
+    /// Whether `raw`, the JSON text of a result, may hold a secret: a prefix followed by at
+    /// least its `min_len` characters of its charset or `\\` (an escape, which decodes to one
+    /// character or part of one), anywhere, or a `\\u` escape (which could hide a prefix). A
+    /// superset of what redacting the decoded strings finds, run before paying to parse:
+    /// about ten instructions a byte.
+    pub fn might_match(&self, raw: &str) -> bool {
+        let bytes = raw.as_bytes();
+        let mut at = 0;
+        while let Some(found) = self.candidate(bytes, at) {
+            if bytes[found] == b'\\' && bytes.get(found + 1) == Some(&b'u') {
+                return true;
+            }
+            for p in self.by_first[bytes[found] as usize]
+                .iter()
+                .map(|&i| &self.prefixes[i])
+            {
+                if p.starts_at(bytes, found) {
+                    let start = found + p.prefix.len();
+                    let run = bytes[start..]
+                        .iter()
+                        .take_while(|b| **b == b'\\' || p.allows(**b))
+                        .count();
+                    if run >= p.min {
+                        return true;
+                    }
+                }
+            }
+            at = found + 1;
+        }
+        false
+    }
+
     /// `text` with every secret replaced, and how many were; `None` when there were none.
     pub fn redact(&self, text: &str) -> Option<(String, usize)> {
         let mut count = 0;
         let mut out = String::new();
         let bytes = text.as_bytes();
         let (mut copied, mut at) = (0, 0);
-        'scan: while at < bytes.len() {
-            if self.starts[bytes[at] as usize] && (at == 0 || !is_word(bytes[at - 1])) {
-                for p in &self.prefixes {
+        'scan: while let Some(found) = self.candidate(bytes, at) {
+            at = found;
+            if at == 0 || !is_word(bytes[at - 1]) {
+                for p in self.by_first[bytes[at] as usize]
+                    .iter()
+                    .map(|&i| &self.prefixes[i])
+                {
                     if !p.starts_at(bytes, at) {
                         continue;
                     }
@@ -312,23 +375,11 @@ impl Redactor {
             }
             at += 1;
         }
-        out.push_str(&text[copied..]);
-        for re in &self.regexes {
-            let mut found = 0;
-            let replaced = re.replace_all(&out, |c: &regex::Captures<'_>| {
-                if c[0].is_empty() {
-                    String::new()
-                } else {
-                    found += 1;
-                    self.replacement.clone()
-                }
-            });
-            if found > 0 {
-                out = replaced.into_owned();
-                count += found;
-            }
+        if count == 0 {
+            return None;
         }
-        (count > 0).then_some((out, count))
+        out.push_str(&text[copied..]);
+        Some((out, count))
     }
 
     /// Redacts one string in place; how many secrets it held.
@@ -359,6 +410,10 @@ impl Redactor {
     /// `_meta.toolgate.redactions` set, and how many there were; `None` when there were none
     /// (or it is not a JSON object).
     pub fn redact_result(&self, result: &str) -> Option<(String, usize)> {
+        // Most results hold no secret: then there is nothing to parse.
+        if !self.might_match(result) {
+            return None;
+        }
         let Ok(Value::Object(mut result)) = serde_json::from_str::<Value>(result) else {
             return None;
         };
@@ -420,8 +475,7 @@ fn note(result: &mut Map<String, Value>, count: usize) {
 }
 
 thread_local! {
-    /// The last config compiled, by its text: regexes are compiled once per instance, not per
-    /// call.
+    /// The last config compiled, by its text: compiled once per instance, not per call.
     static COMPILED: RefCell<Option<(String, Rc<Redactor>)>> = const { RefCell::new(None) };
 }
 

@@ -58,12 +58,13 @@ fn near_misses_are_left_alone() {
 fn config_patterns_and_replacement() {
     let config = r#"{"replacement": "***", "patterns": [
         {"name": "slack", "prefix": "xoxb-", "charset": "A-Za-z0-9-", "min_len": 10},
-        {"prefix": "token=", "keep_prefix": true, "ignore_case": true, "min_len": 4, "max_len": 8},
-        {"regex": "\\b[0-9]{3}-[0-9]{2}-[0-9]{4}\\b"},
-        {"regex": "x*"}, {"regex": "pass=[^ ]+"}, {"regex": "(?i)k\\w+\\d\\b"}]}"#;
+        {"prefix": "token=", "keep_prefix": true, "ignore_case": true, "min_len": 4, "max_len": 8}]}"#;
     assert_eq!(
-        redacted(config, "a xoxb-1234-abcd-5678 b TOKEN=abcd c 123-45-6789 d sk-ant-abcdefghijklmnopqrstuvwxyz e pass=hunter2 f KEY42"),
-        Some(("a *** b TOKEN=*** c *** d *** e *** f ***".to_owned(), 6))
+        redacted(
+            config,
+            "a xoxb-1234-abcd-5678 b TOKEN=abcd c sk-ant-abcdefghijklmnopqrstuvwxyz"
+        ),
+        Some(("a *** b TOKEN=*** c ***".to_owned(), 3))
     );
     assert_eq!(redacted(config, "token=abcdefghijk"), None);
     for bad in [
@@ -74,9 +75,7 @@ fn config_patterns_and_replacement() {
         r#"{"patterns": [{"prefix": "a", "charset": ""}]}"#,
         r#"{"patterns": [{"prefix": "a", "min_len": 0}]}"#,
         r#"{"patterns": [{"prefix": "a", "min_len": 5, "max_len": 4}]}"#,
-        r#"{"patterns": [{"regex": "("}]}"#,
-        r#"{"patterns": [{"regex": "a", "min_len": 3}]}"#,
-        r#"{"patterns": [{"regex": "a", "prefix": "b"}]}"#,
+        r#"{"patterns": [{"regex": "a"}]}"#,
         r#"{"patterns": [{"name": "nothing"}]}"#,
         r#"{"replacement": 5}"#,
     ] {
@@ -90,6 +89,14 @@ fn results_are_rewritten_only_when_something_was_redacted() {
     let plain = serde_json::json!({"content": [{"type": "text", "text": "fine"}]}).to_string();
     assert_eq!(r.redact_result(&plain), None);
     assert_eq!(r.redact_result("not json"), None);
+    assert_eq!(
+        r.redact_result("not json sk-abcdefghijklmnopqrstuvwxyz"),
+        None
+    );
+    // An escaped prefix is found: the fast path gives way to a parse.
+    let escaped = r#"{"content":[{"type":"text","text":"\u0073k-abcdefghijklmnopqrstuvwxyz"}]}"#;
+    assert_eq!(r.redact_result(escaped).unwrap().1, 1);
+    assert!(!r.might_match(&plain));
     let key = "sk-abcdefghijklmnopqrstuvwxyz";
     let result = serde_json::json!({
         "content": [
