@@ -211,7 +211,14 @@ pub fn session_id_argument(arguments: &str) -> Result<Option<String>, String> {
         [] => Ok(None),
         [(k, v)] if k == ARGUMENT => Ok(v.as_str().map(str::to_owned)),
         several => {
-            let keys: Vec<String> = several.iter().map(|(k, _)| format!("`{k}`")).collect();
+            let mut keys: Vec<String> = several
+                .iter()
+                .take(3)
+                .map(|(k, _)| format!("`{k}`"))
+                .collect();
+            if several.len() > 3 {
+                keys.push("...".into());
+            }
             Err(format!(
                 "the arguments name the session {} times ({}): servers read such arguments differently (Go matches keys case-insensitively, Python and Node take the last copy, others the exact `sessionId`), so nobody can say which session would be resumed; send `sessionId` exactly once, spelled exactly so",
                 several.len(),
@@ -251,7 +258,8 @@ pub fn check(
             } else {
                 by
             };
-            Err(refusal(&id, &by))
+            // Quoted trimmed: the id is at most `MAX_ID_BYTES` then, however it was padded.
+            Err(refusal(id.trim(), &by))
         }
         None => Ok(()),
     }
@@ -363,6 +371,12 @@ mod tests {
             assert!(err.contains("exactly once"), "{bad}: {err}");
         }
         assert!(session_id_argument("[]").is_err());
+        let many = format!("{{{}}}", vec![r#""sessionId":"a""#; 50].join(","));
+        let err = session_id_argument(&many).unwrap_err();
+        assert!(
+            err.contains("50 times (`sessionId`, `sessionId`, `sessionId`, ...)"),
+            "{err}"
+        );
         assert!(session_id_argument("null").is_err());
     }
 
