@@ -111,17 +111,28 @@ impl Prefix {
         let Some(text) = text.get(at..at + self.prefix.len()) else {
             return false;
         };
-        if self.ignore_case {
-            text.iter()
-                .zip(&self.prefix)
-                .all(|(a, b)| a.eq_ignore_ascii_case(b))
-        } else {
-            text.iter().zip(&self.prefix).all(|(a, b)| a == b)
+        let mut i = 0;
+        while i < text.len() {
+            let (a, b) = (text[i], self.prefix[i]);
+            if !(a == b || (self.ignore_case && a.eq_ignore_ascii_case(&b))) {
+                return false;
+            }
+            i += 1;
         }
+        true
     }
 
     fn allows(&self, byte: u8) -> bool {
-        self.charset.get(byte as usize).copied().unwrap_or(false)
+        byte < 128 && self.charset[usize::from(byte & 127)]
+    }
+
+    /// How many bytes from `start` are of the token's charset (or, with `escapes`, `\\`).
+    fn run(&self, bytes: &[u8], start: usize, escapes: bool) -> usize {
+        let mut end = start;
+        while end < bytes.len() && (self.allows(bytes[end]) || (escapes && bytes[end] == b'\\')) {
+            end += 1;
+        }
+        end - start
     }
 }
 
@@ -330,11 +341,7 @@ impl Redactor {
             {
                 if p.starts_at(bytes, found) {
                     let start = found + p.prefix.len();
-                    let run = bytes[start..]
-                        .iter()
-                        .take_while(|b| **b == b'\\' || p.allows(**b))
-                        .count();
-                    if run >= p.min {
+                    if p.run(bytes, start, true) >= p.min {
                         return true;
                     }
                 }
@@ -361,7 +368,7 @@ impl Redactor {
                         continue;
                     }
                     let start = at + p.prefix.len();
-                    let end = start + bytes[start..].iter().take_while(|b| p.allows(**b)).count();
+                    let end = start + p.run(bytes, start, false);
                     if (p.min..=p.max).contains(&(end - start)) {
                         // Every prefix and charset is ASCII: both ends are char boundaries.
                         let cut = if p.keep_prefix { start } else { at };

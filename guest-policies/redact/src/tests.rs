@@ -126,3 +126,11 @@ fn results_are_rewritten_only_when_something_was_redacted() {
         "{text}"
     );
 }
+
+#[test]
+fn look_alikes_need_no_parse() {
+    let r = compile("").unwrap();
+    let text =
+        serde_json::json!({"content": [{"type": "text", "text": "task-list sk-x ".repeat(100)}]});
+    assert!(!r.might_match(&text.to_string()));
+}
