@@ -1,6 +1,8 @@
 //! The embedded store: exact sliding logs in this process's memory. The zero-setup default;
-//! its counts start from zero with each process.
+//! its counts start from zero with each process. Plugin state lives in the same map's lock,
+//! one map of entries per plugin and grant.
 
+use super::state::{self, StateError, StateLimits, StateSpace};
 use super::{CounterKey, CounterStore, Exhausted, Refusal, Reservation, Window};
 use crate::clock::Clock;
 use std::collections::{HashMap, VecDeque};
@@ -21,6 +23,16 @@ struct State {
     consumes_since_sweep: u32,
     /// The last unit id handed out.
     next_unit: u64,
+    /// Plugin state: the entries of each (plugin, grant) that has any. A space with none left
+    /// is removed, so the map holds only spaces with entries, each within its bounds.
+    spaces: HashMap<(String, String), HashMap<String, Entry>>,
+}
+
+/// One plugin state entry.
+struct Entry {
+    value: String,
+    /// The last millisecond it is live (set at `now` for `ttl`: `now + ttl`).
+    expires_ms: u64,
 }
 
 /// The units taken within the longest window seen for the key: (timestamp, unit id), sorted.
@@ -71,6 +83,20 @@ impl MemoryCounterStore {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Entries held for `space`, expired ones not yet removed included (for tests of the
+    /// lazy removal).
+    pub fn state_held(&self, space: StateSpace<'_>) -> usize {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state
+            .spaces
+            .get(&(space.plugin.to_owned(), space.grant.to_owned()))
+            .map_or(0, HashMap::len)
+    }
+}
+
+fn space_key(space: StateSpace<'_>) -> (String, String) {
+    (space.plugin.to_owned(), space.grant.to_owned())
 }
 
 /// Units in `(now - window, now]` and, when the window is full, ms until the oldest leaves it.
@@ -198,6 +224,81 @@ impl CounterStore for MemoryCounterStore {
             }
         }
     }
+
+    fn state_get(&self, space: StateSpace<'_>, key: &str) -> Result<Option<String>, StateError> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = self.clock.now_ms();
+        let space = space_key(space);
+        let Some(entries) = state.spaces.get_mut(&space) else {
+            return Ok(None);
+        };
+        let value = match entries.get(key) {
+            Some(entry) if entry.expires_ms >= now => Some(entry.value.clone()),
+            Some(_) => {
+                entries.remove(key);
+                None
+            }
+            None => None,
+        };
+        if entries.is_empty() {
+            state.spaces.remove(&space);
+        }
+        Ok(value)
+    }
+
+    fn state_set(
+        &self,
+        space: StateSpace<'_>,
+        key: &str,
+        value: &str,
+        ttl: std::time::Duration,
+        limits: &StateLimits,
+    ) -> Result<(), StateError> {
+        let ttl_ms = state::check_set(key, ttl, limits)?;
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = self.clock.now_ms();
+        let space = space_key(space);
+        let entries = state.spaces.entry(space.clone()).or_default();
+        entries.retain(|_, entry| entry.expires_ms >= now);
+        // The space after the write: every other live entry, and this one at its new size.
+        let (others, other_bytes) = entries
+            .iter()
+            .filter(|(k, _)| k.as_str() != key)
+            .fold((0u64, 0u64), |(n, bytes), (k, entry)| {
+                (n + 1, bytes + state::entry_bytes(k, &entry.value))
+            });
+        let checked = state::check_bounds(
+            others + 1,
+            other_bytes + state::entry_bytes(key, value),
+            limits,
+        );
+        if let Err(refused) = checked {
+            if entries.is_empty() {
+                state.spaces.remove(&space);
+            }
+            return Err(refused);
+        }
+        entries.insert(
+            key.to_owned(),
+            Entry {
+                value: value.to_owned(),
+                expires_ms: now.saturating_add(ttl_ms),
+            },
+        );
+        Ok(())
+    }
+
+    fn state_delete(&self, space: StateSpace<'_>, key: &str) -> Result<(), StateError> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let space = space_key(space);
+        if let Some(entries) = state.spaces.get_mut(&space) {
+            entries.remove(key);
+            if entries.is_empty() {
+                state.spaces.remove(&space);
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -209,6 +310,9 @@ mod tests {
     use std::time::Duration;
 
     conformance::suite!(|clock: Arc<ManualClock>| -> Box<dyn Counting> {
+        Box::new(MemoryCounterStore::new(clock))
+    });
+    conformance::state_suite!(|clock: Arc<ManualClock>| -> Box<dyn Counting> {
         Box::new(MemoryCounterStore::new(clock))
     });
 
@@ -248,6 +352,53 @@ mod tests {
             store.len() < 1100,
             "old counters were dropped, {} left",
             store.len()
+        );
+    }
+}
+
+#[cfg(test)]
+mod state_tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::counters::StateLimits;
+    use std::time::Duration;
+
+    const SPACE: StateSpace<'static> = StateSpace {
+        plugin: "p",
+        grant: "g",
+    };
+
+    #[test]
+    fn expired_entries_are_removed_by_a_set_in_their_space_or_a_get_of_them() {
+        let clock = ManualClock::starting_at(0);
+        let store = MemoryCounterStore::new(clock.clone());
+        let limits = StateLimits::default();
+        for key in ["a", "b", "c"] {
+            store
+                .state_set(SPACE, key, "v", Duration::from_millis(10), &limits)
+                .unwrap();
+        }
+        clock.advance(Duration::from_millis(11));
+        assert_eq!(store.state_held(SPACE), 3, "removed lazily");
+        assert_eq!(store.state_get(SPACE, "a"), Ok(None));
+        assert_eq!(
+            store.state_held(SPACE),
+            2,
+            "a get removes what it finds expired"
+        );
+        store
+            .state_set(SPACE, "d", "v", Duration::from_millis(10), &limits)
+            .unwrap();
+        assert_eq!(
+            store.state_held(SPACE),
+            1,
+            "a set removes its space's expired entries"
+        );
+        store.state_delete(SPACE, "d").unwrap();
+        assert_eq!(
+            store.state.lock().unwrap().spaces.len(),
+            0,
+            "an empty space is dropped"
         );
     }
 }
