@@ -136,7 +136,6 @@ pub(crate) fn bytes_refused(bytes: u64, limits: &StateLimits) -> StateError {
 
 /// A space as one text that no other space spells, whatever its names contain: plugin and
 /// grant as a JSON array (`["a:b","c"]` is not `["a","b:c"]`). The text always ends in `]`.
-#[allow(dead_code)] // the SQLite and Redis stores, to follow
 pub(crate) fn encode_space(space: StateSpace<'_>) -> String {
     serde_json::to_string(&(space.plugin, space.grant)).unwrap_or_default()
 }
