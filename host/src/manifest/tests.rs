@@ -160,7 +160,7 @@ fn a_manifest_inside_a_nested_component_does_not_count() {
 #[test]
 fn an_unsupported_world_is_refused_naming_both() {
     let mut m = manifest(&[]);
-    m.world = "toolgate:policy/policy@0.3.0".into();
+    m.world = "toolgate:policy/policy@0.9.0".into();
     let err = Manifest::read(&embed(&component(&[]), &m).unwrap()).unwrap_err();
     assert!(
         matches!(err, ManifestError::UnsupportedWorld { .. }),
@@ -168,7 +168,7 @@ fn an_unsupported_world_is_refused_naming_both() {
     );
     let text = err.to_string();
     assert!(
-        text.contains("`toolgate:policy/policy@0.3.0`")
+        text.contains("`toolgate:policy/policy@0.9.0`")
             && text.contains("`toolgate:policy/policy@0.1.0`, `toolgate:policy/policy@0.2.0`"),
         "{text}"
     );
