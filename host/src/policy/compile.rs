@@ -427,7 +427,7 @@ impl Compiler<'_> {
 
     /// The plugin uses at `location` (`tools.<pattern>` or `all_tools`), each plugin declared
     /// and accepting its config.
-    fn uses(&self, specs: &[UseSpec], location: &str) -> Result<Vec<PluginUse>, PolicyError> {
+    fn uses(&self, specs: &[UseSpec], location: &str) -> Result<Vec<Arc<PluginUse>>, PolicyError> {
         specs
             .iter()
             .enumerate()
@@ -451,11 +451,11 @@ impl Compiler<'_> {
                         },
                     )
                 })?;
-                Ok(PluginUse {
+                Ok(Arc::new(PluginUse {
                     plugin: plugin.clone(),
                     config,
                     site: at,
-                })
+                }))
             })
             .collect()
     }
