@@ -285,7 +285,9 @@ impl PluginSpec {
 
     /// The largest result shown to it, if `results` sets one (checked), and what happens to
     /// a larger one, if it says.
-    pub fn result_limits(&self) -> Result<(Option<usize>, Option<crate::plugins::Oversized>), String> {
+    pub fn result_limits(
+        &self,
+    ) -> Result<(Option<usize>, Option<crate::plugins::Oversized>), String> {
         let Some(spec) = &self.results else {
             return Ok((None, None));
         };
