@@ -20,6 +20,7 @@ pub struct MemoryCounterStore {
 #[derive(Default)]
 struct State {
     logs: HashMap<CounterKey, Log>,
+    /// `consume` and state `set` calls since the last sweep.
     consumes_since_sweep: u32,
     /// The last unit id handed out.
     next_unit: u64,
@@ -41,8 +42,8 @@ struct Log {
     longest_window_ms: u64,
 }
 
-/// After this many `consume` calls, drop logs whose units have all expired, so that counters
-/// for sessions that are gone do not accumulate.
+/// After this many `consume` (and state `set`) calls, drop logs whose units have all expired,
+/// so that counters for sessions that are gone do not accumulate, and expired state entries.
 const SWEEP_EVERY: u32 = 4096;
 
 impl MemoryCounterStore {
@@ -92,6 +93,32 @@ impl MemoryCounterStore {
             .spaces
             .get(&(space.plugin.to_owned(), space.grant.to_owned()))
             .map_or(0, HashMap::len)
+    }
+}
+
+impl State {
+    /// Every [`SWEEP_EVERY`] calls (`consume` and state `set`), drops counters whose units
+    /// have all expired, and expired state entries of every space (spaces nobody sets in
+    /// again included).
+    fn sweep_when_due(&mut self, now: u64) {
+        self.consumes_since_sweep += 1;
+        if self.consumes_since_sweep < SWEEP_EVERY {
+            return;
+        }
+        self.consumes_since_sweep = 0;
+        self.logs.retain(|_, log| {
+            let longest = Window {
+                max: 1,
+                length_ms: log.longest_window_ms,
+            };
+            log.stamps
+                .back()
+                .is_some_and(|&(t, _)| expires(t, longest) > now)
+        });
+        self.spaces.retain(|_, entries| {
+            entries.retain(|_, entry| entry.expires_ms >= now);
+            !entries.is_empty()
+        });
     }
 }
 
@@ -189,19 +216,7 @@ impl CounterStore for MemoryCounterStore {
                 unit,
             });
         }
-        state.consumes_since_sweep += 1;
-        if state.consumes_since_sweep >= SWEEP_EVERY {
-            state.consumes_since_sweep = 0;
-            state.logs.retain(|_, log| {
-                let longest = Window {
-                    max: 1,
-                    length_ms: log.longest_window_ms,
-                };
-                log.stamps
-                    .back()
-                    .is_some_and(|&(t, _)| expires(t, longest) > now)
-            });
-        }
+        state.sweep_when_due(now);
         Ok(reservations)
     }
 
@@ -257,6 +272,7 @@ impl CounterStore for MemoryCounterStore {
         let ttl_ms = state::check_set(key, ttl, limits)?;
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = self.clock.now_ms();
+        state.sweep_when_due(now);
         let space = space_key(space);
         let entries = state.spaces.entry(space.clone()).or_default();
         entries.retain(|_, entry| entry.expires_ms >= now);
@@ -400,5 +416,24 @@ mod state_tests {
             0,
             "an empty space is dropped"
         );
+    }
+
+    #[test]
+    fn the_sweep_drops_expired_entries_of_spaces_nobody_sets_in_again() {
+        let clock = ManualClock::starting_at(0);
+        let store = MemoryCounterStore::new(clock.clone());
+        let limits = StateLimits::default();
+        let ttl = Duration::from_millis(10);
+        for i in 0..SWEEP_EVERY {
+            let grant = i.to_string();
+            let space = StateSpace {
+                plugin: "p",
+                grant: &grant,
+            };
+            store.state_set(space, "k", "v", ttl, &limits).unwrap();
+            clock.advance(Duration::from_millis(1));
+        }
+        let left = store.state.lock().unwrap().spaces.len();
+        assert!(left <= 11, "{left} spaces left");
     }
 }

@@ -18,7 +18,8 @@
 //!   this replica's memory (each replica then admits up to `max`: at most (replicas+1)×max
 //!   in a window across the switch). After a failure the store is not asked again for a
 //!   second (a circuit breaker), so an outage does not add `timeout` to every call; the
-//!   switch to degraded and back is logged and reported in `/status`.
+//!   switch to degraded and back is logged and reported in `/status`. Plugin state fails
+//!   closed under `open` too (see [`redis_state`](redis_state.rs)).
 //!
 //! Plugin state lives here too ([`redis_state`](redis_state.rs), one script per operation).
 

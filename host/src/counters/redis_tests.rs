@@ -481,3 +481,19 @@ fn state_fails_closed_unless_on_error_is_local() {
     assert_eq!(local_answers.2, Ok(Some("local".into())));
     assert!(matches!(local_answers.3, Err(StateError::Refused(_))));
 }
+
+#[test]
+fn a_lost_state_script_is_sent_again() {
+    let server = Server::start();
+    let store = connect(
+        &server,
+        RedisOptions::default(),
+        Arc::new(crate::clock::SystemClock::new()),
+    );
+    let limits = StateLimits::default();
+    store
+        .state_set(SPACE, "k", "v", Duration::from_secs(60), &limits)
+        .unwrap();
+    redis_cmd(&server, &["SCRIPT", "FLUSH"]);
+    assert_eq!(store.state_get(SPACE, "k"), Ok(Some("v".into())));
+}

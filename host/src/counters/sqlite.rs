@@ -23,8 +23,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// After this many `consume` calls (in this process), drop units whose longest window has
-/// passed, for every counter, so that counters of sessions long gone do not accumulate.
+/// After this many `consume` (and state `set`) calls in this process, drop units whose longest
+/// window has passed, for every counter, so that counters of sessions long gone do not
+/// accumulate; and expired state entries, of every space.
 const SWEEP_EVERY: u32 = 4096;
 
 /// How long a process waits for another's transaction by default.
@@ -152,19 +153,7 @@ impl SqliteCounterStore {
                 unit: tx.last_insert_rowid() as u64,
             });
         }
-        let sweep = {
-            let mut since = self
-                .consumes_since_sweep
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            *since += 1;
-            let due = *since >= SWEEP_EVERY;
-            if due {
-                *since = 0;
-            }
-            due
-        };
-        if sweep {
+        if self.sweep_due() {
             tx.execute(
                 "DELETE FROM toolgate_counter_units WHERE at_ms + (
                      SELECT longest_ms FROM toolgate_counter_keys k
@@ -176,9 +165,25 @@ impl SqliteCounterStore {
                      SELECT 1 FROM toolgate_counter_units u WHERE u.key = toolgate_counter_keys.key)",
                 [],
             )?;
+            sweep_state(&tx, now)?;
         }
         tx.commit()?;
         Ok(Ok(reservations))
+    }
+
+    /// Whether this call (`consume` or state `set`) is the [`SWEEP_EVERY`]th since the last
+    /// sweep.
+    fn sweep_due(&self) -> bool {
+        let mut since = self
+            .consumes_since_sweep
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *since += 1;
+        let due = *since >= SWEEP_EVERY;
+        if due {
+            *since = 0;
+        }
+        due
     }
 
     fn state_failed(&self, e: rusqlite::Error) -> StateError {
@@ -229,6 +234,9 @@ impl SqliteCounterStore {
             "DELETE FROM toolgate_plugin_state WHERE space = ?1 AND expires_ms < ?2",
             params![space, to_sql(now)],
         )?;
+        if self.sweep_due() {
+            sweep_state(&tx, now)?;
+        }
         let (others, other_bytes): (i64, i64) = tx.query_row(
             "SELECT count(*), coalesce(sum(bytes), 0) FROM toolgate_plugin_state
              WHERE space = ?1 AND key != ?2",
@@ -307,6 +315,15 @@ fn check(
             .saturating_sub(now)
             .max(1),
     ))
+}
+
+/// Removes the expired state entries of every space (spaces nobody sets in again included).
+fn sweep_state(tx: &rusqlite::Transaction<'_>, now: u64) -> Result<(), rusqlite::Error> {
+    tx.execute(
+        "DELETE FROM toolgate_plugin_state WHERE expires_ms < ?1",
+        params![to_sql(now)],
+    )
+    .map(drop)
 }
 
 /// A key as one text that no other key spells: owner, counter and scope value, as a JSON
