@@ -684,4 +684,6 @@ impl Session {
 #[cfg(test)]
 mod audit_tests;
 #[cfg(test)]
+mod results_tests;
+#[cfg(test)]
 mod tests;

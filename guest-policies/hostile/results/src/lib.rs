@@ -1,4 +1,4 @@
-//! A `policy-with-results` plugin whose config (one word) says what to do, for the host's
+//! A `policy-with-results` plugin whose config (one word, bare or a JSON string) says what to do, for the host's
 //! tests of `state` and `after-call`: every well-behaved answer, and every hostile one.
 //!
 //! `evaluate`: `remember` stores the call's arguments under `last`; `recall` denies with what
@@ -24,7 +24,8 @@ fn text_result(text: &str) -> String {
 
 impl Guest for Hostile {
     fn evaluate(call: ToolCall, config: String) -> Decision {
-        match config.as_str() {
+        // The host's tests pass the word itself; a policy passes it as a JSON string.
+        match config.trim_matches('"') {
             "remember" => match state::set("last", &call.arguments, MINUTE_MS) {
                 Ok(()) => Decision::Allow,
                 Err(why) => Decision::Deny(format!("not stored: {why}")),
@@ -66,7 +67,8 @@ impl Guest for Hostile {
     }
 
     fn after_call(_call: ToolCall, result: String, config: String) -> ResultVerdict {
-        match config.as_str() {
+        // The host's tests pass the word itself; a policy passes it as a JSON string.
+        match config.trim_matches('"') {
             "replace" => ResultVerdict::Replace(text_result(&format!("{} bytes", result.len()))),
             "refuse" => ResultVerdict::Refuse("the result is not for you".into()),
             "recall" => ResultVerdict::Replace(text_result(
