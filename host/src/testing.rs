@@ -8,6 +8,8 @@
 
 mod results;
 
+pub use results::{seen as seen_result, SeenResult};
+
 use crate::call::ToolCall;
 use crate::clock::ManualClock;
 use crate::counters::{CounterStore, MemoryCounterStore};

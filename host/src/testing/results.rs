@@ -13,11 +13,15 @@ const FATES: [&str; 4] = ["pass", "replace", "refuse", "error"];
 
 /// What the client would get for a step's `result`: its fate's name, the reply's result as
 /// JSON text, and a refusal's reason.
-pub(super) struct SeenResult {
-    fate: &'static str,
-    text: String,
-    reason: Option<String>,
-    pub(super) instructions: u64,
+pub struct SeenResult {
+    /// `pass`, `replace`, `refuse` or `error`.
+    pub fate: &'static str,
+    /// The result the client gets, as JSON text.
+    pub text: String,
+    /// A refused result's reason.
+    pub reason: Option<String>,
+    /// Instructions the hooks consumed.
+    pub instructions: u64,
 }
 
 /// A step's `result` expectations that cannot be checked: an unknown fate, or a `result`
@@ -40,7 +44,7 @@ pub(super) fn spec_problem(has_result: bool, expected: &Detailed) -> Option<Stri
 }
 
 /// Runs `hooks` on the upstream's `result`, as the session would, noting their steps.
-pub(super) fn seen(
+pub fn seen(
     hooks: &ResultHooks,
     call: &ToolCall<'_>,
     result: &Value,
