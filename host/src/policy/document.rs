@@ -513,4 +513,71 @@ mod tests {
     fn bad_windows(#[case] v: Value) {
         assert!(WindowSpec::try_from(v).is_err());
     }
+
+    fn plugin(entry: Value) -> PluginSpec {
+        serde_json::from_value(entry).unwrap()
+    }
+
+    #[test]
+    fn state_and_result_bounds_are_read_and_checked() {
+        let spec = plugin(json!({
+            "path": "p.wasm",
+            "grants": ["state"],
+            "state": {"max_entries": 10, "max_bytes": 4096, "max_ttl_s": 60},
+            "results": {"max_bytes": 2048, "oversized": "pass"},
+        }));
+        let limits = spec.state_limits().unwrap();
+        assert_eq!(
+            (
+                limits.max_entries,
+                limits.max_bytes,
+                limits.max_ttl.as_secs()
+            ),
+            (10, 4096, 60)
+        );
+        assert_eq!(
+            spec.result_limits().unwrap(),
+            (Some(2048), Some(crate::plugins::Oversized::Pass))
+        );
+        // Nothing said: the defaults; all granted (no `grants`): `state` may be set.
+        let spec = plugin(json!({"path": "p.wasm", "state": {"max_entries": 3}}));
+        assert_eq!(spec.state_limits().unwrap().max_entries, 3);
+        assert_eq!(spec.result_limits().unwrap(), (None, None));
+        let spec = plugin(json!({"path": "p.wasm", "grants": ["log"], "state": {}}));
+        assert!(
+            spec.state_limits()
+                .unwrap_err()
+                .contains("`grants` leave out `state`"),
+            "state without the grant"
+        );
+        for (entry, error) in [
+            (
+                json!({"max_entries": 0}),
+                "`state.max_entries` is 0; it must be 1 to 1000000",
+            ),
+            (
+                json!({"max_bytes": 1_u64 << 40}),
+                "`state.max_bytes` is 1099511627776; it must be 1 to 67108864",
+            ),
+            (
+                json!({"max_ttl_s": 0}),
+                "`state.max_ttl_s` is 0; it must be 1 to 31536000",
+            ),
+        ] {
+            let spec = plugin(json!({"path": "p.wasm", "state": entry}));
+            assert_eq!(spec.state_limits().unwrap_err(), error);
+        }
+        let spec = plugin(json!({"path": "p.wasm", "results": {"max_bytes": 0}}));
+        assert_eq!(
+            spec.result_limits().unwrap_err(),
+            "`results.max_bytes` is 0; it must be 1 to 67108864"
+        );
+        // Unknown fields and values are refused as the document is read.
+        for entry in [
+            json!({"path": "p.wasm", "state": {"max_keys": 1}}),
+            json!({"path": "p.wasm", "results": {"oversized": "drop"}}),
+        ] {
+            assert!(serde_json::from_value::<PluginSpec>(entry).is_err());
+        }
+    }
 }

@@ -21,12 +21,15 @@ use std::time::Duration;
 
 const NAME: &str = "hostile/results";
 
+/// `(plugin, grant, key)`.
+type EntryId = (String, String, String);
+
 /// A counter store that keeps plugin state in a map, bounded as the real stores are: what
 /// the plugin sees does not depend on which store the gateway runs.
 struct StateStore {
     counters: MemoryCounterStore,
     /// `(plugin, grant, key)` → `(value, expires at, in ms)`.
-    entries: Mutex<HashMap<(String, String, String), (String, u64)>>,
+    entries: Mutex<HashMap<EntryId, (String, u64)>>,
     down: AtomicBool,
 }
 
@@ -53,7 +56,7 @@ impl StateStore {
     }
 }
 
-fn id(space: StateSpace<'_>, key: &str) -> (String, String, String) {
+fn id(space: StateSpace<'_>, key: &str) -> EntryId {
     (space.plugin.into(), space.grant.into(), key.into())
 }
 
@@ -136,7 +139,7 @@ fn store_of(store: &Arc<StateStore>) -> Arc<dyn CounterStore> {
 }
 
 /// What `evaluate` says with `config` (its reason; an allow has none).
-fn said(
+fn said_by(
     plugin: &Plugin,
     call: &PluginCall<'_>,
     config: &str,
@@ -158,9 +161,9 @@ fn state_round_trips_per_plugin_and_grant() {
     let state = StateStore::new();
     let store = store_of(&state);
     let args = r#"{"a":1}"#;
-    assert_eq!(said(&plugin, &call(args), "remember", &store), "allow");
+    assert_eq!(said_by(&plugin, &call(args), "remember", &store), "allow");
     assert_eq!(
-        said(&plugin, &call("{}"), "recall", &store),
+        said_by(&plugin, &call("{}"), "recall", &store),
         r#"recalled Some("{\"a\":1}")"#
     );
     // `after-call` sees the same entries.
@@ -177,10 +180,10 @@ fn state_round_trips_per_plugin_and_grant() {
         call: &other,
         ..call("{}")
     };
-    assert_eq!(said(&plugin, &other, "recall", &store), "recalled None");
-    assert_eq!(said(&plugin, &call("{}"), "forget", &store), "allow");
+    assert_eq!(said_by(&plugin, &other, "recall", &store), "recalled None");
+    assert_eq!(said_by(&plugin, &call("{}"), "forget", &store), "allow");
     assert_eq!(
-        said(&plugin, &call("{}"), "recall", &store),
+        said_by(&plugin, &call("{}"), "recall", &store),
         "recalled None"
     );
     assert_eq!(state.len(), 0);
@@ -200,22 +203,22 @@ fn state_past_its_bounds_is_an_error_the_plugin_sees_and_the_host_keeps_nothing_
     let plugin = load_with(&runtime, limits);
     let state = StateStore::new();
     let store = store_of(&state);
-    let flood = said(&plugin, &call("{}"), "flood", &store);
+    let flood = said_by(&plugin, &call("{}"), "flood", &store);
     assert!(
         flood.starts_with("refused 55: ") && flood.contains("max_entries (5)"),
         "{flood}"
     );
     assert_eq!(state.len(), 5);
     // Bounds the host checks before the store: the key's length and the time to live.
-    let long = said(&plugin, &call("{}"), "long-key", &store);
+    let long = said_by(&plugin, &call("{}"), "long-key", &store);
     assert!(
         long.contains("1000 bytes is over the 256-byte cap"),
         "{long}"
     );
-    let ttl = said(&plugin, &call("{}"), "ttl-0", &store);
+    let ttl = said_by(&plugin, &call("{}"), "ttl-0", &store);
     assert!(ttl.contains("time to live of 0 ms"), "{ttl}");
     // More calls than the per-evaluation cap: a trap, and a deny naming the cap.
-    let calls = said(&plugin, &call("{}"), "flood-calls", &store);
+    let calls = said_by(&plugin, &call("{}"), "flood-calls", &store);
     assert!(
         calls.starts_with("plugin `hostile/results` ")
             && calls.contains("`state.set` more than 64 times"),
@@ -231,7 +234,7 @@ fn state_past_its_bounds_is_an_error_the_plugin_sees_and_the_host_keeps_nothing_
         ..PluginLimits::default()
     };
     let plugin = load_with(&runtime, small);
-    let flood = said(&plugin, &call("{}"), "flood", &store_of(&StateStore::new()));
+    let flood = said_by(&plugin, &call("{}"), "flood", &store_of(&StateStore::new()));
     assert!(
         flood.starts_with("refused 60: ") && flood.contains("max_bytes (512)"),
         "{flood}"
@@ -246,11 +249,11 @@ fn a_store_that_cannot_answer_fails_get_and_delete_closed_and_refuses_set() {
     state.down.store(true, Ordering::Relaxed);
     let store = store_of(&state);
     assert_eq!(
-        said(&plugin, &call("{}"), "remember", &store),
+        said_by(&plugin, &call("{}"), "remember", &store),
         "not stored: the test store is down"
     );
     for config in ["recall", "forget"] {
-        let failed = said(&plugin, &call("{}"), config, &store);
+        let failed = said_by(&plugin, &call("{}"), config, &store);
         assert!(
             failed.starts_with("plugin `hostile/results` ")
                 && failed.contains("state: the test store is down"),
@@ -377,8 +380,10 @@ fn an_oversized_result_is_never_shown_and_passes_or_fails_as_the_policy_says() {
     }
 }
 
+/// 0.1.0 and 0.2.0 plugins, and a 0.3.0 `policy` one, load and decide as they did; having no
+/// `after-call`, they pass every result without running.
 #[test]
-fn older_worlds_still_load_decide_and_pass_every_result() {
+fn every_world_without_results_loads_decides_and_passes_every_result() {
     let runtime = PluginRuntime::new(None).unwrap();
     let store = counters();
     for (name, world, said) in [
@@ -400,7 +405,7 @@ fn older_worlds_still_load_decide_and_pass_every_result() {
             .unwrap();
         assert_eq!(plugin.world(), world);
         assert!(!plugin.has_result_hook());
-        let reason = plugin.evaluate(&call("{}"), "{}", &store).decision.reason;
+        let reason = said_by(&plugin, &call("{}"), "{}", &store);
         assert!(reason.contains(said), "{name}: {reason}");
         let outcome = plugin.after_call(&call("{}"), "{}", "refuse", &store);
         assert_eq!(
