@@ -7,8 +7,15 @@
 //! - **toolgate-bare**: through `toolgate run` with `{"default": "allow"}`, no rule at all, to
 //!   split the cost of routing from the cost of the policy.
 //!
-//! Calls are interleaved (direct, relay, toolgate, direct, ...) so that all three see the same
-//! machine state, and the medians are compared: toolgate's added latency over the relay's.
+//! - **observed**: **toolgate** with the decision log (a file) and metrics on, at defaults;
+//! - **toolgate-again**: a second **toolgate**, the same in every way: how far two identical
+//!   gateways' medians drift apart in one run is the floor under any comparison of two setups.
+//!
+//! Calls are interleaved (direct, relay, toolgate, ..., each round starting one setup later) so
+//! that all see the same machine state, and the medians are compared: toolgate's added latency over the relay's.
+//! Beside latency, each gateway's CPU time per call, from the kernel's per-thread run time
+//! (`/proc/PID/task/*/schedstat`, nanoseconds): it does not move with the scheduler's
+//! placement the way latency does, and it says on which threads the time went.
 //!
 //! Run: `cargo bench -p toolgate --bench stdio_overhead` (`-- --calls N` to change 10 000).
 
@@ -157,17 +164,29 @@ fn main() {
                 "--echo",
             ],
         ),
+        Peer::start(
+            "toolgate-again",
+            TOOLGATE,
+            &[
+                "run", "--policy", policy, "--", TOOLGATE, "standin", "--echo",
+            ],
+        ),
     ];
     // Warm up every path (page cache, branch predictors, allocator) before measuring.
     for id in 1..=500 {
         peers.iter_mut().for_each(|p| p.timed_call(id));
     }
     peers.iter_mut().for_each(|p| p.samples.clear());
+    let cpu_before: Vec<_> = peers.iter().map(|p| cpu_by_thread(p.child.id())).collect();
+    // Each round starts with the next setup, so that none is always the one after another
+    // (the slot in the round moved a gateway's median by up to 1.6x in a first version).
+    let n = peers.len();
     for id in 1..=calls {
-        for peer in peers.iter_mut() {
-            peer.timed_call(1000 + id);
+        for k in 0..n {
+            peers[(id as usize + k) % n].timed_call(1000 + id);
         }
     }
+    let cpu_after: Vec<_> = peers.iter().map(|p| cpu_by_thread(p.child.id())).collect();
     let mut medians = Vec::new();
     println!("stdio round trips: {calls} sequential tools/call per setup, interleaved\n");
     println!(
@@ -201,8 +220,49 @@ fn main() {
         "decision log + metrics: {observed_added:.1} µs added, {:.3}x toolgate's (target <= 1.05x)",
         observed_added / toolgate_added
     );
+    let again_added = medians[5] - medians[0];
+    println!(
+        "control: toolgate-again adds {again_added:.1} µs, {:.3}x toolgate's (two identical gateways)",
+        again_added / toolgate_added
+    );
+    println!("\nCPU per call in each gateway process, by thread (µs, from schedstat):");
+    for (i, peer) in peers.iter().enumerate().skip(2) {
+        let mut threads: Vec<(String, f64)> = cpu_after[i]
+            .iter()
+            .map(|(name, ns)| {
+                let before = cpu_before[i].get(name).copied().unwrap_or(0);
+                (name.clone(), (ns - before) as f64 / 1000.0 / calls as f64)
+            })
+            .filter(|(_, us)| *us >= 0.05)
+            .collect();
+        threads.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let total: f64 = threads.iter().map(|(_, us)| us).sum();
+        let parts: Vec<String> = threads
+            .iter()
+            .map(|(name, us)| format!("{name} {us:.2}"))
+            .collect();
+        println!("{:<15} {total:>7.2}  ({})", peer.name, parts.join(", "));
+    }
     for mut peer in peers {
         drop(peer.stdin);
         let _ = peer.child.wait();
     }
+}
+
+/// Run time so far of each thread of process `pid`, in nanoseconds, summed by thread name.
+fn cpu_by_thread(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let ns: u64 = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        *by_name.entry(name.trim().to_owned()).or_insert(0) += ns;
+    }
+    by_name
 }

@@ -1,5 +1,6 @@
 //! The host capabilities a plugin can be granted: one per function-bearing interface of the
-//! WIT package (`counters`, `clock`, `log`). `types` holds data only and is not one.
+//! WIT package (`counters`, `clock`, `log`, and from 0.3.0 `state`). `types` holds data only
+//! and is not one.
 //!
 //! The same names appear in a plugin's manifest (what it says it imports), in a policy's
 //! plugin entry (`"grants"`: what the policy lets it link) and in a trust file's rule (the most
@@ -10,34 +11,59 @@ use std::collections::BTreeSet;
 /// The WIT package every capability belongs to.
 pub const PACKAGE: &str = "toolgate:policy";
 
-/// A version of the `policy` world this host implements. A component implements exactly one,
-/// named by the version of the `toolgate:policy` interfaces it imports (every policy
-/// component imports at least `types`); its manifest must name the same one.
+/// A world of the `toolgate:policy` package this host implements. A component implements
+/// exactly one, named by the version of the `toolgate:policy` interfaces it imports (every
+/// policy component imports at least `types`) and, from 0.3.0 on, by whether it exports
+/// `after-call` (`policy-with-results`); its manifest must name the same one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum World {
     /// `toolgate:policy/policy@0.1.0`: the first contract.
     V0_1,
     /// `toolgate:policy/policy@0.2.0`: 0.1.0 with the approval that covers a call.
     V0_2,
+    /// `toolgate:policy/policy@0.3.0`: 0.2.0 with the `state` import.
+    V0_3,
+    /// `toolgate:policy/policy-with-results@0.3.0`: 0.3.0's `policy` plus the `after-call`
+    /// export, which sees each allowed call's result.
+    V0_3Results,
 }
 
 impl World {
     /// Every world this host implements, oldest first.
-    pub const ALL: [World; 2] = [World::V0_1, World::V0_2];
-    /// The newest: what `toolgate plugin wit` prints and `plugin new` starts from.
-    pub const LATEST: World = World::V0_2;
+    pub const ALL: [World; 4] = [World::V0_1, World::V0_2, World::V0_3, World::V0_3Results];
+    /// The newest `policy`: what `toolgate plugin wit` prints and `plugin new` starts from.
+    pub const LATEST: World = World::V0_3;
 
     /// Its package version (`0.2.0`).
     pub fn version(self) -> &'static str {
         match self {
             World::V0_1 => "0.1.0",
             World::V0_2 => "0.2.0",
+            World::V0_3 | World::V0_3Results => "0.3.0",
+        }
+    }
+
+    /// The world's name inside its package: `policy`, or `policy-with-results`.
+    pub fn world_name(self) -> &'static str {
+        match self {
+            World::V0_3Results => "policy-with-results",
+            _ => "policy",
         }
     }
 
     /// Its full name, as a manifest writes it: `toolgate:policy/policy@0.2.0`.
     pub fn name(self) -> String {
-        format!("{PACKAGE}/policy@{}", self.version())
+        format!("{PACKAGE}/{}@{}", self.world_name(), self.version())
+    }
+
+    /// Whether its plugins export `after-call` and see results.
+    pub fn has_results(self) -> bool {
+        self == World::V0_3Results
+    }
+
+    /// Whether a plugin of this world can import `capability` (`state` is 0.3.0's).
+    pub fn offers(self, capability: Capability) -> bool {
+        capability != Capability::State || self >= World::V0_3
     }
 
     /// The world a manifest's `world` names, if this host implements it.
@@ -55,6 +81,7 @@ impl World {
         match self {
             World::V0_1 => include_str!("../../wit/v0.1.0/policy.wit"),
             World::V0_2 => include_str!("../../wit/v0.2.0/policy.wit"),
+            World::V0_3 | World::V0_3Results => include_str!("../../wit/v0.3.0/policy.wit"),
         }
     }
 
@@ -105,10 +132,23 @@ pub fn world_of_imports(imports: &[String]) -> Result<Option<World>, String> {
     }
 }
 
-/// [`world_of_imports`] of a component's bytes.
+/// The world a component's imports and exports name: [`world_of_imports`], where a 0.3.0
+/// component that exports `after-call` is a `policy-with-results`.
+pub fn world_of_interface(imports: &[String], exports: &[String]) -> Result<Option<World>, String> {
+    let world = world_of_imports(imports)?;
+    Ok(match world {
+        Some(World::V0_3) if exports.iter().any(|e| e == AFTER_CALL) => Some(World::V0_3Results),
+        world => world,
+    })
+}
+
+/// The export that makes a 0.3.0 component a `policy-with-results`.
+pub const AFTER_CALL: &str = "after-call";
+
+/// [`world_of_interface`] of a component's bytes.
 pub fn world_of(bytes: &[u8]) -> Result<Option<World>, String> {
-    let (imports, _) = component_interface(bytes)?;
-    world_of_imports(&imports)
+    let (imports, exports) = component_interface(bytes)?;
+    world_of_interface(&imports, &exports)
 }
 
 /// One host interface a plugin may import.
@@ -123,11 +163,18 @@ pub enum Capability {
     Clock,
     /// `log`: lines in the gateway's log.
     Log,
+    /// `state`: a small key-value store of the plugin's own, per grant (0.3.0 on).
+    State,
 }
 
 impl Capability {
     /// Every capability, in order.
-    pub const ALL: [Capability; 3] = [Capability::Counters, Capability::Clock, Capability::Log];
+    pub const ALL: [Capability; 4] = [
+        Capability::Counters,
+        Capability::Clock,
+        Capability::Log,
+        Capability::State,
+    ];
 
     /// Its name, as written in manifests, policies and trust files.
     pub fn name(self) -> &'static str {
@@ -135,10 +182,11 @@ impl Capability {
             Capability::Counters => "counters",
             Capability::Clock => "clock",
             Capability::Log => "log",
+            Capability::State => "state",
         }
     }
 
-    /// The capability named `name` (`counters`, `clock`, `log`).
+    /// The capability named `name` (`counters`, `clock`, `log`, `state`).
     pub fn from_name(name: &str) -> Option<Capability> {
         Capability::ALL.into_iter().find(|c| c.name() == name)
     }
@@ -280,6 +328,36 @@ mod tests {
                 .wit()
                 .contains(&format!("package toolgate:policy@{};", world.version())));
         }
-        assert_eq!(World::from_name("toolgate:policy/policy@0.3.0"), None);
+        assert_eq!(World::from_name("toolgate:policy/policy@0.9.0"), None);
+    }
+
+    #[test]
+    fn a_0_3_component_that_exports_after_call_sees_results() {
+        let imports = names(&["toolgate:policy/types@0.3.0", "toolgate:policy/state@0.3.0"]);
+        let plain = names(&["evaluate", "validate-config", "metadata"]);
+        let mut with_results = plain.clone();
+        with_results.push("after-call".into());
+        assert_eq!(world_of_interface(&imports, &plain), Ok(Some(World::V0_3)));
+        assert_eq!(
+            world_of_interface(&imports, &with_results),
+            Ok(Some(World::V0_3Results))
+        );
+        // `after-call` means nothing to an older world.
+        let v2 = names(&["toolgate:policy/types@0.2.0"]);
+        assert_eq!(
+            world_of_interface(&v2, &with_results),
+            Ok(Some(World::V0_2))
+        );
+        assert_eq!(
+            World::V0_3Results.name(),
+            "toolgate:policy/policy-with-results@0.3.0"
+        );
+        assert_eq!(
+            Capability::from_import("toolgate:policy/state@0.3.0"),
+            Some(Capability::State)
+        );
+        assert!(!World::V0_2.offers(Capability::State));
+        assert!(World::V0_3Results.offers(Capability::State));
+        assert!(World::V0_1.offers(Capability::Log));
     }
 }

@@ -115,6 +115,11 @@ enum Command {
         /// Print the decision as the decision log writes it (one JSON line) instead of the steps.
         #[arg(long)]
         log: bool,
+        /// The upstream's result for the call (a `CallToolResult` object as JSON): when the
+        /// call is allowed, the policy's result hooks run on it, and eval prints what the
+        /// client would get.
+        #[arg(long, value_name = "JSON")]
+        result: Option<String>,
     },
     /// Make a running gateway reload its policy now; prints the outcome and the status.
     Reload {
@@ -307,7 +312,8 @@ fn main() -> ExitCode {
             call,
             exit_code,
             log,
-        } => eval(&policy, &call, exit_code, log),
+            result,
+        } => eval(&policy, &call, exit_code, log, result.as_deref()),
         Command::Reload { socket } => admin(&socket, "reload"),
         Command::Status { socket } => admin(&socket, "status"),
         Command::Approvals(args) => approvals_cli::run(args),
@@ -396,11 +402,24 @@ fn test(
     }
 }
 
-fn eval(policy: &std::path::Path, call: &str, exit_code: bool, log: bool) -> ExitCode {
+fn eval(
+    policy: &std::path::Path,
+    call: &str,
+    exit_code: bool,
+    log: bool,
+    result: Option<&str>,
+) -> ExitCode {
     let call: testing::CallSpec = match serde_json::from_str(call) {
         Ok(call) => call,
         Err(e) => {
             eprintln!("toolgate eval: --call is not a call: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result: Option<serde_json::Value> = match result.map(serde_json::from_str).transpose() {
+        Ok(result) => result,
+        Err(e) => {
+            eprintln!("toolgate eval: --result is not JSON: {e}");
             return ExitCode::from(2);
         }
     };
@@ -415,6 +434,17 @@ fn eval(policy: &std::path::Path, call: &str, exit_code: bool, log: bool) -> Exi
     let started = std::time::Instant::now();
     let outcome = policy.decide_traced(&call.tool_call(), &counters, &mut steps);
     let eval_us = started.elapsed().as_micros() as u64;
+    let seen = result
+        .filter(|_| outcome.decision.is_allow())
+        .map(|result| {
+            testing::seen_result(
+                &outcome.after,
+                &call.tool_call(),
+                &result,
+                &counters,
+                &mut steps,
+            )
+        });
     let steps = if log {
         println!(
             "{}",
@@ -446,8 +476,12 @@ fn eval(policy: &std::path::Path, call: &str, exit_code: bool, log: bool) -> Exi
             d.rule,
             d.reason
         );
+        if let Some(seen) = &seen {
+            println!("result: {}: {}", seen.fate, seen.text);
+        }
     }
-    if exit_code && d.verdict != toolgate::decision::Verdict::Allow {
+    let refused = seen.as_ref().is_some_and(|s| s.reason.is_some());
+    if exit_code && (d.verdict != toolgate::decision::Verdict::Allow || refused) {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

@@ -6,6 +6,10 @@
 //! clock. Steps run in order against one evolving state (counters persist from step to step);
 //! each file starts from empty counters at [`START_MS`]. Nothing sleeps.
 
+mod results;
+
+pub use results::{seen as seen_result, SeenResult};
+
 use crate::call::ToolCall;
 use crate::clock::ManualClock;
 use crate::counters::{CounterStore, MemoryCounterStore};
@@ -66,6 +70,10 @@ struct CallStep {
     #[serde(default = "one")]
     repeat: u32,
     call: CallSpec,
+    /// The upstream's `result` for the call, when it is allowed: the policy's result hooks
+    /// see it (`expect.result` says what they should make of it).
+    #[serde(default)]
+    result: Option<Value>,
     expect: Expect,
 }
 
@@ -124,6 +132,19 @@ struct Detailed {
     retry_after_ms_max: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     max_instructions: Option<u64>,
+    /// What the result hooks made of the step's `result`: `pass`, `replace`, `refuse` or
+    /// `error` (a hook failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    result: Option<String>,
+    /// Text the result the client gets contains (its JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    result_contains: Option<String>,
+    /// Text the result the client gets does not contain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    result_lacks: Option<String>,
+    /// Text the reason of a refused result contains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    result_reason_contains: Option<String>,
 }
 
 const DECISIONS: [&str; 4] = ["allow", "deny", "require_approval", "rate_limited"];
@@ -300,6 +321,10 @@ fn run_case(
             reason_contains: None,
             retry_after_ms_max: None,
             max_instructions: None,
+            result: None,
+            result_contains: None,
+            result_lacks: None,
+            result_reason_contains: None,
         },
         Expect::Detailed(d) => d.clone(),
     };
@@ -320,6 +345,11 @@ fn run_case(
             expected.decision,
             DECISIONS.join(", ")
         ));
+        return case;
+    }
+    if let Some(problem) = results::spec_problem(step.result.is_some(), &expected) {
+        case.passed = false;
+        case.diff.push(format!("  {problem}"));
         return case;
     }
     let call = step.call.tool_call();
@@ -343,11 +373,17 @@ fn run_case(
                 *hit = true;
             }
         }
-        case.instructions = case.instructions.max(outcome.instructions);
+        let seen = step
+            .result
+            .as_ref()
+            .filter(|_| outcome.decision.is_allow())
+            .map(|result| results::seen(&outcome.after, &call, result, counters, &mut trace));
+        let hooks_cost = seen.as_ref().map_or(0, |s| s.instructions);
+        case.instructions = case.instructions.max(outcome.instructions + hooks_cost);
         case.peak_memory = case.peak_memory.max(outcome.peak_memory);
         case.trace = trace;
         let d = &outcome.decision;
-        let mut wrong = Vec::new();
+        let mut wrong = results::mismatches(&expected, seen.as_ref());
         if d.verdict.as_str() != expected.decision {
             wrong.push("decision");
         }
@@ -394,6 +430,7 @@ fn run_case(
                 case.diff
                     .push(format!("  + instructions: {}", outcome.instructions));
             }
+            results::diff(&expected, seen.as_ref(), &mut case.diff);
             break;
         }
     }

@@ -349,7 +349,7 @@ fn plugin_wit_prints_the_contract_the_binary_was_built_with() {
     };
     let (out, code) = toolgate(&["plugin", "wit"]);
     assert_eq!(code, 0, "{out}");
-    assert_eq!(out, wit("0.2.0"));
+    assert_eq!(out, wit("0.3.0"));
     assert!(out.contains("world policy"), "{out}");
     let (out, code) = toolgate(&["plugin", "wit", "--version", "0.1.0"]);
     assert_eq!(code, 0, "{out}");

@@ -1,6 +1,8 @@
 //! The embedded store: exact sliding logs in this process's memory. The zero-setup default;
-//! its counts start from zero with each process.
+//! its counts start from zero with each process. Plugin state lives in the same map's lock,
+//! one map of entries per plugin and grant.
 
+use super::state::{self, StateError, StateLimits, StateSpace};
 use super::{CounterKey, CounterStore, Exhausted, Refusal, Reservation, Window};
 use crate::clock::Clock;
 use std::collections::{HashMap, VecDeque};
@@ -18,9 +20,20 @@ pub struct MemoryCounterStore {
 #[derive(Default)]
 struct State {
     logs: HashMap<CounterKey, Log>,
+    /// `consume` and state `set` calls since the last sweep.
     consumes_since_sweep: u32,
     /// The last unit id handed out.
     next_unit: u64,
+    /// Plugin state: the entries of each (plugin, grant) that has any. A space with none left
+    /// is removed, so the map holds only spaces with entries, each within its bounds.
+    spaces: HashMap<(String, String), HashMap<String, Entry>>,
+}
+
+/// One plugin state entry.
+struct Entry {
+    value: String,
+    /// The last millisecond it is live (set at `now` for `ttl`: `now + ttl`).
+    expires_ms: u64,
 }
 
 /// The units taken within the longest window seen for the key: (timestamp, unit id), sorted.
@@ -29,8 +42,8 @@ struct Log {
     longest_window_ms: u64,
 }
 
-/// After this many `consume` calls, drop logs whose units have all expired, so that counters
-/// for sessions that are gone do not accumulate.
+/// After this many `consume` (and state `set`) calls, drop logs whose units have all expired,
+/// so that counters for sessions that are gone do not accumulate, and expired state entries.
 const SWEEP_EVERY: u32 = 4096;
 
 impl MemoryCounterStore {
@@ -71,6 +84,46 @@ impl MemoryCounterStore {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Entries held for `space`, expired ones not yet removed included (for tests of the
+    /// lazy removal).
+    pub fn state_held(&self, space: StateSpace<'_>) -> usize {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state
+            .spaces
+            .get(&(space.plugin.to_owned(), space.grant.to_owned()))
+            .map_or(0, HashMap::len)
+    }
+}
+
+impl State {
+    /// Every [`SWEEP_EVERY`] calls (`consume` and state `set`), drops counters whose units
+    /// have all expired, and expired state entries of every space (spaces nobody sets in
+    /// again included).
+    fn sweep_when_due(&mut self, now: u64) {
+        self.consumes_since_sweep += 1;
+        if self.consumes_since_sweep < SWEEP_EVERY {
+            return;
+        }
+        self.consumes_since_sweep = 0;
+        self.logs.retain(|_, log| {
+            let longest = Window {
+                max: 1,
+                length_ms: log.longest_window_ms,
+            };
+            log.stamps
+                .back()
+                .is_some_and(|&(t, _)| expires(t, longest) > now)
+        });
+        self.spaces.retain(|_, entries| {
+            entries.retain(|_, entry| entry.expires_ms >= now);
+            !entries.is_empty()
+        });
+    }
+}
+
+fn space_key(space: StateSpace<'_>) -> (String, String) {
+    (space.plugin.to_owned(), space.grant.to_owned())
 }
 
 /// Units in `(now - window, now]` and, when the window is full, ms until the oldest leaves it.
@@ -163,19 +216,7 @@ impl CounterStore for MemoryCounterStore {
                 unit,
             });
         }
-        state.consumes_since_sweep += 1;
-        if state.consumes_since_sweep >= SWEEP_EVERY {
-            state.consumes_since_sweep = 0;
-            state.logs.retain(|_, log| {
-                let longest = Window {
-                    max: 1,
-                    length_ms: log.longest_window_ms,
-                };
-                log.stamps
-                    .back()
-                    .is_some_and(|&(t, _)| expires(t, longest) > now)
-            });
-        }
+        state.sweep_when_due(now);
         Ok(reservations)
     }
 
@@ -198,6 +239,82 @@ impl CounterStore for MemoryCounterStore {
             }
         }
     }
+
+    fn state_get(&self, space: StateSpace<'_>, key: &str) -> Result<Option<String>, StateError> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = self.clock.now_ms();
+        let space = space_key(space);
+        let Some(entries) = state.spaces.get_mut(&space) else {
+            return Ok(None);
+        };
+        let value = match entries.get(key) {
+            Some(entry) if entry.expires_ms >= now => Some(entry.value.clone()),
+            Some(_) => {
+                entries.remove(key);
+                None
+            }
+            None => None,
+        };
+        if entries.is_empty() {
+            state.spaces.remove(&space);
+        }
+        Ok(value)
+    }
+
+    fn state_set(
+        &self,
+        space: StateSpace<'_>,
+        key: &str,
+        value: &str,
+        ttl: std::time::Duration,
+        limits: &StateLimits,
+    ) -> Result<(), StateError> {
+        let ttl_ms = state::check_set(key, ttl, limits)?;
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = self.clock.now_ms();
+        state.sweep_when_due(now);
+        let space = space_key(space);
+        let entries = state.spaces.entry(space.clone()).or_default();
+        entries.retain(|_, entry| entry.expires_ms >= now);
+        // The space after the write: every other live entry, and this one at its new size.
+        let (others, other_bytes) = entries
+            .iter()
+            .filter(|(k, _)| k.as_str() != key)
+            .fold((0u64, 0u64), |(n, bytes), (k, entry)| {
+                (n + 1, bytes + state::entry_bytes(k, &entry.value))
+            });
+        let checked = state::check_bounds(
+            others + 1,
+            other_bytes + state::entry_bytes(key, value),
+            limits,
+        );
+        if let Err(refused) = checked {
+            if entries.is_empty() {
+                state.spaces.remove(&space);
+            }
+            return Err(refused);
+        }
+        entries.insert(
+            key.to_owned(),
+            Entry {
+                value: value.to_owned(),
+                expires_ms: now.saturating_add(ttl_ms),
+            },
+        );
+        Ok(())
+    }
+
+    fn state_delete(&self, space: StateSpace<'_>, key: &str) -> Result<(), StateError> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let space = space_key(space);
+        if let Some(entries) = state.spaces.get_mut(&space) {
+            entries.remove(key);
+            if entries.is_empty() {
+                state.spaces.remove(&space);
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -209,6 +326,9 @@ mod tests {
     use std::time::Duration;
 
     conformance::suite!(|clock: Arc<ManualClock>| -> Box<dyn Counting> {
+        Box::new(MemoryCounterStore::new(clock))
+    });
+    conformance::state_suite!(|clock: Arc<ManualClock>| -> Box<dyn Counting> {
         Box::new(MemoryCounterStore::new(clock))
     });
 
@@ -249,5 +369,71 @@ mod tests {
             "old counters were dropped, {} left",
             store.len()
         );
+    }
+}
+
+#[cfg(test)]
+mod state_tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::counters::StateLimits;
+    use std::time::Duration;
+
+    const SPACE: StateSpace<'static> = StateSpace {
+        plugin: "p",
+        grant: "g",
+    };
+
+    #[test]
+    fn expired_entries_are_removed_by_a_set_in_their_space_or_a_get_of_them() {
+        let clock = ManualClock::starting_at(0);
+        let store = MemoryCounterStore::new(clock.clone());
+        let limits = StateLimits::default();
+        for key in ["a", "b", "c"] {
+            store
+                .state_set(SPACE, key, "v", Duration::from_millis(10), &limits)
+                .unwrap();
+        }
+        clock.advance(Duration::from_millis(11));
+        assert_eq!(store.state_held(SPACE), 3, "removed lazily");
+        assert_eq!(store.state_get(SPACE, "a"), Ok(None));
+        assert_eq!(
+            store.state_held(SPACE),
+            2,
+            "a get removes what it finds expired"
+        );
+        store
+            .state_set(SPACE, "d", "v", Duration::from_millis(10), &limits)
+            .unwrap();
+        assert_eq!(
+            store.state_held(SPACE),
+            1,
+            "a set removes its space's expired entries"
+        );
+        store.state_delete(SPACE, "d").unwrap();
+        assert_eq!(
+            store.state.lock().unwrap().spaces.len(),
+            0,
+            "an empty space is dropped"
+        );
+    }
+
+    #[test]
+    fn the_sweep_drops_expired_entries_of_spaces_nobody_sets_in_again() {
+        let clock = ManualClock::starting_at(0);
+        let store = MemoryCounterStore::new(clock.clone());
+        let limits = StateLimits::default();
+        let ttl = Duration::from_millis(10);
+        for i in 0..SWEEP_EVERY {
+            let grant = i.to_string();
+            let space = StateSpace {
+                plugin: "p",
+                grant: &grant,
+            };
+            store.state_set(space, "k", "v", ttl, &limits).unwrap();
+            clock.advance(Duration::from_millis(1));
+        }
+        let left = store.state.lock().unwrap().spaces.len();
+        assert!(left <= 11, "{left} spaces left");
     }
 }

@@ -18,10 +18,14 @@
 //!   this replica's memory (each replica then admits up to `max`: at most (replicas+1)×max
 //!   in a window across the switch). After a failure the store is not asked again for a
 //!   second (a circuit breaker), so an outage does not add `timeout` to every call; the
-//!   switch to degraded and back is logged and reported in `/status`.
+//!   switch to degraded and back is logged and reported in `/status`. Plugin state fails
+//!   closed under `open` too (see [`redis_state`](redis_state.rs)).
+//!
+//! Plugin state lives here too ([`redis_state`](redis_state.rs), one script per operation).
 
 use super::{
-    CounterKey, CounterStore, Exhausted, MemoryCounterStore, Refusal, Reservation, Window,
+    CounterKey, CounterStore, Exhausted, MemoryCounterStore, Refusal, Reservation, StateError,
+    StateLimits, StateSpace, Window,
 };
 use crate::clock::Clock;
 use redis::aio::ConnectionManager;
@@ -84,6 +88,8 @@ pub struct RedisCounterStore {
     runtime: tokio::runtime::Runtime,
     connection: ConnectionManager,
     script: Arc<redis::Script>,
+    /// Plugin state's ([`state.lua`](state.lua)).
+    state_script: Arc<redis::Script>,
     /// Until when (gateway ms) the store is not asked, after a failure; 0 when healthy.
     degraded_until: AtomicU64,
     /// Since when (gateway ms) it has been failing; 0 when healthy.
@@ -127,8 +133,9 @@ impl RedisCounterStore {
         // Loaded now, so that the first call is one round trip (it is sent again by hash
         // whenever the server loses it).
         let script = Arc::new(redis::Script::new(include_str!("consume.lua")));
-        {
-            let (script, mut connection) = (script.clone(), connection.clone());
+        let state_script = Arc::new(redis::Script::new(include_str!("state.lua")));
+        for loaded in [&script, &state_script] {
+            let (script, mut connection) = (loaded.clone(), connection.clone());
             runtime
                 .block_on(async move { script.prepare_invoke().load_async(&mut connection).await })
                 .map_err(|e| format!("Redis at `{url}` refused the counting script: {e}"))?;
@@ -141,6 +148,7 @@ impl RedisCounterStore {
             runtime,
             connection,
             script,
+            state_script,
             degraded_until: AtomicU64::new(0),
             degraded_since: AtomicU64::new(0),
             last_error: Mutex::new(None),
@@ -392,290 +400,30 @@ impl CounterStore for RedisCounterStore {
     fn status(&self) -> serde_json::Value {
         self.status_now()
     }
+
+    fn state_get(&self, space: StateSpace<'_>, key: &str) -> Result<Option<String>, StateError> {
+        self.redis_state_get(space, key)
+    }
+
+    fn state_set(
+        &self,
+        space: StateSpace<'_>,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+        limits: &StateLimits,
+    ) -> Result<(), StateError> {
+        self.redis_state_set(space, key, value, ttl, limits)
+    }
+
+    fn state_delete(&self, space: StateSpace<'_>, key: &str) -> Result<(), StateError> {
+        self.redis_state_delete(space, key)
+    }
 }
+
+#[path = "redis_state.rs"]
+mod redis_state;
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use super::super::conformance::{self, Counting};
-    use super::*;
-    use crate::clock::ManualClock;
-    use std::process::{Child, Command, Stdio};
-
-    /// A `redis-server` of the test's own: a unix socket in a temp folder, no persistence;
-    /// killed when dropped.
-    pub(crate) struct Server {
-        child: Child,
-        pub(crate) url: String,
-        _dir: tempfile::TempDir,
-    }
-
-    impl Server {
-        pub(crate) fn start() -> Self {
-            let dir = tempfile::tempdir().unwrap();
-            let socket = dir.path().join("redis.sock");
-            let child = Command::new("redis-server")
-                .args([
-                    "--port",
-                    "0",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--unixsocket",
-                ])
-                .arg(&socket)
-                .args(["--unixsocketperm", "700", "--dir"])
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("redis-server (Debian's redis-server package; scripts/test installs it)");
-            let url = format!("redis+unix://{}", socket.display());
-            // Wait for PONG.
-            let client = redis::Client::open(url.as_str()).unwrap();
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            loop {
-                let pong = client
-                    .get_connection()
-                    .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-                if pong.as_deref() == Ok("PONG") {
-                    break;
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "redis-server did not start"
-                );
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Self {
-                child,
-                url,
-                _dir: dir,
-            }
-        }
-    }
-
-    impl Drop for Server {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    /// A store and the server it lives on.
-    struct OnServer {
-        store: RedisCounterStore,
-        _server: Server,
-    }
-
-    impl CounterStore for OnServer {
-        fn consume(&self, r: &[(CounterKey, Window)]) -> Result<Vec<Reservation>, Refusal> {
-            self.store.consume(r)
-        }
-        fn refund(&self, r: &[Reservation]) {
-            self.store.refund(r)
-        }
-        fn now_ms(&self) -> u64 {
-            self.store.now_ms()
-        }
-    }
-
-    impl Counting for OnServer {
-        fn counted(&self, key: &CounterKey, window: Window) -> u64 {
-            let key = self.store.key(key);
-            let now = self.store.clock.now_ms();
-            let client = redis::Client::open(self.store.url.as_str()).unwrap();
-            let mut c = client.get_connection().unwrap();
-            let min = format!("({}", now as i64 - window.length_ms as i64);
-            redis::cmd("ZCOUNT")
-                .arg(key)
-                .arg(min)
-                .arg("+inf")
-                .query(&mut c)
-                .unwrap()
-        }
-    }
-
-    /// A store on the manual clock (the gateway-clock mode), on a server of its own.
-    fn store(clock: Arc<ManualClock>) -> Box<dyn Counting> {
-        let server = Server::start();
-        let options = RedisOptions {
-            clock: ClockSource::Gateway,
-            timeout: Duration::from_secs(2),
-            ..RedisOptions::default()
-        };
-        Box::new(OnServer {
-            store: RedisCounterStore::connect(&server.url, options, clock).unwrap(),
-            _server: server,
-        })
-    }
-
-    conformance::suite!(store);
-
-    fn key(name: &str) -> CounterKey {
-        CounterKey::new(name, crate::counters::Scope::Grant, "g", "s")
-    }
-
-    fn connect(server: &Server, options: RedisOptions, clock: Arc<dyn Clock>) -> RedisCounterStore {
-        RedisCounterStore::connect(&server.url, options, clock).unwrap()
-    }
-
-    fn redis_cmd(server: &Server, args: &[&str]) {
-        let client = redis::Client::open(server.url.as_str()).unwrap();
-        let mut c = client.get_connection().unwrap();
-        let mut cmd = redis::cmd(args[0]);
-        for a in &args[1..] {
-            cmd.arg(*a);
-        }
-        let _: redis::Value = cmd.query(&mut c).unwrap();
-    }
-
-    #[test]
-    fn replicas_with_skewed_clocks_share_one_exact_window_on_redis_time() {
-        let server = Server::start();
-        let w = Window {
-            max: 5,
-            length_ms: 60_000,
-        };
-        // Two replicas an hour apart: on Redis's clock they still count one window.
-        let patient = || RedisOptions {
-            timeout: Duration::from_secs(2),
-            ..RedisOptions::default()
-        };
-        let a = connect(&server, patient(), ManualClock::starting_at(1_000));
-        let b = connect(&server, patient(), ManualClock::starting_at(3_600_000));
-        let admitted = (0..20)
-            .filter(|i| {
-                let replica = if i % 2 == 0 { &a } else { &b };
-                replica.consume(&[(key("c"), w)]).is_ok()
-            })
-            .count();
-        assert_eq!(admitted, 5);
-        let refused = a.consume(&[(key("c"), w)]).unwrap_err();
-        let retry = refused.exhausted().unwrap().retry_after_ms;
-        assert!(retry > 59_000 && retry <= 60_000, "{retry}");
-    }
-
-    #[test]
-    fn a_lost_script_is_sent_again() {
-        let server = Server::start();
-        let store = connect(
-            &server,
-            RedisOptions::default(),
-            Arc::new(crate::clock::SystemClock::new()),
-        );
-        let w = Window {
-            max: 2,
-            length_ms: 60_000,
-        };
-        store.consume(&[(key("c"), w)]).unwrap();
-        redis_cmd(&server, &["SCRIPT", "FLUSH"]);
-        store.consume(&[(key("c"), w)]).unwrap();
-        assert!(
-            store.consume(&[(key("c"), w)]).is_err(),
-            "the count survived the flush"
-        );
-    }
-
-    #[test]
-    fn a_frozen_redis_refuses_within_the_timeout_then_counting_resumes_exactly() {
-        let server = Server::start();
-        let options = RedisOptions {
-            timeout: Duration::from_millis(50),
-            ..RedisOptions::default()
-        };
-        let clock = ManualClock::starting_at(1_000_000);
-        let store = connect(&server, options, clock.clone());
-        let w = Window {
-            max: 3,
-            length_ms: 60_000,
-        };
-        store.consume(&[(key("c"), w)]).unwrap();
-        let pid = server.child.id().to_string();
-        let signal = |sig: &str| {
-            assert!(Command::new("kill")
-                .args([sig, &pid])
-                .status()
-                .unwrap()
-                .success())
-        };
-        signal("-STOP");
-        let started = std::time::Instant::now();
-        let refused = store.consume(&[(key("c"), w)]);
-        let waited = started.elapsed();
-        signal("-CONT");
-        match refused {
-            Err(Refusal::Unavailable(why)) => assert!(why.contains("Redis"), "{why}"),
-            other => panic!("not refused as unavailable: {other:?}"),
-        }
-        assert!(waited < Duration::from_millis(500), "waited {waited:?}");
-        assert_eq!(store.status()["state"], "degraded");
-        // The breaker: refused at once, without asking.
-        let started = std::time::Instant::now();
-        assert!(store.consume(&[(key("c"), w)]).is_err());
-        assert!(started.elapsed() < Duration::from_millis(20));
-        // After the breaker's second, Redis is asked again (the connection may take a call or
-        // two to come back): nothing was over-admitted.
-        let mut admitted = 0;
-        for _ in 0..100 {
-            clock.advance(Duration::from_secs(2));
-            match store.consume(&[(key("c"), w)]) {
-                Ok(_) => admitted += 1,
-                Err(Refusal::Exhausted(_)) => break,
-                Err(Refusal::Unavailable(_)) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        }
-        // The call refused during the freeze is taken back once Redis catches up (its refund
-        // is queued behind it); where a reconnect lets the refund overtake it, its unit stays
-        // counted: fewer admitted, never more.
-        assert!(
-            (1..=2).contains(&admitted),
-            "at most 3 in all (one before the freeze): {admitted} after"
-        );
-        assert_eq!(store.status()["state"], "ok");
-    }
-
-    #[test]
-    fn on_error_open_admits_and_local_counts_in_memory() {
-        let server = Server::start();
-        let w = Window {
-            max: 2,
-            length_ms: 60_000,
-        };
-        let clock: Arc<dyn Clock> = ManualClock::starting_at(0);
-        let open = connect(
-            &server,
-            RedisOptions {
-                on_error: OnError::Open,
-                ..RedisOptions::default()
-            },
-            clock.clone(),
-        );
-        let local = connect(
-            &server,
-            RedisOptions {
-                on_error: OnError::Local,
-                ..RedisOptions::default()
-            },
-            clock,
-        );
-        let pid = server.child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-STOP", &pid])
-            .status()
-            .unwrap()
-            .success());
-        let opened = (0..5)
-            .filter(|_| open.consume(&[(key("o"), w)]).is_ok())
-            .count();
-        let counted = (0..5)
-            .filter(|_| local.consume(&[(key("l"), w)]).is_ok())
-            .count();
-        assert!(Command::new("kill")
-            .args(["-CONT", &pid])
-            .status()
-            .unwrap()
-            .success());
-        assert_eq!(opened, 5, "open admits without counting");
-        assert_eq!(counted, 2, "local counts in this replica's memory");
-    }
-}
+#[path = "redis_tests.rs"]
+pub(crate) mod tests;

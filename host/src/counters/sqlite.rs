@@ -9,7 +9,13 @@
 //!
 //! Every unit is a row with its own id, so a refund removes exactly that unit, once. The clock
 //! is the gateway's (processes on one machine share it).
+//!
+//! Plugin state is a table of its own in the same file, one row per entry with the last
+//! millisecond it is live. A `set` is one `BEGIN IMMEDIATE` transaction too: it removes its
+//! space's expired entries, sums the others, checks the bounds and writes, so two processes
+//! sharing the file cannot both take the last entry.
 
+use super::state::{self, StateError, StateLimits, StateSpace};
 use super::{CounterKey, CounterStore, Exhausted, Refusal, Reservation, Window};
 use crate::clock::Clock;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -17,8 +23,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// After this many `consume` calls (in this process), drop units whose longest window has
-/// passed, for every counter, so that counters of sessions long gone do not accumulate.
+/// After this many `consume` (and state `set`) calls in this process, drop units whose longest
+/// window has passed, for every counter, so that counters of sessions long gone do not
+/// accumulate; and expired state entries, of every space.
 const SWEEP_EVERY: u32 = 4096;
 
 /// How long a process waits for another's transaction by default.
@@ -36,6 +43,14 @@ CREATE TABLE IF NOT EXISTS toolgate_counter_units (
 );
 CREATE INDEX IF NOT EXISTS toolgate_counter_units_by_key
     ON toolgate_counter_units (key, at_ms);
+CREATE TABLE IF NOT EXISTS toolgate_plugin_state (
+    space TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    PRIMARY KEY (space, key)
+) WITHOUT ROWID;
 ";
 
 /// Counters in a SQLite file.
@@ -138,19 +153,7 @@ impl SqliteCounterStore {
                 unit: tx.last_insert_rowid() as u64,
             });
         }
-        let sweep = {
-            let mut since = self
-                .consumes_since_sweep
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            *since += 1;
-            let due = *since >= SWEEP_EVERY;
-            if due {
-                *since = 0;
-            }
-            due
-        };
-        if sweep {
+        if self.sweep_due() {
             tx.execute(
                 "DELETE FROM toolgate_counter_units WHERE at_ms + (
                      SELECT longest_ms FROM toolgate_counter_keys k
@@ -162,9 +165,107 @@ impl SqliteCounterStore {
                      SELECT 1 FROM toolgate_counter_units u WHERE u.key = toolgate_counter_keys.key)",
                 [],
             )?;
+            sweep_state(&tx, now)?;
         }
         tx.commit()?;
         Ok(Ok(reservations))
+    }
+
+    /// Whether this call (`consume` or state `set`) is the [`SWEEP_EVERY`]th since the last
+    /// sweep.
+    fn sweep_due(&self) -> bool {
+        let mut since = self
+            .consumes_since_sweep
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *since += 1;
+        let due = *since >= SWEEP_EVERY;
+        if due {
+            *since = 0;
+        }
+        due
+    }
+
+    fn state_failed(&self, e: rusqlite::Error) -> StateError {
+        tracing::error!(path = %self.path.display(), error = %e, "the SQLite counter store cannot keep plugin state");
+        StateError::Unavailable(format!(
+            "the SQLite counter store `{}` failed: {e}",
+            self.path.display()
+        ))
+    }
+
+    fn try_state_get(&self, space: &str, key: &str) -> Result<Option<String>, rusqlite::Error> {
+        let connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
+        let now = to_sql(self.clock.now_ms());
+        let found: Option<(String, i64)> = connection
+            .query_row(
+                "SELECT value, expires_ms FROM toolgate_plugin_state WHERE space = ?1 AND key = ?2",
+                params![space, key],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        match found {
+            Some((value, expires_ms)) if expires_ms >= now => Ok(Some(value)),
+            Some(_) => {
+                // Expired: removed now, unless set again meanwhile.
+                connection.execute(
+                    "DELETE FROM toolgate_plugin_state
+                     WHERE space = ?1 AND key = ?2 AND expires_ms < ?3",
+                    params![space, key, now],
+                )?;
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn try_state_set(
+        &self,
+        space: &str,
+        key: &str,
+        value: &str,
+        ttl_ms: u64,
+        limits: &StateLimits,
+    ) -> Result<Result<(), StateError>, rusqlite::Error> {
+        let mut connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = self.clock.now_ms();
+        tx.execute(
+            "DELETE FROM toolgate_plugin_state WHERE space = ?1 AND expires_ms < ?2",
+            params![space, to_sql(now)],
+        )?;
+        if self.sweep_due() {
+            sweep_state(&tx, now)?;
+        }
+        let (others, other_bytes): (i64, i64) = tx.query_row(
+            "SELECT count(*), coalesce(sum(bytes), 0) FROM toolgate_plugin_state
+             WHERE space = ?1 AND key != ?2",
+            params![space, key],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        let bytes = state::entry_bytes(key, value);
+        if let Err(refused) =
+            state::check_bounds(others as u64 + 1, other_bytes as u64 + bytes, limits)
+        {
+            // The expired entries stay removed.
+            tx.commit()?;
+            return Ok(Err(refused));
+        }
+        tx.execute(
+            "INSERT INTO toolgate_plugin_state (space, key, value, bytes, expires_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (space, key) DO UPDATE SET
+                 value = excluded.value, bytes = excluded.bytes, expires_ms = excluded.expires_ms",
+            params![
+                space,
+                key,
+                value,
+                to_sql(bytes),
+                to_sql(now.saturating_add(ttl_ms))
+            ],
+        )?;
+        tx.commit()?;
+        Ok(Ok(()))
     }
 
     /// Units currently counted in `key`'s window (for tests and status).
@@ -216,6 +317,15 @@ fn check(
     ))
 }
 
+/// Removes the expired state entries of every space (spaces nobody sets in again included).
+fn sweep_state(tx: &rusqlite::Transaction<'_>, now: u64) -> Result<(), rusqlite::Error> {
+    tx.execute(
+        "DELETE FROM toolgate_plugin_state WHERE expires_ms < ?1",
+        params![to_sql(now)],
+    )
+    .map(drop)
+}
+
 /// A key as one text that no other key spells: owner, counter and scope value, as a JSON
 /// array.
 fn encode(key: &CounterKey) -> String {
@@ -255,6 +365,35 @@ impl CounterStore for SqliteCounterStore {
     fn now_ms(&self) -> u64 {
         self.clock.now_ms()
     }
+
+    fn state_get(&self, space: StateSpace<'_>, key: &str) -> Result<Option<String>, StateError> {
+        self.try_state_get(&state::encode_space(space), key)
+            .map_err(|e| self.state_failed(e))
+    }
+
+    fn state_set(
+        &self,
+        space: StateSpace<'_>,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+        limits: &StateLimits,
+    ) -> Result<(), StateError> {
+        let ttl_ms = state::check_set(key, ttl, limits)?;
+        self.try_state_set(&state::encode_space(space), key, value, ttl_ms, limits)
+            .map_err(|e| self.state_failed(e))?
+    }
+
+    fn state_delete(&self, space: StateSpace<'_>, key: &str) -> Result<(), StateError> {
+        let connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
+        connection
+            .execute(
+                "DELETE FROM toolgate_plugin_state WHERE space = ?1 AND key = ?2",
+                params![state::encode_space(space), key],
+            )
+            .map(drop)
+            .map_err(|e| self.state_failed(e))
+    }
 }
 
 #[cfg(test)]
@@ -271,4 +410,85 @@ mod tests {
     }
 
     conformance::suite!(store);
+    conformance::state_suite!(store);
+
+    #[test]
+    fn two_processes_sharing_the_file_cannot_both_take_the_last_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("counters.sqlite");
+        let clock = ManualClock::starting_at(0);
+        let handles: Vec<SqliteCounterStore> = (0..2)
+            .map(|_| {
+                SqliteCounterStore::open(&path, clock.clone(), Duration::from_secs(10)).unwrap()
+            })
+            .collect();
+        let limits = StateLimits {
+            max_entries: 7,
+            ..StateLimits::default()
+        };
+        let space = StateSpace {
+            plugin: "p",
+            grant: "g",
+        };
+        let won: usize = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..6)
+                .map(|t| {
+                    let store = &handles[t % 2];
+                    scope.spawn(move || {
+                        (0..5)
+                            .filter(|i| {
+                                let key = format!("{t}-{i}");
+                                store
+                                    .state_set(space, &key, "v", Duration::from_secs(60), &limits)
+                                    .is_ok()
+                            })
+                            .count()
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).sum()
+        });
+        assert_eq!(won, 7);
+        // The other handle sees the first's entries: one store.
+        handles[0]
+            .state_set(
+                space,
+                "shared",
+                "x",
+                Duration::from_secs(60),
+                &StateLimits::default(),
+            )
+            .unwrap();
+        assert_eq!(handles[1].state_get(space, "shared"), Ok(Some("x".into())));
+    }
+
+    #[test]
+    fn a_file_from_before_plugin_state_gains_its_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("counters.sqlite");
+        {
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(
+                "CREATE TABLE toolgate_counter_keys (key TEXT PRIMARY KEY, longest_ms INTEGER NOT NULL) WITHOUT ROWID;",
+            )
+            .unwrap();
+        }
+        let store =
+            SqliteCounterStore::open(&path, ManualClock::starting_at(0), DEFAULT_BUSY_TIMEOUT)
+                .unwrap();
+        let space = StateSpace {
+            plugin: "p",
+            grant: "g",
+        };
+        store
+            .state_set(
+                space,
+                "k",
+                "v",
+                Duration::from_secs(1),
+                &StateLimits::default(),
+            )
+            .unwrap();
+        assert_eq!(store.state_get(space, "k"), Ok(Some("v".into())));
+    }
 }

@@ -5,9 +5,12 @@
 //! a provider's id is needed. The entries live where the policy's counters live (memory,
 //! SQLite, Redis), so they survive hot swaps, and with a shared store restarts and replicas.
 //!
-//! Every entry has a time to live, and every plugin and grant ([`StateSpace`]) is bounded in
-//! entries and bytes ([`StateLimits`], from the policy): a `set` that would break a bound is
-//! refused and stores nothing. Expired entries count for nothing, and are removed lazily.
+//! Every entry has a time to live on the store's clock (`now_ms`): set at `now` for `ttl`, it is
+//! live through `now + ttl` and gone a millisecond later. Every plugin and grant
+//! ([`StateSpace`]) is bounded in entries and bytes ([`StateLimits`], from the policy): a `set` that would break a bound is
+//! refused and stores nothing; the check and the write are one atomic step, so callers racing
+//! for the last entry cannot both win. Expired entries count for nothing, and are removed
+//! lazily: by the next `set` in their space, or a `get` of them.
 
 use std::time::Duration;
 
@@ -62,4 +65,77 @@ impl std::fmt::Display for StateError {
             StateError::Refused(why) | StateError::Unavailable(why) => f.write_str(why),
         }
     }
+}
+
+/// The milliseconds of `ttl`, or why a plugin may not ask for it: under 1 ms, or over
+/// `limits.max_ttl`. Also refuses a key that is empty or longer than [`MAX_STATE_KEY_BYTES`].
+/// Every store checks a `set` with this before it writes anything.
+pub(crate) fn check_set(key: &str, ttl: Duration, limits: &StateLimits) -> Result<u64, StateError> {
+    if key.is_empty() {
+        return Err(StateError::Refused("a state key cannot be empty".into()));
+    }
+    if key.len() > MAX_STATE_KEY_BYTES {
+        return Err(StateError::Refused(format!(
+            "the state key is {} bytes, over the bound of {MAX_STATE_KEY_BYTES} bytes",
+            key.len()
+        )));
+    }
+    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    if ttl_ms < 1 {
+        return Err(StateError::Refused(
+            "a state entry's time to live is at least 1 ms".into(),
+        ));
+    }
+    if ttl > limits.max_ttl {
+        return Err(StateError::Refused(format!(
+            "a time to live of {ttl_ms} ms is over the policy's bound (max_ttl) of {} ms",
+            limits.max_ttl.as_millis()
+        )));
+    }
+    Ok(ttl_ms)
+}
+
+/// The bytes an entry counts for against `max_bytes`: its key's and its value's.
+pub(crate) fn entry_bytes(key: &str, value: &str) -> u64 {
+    (key.len() + value.len()) as u64
+}
+
+/// Why a `set` that would leave `entries` live entries and `bytes` live bytes in its space
+/// (counting the new entry, not the value it replaces) is refused, if it is.
+pub(crate) fn check_bounds(
+    entries: u64,
+    bytes: u64,
+    limits: &StateLimits,
+) -> Result<(), StateError> {
+    if entries > u64::from(limits.max_entries) {
+        return Err(entries_refused(limits));
+    }
+    if bytes > limits.max_bytes {
+        return Err(bytes_refused(bytes, limits));
+    }
+    Ok(())
+}
+
+/// The refusal of a new key in a space that holds `limits.max_entries` live entries.
+pub(crate) fn entries_refused(limits: &StateLimits) -> StateError {
+    StateError::Refused(format!(
+        "the plugin's state for this grant holds its bound (max_entries) of {} entries: \
+         delete one, or wait for one to expire",
+        limits.max_entries
+    ))
+}
+
+/// The refusal of an entry that would bring its space to `bytes` live bytes.
+pub(crate) fn bytes_refused(bytes: u64, limits: &StateLimits) -> StateError {
+    StateError::Refused(format!(
+        "the entry would bring the plugin's state for this grant to {bytes} bytes of keys and \
+         values, over its bound (max_bytes) of {} bytes",
+        limits.max_bytes
+    ))
+}
+
+/// A space as one text that no other space spells, whatever its names contain: plugin and
+/// grant as a JSON array (`["a:b","c"]` is not `["a","b:c"]`). The text always ends in `]`.
+pub(crate) fn encode_space(space: StateSpace<'_>) -> String {
+    serde_json::to_string(&(space.plugin, space.grant)).unwrap_or_default()
 }

@@ -155,6 +155,14 @@ pub enum ManifestError {
         /// What the component's imports name.
         imported: World,
     },
+    /// A capability its world does not have (`state` before 0.3.0).
+    #[error("the plugin implements `{world}`, which has no `{capability}` interface: rebuild it against a world that has one (`toolgate plugin wit` prints the newest)")]
+    NotInWorld {
+        /// The capability.
+        capability: Capability,
+        /// The manifest's world.
+        world: World,
+    },
     /// The component's imports name no world this host implements, or several.
     #[error("the component's imports name no world toolgate implements: {0}")]
     UnknownWorld(String),
@@ -233,14 +241,20 @@ impl Manifest {
         let declared = manifest.world()?;
         // A component that imports nothing of toolgate's names no world: nothing contradicts
         // the manifest here, and it fails to link as a policy when it loads.
-        let (imports, _) =
+        let (imports, exports) =
             capability::component_interface(component).map_err(ManifestError::NotAComponent)?;
-        if let Some(imported) =
-            capability::world_of_imports(&imports).map_err(ManifestError::UnknownWorld)?
+        if let Some(imported) = capability::world_of_interface(&imports, &exports)
+            .map_err(ManifestError::UnknownWorld)?
         {
             if imported != declared {
                 return Err(ManifestError::WorldsDiffer { declared, imported });
             }
+        }
+        if let Some(&capability) = manifest.capabilities.iter().find(|c| !declared.offers(**c)) {
+            return Err(ManifestError::NotInWorld {
+                capability,
+                world: declared,
+            });
         }
         let imported = capability::imported(component).map_err(ManifestError::NotAComponent)?;
         if manifest.capabilities != imported {

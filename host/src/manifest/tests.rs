@@ -160,7 +160,7 @@ fn a_manifest_inside_a_nested_component_does_not_count() {
 #[test]
 fn an_unsupported_world_is_refused_naming_both() {
     let mut m = manifest(&[]);
-    m.world = "toolgate:policy/policy@0.3.0".into();
+    m.world = "toolgate:policy/policy@0.9.0".into();
     let err = Manifest::read(&embed(&component(&[]), &m).unwrap()).unwrap_err();
     assert!(
         matches!(err, ManifestError::UnsupportedWorld { .. }),
@@ -168,7 +168,7 @@ fn an_unsupported_world_is_refused_naming_both() {
     );
     let text = err.to_string();
     assert!(
-        text.contains("`toolgate:policy/policy@0.3.0`")
+        text.contains("`toolgate:policy/policy@0.9.0`")
             && text.contains("`toolgate:policy/policy@0.1.0`, `toolgate:policy/policy@0.2.0`"),
         "{text}"
     );
@@ -309,4 +309,32 @@ fn cargo_metadata_becomes_the_manifest_with_workspace_inheritance() {
     toml("capabilites = []\n");
     let err = Manifest::from_cargo_toml(&crate_dir, World::V0_1, &imported).unwrap_err();
     assert!(err.to_string().contains("capabilites"), "{err}");
+}
+
+#[test]
+fn state_is_refused_in_a_world_before_0_3() {
+    const STATE_1: &str = "toolgate:policy/state@0.1.0";
+    let m = Manifest {
+        world: World::V0_1.name(),
+        ..manifest(&[Capability::State])
+    };
+    let err =
+        Manifest::read(&embed(&component(&["toolgate:policy/types@0.1.0", STATE_1]), &m).unwrap())
+            .unwrap_err();
+    assert!(matches!(err, ManifestError::NotInWorld { .. }), "{err}");
+    assert!(
+        err.to_string().contains("has no `state` interface"),
+        "{err}"
+    );
+    // In 0.3.0 it is a capability like the others.
+    let m = Manifest {
+        world: World::V0_3.name(),
+        ..manifest(&[Capability::State])
+    };
+    let v3 = embed(
+        &component(&["toolgate:policy/types@0.3.0", "toolgate:policy/state@0.3.0"]),
+        &m,
+    )
+    .unwrap();
+    assert_eq!(Manifest::read(&v3).unwrap().world().unwrap(), World::V0_3);
 }

@@ -92,7 +92,7 @@ pub fn new(NewArgs { name, dir }: NewArgs) -> ExitCode {
 
 #[derive(Args)]
 pub struct WitArgs {
-    /// The package version to print (`0.1.0`, `0.2.0`; default: the newest).
+    /// The package version to print (`0.1.0`, `0.2.0`, `0.3.0`; default: the newest).
     #[arg(long = "version", value_name = "VERSION")]
     package_version: Option<String>,
 }

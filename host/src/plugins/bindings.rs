@@ -1,5 +1,6 @@
-//! Host bindings, one module per version of the `policy` world (`wit/v0.1.0/`, `wit/v0.2.0/`),
-//! and the types the rest of `plugins` uses so that it names no version: [`WorldPre`] (a
+//! Host bindings, one module per version of the `toolgate:policy` package (`wit/v0.1.0/`,
+//! `wit/v0.2.0/`, `wit/v0.3.0/`, whose module holds both its worlds over one set of interface
+//! types), and the types the rest of `plugins` uses so that it names no version: [`WorldPre`] (a
 //! component of one world, pre-instantiated), [`WorldInstance`] (an instance of it, with the
 //! call record its world's `evaluate` takes) and [`PluginDecision`].
 //!
@@ -34,6 +35,38 @@ pub(crate) mod v0_2 {
     });
 }
 
+/// `toolgate:policy@0.3.0`: 0.2.0 plus the `state` import (world `policy`), and the world
+/// `policy-with-results`, which also exports `after-call`.
+pub(crate) mod v0_3 {
+    /// World `policy`: its bindings generate the package's interfaces.
+    pub(crate) mod policy {
+        wasmtime::component::bindgen!({
+            path: "../wit/v0.3.0",
+            world: "policy",
+            imports: { default: trappable },
+        });
+    }
+
+    /// World `policy-with-results`, over `policy`'s interface types and host traits (`with`):
+    /// one implementation of each import serves both worlds.
+    pub(crate) mod results {
+        wasmtime::component::bindgen!({
+            path: "../wit/v0.3.0",
+            world: "policy-with-results",
+            imports: { default: trappable },
+            with: {
+                "toolgate:policy/types": super::policy::toolgate::policy::types,
+                "toolgate:policy/counters": super::policy::toolgate::policy::counters,
+                "toolgate:policy/clock": super::policy::toolgate::policy::clock,
+                "toolgate:policy/log": super::policy::toolgate::policy::log,
+                "toolgate:policy/state": super::policy::toolgate::policy::state,
+            },
+        });
+    }
+
+    pub(crate) use policy::toolgate;
+}
+
 /// The plugin's name and version, as it reports them.
 pub struct PluginMetadata {
     /// Its name.
@@ -59,6 +92,24 @@ impl PluginDecision {
             PluginDecision::Allow => 0,
             PluginDecision::Deny(reason) | PluginDecision::RequireApproval(reason) => reason.len(),
             PluginDecision::RateLimited { reason, .. } => reason.len(),
+        }
+    }
+}
+
+/// What a `policy-with-results` plugin said about a call's result, whatever its world.
+pub(crate) enum ResultVerdict {
+    Pass,
+    Replace(String),
+    Refuse(String),
+}
+
+impl From<v0_3::toolgate::policy::types::ResultVerdict> for ResultVerdict {
+    fn from(verdict: v0_3::toolgate::policy::types::ResultVerdict) -> Self {
+        use v0_3::toolgate::policy::types::ResultVerdict as V;
+        match verdict {
+            V::Pass => ResultVerdict::Pass,
+            V::Replace(result) => ResultVerdict::Replace(result),
+            V::Refuse(reason) => ResultVerdict::Refuse(reason),
         }
     }
 }
@@ -92,7 +143,7 @@ macro_rules! same_in_every_world {
         }
     )*};
 }
-same_in_every_world!(v0_1, v0_2);
+same_in_every_world!(v0_1, v0_2, v0_3);
 
 /// Fills the fields of `record` that every world's `tool-call` has (0.1.0's), reusing its
 /// strings' buffers.
@@ -115,10 +166,40 @@ macro_rules! fill_common {
     }};
 }
 
+/// Fills a `tool-call` record of a world that has `approval` (0.2.0 on).
+macro_rules! fill_with_approval {
+    ($v:ident, $record:expr, $call:expr, $arguments:expr, $approval:expr) => {{
+        let record = $record;
+        fill_common!($v, &mut *record, $call, $arguments);
+        record.approval = $approval.map(|a| $v::toolgate::policy::types::Approval {
+            id: a.id.clone(),
+            approver: a.approver.clone(),
+            channel: a.channel.clone(),
+        });
+    }};
+}
+
+/// An empty `tool-call` record of a world that has `approval` (0.2.0 on).
+macro_rules! empty_call {
+    ($v:ident) => {
+        $v::toolgate::policy::types::ToolCall {
+            tool: String::new(),
+            arguments: String::new(),
+            grant: String::new(),
+            session: String::new(),
+            server: String::new(),
+            annotations: None,
+            approval: None,
+        }
+    };
+}
+
 /// A component pre-instantiated as one world's `policy`.
 pub(crate) enum WorldPre {
     V0_1(v0_1::PolicyPre<EvalState>),
     V0_2(v0_2::PolicyPre<EvalState>),
+    V0_3(v0_3::policy::PolicyPre<EvalState>),
+    V0_3Results(v0_3::results::PolicyWithResultsPre<EvalState>),
 }
 
 impl WorldPre {
@@ -128,6 +209,10 @@ impl WorldPre {
         Ok(match world {
             World::V0_1 => WorldPre::V0_1(v0_1::PolicyPre::new(pre)?),
             World::V0_2 => WorldPre::V0_2(v0_2::PolicyPre::new(pre)?),
+            World::V0_3 => WorldPre::V0_3(v0_3::policy::PolicyPre::new(pre)?),
+            World::V0_3Results => {
+                WorldPre::V0_3Results(v0_3::results::PolicyWithResultsPre::new(pre)?)
+            }
         })
     }
 
@@ -150,15 +235,15 @@ impl WorldPre {
             },
             WorldPre::V0_2(pre) => WorldInstance::V0_2 {
                 instance: pre.instantiate(store)?,
-                call: v0_2::toolgate::policy::types::ToolCall {
-                    tool: String::new(),
-                    arguments: String::new(),
-                    grant: String::new(),
-                    session: String::new(),
-                    server: String::new(),
-                    annotations: None,
-                    approval: None,
-                },
+                call: empty_call!(v0_2),
+            },
+            WorldPre::V0_3(pre) => WorldInstance::V0_3 {
+                instance: pre.instantiate(store)?,
+                call: empty_call!(v0_3),
+            },
+            WorldPre::V0_3Results(pre) => WorldInstance::V0_3Results {
+                instance: pre.instantiate(store)?,
+                call: empty_call!(v0_3),
             },
         })
     }
@@ -175,6 +260,14 @@ pub(crate) enum WorldInstance {
         instance: v0_2::Policy,
         call: v0_2::toolgate::policy::types::ToolCall,
     },
+    V0_3 {
+        instance: v0_3::policy::Policy,
+        call: v0_3::toolgate::policy::types::ToolCall,
+    },
+    V0_3Results {
+        instance: v0_3::results::PolicyWithResults,
+        call: v0_3::toolgate::policy::types::ToolCall,
+    },
 }
 
 impl WorldInstance {
@@ -189,12 +282,11 @@ impl WorldInstance {
         match self {
             WorldInstance::V0_1 { call: record, .. } => fill_common!(v0_1, record, call, arguments),
             WorldInstance::V0_2 { call: record, .. } => {
-                fill_common!(v0_2, &mut *record, call, arguments);
-                record.approval = approval.map(|a| v0_2::toolgate::policy::types::Approval {
-                    id: a.id.clone(),
-                    approver: a.approver.clone(),
-                    channel: a.channel.clone(),
-                });
+                fill_with_approval!(v0_2, record, call, arguments, approval)
+            }
+            WorldInstance::V0_3 { call: record, .. }
+            | WorldInstance::V0_3Results { call: record, .. } => {
+                fill_with_approval!(v0_3, record, call, arguments, approval)
             }
         }
     }
@@ -212,6 +304,28 @@ impl WorldInstance {
             WorldInstance::V0_2 { instance, call } => {
                 instance.call_evaluate(store, call, config)?.into()
             }
+            WorldInstance::V0_3 { instance, call } => {
+                instance.call_evaluate(store, call, config)?.into()
+            }
+            WorldInstance::V0_3Results { instance, call } => {
+                instance.call_evaluate(store, call, config)?.into()
+            }
+        })
+    }
+
+    /// Calls `after-call` on the record [`WorldInstance::fill`] readied, with the call's
+    /// `result` (JSON text); a world without the export passes every result.
+    pub(crate) fn after_call(
+        &self,
+        store: &mut Store<EvalState>,
+        result: &str,
+        config: &str,
+    ) -> wasmtime::Result<ResultVerdict> {
+        Ok(match self {
+            WorldInstance::V0_3Results { instance, call } => instance
+                .call_after_call(store, call, result, config)?
+                .into(),
+            _ => ResultVerdict::Pass,
         })
     }
 
@@ -224,6 +338,10 @@ impl WorldInstance {
         match self {
             WorldInstance::V0_1 { instance, .. } => instance.call_validate_config(store, config),
             WorldInstance::V0_2 { instance, .. } => instance.call_validate_config(store, config),
+            WorldInstance::V0_3 { instance, .. } => instance.call_validate_config(store, config),
+            WorldInstance::V0_3Results { instance, .. } => {
+                instance.call_validate_config(store, config)
+            }
         }
     }
 
@@ -235,6 +353,8 @@ impl WorldInstance {
         Ok(match self {
             WorldInstance::V0_1 { instance, .. } => instance.call_metadata(store)?.into(),
             WorldInstance::V0_2 { instance, .. } => instance.call_metadata(store)?.into(),
+            WorldInstance::V0_3 { instance, .. } => instance.call_metadata(store)?.into(),
+            WorldInstance::V0_3Results { instance, .. } => instance.call_metadata(store)?.into(),
         })
     }
 }

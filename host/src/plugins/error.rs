@@ -167,6 +167,19 @@ pub enum EvalFailure {
         /// [`PluginLimits::max_reason_bytes`].
         max: usize,
     },
+    /// `after-call` returned a verdict the gateway cannot use (a replacement that is not a
+    /// JSON object, or too long).
+    #[error("returned a malformed result: {0}")]
+    MalformedResult(String),
+    /// The call's result is over [`PluginLimits::max_result_bytes`], and the policy refuses
+    /// such results.
+    #[error("was not run: the call's result of {len} bytes is over its max_result_bytes ({max}), and oversized results are refused")]
+    ResultTooLarge {
+        /// The result's length in bytes.
+        len: usize,
+        /// [`PluginLimits::max_result_bytes`].
+        max: usize,
+    },
 }
 
 /// Rust's panic handler reads the environment (`RUST_BACKTRACE`), then writes the message to

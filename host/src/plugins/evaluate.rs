@@ -1,9 +1,13 @@
 //! The last step of the lifecycle: a loaded [`Plugin`] evaluates one call, under a permit, on
-//! an instance, and what the plugin returned (or how it failed) becomes a [`Decision`].
+//! an instance, and what the plugin returned (or how it failed) becomes a [`Decision`]. A
+//! `policy-with-results` plugin is also shown the result of a call it allowed, in the same
+//! sandbox, and its verdict (or failure) becomes an [`AfterCall`].
 
-use super::bindings::{refill, PluginDecision, PluginMetadata};
+use super::bindings::{refill, PluginDecision, PluginMetadata, ResultVerdict, WorldInstance};
 use super::error::{ConfigRejected, EvalFailure};
+use super::host::EvalState;
 use super::instances::{Instances, Warm};
+use super::limits::{Oversized, PluginLimits};
 use super::permits::Permits;
 use super::vouch::Vouched;
 use crate::counters::{CounterStore, Reservation};
@@ -12,6 +16,36 @@ use crate::manifest::Manifest;
 use crate::trust::Trust;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use wasmtime::Store;
+
+/// What a `policy-with-results` plugin made of a call's result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AfterCall {
+    /// The client gets the result as the upstream sent it.
+    Pass,
+    /// The client gets this result instead: the JSON text of a `CallToolResult` object,
+    /// checked to be a JSON object of at most `max_result_bytes`.
+    Replace(String),
+    /// The client gets the gateway's refusal with this reason (the plugin's own).
+    Refuse(String),
+    /// The plugin failed (a trap, a timeout, fuel, memory, a malformed verdict, no permit,
+    /// withdrawn trust, an oversized result the policy refuses): the whole message, naming
+    /// the plugin and the cause (`plugin \`x\` trapped: ...`). The result is withheld.
+    Failed(String),
+}
+
+/// The result of one `after-call`.
+pub struct AfterCallOutcome {
+    /// What the plugin made of the result, or how it failed.
+    pub verdict: AfterCall,
+    /// Fuel consumed: the plugin's instructions.
+    pub instructions: u64,
+    /// The most linear memory the instance held during the call, in bytes.
+    pub peak_memory: usize,
+    /// What the plugin logged, `level: message` each (only when the call asked for them,
+    /// [`PluginCall::keep_logs`]).
+    pub logs: Vec<String>,
+}
 
 /// A loaded plugin: one pre-instantiated component and its instances, ready to evaluate.
 pub struct Plugin {
@@ -182,21 +216,179 @@ impl Plugin {
         config: &str,
         counters: &Arc<dyn CounterStore>,
     ) -> PluginOutcome {
+        let ran = self.run(call, counters, |instance, store| {
+            instance.evaluate(store, config)
+        });
+        let decision = ran.result.and_then(|decision| {
+            let (len, max) = (decision.reason_len(), self.limits().max_reason_bytes);
+            if len > max {
+                return Err(EvalFailure::MalformedReason { len, max });
+            }
+            Ok(decision)
+        });
+        let decision = match decision {
+            Ok(decision) => decision,
+            Err(failure) => {
+                return PluginOutcome {
+                    logs: ran.logs,
+                    ..self.failed(failure, ran.reservations, ran.instructions, ran.peak_memory)
+                }
+            }
+        };
+        let decision = self.decision(decision);
+        super::stats::answered(decision.verdict);
+        PluginOutcome {
+            decision,
+            reservations: ran.reservations,
+            instructions: ran.instructions,
+            peak_memory: ran.peak_memory,
+            logs: ran.logs,
+        }
+    }
+
+    /// Whether it exports `after-call` (world `policy-with-results`): the gateway then hands
+    /// it each call's result that it allowed.
+    pub fn has_result_hook(&self) -> bool {
+        self.world().has_results()
+    }
+
+    /// The largest result it is handed ([`PluginLimits::max_result_bytes`]), and what happens
+    /// to a larger one.
+    pub fn result_limits(&self) -> (usize, Oversized) {
+        let limits = self.limits();
+        (limits.max_result_bytes, limits.oversized_results)
+    }
+
+    /// Shows the plugin a call's `result` (the JSON text of the upstream's `result` object)
+    /// once the call ran. Never fails: a failure is [`AfterCall::Failed`], naming the plugin
+    /// and the cause. The sandbox, the permit and the limits are [`Plugin::evaluate`]'s.
+    ///
+    /// A plugin without the export passes every result. A result over
+    /// [`PluginLimits::max_result_bytes`] is not shown to the plugin: it passes or fails as
+    /// [`PluginLimits::oversized_results`] says. Counter units the plugin takes here stay
+    /// taken: the call has already run.
+    pub fn after_call(
+        &self,
+        call: &PluginCall<'_>,
+        result: &str,
+        config: &str,
+        counters: &Arc<dyn CounterStore>,
+    ) -> AfterCallOutcome {
+        let limits = self.limits();
+        let passed = AfterCallOutcome {
+            verdict: AfterCall::Pass,
+            instructions: 0,
+            peak_memory: 0,
+            logs: Vec::new(),
+        };
+        if !self.has_result_hook() {
+            return passed;
+        }
+        let max = limits.max_result_bytes;
+        if result.len() > max {
+            if limits.oversized_results == Oversized::Pass {
+                return passed;
+            }
+            let failure = EvalFailure::ResultTooLarge {
+                len: result.len(),
+                max,
+            };
+            return AfterCallOutcome {
+                verdict: self.after_call_failed(failure),
+                ..passed
+            };
+        }
+        let ran = self.run(call, counters, |instance, store| {
+            instance.after_call(store, result, config)
+        });
+        let verdict = ran.result.and_then(|verdict| self.result_verdict(verdict));
+        let verdict = match verdict {
+            Ok(verdict) => verdict,
+            Err(failure) => self.after_call_failed(failure),
+        };
+        AfterCallOutcome {
+            verdict,
+            instructions: ran.instructions,
+            peak_memory: ran.peak_memory,
+            logs: ran.logs,
+        }
+    }
+
+    /// The plugin's verdict on a result, checked: a replacement must be a JSON object of at
+    /// most `max_result_bytes`, a reason at most `max_reason_bytes`.
+    fn result_verdict(&self, verdict: ResultVerdict) -> Result<AfterCall, EvalFailure> {
+        let limits = self.limits();
+        Ok(match verdict {
+            ResultVerdict::Pass => AfterCall::Pass,
+            ResultVerdict::Replace(result) => {
+                if result.len() > limits.max_result_bytes {
+                    return Err(EvalFailure::MalformedResult(format!(
+                        "a replacement result of {} bytes, over the {}-byte cap",
+                        result.len(),
+                        limits.max_result_bytes
+                    )));
+                }
+                match serde_json::from_str::<serde_json::Value>(&result) {
+                    Ok(serde_json::Value::Object(_)) => AfterCall::Replace(result),
+                    Ok(_) => {
+                        return Err(EvalFailure::MalformedResult(
+                            "a replacement result that is not a JSON object".into(),
+                        ))
+                    }
+                    Err(e) => {
+                        return Err(EvalFailure::MalformedResult(format!(
+                            "a replacement result that is not JSON ({e})"
+                        )))
+                    }
+                }
+            }
+            ResultVerdict::Refuse(reason) => {
+                let (len, max) = (reason.len(), limits.max_reason_bytes);
+                if len > max {
+                    return Err(EvalFailure::MalformedReason { len, max });
+                }
+                AfterCall::Refuse(reason)
+            }
+        })
+    }
+
+    /// [`AfterCall::Failed`] naming the plugin and the failure, counted and logged.
+    fn after_call_failed(&self, failure: EvalFailure) -> AfterCall {
+        super::stats::failed(&failure);
+        tracing::warn!(plugin = %self.name, reason = %failure, "plugin failed on a call's result; the result is withheld");
+        AfterCall::Failed(format!("plugin `{}` {failure}", self.name))
+    }
+
+    fn limits(&self) -> &PluginLimits {
+        &self.instances.pre.limits
+    }
+
+    /// The sandbox every call into the plugin runs in: the trust check, the input cap, a
+    /// permit, an armed instance readied for `call`, then `f` on it. The instance goes back
+    /// (or to teardown) on every path; after a failure of `f` it is discarded.
+    fn run<T>(
+        &self,
+        call: &PluginCall<'_>,
+        counters: &Arc<dyn CounterStore>,
+        f: impl FnOnce(&WorldInstance, &mut Store<EvalState>) -> wasmtime::Result<T>,
+    ) -> Ran<T> {
         let pre = &self.instances.pre;
         let limits = &pre.limits;
+        let not_run = |failure| Ran {
+            result: Err(failure),
+            reservations: Vec::new(),
+            instructions: 0,
+            peak_memory: 0,
+            logs: Vec::new(),
+        };
         if let Some(why) = self.vouched.as_ref().and_then(Vouched::withdrawn) {
-            return self.failed(EvalFailure::Untrusted(why.to_owned()), Vec::new(), 0, 0);
+            return not_run(EvalFailure::Untrusted(why.to_owned()));
         }
         if call.arguments.len() > limits.max_input_bytes {
-            return self.failed(
-                EvalFailure::InputTooLarge {
-                    len: call.arguments.len(),
-                    cap: limits.max_input_bytes,
-                },
-                Vec::new(),
-                0,
-                0,
-            );
+            return not_run(EvalFailure::InputTooLarge {
+                len: call.arguments.len(),
+                cap: limits.max_input_bytes,
+            });
         }
         let Some(_permit) = self.permits.acquire(limits.timeout) else {
             let failure = EvalFailure::Busy {
@@ -204,7 +396,7 @@ impl Plugin {
                 timeout_ms: limits.timeout.as_millis(),
             };
             tracing::warn!(plugin = %self.name, reason = %failure, "no evaluation permit; the call is denied");
-            return self.failed(failure, Vec::new(), 0, 0);
+            return not_run(failure);
         };
         let mut warm = match self
             .instances
@@ -212,48 +404,31 @@ impl Plugin {
             .and_then(|mut warm| pre.arm(&mut warm.store).map(|()| warm))
         {
             Ok(warm) => warm,
-            Err(failure) => return self.failed(failure, Vec::new(), 0, 0),
+            Err(failure) => return not_run(failure),
         };
         fill(&mut warm, call, counters);
-        let result = warm.instance.evaluate(&mut warm.store, config);
+        let result = f(&warm.instance, &mut warm.store);
         let instructions = pre.fuel_used(&warm.store);
-        let (reservations, peak_memory, logs) = {
-            let state = warm.store.data_mut();
-            state.counters = None;
-            let logs = std::mem::take(&mut state.logs);
-            (
-                std::mem::take(&mut state.reservations),
-                state.limits.peak,
-                logs,
-            )
-        };
-        let decision = match result {
+        let state = warm.store.data_mut();
+        state.counters = None;
+        let logs = std::mem::take(&mut state.logs);
+        let reservations = std::mem::take(&mut state.reservations);
+        let peak_memory = state.limits.peak;
+        let result = match result {
             Err(e) => {
                 // After a trap the instance refuses further calls: it is discarded.
                 let failure = pre.failure(&e, &warm.store);
                 self.instances.release(warm, false);
-                tracing::warn!(plugin = %self.name, reason = %failure, "plugin failed; the call is denied");
-                return PluginOutcome {
-                    logs,
-                    ..self.failed(failure, reservations, instructions, peak_memory)
-                };
+                tracing::warn!(plugin = %self.name, reason = %failure, "plugin failed");
+                Err(failure)
             }
-            Ok(decision) => decision,
+            Ok(answer) => {
+                self.instances.release(warm, true);
+                Ok(answer)
+            }
         };
-        self.instances.release(warm, true);
-        let max = limits.max_reason_bytes;
-        let len = decision.reason_len();
-        if len > max {
-            let failure = EvalFailure::MalformedReason { len, max };
-            return PluginOutcome {
-                logs,
-                ..self.failed(failure, reservations, instructions, peak_memory)
-            };
-        }
-        let decision = self.decision(decision);
-        super::stats::answered(decision.verdict);
-        PluginOutcome {
-            decision,
+        Ran {
+            result,
             reservations,
             instructions,
             peak_memory,
@@ -305,6 +480,15 @@ impl Plugin {
             },
         }
     }
+}
+
+/// What one call into the plugin left: its answer or failure, and what it consumed.
+struct Ran<T> {
+    result: Result<T, EvalFailure>,
+    reservations: Vec<Reservation>,
+    instructions: u64,
+    peak_memory: usize,
+    logs: Vec<String>,
 }
 
 /// Readies the instance's store and call record for `call`, reusing their buffers.

@@ -6,6 +6,10 @@
 //!   when the call is refused or never runs.
 //! - `clock`: the gateway's clock, the same one the counters read (simulated in tests).
 //! - `log`: into `tracing`, capped in bytes per evaluation; past the cap the plugin traps.
+//! - `state` (0.3.0): the counter store's key-value entries of this plugin and the calling
+//!   grant ([`StateSpace`]), bounded by the policy's [`StateLimits`]. A `set` that breaks a
+//!   bound, or that the store cannot take, is an error the plugin sees (nothing is stored);
+//!   a `get` or `delete` the store cannot answer traps (fail closed: the call is denied).
 //!
 //! Whatever an import keeps lives in host memory, outside the plugin's memory cap, and a
 //! counter's timestamps live as long as its window. So every import is bounded: at most
@@ -13,12 +17,15 @@
 //! [`MAX_COUNTER_NAME_BYTES`], windows within the declarative policy's bounds. Past a bound
 //! the import traps with [`ImportRefused`], and the evaluation is a deny naming the bound.
 
-use super::bindings::{v0_1, v0_2};
+use super::bindings::{v0_1, v0_2, v0_3};
 use super::limits::{
     IMPORT_CALLS_PER_EVALUATION, LOG_BYTES_PER_EVALUATION, MAX_COUNTER_NAME_BYTES,
 };
 use crate::counters::MAX_WINDOW_MS;
-use crate::counters::{CounterKey, CounterStore, Refusal, Reservation, Scope, Window};
+use crate::counters::{
+    CounterKey, CounterStore, Refusal, Reservation, Scope, StateError, StateLimits, StateSpace,
+    Window, MAX_STATE_KEY_BYTES,
+};
 use std::sync::Arc;
 
 /// What one evaluation may touch. Lives in the wasmtime `Store`.
@@ -46,6 +53,9 @@ pub(crate) struct EvalState {
     pub(crate) log_budget: usize,
     /// Import calls made in this evaluation, by kind.
     pub(crate) calls: ImportCalls,
+    /// The bounds of the plugin's `state` entries per grant
+    /// ([`crate::plugins::PluginLimits::state`]).
+    pub(crate) state_limits: StateLimits,
 }
 
 impl EvalState {
@@ -66,6 +76,7 @@ impl EvalState {
             keep_logs: false,
             log_budget: 0,
             calls: ImportCalls::default(),
+            state_limits: StateLimits::default(),
         }
     }
 
@@ -82,6 +93,9 @@ impl EvalState {
         let calls = match import {
             CONSUME => &mut self.calls.consume,
             NOW_MS => &mut self.calls.now_ms,
+            STATE_GET => &mut self.calls.state_get,
+            STATE_SET => &mut self.calls.state_set,
+            STATE_DELETE => &mut self.calls.state_delete,
             _ => &mut self.calls.log,
         };
         *calls += 1;
@@ -98,6 +112,9 @@ impl EvalState {
 const CONSUME: &str = "counters.consume";
 const NOW_MS: &str = "clock.now-ms";
 const LOG: &str = "log.log";
+const STATE_GET: &str = "state.get";
+const STATE_SET: &str = "state.set";
+const STATE_DELETE: &str = "state.delete";
 
 /// Import calls of each kind made in one evaluation.
 #[derive(Default)]
@@ -105,6 +122,9 @@ pub(crate) struct ImportCalls {
     consume: u32,
     now_ms: u32,
     log: u32,
+    state_get: u32,
+    state_set: u32,
+    state_delete: u32,
 }
 
 /// Why an import refused to run: the plugin went past a bound. Traps the evaluation, which
@@ -343,6 +363,106 @@ impl EvalState {
     }
 }
 
+impl EvalState {
+    /// The store and the space of this plugin and grant, during an evaluation.
+    fn state_store(&self, import: &str) -> wasmtime::Result<(&dyn CounterStore, StateSpace<'_>)> {
+        let Some(store) = &self.counters else {
+            wasmtime::bail!("`{import}` is only available during an evaluation");
+        };
+        let space = StateSpace {
+            plugin: &self.plugin,
+            grant: &self.grant,
+        };
+        Ok((&**store, space))
+    }
+
+    /// `state.get`. A key over [`MAX_STATE_KEY_BYTES`] has no entry (`set` refuses it).
+    fn state_get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        self.count_call(STATE_GET)?;
+        if key.len() > MAX_STATE_KEY_BYTES {
+            return Ok(None);
+        }
+        let (store, space) = self.state_store(STATE_GET)?;
+        // Fail closed: a store that cannot answer traps the evaluation, and the call is denied.
+        store
+            .state_get(space, &key)
+            .map_err(|e| wasmtime::Error::msg(format!("state: {e}")))
+    }
+
+    /// `state.set`: the bounds toolgate checks itself (key length, time to live, the value
+    /// alone over the byte bound), then the store's. Every refusal is the plugin's to handle.
+    fn state_set(
+        &mut self,
+        key: String,
+        value: String,
+        ttl_ms: u64,
+    ) -> wasmtime::Result<Result<(), String>> {
+        self.count_call(STATE_SET)?;
+        let limits = self.state_limits;
+        let max_ttl_ms = u64::try_from(limits.max_ttl.as_millis()).unwrap_or(u64::MAX);
+        let refused = if key.len() > MAX_STATE_KEY_BYTES {
+            Some(format!(
+                "a key of {} bytes is over the {MAX_STATE_KEY_BYTES}-byte cap",
+                key.len()
+            ))
+        } else if ttl_ms == 0 || ttl_ms > max_ttl_ms {
+            Some(format!(
+                "a time to live of {ttl_ms} ms is outside 1 ms to the policy's max_ttl_s ({} s)",
+                limits.max_ttl.as_secs()
+            ))
+        } else if (key.len() + value.len()) as u64 > limits.max_bytes {
+            Some(format!(
+                "an entry of {} bytes is over the policy's max_bytes ({})",
+                key.len() + value.len(),
+                limits.max_bytes
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            return Ok(Err(reason));
+        }
+        let (store, space) = self.state_store(STATE_SET)?;
+        let ttl = std::time::Duration::from_millis(ttl_ms);
+        Ok(match store.state_set(space, &key, &value, ttl, &limits) {
+            Ok(()) => Ok(()),
+            Err(StateError::Refused(why) | StateError::Unavailable(why)) => Err(why),
+        })
+    }
+
+    /// `state.delete`. A key over [`MAX_STATE_KEY_BYTES`] has no entry to remove.
+    fn state_delete(&mut self, key: String) -> wasmtime::Result<()> {
+        self.count_call(STATE_DELETE)?;
+        if key.len() > MAX_STATE_KEY_BYTES {
+            return Ok(());
+        }
+        let (store, space) = self.state_store(STATE_DELETE)?;
+        // Fail closed, as `get`: an entry the plugin meant gone may still be there.
+        store
+            .state_delete(space, &key)
+            .map_err(|e| wasmtime::Error::msg(format!("state: {e}")))
+    }
+}
+
+impl v0_3::toolgate::policy::state::Host for EvalState {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        EvalState::state_get(self, key)
+    }
+
+    fn set(
+        &mut self,
+        key: String,
+        value: String,
+        ttl_ms: u64,
+    ) -> wasmtime::Result<Result<(), String>> {
+        EvalState::state_set(self, key, value, ttl_ms)
+    }
+
+    fn delete(&mut self, key: String) -> wasmtime::Result<()> {
+        EvalState::state_delete(self, key)
+    }
+}
+
 /// Each world's import traits, over the one implementation above: the interfaces are the
 /// same in every version, only their generated types are distinct.
 macro_rules! host_imports {
@@ -394,7 +514,7 @@ macro_rules! host_imports {
         }
     )*};
 }
-host_imports!(v0_1, v0_2);
+host_imports!(v0_1, v0_2, v0_3);
 
 #[cfg(test)]
 mod tests {

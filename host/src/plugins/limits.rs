@@ -52,6 +52,19 @@ pub enum Isolation {
     Pooled,
 }
 
+/// What happens to a call's result over [`PluginLimits::max_result_bytes`], which a
+/// `policy-with-results` plugin never sees.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Oversized {
+    /// The client gets it unseen.
+    Pass,
+    /// The client gets the gateway's refusal instead: a plugin that must see every result
+    /// is never bypassed by a large one.
+    #[default]
+    Refuse,
+}
+
 /// Limits on one plugin's evaluations. Each says what raising it costs.
 #[derive(Clone, Debug)]
 pub struct PluginLimits {
@@ -81,6 +94,14 @@ pub struct PluginLimits {
     /// every other plugin's: a shared plugin cannot drain a grant's limits by naming them.
     /// Default: none.
     pub shared_counters: std::sync::Arc<[String]>,
+    /// The bounds of its `state` entries, per grant: they live in the counter store (host
+    /// memory, or the shared store) for up to `max_ttl`. Default [`crate::counters::StateLimits::default`].
+    pub state: crate::counters::StateLimits,
+    /// Largest call result a `policy-with-results` plugin is handed, in bytes: it is copied
+    /// into the plugin's memory, which must hold it. Default 1 MiB.
+    pub max_result_bytes: usize,
+    /// What happens to a result over `max_result_bytes`. Default [`Oversized::Refuse`].
+    pub oversized_results: Oversized,
 }
 
 impl Default for PluginLimits {
@@ -94,6 +115,9 @@ impl Default for PluginLimits {
             max_reason_bytes: 1024,
             recycle_after: 1000,
             shared_counters: std::sync::Arc::new([]),
+            state: crate::counters::StateLimits::default(),
+            max_result_bytes: 1 << 20,
+            oversized_results: Oversized::Refuse,
         }
     }
 }

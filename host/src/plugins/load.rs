@@ -301,7 +301,13 @@ impl PluginPre {
             self.limits.shared_counters.clone(),
             limits,
         );
-        let mut store = Store::new(&self.engine, state);
+        let mut store = Store::new(
+            &self.engine,
+            EvalState {
+                state_limits: self.limits.state,
+                ..state
+            },
+        );
         store.limiter(|state| &mut state.limits);
         store
     }

@@ -1,7 +1,9 @@
 //! Plugins: rules as sandboxed WebAssembly components.
 //!
-//! A plugin is a component implementing one version of the `policy` world: `wit/v0.1.0/` or
-//! `wit/v0.2.0/` (which adds the approval covering a call). The version is the one its
+//! A plugin is a component implementing one world of the `toolgate:policy` package:
+//! `policy` of `wit/v0.1.0/`, `wit/v0.2.0/` (which adds the approval covering a call) or
+//! `wit/v0.3.0/` (which adds the `state` import), or 0.3.0's `policy-with-results`, whose
+//! `after-call` also sees the result of each call the plugin allowed ([`Plugin::after_call`]). The version is the one its
 //! imports name and its manifest says ([`crate::capability::World`]); `bindings.rs` holds
 //! one set of bindings per version and the types the rest of this module uses for any of
 //! them. Its lifecycle has five steps, named the same in types, logs and docs:
@@ -32,8 +34,8 @@
 //! `runtime.rs` (the engine, its knobs and threads, and [`PluginRuntime::load`], which walks
 //! a file through the steps). `stats.rs` counts how evaluations ended, for the metrics.
 //!
-//! The sandbox links the toolgate interfaces the policy grants (of counters, clock, log; all
-//! three when the entry says nothing) and nothing else:
+//! The sandbox links the toolgate interfaces the policy grants (of counters, clock, log and
+//! state; all of them when the entry says nothing) and nothing else:
 //! every WASI import a guest's standard library brings is linked to a function that traps, so
 //! a plugin has no filesystem, environment, network, clock or randomness of its own.
 
@@ -55,9 +57,9 @@ mod vouch;
 
 pub use bindings::PluginMetadata;
 pub use error::{ConfigRejected, EvalFailure, PluginError};
-pub use evaluate::{Plugin, PluginCall, PluginOutcome};
+pub use evaluate::{AfterCall, AfterCallOutcome, Plugin, PluginCall, PluginOutcome};
 pub use limits::{
-    Isolation, PluginLimits, IMPORT_CALLS_PER_EVALUATION, LOG_BYTES_PER_EVALUATION,
+    Isolation, Oversized, PluginLimits, IMPORT_CALLS_PER_EVALUATION, LOG_BYTES_PER_EVALUATION,
     MAX_COUNTER_NAME_BYTES,
 };
 pub use load::Source;

@@ -205,9 +205,17 @@ fn linker(
     granted: &BTreeSet<Capability>,
 ) -> Result<Linker<EvalState>, PluginError> {
     let mut linker = Linker::new(engine);
-    // The same lines for every world: its bindings' `add_to_linker` of each interface.
+    // The same lines for every world: its bindings' `add_to_linker` of each interface. A
+    // world without `state` never imports it (its manifest could not say so), so a grant of
+    // it links nothing there.
     macro_rules! link {
-        ($v:ident) => {{
+        (@state $v:ident state) => {
+            bindings::$v::toolgate::policy::state::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+        };
+        (@state $v:ident) => {
+            Ok(())
+        };
+        ($v:ident $(, $state:ident)?) => {{
             use bindings::$v::toolgate::policy as wit;
             wit::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(engine_error)?;
             for capability in granted {
@@ -219,6 +227,7 @@ fn linker(
                         wit::clock::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
                     }
                     Capability::Log => wit::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s),
+                    Capability::State => link!(@state $v $($state)?),
                 }
                 .map_err(engine_error)?;
             }
@@ -227,6 +236,8 @@ fn linker(
     match world {
         World::V0_1 => link!(v0_1),
         World::V0_2 => link!(v0_2),
+        // Both 0.3.0 worlds import the same interfaces, generated once.
+        World::V0_3 | World::V0_3Results => link!(v0_3, state),
     }
     Ok(linker)
 }

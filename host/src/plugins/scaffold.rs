@@ -32,7 +32,7 @@ edition = "2021"
 version = "0.1.0"
 
 # The plugin's manifest, which `toolgate plugin build` embeds in the component.
-# `capabilities`: the host interfaces the plugin imports ("clock", "counters", "log"); the
+# `capabilities`: the host interfaces the plugin imports ("clock", "counters", "log", "state"); the
 # build refuses a component whose real imports differ, so add one here when you use it.
 # Optional: `config-schema = "config.schema.json"` (or an inline table), the JSON Schema of
 # the plugin's config; `source = "https://..."` (else `repository`); `revision = "<commit>"`.

@@ -47,9 +47,12 @@ pub(super) fn failed(failure: &EvalFailure) {
         EvalFailure::MemoryBudget { .. } | EvalFailure::MemoryGrowFailed { .. } => 7,
         EvalFailure::ImportRefused(_)
         | EvalFailure::LogCap
-        | EvalFailure::MalformedReason { .. } => 8,
+        | EvalFailure::MalformedReason { .. }
+        | EvalFailure::MalformedResult(_) => 8,
         EvalFailure::Busy { .. } => 9,
-        EvalFailure::Untrusted(_) | EvalFailure::InputTooLarge { .. } => 10,
+        EvalFailure::Untrusted(_)
+        | EvalFailure::InputTooLarge { .. }
+        | EvalFailure::ResultTooLarge { .. } => 10,
         EvalFailure::Arm(_) | EvalFailure::Instantiate(_) | EvalFailure::Other(_) => 11,
     });
 }

@@ -194,3 +194,5 @@ fn evaluations_are_counted_by_how_they_ended() {
         assert!(count(outcome) > before, "{name}: {outcome} did not move");
     }
 }
+
+mod results;

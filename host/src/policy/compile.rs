@@ -369,8 +369,17 @@ impl Compiler<'_> {
                 grants: spec.grants.as_ref(),
                 trust: trust.as_ref(),
             };
+            let limits = plugin_limits(spec).map_err(|error| {
+                self.invalid(
+                    location.clone(),
+                    Problem::PluginLoad {
+                        name: name.clone(),
+                        error,
+                    },
+                )
+            })?;
             let plugin = runtime
-                .load(name, source, vetting, spec.isolation, plugin_limits(spec))
+                .load(name, source, vetting, spec.isolation, limits)
                 .map_err(|e| {
                     self.invalid(
                         location.clone(),
@@ -418,7 +427,7 @@ impl Compiler<'_> {
 
     /// The plugin uses at `location` (`tools.<pattern>` or `all_tools`), each plugin declared
     /// and accepting its config.
-    fn uses(&self, specs: &[UseSpec], location: &str) -> Result<Vec<PluginUse>, PolicyError> {
+    fn uses(&self, specs: &[UseSpec], location: &str) -> Result<Vec<Arc<PluginUse>>, PolicyError> {
         specs
             .iter()
             .enumerate()
@@ -442,11 +451,11 @@ impl Compiler<'_> {
                         },
                     )
                 })?;
-                Ok(PluginUse {
+                Ok(Arc::new(PluginUse {
                     plugin: plugin.clone(),
                     config,
                     site: at,
-                })
+                }))
             })
             .collect()
     }
@@ -508,10 +517,12 @@ impl Compiler<'_> {
     }
 }
 
-/// A plugin's limits: what its entry sets, the runtime's defaults for the rest.
-fn plugin_limits(spec: &PluginSpec) -> PluginLimits {
+/// A plugin's limits: what its entry sets, the runtime's defaults for the rest (`Err`: a
+/// `state` or `results` bound out of range, or `state` set on a plugin not granted it).
+fn plugin_limits(spec: &PluginSpec) -> Result<PluginLimits, String> {
     let defaults = PluginLimits::default();
-    PluginLimits {
+    let (max_result_bytes, oversized) = spec.result_limits()?;
+    Ok(PluginLimits {
         fuel: spec.fuel.unwrap_or(defaults.fuel),
         timeout: spec
             .timeout_ms
@@ -521,6 +532,9 @@ fn plugin_limits(spec: &PluginSpec) -> PluginLimits {
             .map_or(defaults.memory_bytes, |m| (m as usize) << 20),
         recycle_after: spec.recycle_after.unwrap_or(defaults.recycle_after),
         shared_counters: spec.counters.clone().into(),
+        state: spec.state_limits()?,
+        max_result_bytes: max_result_bytes.unwrap_or(defaults.max_result_bytes),
+        oversized_results: oversized.unwrap_or(defaults.oversized_results),
         ..defaults
-    }
+    })
 }

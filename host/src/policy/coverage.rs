@@ -11,7 +11,7 @@ impl Policy {
     /// [`Step`](super::Step)s name the same points.
     pub fn coverage_points(&self) -> Vec<String> {
         let mut points = Vec::new();
-        let uses = |points: &mut Vec<String>, uses: &[PluginUse]| {
+        let uses = |points: &mut Vec<String>, uses: &[std::sync::Arc<PluginUse>]| {
             for u in uses {
                 let at = format!("{} (plugin {})", u.site, u.plugin.name());
                 for outcome in u.plugin.manifest().outcomes() {

@@ -1,7 +1,9 @@
 //! Deciding a `tools/call`: [`Policy::decide`] walks the steps listed in the module doc, in
 //! that order, and [`Policy::decide_traced`] records each one.
 
-use super::{Action, DefaultAction, Limit, Outcome, PluginUse, Policy, Rule, Step, UNKNOWN_RULE};
+use super::{
+    Action, DefaultAction, Limit, Outcome, PluginUse, Policy, ResultHooks, Rule, Step, UNKNOWN_RULE,
+};
 use crate::call::{Approval, ToolCall};
 use crate::counters::{CounterKey, CounterStore, Refusal, Window};
 use crate::decision::{Decision, Verdict};
@@ -82,12 +84,7 @@ impl Policy {
         approval: Option<&Approval>,
         shadow: bool,
     ) -> Outcome {
-        let refuse = |decision| Outcome {
-            decision,
-            reservations: Vec::new(),
-            instructions: 0,
-            peak_memory: 0,
-        };
+        let refuse = Outcome::refused;
         let rule = if shadow {
             self.rule_for(call.tool)
         } else {
@@ -186,7 +183,7 @@ impl Policy {
             .iter()
             .chain(rule.into_iter().flat_map(|r| &r.limits))
             .collect();
-        let uses: Vec<&PluginUse> = self
+        let uses: Vec<&Arc<PluginUse>> = self
             .all_tools_uses
             .iter()
             .chain(rule.into_iter().flat_map(|r| &r.uses))
@@ -261,7 +258,7 @@ impl Policy {
     fn run_plugins(
         &self,
         call: &ToolCall<'_>,
-        uses: &[&PluginUse],
+        uses: &[&Arc<PluginUse>],
         counters: &Arc<dyn CounterStore>,
         rule_id: &str,
         mut reservations: Vec<crate::counters::Reservation>,
@@ -303,6 +300,7 @@ impl Policy {
                         reservations: Vec::new(),
                         instructions,
                         peak_memory,
+                        after: ResultHooks::default(),
                     };
                 }
             }
@@ -312,6 +310,7 @@ impl Policy {
             reservations,
             instructions,
             peak_memory,
+            after: ResultHooks::of(uses),
         }
     }
 }

@@ -174,7 +174,7 @@ pub struct PluginSpec {
     #[serde(default)]
     pub sha256: Option<String>,
     /// The capabilities the plugin may link (`["counters", "log"]`): an import of any other
-    /// fails the load. Without it, all three, with a warning that prints the line to add.
+    /// fails the load. Without it, all of them, with a warning that prints the line to add.
     #[serde(default)]
     pub grants: Option<BTreeSet<crate::capability::Capability>>,
     /// `fresh` (default) or `pooled`: see [`crate::plugins::Isolation`].
@@ -196,6 +196,107 @@ pub struct PluginSpec {
     /// the plugin names is its own, apart from the policy's.
     #[serde(default)]
     pub counters: Vec<String>,
+    /// The bounds of the plugin's `state` entries, per grant; only for a plugin granted
+    /// `state`.
+    #[serde(default)]
+    pub state: Option<StateSpec>,
+    /// The results a `policy-with-results` plugin is shown.
+    #[serde(default)]
+    pub results: Option<ResultsSpec>,
+}
+
+/// `plugins.<name>.state`: each bound unset is the default of
+/// [`crate::counters::StateLimits`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSpec {
+    /// Live entries per grant, 1 to [`MAX_STATE_ENTRIES`].
+    #[serde(default)]
+    pub max_entries: Option<u32>,
+    /// Bytes of keys and values per grant, 1 to [`MAX_STATE_BYTES`].
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+    /// The longest time to live a plugin may ask for, in seconds, 1 to [`MAX_STATE_TTL_S`].
+    #[serde(default)]
+    pub max_ttl_s: Option<u64>,
+}
+
+/// `plugins.<name>.results`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultsSpec {
+    /// The largest result shown to the plugin, in bytes, 1 to [`MAX_RESULT_BYTES`].
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+    /// What happens to a larger one: `pass` or `refuse` (default).
+    #[serde(default)]
+    pub oversized: Option<crate::plugins::Oversized>,
+}
+
+/// The most entries a policy may let one plugin keep per grant.
+pub const MAX_STATE_ENTRIES: u32 = 1_000_000;
+/// The most bytes a policy may let one plugin keep per grant (64 MiB).
+pub const MAX_STATE_BYTES: u64 = 64 << 20;
+/// The longest time to live a policy may allow, in seconds (a year).
+pub const MAX_STATE_TTL_S: u64 = 365 * 86_400;
+/// The largest `results.max_bytes` (64 MiB): the result is copied into the plugin's memory.
+pub const MAX_RESULT_BYTES: u64 = 64 << 20;
+
+/// `value` if it is within `1..=max`, else why not, naming `field`.
+fn bounded<T: PartialOrd + From<u8> + std::fmt::Display>(
+    field: &str,
+    value: T,
+    max: T,
+) -> Result<T, String> {
+    if value < T::from(1) || value > max {
+        return Err(format!("`{field}` is {value}; it must be 1 to {max}"));
+    }
+    Ok(value)
+}
+
+impl PluginSpec {
+    /// The bounds of its `state` entries: the defaults, with what `state` sets. A `state`
+    /// config on a plugin whose `grants` leave `state` out, or a bound of zero or past its
+    /// ceiling, is an error.
+    pub fn state_limits(&self) -> Result<crate::counters::StateLimits, String> {
+        let mut limits = crate::counters::StateLimits::default();
+        let Some(spec) = &self.state else {
+            return Ok(limits);
+        };
+        if let Some(grants) = &self.grants {
+            if !grants.contains(&crate::capability::Capability::State) {
+                return Err(
+                    "it has a `state` config, but its `grants` leave out `state`: add \"state\" to its \"grants\", or remove the config".into(),
+                );
+            }
+        }
+        if let Some(n) = spec.max_entries {
+            limits.max_entries = bounded("state.max_entries", n, MAX_STATE_ENTRIES)?;
+        }
+        if let Some(n) = spec.max_bytes {
+            limits.max_bytes = bounded("state.max_bytes", n, MAX_STATE_BYTES)?;
+        }
+        if let Some(n) = spec.max_ttl_s {
+            let secs = bounded("state.max_ttl_s", n, MAX_STATE_TTL_S)?;
+            limits.max_ttl = std::time::Duration::from_secs(secs);
+        }
+        Ok(limits)
+    }
+
+    /// The largest result shown to it, if `results` sets one (checked), and what happens to
+    /// a larger one, if it says.
+    pub fn result_limits(
+        &self,
+    ) -> Result<(Option<usize>, Option<crate::plugins::Oversized>), String> {
+        let Some(spec) = &self.results else {
+            return Ok((None, None));
+        };
+        let max = spec
+            .max_bytes
+            .map(|n| bounded("results.max_bytes", n, MAX_RESULT_BYTES).map(|n| n as usize))
+            .transpose()?;
+        Ok((max, spec.oversized))
+    }
 }
 
 /// One use of a plugin by a rule: `{"plugin": "gw-id-check", "config": {...}}`.
@@ -411,5 +512,72 @@ mod tests {
     #[case(json!(true))]
     fn bad_windows(#[case] v: Value) {
         assert!(WindowSpec::try_from(v).is_err());
+    }
+
+    fn plugin(entry: Value) -> PluginSpec {
+        serde_json::from_value(entry).unwrap()
+    }
+
+    #[test]
+    fn state_and_result_bounds_are_read_and_checked() {
+        let spec = plugin(json!({
+            "path": "p.wasm",
+            "grants": ["state"],
+            "state": {"max_entries": 10, "max_bytes": 4096, "max_ttl_s": 60},
+            "results": {"max_bytes": 2048, "oversized": "pass"},
+        }));
+        let limits = spec.state_limits().unwrap();
+        assert_eq!(
+            (
+                limits.max_entries,
+                limits.max_bytes,
+                limits.max_ttl.as_secs()
+            ),
+            (10, 4096, 60)
+        );
+        assert_eq!(
+            spec.result_limits().unwrap(),
+            (Some(2048), Some(crate::plugins::Oversized::Pass))
+        );
+        // Nothing said: the defaults; all granted (no `grants`): `state` may be set.
+        let spec = plugin(json!({"path": "p.wasm", "state": {"max_entries": 3}}));
+        assert_eq!(spec.state_limits().unwrap().max_entries, 3);
+        assert_eq!(spec.result_limits().unwrap(), (None, None));
+        let spec = plugin(json!({"path": "p.wasm", "grants": ["log"], "state": {}}));
+        assert!(
+            spec.state_limits()
+                .unwrap_err()
+                .contains("`grants` leave out `state`"),
+            "state without the grant"
+        );
+        for (entry, error) in [
+            (
+                json!({"max_entries": 0}),
+                "`state.max_entries` is 0; it must be 1 to 1000000",
+            ),
+            (
+                json!({"max_bytes": 1_u64 << 40}),
+                "`state.max_bytes` is 1099511627776; it must be 1 to 67108864",
+            ),
+            (
+                json!({"max_ttl_s": 0}),
+                "`state.max_ttl_s` is 0; it must be 1 to 31536000",
+            ),
+        ] {
+            let spec = plugin(json!({"path": "p.wasm", "state": entry}));
+            assert_eq!(spec.state_limits().unwrap_err(), error);
+        }
+        let spec = plugin(json!({"path": "p.wasm", "results": {"max_bytes": 0}}));
+        assert_eq!(
+            spec.result_limits().unwrap_err(),
+            "`results.max_bytes` is 0; it must be 1 to 67108864"
+        );
+        // Unknown fields and values are refused as the document is read.
+        for entry in [
+            json!({"path": "p.wasm", "state": {"max_keys": 1}}),
+            json!({"path": "p.wasm", "results": {"oversized": "drop"}}),
+        ] {
+            assert!(serde_json::from_value::<PluginSpec>(entry).is_err());
+        }
     }
 }

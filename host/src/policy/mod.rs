@@ -23,6 +23,8 @@
 //! - `decide.rs`: [`Policy::decide`], the steps above in code; the line a `tools/call` is
 //!   decided on is there.
 //! - `condition.rs`: the conditions of `require` and `deny_if`, checked and evaluated.
+//! - `results.rs`: after an allowed call ran, its result hooks ([`ResultHooks`]): plugins
+//!   that pass the result, replace it or refuse it before the client sees it.
 //! - `coverage.rs`: the points a decision can reach, for `toolgate test`.
 //! - `error.rs`: why a policy did not load, with its place in the file; `spans.rs` finds that
 //!   place from the error's path, and `unique_keys.rs` refuses a key named twice.
@@ -34,6 +36,7 @@ mod decide;
 mod document;
 mod error;
 mod pin;
+mod results;
 mod spans;
 mod unique_keys;
 mod weaken;
@@ -45,6 +48,7 @@ pub use document::{
 };
 pub use error::{InvalidPolicy, PolicyError, Problem};
 pub use pin::{pin_plugin, PinError};
+pub use results::{ResultCheck, ResultFate, ResultHooks};
 
 use crate::counters::{Reservation, Scope, Window};
 use crate::decision::Decision;
@@ -64,7 +68,7 @@ pub struct Policy {
     /// Glob rules, most specific first.
     globs: Vec<(WildMatch, Rule)>,
     all_tools_limits: Vec<Limit>,
-    all_tools_uses: Vec<PluginUse>,
+    all_tools_uses: Vec<Arc<PluginUse>>,
     plugins: Vec<Arc<Plugin>>,
     /// Every key of `args` that a condition reads, at any depth.
     argument_keys: crate::jsonrpc::Spellings,
@@ -90,7 +94,7 @@ struct Rule {
     require: Vec<Condition>,
     deny_if: Vec<Condition>,
     limits: Vec<Limit>,
-    uses: Vec<PluginUse>,
+    uses: Vec<Arc<PluginUse>>,
     /// How a call it sends for approval is held (`None`: the defaults).
     approval: Option<crate::approvals::ApprovalSettings>,
     /// `log_args`: whether, and how, the decision log shows the arguments.
@@ -118,6 +122,22 @@ pub struct Outcome {
     pub instructions: u64,
     /// The most linear memory any plugin that ran held, in bytes.
     pub peak_memory: usize,
+    /// The plugins that see the result of the call, once it ran (an allowed call's uses of
+    /// `policy-with-results` plugins, in order; empty for any other).
+    pub after: ResultHooks,
+}
+
+impl Outcome {
+    /// A decision that took no unit and ran nothing: a refusal before the policy's plugins.
+    pub fn refused(decision: Decision) -> Self {
+        Self {
+            decision,
+            reservations: Vec::new(),
+            instructions: 0,
+            peak_memory: 0,
+            after: ResultHooks::default(),
+        }
+    }
 }
 
 /// One step of a decision, as [`Policy::decide_traced`] records it: what was checked and what

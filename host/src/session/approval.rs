@@ -226,12 +226,10 @@ impl Session {
                 via_client,
             })),
             // Fail closed: a request the registry will not take is a deny, saying why.
-            Err(e) => Some(Ok(Outcome {
-                decision: Decision::deny("approval", e.to_string()),
-                reservations: Vec::new(),
-                instructions: 0,
-                peak_memory: 0,
-            })),
+            Err(e) => Some(Ok(Outcome::refused(Decision::deny(
+                "approval",
+                e.to_string(),
+            )))),
         }
     }
 

@@ -104,7 +104,7 @@ impl Session {
         if self.audit.is_some() {
             let decision_id = self.audit_decision(&trail, id, started, &mut decided.as_mut().ok());
             self.shadow(trail, decision_id);
-        } else if let Ok(Kind::ToolsCall(_, slot @ None)) = &mut decided {
+        } else if let Ok(Kind::ToolsCall(_, slot @ None, _)) = &mut decided {
             if self.inject_trace {
                 *slot = Some(Box::new(Audited {
                     decision_id: String::new(),
@@ -169,7 +169,7 @@ impl Session {
             span_id: trail.trace.as_ref().map(|t| t.span_id.clone()),
         };
         audit.observer.decision(&Arc::new(event));
-        if let Some(Kind::ToolsCall(_, slot)) = kind {
+        if let Some(Kind::ToolsCall(_, slot, _)) = kind {
             *slot = Some(Box::new(Audited {
                 started,
                 trace: trail.trace.clone(),
@@ -352,7 +352,7 @@ impl Session {
         if !self.inject_trace {
             return None;
         }
-        let Kind::ToolsCall(_, Some(audited)) = kind else {
+        let Kind::ToolsCall(_, Some(audited), _) = kind else {
             return None;
         };
         let trace = audited.trace.as_ref()?;

@@ -8,7 +8,7 @@
 //! ([`Session::abandon`]), when it times out ([`Session::expire`]) or when the upstream goes
 //! away ([`Session::upstream_gone`]). Refunds happen here only for a request never written.
 
-use super::{truncated, ClientLine, Forward, Session};
+use super::{ClientLine, Forward, Session};
 use crate::audit::Fate;
 use crate::counters::Reservation;
 use crate::jsonrpc;
@@ -35,8 +35,13 @@ pub(super) enum Kind {
     ToolsList {
         first_page: bool,
     },
-    /// A call: the units it took, and its decision as the log knows it.
-    ToolsCall(Vec<Reservation>, Option<Box<super::audited::Audited>>),
+    /// A call: the units it took, its decision as the log knows it, and what the plugins that
+    /// see its result need.
+    ToolsCall(
+        Vec<Reservation>,
+        Option<Box<super::audited::Audited>>,
+        Option<Box<super::results::AfterCall>>,
+    ),
     /// `initialize`: its reply names the server (`serverInfo.name`), which plugins see.
     Initialize,
     Other,
@@ -78,7 +83,7 @@ impl Session {
         };
         if let Some(answer) = refused {
             drop(state);
-            if let Kind::ToolsCall(reservations, audited) = kind {
+            if let Kind::ToolsCall(reservations, audited, _) = kind {
                 self.counters.refund(&reservations);
                 self.audit_outcome(audited.as_deref(), Instant::now(), Fate::Gone, None);
             }
@@ -144,7 +149,7 @@ impl Session {
             (upstream_id, pending)
         };
         if let Some(Pending {
-            kind: Kind::ToolsCall(_, audited),
+            kind: Kind::ToolsCall(_, audited, _),
             sent,
             ..
         }) = &pending
@@ -222,7 +227,7 @@ impl Session {
     /// it may have reached the upstream: only if not are a call's counter units refunded.
     pub fn abandon(&self, upstream_id: u64, written: bool, why: &str) -> Option<Vec<u8>> {
         let pending = self.take_pending(upstream_id)?;
-        if let Kind::ToolsCall(reservations, audited) = &pending.kind {
+        if let Kind::ToolsCall(reservations, audited, _) = &pending.kind {
             if !written {
                 self.counters.refund(reservations);
             }
@@ -262,7 +267,7 @@ impl Session {
             .iter()
             .map(|p| {
                 tracing::warn!(id = %truncated(p.client_id.get()), "request timed out upstream");
-                if let Kind::ToolsCall(_, audited) = &p.kind {
+                if let Kind::ToolsCall(_, audited, _) = &p.kind {
                     self.audit_outcome(audited.as_deref(), p.sent, Fate::Timeout, None);
                 }
                 jsonrpc::error_line(Some(&p.client_id), jsonrpc::UPSTREAM_GONE, &message)
@@ -284,7 +289,7 @@ impl Session {
         drained
             .iter()
             .map(|p| {
-                if let Kind::ToolsCall(_, audited) = &p.kind {
+                if let Kind::ToolsCall(_, audited, _) = &p.kind {
                     self.audit_outcome(audited.as_deref(), p.sent, Fate::Gone, None);
                 }
                 jsonrpc::error_line(Some(&p.client_id), jsonrpc::UPSTREAM_GONE, why)
@@ -308,4 +313,17 @@ pub(super) fn reused(id: &RawValue) -> Vec<u8> {
             truncated(id.get())
         ),
     )
+}
+
+/// An id or other client text, shortened for a message or log.
+pub(super) fn truncated(text: &str) -> Cow<'_, str> {
+    const MAX: usize = 64;
+    if text.len() <= MAX {
+        return Cow::Borrowed(text);
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}…", &text[..end]))
 }

@@ -57,6 +57,7 @@ mod audited;
 mod catalogue;
 mod ids;
 mod input_required;
+mod results;
 mod shadow;
 
 pub use approval::{HeldCall, PROGRESS_EVERY};
@@ -72,7 +73,7 @@ use crate::policy::{Outcome, Policy, UNKNOWN_RULE};
 use approval::{declares_elicitation, Refused};
 use arc_swap::ArcSwap;
 use catalogue::{has_cursor, listing, schema_problem, unreadable_list, Catalogue, Listing};
-use ids::{reused, Kind, Pending};
+use ids::{reused, truncated, Kind, Pending};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -477,13 +478,13 @@ impl Session {
             annotations: info.as_ref().and_then(|i| i.annotations),
         };
         let outcome = if !listed {
-            refusal(Decision::deny(UNKNOWN_RULE, "unknown tool"))
+            Outcome::refused(Decision::deny(UNKNOWN_RULE, "unknown tool"))
         } else if let Some(problem) = info
             .as_deref()
             .filter(|_| self.schemas.applies_to(call.tool))
             .and_then(|info| schema_problem(call.tool, info, args))
         {
-            refusal(Decision::deny("inputSchema", problem))
+            Outcome::refused(Decision::deny("inputSchema", problem))
         } else {
             // The decision. Last, so that every refusal above costs no counter unit.
             let policy = self.policy.load();
@@ -522,7 +523,8 @@ impl Session {
         let d = &outcome.decision;
         tracing::info!(tool = call.tool, server = call.server, grant = call.grant, decision = d.verdict.as_str(), rule = %d.rule, reason = %d.reason, "tools/call");
         if d.verdict == Verdict::Allow {
-            return Ok(Kind::ToolsCall(outcome.reservations, None));
+            let after = results::AfterCall::of(outcome.after, &call);
+            return Ok(Kind::ToolsCall(outcome.reservations, None, after));
         }
         let mut result = d.to_tool_result();
         if let Some(upstream) = info.as_ref().and_then(|i| i.upstream.as_deref()) {
@@ -609,13 +611,20 @@ impl Session {
             return None;
         };
         let code = envelope.error_code();
-        if let Kind::ToolsCall(reservations, audited) = &pending.kind {
+        if let Kind::ToolsCall(reservations, audited, after) = &pending.kind {
             if code.is_some_and(jsonrpc::not_executed) {
                 self.counters.refund(reservations);
             }
             if audited.is_some() {
                 let fate = audited::fate_of(code, envelope.result);
                 self.audit_outcome(audited.as_deref(), pending.sent, fate, code);
+            }
+            if let (Some(after), Some(result)) = (after, envelope.result) {
+                return match self.check_result(after, result, &pending.client_id) {
+                    Some(instead) => Some(Cow::Owned(instead)),
+                    None => jsonrpc::splice(line, id, pending.client_id.get().as_bytes())
+                        .map(Cow::Owned),
+                };
             }
         }
         let restore = || jsonrpc::splice(line, id, pending.client_id.get().as_bytes());
@@ -672,29 +681,9 @@ impl Session {
     }
 }
 
-fn refusal(decision: Decision) -> Outcome {
-    Outcome {
-        decision,
-        reservations: Vec::new(),
-        instructions: 0,
-        peak_memory: 0,
-    }
-}
-
-/// An id or other client text, shortened for a message or log.
-fn truncated(text: &str) -> Cow<'_, str> {
-    const MAX: usize = 64;
-    if text.len() <= MAX {
-        return Cow::Borrowed(text);
-    }
-    let mut end = MAX;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    Cow::Owned(format!("{}…", &text[..end]))
-}
-
 #[cfg(test)]
 mod audit_tests;
+#[cfg(test)]
+mod results_tests;
 #[cfg(test)]
 mod tests;
