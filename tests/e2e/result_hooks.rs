@@ -2,7 +2,8 @@
 //! through the real gateway: `session-ids` remembers the session record ids LLM CLI Gateway's
 //! `session_create` returned and refuses them as a Codex `sessionId`, across a hot swap and,
 //! on the SQLite store, a restart; `redact` replaces a key planted in a result, over stdio and
-//! over HTTP; the 0.1.0 `gw-id-check` loads and decides beside them as it always did.
+//! over HTTP, and a result it cannot finish in its fuel is refused, never leaked; the 0.1.0
+//! `gw-id-check` loads and decides beside them as it always did.
 
 use crate::http::{Mcp, Serve};
 use crate::support::{body, echo, refusal, standin, Client, TOOLGATE};
@@ -349,6 +350,32 @@ fn a_0_1_plugin_still_loads_and_decides_beside_the_0_3_plugins() {
     assert_refused_as_record_id(&client.call("codex_request", resume(&id)), &id);
     let fresh = fresh_uuid();
     assert_ran(&client.call("codex_request", resume(&fresh)), &fresh);
+    let (status, stderr) = client.finish();
+    assert!(status.success(), "{stderr}");
+}
+
+#[test]
+fn a_result_redact_cannot_finish_in_its_fuel_is_refused_never_leaked() {
+    // About 65 instructions a byte for a result with a key in it (the README's table): 3 M
+    // cover 20 KB, not 100 KB.
+    let mut policy = redact_policy();
+    policy["plugins"]["redact"]["fuel"] = json!(3_000_000);
+    let mut client = Client::start(&policy.to_string(), &echo());
+    client.initialize();
+    let prose = "The quick brown fox jumps over the lazy dog. ";
+    let small = format!("{}{OPENAI_KEY}", prose.repeat(400));
+    let redacted = client.call("echo", json!({"message": small}));
+    assert_eq!(redacted["_meta"]["toolgate"]["redactions"], 1, "{redacted}");
+    let large = format!("{}{OPENAI_KEY}", prose.repeat(2_500));
+    let refused = client.call("echo", json!({"message": large}));
+    let (text, meta) = refusal(&refused);
+    assert!(text.contains("ran out of fuel"), "{text}");
+    assert_eq!(meta["ran"], true, "{meta}");
+    assert!(!refused.to_string().contains(OPENAI_KEY), "{refused}");
+    // The same size without a key is decided on the raw text, well within the fuel.
+    let clean = prose.repeat(2_500);
+    let passed = client.call("echo", json!({"message": clean}));
+    assert_eq!(passed["content"][0]["text"], clean.as_str());
     let (status, stderr) = client.finish();
     assert!(status.success(), "{stderr}");
 }
