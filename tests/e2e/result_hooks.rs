@@ -6,6 +6,7 @@
 //! `gw-id-check` loads and decides beside them as it always did.
 
 use crate::http::{Mcp, Serve};
+use crate::plugins::plugins;
 use crate::support::{body, echo, refusal, standin, Client, TOOLGATE};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -20,14 +21,14 @@ const OPENAI_KEY: &str = "sk-proj-EXAMPLEonlyNOTaREALkey00000000";
 const GITHUB_TOKEN: &str = "ghp_EXAMPLEonlyNOTaREALtoken0000000000";
 const AWS_KEY_ID: &str = "AKIAIOSFODNN7EXAMPLE";
 
-/// The guests these tests load, built once per run with `toolgate plugin build`, as users
-/// build them. In the guest workspace's own target folder (warm), whatever folder the host
-/// was built in.
+/// The 0.3.0 guests, built once per run with `toolgate plugin build`, as users build them, in
+/// the guest workspace's own target folder (warm), whatever folder the host was built in.
+/// `gw-id-check` comes from `plugins.rs`'s build: one build per process writes a component.
 fn built() -> &'static HashMap<&'static str, PathBuf> {
     static BUILT: OnceLock<HashMap<&'static str, PathBuf>> = OnceLock::new();
     BUILT.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        ["session-ids", "redact", "gw-id-check"]
+        let mut built: HashMap<&'static str, PathBuf> = ["session-ids", "redact"]
             .into_iter()
             .map(|name| {
                 let out = Command::new(TOOLGATE)
@@ -43,7 +44,9 @@ fn built() -> &'static HashMap<&'static str, PathBuf> {
                 assert!(path.exists(), "{name}: {path:?}");
                 (name, path)
             })
-            .collect()
+            .collect();
+        built.insert("gw-id-check", plugins()["gw-id-check"].clone());
+        built
     })
 }
 
