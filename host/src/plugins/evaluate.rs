@@ -303,7 +303,10 @@ impl Plugin {
         });
         let verdict = ran.result.and_then(|verdict| self.result_verdict(verdict));
         let verdict = match verdict {
-            Ok(verdict) => verdict,
+            Ok(verdict) => {
+                super::stats::answered_result(&verdict);
+                verdict
+            }
             Err(failure) => self.after_call_failed(failure),
         };
         AfterCallOutcome {

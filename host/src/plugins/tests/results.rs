@@ -316,9 +316,18 @@ fn after_call_answers_are_checked_and_every_failure_names_the_plugin() {
         // The failed instance is gone: the next call runs on a clean one.
         assert_eq!(verdict("pass"), AfterCall::Pass, "after {config}");
     }
-    // The call's own logs and costs come back.
+    // The call's own costs come back, and the verdict is counted (the counts are the
+    // process's, and other tests run at the same time: ours must at least move it).
+    let replaced = || {
+        crate::plugins::evaluations()
+            .into_iter()
+            .find(|(o, _)| *o == "replace")
+            .map_or(0, |(_, n)| n)
+    };
+    let before = replaced();
     let outcome = plugin.after_call(&call("{}"), result, "replace", &store);
     assert!(outcome.instructions > 0 && outcome.peak_memory > 0);
+    assert!(replaced() > before);
 }
 
 #[test]
