@@ -398,7 +398,7 @@ impl Plugin {
                 permits: self.permits.max(),
                 timeout_ms: limits.timeout.as_millis(),
             };
-            tracing::warn!(plugin = %self.name, reason = %failure, "no evaluation permit; the call is denied");
+            tracing::warn!(plugin = %self.name, reason = %failure, "no evaluation permit; the plugin is not run");
             return not_run(failure);
         };
         let mut warm = match self
