@@ -2,13 +2,16 @@
 //! `wit/v0.2.0/`, `wit/v0.3.0/`, whose module holds both its worlds over one set of interface
 //! types), and the types the rest of `plugins` uses so that it names no version: [`WorldPre`] (a
 //! component of one world, pre-instantiated), [`WorldInstance`] (an instance of it, with the
-//! call record its world's `evaluate` takes) and [`PluginDecision`].
+//! call record its world's `evaluate` takes), [`PluginDecision`] and [`ResultVerdict`].
 //!
-//! A component's world is the one its imports name and its manifest says
+//! A component's world is the one its imports (and, for 0.3.0, its `after-call` export) name
+//! and its manifest says
 //! ([`crate::capability::World`]); it is instantiated with that world's bindings and handed
 //! the record of that world: a 0.1.0 plugin gets the call as it always did, and never the
 //! approval. Adding a version: a module here, a variant in each enum, a line in `host.rs`'s
-//! `host_imports!` and a match arm in `runtime.rs`'s `linker`.
+//! `host_imports!` and a match arm in `runtime.rs`'s `linker`. A second world of one version
+//! is bound with `with:` to the first's interfaces, so that one implementation of each
+//! import, and one `tool-call` type, serve both.
 
 use super::host::EvalState;
 use crate::call::{Approval, ToolCall};

@@ -303,7 +303,10 @@ impl Plugin {
         });
         let verdict = ran.result.and_then(|verdict| self.result_verdict(verdict));
         let verdict = match verdict {
-            Ok(verdict) => verdict,
+            Ok(verdict) => {
+                super::stats::answered_result(&verdict);
+                verdict
+            }
             Err(failure) => self.after_call_failed(failure),
         };
         AfterCallOutcome {
@@ -395,7 +398,7 @@ impl Plugin {
                 permits: self.permits.max(),
                 timeout_ms: limits.timeout.as_millis(),
             };
-            tracing::warn!(plugin = %self.name, reason = %failure, "no evaluation permit; the call is denied");
+            tracing::warn!(plugin = %self.name, reason = %failure, "no evaluation permit; the plugin is not run");
             return not_run(failure);
         };
         let mut warm = match self

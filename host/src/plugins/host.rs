@@ -14,8 +14,10 @@
 //! Whatever an import keeps lives in host memory, outside the plugin's memory cap, and a
 //! counter's timestamps live as long as its window. So every import is bounded: at most
 //! [`IMPORT_CALLS_PER_EVALUATION`] calls of each kind per evaluation, counter names of at most
-//! [`MAX_COUNTER_NAME_BYTES`], windows within the declarative policy's bounds. Past a bound
-//! the import traps with [`ImportRefused`], and the evaluation is a deny naming the bound.
+//! [`MAX_COUNTER_NAME_BYTES`], windows within the declarative policy's bounds, state keys of at
+//! most [`MAX_STATE_KEY_BYTES`] and entries within the policy's [`StateLimits`]. Past a bound
+//! the import traps with [`ImportRefused`], and the evaluation is a deny naming the bound;
+//! `state.set` alone returns its refusals to the plugin, as its contract says.
 
 use super::bindings::{v0_1, v0_2, v0_3};
 use super::limits::{

@@ -6,8 +6,8 @@ use std::time::Duration;
 /// Log bytes one evaluation may write; past this the plugin traps (and the call is denied).
 pub const LOG_BYTES_PER_EVALUATION: usize = 4096;
 
-/// Calls of each import (`counters.consume`, `clock.now-ms`, `log.log`) one evaluation may
-/// make; the next one traps (and the call is denied). What an import keeps is host memory,
+/// Calls of each import (`counters.consume`, `clock.now-ms`, `log.log`, `state.get`,
+/// `state.set`, `state.delete`) one evaluation (or `after-call`) may make; the next one traps (and the call is denied). What an import keeps is host memory,
 /// outside the plugin's memory cap, and a counter keeps its units for up to its window (a
 /// week): this bounds what one call can leave behind. A rule needing more counters than this
 /// per call should be several plugins or declarative limits.

@@ -7,7 +7,7 @@ use crate::decision::Verdict;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Every outcome, in the order [`evaluations`] lists them.
-const OUTCOMES: [&str; 12] = [
+const OUTCOMES: [&str; 15] = [
     "allow",
     "deny",
     "require_approval",
@@ -20,6 +20,9 @@ const OUTCOMES: [&str; 12] = [
     "busy",
     "not_run",
     "error",
+    "pass",
+    "replace",
+    "refuse",
 ];
 
 static COUNTS: [AtomicU64; OUTCOMES.len()] = [const { AtomicU64::new(0) }; OUTCOMES.len()];
@@ -38,7 +41,18 @@ pub(super) fn answered(verdict: Verdict) {
     });
 }
 
-/// An evaluation failed (a deny naming the plugin).
+/// A `policy-with-results` plugin answered a call's result: `pass`, `replace` or `refuse`
+/// (its failures are counted by [`failed`], as an evaluation's).
+pub(super) fn answered_result(verdict: &super::AfterCall) {
+    count(match verdict {
+        super::AfterCall::Pass => 12,
+        super::AfterCall::Replace(_) => 13,
+        super::AfterCall::Refuse(_) => 14,
+        super::AfterCall::Failed(_) => return,
+    });
+}
+
+/// An evaluation, or an `after-call`, failed (a deny, or a withheld result, naming the plugin).
 pub(super) fn failed(failure: &EvalFailure) {
     count(match failure {
         EvalFailure::Unreachable | EvalFailure::Trap(_) | EvalFailure::UngrantedImport { .. } => 4,
@@ -58,7 +72,8 @@ pub(super) fn failed(failure: &EvalFailure) {
 }
 
 /// Evaluations since the process started, by outcome: the plugin's own verdicts (`allow`,
-/// `deny`, `require_approval`, `rate_limited`) and its failures (`trap`, `timeout`,
+/// `deny`, `require_approval`, `rate_limited`, and on results `pass`, `replace`, `refuse`)
+/// and its failures (`trap`, `timeout`,
 /// `out_of_fuel`, `memory`, `limit` (an import or log cap, an oversized reason), `busy` (no
 /// permit in time), `not_run` (untrusted, input too large), `error`).
 pub fn evaluations() -> Vec<(&'static str, u64)> {

@@ -4,10 +4,10 @@
 //! 1. the content has the sha256 the policy pins (a warning when it pins none);
 //! 2. it is a component, not a core module or another file;
 //! 3. it carries exactly one toolgate manifest at its top level, for a world this host
-//!    implements and the one the component's imports name (0.1.0 or 0.2.0), whose
+//!    implements and the one the component's imports (and, for 0.3.0, exports) name, whose
 //!    capabilities are the component's real imports (`crate::manifest`);
 //! 4. the policy grants every capability it imports (`"grants"`; a policy without `grants`
-//!    grants all three, with a warning that prints the line to add);
+//!    grants all of them, with a warning that prints the line to add);
 //! 5. when the operator configured a trust file, its signatures satisfy the trust rule,
 //!    capabilities included (`crate::trust`).
 //!

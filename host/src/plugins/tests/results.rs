@@ -122,13 +122,21 @@ impl CounterStore for StateStore {
 }
 
 fn load_with(runtime: &PluginRuntime, limits: PluginLimits) -> Arc<Plugin> {
+    load_isolated(runtime, limits, Isolation::Fresh)
+}
+
+fn load_isolated(
+    runtime: &PluginRuntime,
+    limits: PluginLimits,
+    isolation: Isolation,
+) -> Arc<Plugin> {
     let path = built(NAME);
     runtime
         .load(
             NAME,
             Source::Path(&path),
             Vetting::default(),
-            Isolation::Fresh,
+            isolation,
             limits,
         )
         .unwrap_or_else(|e| panic!("{e}"))
@@ -316,9 +324,18 @@ fn after_call_answers_are_checked_and_every_failure_names_the_plugin() {
         // The failed instance is gone: the next call runs on a clean one.
         assert_eq!(verdict("pass"), AfterCall::Pass, "after {config}");
     }
-    // The call's own logs and costs come back.
+    // The call's own costs come back, and the verdict is counted (the counts are the
+    // process's, and other tests run at the same time: ours must at least move it).
+    let replaced = || {
+        crate::plugins::evaluations()
+            .into_iter()
+            .find(|(o, _)| *o == "replace")
+            .map_or(0, |(_, n)| n)
+    };
+    let before = replaced();
     let outcome = plugin.after_call(&call("{}"), result, "replace", &store);
     assert!(outcome.instructions > 0 && outcome.peak_memory > 0);
+    assert!(replaced() > before);
 }
 
 #[test]
@@ -436,4 +453,25 @@ fn state_must_be_granted() {
         err.contains("toolgate:policy/state@0.3.0") && err.contains(r#""grants": ["log","state"]"#),
         "{err}"
     );
+}
+
+/// A pooled instance serves `evaluate` and `after-call` alike; one that trapped in
+/// `after-call` is discarded, and the grant's next call, of either kind, runs on a new one.
+#[test]
+fn a_pooled_instance_serves_both_calls_and_is_discarded_after_a_trap() {
+    let runtime = PluginRuntime::new(None).unwrap();
+    let plugin = load_isolated(&runtime, PluginLimits::default(), Isolation::Pooled);
+    let store = store_of(&StateStore::new());
+    for _ in 0..3 {
+        assert_eq!(said_by(&plugin, &call("{}"), "remember", &store), "allow");
+        let verdict = plugin
+            .after_call(&call("{}"), "{}", "recall", &store)
+            .verdict;
+        assert_eq!(
+            verdict,
+            AfterCall::Replace(r#"{"content":[{"type":"text","text":"{}"}]}"#.into())
+        );
+        let trapped = plugin.after_call(&call("{}"), "{}", "trap", &store).verdict;
+        assert!(matches!(trapped, AfterCall::Failed(_)), "{trapped:?}");
+    }
 }
