@@ -2,6 +2,10 @@
 //!
 //! Run: `cargo bench -p toolgate --bench policy_eval`.
 
+// The binary's allocator (see main.rs), so that the session core is timed as it runs there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{criterion_group, criterion_main, Criterion};
 use serde_json::json;
 use std::hint::black_box;
@@ -73,9 +77,28 @@ fn decisions(c: &mut Criterion) {
 
 /// The whole per-message cost of the session core for one allowed call: the request line in,
 /// the reply line out (parsing, policy, counters, the pending map).
+///
+/// Twice: as `toolgate run` has it by default, and observed as `--decision-log FILE
+/// --metrics-listen ADDR` has it (the log written to a sink, so that only the gateway's side of
+/// the work is timed: the events built, queued and counted). The difference is what the
+/// observers cost a call's threads, without the process-to-process noise of the latency
+/// harness.
 fn session_round_trip(c: &mut Criterion) {
+    for observed in [false, true] {
+        session_round_trip_with(c, observed);
+    }
+}
+
+fn session_round_trip_with(c: &mut Criterion, observed: bool) {
+    use toolgate::audit::{DecisionLog, Observer, Observers, DEFAULT_CAPACITY};
     let policy = Arc::new(Policy::from_json(EXAMPLE, "example.json").unwrap());
     let counters = Arc::new(MemoryCounterStore::new(Arc::new(SystemClock::new())));
+    let audit = observed.then(|| {
+        let log = DecisionLog::to_writer(Box::new(std::io::sink()), DEFAULT_CAPACITY).unwrap();
+        let observers: Vec<Arc<dyn Observer>> =
+            vec![Arc::new(log), Arc::new(toolgate::metrics::Metrics::new())];
+        toolgate::session::Audit::new(Arc::new(Observers(observers)), "stdio")
+    });
     let session = Session::new(
         policy,
         counters,
@@ -83,7 +106,8 @@ fn session_round_trip(c: &mut Criterion) {
             grant: "g".into(),
             session: "s".into(),
         },
-    );
+    )
+    .with_audit(audit);
     let request = br#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"claude_request","arguments":{"prompt":"hello there","model":"latest"}}}"#;
     // The upstream answers under the gateway's id, which changes with every call.
     let (head, tail) = (
@@ -91,7 +115,11 @@ fn session_round_trip(c: &mut Criterion) {
         r#","result":{"content":[{"type":"text","text":"{\"success\":true,\"sessionId\":\"gw-4c444474-9ef5-41f6-a6d5-a457adff6725\"}"}]}}"#,
     );
     let mut reply = String::new();
-    c.bench_function("session: allowed tools/call request + reply", |b| {
+    let name = match observed {
+        false => "session: allowed tools/call request + reply",
+        true => "session: the same, observed (decision log + metrics)",
+    };
+    c.bench_function(name, |b| {
         b.iter(|| {
             let ClientLine::Forward(forward) = session.from_client(black_box(request)) else {
                 panic!("the call is allowed")

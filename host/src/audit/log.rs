@@ -2,7 +2,10 @@
 //! thread serializes and writes it. When the channel is full (a sink that cannot keep up, a
 //! pipe nobody reads) the event is dropped and counted: a decision is never delayed by its log.
 
-use super::{ApprovalEvent, DecisionEvent, Observer, OutcomeEvent, ShadowEvent, SCHEMA};
+use super::{
+    ApprovalEvent, DecisionEvent, DecisionFacts, Observer, OutcomeEvent, OutcomeFacts, ShadowEvent,
+    SCHEMA,
+};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
@@ -131,11 +134,11 @@ impl DecisionLog {
 }
 
 impl Observer for DecisionLog {
-    fn decision(&self, event: &Arc<DecisionEvent>) {
-        self.push(Queued::Decision(event.clone()));
+    fn decision(&self, facts: &Arc<DecisionFacts>) {
+        self.push(Queued::Decision(facts.clone()));
     }
-    fn outcome(&self, event: &Arc<OutcomeEvent>) {
-        self.push(Queued::Outcome(event.clone()));
+    fn outcome(&self, facts: &Arc<OutcomeFacts>) {
+        self.push(Queued::Outcome(facts.clone()));
     }
     fn shadow(&self, event: &ShadowEvent) {
         self.push(Queued::Shadow(Box::new(event.clone())));
@@ -235,10 +238,11 @@ fn rotate(path: &std::path::Path, keep: usize) -> io::Result<()> {
 /// the call's path for every event. Polling costs one wake-up per period instead.
 const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
 
-/// An event waiting for the writer: decisions and outcomes shared with the other observers.
+/// An event waiting for the writer: the facts of decisions and outcomes (shared with the other
+/// observers), made into events by the writer, off the call's thread.
 enum Queued {
-    Decision(Arc<DecisionEvent>),
-    Outcome(Arc<OutcomeEvent>),
+    Decision(Arc<DecisionFacts>),
+    Outcome(Arc<OutcomeFacts>),
     Shadow(Box<ShadowEvent>),
     Approval(Box<ApprovalEvent>),
 }
@@ -261,16 +265,21 @@ enum EventRef<'a> {
 }
 
 impl Queued {
-    fn line(&self) -> LineRef<'_> {
-        let event = match self {
-            Queued::Decision(e) => EventRef::Decision(e),
-            Queued::Outcome(e) => EventRef::Outcome(e),
-            Queued::Shadow(e) => EventRef::Shadow(e),
-            Queued::Approval(e) => EventRef::Approval(e),
-        };
-        LineRef {
+    /// Its line, written into `buf`.
+    fn write(&self, buf: &mut Vec<u8>) -> serde_json::Result<()> {
+        let line = |event| LineRef {
             schema: SCHEMA,
             event,
+        };
+        match self {
+            Queued::Decision(facts) => {
+                serde_json::to_writer(buf, &line(EventRef::Decision(&facts.event())))
+            }
+            Queued::Outcome(facts) => {
+                serde_json::to_writer(buf, &line(EventRef::Outcome(&facts.event())))
+            }
+            Queued::Shadow(e) => serde_json::to_writer(buf, &line(EventRef::Shadow(e))),
+            Queued::Approval(e) => serde_json::to_writer(buf, &line(EventRef::Approval(e))),
         }
     }
 }
@@ -290,7 +299,7 @@ fn write_all(rx: Receiver<Queued>, mut out: Output, counts: &Counts) {
         while let Some(event) = next.take().or_else(|| rx.try_recv().ok()) {
             taken += 1;
             buf.clear();
-            if serde_json::to_writer(&mut buf, &event.line()).is_err() {
+            if event.write(&mut buf).is_err() {
                 continue;
             }
             buf.push(b'\n');

@@ -23,9 +23,11 @@
 //! - `args.rs`: the arguments' digest, and erasing and masking by JSON pointer.
 
 mod args;
+mod facts;
 mod log;
 
 pub use args::{args_sha256, ArgsLogging, LoggedArgs};
+pub use facts::{rfc3339, DecisionFacts, EventId, Origin, OutcomeFacts, PolicyRef};
 pub use log::{DecisionLog, LogSink, LogStats, DEFAULT_CAPACITY};
 
 use serde::{Deserialize, Serialize};
@@ -247,10 +249,10 @@ pub struct Line {
 /// run on the call's path.
 pub trait Observer: Send + Sync {
     /// A `tools/call` was decided. Shared, so that an observer that keeps it (the log's
-    /// queue) need not copy it.
-    fn decision(&self, event: &Arc<DecisionEvent>);
+    /// queue) need not copy it; [`DecisionFacts::event`] makes the event, where it is wanted.
+    fn decision(&self, facts: &Arc<DecisionFacts>);
     /// A call that went upstream ended.
-    fn outcome(&self, event: &Arc<OutcomeEvent>);
+    fn outcome(&self, facts: &Arc<OutcomeFacts>);
     /// A shadow rule or policy decided a call (off the call's path, after its decision).
     fn shadow(&self, event: &ShadowEvent) {
         let _ = event;
@@ -270,14 +272,14 @@ pub trait Observer: Send + Sync {
 pub struct Observers(pub Vec<Arc<dyn Observer>>);
 
 impl Observer for Observers {
-    fn decision(&self, event: &Arc<DecisionEvent>) {
+    fn decision(&self, facts: &Arc<DecisionFacts>) {
         for o in &self.0 {
-            o.decision(event);
+            o.decision(facts);
         }
     }
-    fn outcome(&self, event: &Arc<OutcomeEvent>) {
+    fn outcome(&self, facts: &Arc<OutcomeFacts>) {
         for o in &self.0 {
-            o.outcome(event);
+            o.outcome(facts);
         }
     }
     fn shadow(&self, event: &ShadowEvent) {
@@ -317,7 +319,7 @@ pub fn fresh_id() -> u64 {
 
 /// The current time as the log writes it.
 pub fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    rfc3339(std::time::SystemTime::now())
 }
 
 /// This process, as `instance` names it: `hostname:pid`.

@@ -4,33 +4,30 @@ use super::*;
 use std::io::BufRead;
 use std::time::{Duration, Instant};
 
-fn decision(n: u64) -> DecisionEvent {
-    DecisionEvent {
-        time: now(),
-        decision_id: format!("d{n}"),
-        instance: instance(),
-        transport: "stdio".into(),
-        policy: Some("p".into()),
-        policy_digest: "ab".repeat(32),
-        plugins: vec![],
-        grant: "g".into(),
-        session: "s".into(),
-        method: "tools/call".into(),
-        request_id: n.to_string(),
-        server: "srv".into(),
-        tool: "t".into(),
-        args_sha256: args_sha256(&serde_json::json!({})),
-        args: None,
-        decision: Verdict {
-            verdict: "allow".into(),
-            rule: "default".into(),
-            reason: "allowed".into(),
-            retry_after_ms: None,
-        },
+fn decision(n: u64) -> DecisionFacts {
+    DecisionFacts {
+        at: std::time::SystemTime::now(),
+        id: EventId(0, n),
+        origin: Arc::new(Origin {
+            instance: Arc::from(instance()),
+            transport: "stdio",
+            grant: Arc::from("g"),
+            session: Arc::from("s"),
+        }),
+        policy: Arc::new(PolicyRef {
+            name: Some("p".into()),
+            digest: "ab".repeat(32),
+            plugins: vec![],
+        }),
+        request_id: n.to_string().into(),
+        server: Arc::from("srv"),
+        tool: Arc::from("t"),
+        args: Some(Arc::new(serde_json::json!({}))),
+        log_args: None,
+        decision: crate::decision::Decision::allow("default"),
         eval_us: 3,
-        plugin_instructions: 0,
-        trace_id: None,
-        span_id: None,
+        instructions: 0,
+        trace: None,
     }
 }
 
@@ -78,7 +75,7 @@ fn lines_parse_back_with_their_schema_and_files_rotate_by_size() {
     let Event::Decision(last) = &current.last().unwrap().event else {
         panic!()
     };
-    assert_eq!(last.decision_id, "d39");
+    assert_eq!(last.decision_id, EventId(0, 39).to_string());
 }
 
 /// A sink nobody reads: the pipe fills, the writer blocks, the channel fills, and then events

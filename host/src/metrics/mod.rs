@@ -29,14 +29,14 @@ mod scrape;
 pub use listen::listen;
 pub use scrape::{PolicyState, Snapshot};
 
-use crate::audit::{self, DecisionEvent, Fate, OutcomeEvent};
+use crate::audit::{self, DecisionFacts, Fate, OutcomeFacts};
 use labels::ToolLabels;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Distinct tool label values one grant may have; further tools are counted as `other`.
 /// 500 is more than any single MCP server lists, and 500 × grants × rules × decisions series
@@ -63,8 +63,38 @@ fn mcp_duration() -> Histogram {
 }
 
 /// The gateway's metrics: the registry and the families the events feed.
+///
+/// Decisions and outcomes are counted off the call's thread: the observer only queues their
+/// facts (a lock and a push), and a thread of the metrics' own counts them every
+/// [`COUNT_EVERY`]; a scrape counts what is queued first, so `/metrics` always includes every
+/// call answered before it.
 pub struct Metrics {
     registry: Registry,
+    counts: Arc<Counts>,
+    /// Facts not counted yet.
+    queued: Arc<Mutex<Vec<Queued>>>,
+    /// `toolgate_shadow_decisions_total{source, would}`: shadow rules and policies, by how
+    /// their verdict compares with the enforced one.
+    shadows: Family<Labels, Counter>,
+    /// Where the scrape-time values come from, once the transport has set it.
+    source: Arc<scrape::Source>,
+}
+
+/// How often the metrics' thread counts the queued facts.
+pub const COUNT_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Queued facts past which the observer counts them itself (the counting thread is stuck).
+const MAX_QUEUED: usize = 1 << 16;
+
+enum Queued {
+    Decision(Arc<DecisionFacts>),
+    Outcome(Arc<OutcomeFacts>),
+}
+
+/// The families decisions and outcomes feed, and their bounded labels.
+struct Counts {
+    /// Held while a batch is counted: a scrape waits for the batch the thread took.
+    counting: Mutex<()>,
     tools: ToolLabels,
     /// `toolgate_tool_calls_total{grant, tool, decision, rule}`.
     calls: Family<Labels, Counter>,
@@ -84,11 +114,6 @@ pub struct Metrics {
     /// the gateway as the client's MCP server, from a `tools/call`'s arrival to its answer
     /// (a refusal's decision, or the forwarded call's fate).
     server: Family<Labels, Histogram, fn() -> Histogram>,
-    /// `toolgate_shadow_decisions_total{source, would}`: shadow rules and policies, by how
-    /// their verdict compares with the enforced one.
-    shadows: Family<Labels, Counter>,
-    /// Where the scrape-time values come from, once the transport has set it.
-    source: Arc<scrape::Source>,
 }
 
 impl Default for Metrics {
@@ -161,8 +186,8 @@ impl Metrics {
         );
         let source = Arc::new(scrape::Source::default());
         registry.register_collector(Box::new(scrape::Collector(source.clone())));
-        Self {
-            registry,
+        let counts = Arc::new(Counts {
+            counting: Mutex::new(()),
             tools: ToolLabels::new(cap),
             calls,
             evaluation,
@@ -171,6 +196,26 @@ impl Metrics {
             upstream_names: ToolLabels::new(UPSTREAMS),
             upstream,
             server,
+        });
+        let queued = Arc::new(Mutex::new(Vec::new()));
+        let (weak, thread_counts) = (Arc::downgrade(&queued), counts.clone());
+        let counting = std::thread::Builder::new()
+            .name("metrics-count".into())
+            .spawn(move || loop {
+                std::thread::sleep(COUNT_EVERY);
+                // Gone with its metrics.
+                let Some(queued) = weak.upgrade() else {
+                    return;
+                };
+                thread_counts.count(&queued);
+            });
+        if let Err(e) = counting {
+            tracing::error!(error = %e, "no thread to count metrics; scrapes count them");
+        }
+        Self {
+            registry,
+            counts,
+            queued,
             shadows,
             source,
         }
@@ -182,8 +227,18 @@ impl Metrics {
         self.source.set(Box::new(read));
     }
 
+    fn queue(&self, facts: Queued) {
+        let mut queued = self.queued.lock().unwrap_or_else(|e| e.into_inner());
+        queued.push(facts);
+        if queued.len() >= MAX_QUEUED {
+            drop(queued);
+            self.counts.count(&self.queued);
+        }
+    }
+
     /// Everything, in the Prometheus text format ([`CONTENT_TYPE`]).
     pub fn encode(&self) -> String {
+        self.counts.count(&self.queued);
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry);
@@ -191,34 +246,47 @@ impl Metrics {
     }
 }
 
-impl audit::Observer for Metrics {
-    fn decision(&self, event: &Arc<DecisionEvent>) {
-        let verdict = &event.decision;
-        let tool = self.tools.label(&event.grant, &verdict.rule, &event.tool);
+impl Counts {
+    /// Counts the facts queued so far.
+    fn count(&self, queued: &Mutex<Vec<Queued>>) {
+        let _counting = self.counting.lock().unwrap_or_else(|e| e.into_inner());
+        let batch = std::mem::take(&mut *queued.lock().unwrap_or_else(|e| e.into_inner()));
+        for facts in batch {
+            match facts {
+                Queued::Decision(facts) => self.decision(&facts),
+                Queued::Outcome(facts) => self.outcome(&facts),
+            }
+        }
+    }
+
+    fn decision(&self, event: &DecisionFacts) {
+        let (grant, verdict) = (&*event.origin.grant, &event.decision);
+        let decision = verdict.verdict.as_str();
+        let tool = self.tools.label(grant, &verdict.rule, &event.tool);
         self.calls
             .get_or_create(&vec![
-                ("grant", event.grant.clone()),
+                ("grant", grant.to_owned()),
                 ("tool", tool),
-                ("decision", verdict.verdict.clone()),
+                ("decision", decision.to_owned()),
                 ("rule", verdict.rule.clone()),
             ])
             .inc();
         self.evaluation.observe(event.eval_us as f64 / 1e6);
         // A refusal is answered here: its decision is the whole of the server's time. An
         // allowed call's time is observed with its outcome.
-        if verdict.verdict != "allow" {
-            let tool = self.tools.label(&event.grant, &verdict.rule, &event.tool);
+        if !verdict.is_allow() {
+            let tool = self.tools.label(grant, &verdict.rule, &event.tool);
             self.server
                 .get_or_create(&vec![
                     ("mcp_method_name", "tools/call".to_owned()),
                     ("gen_ai_tool_name", tool),
-                    ("error_type", verdict.verdict.clone()),
+                    ("error_type", decision.to_owned()),
                 ])
                 .observe(event.eval_us as f64 / 1e6);
         }
     }
 
-    fn outcome(&self, event: &Arc<OutcomeEvent>) {
+    fn outcome(&self, event: &OutcomeFacts) {
         let outcome = fate(event.outcome);
         self.outcomes
             .get_or_create(&vec![("outcome", outcome.to_owned())])
@@ -230,7 +298,7 @@ impl audit::Observer for Metrics {
             ])
             .inc();
         // Only allowed calls have outcomes: their tool was not unknown.
-        let tool = self.tools.label(&event.grant, "", &event.tool);
+        let tool = self.tools.label(&event.origin.grant, "", &event.tool);
         let mut labels = vec![
             ("mcp_method_name", "tools/call".to_owned()),
             ("gen_ai_tool_name", tool),
@@ -244,6 +312,16 @@ impl audit::Observer for Metrics {
         self.server
             .get_or_create(&labels)
             .observe(event.server_ms / 1000.0);
+    }
+}
+
+impl audit::Observer for Metrics {
+    fn decision(&self, facts: &Arc<DecisionFacts>) {
+        self.queue(Queued::Decision(facts.clone()));
+    }
+
+    fn outcome(&self, facts: &Arc<OutcomeFacts>) {
+        self.queue(Queued::Outcome(facts.clone()));
     }
 
     fn shadow(&self, event: &audit::ShadowEvent) {

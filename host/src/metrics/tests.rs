@@ -1,45 +1,57 @@
 use super::*;
-use crate::audit::{Observer, Verdict};
+use crate::audit::Observer;
 
-fn decision(grant: &str, tool: &str, verdict: &str, rule: &str) -> Arc<DecisionEvent> {
-    Arc::new(DecisionEvent {
-        time: audit::now(),
-        decision_id: "d".into(),
-        instance: "test:1".into(),
-        transport: "stdio".into(),
-        policy: None,
-        policy_digest: "0".repeat(64),
-        plugins: Vec::new(),
-        grant: grant.into(),
-        session: "s".into(),
-        method: "tools/call".into(),
-        request_id: "1".into(),
-        server: "echo".into(),
-        tool: tool.into(),
-        args_sha256: String::new(),
+fn origin(grant: &str) -> Arc<audit::Origin> {
+    Arc::new(audit::Origin {
+        instance: Arc::from("test:1"),
+        transport: "stdio",
+        grant: Arc::from(grant),
+        session: Arc::from("s"),
+    })
+}
+
+fn decision(grant: &str, tool: &str, verdict: &str, rule: &str) -> Arc<DecisionFacts> {
+    let verdict = match verdict {
+        "allow" => crate::decision::Verdict::Allow,
+        "deny" => crate::decision::Verdict::Deny,
+        "rate_limited" => crate::decision::Verdict::RateLimited,
+        "require_approval" => crate::decision::Verdict::RequireApproval,
+        other => panic!("no verdict {other}"),
+    };
+    Arc::new(DecisionFacts {
+        at: std::time::SystemTime::now(),
+        id: audit::EventId(1, 2),
+        origin: origin(grant),
+        policy: Arc::new(audit::PolicyRef {
+            name: None,
+            digest: "0".repeat(64),
+            plugins: Vec::new(),
+        }),
+        request_id: Box::from("1"),
+        server: Arc::from("echo"),
+        tool: Arc::from(tool),
         args: None,
-        decision: Verdict {
-            verdict: verdict.into(),
+        log_args: None,
+        decision: crate::decision::Decision {
+            verdict,
             rule: rule.into(),
             reason: "secret reason text".into(),
             retry_after_ms: None,
         },
         eval_us: 42,
-        plugin_instructions: 0,
-        trace_id: None,
-        span_id: None,
+        instructions: 0,
+        trace: None,
     })
 }
 
-fn outcome(tool: &str, fate: Fate, ms: f64) -> Arc<OutcomeEvent> {
-    Arc::new(OutcomeEvent {
-        time: audit::now(),
-        decision_id: "d".into(),
-        grant: "alice".into(),
-        session: "s".into(),
-        request_id: "1".into(),
-        server: "echo".into(),
-        tool: tool.into(),
+fn outcome(tool: &str, fate: Fate, ms: f64) -> Arc<OutcomeFacts> {
+    Arc::new(OutcomeFacts {
+        at: std::time::SystemTime::now(),
+        decision_id: audit::EventId(1, 2),
+        origin: origin("alice"),
+        request_id: Arc::from("1"),
+        server: Arc::from("echo"),
+        tool: Arc::from(tool),
         outcome: fate,
         error_code: None,
         upstream_ms: ms,
@@ -226,7 +238,7 @@ fn outcomes_name_their_upstream_and_the_names_are_bounded() {
     assert_eq!(value(&text, llmgw), Some(1.0), "{text}");
     for i in 0..100 {
         let mut event = (*outcome("t", Fate::Ran, 1.0)).clone();
-        event.server = format!("server-{i}");
+        event.server = Arc::from(format!("server-{i}"));
         metrics.outcome(&Arc::new(event));
     }
     let text = metrics.encode();

@@ -246,6 +246,7 @@ impl Policy {
         );
         Ok(Self {
             argument_keys,
+            audit_ref: std::sync::OnceLock::new(),
             digest: crate::digest::sha256_hex(text.as_bytes()),
             name: doc.name,
             default: doc.default,

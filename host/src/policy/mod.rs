@@ -74,6 +74,8 @@ pub struct Policy {
     argument_keys: crate::jsonrpc::Spellings,
     /// sha256 of the document's text: an approval is bound to the policy that asked for it.
     digest: String,
+    /// How decision events name it, made once (see [`Policy::audit_ref`]).
+    audit_ref: std::sync::OnceLock<Arc<crate::audit::PolicyRef>>,
 }
 
 /// A rule's use of a plugin, with its config as JSON text.
@@ -201,7 +203,20 @@ impl Policy {
             .and_then(|r| r.log_args.as_ref())
     }
 
-    /// Its plugins by name and digest, as the decision log names them.
+    /// Its name, digest and plugins as decision events name them, shared by every event.
+    pub fn audit_ref(&self) -> Arc<crate::audit::PolicyRef> {
+        self.audit_ref
+            .get_or_init(|| {
+                Arc::new(crate::audit::PolicyRef {
+                    name: self.name.clone(),
+                    digest: self.digest.clone(),
+                    plugins: self.plugin_refs(),
+                })
+            })
+            .clone()
+    }
+
+    /// Its plugins, as decision events name them.
     pub fn plugin_refs(&self) -> Vec<crate::audit::PluginRef> {
         self.plugins
             .iter()

@@ -17,11 +17,11 @@ struct Recorder {
 }
 
 impl Observer for Recorder {
-    fn decision(&self, event: &Arc<DecisionEvent>) {
-        self.decisions.lock().unwrap().push((**event).clone());
+    fn decision(&self, facts: &Arc<crate::audit::DecisionFacts>) {
+        self.decisions.lock().unwrap().push(facts.event());
     }
-    fn outcome(&self, event: &Arc<OutcomeEvent>) {
-        self.outcomes.lock().unwrap().push((**event).clone());
+    fn outcome(&self, facts: &Arc<crate::audit::OutcomeFacts>) {
+        self.outcomes.lock().unwrap().push(facts.event());
     }
     fn shadow(&self, event: &crate::audit::ShadowEvent) {
         self.shadows.lock().unwrap().push(event.clone());

@@ -5,7 +5,7 @@
 use super::approval::Refused;
 use super::ids::Kind;
 use super::Session;
-use crate::audit::{self, DecisionEvent, Fate, Observer, OutcomeEvent, Verdict};
+use crate::audit::{self, Fate, Observer, OutcomeFacts};
 use crate::decision::Decision;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Where a session's events go, and what every event of this process says.
+#[derive(Clone)]
 pub struct Audit {
     /// The log, the metrics, or both.
     pub observer: Arc<dyn Observer>,
@@ -24,6 +25,8 @@ pub struct Audit {
     pub shadow: Option<Arc<super::ShadowRunner>>,
     /// Whether the observer reads the arguments (their digest, their masked copy).
     pub wants_args: bool,
+    /// The session's grant and id, as its events share them (set by [`Audit::for_session`]).
+    origin: Option<Arc<audit::Origin>>,
 }
 
 impl Audit {
@@ -41,6 +44,20 @@ impl Audit {
                 |e| tracing::error!(error = %e, "no thread for shadow decisions; they are off"),
             )
             .ok(),
+            origin: None,
+        })
+    }
+
+    /// The same, for the session of `identity`: its events share one copy of it.
+    pub(super) fn for_session(&self, identity: &super::Identity) -> Arc<Self> {
+        Arc::new(Self {
+            origin: Some(Arc::new(audit::Origin {
+                instance: self.instance.clone(),
+                transport: self.transport,
+                grant: Arc::from(identity.grant.as_str()),
+                session: Arc::from(identity.session.as_str()),
+            })),
+            ..self.clone()
         })
     }
 }
@@ -53,7 +70,7 @@ pub(super) struct Trail {
     pub(super) wanted: bool,
     pub(super) tool: String,
     pub(super) server: Arc<str>,
-    pub(super) args: Option<Value>,
+    pub(super) args: Option<Arc<Value>>,
     /// The decision, when one was reached (the policy's, or an integrity refusal's).
     pub(super) decision: Option<Decision>,
     pub(super) instructions: u64,
@@ -68,10 +85,10 @@ pub(super) struct Trail {
 /// A forwarded call's decision, kept until its outcome.
 #[derive(Debug)]
 pub(super) struct Audited {
-    decision_id: String,
-    tool: String,
+    decision_id: audit::EventId,
+    tool: Arc<str>,
     server: Arc<str>,
-    request_id: String,
+    request_id: Arc<str>,
     /// When the request reached the gateway.
     started: Instant,
     /// The call's trace context, for `with_trace_injection`.
@@ -107,10 +124,10 @@ impl Session {
         } else if let Ok(Kind::ToolsCall(_, slot @ None, _)) = &mut decided {
             if self.inject_trace {
                 *slot = Some(Box::new(Audited {
-                    decision_id: String::new(),
-                    tool: trail.tool,
+                    decision_id: audit::EventId(0, 0),
+                    tool: Arc::from(trail.tool),
                     server: trail.server,
-                    request_id: id.get().to_owned(),
+                    request_id: Arc::from(id.get()),
                     started,
                     trace: trail.trace,
                 }));
@@ -128,58 +145,55 @@ impl Session {
         id: &RawValue,
         started: Instant,
         kind: &mut Option<&mut Kind>,
-    ) -> Option<String> {
+    ) -> Option<audit::EventId> {
         let audit = self.audit.as_ref()?;
         let eval_us = started.elapsed().as_micros() as u64;
-        let unread = Decision::deny("invalid_request", "the call could not be read");
-        let decision = trail.decision.as_ref().unwrap_or(&unread);
-        let policy = self.policy.load();
-        let decision_id = format!("{:016x}{:016x}", audit::fresh_id(), audit::fresh_id());
-        let null = Value::Null;
-        let args = trail.args.as_ref().unwrap_or(&null);
-        let event = DecisionEvent {
-            time: audit::now(),
-            decision_id: decision_id.clone(),
-            instance: audit.instance.to_string(),
-            transport: audit.transport.into(),
-            policy: policy.name().map(str::to_owned),
-            policy_digest: policy.digest().to_owned(),
-            plugins: policy.plugin_refs(),
-            grant: self.identity.grant.clone(),
-            session: self.identity.session.clone(),
-            method: "tools/call".into(),
-            request_id: id.get().to_owned(),
-            server: trail.server.to_string(),
-            tool: trail.tool.clone(),
-            args_sha256: if audit.wants_args {
-                audit::args_sha256(args)
-            } else {
-                String::new()
-            },
-            args: trail.log_args.as_ref().map(|l| l.apply(args)),
-            decision: Verdict {
-                verdict: decision.verdict.as_str().into(),
-                rule: decision.rule.clone(),
-                reason: decision.reason.clone(),
-                retry_after_ms: decision.retry_after_ms,
-            },
-            eval_us,
-            plugin_instructions: trail.instructions,
-            trace_id: trail.trace.as_ref().map(|t| t.trace_id.clone()),
-            span_id: trail.trace.as_ref().map(|t| t.span_id.clone()),
+        let decision = match &trail.decision {
+            Some(decision) => decision.clone(),
+            None => Decision::deny("invalid_request", "the call could not be read"),
         };
-        audit.observer.decision(&Arc::new(event));
+        let decision_id = audit::EventId::fresh();
+        let tool: Arc<str> = Arc::from(trail.tool.as_str());
+        let request_id: Arc<str> = Arc::from(id.get());
+        // The facts as they are: the log makes its event from them, off the call's thread.
+        let facts = audit::DecisionFacts {
+            at: std::time::SystemTime::now(),
+            id: decision_id,
+            origin: self.origin(audit),
+            policy: self.policy.load().audit_ref(),
+            request_id: Box::from(id.get()),
+            server: trail.server.clone(),
+            tool: tool.clone(),
+            args: trail.args.clone().filter(|_| audit.wants_args),
+            log_args: trail.log_args.clone(),
+            decision,
+            eval_us,
+            instructions: trail.instructions,
+            trace: trail.trace.clone(),
+        };
+        audit.observer.decision(&Arc::new(facts));
         if let Some(Kind::ToolsCall(_, slot, _)) = kind {
             *slot = Some(Box::new(Audited {
                 started,
                 trace: trail.trace.clone(),
-                decision_id: decision_id.clone(),
-                tool: trail.tool.clone(),
+                decision_id,
+                tool,
                 server: trail.server.clone(),
-                request_id: id.get().to_owned(),
+                request_id,
             }));
         }
         Some(decision_id)
+    }
+
+    /// The session's grant and id as its events share them.
+    fn origin(&self, audit: &Audit) -> Arc<audit::Origin> {
+        audit.origin.clone().unwrap_or_else(|| {
+            audit
+                .for_session(&self.identity)
+                .origin
+                .clone()
+                .expect("just set")
+        })
     }
 
     /// Reports a `tools/call` refused before it could be read as one (keys some server would
@@ -322,13 +336,12 @@ impl Session {
         let (Some(audit), Some(audited)) = (&self.audit, audited) else {
             return;
         };
-        audit.observer.outcome(&Arc::new(OutcomeEvent {
-            time: audit::now(),
-            decision_id: audited.decision_id.clone(),
-            grant: self.identity.grant.clone(),
-            session: self.identity.session.clone(),
+        audit.observer.outcome(&Arc::new(OutcomeFacts {
+            at: std::time::SystemTime::now(),
+            decision_id: audited.decision_id,
+            origin: self.origin(audit),
             request_id: audited.request_id.clone(),
-            server: audited.server.to_string(),
+            server: audited.server.clone(),
             tool: audited.tool.clone(),
             outcome,
             error_code,
@@ -386,6 +399,13 @@ pub(super) fn fate_of(error_code: Option<i64>, result: Option<&RawValue>) -> Fat
     struct Flag {
         #[serde(rename = "isError", default)]
         is_error: bool,
+    }
+    // Read only when the flag can be there: a result of any size costs a scan, not a parse.
+    // (A key spelled with escapes, `"is\u0045rror"`, is read as the client would.)
+    let text = result.map_or("", RawValue::get).as_bytes();
+    let finder = |needle: &[u8]| memchr::memmem::find(text, needle).is_some();
+    if !finder(b"isError") && !finder(b"\\u") {
+        return Fate::Ran;
     }
     match result.and_then(|r| serde_json::from_str::<Flag>(r.get()).ok()) {
         Some(Flag { is_error: true }) => Fate::ToolError,

@@ -216,7 +216,7 @@ impl Session {
 
     /// Reports every decision and every forwarded call's outcome to `audit`.
     pub fn with_audit(mut self, audit: Option<Arc<Audit>>) -> Self {
-        self.audit = audit;
+        self.audit = audit.map(|a| a.for_session(&self.identity));
         self
     }
 
@@ -413,7 +413,7 @@ impl Session {
         trail: &mut audited::Trail,
     ) -> Result<Kind, Refused> {
         let raw_params = params.map_or("null", RawValue::get);
-        let params: CallParams = match serde_json::from_str(raw_params) {
+        let mut params: CallParams = match serde_json::from_str(raw_params) {
             Ok(params) => params,
             Err(e) => {
                 let message = format!("invalid tools/call params: {e}");
@@ -426,8 +426,13 @@ impl Session {
                 )));
             }
         };
-        let empty = Value::Object(Default::default());
-        let args = params.arguments.as_ref().unwrap_or(&empty);
+        // Shared, not copied, with the decision log and shadow decisions.
+        let args = Arc::new(
+            params
+                .arguments
+                .take()
+                .unwrap_or(Value::Object(Default::default())),
+        );
         if trail.wanted {
             trail.tool = params.name.to_string();
         }
@@ -437,7 +442,7 @@ impl Session {
                 || self.shadow_policy.is_some()
                 || self.policy.load().has_shadow_rule_for(&trail.tool)
             {
-                trail.args = Some(args.clone());
+                trail.args = Some(args.clone()); // an `Arc`
             }
         }
         let (listed, info, server) = {
@@ -460,7 +465,7 @@ impl Session {
         };
         trail.server = server.clone();
         trail.annotations = info.as_ref().and_then(|i| i.annotations);
-        if let Some(problem) = self.ambiguous_call(raw_params, args, info.as_deref()) {
+        if let Some(problem) = self.ambiguous_call(raw_params, &args, info.as_deref()) {
             tracing::warn!(%problem, "tools/call refused");
             trail.decision = Some(Decision::deny("invalid_request", &problem));
             return Err(Refused::Answer(jsonrpc::error_line(
@@ -471,7 +476,7 @@ impl Session {
         }
         let call = ToolCall {
             tool: &params.name,
-            args,
+            args: &args,
             grant: &self.identity.grant,
             session: &self.identity.session,
             server: &server,
@@ -482,7 +487,7 @@ impl Session {
         } else if let Some(problem) = info
             .as_deref()
             .filter(|_| self.schemas.applies_to(call.tool))
-            .and_then(|info| schema_problem(call.tool, info, args))
+            .and_then(|info| schema_problem(call.tool, info, &args))
         {
             Outcome::refused(Decision::deny("inputSchema", problem))
         } else {

@@ -81,7 +81,7 @@ fn run(job: Job, counters: &Arc<dyn CounterStore>) {
     let null = serde_json::Value::Null;
     let call = ToolCall {
         tool: &job.trail.tool,
-        args: job.trail.args.as_ref().unwrap_or(&null),
+        args: job.trail.args.as_deref().unwrap_or(&null),
         grant: &job.grant,
         session: &job.session,
         server: &job.trail.server,
@@ -123,7 +123,7 @@ fn run(job: Job, counters: &Arc<dyn CounterStore>) {
 impl Session {
     /// Queues the shadow decisions a call needs: its rule's, if the rule is a shadow rule,
     /// and the grant's shadow policy's.
-    pub(super) fn shadow(&self, trail: Trail, decision_id: Option<String>) {
+    pub(super) fn shadow(&self, trail: Trail, decision_id: Option<crate::audit::EventId>) {
         let (Some(audit), Some(decision_id), Some(enforced)) = (
             &self.audit,
             decision_id,
@@ -147,7 +147,7 @@ impl Session {
         }
         let job = Job {
             trail,
-            decision_id,
+            decision_id: decision_id.to_string(),
             grant: self.identity.grant.clone(),
             session: self.identity.session.clone(),
             enforced,

@@ -1,0 +1,171 @@
+//! What the session hands the observers: the facts of a decision or an outcome as it holds
+//! them when it decides (shared strings, the raw arguments, the clock's instant), cheap to
+//! gather on the call's thread. The events the log writes are made from them where they are
+//! written, off the call's path: the timestamp formatted, the arguments hashed, erased and
+//! masked, the ids spelled out.
+
+use super::{ArgsLogging, DecisionEvent, Fate, OutcomeEvent, PluginRef, TraceContext, Verdict};
+use crate::decision::Decision;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// A decision's id: 128 bits, written as 32 hex digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventId(pub u64, pub u64);
+
+impl EventId {
+    /// A new id, unique in this process and unlikely to repeat across processes.
+    pub fn fresh() -> Self {
+        Self(super::fresh_id(), super::fresh_id())
+    }
+}
+
+impl std::fmt::Display for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}{:016x}", self.0, self.1)
+    }
+}
+
+/// The policy that decided, as events name it: made once per policy, shared by its events.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PolicyRef {
+    /// Its `name`, if it has one.
+    pub name: Option<String>,
+    /// The sha256 of its text.
+    pub digest: String,
+    /// Its plugins.
+    pub plugins: Vec<PluginRef>,
+}
+
+/// Who decided or called, and where: the same for every event of a session.
+#[derive(Debug)]
+pub struct Origin {
+    /// The gateway process (`hostname:pid`).
+    pub instance: Arc<str>,
+    /// `stdio` or `http`.
+    pub transport: &'static str,
+    /// The grant.
+    pub grant: Arc<str>,
+    /// The session.
+    pub session: Arc<str>,
+}
+
+/// A decided `tools/call`, as the session knows it.
+#[derive(Debug)]
+pub struct DecisionFacts {
+    /// When it was decided.
+    pub at: SystemTime,
+    /// The decision's id.
+    pub id: EventId,
+    /// The session's grant, session and process.
+    pub origin: Arc<Origin>,
+    /// The policy that decided.
+    pub policy: Arc<PolicyRef>,
+    /// The client's request id, as JSON text.
+    pub request_id: Box<str>,
+    /// The upstream server.
+    pub server: Arc<str>,
+    /// The tool, as the client named it.
+    pub tool: Arc<str>,
+    /// The arguments, when an observer reads them (shared with the session).
+    pub args: Option<Arc<Value>>,
+    /// The rule's `log_args`, if it opts in.
+    pub log_args: Option<ArgsLogging>,
+    /// What the policy said.
+    pub decision: Decision,
+    /// How long the decision took, in microseconds.
+    pub eval_us: u64,
+    /// Instructions its plugins consumed.
+    pub instructions: u64,
+    /// The call's trace context.
+    pub trace: Option<TraceContext>,
+}
+
+impl DecisionFacts {
+    /// The event the log writes.
+    pub fn event(&self) -> DecisionEvent {
+        let null = Value::Null;
+        let args = self.args.as_deref().unwrap_or(&null);
+        let d = &self.decision;
+        DecisionEvent {
+            time: rfc3339(self.at),
+            decision_id: self.id.to_string(),
+            instance: self.origin.instance.to_string(),
+            transport: self.origin.transport.into(),
+            policy: self.policy.name.clone(),
+            policy_digest: self.policy.digest.clone(),
+            plugins: self.policy.plugins.clone(),
+            grant: self.origin.grant.to_string(),
+            session: self.origin.session.to_string(),
+            method: "tools/call".into(),
+            request_id: self.request_id.to_string(),
+            server: self.server.to_string(),
+            tool: self.tool.to_string(),
+            args_sha256: match &self.args {
+                Some(args) => super::args_sha256(args),
+                None => String::new(),
+            },
+            args: self.log_args.as_ref().map(|l| l.apply(args)),
+            decision: Verdict {
+                verdict: d.verdict.as_str().into(),
+                rule: d.rule.clone(),
+                reason: d.reason.clone(),
+                retry_after_ms: d.retry_after_ms,
+            },
+            eval_us: self.eval_us,
+            plugin_instructions: self.instructions,
+            trace_id: self.trace.as_ref().map(|t| t.trace_id.clone()),
+            span_id: self.trace.as_ref().map(|t| t.span_id.clone()),
+        }
+    }
+}
+
+/// How a forwarded call ended, as the session knows it.
+#[derive(Clone, Debug)]
+pub struct OutcomeFacts {
+    /// When its fate became known.
+    pub at: SystemTime,
+    /// The decision that let it through.
+    pub decision_id: EventId,
+    /// The session's grant, session and process.
+    pub origin: Arc<Origin>,
+    /// The client's request id, as JSON text.
+    pub request_id: Arc<str>,
+    /// The upstream server.
+    pub server: Arc<str>,
+    /// The tool.
+    pub tool: Arc<str>,
+    /// How it ended.
+    pub outcome: Fate,
+    /// For `jsonrpc_error`: the error's code.
+    pub error_code: Option<i64>,
+    /// From the request leaving the gateway to its fate, in milliseconds.
+    pub upstream_ms: f64,
+    /// From the request reaching the gateway to its fate, in milliseconds.
+    pub server_ms: f64,
+}
+
+impl OutcomeFacts {
+    /// The event the log writes.
+    pub fn event(&self) -> OutcomeEvent {
+        OutcomeEvent {
+            time: rfc3339(self.at),
+            decision_id: self.decision_id.to_string(),
+            grant: self.origin.grant.to_string(),
+            session: self.origin.session.to_string(),
+            request_id: self.request_id.to_string(),
+            server: self.server.to_string(),
+            tool: self.tool.to_string(),
+            outcome: self.outcome,
+            error_code: self.error_code,
+            upstream_ms: self.upstream_ms,
+            server_ms: self.server_ms,
+        }
+    }
+}
+
+/// `at` as the log writes times: RFC 3339 with milliseconds, UTC.
+pub fn rfc3339(at: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(at).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
