@@ -115,8 +115,8 @@ impl DecisionFacts {
             },
             eval_us: self.eval_us,
             plugin_instructions: self.instructions,
-            trace_id: self.trace.as_ref().map(|t| t.trace_id.clone()),
-            span_id: self.trace.as_ref().map(|t| t.span_id.clone()),
+            trace_id: self.trace.as_ref().map(TraceContext::trace_hex),
+            span_id: self.trace.as_ref().map(TraceContext::span_hex),
         }
     }
 }
@@ -140,6 +140,9 @@ pub struct OutcomeFacts {
     pub outcome: Fate,
     /// For `jsonrpc_error`: the error's code.
     pub error_code: Option<i64>,
+    /// What the call's result hooks did with its result (`passed`, `replaced`, `refused`,
+    /// `failed`), when any ran.
+    pub result: Option<&'static str>,
     /// From the request leaving the gateway to its fate, in milliseconds.
     pub upstream_ms: f64,
     /// From the request reaching the gateway to its fate, in milliseconds.
@@ -159,6 +162,7 @@ impl OutcomeFacts {
             tool: self.tool.to_string(),
             outcome: self.outcome,
             error_code: self.error_code,
+            result: self.result.map(str::to_owned),
             upstream_ms: self.upstream_ms,
             server_ms: self.server_ms,
         }

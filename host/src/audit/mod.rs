@@ -155,6 +155,11 @@ pub struct OutcomeEvent {
     /// For `jsonrpc_error`: the error's code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_code: Option<i64>,
+    /// What the policy's result hooks did with the result before the client saw it:
+    /// `passed`, `replaced`, `refused` (by a plugin) or `failed` (a plugin failed on it, and
+    /// the result was refused). Absent when no hook ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
     /// From the request leaving the gateway to its fate, in milliseconds.
     pub upstream_ms: f64,
     /// From the request reaching the gateway (its decision included) to its fate: the
@@ -228,7 +233,7 @@ pub enum Event {
     /// A decision.
     Decision(Box<DecisionEvent>),
     /// An outcome.
-    Outcome(OutcomeEvent),
+    Outcome(Box<OutcomeEvent>),
     /// A shadow decision.
     Shadow(Box<ShadowEvent>),
     /// A held call's approval.
@@ -339,22 +344,23 @@ pub fn instance() -> String {
 mod tests;
 
 /// A call's place in a distributed trace: the W3C trace context (`traceparent`) its client
-/// sent in `params._meta`, or a new trace when it sent none.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// sent in `params._meta`, or a new trace when it sent none. Numbers, written as hex only
+/// where a log line or a forwarded `traceparent` needs them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TraceContext {
-    /// 32 lowercase hex digits.
-    pub trace_id: String,
-    /// The client's span (16 hex digits), when it sent one: the call's span's parent.
-    pub parent_span_id: Option<String>,
-    /// The call's own span: 16 hex digits.
-    pub span_id: String,
+    /// The trace (32 lowercase hex digits written).
+    pub trace_id: u128,
+    /// The client's span, when it sent one: the call's span's parent.
+    pub parent_span_id: Option<u64>,
+    /// The call's own span (16 hex digits written).
+    pub span_id: u64,
 }
 
 impl TraceContext {
     /// The context of a call whose `_meta.traceparent` is `traceparent` (SEP-414); a missing
-    /// or malformed one (W3C: version `00`, ids not all zero) starts a new trace.
+    /// or malformed one (W3C: version `00`, lowercase hex ids, not all zero) starts a new trace.
     pub fn of(traceparent: Option<&str>) -> Self {
-        let span_id = format!("{:016x}", fresh_id());
+        let span_id = fresh_id();
         let parsed = traceparent.and_then(|t| {
             let mut parts = t.split('-');
             let (version, trace, parent, flags) =
@@ -362,15 +368,17 @@ impl TraceContext {
             let hex = |s: &str, n: usize| {
                 s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
             };
-            let zero = |s: &str| s.bytes().all(|b| b == b'0');
-            (parts.next().is_none()
+            let well_formed = parts.next().is_none()
                 && version == "00"
                 && hex(trace, 32)
                 && hex(parent, 16)
-                && hex(flags, 2)
-                && !zero(trace)
-                && !zero(parent))
-            .then(|| (trace.to_owned(), parent.to_owned()))
+                && hex(flags, 2);
+            if !well_formed {
+                return None;
+            }
+            let trace = u128::from_str_radix(trace, 16).ok()?;
+            let parent = u64::from_str_radix(parent, 16).ok()?;
+            (trace != 0 && parent != 0).then_some((trace, parent))
         });
         match parsed {
             Some((trace_id, parent)) => Self {
@@ -379,11 +387,21 @@ impl TraceContext {
                 span_id,
             },
             None => Self {
-                trace_id: format!("{:016x}{:016x}", fresh_id(), fresh_id()),
+                trace_id: (u128::from(fresh_id()) << 64) | u128::from(fresh_id()),
                 parent_span_id: None,
                 span_id,
             },
         }
+    }
+
+    /// The trace id as W3C writes it: 32 lowercase hex digits.
+    pub fn trace_hex(&self) -> String {
+        format!("{:032x}", self.trace_id)
+    }
+
+    /// The call's span id as W3C writes it: 16 lowercase hex digits.
+    pub fn span_hex(&self) -> String {
+        format!("{:016x}", self.span_id)
     }
 }
 
@@ -395,9 +413,9 @@ mod trace_tests {
     fn a_valid_traceparent_is_the_parent_and_anything_else_starts_a_trace() {
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let ctx = TraceContext::of(Some(tp));
-        assert_eq!(ctx.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(ctx.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
-        assert_eq!(ctx.span_id.len(), 16);
+        assert_eq!(ctx.trace_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(ctx.parent_span_id, Some(0x00f0_67aa_0ba9_02b7));
+        assert_eq!(ctx.span_hex().len(), 16);
         for bad in [
             "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
@@ -407,7 +425,7 @@ mod trace_tests {
         ] {
             let ctx = TraceContext::of(Some(bad));
             assert_eq!(ctx.parent_span_id, None, "{bad}");
-            assert_eq!(ctx.trace_id.len(), 32);
+            assert_eq!(ctx.trace_hex().len(), 32);
         }
     }
 }

@@ -54,6 +54,7 @@ fn outcome(tool: &str, fate: Fate, ms: f64) -> Arc<OutcomeFacts> {
         tool: Arc::from(tool),
         outcome: fate,
         error_code: None,
+        result: None,
         upstream_ms: ms,
         server_ms: ms,
     })

@@ -68,7 +68,7 @@ pub(super) struct Trail {
     /// Whether anything reads the trail (a log or metrics, a traced span, trace injection):
     /// without it a decision copies nothing for it.
     pub(super) wanted: bool,
-    pub(super) tool: String,
+    pub(super) tool: Arc<str>,
     pub(super) server: Arc<str>,
     pub(super) args: Option<Arc<Value>>,
     /// The decision, when one was reached (the policy's, or an integrity refusal's).
@@ -125,7 +125,7 @@ impl Session {
             if self.inject_trace {
                 *slot = Some(Box::new(Audited {
                     decision_id: audit::EventId(0, 0),
-                    tool: Arc::from(trail.tool),
+                    tool: trail.tool,
                     server: trail.server,
                     request_id: Arc::from(id.get()),
                     started,
@@ -153,7 +153,7 @@ impl Session {
             None => Decision::deny("invalid_request", "the call could not be read"),
         };
         let decision_id = audit::EventId::fresh();
-        let tool: Arc<str> = Arc::from(trail.tool.as_str());
+        let tool = trail.tool.clone();
         let request_id: Arc<str> = Arc::from(id.get());
         // The facts as they are: the log makes its event from them, off the call's thread.
         let facts = audit::DecisionFacts {
@@ -169,13 +169,13 @@ impl Session {
             decision,
             eval_us,
             instructions: trail.instructions,
-            trace: trail.trace.clone(),
+            trace: trail.trace,
         };
         audit.observer.decision(&Arc::new(facts));
         if let Some(Kind::ToolsCall(_, slot, _)) = kind {
             *slot = Some(Box::new(Audited {
                 started,
-                trace: trail.trace.clone(),
+                trace: trail.trace,
                 decision_id,
                 tool,
                 server: trail.server.clone(),
@@ -212,7 +212,7 @@ impl Session {
             .and_then(|p| serde_json::from_str(p.get()).ok())
             .unwrap_or(Value::Null);
         let trail = Trail {
-            tool: params["name"].as_str().unwrap_or_default().to_owned(),
+            tool: Arc::from(params["name"].as_str().unwrap_or_default()),
             decision: Some(Decision::deny("invalid_request", why)),
             ..Trail::default()
         };
@@ -325,13 +325,14 @@ impl Session {
         });
     }
 
-    /// Reports how a forwarded call ended (`sent`: when it left).
+    /// Reports how a forwarded call ended (`sent`: when it left; `result`: what its result
+    /// hooks did with its result, if any ran).
     pub(super) fn audit_outcome(
         &self,
         audited: Option<&Audited>,
         sent: Instant,
-        outcome: Fate,
-        error_code: Option<i64>,
+        (outcome, error_code): (Fate, Option<i64>),
+        result: Option<&'static str>,
     ) {
         let (Some(audit), Some(audited)) = (&self.audit, audited) else {
             return;
@@ -345,6 +346,7 @@ impl Session {
             tool: audited.tool.clone(),
             outcome,
             error_code,
+            result,
             upstream_ms: sent.elapsed().as_secs_f64() * 1000.0,
             server_ms: audited.started.elapsed().as_secs_f64() * 1000.0,
         }));
@@ -376,7 +378,7 @@ impl Session {
             Some(meta) => serde_json::from_str(meta.get()).ok()?,
             None => BTreeMap::new(),
         };
-        let traceparent = format!("\"00-{}-{}-01\"", trace.trace_id, trace.span_id);
+        let traceparent = format!("\"00-{}-{}-01\"", trace.trace_hex(), trace.span_hex());
         meta.insert(
             "traceparent".into(),
             RawValue::from_string(traceparent).ok()?,

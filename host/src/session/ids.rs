@@ -85,7 +85,7 @@ impl Session {
             drop(state);
             if let Kind::ToolsCall(reservations, audited, _) = kind {
                 self.counters.refund(&reservations);
-                self.audit_outcome(audited.as_deref(), Instant::now(), Fate::Gone, None);
+                self.audit_outcome(audited.as_deref(), Instant::now(), (Fate::Gone, None), None);
             }
             return ClientLine::Answer(answer);
         }
@@ -154,7 +154,7 @@ impl Session {
             ..
         }) = &pending
         {
-            self.audit_outcome(audited.as_deref(), *sent, Fate::Cancelled, None);
+            self.audit_outcome(audited.as_deref(), *sent, (Fate::Cancelled, None), None);
         }
         match upstream_id {
             Some(upstream_id) => ClientLine::Forward(Forward {
@@ -231,7 +231,7 @@ impl Session {
             if !written {
                 self.counters.refund(reservations);
             }
-            self.audit_outcome(audited.as_deref(), pending.sent, Fate::Gone, None);
+            self.audit_outcome(audited.as_deref(), pending.sent, (Fate::Gone, None), None);
         }
         Some(jsonrpc::error_line(
             Some(&pending.client_id),
@@ -268,7 +268,7 @@ impl Session {
             .map(|p| {
                 tracing::warn!(id = %truncated(p.client_id.get()), "request timed out upstream");
                 if let Kind::ToolsCall(_, audited, _) = &p.kind {
-                    self.audit_outcome(audited.as_deref(), p.sent, Fate::Timeout, None);
+                    self.audit_outcome(audited.as_deref(), p.sent, (Fate::Timeout, None), None);
                 }
                 jsonrpc::error_line(Some(&p.client_id), jsonrpc::UPSTREAM_GONE, &message)
             })
@@ -290,7 +290,7 @@ impl Session {
             .iter()
             .map(|p| {
                 if let Kind::ToolsCall(_, audited, _) = &p.kind {
-                    self.audit_outcome(audited.as_deref(), p.sent, Fate::Gone, None);
+                    self.audit_outcome(audited.as_deref(), p.sent, (Fate::Gone, None), None);
                 }
                 jsonrpc::error_line(Some(&p.client_id), jsonrpc::UPSTREAM_GONE, why)
             })

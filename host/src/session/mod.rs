@@ -434,7 +434,7 @@ impl Session {
                 .unwrap_or(Value::Object(Default::default())),
         );
         if trail.wanted {
-            trail.tool = params.name.to_string();
+            trail.tool = Arc::from(params.name.as_ref());
         }
         // Copied only for an observer that reads them, or a shadow decision that needs them.
         if let Some(audit) = &self.audit {
@@ -620,16 +620,19 @@ impl Session {
             if code.is_some_and(jsonrpc::not_executed) {
                 self.counters.refund(reservations);
             }
+            let checked = match (after, envelope.result) {
+                (Some(after), Some(result)) => {
+                    Some(self.check_result(after, result, &pending.client_id))
+                }
+                _ => None,
+            };
             if audited.is_some() {
-                let fate = audited::fate_of(code, envelope.result);
-                self.audit_outcome(audited.as_deref(), pending.sent, fate, code);
+                let fate = (audited::fate_of(code, envelope.result), code);
+                let did = checked.as_ref().map(|(_, did)| *did);
+                self.audit_outcome(audited.as_deref(), pending.sent, fate, did);
             }
-            if let (Some(after), Some(result)) = (after, envelope.result) {
-                return match self.check_result(after, result, &pending.client_id) {
-                    Some(instead) => Some(Cow::Owned(instead)),
-                    None => jsonrpc::splice(line, id, pending.client_id.get().as_bytes())
-                        .map(Cow::Owned),
-                };
+            if let Some((Some(instead), _)) = checked {
+                return Some(Cow::Owned(instead));
             }
         }
         let restore = || jsonrpc::splice(line, id, pending.client_id.get().as_bytes());

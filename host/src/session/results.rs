@@ -38,13 +38,14 @@ impl AfterCall {
 
 impl Session {
     /// The reply the client gets instead of the upstream's `result` (under `client_id`), or
-    /// `None` when the hooks pass it and the upstream's bytes go through unchanged.
+    /// `None` when the hooks pass it and the upstream's bytes go through unchanged; and what
+    /// the hooks did, as the outcome event says (`passed`, `replaced`, `refused`, `failed`).
     pub(super) fn check_result(
         &self,
         after: &AfterCall,
         result: &RawValue,
         client_id: &RawValue,
-    ) -> Option<Vec<u8>> {
+    ) -> (Option<Vec<u8>>, &'static str) {
         let call = ToolCall {
             tool: &after.tool,
             args: &after.args,
@@ -54,24 +55,28 @@ impl Session {
             annotations: after.annotations,
         };
         let check = after.hooks.run(&call, result.get(), &self.counters);
-        let refusal = match check.fate {
-            ResultFate::Pass => return None,
+        let (refusal, did) = match check.fate {
+            ResultFate::Pass => return (None, "passed"),
             ResultFate::Replace(text) => match serde_json::from_str::<Value>(&text) {
                 // Written by the gateway: what every client reads is what the plugin meant.
                 Ok(value @ Value::Object(_)) => {
                     tracing::info!(tool = %after.tool, grant = %self.identity.grant, "result replaced by a plugin");
-                    return Some(jsonrpc::result_line(client_id, &value));
+                    return (Some(jsonrpc::result_line(client_id, &value)), "replaced");
                 }
-                _ => crate::decision::Decision::deny(
-                    "results",
-                    "a plugin's replacement result is not a JSON object, so it was not forwarded",
+                _ => (
+                    crate::decision::Decision::deny(
+                        "results",
+                        "a plugin's replacement result is not a JSON object, so it was not forwarded",
+                    ),
+                    "failed",
                 ),
             },
-            ResultFate::Refuse(decision) | ResultFate::Failed(decision) => decision,
+            ResultFate::Refuse(decision) => (decision, "refused"),
+            ResultFate::Failed(decision) => (decision, "failed"),
         };
         tracing::info!(tool = %after.tool, grant = %self.identity.grant, rule = %refusal.rule, reason = %refusal.reason, "result refused");
         let mut refused = refusal.to_tool_result();
         refused["_meta"]["toolgate"]["ran"] = Value::Bool(true);
-        Some(jsonrpc::result_line(client_id, &refused))
+        (Some(jsonrpc::result_line(client_id, &refused)), did)
     }
 }

@@ -158,3 +158,36 @@ fn an_oversized_result_is_not_shown_to_the_plugin(#[case] oversized: &str, #[cas
         );
     }
 }
+
+#[test]
+fn the_outcome_event_says_what_the_hooks_did_with_the_result() {
+    use crate::audit::{DecisionLog, Event, Line, LogSink};
+    for (config, did) in [
+        ("pass", "passed"),
+        ("replace", "replaced"),
+        ("refuse", "refused"),
+        ("trap", "failed"),
+    ] {
+        let (session, dir) = session(config, "");
+        let path = dir.path().join("decisions.jsonl");
+        let sink = LogSink::File {
+            path: path.clone(),
+            max_bytes: 1 << 20,
+            keep: 1,
+        };
+        let log = Arc::new(DecisionLog::open(sink, 16).unwrap());
+        let session = session.with_audit(Some(super::Audit::new(log.clone(), "stdio")));
+        reply(&session, RESULT);
+        assert!(log.flush(std::time::Duration::from_secs(5)));
+        let outcomes: Vec<_> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .filter_map(|l| match serde_json::from_str::<Line>(l).unwrap().event {
+                Event::Outcome(o) => Some(o),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(outcomes.len(), 1, "{config}");
+        assert_eq!(outcomes[0].result.as_deref(), Some(did), "{config}");
+    }
+}

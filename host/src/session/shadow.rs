@@ -102,7 +102,7 @@ fn run(job: Job, counters: &Arc<dyn CounterStore>) {
             decision_id: job.decision_id.clone(),
             grant: job.grant.clone(),
             session: job.session.clone(),
-            tool: job.trail.tool.clone(),
+            tool: job.trail.tool.to_string(),
             source: (*source).to_owned(),
             policy_digest: policy.digest().to_owned(),
             enforced: job.enforced.as_str().to_owned(),
