@@ -31,6 +31,7 @@ const PLUGINS: &[&str] = &[
     "hostile/foreign-import",
     "hostile/import-flood",
     "hostile/remember",
+    "hostile/results",
 ];
 
 /// One plugin runtime for these tests, as a process has one.

@@ -382,3 +382,59 @@ fn a_result_redact_cannot_finish_in_its_fuel_is_refused_never_leaked() {
     let (status, stderr) = client.finish();
     assert!(status.success(), "{stderr}");
 }
+
+/// Hostile result hooks through the real binary: an endless loop, a trap, a 2 MiB replacement
+/// on every call, and a state flood. The client gets the gateway's refusal each time (never
+/// the upstream's result), the gateway keeps serving, and its resident memory stays flat.
+#[test]
+fn hostile_result_hooks_get_the_gateways_error_and_the_gateway_stays_bounded() {
+    use crate::support::rss_kib;
+    for (config, cause, calls) in [("loop", "", 40), ("trap", "trap", 200), ("huge", "", 300)] {
+        let policy = json!({"version": "1", "default": "deny",
+            "plugins": {"hostile": {"path": crate::plugins::plugin_path("hostile/results"),
+                "grants": ["state", "log"], "fuel": 20_000_000, "timeout_ms": 100}},
+            "tools": {"echo": {"use": [{"plugin": "hostile", "config": config}]}}});
+        let mut client = Client::start_with(&policy.to_string(), &echo(), &[]);
+        client.initialize();
+        let (mut early, mut late) = (u64::MAX, u64::MAX);
+        for i in 0..calls {
+            let result = client.call("echo", json!({"message": "sk-secret-result"}));
+            let (text, meta) = refusal(&result);
+            assert!(text.contains("plugin `hostile`"), "{config}: {text}");
+            assert!(text.contains(cause), "{config}: {text}");
+            assert_eq!(meta["ran"], true, "{config}: {result}");
+            assert!(
+                !result.to_string().contains("sk-secret-result"),
+                "{config}: {result}"
+            );
+            if (calls / 10..calls / 10 + 10).contains(&i) {
+                early = early.min(rss_kib(client.child.id()));
+            }
+            if (calls - 10..calls).contains(&i) {
+                late = late.min(rss_kib(client.child.id()));
+            }
+        }
+        // Still serving: a listing goes through.
+        let listed = client.request("tools/list", json!({}));
+        assert!(listed["result"]["tools"].is_array(), "{config}: {listed}");
+        let grown = late.saturating_sub(early);
+        assert!(
+            grown < 16 * 1024,
+            "{config}: resident memory grew by {grown} KiB"
+        );
+        let (status, _) = client.finish();
+        assert!(status.success());
+    }
+    // A state flood: past its bounds every `set` is refused, and the plugin is told so.
+    let policy = json!({"version": "1", "default": "deny",
+        "plugins": {"hostile": {"path": crate::plugins::plugin_path("hostile/results"),
+            "grants": ["state"], "state": {"max_entries": 5, "max_bytes": 65536}}},
+        "tools": {"echo": {"use": [{"plugin": "hostile", "config": "flood"}]}}});
+    let mut client = Client::start_with(&policy.to_string(), &echo(), &[]);
+    client.initialize();
+    let (text, _) = refusal(&client.call("echo", json!({"message": "x"})));
+    assert!(text.contains("refused 55"), "{text}");
+    assert!(text.contains("max_entries"), "{text}");
+    let (status, _) = client.finish();
+    assert!(status.success());
+}
