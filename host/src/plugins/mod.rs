@@ -69,4 +69,4 @@ pub use stats::evaluations;
 pub use vet::{Candidate, Vetting};
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -10,9 +10,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// Builds `name` once per test run; tests that build the same crate wait for each other
-/// (the component is written in place).
-fn built(name: &str) -> PathBuf {
+/// Builds the guest crate `name` (under `guest-policies/`) once per test run; tests that build
+/// the same crate wait for each other (the component is written in place). The session's
+/// tests build theirs here too, for the same reason.
+pub(crate) fn built(name: &str) -> PathBuf {
     static BUILT: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(path) = built.get(name) {

@@ -7,13 +7,7 @@ use crate::counters::MemoryCounterStore;
 
 /// A session whose policy runs the hostile results plugin, configured `config`, after `echo`.
 fn session(config: &str, extra: &str) -> (Session, tempfile::TempDir) {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .join("guest-policies");
-    let component =
-        crate::plugins::build::build(&root.join("hostile/results"), "wasm32-wasip1", None)
-            .expect("the hostile results plugin builds");
+    let component = crate::plugins::tests::built("hostile/results");
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.json");
     let text = serde_json::json!({
