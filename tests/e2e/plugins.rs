@@ -32,6 +32,8 @@ const PLUGINS: &[&str] = &[
     "hostile/import-flood",
     "hostile/remember",
     "hostile/results",
+    "session-ids",
+    "redact",
 ];
 
 /// One plugin runtime for these tests, as a process has one.

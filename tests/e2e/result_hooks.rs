@@ -7,12 +7,9 @@
 
 use crate::http::{Mcp, Serve};
 use crate::plugins::plugins;
-use crate::support::{body, echo, refusal, standin, Client, TOOLGATE};
+use crate::support::{body, echo, refusal, standin, Client};
 use serde_json::{json, Value};
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+use std::path::Path;
 use std::time::{Duration, Instant};
 use toolgate::manifest::{self, Manifest};
 
@@ -21,37 +18,8 @@ const OPENAI_KEY: &str = "sk-proj-EXAMPLEonlyNOTaREALkey00000000";
 const GITHUB_TOKEN: &str = "ghp_EXAMPLEonlyNOTaREALtoken0000000000";
 const AWS_KEY_ID: &str = "AKIAIOSFODNN7EXAMPLE";
 
-/// The 0.3.0 guests, built once per run with `toolgate plugin build`, as users build them, in
-/// the guest workspace's own target folder (warm), whatever folder the host was built in.
-/// `gw-id-check` comes from `plugins.rs`'s build: one build per process writes a component.
-fn built() -> &'static HashMap<&'static str, PathBuf> {
-    static BUILT: OnceLock<HashMap<&'static str, PathBuf>> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let mut built: HashMap<&'static str, PathBuf> = ["session-ids", "redact"]
-            .into_iter()
-            .map(|name| {
-                let out = Command::new(TOOLGATE)
-                    .args(["plugin", "build"])
-                    .arg(root.join("guest-policies").join(name))
-                    .env_remove("CARGO_TARGET_DIR")
-                    .stderr(std::process::Stdio::inherit())
-                    .output()
-                    .unwrap();
-                assert!(out.status.success(), "building {name} failed");
-                let stdout = String::from_utf8(out.stdout).unwrap();
-                let path = PathBuf::from(stdout.lines().last().expect("the path is the last line"));
-                assert!(path.exists(), "{name}: {path:?}");
-                (name, path)
-            })
-            .collect();
-        built.insert("gw-id-check", plugins()["gw-id-check"].clone());
-        built
-    })
-}
-
 fn component(name: &str) -> String {
-    built()[name].display().to_string()
+    plugins()[name].display().to_string()
 }
 
 /// `session-ids`' plugin entry: `state` (30 days, the server's session lifetime) and `log`.
@@ -311,12 +279,12 @@ async fn over_http_a_planted_key_is_redacted_and_record_ids_are_the_grants_own()
 #[test]
 fn a_0_1_plugin_still_loads_and_decides_beside_the_0_3_plugins() {
     for (name, capabilities) in [("session-ids", r#"["log","state"]"#), ("redact", "[]")] {
-        let bytes = std::fs::read(&built()[name]).unwrap();
+        let bytes = std::fs::read(&plugins()[name]).unwrap();
         let m = Manifest::read(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(m.world.ends_with("@0.3.0"), "{name}: {}", m.world);
         assert_eq!(manifest::capability_names(&m.capabilities), capabilities);
     }
-    let gw = Manifest::read(&std::fs::read(&built()["gw-id-check"]).unwrap()).unwrap();
+    let gw = Manifest::read(&std::fs::read(&plugins()["gw-id-check"]).unwrap()).unwrap();
     assert_eq!(gw.world, "toolgate:policy/policy@0.1.0");
 
     let policy = json!({"version": "1", "default": "allow",
