@@ -2,10 +2,6 @@
 //!
 //! Run: `cargo bench -p toolgate --bench policy_eval`.
 
-// The binary's allocator (see main.rs), so that the session core is timed as it runs there.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use criterion::{criterion_group, criterion_main, Criterion};
 use serde_json::json;
 use std::hint::black_box;

@@ -217,13 +217,6 @@ fn load_policy(loader: &Loader, path: &std::path::Path) -> Result<Policy, ExitCo
     })
 }
 
-/// mimalloc, not the system's malloc: a call's events are freed on the decision log's and the
-/// metrics' threads, and glibc makes each such free contend with the call thread's next
-/// allocations (an observed call cost 16 µs of the session core's time with glibc, 8 µs with
-/// mimalloc; BENCHMARKS.md). What the C parts (SQLite) allocate still comes from glibc.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Buffers of a MiB or more (a large message, a plugin's oversized result) get mappings of
 /// their own, which go back to the OS when freed. glibc's default raises its mmap threshold
 /// after the first large buffer is freed, so later ones come from the heap and stay resident
