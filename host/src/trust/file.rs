@@ -11,7 +11,7 @@
 //! keys = ["RWQ...", "RWQ..."]            # one or more (rotation); each counts as alice
 //!
 //! [rules.team]
-//! capabilities = ["counters", "log"]     # the most a plugin may link; default all three
+//! capabilities = ["counters", "log"]     # the most a plugin may link; default all of them
 //! require = [
 //!   { role = "author", any_of = ["alice"] },
 //!   { role = "review", at_least = 2, any_of = ["bob", "carol", "dave"] },
