@@ -120,7 +120,7 @@ pub(crate) async fn relay(
         };
         return upstream_failed(&session, upstream_id, failed);
     }
-    match session.core.from_upstream(&body) {
+    match from_upstream(&session.core, &body) {
         Some(out) => head
             .body(Body::from(out.into_owned()))
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()),
@@ -168,7 +168,7 @@ impl SseRelay {
                 continue;
             }
             let data = event.data.as_bytes();
-            let Some(line) = self.guard.session().core.from_upstream(data) else {
+            let Some(line) = from_upstream(&self.guard.session().core, data) else {
                 continue; // not for the client (see `Session::from_upstream`)
             };
             let encoded = match line {
@@ -253,10 +253,7 @@ pub(crate) fn stream_lines(
                     }
                 },
             };
-            let encoded = guard
-                .session()
-                .core
-                .from_upstream(&line)
+            let encoded = from_upstream(&guard.session().core, &line)
                 .map(|out| sse::Event::message(&out).encode())
                 .unwrap_or_default();
             Some((Ok(Bytes::from(encoded)), (Some(lines), guard)))
@@ -271,4 +268,17 @@ pub(crate) fn stream_lines(
     builder
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// [`crate::session::Session::from_upstream`] on an async worker: moved off it
+/// (`block_in_place`) when a result hook may run, since a plugin may use its whole time budget.
+fn from_upstream<'l>(
+    core: &crate::session::Session,
+    line: &'l [u8],
+) -> Option<std::borrow::Cow<'l, [u8]>> {
+    if core.replies_may_block() {
+        tokio::task::block_in_place(|| core.from_upstream(line))
+    } else {
+        core.from_upstream(line)
+    }
 }

@@ -183,6 +183,11 @@ impl Policy {
         !self.plugins.is_empty()
     }
 
+    /// Whether a reply may run a plugin: some plugin sees results.
+    pub(crate) fn has_result_hooks(&self) -> bool {
+        self.plugins.iter().any(|p| p.has_result_hook())
+    }
+
     /// sha256 of the document's text.
     pub fn digest(&self) -> &str {
         &self.digest

@@ -37,6 +37,12 @@ impl AfterCall {
 }
 
 impl Session {
+    /// Whether [`Session::from_upstream`] may run a result hook, and so take up to a plugin's
+    /// time budget: an async caller then moves it off its worker.
+    pub fn replies_may_block(&self) -> bool {
+        self.policy.load().has_result_hooks()
+    }
+
     /// The reply the client gets instead of the upstream's `result` (under `client_id`), or
     /// `None` when the hooks pass it and the upstream's bytes go through unchanged; and what
     /// the hooks did, as the outcome event says (`passed`, `replaced`, `refused`, `failed`).
