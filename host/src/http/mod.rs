@@ -139,6 +139,7 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
     gateway.inject_trace = config.inject_trace_context;
     let gateway = Arc::new(gateway);
     let decision_log = gateway.decision_log.clone();
+    let shadows = gateway.audit.as_ref().and_then(|a| a.shadow.clone());
     let weak = Arc::downgrade(&gateway);
     gateway.metrics.read_from(move || {
         weak.upgrade()
@@ -225,9 +226,13 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
     accept(mcp, mcp_service, Options { max, ..options }).await;
     let _ = admin.await;
     let closed = sessions.close_all(SESSION_DELETES_WITHIN).await;
-    // The last decisions (and their shadows) are written before the process exits.
+    // The last decisions (and their shadows, decided first) are written before the process
+    // exits.
+    let within = Duration::from_secs(2);
+    if let Some(shadows) = shadows {
+        let _ = tokio::task::spawn_blocking(move || shadows.flush(within)).await;
+    }
     if let Some(log) = &decision_log {
-        let within = Duration::from_secs(2);
         let log = log.clone();
         let _ = tokio::task::spawn_blocking(move || log.flush(within)).await;
     }
