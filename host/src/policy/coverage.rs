@@ -4,7 +4,7 @@
 use super::{PluginUse, Policy, Rule};
 
 impl Policy {
-    /// Every point a decision can reach, for coverage: each rule, each condition, and each
+    /// Every point a decision can reach, for coverage: each enforced rule, each condition, and each
     /// plugin use once per kind of decision its manifest says it returns (`... allow`,
     /// `... deny`, `... rate_limited`, `... require_approval`; `allow` and `deny` when it says
     /// nothing): a plugin whose rate limit no case reached is not covered.
@@ -19,10 +19,12 @@ impl Policy {
                 }
             }
         };
+        // A shadow rule (`enforce: false`) never decides a call, so no case can reach it.
         let mut rules: Vec<&Rule> = self
             .exact
             .values()
             .chain(self.globs.iter().map(|(_, r)| r))
+            .filter(|r| r.enforce)
             .collect();
         rules.sort_by(|a, b| a.id.cmp(&b.id));
         for rule in rules {
