@@ -1,0 +1,348 @@
+//! Scaling (issue 22, item 6): `toolgate serve` holding 10, 100 and 1,000 MCP sessions at
+//! once, each a client of its own (its own keep-alive connection, its own `Mcp-Session-Id`),
+//! in front of the workspace's echo server (`toolgate standin --echo --http`).
+//!
+//! For each size, a fresh `serve` (release build, default worker threads, a bearer token, a
+//! grant, a policy with a `deny_if` and a counter on `echo`):
+//! 1. every session is opened (`initialize`, `notifications/initialized`) and kept open;
+//! 2. **sequential**: one caller goes round the open sessions, one `tools/call echo` each
+//!    in turn, `--calls` calls (default 5,000) after one warm-up call per session: the cost
+//!    of a call while the gateway holds N sessions;
+//! 3. **concurrent**: min(N, 32) caller threads, each going round its share of the sessions
+//!    back to back for `--seconds` (default 3): latency with that many calls in flight;
+//! 4. the gateway's resident memory (`VmRSS` of `/proc/PID/status`) before any session, with
+//!    the N sessions open, and after the calls.
+//!
+//! Run: `cargo bench --profile release -p toolgate --bench sessions_scaling`
+//! (`-- --calls N --seconds S --sizes 10,100,1000`).
+
+use serde_json::json;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TOOLGATE: &str = env!("CARGO_BIN_EXE_toolgate");
+const TOKEN: &str = "bench-token";
+const POLICY: &str = r#"{"version": "1", "default": "deny", "tools": {"echo": {
+    "deny_if": [{"path": "args.message", "op": "contains", "value": "forbidden"}],
+    "limits": [{"counter": "echo_rate", "window": "minute", "max": 100000000, "scope": "grant"}]}}}"#;
+
+/// A child process stopped on drop: SIGTERM, then SIGKILL after 2 s.
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child, which has not been reaped (we hold its handle).
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One MCP client: a keep-alive HTTP/1.1 connection and its session.
+struct Conn {
+    port: u16,
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    session: Option<String>,
+    next_id: u64,
+}
+
+impl Conn {
+    fn open(port: u16) -> Self {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let mut conn = Self {
+            port,
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+            session: None,
+            next_id: 1,
+        };
+        let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "bench", "version": "1"}}});
+        let (headers, _) = conn.post(&init.to_string());
+        conn.session = headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("mcp-session-id")
+                .then(|| v.trim().to_owned())
+        });
+        assert!(conn.session.is_some(), "no session id: {headers}");
+        conn.post(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        conn
+    }
+
+    /// POSTs a message; returns the response head and body (de-chunked).
+    fn post(&mut self, body: &str) -> (String, Vec<u8>) {
+        let mut request = format!(
+            "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\n\
+             Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2025-11-25\r\n\
+             Authorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n",
+            self.port,
+            body.len()
+        );
+        if let Some(session) = &self.session {
+            request.push_str(&format!("Mcp-Session-Id: {session}\r\n"));
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        self.writer.write_all(request.as_bytes()).unwrap();
+        self.read_response()
+    }
+
+    fn read_response(&mut self) -> (String, Vec<u8>) {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            assert!(
+                self.reader.read_line(&mut line).unwrap() > 0,
+                "connection closed"
+            );
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let header = |name: &str| {
+            head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+            })
+        };
+        let mut body = Vec::new();
+        if let Some(length) = header("content-length") {
+            body.resize(length.parse().unwrap(), 0);
+            self.reader.read_exact(&mut body).unwrap();
+        } else if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            loop {
+                let mut size = String::new();
+                self.reader.read_line(&mut size).unwrap();
+                let size = usize::from_str_radix(size.trim(), 16).unwrap();
+                let mut chunk = vec![0; size + 2];
+                self.reader.read_exact(&mut chunk).unwrap();
+                if size == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..size]);
+            }
+        }
+        assert!(head.starts_with("HTTP/1.1 2"), "{head}");
+        (head, body)
+    }
+
+    /// One `tools/call echo`, timed.
+    fn call(&mut self) -> Duration {
+        let id = self.next_id;
+        self.next_id += 1;
+        let message = format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"message":"hello {id}"}}}}}}"#
+        );
+        let started = Instant::now();
+        let (_, body) = self.post(&message);
+        let elapsed = started.elapsed();
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains(&format!("hello {id}")), "{text}");
+        elapsed
+    }
+}
+
+fn start_echo() -> (Proc, u16) {
+    let port = free_port();
+    let child = Command::new(TOOLGATE)
+        .args(["standin", "--echo", "--http", &format!("127.0.0.1:{port}")])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    (Proc(child), port)
+}
+
+fn start_toolgate(dir: &Path, upstream: u16) -> (Proc, u16) {
+    let (port, admin) = (free_port(), free_port());
+    std::fs::write(dir.join("policy.json"), POLICY).unwrap();
+    let hash = {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(TOKEN.as_bytes()))
+    };
+    let config = dir.join(format!("toolgate-{port}.toml"));
+    // Idle keep-alive connections and sessions must outlive the run: the clients wait their
+    // turn on them.
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nwatch = false\n\
+             [upstream]\nurl = \"http://127.0.0.1:{upstream}/mcp\"\n\
+             [[grants]]\nname = \"bench\"\ntoken_sha256 = \"{hash}\"\npolicy = \"policy.json\"\n\
+             [limits]\nmax_sessions = 2000\nclient_timeout_s = 600\nsession_idle_timeout_s = 3600\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new(TOOLGATE)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("TOOLGATE_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    (Proc(child), port)
+}
+
+/// The resident set of `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+struct Percentiles {
+    p50: Duration,
+    p90: Duration,
+    p99: Duration,
+    max: Duration,
+    n: usize,
+}
+
+fn percentiles(mut samples: Vec<Duration>) -> Percentiles {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    Percentiles {
+        p50: at(0.50),
+        p90: at(0.90),
+        p99: at(0.99),
+        max: samples[samples.len() - 1],
+        n: samples.len(),
+    }
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
+    let i = args.iter().position(|a| a == name)?;
+    args.get(i + 1)?.parse().ok()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let calls: usize = arg(&args, "--calls").unwrap_or(5_000);
+    let seconds: f64 = arg(&args, "--seconds").unwrap_or(3.0);
+    let sizes: Vec<usize> = arg::<String>(&args, "--sizes")
+        .map(|s| s.split(',').map(|n| n.parse().unwrap()).collect())
+        .unwrap_or_else(|| vec![10, 100, 1_000]);
+    let (_echo, upstream) = start_echo();
+    println!(
+        "{:>6} | {:>9} | {:>27} | {:>36} | {:>22}",
+        "sessions",
+        "open p50",
+        "sequential p50/p90/p99 µs",
+        "concurrent p50/p90/p99 µs (callers)",
+        "RSS KiB: 0 / open / end"
+    );
+    for n in sizes {
+        let dir = tempfile::tempdir().unwrap();
+        let (gateway, port) = start_toolgate(dir.path(), upstream);
+        let pid = gateway.0.id();
+        // Let the process settle (its threads started, the listener up).
+        std::thread::sleep(Duration::from_millis(300));
+        let rss_empty = rss_kib(pid);
+        let mut opens = Vec::with_capacity(n);
+        let mut conns: Vec<Conn> = (0..n)
+            .map(|_| {
+                let started = Instant::now();
+                let conn = Conn::open(port);
+                opens.push(started.elapsed());
+                conn
+            })
+            .collect();
+        let rss_open = rss_kib(pid);
+        for conn in &mut conns {
+            conn.call();
+        }
+        let mut sequential = Vec::with_capacity(calls);
+        for i in 0..calls {
+            sequential.push(conns[i % n].call());
+        }
+        let callers = n.min(32);
+        let per = n.div_ceil(callers);
+        let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+        let mut handles = Vec::new();
+        while !conns.is_empty() {
+            let mut share: Vec<Conn> = conns.drain(..per.min(conns.len())).collect();
+            handles.push(std::thread::spawn(move || {
+                let mut samples = Vec::new();
+                let mut i = 0;
+                while Instant::now() < deadline {
+                    let k = share.len();
+                    samples.push(share[i % k].call());
+                    i += 1;
+                }
+                (share, samples)
+            }));
+        }
+        let mut concurrent = Vec::new();
+        for handle in handles {
+            let (share, samples) = handle.join().unwrap();
+            conns.extend(share);
+            concurrent.extend(samples);
+        }
+        let rss_end = rss_kib(pid);
+        let open = percentiles(opens);
+        let seq = percentiles(sequential);
+        let con = percentiles(concurrent);
+        println!(
+            "{n:>8} | {:>6.0} µs | {:>8.1} / {:>7.1} / {:>7.1} | {:>8.1} / {:>8.1} / {:>8.1} ({callers:>2}) | {rss_empty:>6} / {rss_open:>6} / {rss_end:>6}",
+            us(open.p50),
+            us(seq.p50),
+            us(seq.p90),
+            us(seq.p99),
+            us(con.p50),
+            us(con.p90),
+            us(con.p99),
+        );
+        println!(
+            "         (sequential max {:.0} µs over {} calls; concurrent {} calls in {seconds} s = {:.0} calls/s, max {:.0} µs; open max {:.0} µs; RSS per open session {:.1} KiB, after the calls {:.1} KiB)",
+            us(seq.max),
+            seq.n,
+            con.n,
+            con.n as f64 / seconds,
+            us(con.max),
+            us(open.max),
+            (rss_open as f64 - rss_empty as f64) / n as f64,
+            (rss_end as f64 - rss_empty as f64) / n as f64,
+        );
+        drop(conns);
+        drop(gateway);
+    }
+}
