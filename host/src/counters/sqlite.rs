@@ -139,8 +139,10 @@ impl SqliteCounterStore {
                 params![encoded, to_sql(longest)],
             )?;
             tx.execute(
-                "DELETE FROM toolgate_counter_units WHERE key = ?1 AND at_ms + (
-                     SELECT longest_ms FROM toolgate_counter_keys WHERE key = ?1) <= ?2",
+                // `at_ms` alone on one side: a range of the (key, at_ms) index, so only the
+                // expired units are read, not every unit of the key.
+                "DELETE FROM toolgate_counter_units WHERE key = ?1 AND at_ms <= ?2 - (
+                     SELECT longest_ms FROM toolgate_counter_keys WHERE key = ?1)",
                 params![encoded, to_sql(now)],
             )?;
             tx.execute(
@@ -273,7 +275,7 @@ impl SqliteCounterStore {
         let connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
         let now = self.clock.now_ms();
         let n: i64 = connection.query_row(
-            "SELECT count(*) FROM toolgate_counter_units WHERE key = ?1 AND at_ms + ?2 > ?3",
+            "SELECT count(*) FROM toolgate_counter_units WHERE key = ?1 AND at_ms > ?3 - ?2",
             params![encode(key), to_sql(window.length_ms), to_sql(now)],
             |row| row.get(0),
         )?;
@@ -292,7 +294,7 @@ fn check(
         return Ok(Some(window.length_ms.max(1)));
     }
     let inside: i64 = tx.query_row(
-        "SELECT count(*) FROM toolgate_counter_units WHERE key = ?1 AND at_ms + ?2 > ?3",
+        "SELECT count(*) FROM toolgate_counter_units WHERE key = ?1 AND at_ms > ?3 - ?2",
         params![key, to_sql(window.length_ms), to_sql(now)],
         |row| row.get(0),
     )?;
