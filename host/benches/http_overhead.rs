@@ -22,56 +22,23 @@
 //! module (`libnginx-mod-stream`).
 
 use serde_json::json;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+#[path = "support/http_peers.rs"]
+mod http_peers;
+use http_peers::{free_port, start_echo, wait_for_port, Proc};
 
 const TOOLGATE: &str = env!("CARGO_BIN_EXE_toolgate");
 const TOKEN: &str = "bench-token";
 const POLICY: &str = r#"{"version": "1", "default": "deny", "tools": {"echo": {
     "deny_if": [{"path": "args.message", "op": "contains", "value": "forbidden"}],
     "limits": [{"counter": "echo_rate", "window": "minute", "max": 100000000, "scope": "grant"}]}}}"#;
-
-/// A child process stopped on drop: SIGTERM first, so that nginx's master stops its workers
-/// (SIGKILL would leave them running, orphaned), then SIGKILL after 2 s.
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child, which has not been reaped (we hold its handle).
-        unsafe {
-            libc::kill(self.0.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// One keep-alive HTTP/1.1 connection speaking MCP: just enough client for a benchmark.
 struct Conn {
@@ -129,45 +96,8 @@ impl Conn {
         self.writer.write_all(request.as_bytes()).unwrap();
         self.read_response()
     }
-
     fn read_response(&mut self) -> (String, Vec<u8>) {
-        let mut head = String::new();
-        loop {
-            let mut line = String::new();
-            assert!(
-                self.reader.read_line(&mut line).unwrap() > 0,
-                "connection closed"
-            );
-            if line == "\r\n" {
-                break;
-            }
-            head.push_str(&line);
-        }
-        let header = |name: &str| {
-            head.lines().find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-            })
-        };
-        let mut body = Vec::new();
-        if let Some(length) = header("content-length") {
-            body.resize(length.parse().unwrap(), 0);
-            self.reader.read_exact(&mut body).unwrap();
-        } else if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-            loop {
-                let mut size = String::new();
-                self.reader.read_line(&mut size).unwrap();
-                let size = usize::from_str_radix(size.trim(), 16).unwrap();
-                let mut chunk = vec![0; size + 2];
-                self.reader.read_exact(&mut chunk).unwrap();
-                if size == 0 {
-                    break;
-                }
-                body.extend_from_slice(&chunk[..size]);
-            }
-        }
-        assert!(head.starts_with("HTTP/1.1 2"), "{head}");
-        (head, body)
+        http_peers::read_response(&mut self.reader)
     }
 
     fn call(&mut self, id: u64) -> Duration {
@@ -194,17 +124,6 @@ fn url(port: u16) -> Url {
         port,
         path: "/mcp".into(),
     }
-}
-
-fn start_echo() -> (Proc, u16) {
-    let port = free_port();
-    let child = Command::new(TOOLGATE)
-        .args(["standin", "--echo", "--http", &format!("127.0.0.1:{port}")])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(port);
-    (Proc(child), port)
 }
 
 fn start_everything(root: &Path) -> Option<(Proc, u16)> {
