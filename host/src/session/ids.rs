@@ -40,7 +40,7 @@ pub(super) enum Kind {
     ToolsCall(
         Vec<Reservation>,
         Option<Box<super::audited::Audited>>,
-        Option<Box<super::results::AfterCall>>,
+        Option<Box<super::results::HookedCall>>,
     ),
     /// `initialize`: its reply names the server (`serverInfo.name`), which plugins see.
     Initialize,

@@ -528,7 +528,7 @@ impl Session {
         let d = &outcome.decision;
         tracing::info!(tool = call.tool, server = call.server, grant = call.grant, decision = d.verdict.as_str(), rule = %d.rule, reason = %d.reason, "tools/call");
         if d.verdict == Verdict::Allow {
-            let after = results::AfterCall::of(outcome.after, &call);
+            let after = results::HookedCall::of(outcome.after, &call, &args);
             return Ok(Kind::ToolsCall(outcome.reservations, None, after));
         }
         let mut result = d.to_tool_result();

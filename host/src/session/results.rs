@@ -12,24 +12,30 @@ use std::sync::Arc;
 
 /// A forwarded call whose result plugins will see: the call, as they saw it decided.
 #[derive(Debug)]
-pub(super) struct AfterCall {
+pub(super) struct HookedCall {
     hooks: ResultHooks,
     tool: String,
-    args: Value,
+    /// Shared with the decision (and the decision log), not copied.
+    args: Arc<Value>,
     server: Arc<str>,
     annotations: Option<ToolAnnotations>,
 }
 
-impl AfterCall {
-    /// What `hooks` will need of `call` once it ran; `None` when no plugin sees its result.
-    pub(super) fn of(hooks: ResultHooks, call: &ToolCall<'_>) -> Option<Box<Self>> {
+impl HookedCall {
+    /// What `hooks` will need of `call` (whose arguments are `args`) once it ran; `None` when
+    /// no plugin sees its result.
+    pub(super) fn of(
+        hooks: ResultHooks,
+        call: &ToolCall<'_>,
+        args: &Arc<Value>,
+    ) -> Option<Box<Self>> {
         if hooks.is_empty() {
             return None;
         }
         Some(Box::new(Self {
             hooks,
             tool: call.tool.to_owned(),
-            args: call.args.clone(),
+            args: args.clone(),
             server: Arc::from(call.server),
             annotations: call.annotations,
         }))
@@ -48,7 +54,7 @@ impl Session {
     /// the hooks did, as the outcome event says (`passed`, `replaced`, `refused`, `failed`).
     pub(super) fn check_result(
         &self,
-        after: &AfterCall,
+        after: &HookedCall,
         result: &RawValue,
         client_id: &RawValue,
     ) -> (Option<Vec<u8>>, &'static str) {
