@@ -406,3 +406,33 @@ fn hostile_result_hooks_get_the_gateways_error_and_the_gateway_stays_bounded() {
     let (status, _) = client.finish();
     assert!(status.success());
 }
+
+/// `toolgate eval --result`: the result hooks run on the given result of an allowed call, and
+/// eval prints what the client would get (`--exit-code` fails on a refused one).
+#[test]
+fn eval_runs_the_result_hooks_on_a_given_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.json");
+    std::fs::write(&policy, redact_policy().to_string()).unwrap();
+    let key = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789";
+    let result = json!({"content": [{"type": "text", "text": format!("the key is {key}")}]});
+    let out = std::process::Command::new(crate::support::TOOLGATE)
+        .args(["eval", "--policy"])
+        .arg(&policy)
+        .args(["--call", r#"{"tool": "echo", "args": {}}"#, "--result"])
+        .arg(result.to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("result: "))
+        .unwrap_or_else(|| panic!("no result line: {stdout}"));
+    assert!(line.starts_with("result: replace: "), "{line}");
+    assert!(!line.contains(key), "{line}");
+    assert!(
+        stdout.contains("after-call"),
+        "the hook's step is traced: {stdout}"
+    );
+}
