@@ -1,12 +1,19 @@
 //! What the session hands the observers: the facts of a decision or an outcome as it holds
 //! them when it decides (shared strings, the raw arguments, the clock's instant), cheap to
-//! gather on the call's thread. The events the log writes are made from them where they are
-//! written, off the call's path: the timestamp formatted, the arguments hashed, erased and
-//! masked, the ids spelled out.
+//! gather on the call's thread. The log writes its lines from them where they are written,
+//! off the call's path: the timestamp formatted, the arguments hashed, erased and masked, the
+//! ids spelled out. It serializes them through borrowed views ([`DecisionFacts::line`]), with
+//! no event of owned strings in between; [`DecisionFacts::event`] is the same line as the
+//! schema's type, and a test holds the two equal.
 
-use super::{ArgsLogging, DecisionEvent, Fate, OutcomeEvent, PluginRef, TraceContext, Verdict};
+use super::{
+    ArgsLogging, DecisionEvent, Fate, LoggedArgs, OutcomeEvent, PluginRef, TraceContext, Verdict,
+};
 use crate::decision::Decision;
+use chrono::{Datelike, Timelike};
+use serde::{Serialize, Serializer};
 use serde_json::Value;
+use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -63,7 +70,7 @@ pub struct DecisionFacts {
     /// The policy that decided.
     pub policy: Arc<PolicyRef>,
     /// The client's request id, as JSON text.
-    pub request_id: Box<str>,
+    pub request_id: Arc<str>,
     /// The upstream server.
     pub server: Arc<str>,
     /// The tool, as the client named it.
@@ -171,5 +178,165 @@ impl OutcomeFacts {
 
 /// `at` as the log writes times: RFC 3339 with milliseconds, UTC.
 pub fn rfc3339(at: SystemTime) -> String {
-    chrono::DateTime::<chrono::Utc>::from(at).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    Rfc3339(at).to_string()
+}
+
+/// RFC 3339 with milliseconds, UTC (`2026-12-02T04:20:00.123Z`), written without a `String`.
+struct Rfc3339(SystemTime);
+
+impl fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = chrono::DateTime::<chrono::Utc>::from(self.0);
+        write!(
+            f,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            t.year(),
+            t.month(),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.timestamp_subsec_millis().min(999)
+        )
+    }
+}
+
+/// A value the log writes as its `Display` text, straight into the line.
+struct Shown<T>(T);
+
+impl<T: fmt::Display> Serialize for Shown<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+/// Lowercase hex of a fixed width (trace ids 32 digits, span ids 16).
+struct Hex(u128, usize);
+
+impl fmt::Display for Hex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:0width$x}", self.0, width = self.1)
+    }
+}
+
+/// A decision event as the log writes it, borrowed from its facts: the same members, in the
+/// same order and with the same omissions, as [`DecisionEvent`].
+#[derive(Serialize)]
+pub(super) struct DecisionLine<'a> {
+    time: Shown<Rfc3339>,
+    decision_id: Shown<EventId>,
+    instance: &'a str,
+    transport: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy: Option<&'a str>,
+    policy_digest: &'a str,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    plugins: &'a [PluginRef],
+    grant: &'a str,
+    session: &'a str,
+    method: &'a str,
+    request_id: &'a str,
+    server: &'a str,
+    tool: &'a str,
+    args_sha256: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    args: Option<LoggedArgs>,
+    decision: VerdictLine<'a>,
+    eval_us: u64,
+    #[serde(skip_serializing_if = "super::is_zero")]
+    plugin_instructions: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<Shown<Hex>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    span_id: Option<Shown<Hex>>,
+}
+
+/// [`Verdict`], borrowed.
+#[derive(Serialize)]
+struct VerdictLine<'a> {
+    verdict: &'a str,
+    rule: &'a str,
+    reason: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u64>,
+}
+
+/// An outcome event as the log writes it: [`OutcomeEvent`], borrowed from its facts.
+#[derive(Serialize)]
+pub(super) struct OutcomeLine<'a> {
+    time: Shown<Rfc3339>,
+    decision_id: Shown<EventId>,
+    grant: &'a str,
+    session: &'a str,
+    request_id: &'a str,
+    server: &'a str,
+    tool: &'a str,
+    outcome: Fate,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_code: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<&'a str>,
+    upstream_ms: f64,
+    server_ms: f64,
+}
+
+impl DecisionFacts {
+    /// The line the log writes (what [`DecisionFacts::event`] holds, borrowed).
+    pub(super) fn line(&self) -> DecisionLine<'_> {
+        let null = Value::Null;
+        let d = &self.decision;
+        DecisionLine {
+            time: Shown(Rfc3339(self.at)),
+            decision_id: Shown(self.id),
+            instance: &self.origin.instance,
+            transport: self.origin.transport,
+            policy: self.policy.name.as_deref(),
+            policy_digest: &self.policy.digest,
+            plugins: &self.policy.plugins,
+            grant: &self.origin.grant,
+            session: &self.origin.session,
+            method: "tools/call",
+            request_id: &self.request_id,
+            server: &self.server,
+            tool: &self.tool,
+            args_sha256: match &self.args {
+                Some(args) => super::args_sha256(args),
+                None => String::new(),
+            },
+            args: self
+                .log_args
+                .as_ref()
+                .map(|l| l.apply(self.args.as_deref().unwrap_or(&null))),
+            decision: VerdictLine {
+                verdict: d.verdict.as_str(),
+                rule: &d.rule,
+                reason: &d.reason,
+                retry_after_ms: d.retry_after_ms,
+            },
+            eval_us: self.eval_us,
+            plugin_instructions: self.instructions,
+            trace_id: self.trace.map(|t| Shown(Hex(t.trace_id, 32))),
+            span_id: self.trace.map(|t| Shown(Hex(t.span_id.into(), 16))),
+        }
+    }
+}
+
+impl OutcomeFacts {
+    /// The line the log writes (what [`OutcomeFacts::event`] holds, borrowed).
+    pub(super) fn line(&self) -> OutcomeLine<'_> {
+        OutcomeLine {
+            time: Shown(Rfc3339(self.at)),
+            decision_id: Shown(self.decision_id),
+            grant: &self.origin.grant,
+            session: &self.origin.session,
+            request_id: &self.request_id,
+            server: &self.server,
+            tool: &self.tool,
+            outcome: self.outcome,
+            error_code: self.error_code,
+            result: self.result,
+            upstream_ms: self.upstream_ms,
+            server_ms: self.server_ms,
+        }
+    }
 }

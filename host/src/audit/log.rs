@@ -3,8 +3,8 @@
 //! pipe nobody reads) the event is dropped and counted: a decision is never delayed by its log.
 
 use super::{
-    ApprovalEvent, DecisionEvent, DecisionFacts, Observer, OutcomeEvent, OutcomeFacts, ShadowEvent,
-    SCHEMA,
+    facts::{DecisionLine, OutcomeLine},
+    ApprovalEvent, DecisionFacts, Facts, Observer, OutcomeFacts, ShadowEvent, SCHEMA,
 };
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -135,10 +135,10 @@ impl DecisionLog {
 
 impl Observer for DecisionLog {
     fn decision(&self, facts: &Arc<DecisionFacts>) {
-        self.push(Queued::Decision(facts.clone()));
+        self.push(Queued::Facts(Facts::Decision(facts.clone())));
     }
     fn outcome(&self, facts: &Arc<OutcomeFacts>) {
-        self.push(Queued::Outcome(facts.clone()));
+        self.push(Queued::Facts(Facts::Outcome(facts.clone())));
     }
     fn shadow(&self, event: &ShadowEvent) {
         self.push(Queued::Shadow(Box::new(event.clone())));
@@ -241,8 +241,7 @@ const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
 /// An event waiting for the writer: the facts of decisions and outcomes (shared with the other
 /// observers), made into events by the writer, off the call's thread.
 enum Queued {
-    Decision(Arc<DecisionFacts>),
-    Outcome(Arc<OutcomeFacts>),
+    Facts(Facts),
     Shadow(Box<ShadowEvent>),
     Approval(Box<ApprovalEvent>),
 }
@@ -258,8 +257,8 @@ struct LineRef<'a> {
 #[derive(serde::Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 enum EventRef<'a> {
-    Decision(&'a DecisionEvent),
-    Outcome(&'a OutcomeEvent),
+    Decision(&'a DecisionLine<'a>),
+    Outcome(&'a OutcomeLine<'a>),
     Shadow(&'a ShadowEvent),
     Approval(&'a ApprovalEvent),
 }
@@ -272,11 +271,11 @@ impl Queued {
             event,
         };
         match self {
-            Queued::Decision(facts) => {
-                serde_json::to_writer(buf, &line(EventRef::Decision(&facts.event())))
+            Queued::Facts(Facts::Decision(facts)) => {
+                serde_json::to_writer(buf, &line(EventRef::Decision(&facts.line())))
             }
-            Queued::Outcome(facts) => {
-                serde_json::to_writer(buf, &line(EventRef::Outcome(&facts.event())))
+            Queued::Facts(Facts::Outcome(facts)) => {
+                serde_json::to_writer(buf, &line(EventRef::Outcome(&facts.line())))
             }
             Queued::Shadow(e) => serde_json::to_writer(buf, &line(EventRef::Shadow(e))),
             Queued::Approval(e) => serde_json::to_writer(buf, &line(EventRef::Approval(e))),
@@ -286,6 +285,7 @@ impl Queued {
 
 fn write_all(rx: Receiver<Queued>, mut out: Output, counts: &Counts) {
     let mut buf = Vec::with_capacity(1024);
+    let mut spent = Vec::new();
     loop {
         std::thread::sleep(DRAIN_EVERY);
         let first = match rx.try_recv() {
@@ -303,6 +303,9 @@ fn write_all(rx: Receiver<Queued>, mut out: Output, counts: &Counts) {
                 continue;
             }
             buf.push(b'\n');
+            if let Queued::Facts(facts) = event {
+                spent.push(facts);
+            }
             match out.write_line(&buf) {
                 Ok(()) => {
                     counts.written.fetch_add(1, Ordering::Relaxed);
@@ -313,6 +316,7 @@ fn write_all(rx: Receiver<Queued>, mut out: Output, counts: &Counts) {
                 }
             }
         }
+        super::retire(&mut spent);
         if let Err(e) = out.flush() {
             tracing::warn!(error = %e, "cannot write the decision log");
         }

@@ -21,14 +21,17 @@
 //! - `mod.rs`: the events (the log's schema) and the [`Observer`] hook the session calls.
 //! - `log.rs`: the JSON-lines writer: sinks, size rotation, the drop counter.
 //! - `args.rs`: the arguments' digest, and erasing and masking by JSON pointer.
+//! - `spent.rs`: facts the observers are done with, freed back on the calls' threads.
 
 mod args;
 mod facts;
 mod log;
+mod spent;
 
 pub use args::{args_sha256, ArgsLogging, LoggedArgs};
 pub use facts::{rfc3339, DecisionFacts, EventId, Origin, OutcomeFacts, PolicyRef};
 pub use log::{DecisionLog, LogSink, LogStats, DEFAULT_CAPACITY};
+pub use spent::{retire, sweep, Facts};
 
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;

@@ -29,7 +29,7 @@ mod scrape;
 pub use listen::listen;
 pub use scrape::{PolicyState, Snapshot};
 
-use crate::audit::{self, DecisionFacts, Fate, OutcomeFacts};
+use crate::audit::{self, DecisionFacts, Facts, Fate, OutcomeFacts};
 use labels::ToolLabels;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -72,7 +72,7 @@ pub struct Metrics {
     registry: Registry,
     counts: Arc<Counts>,
     /// Facts not counted yet.
-    queued: Arc<Mutex<Vec<Queued>>>,
+    queued: Arc<Mutex<Vec<Facts>>>,
     /// `toolgate_shadow_decisions_total{source, would}`: shadow rules and policies, by how
     /// their verdict compares with the enforced one.
     shadows: Family<Labels, Counter>,
@@ -85,11 +85,6 @@ pub const COUNT_EVERY: std::time::Duration = std::time::Duration::from_millis(20
 
 /// Queued facts past which the observer counts them itself (the counting thread is stuck).
 const MAX_QUEUED: usize = 1 << 16;
-
-enum Queued {
-    Decision(Arc<DecisionFacts>),
-    Outcome(Arc<OutcomeFacts>),
-}
 
 /// The families decisions and outcomes feed, and their bounded labels.
 struct Counts {
@@ -227,7 +222,7 @@ impl Metrics {
         self.source.set(Box::new(read));
     }
 
-    fn queue(&self, facts: Queued) {
+    fn queue(&self, facts: Facts) {
         let mut queued = self.queued.lock().unwrap_or_else(|e| e.into_inner());
         queued.push(facts);
         if queued.len() >= MAX_QUEUED {
@@ -248,14 +243,21 @@ impl Metrics {
 
 impl Counts {
     /// Counts the facts queued so far.
-    fn count(&self, queued: &Mutex<Vec<Queued>>) {
+    fn count(&self, queued: &Mutex<Vec<Facts>>) {
         let _counting = self.counting.lock().unwrap_or_else(|e| e.into_inner());
-        let batch = std::mem::take(&mut *queued.lock().unwrap_or_else(|e| e.into_inner()));
-        for facts in batch {
+        let mut batch = std::mem::take(&mut *queued.lock().unwrap_or_else(|e| e.into_inner()));
+        for facts in &batch {
             match facts {
-                Queued::Decision(facts) => self.decision(&facts),
-                Queued::Outcome(facts) => self.outcome(&facts),
+                Facts::Decision(facts) => self.decision(facts),
+                Facts::Outcome(facts) => self.outcome(facts),
             }
+        }
+        // Freed on a call's thread, where they were made (see `audit::retire`).
+        audit::retire(&mut batch);
+        // The emptied queue goes back, so that queueing does not grow a new one.
+        let mut queued = queued.lock().unwrap_or_else(|e| e.into_inner());
+        if queued.is_empty() {
+            std::mem::swap(&mut *queued, &mut batch);
         }
     }
 
@@ -317,11 +319,11 @@ impl Counts {
 
 impl audit::Observer for Metrics {
     fn decision(&self, facts: &Arc<DecisionFacts>) {
-        self.queue(Queued::Decision(facts.clone()));
+        self.queue(Facts::Decision(facts.clone()));
     }
 
     fn outcome(&self, facts: &Arc<OutcomeFacts>) {
-        self.queue(Queued::Outcome(facts.clone()));
+        self.queue(Facts::Outcome(facts.clone()));
     }
 
     fn shadow(&self, event: &audit::ShadowEvent) {

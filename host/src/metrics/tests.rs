@@ -27,7 +27,7 @@ fn decision(grant: &str, tool: &str, verdict: &str, rule: &str) -> Arc<DecisionF
             digest: "0".repeat(64),
             plugins: Vec::new(),
         }),
-        request_id: Box::from("1"),
+        request_id: Arc::from("1"),
         server: Arc::from("echo"),
         tool: Arc::from(tool),
         args: None,

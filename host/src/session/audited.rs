@@ -119,8 +119,10 @@ impl Session {
         }
         drop(entered);
         if self.audit.is_some() {
-            let decision_id = self.audit_decision(&trail, id, started, &mut decided.as_mut().ok());
-            self.shadow(trail, decision_id);
+            let enforced = trail.decision.as_ref().map(|d| d.verdict);
+            let decision_id =
+                self.audit_decision(&mut trail, id, started, &mut decided.as_mut().ok());
+            self.shadow(trail, decision_id, enforced);
         } else if let Ok(Kind::ToolsCall(_, slot @ None, _)) = &mut decided {
             if self.inject_trace {
                 *slot = Some(Box::new(Audited {
@@ -141,17 +143,20 @@ impl Session {
     /// Returns the decision's id.
     pub(super) fn audit_decision(
         &self,
-        trail: &Trail,
+        trail: &mut Trail,
         id: &RawValue,
         started: Instant,
         kind: &mut Option<&mut Kind>,
     ) -> Option<audit::EventId> {
         let audit = self.audit.as_ref()?;
         let eval_us = started.elapsed().as_micros() as u64;
-        let decision = match &trail.decision {
-            Some(decision) => decision.clone(),
-            None => Decision::deny("invalid_request", "the call could not be read"),
-        };
+        // Frees what the observers are done with on this thread (see `audit::retire`).
+        audit::sweep();
+        // Taken, not copied: the log is the last to read it.
+        let decision = trail
+            .decision
+            .take()
+            .unwrap_or_else(|| Decision::deny("invalid_request", "the call could not be read"));
         let decision_id = audit::EventId::fresh();
         let tool = trail.tool.clone();
         let request_id: Arc<str> = Arc::from(id.get());
@@ -161,7 +166,7 @@ impl Session {
             id: decision_id,
             origin: self.origin(audit),
             policy: self.policy.load().audit_ref(),
-            request_id: Box::from(id.get()),
+            request_id: request_id.clone(),
             server: trail.server.clone(),
             tool: tool.clone(),
             args: trail.args.clone().filter(|_| audit.wants_args),
@@ -211,13 +216,13 @@ impl Session {
             .params
             .and_then(|p| serde_json::from_str(p.get()).ok())
             .unwrap_or(Value::Null);
-        let trail = Trail {
+        let mut trail = Trail {
             tool: Arc::from(params["name"].as_str().unwrap_or_default()),
             decision: Some(Decision::deny("invalid_request", why)),
             ..Trail::default()
         };
         let null = RawValue::from_string("null".into()).expect("valid JSON");
-        self.audit_decision(&trail, id.unwrap_or(&null), Instant::now(), &mut None);
+        self.audit_decision(&mut trail, id.unwrap_or(&null), Instant::now(), &mut None);
     }
 
     /// The call's span, named and attributed by the OpenTelemetry semantic conventions for
@@ -230,17 +235,19 @@ impl Session {
         id: &RawValue,
         trail: &mut Trail,
     ) -> tracing::Span {
+        // `Cow`s, not `Option<Cow>`s: serde borrows only a bare `Cow` (an `Option` of one
+        // always copies), and this runs on every observed call.
         #[derive(serde::Deserialize)]
         struct Params<'a> {
             #[serde(borrow, default)]
-            name: Option<std::borrow::Cow<'a, str>>,
+            name: std::borrow::Cow<'a, str>,
             #[serde(borrow, default, rename = "_meta")]
             meta: Option<Meta<'a>>,
         }
         #[derive(serde::Deserialize)]
         struct Meta<'a> {
             #[serde(borrow, default)]
-            traceparent: Option<std::borrow::Cow<'a, str>>,
+            traceparent: std::borrow::Cow<'a, str>,
         }
         // Nothing wants the span or the trail: no second reading of the params.
         let traced = tracing::enabled!(target: "toolgate::mcp", tracing::Level::DEBUG);
@@ -249,10 +256,7 @@ impl Session {
         }
         trail.wanted = true;
         let parsed = params.and_then(|p| serde_json::from_str::<Params>(p.get()).ok());
-        let tool = parsed
-            .as_ref()
-            .and_then(|p| p.name.as_deref())
-            .unwrap_or("");
+        let tool = parsed.as_ref().map_or("", |p| &p.name);
         // At debug level: stderr's log (info by default) does not repeat the span on every
         // line; the OpenTelemetry layer enables it for itself.
         let span = tracing::debug_span!(
@@ -277,7 +281,8 @@ impl Session {
         let traceparent = parsed
             .as_ref()
             .and_then(|p| p.meta.as_ref())
-            .and_then(|m| m.traceparent.as_deref());
+            .map(|m| &*m.traceparent)
+            .filter(|t| !t.is_empty());
         #[cfg(feature = "otel")]
         if let Some(traceparent) = traceparent {
             crate::telemetry::set_parent(&span, traceparent);
@@ -337,6 +342,7 @@ impl Session {
         let (Some(audit), Some(audited)) = (&self.audit, audited) else {
             return;
         };
+        audit::sweep();
         audit.observer.outcome(&Arc::new(OutcomeFacts {
             at: std::time::SystemTime::now(),
             decision_id: audited.decision_id,

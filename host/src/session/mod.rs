@@ -518,24 +518,27 @@ impl Session {
                 outcome
             }
         };
-        if trail.wanted {
-            trail.decision = Some(outcome.decision.clone());
-            trail.instructions = outcome.instructions;
-        }
         if self.audit.is_some() {
             trail.log_args = self.policy.load().log_args_for(call.tool).cloned();
         }
         let d = &outcome.decision;
         tracing::info!(tool = call.tool, server = call.server, grant = call.grant, decision = d.verdict.as_str(), rule = %d.rule, reason = %d.reason, "tools/call");
-        if d.verdict == Verdict::Allow {
+        let answer = if d.verdict == Verdict::Allow {
             let after = results::HookedCall::of(outcome.after, &call, &args);
-            return Ok(Kind::ToolsCall(outcome.reservations, None, after));
+            Ok(Kind::ToolsCall(outcome.reservations, None, after))
+        } else {
+            let mut result = d.to_tool_result();
+            if let Some(upstream) = info.as_ref().and_then(|i| i.upstream.as_deref()) {
+                result["_meta"]["toolgate"]["upstream"] = Value::from(upstream);
+            }
+            Err(Refused::Answer(jsonrpc::result_line(id, &result)))
+        };
+        if trail.wanted {
+            // Moved, not copied: the decision is not read again here.
+            trail.decision = Some(outcome.decision);
+            trail.instructions = outcome.instructions;
         }
-        let mut result = d.to_tool_result();
-        if let Some(upstream) = info.as_ref().and_then(|i| i.upstream.as_deref()) {
-            result["_meta"]["toolgate"]["upstream"] = Value::from(upstream);
-        }
-        Err(Refused::Answer(jsonrpc::result_line(id, &result)))
+        answer
     }
 
     /// Handles one line from the upstream (without its newline): the bytes to send to the

@@ -123,12 +123,14 @@ fn run(job: Job, counters: &Arc<dyn CounterStore>) {
 impl Session {
     /// Queues the shadow decisions a call needs: its rule's, if the rule is a shadow rule,
     /// and the grant's shadow policy's.
-    pub(super) fn shadow(&self, trail: Trail, decision_id: Option<crate::audit::EventId>) {
-        let (Some(audit), Some(decision_id), Some(enforced)) = (
-            &self.audit,
-            decision_id,
-            trail.decision.as_ref().map(|d| d.verdict),
-        ) else {
+    pub(super) fn shadow(
+        &self,
+        trail: Trail,
+        decision_id: Option<crate::audit::EventId>,
+        enforced: Option<V>,
+    ) {
+        let (Some(audit), Some(decision_id), Some(enforced)) = (&self.audit, decision_id, enforced)
+        else {
             return;
         };
         let Some(runner) = &audit.shadow else {
