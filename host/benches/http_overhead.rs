@@ -1,11 +1,13 @@
 //! What `toolgate serve` adds to a Streamable HTTP round trip, against nginx as a bare reverse
 //! proxy (the floor of any HTTP proxy on this machine).
 //!
-//! Three paths to one upstream, measured in one run:
+//! Five paths to one upstream, measured in one run:
 //! - **direct**: the client talks to the upstream;
 //! - **nginx**: through nginx (`proxy_buffering off`, HTTP/1.1 upstream keepalive);
 //! - **toolgate**: through `toolgate serve` (release build) with a token, a grant and a policy
-//!   that evaluates a rule and a counter on every call.
+//!   that evaluates a rule and a counter on every call, as configured by default (metrics on);
+//! - **unobserved**: the same with `metrics = false` (no observer at all), and **observed**:
+//!   the same with a decision log to a file beside the metrics (issue 21's pair).
 //!
 //! Latency: `tools/call echo` round trips, interleaved call by call (direct, nginx, toolgate,
 //! then the next order) so that all three see the same machine; medians compared. Run against
@@ -211,10 +213,17 @@ fn start_tcp_relay(dir: &Path, upstream: u16) -> Option<(Proc, u16)> {
 }
 
 fn start_toolgate(dir: &Path, upstream: u16, threads: usize) -> (Proc, u16) {
-    start_toolgate_binary(Path::new(TOOLGATE), dir, upstream, threads)
+    start_toolgate_binary(Path::new(TOOLGATE), dir, upstream, threads, "")
 }
 
-fn start_toolgate_binary(binary: &Path, dir: &Path, upstream: u16, threads: usize) -> (Proc, u16) {
+/// `toolgate serve` from `binary`, with `extra` lines in its config's top level.
+fn start_toolgate_binary(
+    binary: &Path,
+    dir: &Path,
+    upstream: u16,
+    threads: usize,
+    extra: &str,
+) -> (Proc, u16) {
     let (port, admin) = (free_port(), free_port());
     std::fs::write(dir.join("policy.json"), POLICY).unwrap();
     let hash: String = {
@@ -229,7 +238,7 @@ fn start_toolgate_binary(binary: &Path, dir: &Path, upstream: u16, threads: usiz
         &config,
         format!(
             "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nwatch = false\n\
-             worker_threads = {threads}\n\
+             worker_threads = {threads}\n{extra}\
              [upstream]\nurl = \"http://127.0.0.1:{upstream}/mcp\"\n\
              [[grants]]\nname = \"bench\"\ntoken_sha256 = \"{hash}\"\npolicy = \"policy.json\"\n"
         ),
@@ -255,11 +264,20 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-/// Interleaved latency over the three paths; prints medians and the ratio of added latency.
+/// Interleaved latency over the paths; prints medians and the ratio of added latency.
 fn latency(name: &str, upstream: u16, dir: &Path, calls: u64) -> (f64, f64) {
     let (_nginx, nginx_port) = start_nginx(dir, upstream);
     // One thread, as nginx runs one worker.
     let (_toolgate, toolgate_port) = start_toolgate(dir, upstream, 1);
+    // Issue 21's pair: the same gateway with no observer at all, and with the decision log
+    // (to a file) beside the metrics.
+    let toolgate = Path::new(TOOLGATE);
+    let (_unobserved, unobserved_port) =
+        start_toolgate_binary(toolgate, dir, upstream, 1, "metrics = false\n");
+    let log = dir.join(format!("decisions-{name}.jsonl"));
+    let observed_config = format!("decision_log = \"{}\"\n", log.display());
+    let (_observed, observed_port) =
+        start_toolgate_binary(toolgate, dir, upstream, 1, &observed_config);
     let mut paths = vec![
         ("direct", Conn::open(&url(upstream), None), Vec::new()),
         ("nginx", Conn::open(&url(nginx_port), None), Vec::new()),
@@ -268,10 +286,20 @@ fn latency(name: &str, upstream: u16, dir: &Path, calls: u64) -> (f64, f64) {
             Conn::open(&url(toolgate_port), Some(TOKEN)),
             Vec::new(),
         ),
+        (
+            "unobserved",
+            Conn::open(&url(unobserved_port), Some(TOKEN)),
+            Vec::new(),
+        ),
+        (
+            "observed",
+            Conn::open(&url(observed_port), Some(TOKEN)),
+            Vec::new(),
+        ),
     ];
-    // An A/B comparison: another toolgate build as a fourth path, in the same interleaving.
+    // An A/B comparison: another toolgate build as a sixth path, in the same interleaving.
     let baseline = std::env::var_os("TOOLGATE_BASELINE")
-        .map(|binary| start_toolgate_binary(Path::new(&binary), dir, upstream, 1));
+        .map(|binary| start_toolgate_binary(Path::new(&binary), dir, upstream, 1, ""));
     if let Some((_, port)) = &baseline {
         let conn = Conn::open(&url(*port), Some(TOKEN));
         paths.push(("baseline toolgate", conn, Vec::new()));
@@ -298,7 +326,17 @@ fn latency(name: &str, upstream: u16, dir: &Path, calls: u64) -> (f64, f64) {
          toolgate adds {:.2}x what nginx adds (target <= 1.25x)",
         toolgate_added / nginx_added
     );
-    if let Some(baseline) = medians.get(3) {
+    let (unobserved, observed) = (us(medians[3]) - direct, us(medians[4]) - direct);
+    println!(
+        "  metrics off {:.1} µs (+{unobserved:.1}), decision log + metrics {:.1} µs \
+         (+{observed:.1}): {:.3}x the unobserved gateway's added latency (target <= 1.05x); \
+         metrics alone (the default) {:.3}x",
+        us(medians[3]),
+        us(medians[4]),
+        observed / unobserved,
+        toolgate_added / unobserved
+    );
+    if let Some(baseline) = medians.get(5) {
         let added = us(*baseline) - direct;
         println!(
             "  A/B: baseline toolgate {:.1} µs (+{added:.1}), {:.2}x what nginx adds",

@@ -25,6 +25,10 @@ pub(crate) struct Config {
     /// Serve `GET /metrics` on the admin listener without the admin token (for a scraper).
     #[serde(default)]
     pub(crate) metrics_public: bool,
+    /// Count every call in `/metrics` (on by default). `false` leaves the per-call families
+    /// at zero and spares each call their cost: for a gateway that nobody scrapes.
+    #[serde(default = "yes")]
+    pub(crate) metrics: bool,
     /// The grant for requests that carry no `Authorization` header. Off by default; meant for
     /// loopback use and for clients that cannot send headers (the Inspector CLI, the
     /// conformance suite). A request with a wrong token is refused all the same.

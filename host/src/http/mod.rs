@@ -118,8 +118,9 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
     if let Some(path) = &config.session_key_file {
         gateway = gateway.with_session_key(sealed::SessionKey::load(path)?);
     }
-    // Every session reports to the metrics, and to the decision log when there is one.
-    let mut observer: Arc<dyn crate::audit::Observer> = gateway.metrics.clone();
+    // Every session reports to the metrics (unless `metrics = false`), and to the decision
+    // log when there is one.
+    let mut observers: Vec<Arc<dyn crate::audit::Observer>> = Vec::new();
     if let Some(sink) = &config.decision_log {
         let log = crate::audit::DecisionLog::open(
             crate::audit::LogSink::parse(sink, true),
@@ -127,10 +128,20 @@ async fn run(config: Config, grants: Grants) -> anyhow::Result<()> {
         )
         .with_context(|| format!("cannot open the decision log `{sink}`"))?;
         let log = Arc::new(log);
-        observer = Arc::new(crate::audit::Observers(vec![log.clone(), observer]));
+        observers.push(log.clone());
         gateway.decision_log = Some(log);
     }
-    gateway.audit = Some(crate::session::Audit::new(observer, "http"));
+    if config.metrics {
+        observers.push(gateway.metrics.clone());
+    }
+    gateway.audit = match observers.len() {
+        0 => None,
+        1 => Some(crate::session::Audit::new(observers.remove(0), "http")),
+        _ => Some(crate::session::Audit::new(
+            Arc::new(crate::audit::Observers(observers)),
+            "http",
+        )),
+    };
     if let Some(webhook) = &config.approvals_webhook {
         // reqwest takes the process's TLS provider; the listeners pass theirs explicitly.
         let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
