@@ -161,6 +161,21 @@ def test_metrics_parse_and_count_allowed_and_denied_calls(tmp_path):
         assert "sums are off" not in json.dumps([s.labels for s in after]), "a reason is never a label"
 
 
+def test_metrics_false_counts_no_call_and_changes_no_decision(tmp_path):
+    with gateway(tmp_path, metrics=False) as url:
+        raw = Raw(url).open()
+        raw.request("tools/list", {})
+        echoed = raw.request("tools/call", {"name": "echo", "arguments": {"message": "hi"}})
+        assert echoed["result"]["content"][0]["text"] == "Echo: hi"
+        denied = raw.request("tools/call", {"name": "get-sum", "arguments": {"a": 1, "b": 2}})
+        assert denied["result"]["isError"] is True
+        after = metrics(tmp_path)
+        assert value(after, "toolgate_build_info") == 1, "the process's own series stay"
+        assert value(after, "toolgate_sessions_opened_total") >= 1
+        assert value(after, "toolgate_tool_calls_total") == 0
+        assert value(after, "toolgate_policy_evaluation_duration_seconds_count") == 0
+
+
 def test_metrics_need_the_admin_token_unless_public(tmp_path):
     with gateway(tmp_path):
         admin = admin_url(tmp_path)
