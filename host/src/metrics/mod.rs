@@ -19,12 +19,14 @@
 //! ## Files
 //! - `mod.rs`: the registry and its families, and the observer that feeds them.
 //! - `labels.rs`: the bounded tool label.
+//! - `series.rs`: the series each decision and outcome feeds, found once per key.
 //! - `scrape.rs`: what is read at scrape time (the [`Snapshot`], plugin evaluations).
 //! - `listen.rs`: `toolgate run --metrics-listen`, a small HTTP listener for `/metrics`.
 
 mod labels;
 mod listen;
 mod scrape;
+mod series;
 
 pub use listen::listen;
 pub use scrape::{PolicyState, Snapshot};
@@ -109,6 +111,8 @@ struct Counts {
     /// the gateway as the client's MCP server, from a `tools/call`'s arrival to its answer
     /// (a refusal's decision, or the forwarded call's fate).
     server: Family<Labels, Histogram, fn() -> Histogram>,
+    /// The series each fact's key feeds, found once (taken with `counting`).
+    series: Mutex<series::Series>,
 }
 
 impl Default for Metrics {
@@ -191,6 +195,7 @@ impl Metrics {
             upstream_names: ToolLabels::new(UPSTREAMS),
             upstream,
             server,
+            series: Mutex::default(),
         });
         let queued = Arc::new(Mutex::new(Vec::new()));
         let (weak, thread_counts) = (Arc::downgrade(&queued), counts.clone());
@@ -246,12 +251,27 @@ impl Counts {
     fn count(&self, queued: &Mutex<Vec<Facts>>) {
         let _counting = self.counting.lock().unwrap_or_else(|e| e.into_inner());
         let mut batch = std::mem::take(&mut *queued.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
         for facts in &batch {
             match facts {
-                Facts::Decision(facts) => self.decision(facts),
-                Facts::Outcome(facts) => self.outcome(facts),
+                Facts::Decision(facts) => {
+                    let s = series.decision(self, facts);
+                    s.calls.inc();
+                    self.evaluation.observe(facts.eval_us as f64 / 1e6);
+                    if let Some(refused) = &s.refused {
+                        refused.observe(facts.eval_us as f64 / 1e6);
+                    }
+                }
+                Facts::Outcome(facts) => {
+                    let s = series.outcome(self, facts);
+                    s.outcomes.inc();
+                    s.upstream_calls.inc();
+                    s.upstream.observe(facts.upstream_ms / 1000.0);
+                    s.server.observe(facts.server_ms / 1000.0);
+                }
             }
         }
+        drop(series);
         // Freed on a call's thread, where they were made (see `audit::retire`).
         audit::retire(&mut batch);
         // The emptied queue goes back, so that queueing does not grow a new one.
@@ -261,59 +281,63 @@ impl Counts {
         }
     }
 
-    fn decision(&self, event: &DecisionFacts) {
+    /// The series a decision with `event`'s key feeds (found once per key, see `series.rs`).
+    fn decision_series(&self, event: &DecisionFacts) -> series::DecisionSeries {
         let (grant, verdict) = (&*event.origin.grant, &event.decision);
         let decision = verdict.verdict.as_str();
         let tool = self.tools.label(grant, &verdict.rule, &event.tool);
-        self.calls
-            .get_or_create(&vec![
-                ("grant", grant.to_owned()),
-                ("tool", tool),
-                ("decision", decision.to_owned()),
-                ("rule", verdict.rule.clone()),
-            ])
-            .inc();
-        self.evaluation.observe(event.eval_us as f64 / 1e6);
+        let calls = self.calls.get_or_create(&series::labels(&[
+            ("grant", grant),
+            ("tool", &tool),
+            ("decision", decision),
+            ("rule", &verdict.rule),
+        ]));
         // A refusal is answered here: its decision is the whole of the server's time. An
         // allowed call's time is observed with its outcome.
-        if !verdict.is_allow() {
-            let tool = self.tools.label(grant, &verdict.rule, &event.tool);
+        let refused = (!verdict.is_allow()).then(|| {
             self.server
-                .get_or_create(&vec![
-                    ("mcp_method_name", "tools/call".to_owned()),
-                    ("gen_ai_tool_name", tool),
-                    ("error_type", decision.to_owned()),
-                ])
-                .observe(event.eval_us as f64 / 1e6);
+                .get_or_create(&series::labels(&[
+                    ("mcp_method_name", "tools/call"),
+                    ("gen_ai_tool_name", &tool),
+                    ("error_type", decision),
+                ]))
+                .clone()
+        });
+        series::DecisionSeries {
+            calls: calls.clone(),
+            refused,
         }
     }
 
-    fn outcome(&self, event: &OutcomeFacts) {
+    /// The series an outcome with `event`'s key feeds.
+    fn outcome_series(&self, event: &OutcomeFacts) -> series::OutcomeSeries {
         let outcome = fate(event.outcome);
-        self.outcomes
-            .get_or_create(&vec![("outcome", outcome.to_owned())])
-            .inc();
-        self.upstream_calls
-            .get_or_create(&vec![
-                ("upstream", self.upstream_names.label("", "", &event.server)),
-                ("outcome", outcome.to_owned()),
-            ])
-            .inc();
+        let upstream_name = self.upstream_names.label("", "", &event.server);
         // Only allowed calls have outcomes: their tool was not unknown.
         let tool = self.tools.label(&event.origin.grant, "", &event.tool);
         let mut labels = vec![
-            ("mcp_method_name", "tools/call".to_owned()),
-            ("gen_ai_tool_name", tool),
+            ("mcp_method_name", "tools/call"),
+            ("gen_ai_tool_name", &*tool),
         ];
         if event.outcome != Fate::Ran {
-            labels.push(("error_type", outcome.to_owned()));
+            labels.push(("error_type", outcome));
         }
-        self.upstream
-            .get_or_create(&labels)
-            .observe(event.upstream_ms / 1000.0);
-        self.server
-            .get_or_create(&labels)
-            .observe(event.server_ms / 1000.0);
+        let labels = series::labels(&labels);
+        series::OutcomeSeries {
+            outcomes: self
+                .outcomes
+                .get_or_create(&series::labels(&[("outcome", outcome)]))
+                .clone(),
+            upstream_calls: self
+                .upstream_calls
+                .get_or_create(&series::labels(&[
+                    ("upstream", &upstream_name),
+                    ("outcome", outcome),
+                ]))
+                .clone(),
+            upstream: self.upstream.get_or_create(&labels).clone(),
+            server: self.server.get_or_create(&labels).clone(),
+        }
     }
 }
 
