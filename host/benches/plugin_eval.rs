@@ -41,7 +41,8 @@ fn loader() -> &'static Loader {
     LOADER.get_or_init(Loader::from_env)
 }
 
-/// One allowed decision of `policy` on a call of `tool` with `args`.
+/// One allowed decision of `policy` on a call of `tool` with `args`, as the session makes
+/// it: with the arguments' raw text beside the parsed value.
 fn decider<'a>(
     policy: &Value,
     tool: &'a str,
@@ -52,11 +53,14 @@ fn decider<'a>(
         .from_json(&policy.to_string(), "bench.json")
         .unwrap();
     let counters = counters.clone();
+    // The arguments' text as a client sent it, which the session hands the plugins.
+    let text = args.to_string();
     move || {
         let outcome = policy.decide(
             &ToolCall {
                 tool,
                 args,
+                args_text: Some(&text),
                 grant: "g",
                 session: "s",
                 server: "",
