@@ -168,7 +168,7 @@ fn main() {
         for state in ["cold", "cached"] {
             let (rss, groups) = measure(&policy_path, &cache);
             let mut top: Vec<_> = groups.into_iter().filter(|(_, kib)| *kib >= 256).collect();
-            top.sort_by(|a, b| b.1.cmp(&a.1));
+            top.sort_by_key(|(_, kib)| std::cmp::Reverse(*kib));
             let top: Vec<String> = top.iter().map(|(k, v)| format!("{k} {v}")).collect();
             println!(
                 "{PLUGINS} plugins, {state}: VmRSS {:.1} MiB ({rss} KiB); KiB by mapping: {}",
