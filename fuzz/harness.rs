@@ -347,6 +347,7 @@ pub fn check_policy(data: &[u8]) -> Result<(), String> {
                 let call = ToolCall {
                     tool,
                     args,
+                    args_text: None,
                     grant: "g",
                     session: "s",
                     server: "srv",

@@ -41,22 +41,28 @@ fn loader() -> &'static Loader {
     LOADER.get_or_init(Loader::from_env)
 }
 
-/// One allowed decision of `policy` on a call of `tool` with `args`.
+/// One allowed decision of `policy` on a call of `tool` with `args`, as the session makes
+/// it: with the arguments' raw text beside the parsed value (`raw`; without it, the host
+/// writes the text from the value, as for a decision made outside a session).
 fn decider<'a>(
     policy: &Value,
     tool: &'a str,
     args: &'a Value,
     counters: &Arc<dyn CounterStore>,
+    raw: bool,
 ) -> impl Fn() -> toolgate::policy::Outcome + 'a {
     let policy = loader()
         .from_json(&policy.to_string(), "bench.json")
         .unwrap();
     let counters = counters.clone();
+    // The arguments' text as a client sent it, which the session hands the plugins.
+    let text = raw.then(|| args.to_string());
     move || {
         let outcome = policy.decide(
             &ToolCall {
                 tool,
                 args,
+                args_text: text.as_deref(),
                 grant: "g",
                 session: "s",
                 server: "",
@@ -95,7 +101,7 @@ fn bench(c: &mut Criterion) {
         ),
     ];
     for (name, policy, args, tool) in declarative {
-        let decide = decider(&policy, tool, args, &counters);
+        let decide = decider(&policy, tool, args, &counters, true);
         group.bench_function(name, |b| b.iter(&decide));
     }
     for isolation in ["pooled", "fresh"] {
@@ -112,10 +118,19 @@ fn bench(c: &mut Criterion) {
             let policy = json!({"version": "1", "default": "allow",
                 "plugins": {"p": {"path": path, "isolation": isolation}},
                 "tools": {tool: {"use": [{"plugin": "p", "config": config}]}}});
-            let decide = decider(&policy, tool, args, &counters);
+            let decide = decider(&policy, tool, args, &counters, true);
             // Back to back: every iteration's instantiation and teardown compete with the
             // next call for the CPU, so this is the CPU cost of a call.
             group.bench_function(format!("{plugin} ({isolation})"), |b| b.iter(&decide));
+            if isolation == "pooled" && plugin == "gw-id-check" {
+                // What the raw text saves: the same call with the text written from the
+                // value, in the same run.
+                let written = decider(&policy, tool, args, &counters, false);
+                group.bench_function(
+                    format!("{plugin} ({isolation}, arguments written from the value)"),
+                    |b| b.iter(&written),
+                );
+            }
             if isolation == "fresh" {
                 fresh.push((plugin, decide));
             }

@@ -27,6 +27,7 @@ fn decisions(c: &mut Criterion) {
                 &ToolCall {
                     tool: "codex_request",
                     args: &args,
+                    args_text: None,
                     grant: "g",
                     session: "s",
                     server: "",
@@ -43,6 +44,7 @@ fn decisions(c: &mut Criterion) {
                 &ToolCall {
                     tool: "claude_request",
                     args: &args,
+                    args_text: None,
                     grant: "g",
                     session: "s",
                     server: "",
@@ -59,6 +61,7 @@ fn decisions(c: &mut Criterion) {
                 &ToolCall {
                     tool: "session_create",
                     args: &args,
+                    args_text: None,
                     grant: "g",
                     session: "s",
                     server: "",

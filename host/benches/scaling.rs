@@ -70,6 +70,7 @@ fn decide_rules(c: &mut Criterion) {
             let call = ToolCall {
                 tool,
                 args: &args,
+                args_text: None,
                 grant: "g",
                 session: "s",
                 server: "",

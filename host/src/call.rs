@@ -5,6 +5,7 @@
 
 use serde::Deserialize;
 use serde_json::Value;
+use std::borrow::Cow;
 
 /// One `tools/call` as the policy evaluates it.
 #[derive(Clone, Copy, Debug)]
@@ -13,6 +14,10 @@ pub struct ToolCall<'a> {
     pub tool: &'a str,
     /// The call's arguments (`params.arguments`; `{}` when absent).
     pub args: &'a Value,
+    /// The arguments' JSON text exactly as the client sent it, when the call came from a
+    /// request (`None`: written from `args` when a plugin needs it). It must be the text
+    /// `args` was parsed from: a plugin parses it, and must see what the conditions see.
+    pub args_text: Option<&'a str>,
     /// The grant (agent identity) making the call.
     pub grant: &'a str,
     /// The MCP session the call arrived on.
@@ -21,6 +26,17 @@ pub struct ToolCall<'a> {
     pub server: &'a str,
     /// The tool's MCP annotations from the upstream's `tools/list`, when it listed them.
     pub annotations: Option<ToolAnnotations>,
+}
+
+impl<'a> ToolCall<'a> {
+    /// The arguments as JSON text, for a plugin: the client's own text when there is one
+    /// (no copy, and the bytes the upstream runs), else `args` written out.
+    pub fn args_json(&self) -> Cow<'a, str> {
+        match self.args_text {
+            Some(text) => Cow::Borrowed(text),
+            None => Cow::Owned(self.args.to_string()),
+        }
+    }
 }
 
 /// The approval that covers a call being decided again because a person approved it (see

@@ -106,6 +106,7 @@ impl CallSpec {
         ToolCall {
             tool: &self.tool,
             args: self.args.as_ref().unwrap_or(&NO_ARGS),
+            args_text: None,
             grant: self.grant.as_deref().unwrap_or(DEFAULT_GRANT),
             session: self.session.as_deref().unwrap_or(DEFAULT_SESSION),
             server: self.server.as_deref().unwrap_or(""),

@@ -105,6 +105,7 @@ impl Engine {
         let call = ToolCall {
             tool,
             args,
+            args_text: None,
             grant: "g1",
             session: "s1",
             server: "",
@@ -560,6 +561,7 @@ fn the_plugin_examples_load_and_enforce_their_rules() {
                 &ToolCall {
                     tool,
                     args: &args,
+                    args_text: None,
                     grant: "g",
                     session: "s",
                     server: "",
@@ -621,6 +623,49 @@ fn a_plugin_sees_the_whole_call_record_with_the_servers_name_and_the_tools_annot
     assert!(status.success());
 }
 
+/// A plugin is handed the arguments' text as the client wrote it (spacing, number spelling,
+/// escapes: the bytes the upstream runs), not a copy written from the parsed value; where no
+/// text came with the call (no `arguments`, or a decision made outside a session), the host
+/// writes it from the value.
+#[test]
+fn a_plugin_sees_the_arguments_text_exactly_as_the_client_sent_it() {
+    let policy = json!({"version": "1", "default": "allow",
+        "plugins": {"probe": {"path": plugin_path("probe")}},
+        "tools": {"echo": {"use": [{"plugin": "probe"}]}}});
+    let mut client = Client::start(&policy.to_string(), &echo());
+    client.initialize();
+    let sent = r#"{ "message" : "hi",  "n": 1.0e2, "s": "\u0041", "list": [ 1,2 ] }"#;
+    client.send_raw(
+        format!(
+            r#"{{"jsonrpc": "2.0", "id": 70, "method": "tools/call", "params": {{"name": "echo", "arguments": {sent}}}}}"#
+        )
+        .as_bytes(),
+    );
+    client.send_raw(b"\n");
+    let (text, _) = refusal(&client.reply_to(&json!(70))["result"]);
+    assert!(
+        text.contains(&format!("tool=echo arguments={sent} grant=")),
+        "{text}"
+    );
+    // No `arguments` member: the plugin sees `{}`, written by the host.
+    let reply = client.request("tools/call", json!({"name": "echo"}));
+    let (text, _) = refusal(&reply["result"]);
+    assert!(text.contains("tool=echo arguments={} grant="), "{text}");
+    let (status, _) = client.finish();
+    assert!(status.success());
+    // Outside a session (no raw text): the value, written out.
+    let engine = Engine::new(policy);
+    let args: Value = serde_json::from_str(sent).unwrap();
+    let decision = engine.decide("echo", &args);
+    assert!(
+        decision
+            .reason
+            .contains(r#"arguments={"message":"hi","n":100.0,"s":"A","list":[1,2]} grant="#),
+        "{}",
+        decision.reason
+    );
+}
+
 fn decide_as(
     policy: &Policy,
     counters: &Arc<dyn CounterStore>,
@@ -630,6 +675,7 @@ fn decide_as(
     let call = ToolCall {
         tool: "echo",
         args: &args,
+        args_text: None,
         grant,
         session: "s1",
         server: "",

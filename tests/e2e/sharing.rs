@@ -538,6 +538,7 @@ fn decide(live: &LivePolicy) -> toolgate::decision::Decision {
     let call = toolgate::call::ToolCall {
         tool: "session_list",
         args: &args,
+        args_text: None,
         grant: "g",
         session: "s",
         server: "",

@@ -6,6 +6,8 @@
 
 use serde::Deserialize;
 use serde_json::Value;
+use std::cell::RefCell;
+use std::rc::Rc;
 
 wit_bindgen::generate!({ path: "../../wit/v0.1.0", world: "policy" });
 
@@ -110,11 +112,33 @@ fn parse(text: &str) -> Result<Cap, String> {
     })
 }
 
+thread_local! {
+    /// The last config text this instance parsed, and the cap it gave: a pooled instance is
+    /// called again and again with the same config, which then costs a string compare
+    /// instead of a parse.
+    static LAST_CAP: RefCell<Option<(String, Rc<Cap>)>> = const { RefCell::new(None) };
+}
+
+/// [`parse`], remembered for the next call with the same text.
+fn cap_for(text: &str) -> Result<Rc<Cap>, String> {
+    LAST_CAP.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((seen, cap)) = last.as_ref() {
+            if seen == text {
+                return Ok(cap.clone());
+            }
+        }
+        let cap = Rc::new(parse(text)?);
+        *last = Some((text.to_owned(), cap.clone()));
+        Ok(cap)
+    })
+}
+
 struct RateCap;
 
 impl Guest for RateCap {
     fn evaluate(_call: ToolCall, config: String) -> Decision {
-        let cap = match parse(&config) {
+        let cap = match cap_for(&config) {
             Ok(cap) => cap,
             Err(e) => return Decision::Deny(e),
         };

@@ -124,6 +124,7 @@ mod tests {
         let call = ToolCall {
             tool: "session_delete",
             args,
+            args_text: None,
             grant: "agent",
             session: "c1",
             server: "",

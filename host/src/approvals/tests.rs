@@ -11,6 +11,7 @@ fn call<'a>(args: &'a Value, session: &'a str) -> ToolCall<'a> {
     ToolCall {
         tool: "session_delete",
         args,
+        args_text: None,
         grant: "agent",
         session,
         server: "",

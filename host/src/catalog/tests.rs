@@ -32,6 +32,7 @@ fn decide(policy: &Policy, counters: &Arc<dyn CounterStore>, tool: &str) -> Verd
     let call = crate::call::ToolCall {
         tool,
         args: &args,
+        args_text: None,
         grant: "g1",
         session: "s1",
         server: "",

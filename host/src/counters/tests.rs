@@ -250,7 +250,7 @@ proptest! {
         let clock = ManualClock::starting_at(1_000_000);
         let store: Arc<dyn CounterStore> = Arc::new(MemoryCounterStore::new(clock.clone()));
         let args = json!({});
-        let call = ToolCall { tool: "t", args: &args, grant: "g", session: "s", server: "", annotations: None };
+        let call = ToolCall { tool: "t", args: &args, args_text: None, grant: "g", session: "s", server: "", annotations: None };
         let mut admitted: Vec<u64> = Vec::new();
         for (gap, refund) in calls {
             clock.advance(Duration::from_millis(gap));

@@ -156,6 +156,7 @@ impl Compiler {
                 let started = std::time::Instant::now();
                 let component =
                     Component::new(engine, bytes).map_err(|e| invalid(path, format!("{e:#}")))?;
+                release_compiler_heap();
                 tracing::info!(
                     path,
                     digest,
@@ -178,6 +179,20 @@ impl Compiler {
             .unwrap_or_else(|e| e.into_inner())
             .insert(digest.to_owned(), component.clone());
         Ok(component)
+    }
+}
+
+/// Hands the heap pages the compiler freed back to the kernel. Cranelift allocates several
+/// MiB per component on the compile threads, and glibc keeps the freed pages in those
+/// threads' arenas, resident for the process's life: a gateway that compiled 10 plugins
+/// held 41 MiB, 35 MiB with this (`plugins_memory` bench; 24 MiB from the cache). Costs
+/// about a millisecond, once per compile (never on a call, nor on a load from the cache).
+fn release_compiler_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only returns free memory to the kernel; it touches no live
+    // allocation and is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

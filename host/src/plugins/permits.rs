@@ -27,8 +27,17 @@ pub const DEFAULT_MAX_CONCURRENT_EVALUATIONS: usize = 64;
 #[derive(Debug)]
 pub(crate) struct Permits {
     max: usize,
-    taken: Mutex<usize>,
+    state: Mutex<State>,
     returned: Condvar,
+}
+
+/// The permits out, and the evaluations waiting for one.
+#[derive(Debug, Default)]
+struct State {
+    taken: usize,
+    /// Kept so that a permit given back wakes a waiter only when there is one: `notify_one`
+    /// is a futex syscall whether or not anyone waits, and that was a syscall on every call.
+    waiting: usize,
 }
 
 /// One evaluation's permit, given back when dropped (on every path, unwinding included).
@@ -43,7 +52,7 @@ impl Permits {
     pub(crate) fn new(max: usize) -> Self {
         Self {
             max: max.max(1),
-            taken: Mutex::new(0),
+            state: Mutex::new(State::default()),
             returned: Condvar::new(),
         }
     }
@@ -53,40 +62,50 @@ impl Permits {
         self.max
     }
 
-    fn taken(&self) -> MutexGuard<'_, usize> {
-        // The count is only ever changed by one statement, so a panic elsewhere while the
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Each count is only ever changed by one statement, so a panic elsewhere while the
         // lock was held cannot have left it half-updated.
-        self.taken.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A permit, waiting up to `timeout` for one to be given back; `None` if none was.
     pub(crate) fn acquire(&self, timeout: Duration) -> Option<Permit<'_>> {
+        let mut state = self.state();
+        if state.taken < self.max {
+            // The usual case: no clock read, no wait.
+            state.taken += 1;
+            return Some(Permit { permits: self });
+        }
         let deadline = Instant::now().checked_add(timeout);
-        let mut taken = self.taken();
-        while *taken >= self.max {
+        while state.taken >= self.max {
             let left = match deadline {
-                Some(deadline) => deadline.checked_duration_since(Instant::now())?,
+                Some(deadline) => deadline.saturating_duration_since(Instant::now()),
                 // A timeout past the end of time: wait without one.
                 None => Duration::MAX,
             };
             if left.is_zero() {
                 return None;
             }
-            taken = self
+            state.waiting += 1;
+            state = self
                 .returned
-                .wait_timeout(taken, left)
+                .wait_timeout(state, left)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
+            state.waiting -= 1;
         }
-        *taken += 1;
+        state.taken += 1;
         Some(Permit { permits: self })
     }
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        *self.permits.taken() -= 1;
-        self.permits.returned.notify_one();
+        let mut state = self.permits.state();
+        state.taken -= 1;
+        if state.waiting > 0 {
+            self.permits.returned.notify_one();
+        }
     }
 }
 
@@ -144,6 +163,33 @@ mod tests {
         started.recv().unwrap();
         drop(held);
         assert!(waiter.join().unwrap());
+    }
+
+    /// A permit given back while an evaluation waits wakes it (given back with nobody
+    /// waiting, it wakes nobody: no syscall).
+    #[test]
+    fn a_permit_given_back_wakes_the_evaluation_waiting_for_it() {
+        let permits = Arc::new(Permits::new(1));
+        let held = permits.acquire(Duration::ZERO).unwrap();
+        let waiter = {
+            let permits = permits.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let got = permits.acquire(Duration::from_secs(20)).is_some();
+                (got, started.elapsed())
+            })
+        };
+        while permits.state().waiting == 0 {
+            std::thread::yield_now();
+        }
+        drop(held);
+        let (got, waited) = waiter.join().unwrap();
+        assert!(got);
+        assert!(
+            waited < Duration::from_secs(10),
+            "woken only by its timeout: {waited:?}"
+        );
+        assert_eq!(permits.state().waiting, 0);
     }
 
     #[test]

@@ -40,6 +40,7 @@ static NO_ARGS: serde_json::Value = serde_json::Value::Null;
 static ECHO: ToolCall<'static> = ToolCall {
     tool: "echo",
     args: &NO_ARGS,
+    args_text: None,
     grant: "g",
     session: "s",
     server: "",

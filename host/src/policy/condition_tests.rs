@@ -11,6 +11,7 @@ fn eval(c: Value, args: Value) -> Result<bool, EvalError> {
     let call = ToolCall {
         tool: "codex_request",
         args: &args,
+        args_text: None,
         grant: "g1",
         session: "s1",
         server: "",
@@ -103,6 +104,7 @@ fn integers_beyond_2_pow_53_parsed_from_text_are_not_rounded() {
         let call = ToolCall {
             tool: "t",
             args: &args,
+            args_text: None,
             grant: "g",
             session: "s",
             server: "",

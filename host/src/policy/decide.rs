@@ -267,7 +267,7 @@ impl Policy {
     ) -> Outcome {
         let (mut instructions, mut peak_memory) = (0, 0);
         if !uses.is_empty() {
-            let arguments = call.args.to_string();
+            let arguments = call.args_json();
             let plugin_call = PluginCall {
                 call,
                 arguments: &arguments,

@@ -94,7 +94,7 @@ impl ResultHooks {
         if self.0.is_empty() {
             return check;
         }
-        let arguments = call.args.to_string();
+        let arguments = call.args_json();
         let plugin_call = PluginCall {
             call,
             arguments: &arguments,

@@ -24,6 +24,7 @@ fn decide_as(
         &ToolCall {
             tool,
             args: &args,
+            args_text: None,
             grant,
             session: "s1",
             server: "",

@@ -170,8 +170,10 @@ pub struct Session {
 struct CallParams<'a> {
     #[serde(borrow)]
     name: Cow<'a, str>,
-    #[serde(default)]
-    arguments: Option<Value>,
+    /// Borrowed as the client wrote it: a plugin is handed this text, not a copy written
+    /// from the parsed value.
+    #[serde(default, borrow)]
+    arguments: Option<&'a RawValue>,
 }
 
 impl Session {
@@ -413,8 +415,12 @@ impl Session {
         trail: &mut audited::Trail,
     ) -> Result<Kind, Refused> {
         let raw_params = params.map_or("null", RawValue::get);
-        let mut params: CallParams = match serde_json::from_str(raw_params) {
-            Ok(params) => params,
+        let parsed = serde_json::from_str::<CallParams>(raw_params).and_then(|params| {
+            let args = params.arguments.map(|a| serde_json::from_str(a.get()));
+            Ok((params, args.transpose()?))
+        });
+        let (params, args) = match parsed {
+            Ok(parsed) => parsed,
             Err(e) => {
                 let message = format!("invalid tools/call params: {e}");
                 tracing::warn!(%message, "bad tools/call from client");
@@ -427,12 +433,8 @@ impl Session {
             }
         };
         // Shared, not copied, with the decision log and shadow decisions.
-        let args = Arc::new(
-            params
-                .arguments
-                .take()
-                .unwrap_or(Value::Object(Default::default())),
-        );
+        let args_text = params.arguments.map(RawValue::get);
+        let args = Arc::new(args.unwrap_or(Value::Object(Default::default())));
         if trail.wanted {
             trail.tool = Arc::from(params.name.as_ref());
         }
@@ -477,6 +479,7 @@ impl Session {
         let call = ToolCall {
             tool: &params.name,
             args: &args,
+            args_text,
             grant: &self.identity.grant,
             session: &self.identity.session,
             server: &server,

@@ -61,6 +61,7 @@ impl Session {
         let call = ToolCall {
             tool: &after.tool,
             args: &after.args,
+            args_text: None,
             grant: &self.identity.grant,
             session: &self.identity.session,
             server: &after.server,

@@ -82,6 +82,7 @@ fn run(job: Job, counters: &Arc<dyn CounterStore>) {
     let call = ToolCall {
         tool: &job.trail.tool,
         args: job.trail.args.as_deref().unwrap_or(&null),
+        args_text: None,
         grant: &job.grant,
         session: &job.session,
         server: &job.trail.server,
