@@ -391,3 +391,28 @@ fn trace_injection_writes_only_the_traceparent_and_only_when_asked() {
     let decision = one(log.decisions());
     assert_eq!(decision.span_id.as_deref(), Some(parts[2]));
 }
+
+/// The log's trace id is the client's, however the client spelled `traceparent`'s key, and a
+/// new one when it sent none.
+#[test]
+fn the_logged_trace_is_the_clients_however_its_key_is_spelled() {
+    let (s, log) = session();
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let sent = |id: u64, key: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"quiet","arguments":{{}},"_meta":{{"{key}":"00-{trace}-00f067aa0ba902b7-01"}}}}}}"#
+        )
+    };
+    for (id, key) in [(1, "traceparent"), (2, r"trace\u0070arent")] {
+        s.from_client(sent(id, key).as_bytes());
+        assert_eq!(
+            one(log.decisions()).trace_id.as_deref(),
+            Some(trace),
+            "{key}"
+        );
+    }
+    s.from_client(&call(3, "quiet", json!({})));
+    let fresh = one(log.decisions()).trace_id.unwrap();
+    assert_ne!(fresh, trace);
+    assert_eq!(fresh.len(), 32);
+}

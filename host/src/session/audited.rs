@@ -255,7 +255,16 @@ impl Session {
             return tracing::Span::none();
         }
         trail.wanted = true;
-        let parsed = params.and_then(|p| serde_json::from_str::<Params>(p.get()).ok());
+        // Read only when something reads the span's tool, or the params can hold a
+        // `traceparent` (its name, or any escape, which could spell it).
+        let may_trace = |p: &&RawValue| {
+            let text = p.get().as_bytes();
+            memchr::memchr(b'\\', text).is_some()
+                || memchr::memmem::find(text, b"traceparent").is_some()
+        };
+        let parsed = params
+            .filter(|p| traced || may_trace(p))
+            .and_then(|p| serde_json::from_str::<Params>(p.get()).ok());
         let tool = parsed.as_ref().map_or("", |p| &p.name);
         // At debug level: stderr's log (info by default) does not repeat the span on every
         // line; the OpenTelemetry layer enables it for itself.
