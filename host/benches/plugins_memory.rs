@@ -12,41 +12,18 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+#[path = "support/plugins.rs"]
+mod plugins;
+
 const TOOLGATE: &str = env!("CARGO_BIN_EXE_toolgate");
 const PLUGINS: usize = 10;
 const CALLS_EACH: usize = 20;
 const RUNS: usize = 3;
 
-/// Builds the reference plugin (as `toolgate plugin build` does) and returns its bytes.
-fn component(name: &str) -> Vec<u8> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let out = Command::new(TOOLGATE)
-        .args(["plugin", "build"])
-        .arg(root.join("guest-policies").join(name))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "plugin build {name} failed");
-    let path = String::from_utf8(out.stdout).unwrap();
-    std::fs::read(path.lines().last().unwrap()).unwrap()
-}
-
-/// `bytes` with a custom section appended: a new digest, the same plugin.
-fn variant(bytes: &[u8], n: u64) -> Vec<u8> {
-    let name = b"toolgate-bench";
-    let payload = n.to_le_bytes();
-    let mut out = bytes.to_vec();
-    out.push(0); // custom section
-    out.push((1 + name.len() + payload.len()) as u8);
-    out.push(name.len() as u8);
-    out.extend_from_slice(name);
-    out.extend_from_slice(&payload);
-    out
-}
-
 /// Plugin `i`: gw-id-check for even `i`, rate-cap (a cap of `CALLS_EACH / 2`, so that half its
 /// calls are refused: proof that it ran) for odd; fresh and pooled in pairs.
 fn policy(dir: &Path) -> String {
-    let (gw, cap) = (component("gw-id-check"), component("rate-cap"));
+    let (gw, cap) = (plugins::build("gw-id-check"), plugins::build("rate-cap"));
     let mut plugins = Map::new();
     let mut tools = Map::new();
     for i in 0..PLUGINS {
@@ -58,7 +35,7 @@ fn policy(dir: &Path) -> String {
                 json!({"counter": format!("c{i}"), "window": "minute", "max": CALLS_EACH / 2}),
             ),
         };
-        std::fs::write(&path, variant(bytes, i as u64)).unwrap();
+        std::fs::write(&path, plugins::variant(bytes, i as u64)).unwrap();
         let isolation = if (i / 2) % 2 == 0 { "fresh" } else { "pooled" };
         plugins.insert(
             format!("p{i}"),

@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "support/plugins.rs"]
+mod plugins;
+
 const TOOLGATE: &str = env!("CARGO_BIN_EXE_toolgate");
 
 struct Gateway {
@@ -92,31 +95,6 @@ impl Drop for Gateway {
     }
 }
 
-fn build(name: &str) -> Vec<u8> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let out = Command::new(TOOLGATE)
-        .args(["plugin", "build"])
-        .arg(root.join("guest-policies").join(name))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "plugin build {name} failed");
-    let path = String::from_utf8(out.stdout).unwrap();
-    std::fs::read(path.lines().last().unwrap()).unwrap()
-}
-
-/// `bytes` with a custom section appended: a new digest, the same plugin.
-fn variant(bytes: &[u8], n: u64) -> Vec<u8> {
-    let name = b"toolgate-bench";
-    let payload = n.to_le_bytes();
-    let mut out = bytes.to_vec();
-    out.push(0); // custom section
-    out.push((1 + name.len() + payload.len()) as u8);
-    out.push(name.len() as u8);
-    out.extend_from_slice(name);
-    out.extend_from_slice(&payload);
-    out
-}
-
 fn report(what: &str, mut samples: Vec<Duration>) {
     samples.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -136,8 +114,8 @@ fn main() {
         .position(|a| a == "--rounds")
         .and_then(|i| args.get(i + 1))
         .map_or(20, |n| n.parse().unwrap());
-    let allows = build("rate-cap");
-    let denies = build("probe");
+    let allows = plugins::build("rate-cap");
+    let denies = plugins::build("probe");
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     let policy_path = dir.path().join("policy.json");
@@ -176,7 +154,13 @@ fn main() {
         }
     };
     let samples = (1..=rounds)
-        .map(|i| gateway.swap(&plugin_path, &variant(pick(i), i), i.is_multiple_of(2)))
+        .map(|i| {
+            gateway.swap(
+                &plugin_path,
+                &plugins::variant(pick(i), i),
+                i.is_multiple_of(2),
+            )
+        })
         .collect();
     report("plugin change, cold compile", samples);
 
@@ -184,7 +168,7 @@ fn main() {
     let samples = (1..=rounds)
         .map(|i| {
             let n = 1_000 + i;
-            let bytes = variant(pick(i), n);
+            let bytes = plugins::variant(pick(i), n);
             let staged = dir.path().join(format!("staged-{n}.wasm"));
             std::fs::write(&staged, &bytes).unwrap();
             let check = dir.path().join(format!("check-{n}.json"));

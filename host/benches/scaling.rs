@@ -30,6 +30,9 @@ use toolgate::plugins::PluginRuntime;
 use toolgate::policy::{Loader, Policy};
 use toolgate::session::{ClientLine, Identity, Session};
 
+#[path = "support/plugins.rs"]
+mod plugins;
+
 /// A policy of `n` rules: `tool_0`, `tool_1`, ... for the even half (exact names, `allow`),
 /// `ns_0_*`, `ns_1_*`, ... for the other half (globs).
 fn rules_policy(n: usize) -> String {
@@ -253,37 +256,6 @@ fn counter_depth(c: &mut Criterion) {
     group.finish();
 }
 
-/// Builds the reference plugin (as `toolgate plugin build` does) and returns its path.
-fn component(name: &str) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"))
-        .args(["plugin", "build"])
-        .arg(root.join("guest-policies").join(name))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "plugin build {name} failed");
-    PathBuf::from(
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap(),
-    )
-}
-
-/// `bytes` with a custom section appended: a new digest, the same plugin.
-fn variant(bytes: &[u8], n: u64) -> Vec<u8> {
-    let name = b"toolgate-bench";
-    let payload = n.to_le_bytes();
-    let mut out = bytes.to_vec();
-    out.push(0); // custom section
-    out.push((1 + name.len() + payload.len()) as u8);
-    out.push(name.len() as u8);
-    out.extend_from_slice(name);
-    out.extend_from_slice(&payload);
-    out
-}
-
 /// A policy naming `paths` as plugins `p0`, `p1`, ..., each used by a rule of its own.
 fn plugins_policy(paths: &[PathBuf]) -> String {
     let mut plugins = Map::new();
@@ -301,14 +273,14 @@ fn plugins_policy(paths: &[PathBuf]) -> String {
 const PLUGINS: [usize; 3] = [1, 10, 50];
 
 fn reload_plugins(c: &mut Criterion) {
-    let bytes = std::fs::read(component("gw-id-check")).unwrap();
+    let bytes = plugins::build("gw-id-check");
     let dir = tempfile::tempdir().unwrap();
     // Distinct copies: each its own digest, so each is compiled (or found in the cache) on
     // its own, as P different plugins would be.
     let distinct: Vec<PathBuf> = (0..*PLUGINS.iter().max().unwrap())
         .map(|i| {
             let path = dir.path().join(format!("plugin-{i}.wasm"));
-            std::fs::write(&path, variant(&bytes, i as u64)).unwrap();
+            std::fs::write(&path, plugins::variant(&bytes, i as u64)).unwrap();
             path
         })
         .collect();
