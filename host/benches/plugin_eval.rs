@@ -6,7 +6,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use serde_json::{json, Value};
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,22 +17,9 @@ use toolgate::clock::SystemClock;
 use toolgate::counters::{CounterStore, MemoryCounterStore};
 use toolgate::policy::Loader;
 
-fn component(name: &str) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"))
-        .args(["plugin", "build"])
-        .arg(root.join("guest-policies").join(name))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "plugin build {name} failed");
-    PathBuf::from(
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap(),
-    )
-}
+#[path = "support/plugins.rs"]
+mod plugins;
+use plugins::component;
 
 /// One plugin runtime for every policy here, as a gateway process has one (one engine, one
 /// epoch thread, one background thread for instances).

@@ -1,5 +1,7 @@
 //! Reference plugins for the benches: built as `toolgate plugin build` builds them, and made
-//! into distinct components (distinct digests) of the same plugin.
+//! into distinct components (distinct digests) of the same plugin. Not every bench uses
+//! every function here.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
