@@ -23,9 +23,6 @@
 //! `nginx` on PATH or in /usr/sbin (Debian's package), and for the bare TCP relay its stream
 //! module (`libnginx-mod-stream`).
 
-use serde_json::json;
-use std::io::{BufReader, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,99 +31,7 @@ use std::time::{Duration, Instant};
 
 #[path = "support/http_peers.rs"]
 mod http_peers;
-use http_peers::{free_port, start_echo, wait_for_port, Proc};
-
-const TOOLGATE: &str = env!("CARGO_BIN_EXE_toolgate");
-const TOKEN: &str = "bench-token";
-const POLICY: &str = r#"{"version": "1", "default": "deny", "tools": {"echo": {
-    "deny_if": [{"path": "args.message", "op": "contains", "value": "forbidden"}],
-    "limits": [{"counter": "echo_rate", "window": "minute", "max": 100000000, "scope": "grant"}]}}}"#;
-
-/// One keep-alive HTTP/1.1 connection speaking MCP: just enough client for a benchmark.
-struct Conn {
-    port: u16,
-    path: String,
-    token: Option<&'static str>,
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-    session: Option<String>,
-}
-
-impl Conn {
-    fn open(url: &Url, token: Option<&'static str>) -> Self {
-        let stream = TcpStream::connect(("127.0.0.1", url.port)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        let mut conn = Self {
-            port: url.port,
-            path: url.path.clone(),
-            token,
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            writer: stream,
-            session: None,
-        };
-        let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {},
-            "clientInfo": {"name": "bench", "version": "1"}}});
-        let (headers, _) = conn.post(&init.to_string());
-        conn.session = headers.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("mcp-session-id")
-                .then(|| v.trim().to_owned())
-        });
-        conn.post(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
-        conn
-    }
-
-    /// POSTs a message; returns the response head and body (de-chunked).
-    fn post(&mut self, body: &str) -> (String, Vec<u8>) {
-        let mut request = format!(
-            "POST {} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\n\
-             Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2025-11-25\r\n\
-             Content-Length: {}\r\n",
-            self.path,
-            self.port,
-            body.len()
-        );
-        if let Some(token) = self.token {
-            request.push_str(&format!("Authorization: Bearer {token}\r\n"));
-        }
-        if let Some(session) = &self.session {
-            request.push_str(&format!("Mcp-Session-Id: {session}\r\n"));
-        }
-        request.push_str("\r\n");
-        request.push_str(body);
-        self.writer.write_all(request.as_bytes()).unwrap();
-        self.read_response()
-    }
-    fn read_response(&mut self) -> (String, Vec<u8>) {
-        http_peers::read_response(&mut self.reader)
-    }
-
-    fn call(&mut self, id: u64) -> Duration {
-        let message = format!(
-            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"message":"hello {id}"}}}}}}"#
-        );
-        let started = Instant::now();
-        let (_, body) = self.post(&message);
-        let elapsed = started.elapsed();
-        let text = String::from_utf8_lossy(&body);
-        assert!(text.contains(&format!("hello {id}")), "{text}");
-        elapsed
-    }
-}
-
-#[derive(Clone)]
-struct Url {
-    port: u16,
-    path: String,
-}
-
-fn url(port: u16) -> Url {
-    Url {
-        port,
-        path: "/mcp".into(),
-    }
-}
+use http_peers::{free_port, start_echo, start_serve, wait_for_port, Conn, Proc, TOKEN, TOOLGATE};
 
 fn start_everything(root: &Path) -> Option<(Proc, u16)> {
     let bin = root.join("tests/peers/node_modules/.bin/mcp-server-everything");
@@ -224,35 +129,8 @@ fn start_toolgate_binary(
     threads: usize,
     extra: &str,
 ) -> (Proc, u16) {
-    let (port, admin) = (free_port(), free_port());
-    std::fs::write(dir.join("policy.json"), POLICY).unwrap();
-    let hash: String = {
-        use sha2::{Digest, Sha256};
-        Sha256::digest(TOKEN.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    };
-    let config = dir.join(format!("toolgate-{port}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nwatch = false\n\
-             worker_threads = {threads}\n{extra}\
-             [upstream]\nurl = \"http://127.0.0.1:{upstream}/mcp\"\n\
-             [[grants]]\nname = \"bench\"\ntoken_sha256 = \"{hash}\"\npolicy = \"policy.json\"\n"
-        ),
-    )
-    .unwrap();
-    let child = Command::new(binary)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("TOOLGATE_LOG", "warn")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(port);
-    (Proc(child), port)
+    let top = format!("worker_threads = {threads}\n{extra}");
+    start_serve(binary, dir, upstream, &top, "")
 }
 
 fn median(samples: &mut [Duration]) -> Duration {
@@ -279,21 +157,21 @@ fn latency(name: &str, upstream: u16, dir: &Path, calls: u64) -> (f64, f64) {
     let (_observed, observed_port) =
         start_toolgate_binary(toolgate, dir, upstream, 1, &observed_config);
     let mut paths = vec![
-        ("direct", Conn::open(&url(upstream), None), Vec::new()),
-        ("nginx", Conn::open(&url(nginx_port), None), Vec::new()),
+        ("direct", Conn::open(upstream, None), Vec::new()),
+        ("nginx", Conn::open(nginx_port, None), Vec::new()),
         (
             "toolgate",
-            Conn::open(&url(toolgate_port), Some(TOKEN)),
+            Conn::open(toolgate_port, Some(TOKEN)),
             Vec::new(),
         ),
         (
             "unobserved",
-            Conn::open(&url(unobserved_port), Some(TOKEN)),
+            Conn::open(unobserved_port, Some(TOKEN)),
             Vec::new(),
         ),
         (
             "observed",
-            Conn::open(&url(observed_port), Some(TOKEN)),
+            Conn::open(observed_port, Some(TOKEN)),
             Vec::new(),
         ),
     ];
@@ -301,7 +179,7 @@ fn latency(name: &str, upstream: u16, dir: &Path, calls: u64) -> (f64, f64) {
     let baseline = std::env::var_os("TOOLGATE_BASELINE")
         .map(|binary| start_toolgate_binary(Path::new(&binary), dir, upstream, 1, ""));
     if let Some((_, port)) = &baseline {
-        let conn = Conn::open(&url(*port), Some(TOKEN));
+        let conn = Conn::open(*port, Some(TOKEN));
         paths.push(("baseline toolgate", conn, Vec::new()));
     }
     let n = paths.len();
@@ -348,10 +226,10 @@ fn latency(name: &str, upstream: u16, dir: &Path, calls: u64) -> (f64, f64) {
 }
 
 /// Calls per second with `clients` threads for `seconds` on one path.
-fn throughput(url: &Url, token: Option<&'static str>, clients: usize, seconds: f64) -> f64 {
+fn throughput(port: u16, token: Option<&'static str>, clients: usize, seconds: f64) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
-    let mut conns: Vec<Conn> = (0..clients).map(|_| Conn::open(url, token)).collect();
+    let mut conns: Vec<Conn> = (0..clients).map(|_| Conn::open(port, token)).collect();
     let barrier = Arc::new(std::sync::Barrier::new(clients + 1));
     let threads: Vec<_> = conns
         .drain(..)
@@ -402,7 +280,7 @@ fn main() {
         // For profilers: toolgate (one thread) under the throughput load, nothing else.
         let (toolgate, toolgate_port) = start_toolgate(dir.path(), echo_port, 1);
         eprintln!("toolgate pid {}", toolgate.0.id());
-        let rate = throughput(&url(toolgate_port), Some(TOKEN), 32, seconds);
+        let rate = throughput(toolgate_port, Some(TOKEN), 32, seconds);
         println!("toolgate alone, 32 clients: {rate:.0} calls/s");
         return;
     }
@@ -413,7 +291,7 @@ fn main() {
 
     // nginx too: the same two hops on the same two cores are the floor for any proxy here.
     let (_nginx, nginx_port) = start_nginx(dir.path(), echo_port);
-    let nginx = rounds(&url(nginx_port), None, &url(echo_port), seconds);
+    let nginx = rounds(nginx_port, None, echo_port, seconds);
     println!(
         "throughput, echo upstream, 32 clients, 3 rounds of {seconds} s, nginx (1 worker): \
          direct {:.0} calls/s, nginx {:.0} calls/s = {:.0}% of direct",
@@ -423,7 +301,7 @@ fn main() {
     );
     match start_tcp_relay(dir.path(), echo_port) {
         Some((_relay, relay_port)) => {
-            let (d, r) = rounds(&url(relay_port), None, &url(echo_port), seconds);
+            let (d, r) = rounds(relay_port, None, echo_port, seconds);
             println!(
                 "throughput, echo upstream, 32 clients, 3 rounds of {seconds} s, bare TCP relay \
                  (nginx stream, 1 worker): direct {d:.0} calls/s, relay {r:.0} calls/s = {:.0}% of \
@@ -437,7 +315,7 @@ fn main() {
     }
     for threads in [1, 2] {
         let (_toolgate, toolgate_port) = start_toolgate(dir.path(), echo_port, threads);
-        let (d, g) = rounds(&url(toolgate_port), Some(TOKEN), &url(echo_port), seconds);
+        let (d, g) = rounds(toolgate_port, Some(TOKEN), echo_port, seconds);
         println!(
             "throughput, echo upstream, 32 clients, 3 rounds of {seconds} s, toolgate with \
              {threads} thread(s): direct {d:.0} calls/s, toolgate {g:.0} calls/s = {:.0}% of \
@@ -449,7 +327,7 @@ fn main() {
 }
 
 /// Mean calls/s (direct, through) over three rounds, the order alternating.
-fn rounds(through: &Url, token: Option<&'static str>, direct: &Url, seconds: f64) -> (f64, f64) {
+fn rounds(through: u16, token: Option<&'static str>, direct: u16, seconds: f64) -> (f64, f64) {
     let (mut d, mut t) = (Vec::new(), Vec::new());
     for round in 0..3 {
         for proxied in [round % 2 == 0, round % 2 != 0] {

@@ -16,123 +16,20 @@
 //! Run: `cargo bench --profile release -p toolgate --bench sessions_scaling`
 //! (`-- --calls N --seconds S --sizes 10,100,1000`).
 
-use serde_json::json;
-use std::io::{BufReader, Write};
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 #[path = "support/http_peers.rs"]
 mod http_peers;
-use http_peers::{free_port, start_echo, wait_for_port, Proc};
+use http_peers::{start_echo, start_serve, Conn, Proc, TOKEN, TOOLGATE};
 
-const TOOLGATE: &str = env!("CARGO_BIN_EXE_toolgate");
-const TOKEN: &str = "bench-token";
-const POLICY: &str = r#"{"version": "1", "default": "deny", "tools": {"echo": {
-    "deny_if": [{"path": "args.message", "op": "contains", "value": "forbidden"}],
-    "limits": [{"counter": "echo_rate", "window": "minute", "max": 100000000, "scope": "grant"}]}}}"#;
-
-/// One MCP client: a keep-alive HTTP/1.1 connection and its session.
-struct Conn {
-    port: u16,
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-    session: Option<String>,
-    next_id: u64,
-}
-
-impl Conn {
-    fn open(port: u16) -> Self {
-        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        let mut conn = Self {
-            port,
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            writer: stream,
-            session: None,
-            next_id: 1,
-        };
-        let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {},
-            "clientInfo": {"name": "bench", "version": "1"}}});
-        let (headers, _) = conn.post(&init.to_string());
-        conn.session = headers.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("mcp-session-id")
-                .then(|| v.trim().to_owned())
-        });
-        assert!(conn.session.is_some(), "no session id: {headers}");
-        conn.post(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
-        conn
-    }
-
-    /// POSTs a message; returns the response head and body (de-chunked).
-    fn post(&mut self, body: &str) -> (String, Vec<u8>) {
-        let mut request = format!(
-            "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\n\
-             Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2025-11-25\r\n\
-             Authorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n",
-            self.port,
-            body.len()
-        );
-        if let Some(session) = &self.session {
-            request.push_str(&format!("Mcp-Session-Id: {session}\r\n"));
-        }
-        request.push_str("\r\n");
-        request.push_str(body);
-        self.writer.write_all(request.as_bytes()).unwrap();
-        self.read_response()
-    }
-    fn read_response(&mut self) -> (String, Vec<u8>) {
-        http_peers::read_response(&mut self.reader)
-    }
-
-    /// One `tools/call echo`, timed.
-    fn call(&mut self) -> Duration {
-        let id = self.next_id;
-        self.next_id += 1;
-        let message = format!(
-            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"message":"hello {id}"}}}}}}"#
-        );
-        let started = Instant::now();
-        let (_, body) = self.post(&message);
-        let elapsed = started.elapsed();
-        let text = String::from_utf8_lossy(&body);
-        assert!(text.contains(&format!("hello {id}")), "{text}");
-        elapsed
-    }
-}
-
+/// `toolgate serve` whose idle keep-alive connections and sessions outlive the run: the
+/// clients wait their turn on them.
 fn start_toolgate(dir: &Path, upstream: u16) -> (Proc, u16) {
-    let (port, admin) = (free_port(), free_port());
-    std::fs::write(dir.join("policy.json"), POLICY).unwrap();
-    let hash = {
-        use sha2::{Digest, Sha256};
-        hex::encode(Sha256::digest(TOKEN.as_bytes()))
-    };
-    let config = dir.join(format!("toolgate-{port}.toml"));
-    // Idle keep-alive connections and sessions must outlive the run: the clients wait their
-    // turn on them.
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nwatch = false\n\
-             [upstream]\nurl = \"http://127.0.0.1:{upstream}/mcp\"\n\
-             [[grants]]\nname = \"bench\"\ntoken_sha256 = \"{hash}\"\npolicy = \"policy.json\"\n\
-             [limits]\nmax_sessions = 2000\nclient_timeout_s = 600\nsession_idle_timeout_s = 3600\n"
-        ),
-    )
-    .unwrap();
-    let child = Command::new(TOOLGATE)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("TOOLGATE_LOG", "warn")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(port);
-    (Proc(child), port)
+    let limits =
+        "[limits]\nmax_sessions = 2000\nclient_timeout_s = 600\nsession_idle_timeout_s = 3600\n";
+    start_serve(Path::new(TOOLGATE), dir, upstream, "", limits)
 }
 
 /// The resident set of `pid`, in KiB.
@@ -201,18 +98,19 @@ fn main() {
         let mut conns: Vec<Conn> = (0..n)
             .map(|_| {
                 let started = Instant::now();
-                let conn = Conn::open(port);
+                let conn = Conn::open(port, Some(TOKEN));
+                assert!(conn.session.is_some(), "no session id");
                 opens.push(started.elapsed());
                 conn
             })
             .collect();
         let rss_open = rss_kib(pid);
         for conn in &mut conns {
-            conn.call();
+            conn.call_next();
         }
         let mut sequential = Vec::with_capacity(calls);
         for i in 0..calls {
-            sequential.push(conns[i % n].call());
+            sequential.push(conns[i % n].call_next());
         }
         let callers = n.min(32);
         let per = n.div_ceil(callers);
@@ -225,7 +123,7 @@ fn main() {
                 let mut i = 0;
                 while Instant::now() < deadline {
                     let k = share.len();
-                    samples.push(share[i % k].call());
+                    samples.push(share[i % k].call_next());
                     i += 1;
                 }
                 (share, samples)
