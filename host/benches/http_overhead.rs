@@ -152,7 +152,11 @@ fn latency(name: &str, upstream: u16, dir: &Path, calls: u64) -> (f64, f64) {
     let toolgate = Path::new(TOOLGATE);
     let (_unobserved, unobserved_port) =
         start_toolgate_binary(toolgate, dir, upstream, 1, "metrics = false\n");
-    let log = dir.join(format!("decisions-{name}.jsonl"));
+    // Not beside the policy: every gateway watches its policy's directory, and each flush of
+    // a log there would wake all their watchers.
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let log = logs.join(format!("decisions-{name}.jsonl"));
     let observed_config = format!("decision_log = \"{}\"\n", log.display());
     let (_observed, observed_port) =
         start_toolgate_binary(toolgate, dir, upstream, 1, &observed_config);

@@ -129,7 +129,10 @@ fn main() {
     let me = std::env::current_exe().unwrap();
     let me = me.to_str().unwrap();
     let policy = policy.to_str().unwrap();
-    let log = dir.path().join("decisions.jsonl");
+    // The log in a directory of its own: every gateway watches its policy's directory, and
+    // a log written beside the policy would wake all their watchers on every flush.
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("decisions.jsonl");
     let log = log.to_str().unwrap();
     let mut peers = [
         Peer::start("direct", TOOLGATE, &["standin", "--echo"]),
