@@ -40,7 +40,7 @@ pub struct Decision {
     /// Where in the policy the verdict came from, e.g. `tools.session_create` or `default`.
     pub rule: String,
     /// Why, in words.
-    pub reason: String,
+    pub reason: std::borrow::Cow<'static, str>,
     /// For `rate_limited`: milliseconds until the call can succeed.
     pub retry_after_ms: Option<u64>,
 }
@@ -57,7 +57,10 @@ impl Decision {
     }
 
     /// A deny from `rule` with `reason`.
-    pub fn deny(rule: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub fn deny(
+        rule: impl Into<String>,
+        reason: impl Into<std::borrow::Cow<'static, str>>,
+    ) -> Self {
         Self {
             verdict: Verdict::Deny,
             rule: rule.into(),

@@ -457,7 +457,9 @@ impl<'de> Visitor<'de> for Checked {
         Ok(())
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut few: Vec<Cow<'de, str>> = Vec::new();
+        // On the stack: every message has a few objects, and each one's keys were a heap
+        // allocation of their own.
+        let mut few: smallvec::SmallVec<[Cow<'de, str>; SCAN_KEYS]> = smallvec::SmallVec::new();
         let mut many: HashSet<Cow<'de, str>> = HashSet::new();
         while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
             let folded = match fold_key(&key) {

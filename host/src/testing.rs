@@ -608,7 +608,7 @@ pub fn decision_event(
         decision: audit::Verdict {
             verdict: d.verdict.as_str().into(),
             rule: d.rule.clone(),
-            reason: d.reason.clone(),
+            reason: d.reason.to_string(),
             retry_after_ms: d.retry_after_ms,
         },
         eval_us,

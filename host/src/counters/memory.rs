@@ -19,7 +19,8 @@ pub struct MemoryCounterStore {
 
 #[derive(Default)]
 struct State {
-    logs: HashMap<CounterKey, Log>,
+    /// Hashed with foldhash (seeded per process): each call looks its keys up several times.
+    logs: HashMap<CounterKey, Log, foldhash::fast::RandomState>,
     /// `consume` and state `set` calls since the last sweep.
     consumes_since_sweep: u32,
     /// The last unit id handed out.
@@ -179,11 +180,17 @@ impl CounterStore for MemoryCounterStore {
         // Every window of a key decides how long its stamps are kept: record them all before
         // any expired stamp is dropped.
         for (key, window) in requests {
-            let log = state.logs.entry(key.clone()).or_insert_with(|| Log {
-                stamps: VecDeque::new(),
-                longest_window_ms: 0,
-            });
-            log.longest_window_ms = log.longest_window_ms.max(window.length_ms);
+            // Looked up before inserting: the key is copied only for a new log.
+            match state.logs.get_mut(key) {
+                Some(log) => log.longest_window_ms = log.longest_window_ms.max(window.length_ms),
+                None => {
+                    let log = Log {
+                        stamps: VecDeque::new(),
+                        longest_window_ms: window.length_ms,
+                    };
+                    state.logs.insert(key.clone(), log);
+                }
+            }
         }
         let mut reservations: Vec<Reservation> = Vec::with_capacity(requests.len());
         for (key, _) in requests {

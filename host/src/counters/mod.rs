@@ -146,23 +146,20 @@ pub struct CounterKey {
     /// counters can never be the policy's or another plugin's, whatever their names.
     pub owner: Option<std::sync::Arc<str>>,
     /// The counter's name from the policy (or the plugin).
-    pub counter: String,
+    pub counter: Arc<str>,
     /// `grant:<name>`, `session:<id>` or `global`.
-    pub scope_value: String,
+    pub scope_value: Arc<str>,
 }
 
 impl CounterKey {
-    /// The key of `counter` as seen by a call from `grant` in `session`.
-    pub fn new(counter: &str, scope: Scope, grant: &str, session: &str) -> Self {
-        let scope_value = match scope {
-            Scope::Grant => format!("grant:{grant}"),
-            Scope::Session => format!("session:{session}"),
-            Scope::Global => "global".to_owned(),
-        };
+    /// The key of `counter` as seen by a call from `grant` in `session`. A key is made for
+    /// every limit of every call: the name is shared with the policy, and the scope's value
+    /// with the last key this thread made for the same grant or session.
+    pub fn new(counter: impl Into<Arc<str>>, scope: Scope, grant: &str, session: &str) -> Self {
         Self {
             owner: None,
-            counter: counter.to_owned(),
-            scope_value,
+            counter: counter.into(),
+            scope_value: scope_value(scope, grant, session),
         }
     }
 
@@ -177,6 +174,37 @@ impl CounterKey {
 
 /// The longest window a counter may have: a week. Every unit is kept (as a timestamp) for its
 /// window, so a longer window holds memory for longer; policies and plugins are held to it.
+/// `grant:<name>`, `session:<id>` or `global`, shared with the last value this thread made for
+/// the same scope when it names the same grant or session (a gateway's calls mostly do).
+fn scope_value(scope: Scope, grant: &str, session: &str) -> Arc<str> {
+    use std::cell::RefCell;
+    thread_local! {
+        static LAST: RefCell<[Option<Arc<str>>; 3]> = const { RefCell::new([None, None, None]) };
+    }
+    let (slot, prefix, name) = match scope {
+        Scope::Grant => (0, "grant:", grant),
+        Scope::Session => (1, "session:", session),
+        Scope::Global => (2, "global", ""),
+    };
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &last[slot] {
+            Some(value)
+                if value.len() == prefix.len() + name.len()
+                    && value.starts_with(prefix)
+                    && value.ends_with(name) =>
+            {
+                value.clone()
+            }
+            _ => {
+                let value: Arc<str> = Arc::from(format!("{prefix}{name}"));
+                last[slot] = Some(value.clone());
+                value
+            }
+        }
+    })
+}
+
 pub const MAX_WINDOW_MS: u64 = 7 * 86_400_000;
 
 /// How many units a window admits.

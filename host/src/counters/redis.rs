@@ -183,7 +183,7 @@ impl RedisCounterStore {
     /// The Redis key of a counter's units (and, with `:longest`, of its longest window).
     fn key(&self, key: &CounterKey) -> String {
         let encoded =
-            serde_json::to_string(&(key.owner.as_deref(), &key.counter, &key.scope_value))
+            serde_json::to_string(&(key.owner.as_deref(), &*key.counter, &*key.scope_value))
                 .unwrap_or_default();
         format!("{}{{counters}}:{encoded}", self.options.key_prefix)
     }

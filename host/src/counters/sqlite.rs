@@ -331,7 +331,7 @@ fn sweep_state(tx: &rusqlite::Transaction<'_>, now: u64) -> Result<(), rusqlite:
 /// A key as one text that no other key spells: owner, counter and scope value, as a JSON
 /// array.
 fn encode(key: &CounterKey) -> String {
-    serde_json::to_string(&(key.owner.as_deref(), &key.counter, &key.scope_value))
+    serde_json::to_string(&(key.owner.as_deref(), &*key.counter, &*key.scope_value))
         .unwrap_or_default()
 }
 

@@ -18,6 +18,30 @@ use std::time::Duration;
 
 /// The most units admitted in any half-open interval `[t, t + window)`. The busiest interval
 /// can always be slid to start at an admitted unit, so checking those starts is enough.
+/// A key's scope value is shared with the thread's last key for the same grant or session,
+/// never with one for another: keys of different grants stay different counters.
+#[test]
+fn scope_values_are_shared_only_between_keys_of_the_same_grant_or_session() {
+    let key = |scope, grant, session| CounterKey::new("c", scope, grant, session);
+    let (a, b) = (key(Scope::Grant, "a", "s"), key(Scope::Grant, "a", "t"));
+    assert_eq!(&*a.scope_value, "grant:a");
+    assert!(Arc::ptr_eq(&a.scope_value, &b.scope_value));
+    // Names that share a prefix or a suffix, or are empty, are not the same grant.
+    for (grant, expected) in [
+        ("ab", "grant:ab"),
+        ("b", "grant:b"),
+        ("", "grant:"),
+        ("a", "grant:a"),
+    ] {
+        assert_eq!(&*key(Scope::Grant, grant, "s").scope_value, expected);
+    }
+    assert_eq!(&*key(Scope::Grant, "nt:a", "s").scope_value, "grant:nt:a");
+    assert_eq!(&*key(Scope::Session, "a", "s1").scope_value, "session:s1");
+    assert_eq!(&*key(Scope::Session, "a", "s2").scope_value, "session:s2");
+    assert_eq!(&*key(Scope::Global, "a", "s2").scope_value, "global");
+    assert_ne!(key(Scope::Grant, "x", "s"), key(Scope::Grant, "y", "s"));
+}
+
 fn busiest_interval(admitted: &[u64], window_ms: u64) -> usize {
     let mut sorted = admitted.to_vec();
     sorted.sort_unstable();

@@ -469,7 +469,7 @@ impl Plugin {
             PluginDecision::RequireApproval(reason) => Decision {
                 verdict: Verdict::RequireApproval,
                 rule,
-                reason,
+                reason: reason.into(),
                 retry_after_ms: None,
             },
             PluginDecision::RateLimited {
@@ -478,7 +478,7 @@ impl Plugin {
             } => Decision {
                 verdict: Verdict::RateLimited,
                 rule,
-                reason,
+                reason: reason.into(),
                 retry_after_ms: Some(retry_after_ms),
             },
         }

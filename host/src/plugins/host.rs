@@ -303,7 +303,7 @@ impl EvalState {
         if let Some(reason) = refused {
             return Err(ImportRefused(reason).into());
         }
-        let key = CounterKey::new(&counter, scope, &self.grant, &self.session);
+        let key = CounterKey::new(counter.as_str(), scope, &self.grant, &self.session);
         let key = if self.shared_counters.contains(&counter) {
             key
         } else {

@@ -505,7 +505,7 @@ impl Compiler<'_> {
                     return Err(self.invalid(max_location, Problem::ZeroMax));
                 }
                 Ok(Limit {
-                    counter,
+                    counter: counter.into(),
                     scope,
                     window: Window {
                         max,

@@ -8,6 +8,7 @@ use crate::call::{Approval, ToolCall};
 use crate::counters::{CounterKey, CounterStore, Refusal, Window};
 use crate::decision::{Decision, Verdict};
 use crate::plugins::PluginCall;
+use smallvec::SmallVec;
 use std::sync::Arc;
 
 /// Collects steps when tracing; does nothing (and allocates nothing) otherwise.
@@ -173,17 +174,18 @@ impl Policy {
                 return refuse(Decision {
                     verdict: Verdict::RequireApproval,
                     rule: rule_id.to_owned(),
-                    reason: with_reason(rule, detail),
+                    reason: with_reason(rule, detail).into(),
                     retry_after_ms: None,
                 });
             }
         }
-        let limits: Vec<&Limit> = self
+        // On the stack: a rule has a few limits and plugins, and this runs on every call.
+        let limits: SmallVec<[&Limit; 4]> = self
             .all_tools_limits
             .iter()
             .chain(rule.into_iter().flat_map(|r| &r.limits))
             .collect();
-        let uses: Vec<&Arc<PluginUse>> = self
+        let uses: SmallVec<[&Arc<PluginUse>; 4]> = self
             .all_tools_uses
             .iter()
             .chain(rule.into_iter().flat_map(|r| &r.uses))
@@ -191,11 +193,11 @@ impl Policy {
         if limits.is_empty() && uses.is_empty() {
             return refuse(Decision::allow(rule_id));
         }
-        let requests: Vec<(CounterKey, Window)> = limits
+        let requests: SmallVec<[(CounterKey, Window); 4]> = limits
             .iter()
             .map(|l| {
                 (
-                    CounterKey::new(&l.counter, l.scope, call.grant, call.session),
+                    CounterKey::new(l.counter.clone(), l.scope, call.grant, call.session),
                     l.window,
                 )
             })
@@ -227,7 +229,7 @@ impl Policy {
             Err(Refusal::Unavailable(why)) => refuse(Decision {
                 verdict: Verdict::RateLimited,
                 rule: "counters".into(),
-                reason: format!("the call could not be counted, so it is refused: {why}"),
+                reason: format!("the call could not be counted, so it is refused: {why}").into(),
                 retry_after_ms: Some(1000),
             }),
             Err(Refusal::Exhausted(exhausted)) => {
@@ -243,7 +245,8 @@ impl Policy {
                     reason: format!(
                         "counter {} allows {} {}; retry in {retry_s} s",
                         limit.counter, limit.window.max, limit.label
-                    ),
+                    )
+                    .into(),
                     retry_after_ms: Some(exhausted.retry_after_ms),
                 })
             }

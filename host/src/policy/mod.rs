@@ -107,7 +107,8 @@ struct Rule {
 
 #[derive(Debug)]
 struct Limit {
-    counter: String,
+    /// Shared with every counter key made from it: no copy per call.
+    counter: Arc<str>,
     scope: Scope,
     window: Window,
     label: String,

@@ -102,7 +102,7 @@ fn explicit_deny_stays_visible_and_says_why() {
     assert!(p.is_visible("rm"));
     let d = decide_as(&p, &store, "g", "rm", json!({}));
     assert_eq!(
-        (d.verdict, d.reason.as_str(), d.rule.as_str()),
+        (d.verdict, &*d.reason, d.rule.as_str()),
         (Verdict::Deny, "never", "tools.rm")
     );
     assert!(decide_as(&p, &store, "g", "anything", json!({})).is_allow());

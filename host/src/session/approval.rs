@@ -363,8 +363,9 @@ pub(super) fn undecided(approval: &str, state: State, expires_ms: u64) -> serde_
         reason: match state {
             State::Pending => format!(
                 "waiting for approval (request {approval}); retry the same call once it is approved"
-            ),
-            other => format!("approval request {approval} {}", other.as_str()),
+            )
+            .into(),
+            other => format!("approval request {approval} {}", other.as_str()).into(),
         },
         retry_after_ms: None,
     }

@@ -218,7 +218,7 @@ impl Session {
             .unwrap_or(Value::Null);
         let mut trail = Trail {
             tool: Arc::from(params["name"].as_str().unwrap_or_default()),
-            decision: Some(Decision::deny("invalid_request", why)),
+            decision: Some(Decision::deny("invalid_request", why.to_owned())),
             ..Trail::default()
         };
         let null = RawValue::from_string("null".into()).expect("valid JSON");

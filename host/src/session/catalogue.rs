@@ -193,7 +193,7 @@ impl Session {
             Some(policy.argument_keys()),
             info.map(|info| &info.schema_keys),
         ];
-        let known: Vec<&jsonrpc::Spellings> = known
+        let known: smallvec::SmallVec<[&jsonrpc::Spellings; 2]> = known
             .into_iter()
             .flatten()
             .filter(|k| !k.is_empty())

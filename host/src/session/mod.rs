@@ -341,7 +341,7 @@ impl Session {
             Err(e) => {
                 let message = format!("invalid tools/call params: {e}");
                 tracing::warn!(%message, "bad tools/call from client");
-                trail.decision = Some(Decision::deny("invalid_request", &message));
+                trail.decision = Some(Decision::deny("invalid_request", message.clone()));
                 return Err(Refused::Answer(jsonrpc::error_line(
                     Some(id),
                     jsonrpc::INVALID_PARAMS,
@@ -386,7 +386,7 @@ impl Session {
         trail.annotations = info.as_ref().and_then(|i| i.annotations);
         if let Some(problem) = self.ambiguous_call(raw_params, &args, info.as_deref()) {
             tracing::warn!(%problem, "tools/call refused");
-            trail.decision = Some(Decision::deny("invalid_request", &problem));
+            trail.decision = Some(Decision::deny("invalid_request", problem.clone()));
             return Err(Refused::Answer(jsonrpc::error_line(
                 Some(id),
                 jsonrpc::INVALID_REQUEST,

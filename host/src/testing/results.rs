@@ -56,8 +56,16 @@ pub fn seen(
     let (fate, text, reason) = match check.fate {
         ResultFate::Pass => ("pass", text, None),
         ResultFate::Replace(replaced) => ("replace", replaced, None),
-        ResultFate::Refuse(d) => ("refuse", d.to_tool_result().to_string(), Some(d.reason)),
-        ResultFate::Failed(d) => ("error", d.to_tool_result().to_string(), Some(d.reason)),
+        ResultFate::Refuse(d) => (
+            "refuse",
+            d.to_tool_result().to_string(),
+            Some(d.reason.into_owned()),
+        ),
+        ResultFate::Failed(d) => (
+            "error",
+            d.to_tool_result().to_string(),
+            Some(d.reason.into_owned()),
+        ),
     };
     SeenResult {
         fate,

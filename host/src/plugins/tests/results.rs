@@ -156,7 +156,7 @@ fn said_by(
     let decision = plugin.evaluate(call, config, store).decision;
     match decision.verdict {
         Verdict::Allow => "allow".into(),
-        _ => decision.reason,
+        _ => decision.reason.to_string(),
     }
 }
 
