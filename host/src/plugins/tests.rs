@@ -29,6 +29,19 @@ pub(crate) fn built(name: &str) -> PathBuf {
     path
 }
 
+/// Polls `done` every millisecond for up to 10 s (a bound for a slow, shared machine, far
+/// below the parked epoch ticker's recheck in tests), and says whether it became true.
+pub(crate) fn within_10s(mut done: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(10) {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    done()
+}
+
 fn counters() -> Arc<dyn CounterStore> {
     Arc::new(MemoryCounterStore::new(ManualClock::starting_at(
         1_700_000_000_000,
