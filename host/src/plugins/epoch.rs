@@ -134,9 +134,11 @@ impl State {
                 std::thread::park_timeout(IDLE_RECHECK);
             }
             self.sleeping.store(false, SeqCst);
-            // A whole tick before the first increment, so that a store armed while the
-            // ticker slept gets all its ticks (see `keep_awake`).
-            std::thread::sleep(EPOCH_TICK);
+            if self.awake() {
+                // A whole tick before the first increment, so that a store armed while the
+                // ticker slept gets all its ticks (see `keep_awake`).
+                std::thread::sleep(EPOCH_TICK);
+            }
         }
     }
 }
