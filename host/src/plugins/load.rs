@@ -8,6 +8,7 @@
 
 use super::bindings::{PluginMetadata, WorldInstance, WorldPre};
 use super::cache::CompileCache;
+use super::epoch::EpochTicker;
 use super::error::{ConfigRejected, EvalFailure, PluginError};
 use super::host::{EvalState, MemoryBudget, UngrantedImport};
 use super::limits::{PluginLimits, EPOCH_TICK, LOAD_TIMEOUT};
@@ -29,6 +30,8 @@ pub(crate) struct PluginPre {
     /// The world it implements (its manifest's, which its imports name).
     pub(crate) world: World,
     engine: Engine,
+    /// The engine's epoch thread, which every arming keeps awake until its deadline.
+    ticker: EpochTicker,
     /// The plugin's name, for its instances' logs.
     pub(crate) name: Arc<str>,
     pub(crate) limits: PluginLimits,
@@ -199,9 +202,10 @@ fn release_compiler_heap() {
 /// Step 4, pre-instantiate: links the component against the granted imports once, and checks
 /// that it exports toolgate's `policy` world of version `world`. A plugin that imports
 /// anything else fails here: `linker` holds only the interfaces of `world` the policy grants,
-/// and only WASI imports are stubbed.
+/// and only WASI imports are stubbed. Its instances run on the engine `component` was
+/// compiled for, whose epoch `ticker` advances.
 pub(crate) fn pre_instantiate(
-    engine: &Engine,
+    ticker: &EpochTicker,
     world: World,
     linker: &Linker<EvalState>,
     name: &str,
@@ -209,6 +213,7 @@ pub(crate) fn pre_instantiate(
     component: &Component,
     limits: PluginLimits,
 ) -> Result<PluginPre, PluginError> {
+    let engine = component.engine();
     // Imports the host does not grant: WASI (from a guest's standard library) links to
     // functions that trap when called; anything else fails the load here.
     for (import, _) in component.component_type().imports(engine) {
@@ -235,6 +240,7 @@ pub(crate) fn pre_instantiate(
         pre,
         world,
         engine: engine.clone(),
+        ticker: ticker.clone(),
         name: Arc::from(name),
         limits,
     })
@@ -332,13 +338,19 @@ impl PluginPre {
         self.arm_for(store, self.limits.timeout)
     }
 
-    /// Arms fuel and a deadline of `timeout` (rounded to epoch ticks, at least one).
+    /// Arms fuel and a deadline of `timeout` (rounded to epoch ticks, at least one), and
+    /// keeps the epoch ticker awake until that deadline. Every store that runs guest code
+    /// (instantiation included) is armed here: the ticker sleeps when nothing is armed, so a
+    /// store armed any other way could run past its deadline.
     fn arm_for(&self, store: &mut Store<EvalState>, timeout: Duration) -> Result<(), EvalFailure> {
         store
             .set_fuel(self.limits.fuel)
             .map_err(|e| EvalFailure::Arm(e.to_string()))?;
         let ticks = (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(ticks);
+        // After the deadline is set, not before: `keep_awake` counts from an epoch read
+        // after the deadline's.
+        self.ticker.keep_awake(ticks);
         Ok(())
     }
 

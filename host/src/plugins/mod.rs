@@ -26,13 +26,14 @@
 //!    permit is a **deny** naming the plugin and the cause ([`EvalFailure`]); the next
 //!    evaluation starts from a clean instance.
 //!
-//! The files follow the steps, each depending only on those before it: `limits.rs` (the knobs
-//! of one plugin), `load.rs` (read → verify, in `vet.rs` → compile, with `cache.rs` →
+//! The files follow the steps, each depending only on those before it: `limits.rs` (the knobs of
+//! one plugin), `epoch.rs` (the thread whose ticks interrupt a plugin past its deadline, asleep
+//! while nothing is armed), `load.rs` (read → verify, in `vet.rs` → compile, with `cache.rs` →
 //! pre-instantiate, into a `PluginPre`), `instances.rs` (rehydrating a `PluginPre`, the idle
 //! instances and the chores thread), `evaluate.rs` (a [`Plugin`] and its calls, under the
 //! `permits.rs`), `error.rs` (why a load or a call failed, told apart by type), and on top
-//! `runtime.rs` (the engine, its knobs and threads, and [`PluginRuntime::load`], which walks
-//! a file through the steps). `stats.rs` counts how evaluations ended, for the metrics.
+//! `runtime.rs` (the engine, its knobs and threads, and [`PluginRuntime::load`], which walks a file
+//! through the steps). `stats.rs` counts how evaluations ended, for the metrics.
 //!
 //! The sandbox links the toolgate interfaces the policy grants (of counters, clock, log and
 //! state; all of them when the entry says nothing) and nothing else:
@@ -42,6 +43,7 @@
 mod bindings;
 pub mod build;
 mod cache;
+mod epoch;
 mod error;
 mod evaluate;
 mod host;

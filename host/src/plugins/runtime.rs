@@ -8,11 +8,12 @@
 
 use super::bindings;
 use super::cache::CompileCache;
+use super::epoch::EpochTicker;
 use super::error::PluginError;
 use super::evaluate::Plugin;
 use super::host::EvalState;
 use super::instances::{Chores, Instances};
-use super::limits::{Isolation, PluginLimits, EPOCH_TICK};
+use super::limits::{Isolation, PluginLimits};
 use super::load::{self, Compiler, Source};
 use super::permits::{Permits, DEFAULT_MAX_CONCURRENT_EVALUATIONS};
 use super::vet::{self, Vetting};
@@ -36,6 +37,9 @@ pub(crate) const INSTANCE_SLOTS: u32 = 256;
 /// One engine for the process, with what every plugin is loaded and run through.
 pub struct PluginRuntime {
     engine: Engine,
+    /// The thread advancing the engine's epoch while a plugin may run; shared with every
+    /// plugin, whose arming wakes it.
+    pub(crate) ticker: EpochTicker,
     /// Compiles each component once per process, through the disk cache if there is one.
     compiler: Compiler,
     /// The background thread that prepares and tears down instances.
@@ -70,11 +74,12 @@ impl PluginRuntime {
     /// [`PluginRuntime::with_max_concurrent_evaluations`]).
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, PluginError> {
         let engine = Engine::new(&engine_config()).map_err(engine_error)?;
-        spawn_epoch_ticker(&engine)?;
+        let ticker = EpochTicker::start(&engine)?;
         let chores = Chores::start()?;
         let cache = cache_dir.map(|dir| CompileCache::new(dir, engine_name(&engine)));
         Ok(Self {
             engine,
+            ticker,
             compiler: Compiler::new(cache),
             chores,
             permits: Arc::new(Permits::new(DEFAULT_MAX_CONCURRENT_EVALUATIONS)),
@@ -118,7 +123,7 @@ impl PluginRuntime {
         let world = vetted.world;
         let linker = linker(&self.engine, world, &vetted.linked)?;
         let pre = load::pre_instantiate(
-            &self.engine,
+            &self.ticker,
             world,
             &linker,
             name,
@@ -189,7 +194,8 @@ fn engine_config() -> wasmtime::Config {
         // measurable on a tiny call, about +40% on a 24 KB JSON parse (WASM-NOTES).
         .consume_fuel(true)
         // The wall-clock backstop fuel cannot be (time in host imports); a cheaper check
-        // than fuel, driven by the epoch thread.
+        // than fuel, driven by the epoch thread (`epoch.rs`), which ticks while a plugin may
+        // be running.
         .epoch_interruption(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     config
@@ -240,22 +246,6 @@ fn linker(
         World::V0_3 | World::V0_3Results => link!(v0_3, state),
     }
     Ok(linker)
-}
-
-/// Advances the engine's epoch every [`EPOCH_TICK`], until the engine is dropped.
-fn spawn_epoch_ticker(engine: &Engine) -> Result<(), PluginError> {
-    let ticker = engine.weak();
-    std::thread::Builder::new()
-        .name("plugin-epoch".into())
-        .spawn(move || {
-            while let Some(engine) = ticker.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
-            }
-        })
-        .map_err(|e| PluginError::Engine(e.to_string()))?;
-    Ok(())
 }
 
 /// Names what makes an artifact unusable elsewhere: the wasmtime version and the engine's

@@ -29,6 +29,19 @@ pub(crate) fn built(name: &str) -> PathBuf {
     path
 }
 
+/// Polls `done` every millisecond for up to 10 s (a bound for a slow, shared machine, far
+/// below the parked epoch ticker's recheck in tests), and says whether it became true.
+pub(crate) fn within_10s(mut done: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(10) {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    done()
+}
+
 fn counters() -> Arc<dyn CounterStore> {
     Arc::new(MemoryCounterStore::new(ManualClock::starting_at(
         1_700_000_000_000,
@@ -198,3 +211,50 @@ fn evaluations_are_counted_by_how_they_ended() {
 }
 
 mod results;
+
+/// Fail closed with a sleeping epoch ticker: once nothing has been armed for a while the
+/// ticker parks, and a plugin that loops for ever is still interrupted at its deadline, and
+/// denied. (Unlimited fuel: only the deadline can stop it.)
+#[test]
+fn a_looping_plugin_is_interrupted_at_its_deadline_after_the_ticker_slept() {
+    let runtime = PluginRuntime::new(None).unwrap();
+    let limits = PluginLimits {
+        fuel: 1_000_000_000_000,
+        timeout: std::time::Duration::from_millis(20),
+        ..PluginLimits::default()
+    };
+    let source = Source::Path(&built("hostile/loop"));
+    let plugin = runtime
+        .load(
+            "hostile/loop",
+            source,
+            Vetting::default(),
+            Isolation::Pooled,
+            limits,
+        )
+        .unwrap();
+    for round in 0..2 {
+        // Loading (and the last round) armed stores; the ticker sleeps once they are done.
+        assert!(
+            within_10s(|| runtime.ticker.is_sleeping()),
+            "round {round}: the ticker never slept"
+        );
+        let (sent, decided) = std::sync::mpsc::channel();
+        let plugin = plugin.clone();
+        std::thread::spawn(move || {
+            let decision = plugin.evaluate(&call("{}"), "{}", &counters()).decision;
+            let _ = sent.send(decision);
+        });
+        // Far above the 20 ms deadline, far below the 60 s a parked ticker waits in tests
+        // unless an arming wakes it: a ticker left asleep fails here instead of hanging.
+        let decision = decided
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("round {round}: the looping plugin was not interrupted"));
+        assert_eq!(decision.verdict, Verdict::Deny);
+        assert!(
+            decision.reason.contains("timed out after 20 ms"),
+            "{}",
+            decision.reason
+        );
+    }
+}
