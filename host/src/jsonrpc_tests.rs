@@ -97,6 +97,36 @@ fn keys_equal_under_case_folding_are_refused_at_any_depth() {
     assert!(check_keys(bad.as_bytes()).is_err());
 }
 
+/// Each object's keys are checked in a list on the stack, one per level: objects nested as
+/// deep as serde reads them pass on a thread with the smallest stack the gateway gives one
+/// (tokio's and std's 2 MiB), and deeper ones are refused with an error, not a crash.
+#[test]
+fn nested_objects_are_checked_to_serdes_depth_and_refused_past_it() {
+    let nested = |depth: usize| {
+        let mut text = String::new();
+        for i in 0..depth {
+            text.push_str(&format!("{{\"k{i}\":1,\"n\":"));
+        }
+        text.push('0');
+        text.push_str(&"}".repeat(depth));
+        text
+    };
+    let (ok, deep) = (nested(127), nested(100_000));
+    let checked = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || (check_keys(ok.as_bytes()), check_keys(deep.as_bytes())))
+        .unwrap()
+        .join()
+        .expect("no stack overflow");
+    assert_eq!(checked.0, Ok(()));
+    let refused = checked.1.unwrap_err();
+    assert!(
+        refused.message.contains("recursion limit"),
+        "{}",
+        refused.message
+    );
+}
+
 /// `text` as a JSON string, each character written the way `how` picks: as itself where
 /// JSON allows, as a short escape where there is one, or as `\u` escapes (upper or lower
 /// case hex, a surrogate pair beyond the BMP).
