@@ -247,8 +247,11 @@ pub fn check_envelope(data: &[u8], known: Known) -> Result<(), String> {
         || (is_call
             && envelope
                 .params
-                .and_then(|p| jsonrpc::call_params_shadow(p.get()))
-                .is_some())
+                // Params it cannot read (no `name`) are refused as well.
+                .is_some_and(|p| {
+                    serde_json::from_str::<jsonrpc::CallParams>(p.get())
+                        .map_or(true, |params| params.shadow.is_some())
+                }))
     {
         return Ok(());
     }

@@ -151,38 +151,60 @@ impl<'de> Deserialize<'de> for Text<'de> {
     }
 }
 
-/// A key of `tools/call` params that differs only in case from `name`, `arguments` or `_meta`
-/// (`Name` beside or instead of `name`): the gateway reads the exact member, a case-insensitive
-/// server the variant.
-pub fn call_params_shadow(raw_params: &str) -> Option<String> {
-    const PARAMS: [&str; 3] = ["name", "arguments", "_meta"];
-    struct Keys(Option<String>);
-    impl<'de> Deserialize<'de> for Keys {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl<'de> Visitor<'de> for V {
-                type Value = Keys;
-                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                    f.write_str("an object")
-                }
-                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Keys, A::Error> {
-                    let mut found = None;
-                    while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
-                        if found.is_none()
-                            && !PARAMS.contains(&key.as_ref())
-                            && PARAMS.contains(&fold_key(&key).as_ref())
-                        {
-                            found = Some(key.into_owned());
-                        }
-                        map.next_value::<de::IgnoredAny>()?;
-                    }
-                    Ok(Keys(found))
-                }
+/// The params of a `tools/call`: the tool's name, the arguments as the client wrote them, and
+/// the first key that differs only in case from `name`, `arguments` or `_meta` (`Name` beside
+/// or instead of `name`), which the gateway would not read and a case-insensitive server
+/// would. One reading finds all three: the params are not read a second time for the keys.
+#[derive(Debug)]
+pub struct CallParams<'a> {
+    /// The tool's name (borrowed from the line when it has no escapes).
+    pub name: Cow<'a, str>,
+    /// Borrowed as the client wrote it: a plugin is handed this text, not a copy written
+    /// from the parsed value.
+    pub arguments: Option<&'a RawValue>,
+    /// A key some server would read as `name`, `arguments` or `_meta`.
+    pub shadow: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for CallParams<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const PARAMS: [&str; 3] = ["name", "arguments", "_meta"];
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = CallParams<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("struct CallParams")
             }
-            d.deserialize_map(V)
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let (mut name, mut arguments, mut shadow) = (None, None, None);
+                while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
+                    match &*key {
+                        "name" if name.is_some() => return Err(de::Error::duplicate_field("name")),
+                        "name" => name = Some(map.next_value::<Text<'de>>()?.0),
+                        "arguments" if arguments.is_some() => {
+                            return Err(de::Error::duplicate_field("arguments"))
+                        }
+                        "arguments" => arguments = Some(map.next_value::<Option<&'de RawValue>>()?),
+                        other => {
+                            if shadow.is_none()
+                                && !PARAMS.contains(&other)
+                                && PARAMS.contains(&fold_key(other).as_ref())
+                            {
+                                shadow = Some(other.to_owned());
+                            }
+                            map.next_value::<de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(CallParams {
+                    name: name.ok_or_else(|| de::Error::missing_field("name"))?,
+                    arguments: arguments.flatten(),
+                    shadow,
+                })
+            }
         }
+        d.deserialize_map(V)
     }
-    serde_json::from_str::<Keys>(raw_params).ok()?.0
 }
 
 /// Names as the gateway reads them, by how a case-insensitive reader would see them: to
@@ -245,7 +267,13 @@ impl<'a> Envelope<'a> {
                 message: "batch requests are not supported".into(),
             });
         }
-        serde_json::from_slice(line).map_err(|e| {
+        // Read as text when it is UTF-8 (almost always): serde then checks no string's
+        // encoding again, nor the raw params'. Otherwise as bytes, for serde's own error.
+        match std::str::from_utf8(line) {
+            Ok(text) => serde_json::from_str(text),
+            Err(_) => serde_json::from_slice(line),
+        }
+        .map_err(|e| {
             let code = classify(&e);
             let kind = if code == PARSE_ERROR {
                 "parse error"
@@ -382,14 +410,21 @@ pub(crate) fn error_line(id: Option<&RawValue>, code: i64, message: &str) -> Vec
 /// cannot decode (lone surrogates, nesting deeper than 128), since other stacks decode it
 /// differently.
 pub fn check_keys(line: &[u8]) -> Result<(), Fault> {
-    let mut de = serde_json::Deserializer::from_slice(line);
-    Checked
-        .deserialize(&mut de)
-        .and_then(|()| de.end())
-        .map_err(|e| Fault {
-            code: classify(&e).max(INVALID_REQUEST),
-            message: format!("invalid request: {e}"),
-        })
+    // As text when it is UTF-8, as `Envelope::parse` reads it (see there).
+    match std::str::from_utf8(line) {
+        Ok(text) => {
+            let mut de = serde_json::Deserializer::from_str(text);
+            Checked.deserialize(&mut de).and_then(|()| de.end())
+        }
+        Err(_) => {
+            let mut de = serde_json::Deserializer::from_slice(line);
+            Checked.deserialize(&mut de).and_then(|()| de.end())
+        }
+    }
+    .map_err(|e| Fault {
+        code: classify(&e).max(INVALID_REQUEST),
+        message: format!("invalid request: {e}"),
+    })
 }
 
 /// The key under which Go's `encoding/json` (and any case-insensitive reader) would match

@@ -254,3 +254,57 @@ fn id_keys_ignore_spelling() {
     assert_eq!(id_key("1e2"), "100.0");
     assert_eq!(id_key(" 5 "), "5");
 }
+
+/// One reading of `tools/call` params gives the name, the arguments' exact text and any key
+/// a case-insensitive server would read as `name`, `arguments` or `_meta`.
+#[test]
+fn call_params_read_the_name_the_arguments_text_and_a_shadowing_key_at_once() {
+    fn read(text: &str) -> serde_json::Result<CallParams<'_>> {
+        serde_json::from_str(text)
+    }
+    let p = read(r#"{"name":"echo","arguments":{"n": 1.0e2},"_meta":{}}"#).unwrap();
+    assert_eq!(
+        (&*p.name, p.arguments.map(RawValue::get), p.shadow),
+        ("echo", Some(r#"{"n": 1.0e2}"#), None)
+    );
+    assert!(matches!(p.name, Cow::Borrowed(_)));
+    for (text, shadow) in [
+        (r#"{"name":"a","Name":"b"}"#, "Name"),
+        (r#"{"name":"a","ARGUMENTS":{}}"#, "ARGUMENTS"),
+        (r#"{"name":"a","argumentſ":{}}"#, "argumentſ"),
+        (r#"{"name":"a","_META":{},"NAME":1}"#, "_META"),
+        (r#"{"N\u0061me":"b","name":"a"}"#, "Name"),
+    ] {
+        assert_eq!(
+            read(text).unwrap().shadow.as_deref(),
+            Some(shadow),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        read(r#"{"name":"e\u0063ho","arguments":null,"other":1}"#)
+            .unwrap()
+            .name,
+        "echo"
+    );
+    assert_eq!(
+        read(r#"{"name":"a","arguments":null}"#)
+            .unwrap()
+            .arguments
+            .map(RawValue::get),
+        None
+    );
+    for (text, error) in [
+        (r#"{"arguments":{}}"#, "missing field `name`"),
+        (r#"{"name":"a","name":"b"}"#, "duplicate field `name`"),
+        (
+            r#"{"name":"a","arguments":{},"arguments":{}}"#,
+            "duplicate field `arguments`",
+        ),
+        (r#"{"name":1}"#, "expected a string"),
+        (r#"[]"#, "expected struct CallParams"),
+    ] {
+        let e = read(text).unwrap_err().to_string();
+        assert!(e.contains(error), "{text}: {e}");
+    }
+}

@@ -121,11 +121,15 @@ pub(super) fn listing(result: &RawValue) -> Listing {
     }
     // Fast path: no `tools` in any case, no `\u` escape and no `ſ` means no key can read as
     // `tools` (other escapes cannot spell a letter).
-    let maybe = memchr::memmem::find(text, b"\\u").is_some()
-        || memchr::memmem::find(text, "ſ".as_bytes()).is_some()
-        || memchr::memchr2_iter(b't', b'T', text).any(|at| {
-            text.get(at..at + 5)
-                .is_some_and(|w| w.eq_ignore_ascii_case(b"tools"))
+    // One pass for the three (every reply is looked at: one-shot `memmem` searches cost more
+    // than the scan itself on short replies).
+    let next_is = |at: usize, byte: u8| text.get(at + 1) == Some(&byte);
+    let maybe = memchr::memchr_iter(0xC5, text).any(|at| next_is(at, 0xBF)) // `ſ`
+        || memchr::memchr3_iter(b'\\', b't', b'T', text).any(|at| match text[at] {
+            b'\\' => next_is(at, b'u'),
+            _ => text
+                .get(at..at + 5)
+                .is_some_and(|w| w.eq_ignore_ascii_case(b"tools")),
         });
     if !maybe {
         return Listing::No;
@@ -178,14 +182,14 @@ impl Session {
     /// differs only in case from one the policy's conditions or the tool's `inputSchema` name.
     pub(super) fn ambiguous_call(
         &self,
-        raw_params: &str,
+        params_shadow: Option<&str>,
         args: &Value,
         info: Option<&ToolInfo>,
     ) -> Option<String> {
-        if let Some(key) = jsonrpc::call_params_shadow(raw_params) {
+        if let Some(key) = params_shadow {
             return Some(format!(
                 "params key `{}` differs only in case from a tools/call member, which some servers would read it as",
-                truncated(&key)
+                truncated(key)
             ));
         }
         let policy = self.policy.load();

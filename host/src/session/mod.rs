@@ -169,16 +169,6 @@ pub struct Session {
     inject_trace: bool,
 }
 
-#[derive(Deserialize)]
-struct CallParams<'a> {
-    #[serde(borrow)]
-    name: Cow<'a, str>,
-    /// Borrowed as the client wrote it: a plugin is handed this text, not a copy written
-    /// from the parsed value.
-    #[serde(default, borrow)]
-    arguments: Option<&'a RawValue>,
-}
-
 impl Session {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -332,7 +322,7 @@ impl Session {
         trail: &mut audited::Trail,
     ) -> Result<Kind, Refused> {
         let raw_params = params.map_or("null", RawValue::get);
-        let parsed = serde_json::from_str::<CallParams>(raw_params).and_then(|params| {
+        let parsed = serde_json::from_str::<jsonrpc::CallParams>(raw_params).and_then(|params| {
             let args = params.arguments.map(|a| serde_json::from_str(a.get()));
             Ok((params, args.transpose()?))
         });
@@ -384,7 +374,8 @@ impl Session {
         };
         trail.server = server.clone();
         trail.annotations = info.as_ref().and_then(|i| i.annotations);
-        if let Some(problem) = self.ambiguous_call(raw_params, &args, info.as_deref()) {
+        if let Some(problem) = self.ambiguous_call(params.shadow.as_deref(), &args, info.as_deref())
+        {
             tracing::warn!(%problem, "tools/call refused");
             trail.decision = Some(Decision::deny("invalid_request", problem.clone()));
             return Err(Refused::Answer(jsonrpc::error_line(

@@ -667,6 +667,9 @@ fn keys_that_some_stack_reads_as_one_are_refused() {
 #[case::tools_twice(r#"{"tools":[],"tools":[{"name":"secret"}]}"#, None)]
 #[case::tools_and_an_escaped_twin(r#"{"tools":[],"tool\u0073":[{"name":"secret"}]}"#, None)]
 #[case::tools_not_a_list(r#"{"tools":{"name":"secret"}}"#, None)]
+// Spelled with nothing the quick look finds but an escape, or an `ſ`.
+#[case::tools_only_escaped(r#"{"tool\u0073":[{"name":"secret"}]}"#, Some(r#"{"tools":[]}"#))]
+#[case::tools_with_a_long_s(r#"{"toolſ":[{"name":"secret"}]}"#, None)]
 fn every_tool_list_is_filtered_and_an_unreadable_one_never_passes(
     #[case] result: &str,
     #[case] shown: Option<&str>,
