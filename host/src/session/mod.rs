@@ -121,10 +121,11 @@ pub struct Identity {
 struct State {
     /// The last id the gateway gave a request upstream.
     last_id: u64,
-    /// Requests waiting for the upstream's reply, by the gateway's id.
-    pending: HashMap<u64, Pending>,
+    /// Requests waiting for the upstream's reply, by the gateway's id. Both maps are used on
+    /// every request and reply: hashed with foldhash (seeded per process), not SipHash.
+    pending: HashMap<u64, Pending, foldhash::fast::RandomState>,
     /// The same requests by the client's canonical id.
-    client_ids: HashMap<String, u64>,
+    client_ids: HashMap<String, u64, foldhash::fast::RandomState>,
     /// The last id the gateway gave a server→client request.
     last_server_id: u64,
     /// Server→client requests waiting for the client's reply: the upstream's id, by ours.
