@@ -110,7 +110,7 @@ fn run(job: Job, counters: &Arc<dyn CounterStore>) {
             shadow: Verdict {
                 verdict: shadow.verdict.as_str().into(),
                 rule: shadow.rule,
-                reason: shadow.reason.to_string(),
+                reason: shadow.reason.into_owned(),
                 retry_after_ms: shadow.retry_after_ms,
             },
             differs,
