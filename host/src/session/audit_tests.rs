@@ -416,3 +416,30 @@ fn the_logged_trace_is_the_clients_however_its_key_is_spelled() {
     assert_ne!(fresh, trace);
     assert_eq!(fresh.len(), 32);
 }
+
+/// A result's `isError` is read however the upstream spelled its key; the quick look that
+/// skips the parse never skips a result that has one.
+#[test]
+fn a_tool_error_is_told_apart_however_its_flag_is_spelled() {
+    use super::audited::fate_of;
+    let fate = |result: &str| {
+        let raw = serde_json::value::RawValue::from_string(result.to_owned()).unwrap();
+        fate_of(None, Some(&raw))
+    };
+    assert_eq!(fate(r#"{"content":[],"isError":true}"#), Fate::ToolError);
+    assert_eq!(
+        fate(r#"{"content":[],"is\u0045rror":true}"#),
+        Fate::ToolError
+    );
+    assert_eq!(
+        fate(r#"{"content":[],"\u0069sError":true}"#),
+        Fate::ToolError
+    );
+    assert_eq!(fate(r#"{"content":[],"isError":false}"#), Fate::Ran);
+    assert_eq!(
+        fate(r#"{"content":[{"type":"text","text":"isError"}]}"#),
+        Fate::Ran
+    );
+    assert_eq!(fate(r#"{"content":[]}"#), Fate::Ran);
+    assert_eq!(fate_of(Some(-32603), None), Fate::JsonrpcError);
+}

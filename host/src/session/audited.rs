@@ -258,9 +258,10 @@ impl Session {
         // Read only when something reads the span's tool, or the params can hold a
         // `traceparent` (its name, or any escape, which could spell it).
         let may_trace = |p: &&RawValue| {
+            // One pass (a one-shot `memmem` builds its searcher on every call).
             let text = p.get().as_bytes();
-            memchr::memchr(b'\\', text).is_some()
-                || memchr::memmem::find(text, b"traceparent").is_some()
+            memchr::memchr2_iter(b'\\', b't', text)
+                .any(|at| text[at] == b'\\' || text[at..].starts_with(b"traceparent"))
         };
         let parsed = params
             .filter(|p| traced || may_trace(p))
@@ -420,8 +421,12 @@ pub(super) fn fate_of(error_code: Option<i64>, result: Option<&RawValue>) -> Fat
     // Read only when the flag can be there: a result of any size costs a scan, not a parse.
     // (A key spelled with escapes, `"is\u0045rror"`, is read as the client would.)
     let text = result.map_or("", RawValue::get).as_bytes();
-    let finder = |needle: &[u8]| memchr::memmem::find(text, needle).is_some();
-    if !finder(b"isError") && !finder(b"\\u") {
+    // One pass for both (a one-shot `memmem` builds its searcher on every call).
+    let maybe = memchr::memchr2_iter(b'\\', b'i', text).any(|at| match text[at] {
+        b'\\' => text.get(at + 1) == Some(&b'u'),
+        _ => text[at..].starts_with(b"isError"),
+    });
+    if !maybe {
         return Fate::Ran;
     }
     match result.and_then(|r| serde_json::from_str::<Flag>(r.get()).ok()) {
