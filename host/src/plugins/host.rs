@@ -192,6 +192,11 @@ impl MemoryBudget {
         }
     }
 
+    /// Linear memory held now, over all memories.
+    pub(crate) fn memory(&self) -> usize {
+        self.memory
+    }
+
     /// Starts a new peak from the memory held now (before an evaluation).
     pub(crate) fn reset_peak(&mut self) {
         self.peak = self.memory;

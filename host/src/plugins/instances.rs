@@ -9,7 +9,7 @@
 use super::bindings::WorldInstance;
 use super::error::{EvalFailure, PluginError};
 use super::host::EvalState;
-use super::limits::Isolation;
+use super::limits::{Isolation, KEEP_RESIDENT};
 use super::load::PluginPre;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -193,6 +193,12 @@ impl Instances {
     /// such instances waited at once, each in a slot of its own, and the gateway stayed
     /// ~70 MiB larger afterwards. Tearing it down on the (deny) path costs that call a reset
     /// of its memory, and keeps the slots a hostile plugin touches to the few in flight.
+    ///
+    /// A used instance whose memory outgrew what a slot keeps resident ([`KEEP_RESIDENT`]) is
+    /// torn down here too, for the same reason: queued behind a busy background thread, such
+    /// instances each took a slot of their own, and each slot then stayed 4 MiB resident (the
+    /// gateway grew in 4 MiB steps under a flood of 2 MiB results). Small instances, the
+    /// usual case, still go to the background thread.
     pub(crate) fn release(&self, mut warm: Warm, reusable: bool) {
         if !reusable {
             drop(warm);
@@ -206,6 +212,10 @@ impl Instances {
                 return;
             }
             warm = idle.remove(0);
+        }
+        if warm.store.data().limits.memory() > KEEP_RESIDENT {
+            drop(warm);
+            return;
         }
         let discards = &self.chores.discards;
         if discards.fetch_add(1, Ordering::AcqRel) >= DISCARDS_QUEUED

@@ -184,7 +184,7 @@ fn engine_config() -> wasmtime::Config {
         // (PAGEMAP_SCAN, Linux 6.7+) or a memset of the low addresses, instead of an
         // madvise that drops the pages and makes the next instance fault them back in.
         // Costs up to this much resident memory per idle slot.
-        .linear_memory_keep_resident(4 << 20)
+        .linear_memory_keep_resident(super::limits::KEEP_RESIDENT)
         .table_keep_resident(64 << 10)
         .pagemap_scan(wasmtime::Enabled::Auto);
     let mut config = wasmtime::Config::new();
