@@ -64,6 +64,9 @@ pub struct Envelope<'a> {
     /// case folding (`Method`, `ID`, `ſesult`): serde skips it, Go's `encoding/json` reads it
     /// as the member. A message with one is refused, or dropped from the upstream.
     pub shadow: Option<String>,
+    /// Whether the whole line is UTF-8 (and was read as text). A line that is not was read
+    /// as bytes, and serde skips the strings it does not read without checking them.
+    pub utf8: bool,
 }
 
 /// The members [`Envelope`] reads (and `jsonrpc`, which it checks for duplicates only).
@@ -270,7 +273,7 @@ impl<'a> Envelope<'a> {
         // Read as text when it is UTF-8 (almost always): serde then checks no string's
         // encoding again, nor the raw params'. Otherwise as bytes, for serde's own error.
         match std::str::from_utf8(line) {
-            Ok(text) => serde_json::from_str(text),
+            Ok(text) => serde_json::from_str(text).map(|e| Envelope { utf8: true, ..e }),
             Err(_) => serde_json::from_slice(line),
         }
         .map_err(|e| {

@@ -91,8 +91,9 @@ impl Session {
         }
         state.last_id += 1;
         let upstream_id = state.last_id;
-        let mut digits = [0u8; 20];
-        let Some(forwarded) = jsonrpc::splice(line, id, decimal(upstream_id, &mut digits)) else {
+        let mut digits = itoa::Buffer::new();
+        let Some(forwarded) = jsonrpc::splice(line, id, digits.format(upstream_id).as_bytes())
+        else {
             unreachable!("the envelope was parsed from this line")
         };
         // Remembered before it is forwarded, so that its reply can never arrive first.
@@ -327,28 +328,4 @@ pub(super) fn truncated(text: &str) -> Cow<'_, str> {
         end -= 1;
     }
     Cow::Owned(format!("{}…", &text[..end]))
-}
-
-/// `n` in decimal, written into `buf` (no allocation: this runs for every request).
-fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[at..];
-        }
-    }
-}
-
-#[cfg(test)]
-mod decimal_tests {
-    #[test]
-    fn ids_are_written_as_decimal_text() {
-        let mut buf = [0u8; 20];
-        for n in [0, 7, 10, 99, 1_000_001, u64::MAX] {
-            assert_eq!(super::decimal(n, &mut buf), n.to_string().as_bytes());
-        }
-    }
 }

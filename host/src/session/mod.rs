@@ -467,7 +467,7 @@ impl Session {
         };
         // What a client would read differently from the session is not forwarded: bytes that
         // are not UTF-8 (serde skips what it does not read), a member spelled in another case.
-        let unreadable = if std::str::from_utf8(line).is_err() {
+        let unreadable = if !envelope.utf8 {
             Some("it is not valid UTF-8".to_owned())
         } else {
             envelope.shadow.as_ref().map(|key| {
