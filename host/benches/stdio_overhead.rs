@@ -10,8 +10,11 @@
 //! - **observed**: **toolgate** with the decision log (a file) and metrics on, at defaults;
 //! - **toolgate-again**: a second **toolgate**, the same in every way: how far two identical
 //!   gateways' medians drift apart in one run is the floor under any comparison of two setups.
+//! - **relay-parse**: the relay, parsing each message as JSON both ways (into a
+//!   `serde_json::Value`) and forwarding its bytes unchanged: the floor of any gateway that
+//!   reads what it forwards, which a policy gateway must.
 //!
-//! Calls are interleaved (direct, relay, toolgate, ..., each round starting one setup later) so
+//! Calls are interleaved (one call to each setup per round, each round in a new random order) so
 //! that all see the same machine state, and the medians are compared: toolgate's added latency over the relay's.
 //! Beside latency, each gateway's CPU time per call, from the kernel's per-thread run time
 //! (`/proc/PID/task/*/schedstat`, nanoseconds): it does not move with the scheduler's
@@ -71,10 +74,14 @@ impl Peer {
         peer
     }
 
-    /// Sends one line and reads one reply line; returns the reply.
+    /// Sends one line and reads one reply line; returns the reply. The line goes in one
+    /// write, as MCP clients send it: written in two (the text, then its newline), a byte
+    /// relay would pass on two writes and wake the server twice, a cost of the client's.
     fn round_trip(&mut self, request: &str) -> &str {
-        self.stdin.write_all(request.as_bytes()).unwrap();
-        self.stdin.write_all(b"\n").unwrap();
+        let mut line = Vec::with_capacity(request.len() + 1);
+        line.extend_from_slice(request.as_bytes());
+        line.push(b'\n');
+        self.stdin.write_all(&line).unwrap();
         self.stdin.flush().unwrap();
         self.line.clear();
         self.stdout.read_line(&mut self.line).unwrap();
@@ -110,6 +117,9 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("relay") {
         std::process::exit(toolgate_standin::relay::run(&args[2..]).unwrap());
+    }
+    if args.get(1).map(String::as_str) == Some("relay-parse") {
+        std::process::exit(toolgate_standin::relay::run_parsing(&args[2..]).unwrap());
     }
     if args.iter().any(|a| a == "--list") {
         return; // `cargo bench -- --list` compatibility
@@ -174,6 +184,11 @@ fn main() {
                 "run", "--policy", policy, "--", TOOLGATE, "standin", "--echo",
             ],
         ),
+        Peer::start(
+            "relay-parse",
+            me,
+            &["relay-parse", TOOLGATE, "standin", "--echo"],
+        ),
     ];
     // Warm up every path (page cache, branch predictors, allocator) before measuring.
     for id in 1..=500 {
@@ -181,12 +196,16 @@ fn main() {
     }
     peers.iter_mut().for_each(|p| p.samples.clear());
     let cpu_before: Vec<_> = peers.iter().map(|p| cpu_by_thread(p.child.id())).collect();
-    // Each round starts with the next setup, so that none is always the one after another
-    // (the slot in the round moved a gateway's median by up to 1.6x in a first version).
+    // Each round in a new order (shuffled, with a fixed seed): the slot in the round moved a
+    // gateway's median by up to 1.6x in a first version, and a rotation still left each setup
+    // the same one before it, which put two identical gateways 5-9% apart in every run.
     let n = peers.len();
+    let mut rng = fastrand::Rng::with_seed(22);
+    let mut order: Vec<usize> = (0..n).collect();
     for id in 1..=calls {
-        for k in 0..n {
-            peers[(id as usize + k) % n].timed_call(1000 + id);
+        rng.shuffle(&mut order);
+        for &k in &order {
+            peers[k].timed_call(1000 + id);
         }
     }
     let cpu_after: Vec<_> = peers.iter().map(|p| cpu_by_thread(p.child.id())).collect();
@@ -227,6 +246,11 @@ fn main() {
     println!(
         "control: toolgate-again adds {again_added:.1} µs, {:.3}x toolgate's (two identical gateways)",
         again_added / toolgate_added
+    );
+    let parse_added = medians[6] - medians[0];
+    println!(
+        "floor: relay-parse (the relay, parsing each message both ways) adds {parse_added:.1} µs, {:.2}x the relay's",
+        parse_added / relay_added
     );
     println!("\nCPU per call in each gateway process, by thread (µs, from schedstat):");
     for (i, peer) in peers.iter().enumerate().skip(2) {
