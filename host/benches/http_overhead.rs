@@ -1,16 +1,18 @@
 //! What `toolgate serve` adds to a Streamable HTTP round trip, against nginx as a bare reverse
 //! proxy (the floor of any HTTP proxy on this machine).
 //!
-//! Five paths to one upstream, measured in one run:
+//! Six paths to one upstream, measured in one run:
 //! - **direct**: the client talks to the upstream;
 //! - **nginx**: through nginx (`proxy_buffering off`, HTTP/1.1 upstream keepalive);
 //! - **toolgate**: through `toolgate serve` (release build) with a token, a grant and a policy
 //!   that evaluates a rule and a counter on every call, as configured by default (metrics on);
 //! - **unobserved**: the same with `metrics = false` (no observer at all), and **observed**:
-//!   the same with a decision log to a file beside the metrics (issue 21's pair).
+//!   the same with a decision log to a file beside the metrics (issue 21's pair);
+//! - **hyper proxy**: a bare reverse proxy on toolgate's own stack (tokio and hyper, one
+//!   thread, nothing parsed: `support/hyper_proxy.rs`), the floor of that stack.
 //!
-//! Latency: `tools/call echo` round trips, interleaved call by call (direct, nginx, toolgate,
-//! then the next order) so that all three see the same machine; medians compared. Run against
+//! Latency: `tools/call echo` round trips, interleaved call by call (one call per path per
+//! round, each round in a new random order) so that all see the same machine; medians compared. Run against
 //! the echo upstream (`toolgate standin --echo --http`) and, when `tests/peers` is installed,
 //! server-everything (`streamableHttp`).
 //! Throughput: 32 client threads, each with its own keep-alive connection and session, calling
@@ -31,6 +33,8 @@ use std::time::{Duration, Instant};
 
 #[path = "support/http_peers.rs"]
 mod http_peers;
+#[path = "support/hyper_proxy.rs"]
+mod hyper_proxy;
 use http_peers::{free_port, start_echo, start_serve, wait_for_port, Conn, Proc, TOKEN, TOOLGATE};
 
 fn start_everything(root: &Path) -> Option<(Proc, u16)> {
@@ -117,6 +121,18 @@ fn start_tcp_relay(dir: &Path, upstream: u16) -> Option<(Proc, u16)> {
     Some((run_nginx(dir, port, &conf).ok()?, port))
 }
 
+/// The bare hyper proxy ([`hyper_proxy`]): this binary again, in `hyper-proxy` mode.
+fn start_hyper_proxy(upstream: u16) -> (Proc, u16) {
+    let port = free_port();
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args(["hyper-proxy", &port.to_string(), &upstream.to_string()])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    (Proc(child), port)
+}
+
 fn start_toolgate(dir: &Path, upstream: u16, threads: usize) -> (Proc, u16) {
     start_toolgate_binary(Path::new(TOOLGATE), dir, upstream, threads, "")
 }
@@ -160,6 +176,7 @@ fn latency(name: &str, upstream: u16, dir: &Path, calls: u64) -> (f64, f64) {
     let observed_config = format!("decision_log = \"{}\"\n", log.display());
     let (_observed, observed_port) =
         start_toolgate_binary(toolgate, dir, upstream, 1, &observed_config);
+    let (_hyper, hyper_port) = start_hyper_proxy(upstream);
     let mut paths = vec![
         ("direct", Conn::open(upstream, None), Vec::new()),
         ("nginx", Conn::open(nginx_port, None), Vec::new()),
@@ -178,8 +195,9 @@ fn latency(name: &str, upstream: u16, dir: &Path, calls: u64) -> (f64, f64) {
             Conn::open(observed_port, Some(TOKEN)),
             Vec::new(),
         ),
+        ("hyper proxy", Conn::open(hyper_port, None), Vec::new()),
     ];
-    // An A/B comparison: another toolgate build as a sixth path, in the same interleaving.
+    // An A/B comparison: another toolgate build as a seventh path, in the same interleaving.
     let baseline = std::env::var_os("TOOLGATE_BASELINE")
         .map(|binary| start_toolgate_binary(Path::new(&binary), dir, upstream, 1, ""));
     if let Some((_, port)) = &baseline {
@@ -192,10 +210,14 @@ fn latency(name: &str, upstream: u16, dir: &Path, calls: u64) -> (f64, f64) {
             conn.call(id); // warm-up
         }
     }
+    // Each round in a new order (shuffled, with a fixed seed), so that no path always goes
+    // first, nor always after the same one.
+    let mut rng = fastrand::Rng::with_seed(22);
+    let mut order: Vec<usize> = (0..n).collect();
     for id in 0..calls {
-        // Rotate the order so that no path always goes first.
-        for k in 0..n {
-            let (_, conn, samples) = &mut paths[(id as usize + k) % n];
+        rng.shuffle(&mut order);
+        for &k in &order {
+            let (_, conn, samples) = &mut paths[k];
             samples.push(conn.call(1_000_000 + id));
         }
     }
@@ -218,7 +240,14 @@ fn latency(name: &str, upstream: u16, dir: &Path, calls: u64) -> (f64, f64) {
         observed / unobserved,
         toolgate_added / unobserved
     );
-    if let Some(baseline) = medians.get(5) {
+    let hyper_added = us(medians[5]) - direct;
+    println!(
+        "  floor: a bare hyper proxy (toolgate's stack, no parsing, no policy) {:.1} µs \
+         (+{hyper_added:.1}): {:.2}x what nginx adds",
+        us(medians[5]),
+        hyper_added / nginx_added
+    );
+    if let Some(baseline) = medians.get(6) {
         let added = us(*baseline) - direct;
         println!(
             "  A/B: baseline toolgate {:.1} µs (+{added:.1}), {:.2}x what nginx adds",
@@ -264,6 +293,9 @@ fn throughput(port: u16, token: Option<&'static str>, clients: usize, seconds: f
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("hyper-proxy") {
+        hyper_proxy::run(args[2].parse().unwrap(), args[3].parse().unwrap());
+    }
     let flag = |name: &str, default: f64| {
         args.iter()
             .position(|a| a == name)
@@ -316,6 +348,17 @@ fn main() {
         None => {
             eprintln!("(nginx's stream module not installed: apt-get install libnginx-mod-stream)")
         }
+    }
+    {
+        let (_hyper, hyper_port) = start_hyper_proxy(echo_port);
+        let (d, h) = rounds(hyper_port, None, echo_port, seconds);
+        println!(
+            "throughput, echo upstream, 32 clients, 3 rounds of {seconds} s, bare hyper proxy \
+             (1 thread, no parsing): direct {d:.0} calls/s, hyper {h:.0} calls/s = {:.0}% of \
+             direct; {:.2}x nginx's share of direct (the floor of toolgate's stack)",
+            100.0 * h / d,
+            (h / d) / (nginx.1 / nginx.0)
+        );
     }
     for threads in [1, 2] {
         let (_toolgate, toolgate_port) = start_toolgate(dir.path(), echo_port, threads);
