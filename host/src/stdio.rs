@@ -219,11 +219,18 @@ pub fn serve(
                     upstream_in,
                 ))));
                 let mut line = Vec::new();
+                // A decision is reported once its call is forwarded or answered.
+                crate::audit::defer_on_this_thread();
                 loop {
+                    crate::audit::report_deferred();
                     let answer = match read_line_capped(&mut reader, &mut line, max) {
                         Ok(Frame::Line) => match session.from_client(&line) {
                             ClientLine::Forward(forward) => {
-                                if !send_upstream(&session, &upstream, &client_out, &forward) {
+                                let sent =
+                                    send_upstream(&session, &upstream, &client_out, &forward);
+                                drop(forward);
+                                crate::audit::report_deferred();
+                                if !sent {
                                     break;
                                 }
                                 continue;
@@ -242,10 +249,13 @@ pub fn serve(
                             break;
                         }
                     };
-                    if write_line(&client_out, &answer).is_err() {
+                    let written = write_line(&client_out, &answer);
+                    crate::audit::report_deferred();
+                    if written.is_err() {
                         break;
                     }
                 }
+                crate::audit::report_deferred();
                 // Report first, then close the upstream's stdin (its signal to shut down): the
                 // other way round, a fast upstream's exit could be reported before the client's
                 // close, and a clean shutdown would look like a crash.
@@ -270,7 +280,10 @@ pub fn serve(
             .spawn(move || {
                 let mut reader = BufReader::with_capacity(64 << 10, upstream_out);
                 let mut line = Vec::new();
+                // An outcome is reported once its reply is written.
+                crate::audit::defer_on_this_thread();
                 loop {
+                    crate::audit::report_deferred();
                     match read_line_capped(&mut reader, &mut line, max) {
                         Ok(Frame::Line) => {
                             if let Some(out) = session.from_upstream(&line) {
@@ -278,6 +291,7 @@ pub fn serve(
                                     tracing::warn!(error = %e, "cannot write to client");
                                 }
                             }
+                            crate::audit::report_deferred();
                         }
                         Ok(Frame::Oversized(length)) => {
                             tracing::error!(
@@ -293,6 +307,7 @@ pub fn serve(
                         }
                     }
                 }
+                crate::audit::report_deferred();
                 let _ = events.send(Event::UpstreamClosed);
             })
             .expect("spawn upstream reader");

@@ -150,8 +150,6 @@ impl Session {
     ) -> Option<audit::EventId> {
         let audit = self.audit.as_ref()?;
         let eval_us = started.elapsed().as_micros() as u64;
-        // Frees what the observers are done with on this thread (see `audit::retire`).
-        audit::sweep();
         // Taken, not copied: the log is the last to read it.
         let decision = trail
             .decision
@@ -176,7 +174,8 @@ impl Session {
             instructions: trail.instructions,
             trace: trail.trace,
         };
-        audit.observer.decision(&Arc::new(facts));
+        // With what the observers are done with freed on this thread (see `audit::retire`).
+        audit::report_decision(&audit.observer, facts);
         if let Some(Kind::ToolsCall(_, slot, _)) = kind {
             *slot = Some(Box::new(Audited {
                 started,
@@ -352,20 +351,22 @@ impl Session {
         let (Some(audit), Some(audited)) = (&self.audit, audited) else {
             return;
         };
-        audit::sweep();
-        audit.observer.outcome(&Arc::new(OutcomeFacts {
-            at: std::time::SystemTime::now(),
-            decision_id: audited.decision_id,
-            origin: self.origin(audit),
-            request_id: audited.request_id.clone(),
-            server: audited.server.clone(),
-            tool: audited.tool.clone(),
-            outcome,
-            error_code,
-            result,
-            upstream_ms: sent.elapsed().as_secs_f64() * 1000.0,
-            server_ms: audited.started.elapsed().as_secs_f64() * 1000.0,
-        }));
+        audit::report_outcome(
+            &audit.observer,
+            OutcomeFacts {
+                at: std::time::SystemTime::now(),
+                decision_id: audited.decision_id,
+                origin: self.origin(audit),
+                request_id: audited.request_id.clone(),
+                server: audited.server.clone(),
+                tool: audited.tool.clone(),
+                outcome,
+                error_code,
+                result,
+                upstream_ms: sent.elapsed().as_secs_f64() * 1000.0,
+                server_ms: audited.started.elapsed().as_secs_f64() * 1000.0,
+            },
+        );
     }
 }
 
