@@ -86,30 +86,39 @@ pub fn report_deferred() {
 
 /// Reports a decision: at once, or at this thread's next [`report_deferred`].
 pub fn report_decision(observer: &Arc<dyn Observer>, facts: DecisionFacts) {
-    report(Report::Decision(observer.clone(), Arc::new(facts)));
+    let facts = Arc::new(facts);
+    if !deferred(|| Report::Decision(observer.clone(), facts.clone())) {
+        super::sweep();
+        observer.decision(&facts);
+    }
 }
 
 /// Reports an outcome: at once, or at this thread's next [`report_deferred`].
 pub fn report_outcome(observer: &Arc<dyn Observer>, facts: OutcomeFacts) {
-    report(Report::Outcome(observer.clone(), Arc::new(facts)));
+    let facts = Arc::new(facts);
+    if !deferred(|| Report::Outcome(observer.clone(), facts.clone())) {
+        super::sweep();
+        observer.outcome(&facts);
+    }
 }
 
-fn report(report: Report) {
-    let now = WAITING.with(|w| match w.borrow_mut().0.as_mut() {
-        Some(waiting) => {
-            waiting.push(report);
-            // Full: reported below, with everything kept before it.
-            (waiting.len() >= MAX_WAITING).then(Vec::new)
-        }
-        None => Some(vec![report]),
+/// Keeps the report `make` makes if this thread defers (all of them are reported once it
+/// keeps [`MAX_WAITING`]); false, with nothing made, if it reports at once.
+fn deferred(make: impl FnOnce() -> Report) -> bool {
+    let full = WAITING.with(|w| {
+        let mut w = w.borrow_mut();
+        let waiting = w.0.as_mut()?;
+        waiting.push(make());
+        Some(waiting.len() >= MAX_WAITING)
     });
-    match now {
-        Some(single) if !single.is_empty() => {
-            super::sweep();
-            single.into_iter().for_each(Report::report);
+    match full {
+        None => false,
+        Some(full) => {
+            if full {
+                report_deferred();
+            }
+            true
         }
-        Some(_) => report_deferred(),
-        None => {}
     }
 }
 
