@@ -11,8 +11,8 @@
 //! did not show in its latency beyond the noise (BENCHMARKS.md).
 //!
 //! The facts keep the times they were made at, so a decision's `time` is still its
-//! decision's; only its place in the log can come after its outcome's, when the two are
-//! reported by different threads.
+//! decision's; only its place in the log can come after lines that other threads write about
+//! the same call: its outcome's, or its shadow decision's.
 
 use super::{DecisionFacts, Observer, OutcomeFacts};
 use std::cell::RefCell;
@@ -24,7 +24,7 @@ enum Report {
 }
 
 /// Reports a thread keeps at most: past it, they are all reported at once.
-pub const MAX_WAITING: usize = 64;
+const MAX_WAITING: usize = 64;
 
 impl Report {
     fn report(self) {
@@ -63,22 +63,27 @@ pub fn defer_on_this_thread() {
 
 /// Reports what this thread deferred, and frees a few spent facts ([`super::sweep`]).
 pub fn report_deferred() {
-    let mut taken = WAITING.with(|w| w.borrow_mut().0.as_mut().map(std::mem::take));
-    let Some(reports) = taken.as_mut() else {
+    // Taken only when there is something to report: the list keeps its capacity otherwise.
+    let Some(mut reports) = WAITING
+        .try_with(|w| {
+            let mut w = w.borrow_mut();
+            let waiting = w.0.as_mut().filter(|waiting| !waiting.is_empty())?;
+            Some(std::mem::take(waiting))
+        })
+        .ok()
+        .flatten()
+    else {
         return;
     };
-    if reports.is_empty() {
-        return;
-    }
     super::sweep();
     for report in reports.drain(..) {
         report.report();
     }
-    // The list goes back, to keep its capacity.
-    WAITING.with(|w| {
+    // The emptied list goes back, so that the next call's report does not grow a new one.
+    let _ = WAITING.try_with(|w| {
         if let Some(waiting) = w.borrow_mut().0.as_mut() {
             if waiting.is_empty() {
-                *waiting = taken.take().unwrap_or_default();
+                *waiting = reports;
             }
         }
     });
@@ -105,12 +110,16 @@ pub fn report_outcome(observer: &Arc<dyn Observer>, facts: OutcomeFacts) {
 /// Keeps the report `make` makes if this thread defers (all of them are reported once it
 /// keeps [`MAX_WAITING`]); false, with nothing made, if it reports at once.
 fn deferred(make: impl FnOnce() -> Report) -> bool {
-    let full = WAITING.with(|w| {
-        let mut w = w.borrow_mut();
-        let waiting = w.0.as_mut()?;
-        waiting.push(make());
-        Some(waiting.len() >= MAX_WAITING)
-    });
+    // A thread whose locals are being torn down reports at once.
+    let full = WAITING
+        .try_with(|w| {
+            let mut w = w.borrow_mut();
+            let waiting = w.0.as_mut()?;
+            waiting.push(make());
+            Some(waiting.len() >= MAX_WAITING)
+        })
+        .ok()
+        .flatten();
     match full {
         None => false,
         Some(full) => {
@@ -173,7 +182,26 @@ mod tests {
         .unwrap();
         assert_eq!(count(&heard), 3 + MAX_WAITING);
         // Another thread (this one) still reports at once.
+        assert!(WAITING.with(|w| w.borrow().0.is_none()));
         report_decision(&observer, decision(3));
         assert_eq!(count(&heard), 4 + MAX_WAITING);
+    }
+
+    #[test]
+    fn the_list_keeps_its_capacity_over_calls_with_nothing_to_report() {
+        let observer: Arc<dyn Observer> = Arc::new(Heard::default());
+        std::thread::spawn(move || {
+            let capacity = || WAITING.with(|w| w.borrow().0.as_ref().map_or(0, Vec::capacity));
+            defer_on_this_thread();
+            report_decision(&observer, decision(1));
+            report_deferred();
+            let kept = capacity();
+            assert!(kept > 0);
+            // The top of the next loop: nothing to report, nothing given up.
+            report_deferred();
+            assert_eq!(capacity(), kept);
+        })
+        .join()
+        .unwrap();
     }
 }
