@@ -10,17 +10,45 @@
 //! `serve` reports at once: reporting from its workers' park hook (when a worker goes idle)
 //! did not show in its latency beyond the noise (BENCHMARKS.md).
 //!
-//! The facts keep the times they were made at, so a decision's `time` is still its
-//! decision's; only its place in the log can come after lines that other threads write about
-//! the same call: its outcome's, or its shadow decision's.
+//! The log's order is kept: a call's decision is reported before anything else about the
+//! same call. A deferred decision is a [`DecisionReport`], made once: by its own thread after
+//! the write, or first thing by whoever reports a later event of the call (its outcome, its
+//! shadow decision), whichever comes first.
 
 use super::{DecisionFacts, Observer, OutcomeFacts};
 use std::cell::RefCell;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+/// A deferred decision, reported exactly once (see the module's docs).
+pub struct DecisionReport {
+    observer: Arc<dyn Observer>,
+    facts: Mutex<Option<Arc<DecisionFacts>>>,
+}
+
+impl DecisionReport {
+    /// Reports the decision unless it was already. The lock is held while reporting, so that
+    /// a later event reported by another thread cannot overtake it.
+    pub fn report(&self) {
+        let mut facts = self.facts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(facts) = facts.take() {
+            self.observer.decision(&facts);
+        }
+    }
+}
+
+impl std::fmt::Debug for DecisionReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DecisionReport")
+    }
+}
 
 enum Report {
-    Decision(Arc<dyn Observer>, Arc<DecisionFacts>),
-    Outcome(Arc<dyn Observer>, Arc<OutcomeFacts>),
+    Decision(Arc<DecisionReport>),
+    Outcome(
+        Arc<dyn Observer>,
+        Arc<OutcomeFacts>,
+        Option<Arc<DecisionReport>>,
+    ),
 }
 
 /// Reports a thread keeps at most: past it, they are all reported at once.
@@ -29,8 +57,13 @@ const MAX_WAITING: usize = 64;
 impl Report {
     fn report(self) {
         match self {
-            Report::Decision(observer, facts) => observer.decision(&facts),
-            Report::Outcome(observer, facts) => observer.outcome(&facts),
+            Report::Decision(decision) => decision.report(),
+            Report::Outcome(observer, facts, decision) => {
+                if let Some(decision) = decision {
+                    decision.report();
+                }
+                observer.outcome(&facts);
+            }
         }
     }
 }
@@ -89,45 +122,65 @@ pub fn report_deferred() {
     });
 }
 
-/// Reports a decision: at once, or at this thread's next [`report_deferred`].
-pub fn report_decision(observer: &Arc<dyn Observer>, facts: DecisionFacts) {
-    let facts = Arc::new(facts);
-    if !deferred(|| Report::Decision(observer.clone(), facts.clone())) {
+/// Reports a decision: at once (`None`), or at this thread's next [`report_deferred`] or
+/// when a later event of the call is reported, whichever is first (the handle to give them).
+pub fn report_decision(
+    observer: &Arc<dyn Observer>,
+    facts: DecisionFacts,
+) -> Option<Arc<DecisionReport>> {
+    if !defers() {
         super::sweep();
-        observer.decision(&facts);
+        observer.decision(&Arc::new(facts));
+        return None;
+    }
+    let decision = Arc::new(DecisionReport {
+        observer: observer.clone(),
+        facts: Mutex::new(Some(Arc::new(facts))),
+    });
+    keep(Report::Decision(decision.clone()));
+    Some(decision)
+}
+
+/// Reports an outcome, after its call's `decision` if that is still deferred: at once, or at
+/// this thread's next [`report_deferred`].
+pub fn report_outcome(
+    observer: &Arc<dyn Observer>,
+    facts: OutcomeFacts,
+    decision: Option<Arc<DecisionReport>>,
+) {
+    let report = Report::Outcome(observer.clone(), Arc::new(facts), decision);
+    if defers() {
+        keep(report);
+    } else {
+        super::sweep();
+        report.report();
     }
 }
 
-/// Reports an outcome: at once, or at this thread's next [`report_deferred`].
-pub fn report_outcome(observer: &Arc<dyn Observer>, facts: OutcomeFacts) {
-    let facts = Arc::new(facts);
-    if !deferred(|| Report::Outcome(observer.clone(), facts.clone())) {
-        super::sweep();
-        observer.outcome(&facts);
-    }
+/// Whether this thread defers its reports.
+fn defers() -> bool {
+    WAITING
+        .try_with(|w| w.borrow().0.is_some())
+        .unwrap_or(false)
 }
 
-/// Keeps the report `make` makes if this thread defers (all of them are reported once it
-/// keeps [`MAX_WAITING`]); false, with nothing made, if it reports at once.
-fn deferred(make: impl FnOnce() -> Report) -> bool {
-    // A thread whose locals are being torn down reports at once.
+/// Keeps `report` for [`report_deferred`]; all are reported once the thread keeps
+/// [`MAX_WAITING`], and it is reported at once if the thread's locals are being torn down.
+fn keep(report: Report) {
+    let mut report = Some(report);
     let full = WAITING
-        .try_with(|w| {
-            let mut w = w.borrow_mut();
-            let waiting = w.0.as_mut()?;
-            waiting.push(make());
-            Some(waiting.len() >= MAX_WAITING)
-        })
-        .ok()
-        .flatten();
-    match full {
-        None => false,
-        Some(full) => {
-            if full {
-                report_deferred();
+        .try_with(|w| match w.borrow_mut().0.as_mut() {
+            Some(waiting) => {
+                waiting.extend(report.take());
+                waiting.len() >= MAX_WAITING
             }
-            true
-        }
+            None => false,
+        })
+        .unwrap_or(false);
+    if let Some(report) = report {
+        report.report();
+    } else if full {
+        report_deferred();
     }
 }
 
@@ -203,5 +256,45 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn a_deferred_decision_is_reported_before_its_outcome_by_whichever_thread_comes_first() {
+        let heard = Arc::new(Heard::default());
+        let observer: Arc<dyn Observer> = heard.clone();
+        let o = observer.clone();
+        let decision = std::thread::spawn(move || {
+            defer_on_this_thread();
+            // Kept by this thread, which never gets to report it.
+            report_decision(&o, decision(1)).expect("deferred")
+        })
+        .join()
+        .unwrap();
+        // The thread ended and reported what it kept; a handle reports nothing twice.
+        assert_eq!(*heard.0.lock().unwrap(), ["decision"]);
+        decision.report();
+        assert_eq!(count(&heard), 1);
+        // Now the reply's thread first: the outcome brings its decision with it.
+        let o = observer.clone();
+        let decision = std::thread::spawn(move || {
+            defer_on_this_thread();
+            let d = report_decision(&o, crate::audit::tests::decision(2)).expect("deferred");
+            // Taken back off this thread's list, as if another thread got there first.
+            WAITING.with(|w| w.borrow_mut().0.as_mut().unwrap().clear());
+            d
+        })
+        .join()
+        .unwrap();
+        report_outcome(
+            &observer,
+            crate::audit::tests::outcome(),
+            Some(decision.clone()),
+        );
+        assert_eq!(
+            *heard.0.lock().unwrap(),
+            ["decision", "decision", "outcome"]
+        );
+        decision.report();
+        assert_eq!(count(&heard), 3);
     }
 }

@@ -30,7 +30,9 @@ mod log;
 mod spent;
 
 pub use args::{args_sha256, ArgsLogging, LoggedArgs};
-pub use deferred::{defer_on_this_thread, report_decision, report_deferred, report_outcome};
+pub use deferred::{
+    defer_on_this_thread, report_decision, report_deferred, report_outcome, DecisionReport,
+};
 pub use facts::{rfc3339, DecisionFacts, EventId, Origin, OutcomeFacts, PolicyRef};
 pub use log::{DecisionLog, LogSink, LogStats, DEFAULT_CAPACITY};
 pub use spent::{retire, sweep, Facts};

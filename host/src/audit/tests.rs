@@ -31,6 +31,23 @@ pub(super) fn decision(n: u64) -> DecisionFacts {
     }
 }
 
+pub(super) fn outcome() -> OutcomeFacts {
+    let d = decision(1);
+    OutcomeFacts {
+        at: std::time::SystemTime::now(),
+        decision_id: d.id,
+        origin: d.origin,
+        request_id: d.request_id,
+        server: d.server,
+        tool: d.tool,
+        outcome: Fate::Ran,
+        error_code: None,
+        result: None,
+        upstream_ms: 1.0,
+        server_ms: 2.0,
+    }
+}
+
 fn wait_for(log: &DecisionLog, written: u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while log.stats().written < written && Instant::now() < deadline {

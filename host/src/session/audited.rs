@@ -93,6 +93,8 @@ pub(super) struct Audited {
     started: Instant,
     /// The call's trace context, for `with_trace_injection`.
     trace: Option<audit::TraceContext>,
+    /// The decision, while its report is deferred: reported before the outcome.
+    decision: Option<Arc<audit::DecisionReport>>,
 }
 
 impl Session {
@@ -120,9 +122,8 @@ impl Session {
         drop(entered);
         if self.audit.is_some() {
             let enforced = trail.decision.as_ref().map(|d| d.verdict);
-            let decision_id =
-                self.audit_decision(&mut trail, id, started, &mut decided.as_mut().ok());
-            self.shadow(trail, decision_id, enforced);
+            let reported = self.audit_decision(&mut trail, id, started, &mut decided.as_mut().ok());
+            self.shadow(trail, reported, enforced);
         } else if let Ok(Kind::ToolsCall(_, slot @ None, _)) = &mut decided {
             if self.inject_trace {
                 *slot = Some(Box::new(Audited {
@@ -132,6 +133,7 @@ impl Session {
                     request_id: Arc::from(id.get()),
                     started,
                     trace: trail.trace,
+                    decision: None,
                 }));
             }
         }
@@ -140,14 +142,14 @@ impl Session {
 
     /// Reports the decision `trail` reached on the request `id` (begun at `started`), and
     /// attaches what the outcome event will need to a forwarded call.
-    /// Returns the decision's id.
+    /// Returns the decision's id, and its report while that is deferred.
     pub(super) fn audit_decision(
         &self,
         trail: &mut Trail,
         id: &RawValue,
         started: Instant,
         kind: &mut Option<&mut Kind>,
-    ) -> Option<audit::EventId> {
+    ) -> Option<(audit::EventId, Option<Arc<audit::DecisionReport>>)> {
         let audit = self.audit.as_ref()?;
         let eval_us = started.elapsed().as_micros() as u64;
         // Taken, not copied: the log is the last to read it.
@@ -175,7 +177,7 @@ impl Session {
             trace: trail.trace,
         };
         // With what the observers are done with freed on this thread (see `audit::retire`).
-        audit::report_decision(&audit.observer, facts);
+        let report = audit::report_decision(&audit.observer, facts);
         if let Some(Kind::ToolsCall(_, slot, _)) = kind {
             *slot = Some(Box::new(Audited {
                 started,
@@ -184,9 +186,10 @@ impl Session {
                 tool,
                 server: trail.server.clone(),
                 request_id,
+                decision: report.clone(),
             }));
         }
-        Some(decision_id)
+        Some((decision_id, report))
     }
 
     /// The session's grant and id as its events share them.
@@ -366,6 +369,7 @@ impl Session {
                 upstream_ms: sent.elapsed().as_secs_f64() * 1000.0,
                 server_ms: audited.started.elapsed().as_secs_f64() * 1000.0,
             },
+            audited.decision.clone(),
         );
     }
 }

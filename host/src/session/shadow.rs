@@ -36,6 +36,8 @@ struct Job {
     enforced: V,
     policies: Vec<(&'static str, Arc<Policy>)>,
     observer: Arc<dyn Observer>,
+    /// The call's decision, while its report is deferred: reported before the shadow's.
+    decision: Option<Arc<crate::audit::DecisionReport>>,
 }
 
 impl ShadowRunner {
@@ -78,6 +80,9 @@ impl ShadowRunner {
 }
 
 fn run(job: Job, counters: &Arc<dyn CounterStore>) {
+    if let Some(decision) = &job.decision {
+        decision.report();
+    }
     let null = serde_json::Value::Null;
     let call = ToolCall {
         tool: &job.trail.tool,
@@ -127,10 +132,14 @@ impl Session {
     pub(super) fn shadow(
         &self,
         trail: Trail,
-        decision_id: Option<crate::audit::EventId>,
+        reported: Option<(
+            crate::audit::EventId,
+            Option<Arc<crate::audit::DecisionReport>>,
+        )>,
         enforced: Option<V>,
     ) {
-        let (Some(audit), Some(decision_id), Some(enforced)) = (&self.audit, decision_id, enforced)
+        let (Some(audit), Some((decision_id, decision)), Some(enforced)) =
+            (&self.audit, reported, enforced)
         else {
             return;
         };
@@ -156,6 +165,7 @@ impl Session {
             enforced,
             policies,
             observer: audit.observer.clone(),
+            decision,
         };
         runner.pending.fetch_add(1, Ordering::Relaxed);
         if runner.tx.try_send(job).is_err() {
