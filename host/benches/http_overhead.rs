@@ -19,8 +19,9 @@
 //! for a fixed time per path, paths alternated over rounds; echo upstream only.
 //!
 //! Run: `cargo bench -p toolgate --bench http_overhead` (`-- --calls N --seconds S`;
-//! `--load-only` runs just the throughput load through toolgate, for a profiler;
-//! `TOOLGATE_BASELINE=/path/to/toolgate` adds another build as a fourth latency path, for A/B
+//! `--load-only [hyper|parse]` runs just the throughput load through toolgate (or the hyper
+//! proxy, bare or parsing), for a profiler;
+//! `TOOLGATE_BASELINE=/path/to/toolgate` adds another build as an eighth latency path, for A/B
 //! comparisons in one interleaved run). Needs
 //! `nginx` on PATH or in /usr/sbin (Debian's package), and for the bare TCP relay its stream
 //! module (`libnginx-mod-stream`).
@@ -123,9 +124,15 @@ fn start_tcp_relay(dir: &Path, upstream: u16) -> Option<(Proc, u16)> {
 
 /// The bare hyper proxy ([`hyper_proxy`]): this binary again, in `hyper-proxy` mode.
 fn start_hyper_proxy(upstream: u16) -> (Proc, u16) {
+    start_hyper("hyper-proxy", upstream)
+}
+
+/// The hyper proxy in `mode`: `hyper-proxy`, or `hyper-parse` (reading and parsing what
+/// passes).
+fn start_hyper(mode: &str, upstream: u16) -> (Proc, u16) {
     let port = free_port();
     let child = Command::new(std::env::current_exe().unwrap())
-        .args(["hyper-proxy", &port.to_string(), &upstream.to_string()])
+        .args([mode, &port.to_string(), &upstream.to_string()])
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
@@ -177,6 +184,7 @@ fn latency(name: &str, upstream: u16, dir: &Path, calls: u64) -> (f64, f64) {
     let (_observed, observed_port) =
         start_toolgate_binary(toolgate, dir, upstream, 1, &observed_config);
     let (_hyper, hyper_port) = start_hyper_proxy(upstream);
+    let (_parsing, parsing_port) = start_hyper("hyper-parse", upstream);
     let mut paths = vec![
         ("direct", Conn::open(upstream, None), Vec::new()),
         ("nginx", Conn::open(nginx_port, None), Vec::new()),
@@ -196,8 +204,9 @@ fn latency(name: &str, upstream: u16, dir: &Path, calls: u64) -> (f64, f64) {
             Vec::new(),
         ),
         ("hyper proxy", Conn::open(hyper_port, None), Vec::new()),
+        ("hyper parse", Conn::open(parsing_port, None), Vec::new()),
     ];
-    // An A/B comparison: another toolgate build as a seventh path, in the same interleaving.
+    // An A/B comparison: another toolgate build as an eighth path, in the same interleaving.
     let baseline = std::env::var_os("TOOLGATE_BASELINE")
         .map(|binary| start_toolgate_binary(Path::new(&binary), dir, upstream, 1, ""));
     if let Some((_, port)) = &baseline {
@@ -247,7 +256,14 @@ fn latency(name: &str, upstream: u16, dir: &Path, calls: u64) -> (f64, f64) {
         us(medians[5]),
         hyper_added / nginx_added
     );
-    if let Some(baseline) = medians.get(6) {
+    let parsing_added = us(medians[6]) - direct;
+    println!(
+        "  floor: the hyper proxy reading and parsing each request and reply whole (the least \
+         a deciding gateway does) {:.1} µs (+{parsing_added:.1}): {:.2}x what nginx adds",
+        us(medians[6]),
+        parsing_added / nginx_added
+    );
+    if let Some(baseline) = medians.get(7) {
         let added = us(*baseline) - direct;
         println!(
             "  A/B: baseline toolgate {:.1} µs (+{added:.1}), {:.2}x what nginx adds",
@@ -293,8 +309,9 @@ fn throughput(port: u16, token: Option<&'static str>, clients: usize, seconds: f
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("hyper-proxy") {
-        hyper_proxy::run(args[2].parse().unwrap(), args[3].parse().unwrap());
+    if let Some(mode @ ("hyper-proxy" | "hyper-parse")) = args.get(1).map(String::as_str) {
+        let parse = mode == "hyper-parse";
+        hyper_proxy::run(args[2].parse().unwrap(), args[3].parse().unwrap(), parse);
     }
     let flag = |name: &str, default: f64| {
         args.iter()
@@ -312,12 +329,18 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
 
     let (_echo, echo_port) = start_echo();
-    if args.iter().any(|a| a == "--load-only") {
-        // For profilers: toolgate (one thread) under the throughput load, nothing else.
-        let (toolgate, toolgate_port) = start_toolgate(dir.path(), echo_port, 1);
-        eprintln!("toolgate pid {}", toolgate.0.id());
-        let rate = throughput(toolgate_port, Some(TOKEN), 32, seconds);
-        println!("toolgate alone, 32 clients: {rate:.0} calls/s");
+    if let Some(i) = args.iter().position(|a| a == "--load-only") {
+        // For profilers: one proxy (toolgate with one thread, or `--load-only hyper` for the
+        // bare hyper proxy, `--load-only parse` for it parsing) under the throughput load,
+        // nothing else.
+        let ((proxy, port), token) = match args.get(i + 1).map(String::as_str) {
+            Some("hyper") => (start_hyper_proxy(echo_port), None),
+            Some("parse") => (start_hyper("hyper-parse", echo_port), None),
+            _ => (start_toolgate(dir.path(), echo_port, 1), Some(TOKEN)),
+        };
+        eprintln!("proxy pid {}", proxy.0.id());
+        let rate = throughput(port, token, 32, seconds);
+        println!("alone, 32 clients: {rate:.0} calls/s");
         return;
     }
     latency("echo", echo_port, dir.path(), calls);

@@ -4,14 +4,63 @@
 //! parsing, no policy, no session: what is left of the gateway's added latency when all of its
 //! own work is taken away. `http_overhead` runs it as a child of its own (`hyper-proxy`
 //! mode), beside nginx.
+//!
+//! With `parse` (`hyper-parse` mode) it does the least that any gateway deciding on what it
+//! forwards must also do: read each request's body whole and parse it as JSON before
+//! forwarding it, and read each reply whole and parse it (a JSON body, or each SSE event's
+//! `data`) before passing it on. The bytes pass unchanged. Nothing else of toolgate's work
+//! (sessions, policy, ids, observers) is done: it is the floor of a deciding gateway on this
+//! stack, as `relay-parse` is on stdio.
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::Request;
+use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 
-/// Listens on 127.0.0.1:`listen` and proxies to 127.0.0.1:`upstream` until killed.
-pub fn run(listen: u16, upstream: u16) -> ! {
+/// `body` parsed as JSON, or for an event stream each event's `data` lines: the work is
+/// kept, not its result.
+fn parse(body: &[u8], event_stream: bool) {
+    if !event_stream {
+        let _ = std::hint::black_box(serde_json::from_slice::<serde_json::Value>(body));
+        return;
+    }
+    for line in body.split(|&b| b == b'\n') {
+        if let Some(data) = line.strip_prefix(b"data:") {
+            let _ = std::hint::black_box(serde_json::from_slice::<serde_json::Value>(data));
+        }
+    }
+}
+
+type Sender = tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Full<Bytes>>>;
+
+/// Reads `request` whole and parses it, sends it, reads the reply whole and parses it.
+async fn exchange(
+    sender: Arc<Sender>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Box<dyn std::error::Error + Send + Sync>> {
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await?.to_bytes();
+    parse(&body, false);
+    let reply = sender
+        .lock()
+        .await
+        .send_request(Request::from_parts(parts, Full::new(body)))
+        .await?;
+    let (parts, body) = reply.into_parts();
+    let body = body.collect().await?.to_bytes();
+    let event_stream = parts
+        .headers
+        .get(hyper::header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"text/event-stream"));
+    parse(&body, event_stream);
+    Ok(Response::from_parts(parts, Full::new(body)))
+}
+
+/// Listens on 127.0.0.1:`listen` and proxies to 127.0.0.1:`upstream` until killed, reading
+/// and parsing what passes when `parse` is set.
+pub fn run(listen: u16, upstream: u16, parse: bool) -> ! {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -31,6 +80,21 @@ pub fn run(listen: u16, upstream: u16) -> ! {
                     return;
                 };
                 let _ = up.set_nodelay(true);
+                let server = hyper::server::conn::http1::Builder::new();
+                if parse {
+                    let Ok((sender, conn)) =
+                        hyper::client::conn::http1::handshake(TokioIo::new(up)).await
+                    else {
+                        return;
+                    };
+                    tokio::spawn(conn);
+                    let sender: Arc<Sender> = Arc::new(tokio::sync::Mutex::new(sender));
+                    let service = hyper::service::service_fn(move |request| {
+                        exchange(sender.clone(), request)
+                    });
+                    let _ = server.serve_connection(TokioIo::new(client), service).await;
+                    return;
+                }
                 let Ok((sender, conn)) =
                     hyper::client::conn::http1::handshake(TokioIo::new(up)).await
                 else {
@@ -44,9 +108,7 @@ pub fn run(listen: u16, upstream: u16) -> ! {
                     let sender = sender.clone();
                     async move { sender.lock().await.send_request(request).await }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(client), service)
-                    .await;
+                let _ = server.serve_connection(TokioIo::new(client), service).await;
             });
         }
     });
