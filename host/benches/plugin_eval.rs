@@ -123,6 +123,18 @@ fn bench(c: &mut Criterion) {
             }
         }
     }
+    // The floor under a fresh decision: bare wasmtime, on the gateway's own engine
+    // configuration, making an instance of the same component and dropping it, back to back
+    // on one thread. Every import is a trap (no linking work at all), fuel and a deadline are
+    // set as for every call, and no export is called: a fresh decision costs this much CPU
+    // plus a call (the pooled rows) and whatever hands its instances between threads.
+    for (plugin, path) in [("gw-id-check", &gw), ("rate-cap", &cap)] {
+        let instantiate = floor(path);
+        group.bench_function(
+            format!("{plugin} (wasmtime floor: new store, instance, drop)"),
+            |b| b.iter(&instantiate),
+        );
+    }
     group.finish();
     // Latency when calls leave the background thread time to prepare the next instance and
     // tear down the last, as they do behind an upstream round trip of any real tool.
@@ -146,6 +158,23 @@ fn bench(c: &mut Criterion) {
         });
     }
     spaced.finish();
+}
+
+/// Makes a store and an instance of the component at `path` and drops both, as bare wasmtime
+/// does on the gateway's engine configuration.
+fn floor(path: &std::path::Path) -> impl Fn() {
+    use wasmtime::component::{Component, Linker};
+    let engine = wasmtime::Engine::new(&toolgate::plugins::engine_config()).unwrap();
+    let component = Component::from_file(&engine, path).unwrap();
+    let mut linker = Linker::<()>::new(&engine);
+    linker.define_unknown_imports_as_traps(&component).unwrap();
+    let pre = linker.instantiate_pre(&component).unwrap();
+    move || {
+        let mut store = wasmtime::Store::new(&engine, ());
+        store.set_fuel(u64::MAX).unwrap();
+        store.set_epoch_deadline(u64::MAX);
+        black_box(pre.instantiate(&mut store).unwrap());
+    }
 }
 
 /// What loading a shared plugin adds before its compile: reading its manifest (a walk of the

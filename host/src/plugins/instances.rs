@@ -1,24 +1,25 @@
-//! Instances: a [`PluginPre`] rehydrated into a store and an instance, kept idle between
-//! calls, and made and torn down off the request path.
+//! Instances: a [`PluginPre`] rehydrated into a store and an instance, and for a pooled
+//! plugin kept idle between calls.
 //!
-//! A `fresh` plugin keeps [`PREPARED`] never-used instances ready; a `pooled` one keeps up to
-//! [`POOLED_IDLE`] warm instances, one grant each. The chores thread does the slow parts
-//! (instantiating, and resetting a used memory slot on drop), so that a call waits only for
-//! the evaluation itself unless calls outrun it.
+//! A `fresh` plugin's instance is made, used and torn down by the call's own thread. A
+//! `pooled` one keeps up to [`POOLED_IDLE`] warm instances, one grant each; the chores thread
+//! tears down the ones it evicts or recycles.
+//!
+//! Why a fresh instance never crosses threads: the memory of an instance made on one core
+//! and used or torn down on another is cold where it is touched, and each hand-over wakes a
+//! thread. A background thread that prepared fresh instances and tore them down made a
+//! decision take 23–26 µs back to back on 2 vCPUs, where the call's thread doing all of it
+//! takes 11–13 µs (BENCHMARKS.md, "Fresh instances on the call's thread").
 
 use super::bindings::WorldInstance;
 use super::error::{EvalFailure, PluginError};
 use super::host::EvalState;
 use super::limits::{Isolation, KEEP_RESIDENT};
 use super::load::PluginPre;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use wasmtime::Store;
-
-/// Never-used instances a `fresh` plugin keeps ready, instantiated in the background. Each
-/// holds a pool slot while it waits.
-const PREPARED: usize = 2;
 
 /// Warm instances a `pooled` plugin keeps, over all grants; past this the least recently
 /// used is torn down. An instance serves one grant only, so a plugin used by many grants
@@ -30,7 +31,7 @@ const POOLED_IDLE: usize = 16;
 /// that calls faster than the background thread cannot exhaust the instance pool).
 const DISCARDS_QUEUED: usize = 16;
 
-/// An instance with its store: ready (never used) for a fresh plugin, warm for a pooled one.
+/// An instance with its store: new for a fresh plugin's call, warm for a pooled one.
 pub(crate) struct Warm {
     pub(crate) store: Store<EvalState>,
     /// The instance, with its world's call record (its strings reused from call to call).
@@ -47,13 +48,9 @@ pub(crate) struct Chores {
     discards: Arc<AtomicUsize>,
 }
 
-/// Work kept off the request path.
-enum Chore {
-    /// Instantiate never-used instances until the plugin has [`PREPARED`] ready.
-    Prepare(Weak<Instances>),
-    /// Drop a used instance: resetting its memory slot costs several µs.
-    Discard(Box<Warm>),
-}
+/// Work kept off the request path: a pooled instance to drop (resetting its memory slot costs
+/// several µs).
+struct Chore(Box<Warm>);
 
 impl Chores {
     /// Starts the `plugin-chores` thread; it ends when every [`Chores`] is dropped.
@@ -73,28 +70,9 @@ impl Chores {
 }
 
 fn do_chores(chores: Receiver<Chore>, discards: Arc<AtomicUsize>) {
-    for chore in chores {
-        match chore {
-            Chore::Discard(warm) => {
-                drop(warm);
-                discards.fetch_sub(1, Ordering::AcqRel);
-            }
-            Chore::Prepare(plugin) => {
-                let Some(plugin) = plugin.upgrade() else {
-                    continue;
-                };
-                while plugin.ready_len() < PREPARED {
-                    match plugin.pre.rehydrate() {
-                        Ok(warm) => plugin.idle().push(warm),
-                        Err(reason) => {
-                            tracing::warn!(plugin = %plugin.pre.name, %reason, "cannot prepare an instance");
-                            break;
-                        }
-                    }
-                }
-                plugin.preparing.store(false, Ordering::Release);
-            }
-        }
+    for Chore(warm) in chores {
+        drop(warm);
+        discards.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -116,28 +94,24 @@ impl PluginPre {
     }
 }
 
-/// One plugin's instances: its [`PluginPre`], and the instances waiting for a call.
+/// One plugin's instances: its [`PluginPre`], and a pooled plugin's instances waiting for a
+/// call.
 pub(crate) struct Instances {
     pub(crate) pre: PluginPre,
     isolation: Isolation,
-    /// Never used (fresh), or warm for one grant each (pooled), least recently used first.
+    /// Warm for one grant each (pooled only), least recently used first.
     idle: Mutex<Vec<Warm>>,
-    me: Weak<Instances>,
     chores: Chores,
-    /// A `Prepare` chore is queued or running.
-    preparing: AtomicBool,
 }
 
 impl Instances {
-    /// The instances of `pre`, none yet: [`Instances::prepare`] asks for the first ones.
+    /// The instances of `pre`, none yet.
     pub(crate) fn new(pre: PluginPre, isolation: Isolation, chores: Chores) -> Arc<Self> {
-        Arc::new_cyclic(|me| Self {
+        Arc::new(Self {
             pre,
             isolation,
             idle: Mutex::new(Vec::new()),
-            me: me.clone(),
             chores,
-            preparing: AtomicBool::new(false),
         })
     }
 
@@ -145,47 +119,33 @@ impl Instances {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn ready_len(&self) -> usize {
-        self.idle().len()
-    }
-
-    /// A fresh plugin: asks the background thread to top up the ready instances.
-    pub(crate) fn prepare(&self) {
-        if self.isolation == Isolation::Fresh
-            && !self.preparing.swap(true, Ordering::AcqRel)
-            && self
-                .chores
-                .queue
-                .send(Chore::Prepare(self.me.clone()))
-                .is_err()
-        {
-            self.preparing.store(false, Ordering::Release);
-        }
-    }
-
-    /// An idle instance that may serve `grant` (never used, or warm from `grant`'s own calls),
-    /// else one rehydrated here and now. It is `grant`'s from now on.
+    /// A fresh plugin: a new instance, made here and now. A pooled one: an idle instance warm
+    /// from `grant`'s own calls, else a new one. It is `grant`'s from now on.
     pub(crate) fn take(&self, grant: &str) -> Result<Warm, EvalFailure> {
-        let idle = {
-            let mut idle = self.idle();
-            idle.iter()
-                .rposition(|warm| warm.grant.as_deref().is_none_or(|g| g == grant))
-                .map(|i| idle.remove(i))
+        let idle = match self.isolation {
+            Isolation::Fresh => None,
+            Isolation::Pooled => {
+                let mut idle = self.idle();
+                idle.iter()
+                    .rposition(|warm| warm.grant.as_deref() == Some(grant))
+                    .map(|i| idle.remove(i))
+            }
         };
-        self.prepare();
         let mut warm = match idle {
             Some(warm) => warm,
             None => self.pre.rehydrate()?,
         };
-        if warm.grant.is_none() {
+        // A fresh instance serves this call only: no grant to remember.
+        if self.isolation == Isolation::Pooled && warm.grant.is_none() {
             warm.grant = Some(grant.to_owned());
         }
         Ok(warm)
     }
 
-    /// After a call: a pooled instance that may serve again goes back, a used one is torn
-    /// down on the background thread, and one that failed (`reusable` false: a trap, a
-    /// limit) is torn down here.
+    /// After a call: a fresh instance is torn down here, on the thread that made it. A pooled
+    /// instance that may serve again goes back; one evicted or recycled is torn down on the
+    /// background thread, and one that failed (`reusable` false: a trap, a limit) is torn
+    /// down here.
     ///
     /// Why a failed one is not queued: it may hold all the memory its cap allows (a memory
     /// bomb), and each pool slot keeps up to 4 MiB resident after teardown. When the
@@ -200,7 +160,7 @@ impl Instances {
     /// gateway grew in 4 MiB steps under a flood of 2 MiB results). Small instances, the
     /// usual case, still go to the background thread.
     pub(crate) fn release(&self, mut warm: Warm, reusable: bool) {
-        if !reusable {
+        if !reusable || self.isolation == Isolation::Fresh {
             drop(warm);
             return;
         }
@@ -219,11 +179,7 @@ impl Instances {
         }
         let discards = &self.chores.discards;
         if discards.fetch_add(1, Ordering::AcqRel) >= DISCARDS_QUEUED
-            || self
-                .chores
-                .queue
-                .send(Chore::Discard(Box::new(warm)))
-                .is_err()
+            || self.chores.queue.send(Chore(Box::new(warm))).is_err()
         {
             // Torn down here (in the `send` error, if that is what failed).
             discards.fetch_sub(1, Ordering::AcqRel);

@@ -20,7 +20,7 @@
 //!    (a [`wasmtime::component::InstancePre`] with the engine and limits its instances need);
 //!    a plugin that needs anything else, or exports another world, fails here, at load time;
 //! 5. **evaluate**: take one of the runtime's evaluation permits, rehydrate the `PluginPre`
-//!    into an instance (or take a prepared or warm one), and run `evaluate` under a fuel
+//!    into an instance (or take a pooled plugin's warm one), and run `evaluate` under a fuel
 //!    budget, an epoch deadline, one memory budget for the whole instance and a cap on every
 //!    import (see `host.rs`). Every trap, timeout, limit hit, malformed result or missing
 //!    permit is a **deny** naming the plugin and the cause ([`EvalFailure`]); the next
@@ -66,7 +66,7 @@ pub use limits::{
 };
 pub use load::Source;
 pub use permits::DEFAULT_MAX_CONCURRENT_EVALUATIONS;
-pub use runtime::PluginRuntime;
+pub use runtime::{engine_config, PluginRuntime};
 pub use stats::evaluations;
 pub use vet::{Candidate, Vetting};
 

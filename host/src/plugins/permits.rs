@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 /// Evaluations that may run at once by default.
 ///
 /// 64 of the pool's 256 slots: the other 192 are left to the instances that wait between
-/// calls (two prepared per `fresh` plugin, up to sixteen warm per `pooled` one, up to sixteen
-/// queued for teardown) and to load-time calls. More lets more calls run in parallel, which
+/// calls (up to sixteen warm per `pooled` plugin, up to sixteen queued for teardown) and to
+/// load-time calls. More lets more calls run in parallel, which
 /// only helps up to the number of cores, and leaves fewer slots for idle instances; fewer
 /// makes bursts wait (up to each plugin's timeout) for a permit.
 pub const DEFAULT_MAX_CONCURRENT_EVALUATIONS: usize = 64;

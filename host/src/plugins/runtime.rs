@@ -29,7 +29,7 @@ use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 const WASMTIME_VERSION: &str = "48.0.8";
 
 /// Component instances alive at once, over every plugin of the runtime: pooled warm
-/// instances, prepared fresh ones, those queued for teardown and those evaluating. Each slot
+/// instances, those queued for teardown and those evaluating. Each slot
 /// reserves address space (not memory) up front; see [`DEFAULT_MAX_CONCURRENT_EVALUATIONS`]
 /// for how evaluations share them with idle instances.
 pub(crate) const INSTANCE_SLOTS: u32 = 256;
@@ -148,7 +148,6 @@ impl PluginRuntime {
             None => None,
         };
         let instances = Instances::new(pre, isolation, self.chores.clone());
-        instances.prepare();
         Ok(Arc::new(Plugin::new(
             file.as_deref(),
             digest,
@@ -165,8 +164,10 @@ fn engine_error(e: wasmtime::Error) -> PluginError {
     PluginError::Engine(format!("{e:#}"))
 }
 
-/// The engine's configuration: what a plugin may use, and what the host pays for it.
-fn engine_config() -> wasmtime::Config {
+/// The engine's configuration: what a plugin may use, and what the host pays for it. Public
+/// so that a benchmark can measure bare wasmtime on the same engine (the floor under a fresh
+/// decision).
+pub fn engine_config() -> wasmtime::Config {
     let mut pool = PoolingAllocationConfig::default();
     // Slots reserved up front: instantiation takes a slot instead of mapping memory (tens of
     // µs saved per fresh call, see BENCHMARKS.md), at the price of reserving address space
