@@ -136,26 +136,40 @@ fn bench(c: &mut Criterion) {
         );
     }
     group.finish();
-    // Latency when calls leave the background thread time to prepare the next instance and
-    // tear down the last, as they do behind an upstream round trip of any real tool.
+    // Latency when each call finds the caches cold, as behind an upstream round trip of any
+    // real tool.
     let mut spaced = c.benchmark_group("one decision, spaced");
     spaced
         .sample_size(20)
         .measurement_time(Duration::from_secs(1))
         .warm_up_time(Duration::from_millis(200));
-    for (plugin, decide) in fresh {
-        spaced.bench_function(format!("{plugin} (fresh, calls {SPACING:?} apart)"), |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    std::thread::sleep(SPACING);
-                    let started = Instant::now();
-                    decide();
-                    total += started.elapsed();
-                }
-                total
-            })
-        });
+    // First each instance torn down at the end of its call, then (this thread opts in for
+    // good) after it, as stdio's client thread does once it has forwarded the call.
+    for deferred in [false, true] {
+        if deferred {
+            toolgate::plugins::defer_teardown_on_this_thread();
+        }
+        let how = if deferred {
+            ", torn down after the write"
+        } else {
+            ""
+        };
+        for (plugin, decide) in &fresh {
+            let name = format!("{plugin} (fresh, calls {SPACING:?} apart{how})");
+            spaced.bench_function(name, |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        std::thread::sleep(SPACING);
+                        let started = Instant::now();
+                        decide();
+                        total += started.elapsed();
+                        toolgate::plugins::tear_down_deferred();
+                    }
+                    total
+                })
+            });
+        }
     }
     spaced.finish();
 }

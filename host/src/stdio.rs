@@ -179,6 +179,19 @@ fn hold<W: Write + Send + 'static, C: Write + Send + 'static>(
 /// has closed (dropping it closes the pipe: the upstream's signal to shut down).
 type Upstream<W> = Arc<Mutex<Option<BufWriter<W>>>>;
 
+/// From now on this thread leaves the work a message causes beside its forwarding (reporting
+/// the decision or outcome, tearing down a fresh plugin's instance) until [`after_write`].
+fn defer_after_write() {
+    crate::audit::defer_on_this_thread();
+    crate::plugins::defer_teardown_on_this_thread();
+}
+
+/// What this thread left until its write was done.
+fn after_write() {
+    crate::audit::report_deferred();
+    crate::plugins::tear_down_deferred();
+}
+
 fn write_line(out: &Mutex<impl Write>, line: &[u8]) -> io::Result<()> {
     let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
     out.write_all(line)?;
@@ -219,17 +232,18 @@ pub fn serve(
                     upstream_in,
                 ))));
                 let mut line = Vec::new();
-                // A decision is reported once its call is forwarded or answered.
-                crate::audit::defer_on_this_thread();
+                // A decision is reported, and a fresh plugin's instance torn down, once its
+                // call is forwarded or answered.
+                defer_after_write();
                 loop {
-                    crate::audit::report_deferred();
+                    after_write();
                     let answer = match read_line_capped(&mut reader, &mut line, max) {
                         Ok(Frame::Line) => match session.from_client(&line) {
                             ClientLine::Forward(forward) => {
                                 let sent =
                                     send_upstream(&session, &upstream, &client_out, &forward);
                                 drop(forward);
-                                crate::audit::report_deferred();
+                                after_write();
                                 if !sent {
                                     break;
                                 }
@@ -250,12 +264,12 @@ pub fn serve(
                         }
                     };
                     let written = write_line(&client_out, &answer);
-                    crate::audit::report_deferred();
+                    after_write();
                     if written.is_err() {
                         break;
                     }
                 }
-                crate::audit::report_deferred();
+                after_write();
                 // Report first, then close the upstream's stdin (its signal to shut down): the
                 // other way round, a fast upstream's exit could be reported before the client's
                 // close, and a clean shutdown would look like a crash.
@@ -281,9 +295,9 @@ pub fn serve(
                 let mut reader = BufReader::with_capacity(64 << 10, upstream_out);
                 let mut line = Vec::new();
                 // An outcome is reported once its reply is written.
-                crate::audit::defer_on_this_thread();
+                defer_after_write();
                 loop {
-                    crate::audit::report_deferred();
+                    after_write();
                     match read_line_capped(&mut reader, &mut line, max) {
                         Ok(Frame::Line) => {
                             if let Some(out) = session.from_upstream(&line) {
@@ -291,7 +305,7 @@ pub fn serve(
                                     tracing::warn!(error = %e, "cannot write to client");
                                 }
                             }
-                            crate::audit::report_deferred();
+                            after_write();
                         }
                         Ok(Frame::Oversized(length)) => {
                             tracing::error!(
@@ -307,7 +321,7 @@ pub fn serve(
                         }
                     }
                 }
-                crate::audit::report_deferred();
+                after_write();
                 let _ = events.send(Event::UpstreamClosed);
             })
             .expect("spawn upstream reader");

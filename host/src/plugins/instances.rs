@@ -10,12 +10,19 @@
 //! thread. A background thread that prepared fresh instances and tore them down made a
 //! decision take 23–26 µs back to back on 2 vCPUs, where the call's thread doing all of it
 //! takes 11–13 µs (BENCHMARKS.md, "Fresh instances on the call's thread").
+//!
+//! A thread with something more urgent to do after a decision (stdio's client thread
+//! forwards the call) can still keep the teardown off the call's path without handing the
+//! instance over: it opts in with [`defer_teardown_on_this_thread`], and its used fresh
+//! instances wait, at most [`MAX_DEFERRED`] of them, until it calls [`tear_down_deferred`]
+//! after its write.
 
 use super::bindings::WorldInstance;
 use super::error::{EvalFailure, PluginError};
 use super::host::EvalState;
 use super::limits::{Isolation, KEEP_RESIDENT};
 use super::load::PluginPre;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,6 +37,54 @@ const POOLED_IDLE: usize = 16;
 /// Used instances queued for teardown, at most; past this a call tears its own down (so
 /// that calls faster than the background thread cannot exhaust the instance pool).
 const DISCARDS_QUEUED: usize = 16;
+
+/// Used fresh instances a thread that defers their teardown keeps at most (each holds a pool
+/// slot); past it, one is torn down at once.
+pub(crate) const MAX_DEFERRED: usize = 4;
+
+thread_local! {
+    /// Used fresh instances waiting for [`tear_down_deferred`]: `None` on a thread that tears
+    /// them down at once (every thread, unless it opted in).
+    static DEFERRED: RefCell<Option<Vec<Warm>>> = const { RefCell::new(None) };
+}
+
+/// From now on, this thread's used fresh instances wait for its next [`tear_down_deferred`]
+/// instead of being torn down at the end of their call. What waits when the thread ends is
+/// torn down then.
+pub fn defer_teardown_on_this_thread() {
+    DEFERRED.with(|deferred| {
+        deferred
+            .borrow_mut()
+            .get_or_insert_with(|| Vec::with_capacity(MAX_DEFERRED));
+    });
+}
+
+/// Tears down this thread's used fresh instances that wait (see
+/// [`defer_teardown_on_this_thread`]).
+pub fn tear_down_deferred() {
+    // A store's teardown runs no guest code and never comes back here.
+    let _ = DEFERRED.try_with(|deferred| deferred.borrow_mut().as_mut().map(Vec::clear));
+}
+
+/// `warm`, kept for this thread's [`tear_down_deferred`] if it defers teardown and has room;
+/// else handed back, to be torn down at once.
+fn defer_teardown(warm: Warm) -> Option<Warm> {
+    let mut warm = Some(warm);
+    let _ = DEFERRED.try_with(|deferred| {
+        if let Some(waiting) = deferred.borrow_mut().as_mut() {
+            if waiting.len() < MAX_DEFERRED {
+                waiting.extend(warm.take());
+            }
+        }
+    });
+    warm
+}
+
+/// How many used fresh instances wait on this thread.
+#[cfg(test)]
+pub(crate) fn deferred_len() -> usize {
+    DEFERRED.with(|deferred| deferred.borrow().as_ref().map_or(0, Vec::len))
+}
 
 /// An instance with its store: new for a fresh plugin's call, warm for a pooled one.
 pub(crate) struct Warm {
@@ -142,7 +197,8 @@ impl Instances {
         Ok(warm)
     }
 
-    /// After a call: a fresh instance is torn down here, on the thread that made it. A pooled
+    /// After a call: a fresh instance is torn down on the thread that made it, here or after
+    /// the thread's write if it defers teardown (a small one that did not fail). A pooled
     /// instance that may serve again goes back; one evicted or recycled is torn down on the
     /// background thread, and one that failed (`reusable` false: a trap, a limit) is torn
     /// down here.
@@ -160,8 +216,18 @@ impl Instances {
     /// gateway grew in 4 MiB steps under a flood of 2 MiB results). Small instances, the
     /// usual case, still go to the background thread.
     pub(crate) fn release(&self, mut warm: Warm, reusable: bool) {
-        if !reusable || self.isolation == Isolation::Fresh {
+        if !reusable {
             drop(warm);
+            return;
+        }
+        if self.isolation == Isolation::Fresh {
+            // A large one at once, for the reason below.
+            let small = warm.store.data().limits.memory() <= KEEP_RESIDENT;
+            drop(if small {
+                defer_teardown(warm)
+            } else {
+                Some(warm)
+            });
             return;
         }
         warm.calls += 1;

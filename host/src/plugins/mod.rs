@@ -60,6 +60,7 @@ mod vouch;
 pub use bindings::PluginMetadata;
 pub use error::{ConfigRejected, EvalFailure, PluginError};
 pub use evaluate::{AfterCall, AfterCallOutcome, Plugin, PluginCall, PluginOutcome};
+pub use instances::{defer_teardown_on_this_thread, tear_down_deferred};
 pub use limits::{
     Isolation, Oversized, PluginLimits, IMPORT_CALLS_PER_EVALUATION, LOG_BYTES_PER_EVALUATION,
     MAX_COUNTER_NAME_BYTES,

@@ -210,6 +210,45 @@ fn evaluations_are_counted_by_how_they_ended() {
     }
 }
 
+/// A thread that defers teardown keeps its used fresh instances until it says so, at most
+/// [`MAX_DEFERRED`] of them, and never one that failed; a thread that did not opt in keeps
+/// none, and neither does a pooled plugin's call.
+#[test]
+fn a_thread_that_defers_teardown_keeps_its_fresh_instances_until_it_tears_them_down() {
+    use super::instances::{deferred_len, MAX_DEFERRED};
+    let runtime = PluginRuntime::new(None).unwrap();
+    let counters = counters();
+    let fuel = PluginLimits::default().fuel;
+    let fresh = load(&runtime, "probe", Isolation::Fresh, fuel);
+    let allowed = |plugin: &Arc<Plugin>| {
+        let reason = plugin
+            .evaluate(&call("{}"), "{}", &counters)
+            .decision
+            .reason;
+        assert!(reason.starts_with("tool=echo"), "{reason}");
+    };
+    allowed(&fresh);
+    assert_eq!(deferred_len(), 0, "kept without opting in");
+    super::defer_teardown_on_this_thread();
+    allowed(&fresh);
+    assert_eq!(deferred_len(), 1);
+    for _ in 0..MAX_DEFERRED + 2 {
+        allowed(&fresh);
+    }
+    assert_eq!(deferred_len(), MAX_DEFERRED, "kept past the bound");
+    super::tear_down_deferred();
+    assert_eq!(deferred_len(), 0);
+    let pooled = load(&runtime, "probe", Isolation::Pooled, fuel);
+    allowed(&pooled);
+    let panics = load(&runtime, "hostile/panic", Isolation::Fresh, fuel);
+    let denied = panics.evaluate(&call("{}"), "{}", &counters).decision;
+    assert_eq!(denied.verdict, Verdict::Deny);
+    assert_eq!(deferred_len(), 0, "a pooled or failed instance was kept");
+    // The instances that waited went back to the pool: the plugin still runs.
+    allowed(&fresh);
+    assert_eq!(deferred_len(), 1);
+}
+
 mod results;
 
 /// Fail closed with a sleeping epoch ticker: once nothing has been armed for a while the
