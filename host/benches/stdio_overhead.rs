@@ -46,7 +46,9 @@ impl Peer {
     fn start(name: &'static str, program: &str, args: &[&str]) -> Self {
         let mut child = Command::new(program)
             .args(args)
-            .env("TOOLGATE_LOG", "warn")
+            // The default log level, as a user gets it (the harness used `warn` until
+            // 2026-12-02, which hid a stderr line per call).
+            .env_remove("TOOLGATE_LOG")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

@@ -1905,29 +1905,26 @@ async fn serve_gives_each_session_its_own_set_and_a_crash_stays_in_its_session()
 fn a_decision_names_the_upstream() {
     let policy = r#"{"version": "1", "default": "allow",
         "tools": {"echo__echo": {"action": "deny", "reason": "no"}}}"#;
-    let mut client = run(policy, &[flag("llmgw", &standin()), flag("echo", &echo())]);
+    let (llmgw, echo) = (flag("llmgw", &standin()), flag("echo", &echo()));
+    let extra = [
+        "--upstream",
+        &llmgw,
+        "--upstream",
+        &echo,
+        "--decision-log",
+        "-",
+    ];
+    let mut client = Client::start_with(policy, &[], &extra);
     initialize_with(&mut client, json!({}));
     all_tools(&mut client);
     let (_, meta) = refusal(&client.call("echo__echo", json!({"message": "x"})));
     assert_eq!(meta["upstream"], "echo", "{meta}");
     let (_, stderr) = client.finish();
-    // The log may be coloured: its ANSI escapes go first.
-    let mut plain = String::new();
-    let mut escape = false;
-    for c in stderr.chars() {
-        match (escape, c) {
-            (false, '\u{1b}') => escape = true,
-            (true, 'm') => escape = false,
-            (true, _) => {}
-            (false, c) => plain.push(c),
-        }
-    }
-    let decision = plain
+    // The decision log's line, on stderr with `-`.
+    let decision: Value = stderr
         .lines()
-        .find(|l| l.contains("tools/call") && l.contains("echo__echo"))
-        .unwrap_or_else(|| panic!("no decision logged: {plain}"));
-    assert!(
-        decision.contains("server=\"echo\"") || decision.contains("server=echo"),
-        "{decision}"
-    );
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| e["event"] == "decision" && e["tool"] == "echo__echo")
+        .unwrap_or_else(|| panic!("no decision logged: {stderr}"));
+    assert_eq!(decision["server"], "echo", "{decision}");
 }

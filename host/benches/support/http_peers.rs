@@ -131,7 +131,8 @@ pub fn start_serve(binary: &Path, dir: &Path, upstream: u16, top: &str, tail: &s
     let child = Command::new(binary)
         .args(["serve", "--config"])
         .arg(&config)
-        .env("TOOLGATE_LOG", "warn")
+        // The default log level, as a user gets it.
+        .env_remove("TOOLGATE_LOG")
         .stderr(Stdio::null())
         .spawn()
         .unwrap();

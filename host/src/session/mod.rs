@@ -434,7 +434,10 @@ impl Session {
             trail.log_args = self.policy.load().log_args_for(call.tool).cloned();
         }
         let d = &outcome.decision;
-        tracing::info!(tool = call.tool, server = call.server, grant = call.grant, decision = d.verdict.as_str(), rule = %d.rule, reason = %d.reason, "tools/call");
+        // Debug, not info: stderr is written on the call's thread, and a stderr pipe nobody
+        // drains would hold every call once it filled. The decision log is the per-call
+        // record (bounded, never blocking); this line is for `TOOLGATE_LOG=debug`.
+        tracing::debug!(tool = call.tool, server = call.server, grant = call.grant, decision = d.verdict.as_str(), rule = %d.rule, reason = %d.reason, "tools/call");
         let answer = if d.verdict == Verdict::Allow {
             let after = results::HookedCall::of(outcome.after, &call, &args);
             Ok(Kind::ToolsCall(outcome.reservations, None, after))
