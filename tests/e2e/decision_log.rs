@@ -185,47 +185,16 @@ use std::os::unix::fs::OpenOptionsExt;
 /// full pipe held every call on the client's thread).
 #[test]
 fn a_stderr_nobody_reads_never_holds_a_call_up() {
-    use std::io::{BufRead, Write};
-    let policy = crate::support::policy_file(r#"{"version": "1", "default": "allow"}"#);
-    let mut child = Command::new(TOOLGATE)
-        .args(["run", "--policy"])
-        .arg(&policy.path)
-        .arg("--")
-        .args(echo())
-        .env_remove("TOOLGATE_LOG")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        // Piped, and never read.
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let (lines, replies) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stdout.lines().map_while(Result::ok) {
-            let _ = lines.send(line);
-        }
-    });
-    let mut send = |message: Value| writeln!(stdin, "{message}").unwrap();
-    send(
-        json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params":
-        {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "e2e", "version": "1"}}}),
-    );
-    let wait = std::time::Duration::from_secs(10);
-    assert!(replies.recv_timeout(wait).is_ok(), "no initialize reply");
-    send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    let policy = r#"{"version": "1", "default": "allow"}"#;
+    let mut client = Client::start_stderr_unread(policy, &echo());
+    client.initialize();
+    // Each call waits at most 10 s for its reply: a held call fails here.
     for i in 1..=3000 {
-        send(json!({"jsonrpc": "2.0", "id": i, "method": "tools/call",
-            "params": {"name": "echo", "arguments": {"message": format!("m{i}")}}}));
-        let reply = replies
-            .recv_timeout(wait)
-            .unwrap_or_else(|_| panic!("call {i} was held up"));
-        assert!(reply.contains(&format!("\"m{i}\"")), "{reply}");
+        let result = client.call("echo", json!({"message": format!("m{i}")}));
+        assert_eq!(result["content"][0]["text"], format!("m{i}"));
     }
-    // The client goes: toolgate ends cleanly.
-    drop(stdin);
-    assert!(child.wait().unwrap().success());
+    let (status, _) = client.finish();
+    assert!(status.success());
 }
 
 /// `toolgate eval --log` prints the decision in the log's own schema.

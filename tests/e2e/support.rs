@@ -73,7 +73,21 @@ impl Client {
 
     /// Starts `toolgate run` on a policy file the test owns (and may rewrite).
     pub fn start_at(policy: &Path, upstream: &[String], extra: &[&str]) -> Self {
-        let mut child = Command::new(TOOLGATE)
+        Self::spawn(policy, upstream, extra, true)
+    }
+
+    /// As [`Client::start`], at the default log level, with a stderr pipe that is held open
+    /// and never read: what a client that never drains it does to the gateway.
+    pub fn start_stderr_unread(policy: &str, upstream: &[String]) -> Self {
+        let policy = policy_file(policy);
+        let mut client = Self::spawn(&policy.path, upstream, &[], false);
+        client._policy = Some(policy);
+        client
+    }
+
+    fn spawn(policy: &Path, upstream: &[String], extra: &[&str], drain: bool) -> Self {
+        let mut command = Command::new(TOOLGATE);
+        command
             .arg("run")
             .arg("--policy")
             .arg(policy)
@@ -82,16 +96,21 @@ impl Client {
             .args(upstream)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::piped());
+        if !drain {
+            command.env_remove("TOOLGATE_LOG");
+        }
+        let mut child = command.spawn().unwrap();
         let lines = reader_thread(child.stdout.take().unwrap());
-        let mut err = child.stderr.take().unwrap();
-        let stderr = Some(std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = err.read_to_string(&mut text);
-            text
-        }));
+        // Undrained, the pipe stays in `child`, open until the gateway is gone.
+        let stderr = drain.then(|| {
+            let mut err = child.stderr.take().unwrap();
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = err.read_to_string(&mut text);
+                text
+            })
+        });
         Self {
             stdin: child.stdin.take(),
             child,

@@ -33,11 +33,27 @@ fn parse(body: &[u8], event_stream: bool) {
     }
 }
 
-type Sender = tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Full<Bytes>>>;
+/// One upstream connection's sender. HTTP/1.1: one request at a time on a connection, so a
+/// lock held per exchange costs nothing.
+type Sender<B> = tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<B>>;
+
+/// The HTTP/1.1 client half on `up`, its connection driven by a task of its own.
+async fn handshake<B>(up: tokio::net::TcpStream) -> Option<Arc<Sender<B>>>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(up))
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    Some(Arc::new(tokio::sync::Mutex::new(sender)))
+}
 
 /// Reads `request` whole and parses it, sends it, reads the reply whole and parses it.
 async fn exchange(
-    sender: Arc<Sender>,
+    sender: Arc<Sender<Full<Bytes>>>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Box<dyn std::error::Error + Send + Sync>> {
     let (parts, body) = request.into_parts();
@@ -82,28 +98,18 @@ pub fn run(listen: u16, upstream: u16, parse: bool) -> ! {
                 let _ = up.set_nodelay(true);
                 let server = hyper::server::conn::http1::Builder::new();
                 if parse {
-                    let Ok((sender, conn)) =
-                        hyper::client::conn::http1::handshake(TokioIo::new(up)).await
-                    else {
+                    let Some(sender) = handshake(up).await else {
                         return;
                     };
-                    tokio::spawn(conn);
-                    let sender: Arc<Sender> = Arc::new(tokio::sync::Mutex::new(sender));
                     let service = hyper::service::service_fn(move |request| {
                         exchange(sender.clone(), request)
                     });
                     let _ = server.serve_connection(TokioIo::new(client), service).await;
                     return;
                 }
-                let Ok((sender, conn)) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(up)).await
-                else {
+                let Some(sender) = handshake::<Incoming>(up).await else {
                     return;
                 };
-                tokio::spawn(conn);
-                // HTTP/1.1: one request at a time on a connection, so a lock held per exchange
-                // costs nothing.
-                let sender = Arc::new(tokio::sync::Mutex::new(sender));
                 let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                     let sender = sender.clone();
                     async move { sender.lock().await.send_request(request).await }
