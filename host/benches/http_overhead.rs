@@ -32,6 +32,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "support/copies.rs"]
+mod copies;
 #[path = "support/http_peers.rs"]
 mod http_peers;
 #[path = "support/hyper_proxy.rs"]
@@ -123,15 +125,15 @@ fn start_tcp_relay(dir: &Path, upstream: u16) -> Option<(Proc, u16)> {
 }
 
 /// The bare hyper proxy ([`hyper_proxy`]): this binary again, in `hyper-proxy` mode.
-fn start_hyper_proxy(upstream: u16) -> (Proc, u16) {
-    start_hyper("hyper-proxy", upstream)
+fn start_hyper_proxy(upstream: u16, dir: &Path) -> (Proc, u16) {
+    start_hyper("hyper-proxy", upstream, dir)
 }
 
 /// The hyper proxy in `mode`: `hyper-proxy`, or `hyper-parse` (reading and parsing what
-/// passes).
-fn start_hyper(mode: &str, upstream: u16) -> (Proc, u16) {
+/// passes), from a copy of this binary in `dir`.
+fn start_hyper(mode: &str, upstream: u16, dir: &Path) -> (Proc, u16) {
     let port = free_port();
-    let child = Command::new(std::env::current_exe().unwrap())
+    let child = Command::new(copies::own_copy(std::env::current_exe().unwrap(), dir))
         .args([mode, &port.to_string(), &upstream.to_string()])
         .stdin(Stdio::null())
         .spawn()
@@ -183,8 +185,8 @@ fn latency(name: &str, upstream: u16, dir: &Path, calls: u64) -> (f64, f64) {
     let observed_config = format!("decision_log = \"{}\"\n", log.display());
     let (_observed, observed_port) =
         start_toolgate_binary(toolgate, dir, upstream, 1, &observed_config);
-    let (_hyper, hyper_port) = start_hyper_proxy(upstream);
-    let (_parsing, parsing_port) = start_hyper("hyper-parse", upstream);
+    let (_hyper, hyper_port) = start_hyper_proxy(upstream, dir);
+    let (_parsing, parsing_port) = start_hyper("hyper-parse", upstream, dir);
     let mut paths = vec![
         ("direct", Conn::open(upstream, None), Vec::new()),
         ("nginx", Conn::open(nginx_port, None), Vec::new()),
@@ -328,14 +330,14 @@ fn main() {
         .to_owned();
     let dir = tempfile::tempdir().unwrap();
 
-    let (_echo, echo_port) = start_echo();
+    let (_echo, echo_port) = start_echo(dir.path());
     if let Some(i) = args.iter().position(|a| a == "--load-only") {
         // For profilers: one proxy (toolgate with one thread, or `--load-only hyper` for the
         // bare hyper proxy, `--load-only parse` for it parsing) under the throughput load,
         // nothing else.
         let ((proxy, port), token) = match args.get(i + 1).map(String::as_str) {
-            Some("hyper") => (start_hyper_proxy(echo_port), None),
-            Some("parse") => (start_hyper("hyper-parse", echo_port), None),
+            Some("hyper") => (start_hyper_proxy(echo_port, dir.path()), None),
+            Some("parse") => (start_hyper("hyper-parse", echo_port, dir.path()), None),
             _ => (start_toolgate(dir.path(), echo_port, 1), Some(TOKEN)),
         };
         eprintln!("proxy pid {}", proxy.0.id());
@@ -373,7 +375,7 @@ fn main() {
         }
     }
     {
-        let (_hyper, hyper_port) = start_hyper_proxy(echo_port);
+        let (_hyper, hyper_port) = start_hyper_proxy(echo_port, dir.path());
         let (d, h) = rounds(hyper_port, None, echo_port, seconds);
         println!(
             "throughput, echo upstream, 32 clients, 3 rounds of {seconds} s, bare hyper proxy \

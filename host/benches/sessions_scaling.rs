@@ -20,6 +20,8 @@ use std::path::Path;
 
 use std::time::{Duration, Instant};
 
+#[path = "support/copies.rs"]
+mod copies;
 #[path = "support/http_peers.rs"]
 mod http_peers;
 use http_peers::{start_echo, start_serve, Conn, Proc, TOKEN, TOOLGATE};
@@ -78,7 +80,8 @@ fn main() {
     let sizes: Vec<usize> = arg::<String>(&args, "--sizes")
         .map(|s| s.split(',').map(|n| n.parse().unwrap()).collect())
         .unwrap_or_else(|| vec![10, 100, 1_000]);
-    let (_echo, upstream) = start_echo();
+    let dir = tempfile::tempdir().unwrap();
+    let (_echo, upstream) = start_echo(dir.path());
     println!(
         "{:>6} | {:>9} | {:>27} | {:>36} | {:>22}",
         "sessions",

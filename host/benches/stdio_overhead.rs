@@ -27,6 +27,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "support/copies.rs"]
+mod copies;
+
 const TOOLGATE: &str = env!("CARGO_BIN_EXE_toolgate");
 
 const POLICY: &str = r#"{"version": "1", "default": "deny", "tools": {"echo": {
@@ -146,25 +149,52 @@ fn main() {
     let logs = tempfile::tempdir().unwrap();
     let log = logs.path().join("decisions.jsonl");
     let log = log.to_str().unwrap();
+    // Every process from a copy of its binary of its own (`support/copies.rs`): from one
+    // file, toolgate's processes (and every path's echo upstream) warmed each other's code.
+    // Not beside the policy either: each copy written there would wake the watchers.
+    let bins = tempfile::tempdir().unwrap();
+    let copy = |binary: &str| {
+        copies::own_copy(binary, bins.path())
+            .to_string_lossy()
+            .into_owned()
+    };
     let mut peers = [
-        Peer::start("direct", TOOLGATE, &["standin", "--echo"]),
-        Peer::start("relay", me, &["relay", TOOLGATE, "standin", "--echo"]),
+        Peer::start("direct", &copy(TOOLGATE), &["standin", "--echo"]),
+        Peer::start(
+            "relay",
+            &copy(me),
+            &["relay", &copy(TOOLGATE), "standin", "--echo"],
+        ),
         Peer::start(
             "toolgate-bare",
-            TOOLGATE,
-            &["run", "--policy", bare, "--", TOOLGATE, "standin", "--echo"],
+            &copy(TOOLGATE),
+            &[
+                "run",
+                "--policy",
+                bare,
+                "--",
+                &copy(TOOLGATE),
+                "standin",
+                "--echo",
+            ],
         ),
         Peer::start(
             "toolgate",
-            TOOLGATE,
+            &copy(TOOLGATE),
             &[
-                "run", "--policy", policy, "--", TOOLGATE, "standin", "--echo",
+                "run",
+                "--policy",
+                policy,
+                "--",
+                &copy(TOOLGATE),
+                "standin",
+                "--echo",
             ],
         ),
         // The same, observed at default settings: the decision log (a file) and metrics.
         Peer::start(
             "observed",
-            TOOLGATE,
+            &copy(TOOLGATE),
             &[
                 "run",
                 "--policy",
@@ -174,22 +204,28 @@ fn main() {
                 "--metrics-listen",
                 "127.0.0.1:0",
                 "--",
-                TOOLGATE,
+                &copy(TOOLGATE),
                 "standin",
                 "--echo",
             ],
         ),
         Peer::start(
             "toolgate-again",
-            TOOLGATE,
+            &copy(TOOLGATE),
             &[
-                "run", "--policy", policy, "--", TOOLGATE, "standin", "--echo",
+                "run",
+                "--policy",
+                policy,
+                "--",
+                &copy(TOOLGATE),
+                "standin",
+                "--echo",
             ],
         ),
         Peer::start(
             "relay-parse",
-            me,
-            &["relay-parse", TOOLGATE, "standin", "--echo"],
+            &copy(me),
+            &["relay-parse", &copy(TOOLGATE), "standin", "--echo"],
         ),
     ];
     // Warm up every path (page cache, branch predictors, allocator) before measuring.

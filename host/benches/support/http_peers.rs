@@ -1,7 +1,8 @@
 //! What the HTTP harnesses (`http_overhead`, `sessions_scaling`) share: their child processes,
 //! free ports, the echo upstream, `toolgate serve` with the benchmark's grant and policy, and
 //! a minimal MCP client over one keep-alive HTTP/1.1 connection. Included by `#[path]`; a
-//! folder, so that cargo does not take it for a bench of its own.
+//! folder, so that cargo does not take it for a bench of its own. A bench that includes it
+//! includes `copies.rs` as `copies` too: every process runs from its own copy of its binary.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -56,9 +57,10 @@ pub fn wait_for_port(port: u16) {
     }
 }
 
-pub fn start_echo() -> (Proc, u16) {
+/// The echo upstream (`toolgate standin --echo --http`), from a copy of toolgate in `dir`.
+pub fn start_echo(dir: &Path) -> (Proc, u16) {
     let port = free_port();
-    let child = Command::new(TOOLGATE)
+    let child = Command::new(crate::copies::own_copy(TOOLGATE, dir))
         .args(["standin", "--echo", "--http", &format!("127.0.0.1:{port}")])
         .stderr(Stdio::null())
         .spawn()
@@ -108,7 +110,7 @@ pub fn read_response(reader: &mut BufReader<TcpStream>) -> (String, Vec<u8>) {
     (head, body)
 }
 
-/// `toolgate serve` from `binary` in front of the HTTP upstream on `upstream`, one grant
+/// `toolgate serve` from a copy of `binary` in front of the HTTP upstream on `upstream`, one grant
 /// (`TOKEN`) with `POLICY`; `top` goes in the config's top level, `tail` after the grant.
 /// Returns the process and its `/mcp` port.
 pub fn start_serve(binary: &Path, dir: &Path, upstream: u16, top: &str, tail: &str) -> (Proc, u16) {
@@ -128,7 +130,7 @@ pub fn start_serve(binary: &Path, dir: &Path, upstream: u16, top: &str, tail: &s
         ),
     )
     .unwrap();
-    let child = Command::new(binary)
+    let child = Command::new(crate::copies::own_copy(binary, dir))
         .args(["serve", "--config"])
         .arg(&config)
         // The default log level, as a user gets it.
