@@ -11,6 +11,9 @@
 //! - **hyper proxy**: a bare reverse proxy on toolgate's own stack (tokio and hyper, one
 //!   thread, nothing parsed: `support/hyper_proxy.rs`), the floor of that stack.
 //!
+//! Every process runs from a copy of its binary of its own (`support/copies.rs`), so that no
+//! path's code is warmed by another's: the echo upstream and three gateways are toolgate.
+//!
 //! Latency: `tools/call echo` round trips, interleaved call by call (one call per path per
 //! round, each round in a new random order) so that all see the same machine; medians compared. Run against
 //! the echo upstream (`toolgate standin --echo --http`) and, when `tests/peers` is installed,

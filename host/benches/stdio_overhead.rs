@@ -14,6 +14,9 @@
 //!   `serde_json::Value`) and forwarding its bytes unchanged: the floor of any gateway that
 //!   reads what it forwards, which a policy gateway must.
 //!
+//! Every process runs from a copy of its binary of its own (`support/copies.rs`), so that no
+//! setup's code is warmed by another's: every setup's echo server is toolgate too.
+//!
 //! Calls are interleaved (one call to each setup per round, each round in a new random order) so
 //! that all see the same machine state, and the medians are compared: toolgate's added latency over the relay's.
 //! Beside latency, each gateway's CPU time per call, from the kernel's per-thread run time
