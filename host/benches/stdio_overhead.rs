@@ -161,6 +161,14 @@ fn main() {
             .to_string_lossy()
             .into_owned()
     };
+    // `toolgate run` with `policy` and `flags`, in front of the echo server.
+    let gateway = |name: &'static str, policy: &str, flags: &[&str]| {
+        let upstream = copy(TOOLGATE);
+        let mut args = vec!["run", "--policy", policy];
+        args.extend_from_slice(flags);
+        args.extend(["--", upstream.as_str(), "standin", "--echo"]);
+        Peer::start(name, &copy(TOOLGATE), &args)
+    };
     let mut peers = [
         Peer::start("direct", &copy(TOOLGATE), &["standin", "--echo"]),
         Peer::start(
@@ -168,63 +176,15 @@ fn main() {
             &copy(me),
             &["relay", &copy(TOOLGATE), "standin", "--echo"],
         ),
-        Peer::start(
-            "toolgate-bare",
-            &copy(TOOLGATE),
-            &[
-                "run",
-                "--policy",
-                bare,
-                "--",
-                &copy(TOOLGATE),
-                "standin",
-                "--echo",
-            ],
-        ),
-        Peer::start(
-            "toolgate",
-            &copy(TOOLGATE),
-            &[
-                "run",
-                "--policy",
-                policy,
-                "--",
-                &copy(TOOLGATE),
-                "standin",
-                "--echo",
-            ],
-        ),
+        gateway("toolgate-bare", bare, &[]),
+        gateway("toolgate", policy, &[]),
         // The same, observed at default settings: the decision log (a file) and metrics.
-        Peer::start(
+        gateway(
             "observed",
-            &copy(TOOLGATE),
-            &[
-                "run",
-                "--policy",
-                policy,
-                "--decision-log",
-                log,
-                "--metrics-listen",
-                "127.0.0.1:0",
-                "--",
-                &copy(TOOLGATE),
-                "standin",
-                "--echo",
-            ],
+            policy,
+            &["--decision-log", log, "--metrics-listen", "127.0.0.1:0"],
         ),
-        Peer::start(
-            "toolgate-again",
-            &copy(TOOLGATE),
-            &[
-                "run",
-                "--policy",
-                policy,
-                "--",
-                &copy(TOOLGATE),
-                "standin",
-                "--echo",
-            ],
-        ),
+        gateway("toolgate-again", policy, &[]),
         Peer::start(
             "relay-parse",
             &copy(me),
