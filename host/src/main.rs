@@ -181,12 +181,23 @@ fn operator_loader(trust: Option<PathBuf>, store: Option<PathBuf>) -> Loader {
     loader
 }
 
-fn init_logging() {
+/// Logs to stderr, through a bounded queue that a thread of its own writes out. A line that
+/// finds the queue full is dropped: stderr may be a pipe that nobody reads, and what a client or an upstream sends can make the
+/// gateway warn once a message, so writing on the call's thread would hold calls up once the
+/// pipe filled. Hold the guard until exit: dropping it writes out what is queued (waiting at
+/// most about a second).
+#[must_use = "the guard writes out queued lines when dropped"]
+fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOOLGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("toolgate=info"));
+    let (stderr, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(STDERR_QUEUED_LINES)
+        .thread_name("stderr-log")
+        .finish(std::io::stderr());
     // stdout belongs to the protocol: logs go to stderr only.
     let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(stderr)
         .with_target(false)
         .with_filter(filter);
     let registry = tracing_subscriber::registry().with(fmt);
@@ -202,13 +213,17 @@ fn init_logging() {
                     .init();
                 // Kept for the process's life (spans still in a batch at exit are lost).
                 std::mem::forget(provider);
-                return;
+                return guard;
             }
             Err(e) => eprintln!("toolgate: {e}; spans are not exported"),
         }
     }
     registry.init();
+    guard
 }
+
+/// Lines waiting for stderr at most (about 1 MiB of typical lines).
+const STDERR_QUEUED_LINES: usize = 8_192;
 
 fn load_policy(loader: &Loader, path: &std::path::Path) -> Result<Policy, ExitCode> {
     loader.load(path).map_err(|e| {
@@ -244,7 +259,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run_cli::run(args),
         Command::Serve { config } => {
-            init_logging();
+            let _log = init_logging();
             match toolgate::http::serve(&config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

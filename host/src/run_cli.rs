@@ -138,7 +138,7 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
         separator,
         upstream,
     } = args;
-    init_logging();
+    let _log = init_logging();
     let counters = match toolgate::counters::open(&counters, Arc::new(SystemClock::new())) {
         Ok(counters) => counters,
         Err(e) => {

@@ -197,6 +197,28 @@ fn a_stderr_nobody_reads_never_holds_a_call_up() {
     assert!(status.success());
 }
 
+/// What a client sends can make the gateway warn on stderr once a message (here: a call
+/// with `name` and `Name`, refused). With stderr piped and never read, the pipe fills after
+/// a few hundred such lines; the gateway must then drop lines, not hold the calls behind them.
+#[test]
+fn warnings_nobody_reads_never_hold_a_call_up() {
+    let policy = r#"{"version": "1", "default": "allow"}"#;
+    let mut client = Client::start_stderr_unread(policy, &echo());
+    client.initialize();
+    // Each reply waits at most 10 s: a held call fails here.
+    for i in 1..=3000 {
+        let id = json!(i);
+        client.send(&json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": "echo", "Name": "echo", "arguments": {"message": "x"}}}));
+        let reply = client.reply_to(&id);
+        assert_eq!(reply["error"]["code"], -32600, "{reply}");
+    }
+    let result = client.call("echo", json!({"message": "after"}));
+    assert_eq!(result["content"][0]["text"], "after");
+    let (status, _) = client.finish();
+    assert!(status.success());
+}
+
 /// `toolgate eval --log` prints the decision in the log's own schema.
 #[test]
 fn eval_prints_a_decision_in_the_logs_schema() {
