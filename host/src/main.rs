@@ -182,10 +182,10 @@ fn operator_loader(trust: Option<PathBuf>, store: Option<PathBuf>) -> Loader {
 }
 
 /// Logs to stderr, through a bounded queue that a thread of its own writes out. A line that
-/// finds the queue full is dropped: stderr may be a pipe that nobody reads, and what a client or an upstream sends can make the
-/// gateway warn once a message, so writing on the call's thread would hold calls up once the
-/// pipe filled. Hold the guard until exit: dropping it writes out what is queued (waiting at
-/// most about a second).
+/// finds the queue full is dropped. stderr may be a pipe that nobody reads, and what a client
+/// or an upstream sends can make the gateway warn once a message: written on the call's
+/// thread, those lines would hold calls up once the pipe filled. Hold the guard until exit:
+/// dropping it writes out what is queued (waiting about a second at most).
 #[must_use = "the guard writes out queued lines when dropped"]
 fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOOLGATE_LOG")
@@ -222,7 +222,7 @@ fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
     guard
 }
 
-/// Lines waiting for stderr at most (about 1 MiB of typical lines).
+/// Lines waiting for stderr at most (a line is typically 100–300 bytes).
 const STDERR_QUEUED_LINES: usize = 8_192;
 
 fn load_policy(loader: &Loader, path: &std::path::Path) -> Result<Policy, ExitCode> {
