@@ -1,7 +1,7 @@
 //! What `toolgate serve` adds to a Streamable HTTP round trip, against nginx as a bare reverse
 //! proxy (the floor of any HTTP proxy on this machine).
 //!
-//! Six paths to one upstream, measured in one run:
+//! Eight paths to one upstream, measured in one run:
 //! - **direct**: the client talks to the upstream;
 //! - **nginx**: through nginx (`proxy_buffering off`, HTTP/1.1 upstream keepalive);
 //! - **toolgate**: through `toolgate serve` (release build) with a token, a grant and a policy
@@ -9,7 +9,9 @@
 //! - **unobserved**: the same with `metrics = false` (no observer at all), and **observed**:
 //!   the same with a decision log to a file beside the metrics (issue 21's pair);
 //! - **hyper proxy**: a bare reverse proxy on toolgate's own stack (tokio and hyper, one
-//!   thread, nothing parsed: `support/hyper_proxy.rs`), the floor of that stack.
+//!   thread, nothing parsed: `support/hyper_proxy.rs`), the floor of that stack; **hyper
+//!   parse**, the same reading and parsing what passes; **hyper gate**, the same deciding with
+//!   toolgate's guarantees and nothing else (`support/hyper_gate.rs`).
 //!
 //! Every process runs from a copy of its binary of its own (`support/copies.rs`), so that no
 //! path's code is warmed by another's: the echo upstream and three gateways are toolgate.
@@ -24,7 +26,7 @@
 //! Run: `cargo bench -p toolgate --bench http_overhead` (`-- --calls N --seconds S`;
 //! `--load-only [hyper|parse]` runs just the throughput load through toolgate (or the hyper
 //! proxy, bare or parsing), for a profiler;
-//! `TOOLGATE_BASELINE=/path/to/toolgate` adds another build as an eighth latency path, for A/B
+//! `TOOLGATE_BASELINE=/path/to/toolgate` adds another build as a ninth latency path, for A/B
 //! comparisons in one interleaved run). Needs
 //! `nginx` on PATH or in /usr/sbin (Debian's package), and for the bare TCP relay its stream
 //! module (`libnginx-mod-stream`).
@@ -39,6 +41,8 @@ use std::time::{Duration, Instant};
 mod copies;
 #[path = "support/http_peers.rs"]
 mod http_peers;
+#[path = "support/hyper_gate.rs"]
+mod hyper_gate;
 #[path = "support/hyper_proxy.rs"]
 mod hyper_proxy;
 use http_peers::{free_port, start_echo, start_serve, wait_for_port, Conn, Proc, TOKEN, TOOLGATE};
@@ -132,8 +136,8 @@ fn start_hyper_proxy(upstream: u16, dir: &Path) -> (Proc, u16) {
     start_hyper("hyper-proxy", upstream, dir)
 }
 
-/// The hyper proxy in `mode`: `hyper-proxy`, or `hyper-parse` (reading and parsing what
-/// passes), from a copy of this binary in `dir`.
+/// The hyper proxy in `mode`: `hyper-proxy`, `hyper-parse` (reading and parsing what
+/// passes) or `hyper-gate` ([`hyper_gate`]), from a copy of this binary in `dir`.
 fn start_hyper(mode: &str, upstream: u16, dir: &Path) -> (Proc, u16) {
     let port = free_port();
     let child = Command::new(copies::own_copy(std::env::current_exe().unwrap(), dir))
@@ -190,6 +194,7 @@ fn latency(name: &str, upstream: u16, dir: &Path, calls: u64) -> (f64, f64) {
         start_toolgate_binary(toolgate, dir, upstream, 1, &observed_config);
     let (_hyper, hyper_port) = start_hyper_proxy(upstream, dir);
     let (_parsing, parsing_port) = start_hyper("hyper-parse", upstream, dir);
+    let (_gate, gate_port) = start_hyper("hyper-gate", upstream, dir);
     let mut paths = vec![
         ("direct", Conn::open(upstream, None), Vec::new()),
         ("nginx", Conn::open(nginx_port, None), Vec::new()),
@@ -210,8 +215,9 @@ fn latency(name: &str, upstream: u16, dir: &Path, calls: u64) -> (f64, f64) {
         ),
         ("hyper proxy", Conn::open(hyper_port, None), Vec::new()),
         ("hyper parse", Conn::open(parsing_port, None), Vec::new()),
+        ("hyper gate", Conn::open(gate_port, Some(TOKEN)), Vec::new()),
     ];
-    // An A/B comparison: another toolgate build as an eighth path, in the same interleaving.
+    // An A/B comparison: another toolgate build as a ninth path, in the same interleaving.
     let baseline = std::env::var_os("TOOLGATE_BASELINE")
         .map(|binary| start_toolgate_binary(Path::new(&binary), dir, upstream, 1, ""));
     if let Some((_, port)) = &baseline {
@@ -268,7 +274,16 @@ fn latency(name: &str, upstream: u16, dir: &Path, calls: u64) -> (f64, f64) {
         us(medians[6]),
         parsing_added / nginx_added
     );
-    if let Some(baseline) = medians.get(7) {
+    let gate_added = us(medians[7]) - direct;
+    println!(
+        "  floor: the same, deciding with toolgate's guarantees and nothing else (token, session, \
+         one-pass key check, rule, counter, the gateway's own ids) {:.1} µs (+{gate_added:.1}): \
+         {:.2}x what nginx adds; toolgate adds {:.2}x what it adds",
+        us(medians[7]),
+        gate_added / nginx_added,
+        toolgate_added / gate_added
+    );
+    if let Some(baseline) = medians.get(8) {
         let added = us(*baseline) - direct;
         println!(
             "  A/B: baseline toolgate {:.1} µs (+{added:.1}), {:.2}x what nginx adds",
@@ -314,9 +329,14 @@ fn throughput(port: u16, token: Option<&'static str>, clients: usize, seconds: f
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if let Some(mode @ ("hyper-proxy" | "hyper-parse")) = args.get(1).map(String::as_str) {
-        let parse = mode == "hyper-parse";
-        hyper_proxy::run(args[2].parse().unwrap(), args[3].parse().unwrap(), parse);
+    if let Some(mode @ ("hyper-proxy" | "hyper-parse" | "hyper-gate")) =
+        args.get(1).map(String::as_str)
+    {
+        let (listen, upstream) = (args[2].parse().unwrap(), args[3].parse().unwrap());
+        if mode == "hyper-gate" {
+            hyper_gate::run(listen, upstream, TOKEN);
+        }
+        hyper_proxy::run(listen, upstream, mode == "hyper-parse");
     }
     let flag = |name: &str, default: f64| {
         args.iter()

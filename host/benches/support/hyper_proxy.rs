@@ -35,10 +35,10 @@ fn parse(body: &[u8], event_stream: bool) {
 
 /// One upstream connection's sender. HTTP/1.1: one request at a time on a connection, so a
 /// lock held per exchange costs nothing.
-type Sender<B> = tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<B>>;
+pub type Sender<B> = tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<B>>;
 
 /// The HTTP/1.1 client half on `up`, its connection driven by a task of its own.
-async fn handshake<B>(up: tokio::net::TcpStream) -> Option<Arc<Sender<B>>>
+pub async fn handshake<B>(up: tokio::net::TcpStream) -> Option<Arc<Sender<B>>>
 where
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
