@@ -16,7 +16,7 @@
 //! answers the bench policy's one rule only. `http_overhead` runs it as `hyper-gate`: what a
 //! gateway with the same guarantees and nothing else measures beside toolgate.
 
-use super::hyper_proxy::{handshake, Sender};
+use super::hyper_proxy::{accept_loop, handshake, Sender};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -269,36 +269,17 @@ pub fn run(listen: u16, upstream: u16, token: &str) -> ! {
         next_id: AtomicU64::new(1),
         counter: Mutex::new((Instant::now(), 0)),
     });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", listen))
-            .await
-            .expect("bind");
-        loop {
-            let Ok((client, _)) = listener.accept().await else {
-                continue;
+    accept_loop(listen, upstream, move |client, up| {
+        let gate = gate.clone();
+        async move {
+            let Some(sender) = handshake(up).await else {
+                return;
             };
-            let gate = gate.clone();
-            tokio::spawn(async move {
-                let _ = client.set_nodelay(true);
-                let Ok(up) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
-                    return;
-                };
-                let _ = up.set_nodelay(true);
-                let Some(sender) = handshake(up).await else {
-                    return;
-                };
-                let service = hyper::service::service_fn(move |request| {
-                    gate.clone().exchange(sender.clone(), request)
-                });
-                let server = hyper::server::conn::http1::Builder::new();
-                let _ = server.serve_connection(TokioIo::new(client), service).await;
+            let service = hyper::service::service_fn(move |request| {
+                gate.clone().exchange(sender.clone(), request)
             });
+            let server = hyper::server::conn::http1::Builder::new();
+            let _ = server.serve_connection(TokioIo::new(client), service).await;
         }
-    });
-    unreachable!("the accept loop never ends")
+    })
 }

@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
+use tokio::net::TcpStream;
 
 /// `body` parsed as JSON, or for an event stream each event's `data` lines: the work is
 /// kept, not its result.
@@ -38,7 +39,7 @@ fn parse(body: &[u8], event_stream: bool) {
 pub type Sender<B> = tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<B>>;
 
 /// The HTTP/1.1 client half on `up`, its connection driven by a task of its own.
-pub async fn handshake<B>(up: tokio::net::TcpStream) -> Option<Arc<Sender<B>>>
+pub async fn handshake<B>(up: TcpStream) -> Option<Arc<Sender<B>>>
 where
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
@@ -74,14 +75,20 @@ async fn exchange(
     Ok(Response::from_parts(parts, Full::new(body)))
 }
 
-/// Listens on 127.0.0.1:`listen` and proxies to 127.0.0.1:`upstream` until killed, reading
-/// and parsing what passes when `parse` is set.
-pub fn run(listen: u16, upstream: u16, parse: bool) -> ! {
+/// Listens on 127.0.0.1:`listen` on one worker thread, as nginx runs one worker, until
+/// killed. Each client connection gets a connection of its own to 127.0.0.1:`upstream` (both
+/// without Nagle's delay), and `serve` gets the pair.
+pub fn accept_loop<F, Fut>(listen: u16, upstream: u16, serve: F) -> !
+where
+    F: Fn(TcpStream, TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .expect("runtime");
+    let serve = Arc::new(serve);
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", listen))
             .await
@@ -90,33 +97,41 @@ pub fn run(listen: u16, upstream: u16, parse: bool) -> ! {
             let Ok((client, _)) = listener.accept().await else {
                 continue;
             };
+            let serve = serve.clone();
             tokio::spawn(async move {
                 let _ = client.set_nodelay(true);
-                let Ok(up) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
+                let Ok(up) = TcpStream::connect(("127.0.0.1", upstream)).await else {
                     return;
                 };
                 let _ = up.set_nodelay(true);
-                let server = hyper::server::conn::http1::Builder::new();
-                if parse {
-                    let Some(sender) = handshake(up).await else {
-                        return;
-                    };
-                    let service = hyper::service::service_fn(move |request| {
-                        exchange(sender.clone(), request)
-                    });
-                    let _ = server.serve_connection(TokioIo::new(client), service).await;
-                    return;
-                }
-                let Some(sender) = handshake::<Incoming>(up).await else {
-                    return;
-                };
-                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                    let sender = sender.clone();
-                    async move { sender.lock().await.send_request(request).await }
-                });
-                let _ = server.serve_connection(TokioIo::new(client), service).await;
+                serve(client, up).await;
             });
         }
     });
     unreachable!("the accept loop never ends")
+}
+
+/// Listens on 127.0.0.1:`listen` and proxies to 127.0.0.1:`upstream` until killed, reading
+/// and parsing what passes when `parse` is set.
+pub fn run(listen: u16, upstream: u16, parse: bool) -> ! {
+    accept_loop(listen, upstream, move |client, up| async move {
+        let server = hyper::server::conn::http1::Builder::new();
+        if parse {
+            let Some(sender) = handshake(up).await else {
+                return;
+            };
+            let service =
+                hyper::service::service_fn(move |request| exchange(sender.clone(), request));
+            let _ = server.serve_connection(TokioIo::new(client), service).await;
+            return;
+        }
+        let Some(sender) = handshake::<Incoming>(up).await else {
+            return;
+        };
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let sender = sender.clone();
+            async move { sender.lock().await.send_request(request).await }
+        });
+        let _ = server.serve_connection(TokioIo::new(client), service).await;
+    })
 }
