@@ -4,9 +4,13 @@
 //! - the bearer token compared;
 //! - the session found by `Mcp-Session-Id`;
 //! - the request parsed once, refusing duplicate and case-folded keys at any depth in the
-//!   same pass;
-//! - for a `tools/call`: the rule found by the tool's name, its condition evaluated on the
-//!   arguments, its counter counted (one minute, per grant);
+//!   same pass (folded as toolgate folds them, `toolgate::jsonrpc::fold_key`), and read as
+//!   the most lenient upstream reads it: a member is found under any key that folds to its
+//!   name (`METHOD`, `Message`), since some stack will take that key for it;
+//! - a message outside a session refused, unless it is `initialize`;
+//! - every `tools/call` decided, with an id or without (one without is dropped, as toolgate
+//!   drops it): the rule found by the tool's name, its condition evaluated on the arguments,
+//!   its counter counted (one minute, per grant);
 //! - the gateway's own id in place of the client's, the pair kept until the reply, and the
 //!   message written again from what was decided;
 //! - the reply parsed (a JSON body, or each SSE event's `data`) and the client's id put back.
@@ -29,6 +33,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use toolgate::jsonrpc::fold_key;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -52,8 +57,8 @@ struct Gate {
     counter: Mutex<(Instant, u64)>,
 }
 
-/// Parses a JSON value, refusing an object with two keys equal as written or after ASCII
-/// case folding (toolgate also folds Unicode; this is the cheaper part).
+/// Parses a JSON value, refusing an object with two keys equal as written or after case
+/// folding.
 struct Checked;
 
 impl<'de> DeserializeSeed<'de> for Checked {
@@ -96,7 +101,8 @@ impl<'de> Visitor<'de> for Checked {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut object = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            if object.keys().any(|k| k.eq_ignore_ascii_case(&key)) {
+            let folded = fold_key(&key);
+            if object.keys().any(|k| fold_key(k) == folded) {
                 return Err(A::Error::custom(format!("duplicate key `{key}`")));
             }
             let value = map.next_value_seed(Checked)?;
@@ -106,6 +112,17 @@ impl<'de> Visitor<'de> for Checked {
     }
 }
 
+/// The key of `value`'s member `name` (a lowercase ASCII name), as written: the one key that
+/// folds to `name` (the parse refused two).
+fn key_of<'v>(value: &'v Value, name: &str) -> Option<&'v String> {
+    value.as_object()?.keys().find(|k| fold_key(k) == name)
+}
+
+/// `value`'s member `name`, under whichever key folds to it.
+fn field<'v>(value: &'v Value, name: &str) -> Option<&'v Value> {
+    value.get(key_of(value, name)?)
+}
+
 /// A reply from the upstream, with the client's id in place of the gateway's `id`.
 fn restore(data: &[u8], id: u64, client_id: &Value) -> Result<Vec<u8>, serde_json::Error> {
     let mut reply: Value = serde_json::from_slice(data)?;
@@ -113,6 +130,22 @@ fn restore(data: &[u8], id: u64, client_id: &Value) -> Result<Vec<u8>, serde_jso
         reply["id"] = client_id.clone();
     }
     serde_json::to_vec(&reply)
+}
+
+/// [`restore`] on each event's `data` of an SSE body.
+fn restore_events(body: &[u8], id: u64, client_id: &Value) -> Result<Vec<u8>, serde_json::Error> {
+    let mut out = Vec::with_capacity(body.len() + 16);
+    for line in body.split_inclusive(|&b| b == b'\n') {
+        match line.strip_prefix(b"data:") {
+            Some(data) if !data.trim_ascii().is_empty() => {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(&restore(data.trim_ascii(), id, client_id)?);
+                out.push(b'\n');
+            }
+            _ => out.extend_from_slice(line),
+        }
+    }
+    Ok(out)
 }
 
 fn respond(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
@@ -134,13 +167,15 @@ fn refusal(id: &Value, text: &str) -> Response<Full<Bytes>> {
 impl Gate {
     /// The bench policy's decision on a `tools/call`: `Err` with the refusal's text.
     fn decide(&self, params: Option<&Value>) -> Result<(), &'static str> {
-        let tool = params.and_then(|p| p.get("name")).and_then(Value::as_str);
+        let tool = params
+            .and_then(|p| field(p, "name"))
+            .and_then(Value::as_str);
         if tool != Some("echo") {
             return Err("denied: no rule for this tool");
         }
         let message = params
-            .and_then(|p| p.get("arguments"))
-            .and_then(|a| a.get("message"))
+            .and_then(|p| field(p, "arguments"))
+            .and_then(|a| field(a, "message"))
             .and_then(Value::as_str);
         if message.is_some_and(|m| m.contains("forbidden")) {
             return Err("denied: args.message contains `forbidden`");
@@ -186,23 +221,32 @@ impl Gate {
             Ok(message @ Value::Object(_)) => message,
             _ => return Ok(respond(StatusCode::BAD_REQUEST, Vec::new())),
         };
-        let client_id = message.get("id").cloned();
-        let opening = session.is_none()
-            && message.get("method").and_then(Value::as_str) == Some("initialize");
-        let mut gateway_id = None;
-        if let (Some(client_id), Some(session)) = (&client_id, &session) {
-            if message.get("method").and_then(Value::as_str) == Some("tools/call") {
-                if let Err(refused) = self.decide(message.get("params")) {
-                    return Ok(refusal(client_id, refused));
-                }
+        let id_key = key_of(&message, "id").cloned();
+        let client_id = id_key.as_ref().map(|k| message[k].clone());
+        let method = field(&message, "method").and_then(Value::as_str);
+        let opening = session.is_none() && method == Some("initialize");
+        if session.is_none() && !opening {
+            return Ok(respond(StatusCode::BAD_REQUEST, Vec::new()));
+        }
+        if method == Some("tools/call") {
+            let decided = self.decide(field(&message, "params"));
+            match (decided, &client_id) {
+                (Err(refused), Some(client_id)) => return Ok(refusal(client_id, refused)),
+                // A call with no id would run with no one to answer: dropped either way.
+                (_, None) => return Ok(respond(StatusCode::ACCEPTED, Vec::new())),
+                (Ok(()), Some(_)) => {}
             }
+        }
+        let mut gateway_id = None;
+        if let (Some(key), Some(client_id), Some(session)) = (id_key, &client_id, &session) {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             session
                 .pending
                 .lock()
                 .unwrap()
                 .insert(id, client_id.clone());
-            message["id"] = Value::from(id);
+            // Under the key the client wrote: the message keeps one id.
+            message[&key] = Value::from(id);
             gateway_id = Some(id);
         }
         let forwarded = Bytes::from(serde_json::to_vec(&message)?);
@@ -238,21 +282,18 @@ impl Gate {
             .headers
             .get(CONTENT_TYPE)
             .is_some_and(|t| t.as_bytes().starts_with(b"text/event-stream"));
-        let body = if event_stream {
-            let mut out = Vec::with_capacity(body.len() + 16);
-            for line in body.split_inclusive(|&b| b == b'\n') {
-                match line.strip_prefix(b"data:") {
-                    Some(data) if !data.trim_ascii().is_empty() => {
-                        out.extend_from_slice(b"data: ");
-                        out.extend_from_slice(&restore(data.trim_ascii(), id, &client_id)?);
-                        out.push(b'\n');
-                    }
-                    _ => out.extend_from_slice(line),
-                }
-            }
-            out
+        if body.is_empty() {
+            // No reply in the body (202: the upstream took it for a notification).
+            return Ok(Response::from_parts(parts, Full::new(body)));
+        }
+        let restored = if event_stream {
+            restore_events(&body, id, &client_id)
         } else {
-            restore(&body, id, &client_id)?
+            restore(&body, id, &client_id)
+        };
+        // A reply that cannot be read is not passed on.
+        let Ok(body) = restored else {
+            return Ok(respond(StatusCode::BAD_GATEWAY, Vec::new()));
         };
         parts.headers.remove(CONTENT_LENGTH);
         parts.headers.remove(hyper::header::TRANSFER_ENCODING);
