@@ -133,10 +133,7 @@ fn check(stamps: &VecDeque<(u64, u64)>, window: Window, now: u64) -> Result<(), 
         // Admits nothing (the policy loader and the plugin host refuse such limits already).
         return Err(window.length_ms.max(1));
     }
-    // Stamps are sorted: binary-search the first one inside the window (O(log n), so a
-    // counter with a large `max` costs no more per call than a small one).
-    let inside =
-        (stamps.len() - stamps.partition_point(|&(t, _)| expires(t, window) <= now)) as u64;
+    let inside = (stamps.len() - expired(stamps, window, now)) as u64;
     if inside < window.max {
         return Ok(());
     }
@@ -147,6 +144,23 @@ fn check(stamps: &VecDeque<(u64, u64)>, window: Window, now: u64) -> Result<(), 
 
 /// When a unit taken at `stamp` leaves `window`. Saturating: a clock near the end of time
 /// keeps the unit counted rather than wrapping to an early expiry (which would over-admit).
+/// How many of `stamps` (sorted) have left `window`: they are all at the front.
+fn expired(stamps: &VecDeque<(u64, u64)>, window: Window, now: u64) -> usize {
+    // Each consume drops what has left the key's longest window, so for a key with one
+    // window at most a few stamps at the front have left it since. Counted from the front
+    // first: that reads the deque's first cache line, where a binary search over a deep log
+    // (a 100,000,000-a-minute cap holds one stamp per call of the last minute) reads about
+    // twenty lines that a gateway between calls has long evicted. Past a few, a binary search
+    // (O(log n): a counter with a large `max` costs no more per call than a small one).
+    const FROM_THE_FRONT: usize = 8;
+    let gone = |&(t, _): &(u64, u64)| expires(t, window) <= now;
+    match stamps.iter().take(FROM_THE_FRONT).position(|s| !gone(s)) {
+        Some(expired) => expired,
+        None if stamps.len() <= FROM_THE_FRONT => stamps.len(),
+        None => stamps.partition_point(gone),
+    }
+}
+
 fn expires(stamp: u64, window: Window) -> u64 {
     stamp.saturating_add(window.length_ms)
 }
@@ -338,6 +352,26 @@ mod tests {
     conformance::state_suite!(|clock: Arc<ManualClock>| -> Box<dyn Counting> {
         Box::new(MemoryCounterStore::new(clock))
     });
+
+    /// The count from the front and the binary search past it agree with a plain count, at
+    /// every depth around the switch between them.
+    #[test]
+    fn expired_stamps_are_counted_as_a_plain_count_would() {
+        let window = Window {
+            max: 1,
+            length_ms: 10,
+        };
+        for len in [0usize, 1, 7, 8, 9, 20, 1000] {
+            let stamps: VecDeque<(u64, u64)> = (0..len as u64).map(|t| (t, t)).collect();
+            for now in 0..len as u64 + 12 {
+                let plain = stamps
+                    .iter()
+                    .filter(|&&(t, _)| expires(t, window) <= now)
+                    .count();
+                assert_eq!(expired(&stamps, window, now), plain, "len {len}, now {now}");
+            }
+        }
+    }
 
     fn key(name: &str) -> CounterKey {
         CounterKey::new(name, Scope::Grant, "g", "s")
