@@ -142,8 +142,6 @@ fn check(stamps: &VecDeque<(u64, u64)>, window: Window, now: u64) -> Result<(), 
     Err(expires(oldest_blocking, window).saturating_sub(now).max(1))
 }
 
-/// When a unit taken at `stamp` leaves `window`. Saturating: a clock near the end of time
-/// keeps the unit counted rather than wrapping to an early expiry (which would over-admit).
 /// How many of `stamps` (sorted) have left `window`: they are all at the front.
 fn expired(stamps: &VecDeque<(u64, u64)>, window: Window, now: u64) -> usize {
     // Each consume drops what has left the key's longest window, so for a key with one
@@ -156,11 +154,12 @@ fn expired(stamps: &VecDeque<(u64, u64)>, window: Window, now: u64) -> usize {
     let gone = |&(t, _): &(u64, u64)| expires(t, window) <= now;
     match stamps.iter().take(FROM_THE_FRONT).position(|s| !gone(s)) {
         Some(expired) => expired,
-        None if stamps.len() <= FROM_THE_FRONT => stamps.len(),
         None => stamps.partition_point(gone),
     }
 }
 
+/// When a unit taken at `stamp` leaves `window`. Saturating: a clock near the end of time
+/// keeps the unit counted rather than wrapping to an early expiry (which would over-admit).
 fn expires(stamp: u64, window: Window) -> u64 {
     stamp.saturating_add(window.length_ms)
 }
