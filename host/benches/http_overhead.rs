@@ -27,7 +27,8 @@
 //! `--load-only [hyper|parse]` runs just the throughput load through toolgate (or the hyper
 //! proxy, bare or parsing), for a profiler;
 //! `TOOLGATE_BASELINE=/path/to/toolgate` adds another build as a ninth latency path, for A/B
-//! comparisons in one interleaved run). Needs
+//! comparisons in one interleaved run; `TOOLGATE_BINARY` replaces the measured toolgate, see
+//! `support/http_peers.rs`'s `toolgate`). Needs
 //! `nginx` on PATH or in /usr/sbin (Debian's package), and for the bare TCP relay its stream
 //! module (`libnginx-mod-stream`).
 
@@ -45,7 +46,7 @@ mod http_peers;
 mod hyper_gate;
 #[path = "support/hyper_proxy.rs"]
 mod hyper_proxy;
-use http_peers::{free_port, start_echo, start_serve, wait_for_port, Conn, Proc, TOKEN, TOOLGATE};
+use http_peers::{free_port, start_echo, start_serve, toolgate, wait_for_port, Conn, Proc, TOKEN};
 
 fn start_everything(root: &Path) -> Option<(Proc, u16)> {
     let bin = root.join("tests/peers/node_modules/.bin/mcp-server-everything");
@@ -150,7 +151,7 @@ fn start_hyper(mode: &str, upstream: u16, dir: &Path) -> (Proc, u16) {
 }
 
 fn start_toolgate(dir: &Path, upstream: u16, threads: usize) -> (Proc, u16) {
-    start_toolgate_binary(Path::new(TOOLGATE), dir, upstream, threads, "")
+    start_toolgate_binary(&toolgate(), dir, upstream, threads, "")
 }
 
 /// `toolgate serve` from `binary`, with `extra` lines in its config's top level.
@@ -181,7 +182,7 @@ fn latency(name: &str, upstream: u16, dir: &Path, calls: u64) -> (f64, f64) {
     let (_toolgate, toolgate_port) = start_toolgate(dir, upstream, 1);
     // Issue 21's pair: the same gateway with no observer at all, and with the decision log
     // (to a file) beside the metrics.
-    let toolgate = Path::new(TOOLGATE);
+    let toolgate = &toolgate();
     let (_unobserved, unobserved_port) =
         start_toolgate_binary(toolgate, dir, upstream, 1, "metrics = false\n");
     // Not beside the policy: every gateway watches its policy's directory, and each flush of

@@ -24,14 +24,14 @@ use std::time::{Duration, Instant};
 mod copies;
 #[path = "support/http_peers.rs"]
 mod http_peers;
-use http_peers::{start_echo, start_serve, Conn, Proc, TOKEN, TOOLGATE};
+use http_peers::{start_echo, start_serve, toolgate, Conn, Proc, TOKEN};
 
 /// `toolgate serve` whose idle keep-alive connections and sessions outlive the run: the
 /// clients wait their turn on them.
 fn start_toolgate(dir: &Path, upstream: u16) -> (Proc, u16) {
     let limits =
         "[limits]\nmax_sessions = 2000\nclient_timeout_s = 600\nsession_idle_timeout_s = 3600\n";
-    start_serve(Path::new(TOOLGATE), dir, upstream, "", limits)
+    start_serve(&toolgate(), dir, upstream, "", limits)
 }
 
 /// The resident set of `pid`, in KiB.

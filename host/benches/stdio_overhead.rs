@@ -24,6 +24,9 @@
 //! placement the way latency does, and it says on which threads the time went.
 //!
 //! Run: `cargo bench -p toolgate --bench stdio_overhead` (`-- --calls N` to change 10 000).
+//! `TOOLGATE_BASELINE=/path/to/toolgate` adds another build as an eighth setup, **baseline**
+//! (toolgate's policy and flags), for A/B comparisons in one interleaved run, and
+//! `TOOLGATE_BINARY` replaces the gateways' own build (see `support/http_peers.rs`'s `toolgate`).
 
 use serde_json::json;
 use std::io::{BufRead, BufReader, Write};
@@ -161,15 +164,18 @@ fn main() {
             .to_string_lossy()
             .into_owned()
     };
+    // The toolgate measured: `TOOLGATE_BINARY`, or the one cargo built beside this bench (whose
+    // symbols, built with the dev-dependencies' features, the PGO profile does not match).
+    let gateway_binary = std::env::var("TOOLGATE_BINARY").unwrap_or_else(|_| TOOLGATE.into());
     // `toolgate run` with `policy` and `flags`, in front of the echo server.
     let gateway = |name: &'static str, policy: &str, flags: &[&str]| {
         let upstream = copy(TOOLGATE);
         let mut args = vec!["run", "--policy", policy];
         args.extend_from_slice(flags);
         args.extend(["--", upstream.as_str(), "standin", "--echo"]);
-        Peer::start(name, &copy(TOOLGATE), &args)
+        Peer::start(name, &copy(&gateway_binary), &args)
     };
-    let mut peers = [
+    let mut peers = vec![
         Peer::start("direct", &copy(TOOLGATE), &["standin", "--echo"]),
         Peer::start(
             "relay",
@@ -191,6 +197,15 @@ fn main() {
             &["relay-parse", &copy(TOOLGATE), "standin", "--echo"],
         ),
     ];
+    // Another build of toolgate as an eighth path, for A/B comparisons in one run (and to
+    // train a PGO build: `scripts/pgo-build`).
+    if let Ok(binary) = std::env::var("TOOLGATE_BASELINE") {
+        let upstream = copy(TOOLGATE);
+        let args = [
+            "run", "--policy", policy, "--", &upstream, "standin", "--echo",
+        ];
+        peers.push(Peer::start("baseline", &copy(&binary), &args));
+    }
     // Warm up every path (page cache, branch predictors, allocator) before measuring.
     for id in 1..=500 {
         peers.iter_mut().for_each(|p| p.timed_call(id));
@@ -253,6 +268,13 @@ fn main() {
         "floor: relay-parse (the relay, parsing each message both ways) adds {parse_added:.1} µs, {:.2}x the relay's",
         parse_added / relay_added
     );
+    if let Some(baseline) = medians.get(7) {
+        let added = baseline - medians[0];
+        println!(
+            "A/B: baseline toolgate adds {added:.1} µs, {:.2}x the relay's",
+            added / relay_added
+        );
+    }
     println!("\nCPU per call in each gateway process, by thread (µs, from schedstat):");
     for (i, peer) in peers.iter().enumerate().skip(2) {
         let mut threads: Vec<(String, f64)> = cpu_after[i]

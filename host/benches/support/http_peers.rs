@@ -12,6 +12,14 @@ use std::time::{Duration, Instant};
 
 pub const TOOLGATE: &str = env!("CARGO_BIN_EXE_toolgate");
 
+/// The toolgate the harnesses measure: `TOOLGATE_BINARY` if set, else [`TOOLGATE`]. Cargo
+/// builds a bench's binary with the dev-dependencies' features, so its symbols differ from
+/// the README's `--release` build and the PGO profile (`pgo/`) does not apply to it: to
+/// measure what a user runs, point this at a copy of `cargo build --release --bin toolgate`.
+pub fn toolgate() -> std::path::PathBuf {
+    std::env::var_os("TOOLGATE_BINARY").map_or_else(|| TOOLGATE.into(), Into::into)
+}
+
 /// The grant's bearer token.
 pub const TOKEN: &str = "bench-token";
 
