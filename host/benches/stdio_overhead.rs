@@ -26,7 +26,8 @@
 //! Run: `cargo bench -p toolgate --bench stdio_overhead` (`-- --calls N` to change 10 000).
 //! `TOOLGATE_BASELINE=/path/to/toolgate` adds another build as an eighth setup, **baseline**
 //! (toolgate's policy and flags), for A/B comparisons in one interleaved run, and
-//! `TOOLGATE_BINARY` replaces the gateways' own build (see `support/http_peers.rs`'s `toolgate`).
+//! `TOOLGATE_BINARY` replaces the gateways' own build (cargo builds it with the
+//! dev-dependencies' features, so the PGO profile in `pgo/` does not match it).
 
 use serde_json::json;
 use std::io::{BufRead, BufReader, Write};
@@ -166,7 +167,8 @@ fn main() {
     };
     // The toolgate measured: `TOOLGATE_BINARY`, or the one cargo built beside this bench (whose
     // symbols, built with the dev-dependencies' features, the PGO profile does not match).
-    let gateway_binary = std::env::var("TOOLGATE_BINARY").unwrap_or_else(|_| TOOLGATE.into());
+    let gateway_binary = std::env::var_os("TOOLGATE_BINARY")
+        .map_or_else(|| TOOLGATE.into(), |b| b.to_string_lossy().into_owned());
     // `toolgate run` with `policy` and `flags`, in front of the echo server.
     let gateway = |name: &'static str, policy: &str, flags: &[&str]| {
         let upstream = copy(TOOLGATE);
