@@ -21,6 +21,7 @@ mod house;
 mod http;
 mod integrity;
 mod manifest;
+mod pgo;
 mod plugin_versions;
 mod plugins;
 mod registry;
