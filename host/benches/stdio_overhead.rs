@@ -169,14 +169,15 @@ fn main() {
     // symbols, built with the dev-dependencies' features, the PGO profile does not match).
     let gateway_binary = std::env::var_os("TOOLGATE_BINARY")
         .map_or_else(|| TOOLGATE.into(), |b| b.to_string_lossy().into_owned());
-    // `toolgate run` with `policy` and `flags`, in front of the echo server.
-    let gateway = |name: &'static str, policy: &str, flags: &[&str]| {
+    // `toolgate run` from `binary` with `policy` and `flags`, in front of the echo server.
+    let run_from = |binary: &str, name: &'static str, policy: &str, flags: &[&str]| {
         let upstream = copy(TOOLGATE);
         let mut args = vec!["run", "--policy", policy];
         args.extend_from_slice(flags);
         args.extend(["--", upstream.as_str(), "standin", "--echo"]);
-        Peer::start(name, &copy(&gateway_binary), &args)
+        Peer::start(name, &copy(binary), &args)
     };
+    let gateway = |name, policy, flags| run_from(&gateway_binary, name, policy, flags);
     let mut peers = vec![
         Peer::start("direct", &copy(TOOLGATE), &["standin", "--echo"]),
         Peer::start(
@@ -202,11 +203,7 @@ fn main() {
     // Another build of toolgate as an eighth path, for A/B comparisons in one run (and to
     // train a PGO build: `scripts/pgo-build`).
     if let Ok(binary) = std::env::var("TOOLGATE_BASELINE") {
-        let upstream = copy(TOOLGATE);
-        let args = [
-            "run", "--policy", policy, "--", &upstream, "standin", "--echo",
-        ];
-        peers.push(Peer::start("baseline", &copy(&binary), &args));
+        peers.push(run_from(&binary, "baseline", policy, &[]));
     }
     // Warm up every path (page cache, branch predictors, allocator) before measuring.
     for id in 1..=500 {
